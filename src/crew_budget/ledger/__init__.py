@@ -1,0 +1,75 @@
+"""Ledgers, chosen by URL (as ``limits`` chooses its storage).
+
+=========================  ==============================  =====================
+URL                        for                             atomicity
+=========================  ==============================  =====================
+``memory://``              tests, one process              a lock
+``sqlite:///path/to.db``   one machine, many processes     ``BEGIN IMMEDIATE``
+``redis://``/``rediss://`` many machines (cluster-safe)    one Lua script per op
+=========================  ==============================  =====================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from crew_budget.errors import ConfigError
+from crew_budget.ledger.base import (
+    Bucket,
+    BucketState,
+    ClockSkew,
+    Denial,
+    Ledger,
+    Outcome,
+    RecordDraft,
+    Reservation,
+    ReserveRequest,
+    SettleResult,
+    SpendRecord,
+    new_reservation_id,
+)
+
+__all__ = [
+    "Bucket",
+    "BucketState",
+    "ClockSkew",
+    "Denial",
+    "Ledger",
+    "Outcome",
+    "RecordDraft",
+    "Reservation",
+    "ReserveRequest",
+    "SettleResult",
+    "SpendRecord",
+    "new_reservation_id",
+    "open_ledger",
+]
+
+
+def open_ledger(
+    url: str,
+    *,
+    namespace: str = "default",
+    retention_days: int = 90,
+    clock: Callable[[], float] | None = None,
+) -> Ledger:
+    """Open the ledger a URL names. ``clock`` is for tests (memory/SQLite only)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from crew_budget.ledger.memory import MemoryLedger
+
+        return MemoryLedger(url, clock=clock, retention_days=retention_days)
+    if scheme == "sqlite":
+        from crew_budget.ledger.sqlite import SQLiteLedger
+
+        return SQLiteLedger(url, clock=clock, retention_days=retention_days)
+    if scheme.startswith("redis"):
+        from crew_budget.ledger.redis import RedisLedger
+
+        return RedisLedger(url, namespace=namespace, retention_days=retention_days)
+    raise ConfigError(
+        f"unsupported ledger URL {url!r}; use memory://, sqlite:///path/ledger.db or "
+        "redis://host:6379/0",
+        source="ledger",
+    )

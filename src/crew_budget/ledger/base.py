@@ -1,0 +1,276 @@
+"""The ledger interface every backend implements, and the values it speaks in.
+
+A ledger holds, per *bucket* (a scope such as ``role:researcher`` in one
+window instance such as ``day 2026-11-25``), two integers in nano-USD:
+``spent`` and ``reserved``. Its contract, which the conformance suite in
+``tests/ledger/`` checks on every backend:
+
+- ``reserve`` is all or nothing across every bucket of the request: if any
+  limited bucket would have ``spent + reserved + amount > limit``, nothing is
+  charged and a ``Denial`` naming that bucket is returned (and a ``blocked``
+  spend record appended in the same atomic step).
+- A reservation ends exactly once: ``settle`` (actual cost), ``release``
+  (zero), or expiry of its lease (charged at the reserved amount, marked
+  ``expired``; done by ``reap``, which ``reserve`` and ``status`` also run).
+  Repeating any of them changes nothing and reports the final state.
+- The buckets a reservation charged are the ones it settles, even if the
+  window has rolled over since: money lands in the period it was spent in.
+- Every settle, release, expiry and block appends one ``SpendRecord``.
+- Window instances are checked against the ledger's own clock: a request
+  whose buckets do not contain the ledger's ``now`` raises ``ClockSkew`` with
+  that time, and the guard recomputes them from it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from crew_budget.usage import Usage
+from crew_budget.windows import WindowName
+
+__all__ = [
+    "Bucket",
+    "BucketState",
+    "ClockSkew",
+    "Denial",
+    "Ledger",
+    "Outcome",
+    "RecordDraft",
+    "Reservation",
+    "ReserveRequest",
+    "SettleResult",
+    "SpendRecord",
+    "new_reservation_id",
+]
+
+Outcome = Literal["reserved", "settled", "released", "expired", "blocked", "unguarded", "reset"]
+
+
+def new_reservation_id() -> str:
+    """A random token: whoever holds it owns the reservation (as in redis-py's lock)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One budget instance: a scope in one window period, with its limit."""
+
+    scope: str
+    window: WindowName
+    period: str
+    limit_nano: int | None
+    starts_at: float
+    ends_at: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}|{self.window}|{self.period}"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """What a bucket holds right now."""
+
+    bucket: Bucket
+    spent_nano: int
+    reserved_nano: int
+
+    @property
+    def remaining_nano(self) -> int | None:
+        if self.bucket.limit_nano is None:
+            return None
+        return self.bucket.limit_nano - self.spent_nano - self.reserved_nano
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDraft:
+    """What is known about a call at reserve time; completed into a SpendRecord."""
+
+    role: str
+    model: str
+    crew: str | None = None
+    estimate_nano: int = 0
+    prompt_tokens_estimate: int = 0
+    output_tokens_reserved: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["metadata"] = dict(self.metadata)
+        return json.dumps(data, separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> RecordDraft:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRecord:
+    """One line of the spend history that reports read."""
+
+    ts: float
+    reservation_id: str
+    outcome: Outcome
+    role: str
+    model: str
+    crew: str | None = None
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimate_nano: int = 0
+    cost_nano: int = 0
+    scope: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        ts: float,
+        reservation_id: str,
+        outcome: Outcome,
+        draft: RecordDraft,
+        cost_nano: int,
+        usage: Usage | None = None,
+        scope: str | None = None,
+    ) -> SpendRecord:
+        u = usage or Usage()
+        return cls(
+            ts=ts,
+            reservation_id=reservation_id,
+            outcome=outcome,
+            role=draft.role,
+            model=draft.model,
+            crew=draft.crew,
+            input_tokens=u.input_tokens,
+            cached_input_tokens=u.cached_input_tokens,
+            cache_write_tokens=u.cache_write_tokens,
+            output_tokens=u.output_tokens,
+            reasoning_tokens=u.reasoning_tokens,
+            estimate_nano=draft.estimate_nano,
+            cost_nano=cost_nano,
+            scope=scope,
+            metadata=dict(draft.metadata),
+        )
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["metadata"] = dict(self.metadata)
+        return json.dumps(data, separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> SpendRecord:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    reservation_id: str
+    buckets: tuple[Bucket, ...]
+    amount_nano: int
+    lease_seconds: float
+    draft: RecordDraft
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A granted reservation. ``expires_at`` is on the ledger's clock."""
+
+    reservation_id: str
+    amount_nano: int
+    expires_at: float
+    buckets: tuple[Bucket, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A refused reservation: the first limited bucket that would overflow."""
+
+    state: BucketState
+    amount_nano: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """The reservation's final state; ``applied`` is False on a repeat."""
+
+    state: Outcome
+    applied: bool
+    cost_nano: int
+
+
+class ClockSkew(Exception):  # noqa: N818 - internal signal, never reaches users
+    """The request's window periods do not contain the ledger's clock."""
+
+    def __init__(self, ledger_now: float) -> None:
+        self.ledger_now = ledger_now
+        super().__init__(f"ledger clock is {ledger_now}")
+
+
+class Ledger(ABC):
+    """Atomic budget storage. See the module docstring for the contract."""
+
+    url: str
+
+    @abstractmethod
+    def now(self) -> float:
+        """The ledger's clock, in Unix seconds."""
+
+    @abstractmethod
+    def reserve(self, request: ReserveRequest) -> Reservation | Denial:
+        """Charge ``amount`` as reserved to every bucket, or to none."""
+
+    @abstractmethod
+    def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
+        """Replace the reservation by the actual cost (idempotent)."""
+
+    @abstractmethod
+    def release(self, reservation_id: str) -> SettleResult:
+        """Drop the reservation at zero cost (idempotent)."""
+
+    @abstractmethod
+    def reap(self, limit: int = 1000) -> int:
+        """Expire reservations whose lease ran out; returns how many."""
+
+    @abstractmethod
+    def status(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        """Current spent/reserved of each bucket (after reaping)."""
+
+    @abstractmethod
+    def reservation_state(self, reservation_id: str) -> Outcome | None:
+        """``reserved``/``settled``/``released``/``expired``, or None if unknown."""
+
+    @abstractmethod
+    def append_record(self, record: SpendRecord) -> None:
+        """Append a record that no reservation produced (e.g. ``unguarded``)."""
+
+    @abstractmethod
+    def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        """Spend records with ``since <= ts < until``, oldest first."""
+
+    @abstractmethod
+    def claim(self, marker: str, ttl_seconds: float) -> bool:
+        """Atomically claim ``marker`` once (True for the first caller only).
+
+        Used for exactly-once alerts across processes.
+        """
+
+    @abstractmethod
+    def reset(self, bucket: Bucket, *, reason: str = "") -> BucketState:
+        """Zero a bucket's spend (reservations in flight stay) and record it."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

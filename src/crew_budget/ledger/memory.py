@@ -1,0 +1,198 @@
+"""In-process ledger: one lock around plain dicts. For tests and single scripts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from crew_budget.errors import ReservationError
+from crew_budget.ledger.base import (
+    Bucket,
+    BucketState,
+    ClockSkew,
+    Denial,
+    Ledger,
+    Outcome,
+    RecordDraft,
+    Reservation,
+    ReserveRequest,
+    SettleResult,
+    SpendRecord,
+)
+from crew_budget.usage import Usage
+
+__all__ = ["MemoryLedger"]
+
+
+@dataclass(slots=True)
+class _Res:
+    amount: int
+    expires_at: float
+    buckets: tuple[Bucket, ...]
+    draft: RecordDraft
+    state: Outcome = "reserved"
+    cost: int = 0
+
+
+class MemoryLedger(Ledger):
+    """Lives and dies with the process; the lock makes every operation atomic."""
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        clock: Callable[[], float] | None = None,
+        retention_days: int = 90,
+    ) -> None:
+        self.url = url
+        self._clock = clock or time.time
+        self._retention = retention_days * 86400.0
+        self._lock = threading.Lock()
+        self._spent: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+        self._res: dict[str, _Res] = {}
+        self._records: list[SpendRecord] = []
+        self._claims: dict[str, float] = {}
+
+    def now(self) -> float:
+        return self._clock()
+
+    def reserve(self, request: ReserveRequest) -> Reservation | Denial:
+        with self._lock:
+            now = self._clock()
+            for b in request.buckets:
+                if not b.starts_at <= now < b.ends_at:
+                    raise ClockSkew(now)
+            self._reap_locked(now, 1000)
+            existing = self._res.get(request.reservation_id)
+            if existing is not None:  # a retried reserve with the same token
+                return Reservation(
+                    request.reservation_id, existing.amount, existing.expires_at, existing.buckets
+                )
+            amount = request.amount_nano
+            for b in request.buckets:
+                if b.limit_nano is None:
+                    continue
+                spent = self._spent.get(b.key, 0)
+                reserved = self._reserved.get(b.key, 0)
+                if spent + reserved + amount > b.limit_nano:
+                    self._records.append(
+                        SpendRecord.build(
+                            ts=now, reservation_id=request.reservation_id, outcome="blocked",
+                            draft=request.draft, cost_nano=0, scope=b.scope,
+                        )
+                    )
+                    return Denial(BucketState(b, spent, reserved), amount)
+            for b in request.buckets:
+                self._reserved[b.key] = self._reserved.get(b.key, 0) + amount
+            expires = now + request.lease_seconds
+            self._res[request.reservation_id] = _Res(amount, expires, request.buckets, request.draft)
+            return Reservation(request.reservation_id, amount, expires, request.buckets)
+
+    def _finish_locked(
+        self, rid: str, state: Outcome, cost: int, usage: Usage | None, now: float
+    ) -> SettleResult:
+        res = self._res.get(rid)
+        if res is None:
+            raise _unknown(rid)
+        if res.state != "reserved":
+            return SettleResult(res.state, False, res.cost)
+        for b in res.buckets:
+            self._reserved[b.key] = self._reserved.get(b.key, 0) - res.amount
+            self._spent[b.key] = self._spent.get(b.key, 0) + cost
+        res.state = state
+        res.cost = cost
+        self._records.append(
+            SpendRecord.build(
+                ts=now, reservation_id=rid, outcome=state, draft=res.draft,
+                cost_nano=cost, usage=usage,
+            )
+        )
+        return SettleResult(state, True, cost)
+
+    def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
+        with self._lock:
+            now = self._clock()
+            self._reap_locked(now, 1000)
+            return self._finish_locked(reservation_id, "settled", cost_nano, usage, now)
+
+    def release(self, reservation_id: str) -> SettleResult:
+        with self._lock:
+            now = self._clock()
+            self._reap_locked(now, 1000)
+            return self._finish_locked(reservation_id, "released", 0, None, now)
+
+    def _reap_locked(self, now: float, limit: int) -> int:
+        if self._records and self._records[0].ts < now - self._retention:
+            self._records = [r for r in self._records if r.ts >= now - self._retention]
+        n = 0
+        for rid, res in self._res.items():
+            if res.state == "reserved" and res.expires_at <= now:
+                self._finish_locked(rid, "expired", res.amount, None, now)
+                n += 1
+                if n >= limit:
+                    break
+        return n
+
+    def reap(self, limit: int = 1000) -> int:
+        with self._lock:
+            return self._reap_locked(self._clock(), limit)
+
+    def status(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        with self._lock:
+            self._reap_locked(self._clock(), 1000)
+            return [
+                BucketState(b, self._spent.get(b.key, 0), self._reserved.get(b.key, 0))
+                for b in buckets
+            ]
+
+    def reservation_state(self, reservation_id: str) -> Outcome | None:
+        with self._lock:
+            res = self._res.get(reservation_id)
+            return None if res is None else res.state
+
+    def append_record(self, record: SpendRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        with self._lock:
+            return [
+                r
+                for r in self._records
+                if (since is None or r.ts >= since) and (until is None or r.ts < until)
+            ]
+
+    def claim(self, marker: str, ttl_seconds: float) -> bool:
+        with self._lock:
+            now = self._clock()
+            expires = self._claims.get(marker)
+            if expires is not None and expires > now:
+                return False
+            self._claims[marker] = now + ttl_seconds
+            return True
+
+    def reset(self, bucket: Bucket, *, reason: str = "") -> BucketState:
+        with self._lock:
+            now = self._clock()
+            old = self._spent.get(bucket.key, 0)
+            self._spent[bucket.key] = 0
+            self._records.append(_reset_record(now, bucket, old, reason))
+            return BucketState(bucket, 0, self._reserved.get(bucket.key, 0))
+
+
+def _reset_record(now: float, bucket: Bucket, old_spent: int, reason: str) -> SpendRecord:
+    role = bucket.scope.split(":", 1)[1] if bucket.scope.startswith("role:") else ""
+    return SpendRecord(
+        ts=now, reservation_id="", outcome="reset", role=role, model="", cost_nano=-old_spent,
+        scope=bucket.scope, metadata={"bucket": bucket.key, "reason": reason},
+    )
+
+
+def _unknown(rid: str) -> ReservationError:
+    return ReservationError(
+        f"unknown reservation {rid!r}: it was never made on this ledger, or its record "
+        "was trimmed after the retention period"
+    )

@@ -1,0 +1,72 @@
+"""Money as integers: nano-USD inside, ``Decimal`` dollars at the edge.
+
+Balances are added and compared millions of times across processes; floats
+would drift (0.1 + 0.2) and two processes could disagree on whether a budget
+is full. One nano-USD (1e-9 USD) is far below any provider's per-token price
+granularity that matters for a budget, and an int64 of nano-USD holds $9.2bn.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+NANO_PER_USD = 10**9
+_NANO = Decimal(NANO_PER_USD)
+
+__all__ = ["NANO_PER_USD", "from_nano", "parse_usd", "to_nano", "to_nano_ceil", "to_nano_round"]
+
+
+def parse_usd(value: object) -> Decimal:
+    """Parse a dollar amount from config or an API argument, exactly.
+
+    ``5``, ``5.0``, ``"5.00"`` and ``Decimal("5")`` all mean five dollars.
+    Floats go through ``repr`` so ``0.1`` is ``Decimal("0.1")``, not
+    ``0.1000000000000000055...``. Booleans, NaN and infinities are rejected.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a dollar amount")
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite dollar amount")
+        amount = Decimal(repr(value))
+    elif isinstance(value, str):
+        text = value.strip().removeprefix("$").replace("_", "")
+        try:
+            amount = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a dollar amount (write e.g. 5 or \"5.00\")") from None
+    else:
+        raise ValueError(f"{value!r} ({type(value).__name__}) is not a dollar amount")
+    if not amount.is_finite():
+        raise ValueError(f"{value!r} is not a finite dollar amount")
+    return amount
+
+
+def to_nano(usd: Decimal | int | str | float) -> int:
+    """Exact dollars -> nano-USD; rejects amounts finer than one nano-USD."""
+    amount = parse_usd(usd) * _NANO
+    if amount != amount.to_integral_value():
+        raise ValueError(f"${usd} is finer than one nano-USD (1e-9)")
+    return int(amount)
+
+
+def to_nano_ceil(usd: Decimal) -> int:
+    """Dollars -> nano-USD, rounded up: used for reservations (never under-reserve)."""
+    return int((usd * _NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def to_nano_round(usd: Decimal) -> int:
+    """Dollars -> nano-USD, banker's rounding: used for settled costs."""
+    return int((usd * _NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nano(nano: int) -> Decimal:
+    """nano-USD -> ``Decimal`` dollars, exact (no trailing-zero noise)."""
+    if nano == 0:
+        return Decimal(0)
+    return (Decimal(nano) / _NANO).normalize() if nano % NANO_PER_USD else Decimal(nano // NANO_PER_USD)

@@ -1,0 +1,198 @@
+"""Reading providers' ``usage`` and turning it into dollars.
+
+Providers count the same things differently, and getting this wrong is how a
+dashboard drifts from the invoice:
+
+- OpenAI chat: ``prompt_tokens`` *includes* ``prompt_tokens_details.cached_tokens``;
+  ``completion_tokens`` *includes* ``completion_tokens_details.reasoning_tokens``.
+- OpenAI Responses: the same with ``input_tokens``/``output_tokens`` and
+  ``*_tokens_details``.
+- Anthropic: ``input_tokens`` *excludes* ``cache_read_input_tokens`` and
+  ``cache_creation_input_tokens``, which are billed at their own rates.
+- LangChain ``usage_metadata``: ``input_tokens`` *includes* the cache details
+  in ``input_token_details`` (``cache_read``, ``cache_creation``).
+- Gemini: ``promptTokenCount`` (incl. ``cachedContentTokenCount``),
+  ``candidatesTokenCount`` plus ``thoughtsTokenCount``.
+
+Everything is normalised to ``Usage``, whose fields never overlap, then
+priced exactly with ``Decimal``. A usage object with no token counts is a
+``UsageError``, never a silent $0 (invariant 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from crew_budget.errors import UsageError
+from crew_budget.pricing import Price
+
+__all__ = ["Usage", "cost_of", "parse_usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Disjoint token counts of one call.
+
+    ``input_tokens`` is uncached input only; ``output_tokens`` includes
+    ``reasoning_tokens`` (as both providers bill them at the output rate
+    unless the model has a separate reasoning price).
+    """
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Everything the provider read: uncached + cache reads + cache writes."""
+        return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+def cost_of(usage: Usage, price: Price) -> Decimal:
+    """Exact dollar cost of ``usage`` at ``price``."""
+    cached = price.cached_input if price.cached_input is not None else price.input
+    write = price.cache_write if price.cache_write is not None else price.input
+    reasoning = price.reasoning if price.reasoning is not None else price.output
+    plain_output = usage.output_tokens - usage.reasoning_tokens
+    return (
+        usage.input_tokens * price.input
+        + usage.cached_input_tokens * cached
+        + usage.cache_write_tokens * write
+        + plain_output * price.output
+        + usage.reasoning_tokens * reasoning
+    )
+
+
+def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj
+    for attr in ("model_dump", "dict", "to_dict"):
+        fn = getattr(obj, attr, None)
+        if callable(fn):
+            try:
+                data = fn()
+            except TypeError:
+                continue
+            if isinstance(data, Mapping):
+                return data
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    return None
+
+
+def _int(data: Mapping[str, Any] | None, *keys: str) -> int | None:
+    if data is None:
+        return None
+    for key in keys:
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"usage field {key!r} is {value!r}, not a token count")
+        if value < 0 or value != int(value):
+            raise UsageError(f"usage field {key!r} is {value!r}, not a non-negative whole number")
+        return int(value)
+    return None
+
+
+def parse_usage(raw: Any) -> Usage:
+    """Normalise an OpenAI-, Anthropic-, LangChain- or Gemini-shaped usage.
+
+    Accepts a dict, an SDK object, or a whole response carrying ``usage``
+    (or ``usage_metadata``).
+    """
+    if isinstance(raw, Usage):
+        return raw
+    data = _as_mapping(raw)
+    if data is None:
+        raise UsageError(
+            f"cannot read token usage from {type(raw).__name__}; the provider response "
+            "has no usage. Fix: for OpenAI streams set stream_options={'include_usage': True}"
+        )
+    for wrapper in ("usage", "usage_metadata", "token_usage"):
+        inner = data.get(wrapper)
+        if inner is not None and not isinstance(inner, (int, float)):
+            return parse_usage(inner)
+    usage = _parse_flat(data)
+    if usage is None:
+        keys = ", ".join(sorted(map(str, data))) or "none"
+        raise UsageError(
+            f"no token counts in usage (keys: {keys}); expected OpenAI prompt_tokens/"
+            "completion_tokens or Anthropic input_tokens/output_tokens. The call is "
+            "charged at its reservation instead of being counted as free."
+        )
+    if usage.reasoning_tokens > usage.output_tokens:
+        raise UsageError(
+            f"usage reports {usage.reasoning_tokens} reasoning tokens but only "
+            f"{usage.output_tokens} output tokens"
+        )
+    return usage
+
+
+def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
+    # OpenAI chat completions (and litellm's ModelResponse.usage).
+    prompt = _int(d, "prompt_tokens")
+    if prompt is not None:
+        completion = _int(d, "completion_tokens") or 0
+        pdet = _as_mapping(d.get("prompt_tokens_details"))
+        cdet = _as_mapping(d.get("completion_tokens_details"))
+        cached = _int(pdet, "cached_tokens") or 0
+        # litellm copies Anthropic cache fields onto OpenAI-shaped usage.
+        write = _int(d, "cache_creation_input_tokens") or 0
+        if cached == 0:
+            cached = _int(d, "cache_read_input_tokens") or 0
+        reasoning = _int(cdet, "reasoning_tokens") or 0
+        uncached = prompt - cached - write
+        if uncached < 0:
+            # Some proxies report Anthropic-style (exclusive) counts in OpenAI
+            # fields; trust the parts, never go negative.
+            uncached = prompt
+        return Usage(uncached, cached, write, completion, reasoning)
+    # Gemini.
+    if "promptTokenCount" in d or "candidatesTokenCount" in d:
+        prompt = _int(d, "promptTokenCount") or 0
+        cached = _int(d, "cachedContentTokenCount") or 0
+        thoughts = _int(d, "thoughtsTokenCount") or 0
+        out = (_int(d, "candidatesTokenCount") or 0) + thoughts
+        return Usage(prompt - cached, cached, 0, out, thoughts)
+    inp = _int(d, "input_tokens")
+    out = _int(d, "output_tokens")
+    if inp is None and out is None:
+        return None
+    inp = inp or 0
+    out = out or 0
+    # LangChain usage_metadata: input_tokens includes the cache details.
+    if "input_token_details" in d or "output_token_details" in d:
+        idet = _as_mapping(d.get("input_token_details"))
+        odet = _as_mapping(d.get("output_token_details"))
+        read = _int(idet, "cache_read") or 0
+        write = _int(idet, "cache_creation") or 0
+        reasoning = _int(odet, "reasoning") or 0
+        return Usage(max(inp - read - write, 0), read, write, out, reasoning)
+    # OpenAI Responses API: inclusive counts with *_tokens_details.
+    if "input_tokens_details" in d or "output_tokens_details" in d:
+        idet = _as_mapping(d.get("input_tokens_details"))
+        odet = _as_mapping(d.get("output_tokens_details"))
+        cached = _int(idet, "cached_tokens") or 0
+        reasoning = _int(odet, "reasoning_tokens") or 0
+        return Usage(inp - cached, cached, 0, out, reasoning)
+    # Anthropic Messages: exclusive counts.
+    read = _int(d, "cache_read_input_tokens") or 0
+    write = _int(d, "cache_creation_input_tokens") or 0
+    return Usage(inp, read, write, out, 0)
