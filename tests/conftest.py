@@ -1,0 +1,34 @@
+"""Test-wide setup: offline, no telemetry, and no ledger outside tmp.
+
+These variables must be set before litellm, tiktoken or crewai is imported,
+which is why they live at the top of the root conftest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("CREWAI_DISABLE_TRACKING", "true")
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
+os.environ.setdefault("LITELLM_TELEMETRY", "False")
+
+pytest_plugins = ["tests.fixtures.redis_server"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CASSETTES = ROOT / "cassettes"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test may write the user's real default ledger."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("CREW_BUDGET_LEDGER", raising=False)
+    yield
