@@ -1,0 +1,339 @@
+"""The embedded default ledger: one SQLite file, safe across processes.
+
+Every operation is one ``BEGIN IMMEDIATE`` transaction, which takes SQLite's
+write lock up front: two processes can never both read "under budget" and
+both charge. WAL mode lets readers (``status``, reports) run beside a writer.
+A connection is opened per thread and per process (after ``fork`` a child
+must not reuse its parent's handle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+from crew_budget.errors import LedgerUnavailable, ReservationError
+from crew_budget.ledger.base import (
+    Bucket,
+    BucketState,
+    ClockSkew,
+    Denial,
+    Ledger,
+    Outcome,
+    RecordDraft,
+    Reservation,
+    ReserveRequest,
+    SettleResult,
+    SpendRecord,
+)
+from crew_budget.usage import Usage
+
+__all__ = ["SQLiteLedger"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    key        TEXT PRIMARY KEY,
+    spent      INTEGER NOT NULL DEFAULT 0,
+    reserved   INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id          TEXT PRIMARY KEY,
+    amount      INTEGER NOT NULL,
+    expires_at  REAL NOT NULL,
+    buckets     TEXT NOT NULL,
+    draft       TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    cost        INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS reservations_live ON reservations (state, expires_at);
+CREATE TABLE IF NOT EXISTS records (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts   REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE TABLE IF NOT EXISTS claims (
+    marker     TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+"""
+
+# Finished reservations are kept this long so a late, repeated settle is
+# still recognised as a repeat (idempotency) rather than an unknown id.
+_TOMBSTONE_SECONDS = 7 * 86400.0
+_HOUSEKEEPING_EVERY = 500
+
+
+class SQLiteLedger(Ledger):
+    """``sqlite:///relative/or//absolute/path.db``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] | None = None,
+        retention_days: int = 90,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.path = _path_from_url(url)
+        self._clock = clock or time.time
+        self._retention = retention_days * 86400.0
+        self._busy_timeout = busy_timeout_s
+        self._local = threading.local()
+        self._ops = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(url, f"cannot open or create the ledger file: {exc}") from exc
+
+    # -- connection handling -------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None,
+                check_same_thread=True,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise LedgerUnavailable(self.url, f"cannot take the write lock: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise LedgerUnavailable(self.url, f"commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- operations ------------------------------------------------------------
+
+    def reserve(self, request: ReserveRequest) -> Reservation | Denial:
+        now = self._clock()
+        for b in request.buckets:
+            if not b.starts_at <= now < b.ends_at:
+                raise ClockSkew(now)
+        retention = self._retention
+        with self._tx() as db:
+            self._reap(db, now, 100)
+            row = db.execute(
+                "SELECT amount, expires_at FROM reservations WHERE id = ?",
+                (request.reservation_id,),
+            ).fetchone()
+            if row is not None:  # a retried reserve with the same token
+                return Reservation(request.reservation_id, row[0], row[1], request.buckets)
+            amount = request.amount_nano
+            for b in request.buckets:
+                if b.limit_nano is None:
+                    continue
+                spent, reserved = _bucket_row(db, b.key)
+                if spent + reserved + amount > b.limit_nano:
+                    _insert_record(db, SpendRecord.build(
+                        ts=now, reservation_id=request.reservation_id, outcome="blocked",
+                        draft=request.draft, cost_nano=0, scope=b.scope,
+                    ))
+                    return Denial(BucketState(b, spent, reserved), amount)
+            for b in request.buckets:
+                db.execute(
+                    "INSERT INTO buckets (key, reserved, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET reserved = reserved + excluded.reserved",
+                    (b.key, amount, b.ends_at + retention),
+                )
+            expires = now + request.lease_seconds
+            db.execute(
+                "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state) "
+                "VALUES (?, ?, ?, ?, ?, 'reserved')",
+                (request.reservation_id, amount, expires,
+                 json.dumps([b.key for b in request.buckets]), request.draft.to_json()),
+            )
+        self._maybe_housekeep(now)
+        return Reservation(request.reservation_id, amount, expires, request.buckets)
+
+    def _finish(
+        self, db: sqlite3.Connection, rid: str, state: Outcome, cost: int | None,
+        usage: Usage | None, now: float,
+    ) -> SettleResult:
+        row = db.execute(
+            "SELECT amount, buckets, draft, state, cost FROM reservations WHERE id = ?", (rid,)
+        ).fetchone()
+        if row is None:
+            raise ReservationError(
+                f"unknown reservation {rid!r} in {self.url}: it was never made on this "
+                "ledger, or its record was trimmed after the retention period"
+            )
+        amount, keys, draft, current, old_cost = row
+        if current != "reserved":
+            return SettleResult(cast(Outcome, current), False, old_cost)
+        charged = amount if cost is None else cost
+        for key in json.loads(keys):
+            db.execute(
+                "UPDATE buckets SET reserved = reserved - ?, spent = spent + ? WHERE key = ?",
+                (amount, charged, key),
+            )
+        db.execute(
+            "UPDATE reservations SET state = ?, cost = ?, finished_at = ? WHERE id = ?",
+            (state, charged, now, rid),
+        )
+        _insert_record(db, SpendRecord.build(
+            ts=now, reservation_id=rid, outcome=state, draft=RecordDraft.from_json(draft),
+            cost_nano=charged, usage=usage,
+        ))
+        return SettleResult(state, True, charged)
+
+    def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
+        now = self._clock()
+        with self._tx() as db:
+            self._reap(db, now, 100)
+            return self._finish(db, reservation_id, "settled", cost_nano, usage, now)
+
+    def release(self, reservation_id: str) -> SettleResult:
+        now = self._clock()
+        with self._tx() as db:
+            self._reap(db, now, 100)
+            return self._finish(db, reservation_id, "released", 0, None, now)
+
+    def _reap(self, db: sqlite3.Connection, now: float, limit: int) -> int:
+        ids = [r[0] for r in db.execute(
+            "SELECT id FROM reservations WHERE state = 'reserved' AND expires_at <= ? LIMIT ?",
+            (now, limit),
+        )]
+        for rid in ids:
+            self._finish(db, rid, "expired", None, None, now)
+        return len(ids)
+
+    def reap(self, limit: int = 1000) -> int:
+        now = self._clock()
+        with self._tx() as db:
+            return self._reap(db, now, limit)
+
+    def status(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        now = self._clock()
+        with self._tx() as db:
+            self._reap(db, now, 1000)
+            return [BucketState(b, *_bucket_row(db, b.key)) for b in buckets]
+
+    def reservation_state(self, reservation_id: str) -> Outcome | None:
+        row = self._conn().execute(
+            "SELECT state FROM reservations WHERE id = ?", (reservation_id,)
+        ).fetchone()
+        return None if row is None else cast(Outcome, row[0])
+
+    def append_record(self, record: SpendRecord) -> None:
+        with self._tx() as db:
+            _insert_record(db, record)
+
+    def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        sql, args = "SELECT data FROM records WHERE 1=1", []
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        try:
+            rows = self._conn().execute(sql + " ORDER BY seq", args).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        return [SpendRecord.from_json(r[0]) for r in rows]
+
+    def claim(self, marker: str, ttl_seconds: float) -> bool:
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT expires_at FROM claims WHERE marker = ?", (marker,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO claims (marker, expires_at) VALUES (?, ?)",
+                (marker, now + ttl_seconds),
+            )
+            return True
+
+    def reset(self, bucket: Bucket, *, reason: str = "") -> BucketState:
+        now = self._clock()
+        with self._tx() as db:
+            spent, reserved = _bucket_row(db, bucket.key)
+            db.execute("UPDATE buckets SET spent = 0 WHERE key = ?", (bucket.key,))
+            role = bucket.scope.split(":", 1)[1] if bucket.scope.startswith("role:") else ""
+            _insert_record(db, SpendRecord(
+                ts=now, reservation_id="", outcome="reset", role=role, model="",
+                cost_nano=-spent, scope=bucket.scope,
+                metadata={"bucket": bucket.key, "reason": reason},
+            ))
+            return BucketState(bucket, 0, reserved)
+
+    # -- storage stays bounded -------------------------------------------------
+
+    def _maybe_housekeep(self, now: float) -> None:
+        self._ops += 1
+        if self._ops % _HOUSEKEEPING_EVERY == 0:
+            self.housekeep(now)
+
+    def housekeep(self, now: float | None = None) -> None:
+        """Drop expired counters, old tombstones, claims and records."""
+        t = self._clock() if now is None else now
+        with self._tx() as db:
+            db.execute("DELETE FROM buckets WHERE expires_at < ?", (t,))
+            db.execute(
+                "DELETE FROM reservations WHERE state != 'reserved' AND finished_at < ?",
+                (t - _TOMBSTONE_SECONDS,),
+            )
+            db.execute("DELETE FROM records WHERE ts < ?", (t - self._retention,))
+            db.execute("DELETE FROM claims WHERE expires_at < ?", (t,))
+
+
+def _bucket_row(db: sqlite3.Connection, key: str) -> tuple[int, int]:
+    row = db.execute("SELECT spent, reserved FROM buckets WHERE key = ?", (key,)).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def _insert_record(db: sqlite3.Connection, record: SpendRecord) -> None:
+    db.execute("INSERT INTO records (ts, data) VALUES (?, ?)", (record.ts, record.to_json()))
+
+
+def _path_from_url(url: str) -> Path:
+    """``sqlite:///rel.db`` is relative, ``sqlite:////abs.db`` absolute (SQLAlchemy's rule)."""
+    parts = urlsplit(url)
+    raw: Any = unquote(parts.path)
+    if parts.netloc:  # sqlite://host/path is not meaningful; treat netloc as a path start
+        raw = parts.netloc + raw
+    path = raw[1:] if raw.startswith("/") else raw
+    return Path(os.path.expanduser(path))
