@@ -16,22 +16,80 @@ The core imports no agent framework; adapters live in ``crew_budget.crewai``,
 
 from __future__ import annotations
 
-from crew_budget.config import BudgetConfig, CrewLimits, Limits, ModelPrice, RoleBudget, load_config
-from crew_budget.errors import (
-    BudgetExceeded,
-    ConfigError,
-    CrewBudgetError,
-    LedgerError,
-    LedgerUnavailable,
-    PricingError,
-    ReservationError,
-    UnknownModelError,
-    UsageError,
-)
-from crew_budget.guard import BudgetStatus, Guard, Settlement, Ticket
-from crew_budget.ledger import Ledger, SpendRecord, open_ledger
-from crew_budget.pricing import Price, PriceBook
-from crew_budget.usage import Usage, cost_of, parse_usage
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crew_budget.config import (
+        BudgetConfig,
+        CrewLimits,
+        Limits,
+        ModelPrice,
+        RoleBudget,
+        load_config,
+    )
+    from crew_budget.errors import (
+        BudgetExceeded,
+        ConfigError,
+        CrewBudgetError,
+        LedgerError,
+        LedgerUnavailable,
+        PricingError,
+        ReservationError,
+        UnknownModelError,
+        UsageError,
+    )
+    from crew_budget.guard import BudgetStatus, Guard, Settlement, Ticket
+    from crew_budget.ledger import Ledger, SpendRecord, open_ledger
+    from crew_budget.pricing import Price, PriceBook
+    from crew_budget.usage import Usage, cost_of, parse_usage
+
+# Public name -> defining module. Imported on first attribute access
+# (PEP 562) so `import crew_budget` stays cheap: pydantic and the price map
+# are paid for only by code that uses them.
+_LAZY: dict[str, str] = {
+    "BudgetConfig": "config",
+    "CrewLimits": "config",
+    "Limits": "config",
+    "ModelPrice": "config",
+    "RoleBudget": "config",
+    "load_config": "config",
+    "BudgetExceeded": "errors",
+    "ConfigError": "errors",
+    "CrewBudgetError": "errors",
+    "LedgerError": "errors",
+    "LedgerUnavailable": "errors",
+    "PricingError": "errors",
+    "ReservationError": "errors",
+    "UnknownModelError": "errors",
+    "UsageError": "errors",
+    "BudgetStatus": "guard",
+    "Guard": "guard",
+    "Settlement": "guard",
+    "Ticket": "guard",
+    "Ledger": "ledger",
+    "SpendRecord": "ledger",
+    "open_ledger": "ledger",
+    "Price": "pricing",
+    "PriceBook": "pricing",
+    "Usage": "usage",
+    "cost_of": "usage",
+    "parse_usage": "usage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crew_budget' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"crew_budget.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

@@ -12,8 +12,8 @@ unknown model at $0 is how surprise bills happen.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +23,10 @@ from typing import Any
 
 from crew_budget.errors import PricingError, UnknownModelError
 
-__all__ = ["Price", "PriceBook", "litellm_price_map_path"]
+__all__ = ["Price", "PriceBook", "litellm_data_dir", "litellm_price_map_path"]
 
 _MILLION = Decimal(1_000_000)
+_MAP_FILE = "model_prices_and_context_window_backup.json"
 _PROVIDER_PREFIXES = ("openai/", "anthropic/", "azure/", "gemini/", "vertex_ai/", "bedrock/")
 
 
@@ -44,21 +45,26 @@ class Price:
     max_output_tokens: int | None = None
 
 
+def litellm_data_dir() -> Path:
+    """The installed litellm package directory, found WITHOUT importing it.
+
+    Scans ``sys.path`` for the package's files rather than using the import
+    machinery, so neither litellm's import cost nor an import hook runs.
+    """
+    for entry in sys.path:
+        candidate = Path(entry or ".") / "litellm"
+        if (candidate / _MAP_FILE).is_file():
+            return candidate
+    raise PricingError(
+        "litellm is not installed, so its bundled price map is unavailable. Fix: "
+        "`pip install litellm` (it is read as data, never imported), or give every "
+        "model a price under `prices:` in your budget YAML."
+    )
+
+
 def litellm_price_map_path() -> Path:
     """Path of litellm's bundled ``model_prices_and_context_window_backup.json``."""
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
-        raise PricingError(
-            "litellm is not installed, so its price map is unavailable. Fix: "
-            "`pip install litellm` (it is read as data, never imported), or give every "
-            "model a price under `prices:` in your budget YAML."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / (
-        "model_prices_and_context_window_backup.json"
-    )
-    if not path.is_file():
-        raise PricingError(f"litellm's price map was not found at {path}; reinstall litellm")
-    return path
+    return litellm_data_dir() / _MAP_FILE
 
 
 class PriceBook:
