@@ -9,11 +9,34 @@ import textwrap
 import crew_budget
 
 PUBLIC = [
-    "BudgetConfig", "BudgetExceeded", "BudgetStatus", "ConfigError", "CrewBudgetError",
-    "CrewLimits", "Guard", "Ledger", "LedgerError", "LedgerUnavailable", "Limits",
-    "ModelPrice", "Price", "PriceBook", "PricingError", "ReservationError", "RoleBudget",
-    "Settlement", "SpendRecord", "Ticket", "UnknownModelError", "Usage", "UsageError",
-    "__version__", "cost_of", "load_config", "open_ledger", "parse_usage",
+    "BudgetConfig",
+    "BudgetExceeded",
+    "BudgetStatus",
+    "ConfigError",
+    "CrewBudgetError",
+    "CrewLimits",
+    "Guard",
+    "Ledger",
+    "LedgerError",
+    "LedgerUnavailable",
+    "Limits",
+    "ModelPrice",
+    "Price",
+    "PriceBook",
+    "PricingError",
+    "ReservationError",
+    "RoleBudget",
+    "Settlement",
+    "SpendRecord",
+    "Ticket",
+    "UnknownModelError",
+    "Usage",
+    "UsageError",
+    "__version__",
+    "cost_of",
+    "load_config",
+    "open_ledger",
+    "parse_usage",
 ]
 
 
@@ -27,8 +50,13 @@ def test_all_is_sorted_pinned_and_resolvable() -> None:
 def test_error_hierarchy() -> None:
     from crew_budget import errors
 
-    for cls in (errors.ConfigError, errors.PricingError, errors.UsageError, errors.LedgerError,
-                errors.BudgetExceeded):
+    for cls in (
+        errors.ConfigError,
+        errors.PricingError,
+        errors.UsageError,
+        errors.LedgerError,
+        errors.BudgetExceeded,
+    ):
         assert issubclass(cls, errors.CrewBudgetError)
     assert issubclass(errors.UnknownModelError, errors.PricingError)
     assert issubclass(errors.LedgerUnavailable, errors.LedgerError)
@@ -71,7 +99,9 @@ def test_core_works_with_no_framework_installed() -> None:
 
 
 def test_plain_import_loads_nothing_heavy() -> None:
-    code = ("import sys, crew_budget; heavy = [m for m in ('pydantic', 'yaml', 'tiktoken', "
-            "'typer', 'rich') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, crew_budget; heavy = [m for m in ('pydantic', 'yaml', 'tiktoken', "
+        "'typer', 'rich') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

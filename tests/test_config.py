@@ -21,7 +21,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_full_example_loads(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, """
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
 timezone: Europe/Berlin
 ledger: redis://localhost:6379/0
 fail_open: false
@@ -33,7 +36,9 @@ roles:
 default_role: {daily: 1}
 prices:
   my-finetune: {input_per_million: 0.3, output_per_million: 1.2}
-"""))
+""",
+        )
+    )
     assert cfg.roles["researcher"].daily == Decimal(5)
     assert cfg.roles["writer"].daily == Decimal("2.5")
     assert cfg.crew is not None and cfg.crew.monthly == Decimal(300)
@@ -104,9 +109,9 @@ def test_ledger_url_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_code_limits_can_only_tighten_yaml_limits() -> None:
     cfg = load_config({"roles": {"r": {"daily": 5, "hourly": 1}}})
     tighter = cfg.with_role_limits("r", daily=3, hourly=2)
-    assert tighter.roles["r"].daily == Decimal(3)   # code is stricter
+    assert tighter.roles["r"].daily == Decimal(3)  # code is stricter
     assert tighter.roles["r"].hourly == Decimal(1)  # YAML is stricter
-    assert cfg.roles["r"].daily == Decimal(5)       # the original is untouched
+    assert cfg.roles["r"].daily == Decimal(5)  # the original is untouched
     new = cfg.with_role_limits("other", monthly="9.99")
     assert new.roles["other"].monthly == Decimal("9.99")
 

@@ -30,8 +30,9 @@ OUT_ONLY = {"m": {"input_per_million": 0, "output_per_million": 10}}  # $0.00001
 
 
 def test_max_tokens_is_injected_from_the_role_cap_when_the_request_has_none() -> None:
-    guard = Guard({"roles": {"r": {"daily": 1, "max_output_tokens": 300}},
-                   "prices": OUT_ONLY}, "memory://")
+    guard = Guard(
+        {"roles": {"r": {"daily": 1, "max_output_tokens": 300}}, "prices": OUT_ONLY}, "memory://"
+    )
     ticket = guard.preflight("r", "m", MSG)
     assert ticket.max_tokens == 300
     assert ticket.output_tokens_reserved == 300
@@ -53,8 +54,14 @@ def test_settle_charges_usage_at_the_providers_prices() -> None:
     guard = Guard({"roles": {"r": {"daily": 1}}}, "memory://")
     ticket = guard.preflight("r", "gpt-4o-mini", MSG, max_tokens=100)
     # OpenAI usage: 1000 prompt tokens of which 400 cached, 100 completion.
-    s = guard.settle(ticket, {"prompt_tokens": 1000, "completion_tokens": 100,
-                              "prompt_tokens_details": {"cached_tokens": 400}})
+    s = guard.settle(
+        ticket,
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 100,
+            "prompt_tokens_details": {"cached_tokens": 400},
+        },
+    )
     # 600 x 0.15/M + 400 x 0.075/M + 100 x 0.60/M = 0.00009 + 0.00003 + 0.00006
     assert s.cost == Decimal("0.00018")
     assert (s.state, s.applied) == ("settled", True)
@@ -76,17 +83,29 @@ def test_budget_exceeded_carries_the_facts_and_says_them_in_one_line() -> None:
     guard = Guard({"roles": {"researcher": {"daily": "0.01"}}, "prices": OUT_ONLY}, "memory://")
     t = guard.preflight("researcher", "m", MSG, max_tokens=800)
     guard.settle(t, {"prompt_tokens": 5, "completion_tokens": 700})  # $0.007 spent
-    guard.preflight("researcher", "m", MSG, max_tokens=200)           # $0.002 reserved
+    guard.preflight("researcher", "m", MSG, max_tokens=200)  # $0.002 reserved
     with pytest.raises(BudgetExceeded) as info:
-        guard.preflight("researcher", "m", MSG, max_tokens=200)       # $0.002 more: 0.011
+        guard.preflight("researcher", "m", MSG, max_tokens=200)  # $0.002 more: 0.011
     e = info.value
     assert (e.role, e.scope, e.window, e.model) == ("researcher", "role:researcher", "day", "m")
     assert (e.limit, e.spent, e.reserved, e.estimate) == (
-        Decimal("0.01"), Decimal("0.007"), Decimal("0.002"), Decimal("0.002"))
+        Decimal("0.01"),
+        Decimal("0.007"),
+        Decimal("0.002"),
+        Decimal("0.002"),
+    )
     text = str(e)
     assert "\n" not in text
-    for fact in ("'researcher'", "role:researcher day budget", "$0.01", "$0.007 spent",
-                 "$0.002 reserved", "$0.001 left", "estimated at $0.002", "not sent"):
+    for fact in (
+        "'researcher'",
+        "role:researcher day budget",
+        "$0.01",
+        "$0.007 spent",
+        "$0.002 reserved",
+        "$0.001 left",
+        "estimated at $0.002",
+        "not sent",
+    ):
         assert fact in text
     clone = pickle.loads(pickle.dumps(e))
     assert type(clone) is BudgetExceeded
@@ -94,19 +113,28 @@ def test_budget_exceeded_carries_the_facts_and_says_them_in_one_line() -> None:
 
 
 def test_crew_limit_is_shared_by_every_role_and_blocks_all_or_nothing() -> None:
-    guard = Guard({"crew": {"name": "c", "daily": "0.003"},
-                   "roles": {"a": {"daily": 1}, "b": {"daily": 1}}, "prices": OUT_ONLY},
-                  "memory://")
-    guard.settle(guard.preflight("a", "m", MSG, max_tokens=200), {"prompt_tokens": 1,
-                                                                   "completion_tokens": 200})
-    guard.settle(guard.preflight("b", "m", MSG, max_tokens=100), {"prompt_tokens": 1,
-                                                                   "completion_tokens": 100})
+    guard = Guard(
+        {
+            "crew": {"name": "c", "daily": "0.003"},
+            "roles": {"a": {"daily": 1}, "b": {"daily": 1}},
+            "prices": OUT_ONLY,
+        },
+        "memory://",
+    )
+    guard.settle(
+        guard.preflight("a", "m", MSG, max_tokens=200),
+        {"prompt_tokens": 1, "completion_tokens": 200},
+    )
+    guard.settle(
+        guard.preflight("b", "m", MSG, max_tokens=100),
+        {"prompt_tokens": 1, "completion_tokens": 100},
+    )
     with pytest.raises(BudgetExceeded) as info:
         guard.preflight("b", "m", MSG, max_tokens=1)
     assert info.value.scope == "crew:c"
     by_scope = {s.scope: s for s in guard.status()}
     assert by_scope["role:b"].spent == Decimal("0.001")
-    assert by_scope["role:b"].reserved == 0   # the denied call charged nothing
+    assert by_scope["role:b"].reserved == 0  # the denied call charged nothing
     assert by_scope["crew:c"].spent == Decimal("0.003")
 
 
@@ -118,9 +146,19 @@ def test_unknown_model_is_an_error_not_free_and_overrides_fix_it() -> None:
     assert guard.status()[0].reserved == 0
     with pytest.raises(UnknownModelError, match="Did you mean: gpt-4o-mini"):
         guard.preflight("r", "gpt-4o-minii", MSG)
-    fixed = Guard({"roles": {"r": {"daily": 1}}, "prices": {"claude-3-5-haiku-20241022": {
-        "input_per_million": "0.80", "output_per_million": 4, "provider": "anthropic"}}},
-        "memory://")
+    fixed = Guard(
+        {
+            "roles": {"r": {"daily": 1}},
+            "prices": {
+                "claude-3-5-haiku-20241022": {
+                    "input_per_million": "0.80",
+                    "output_per_million": 4,
+                    "provider": "anthropic",
+                }
+            },
+        },
+        "memory://",
+    )
     t = fixed.preflight("r", "claude-3-5-haiku-20241022", MSG, max_tokens=10)
     cost = fixed.settle(t, {"input_tokens": 1000, "output_tokens": 100}).cost
     assert cost == Decimal("0.0012")  # 1000 x 0.80/M + 100 x 4/M
@@ -231,8 +269,11 @@ def test_settle_during_outage_is_retried_once_the_ledger_is_back() -> None:
 def test_guard_follows_the_ledger_clock_when_its_own_is_skewed() -> None:
     day = 86400.0
     ledger = MemoryLedger(clock=lambda: 1_764_000_000.0)  # 2025-11-24T16:00Z
-    guard = Guard({"roles": {"r": {"daily": 1}}, "prices": OUT_ONLY}, ledger,
-                  clock=lambda: 1_764_000_000.0 + 2 * day)
+    guard = Guard(
+        {"roles": {"r": {"daily": 1}}, "prices": OUT_ONLY},
+        ledger,
+        clock=lambda: 1_764_000_000.0 + 2 * day,
+    )
     t = guard.preflight("r", "m", MSG, max_tokens=100)
     guard.settle(t, {"prompt_tokens": 1, "completion_tokens": 100})
     (st,) = guard.status()

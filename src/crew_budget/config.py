@@ -51,9 +51,11 @@ def _usd(value: object) -> Decimal:
     try:
         amount = parse_usd(value)
     except ValueError as exc:
-        raise ValueError(f"{exc}; write a dollar amount such as 5 or \"5.00\"") from None
+        raise ValueError(f'{exc}; write a dollar amount such as 5 or "5.00"') from None
     if amount < 0:
-        raise ValueError(f"budget {value!r} is negative; use 0 to block all calls or a positive amount")
+        raise ValueError(
+            f"budget {value!r} is negative; use 0 to block all calls or a positive amount"
+        )
     if amount * 10**9 != (amount * 10**9).to_integral_value():
         raise ValueError(f"{value!r} is finer than one nano-dollar (1e-9)")
     return amount
@@ -275,8 +277,10 @@ def _explain(err: Mapping[str, Any]) -> str:
         elif parent in ("crew", "global"):
             hint = "use hourly, daily or monthly (crew also takes name)"
         elif len(loc) > 2 and loc[-3] == "prices":
-            hint = "a price takes input_per_million, output_per_million, cached_input_per_million, " \
+            hint = (
+                "a price takes input_per_million, output_per_million, cached_input_per_million, "
                 "cache_write_per_million, reasoning_per_million, provider, tokenizer"
+            )
         else:
             hint = f"known keys: {known['']}"
         return f"unknown key {key!r}; {hint}"

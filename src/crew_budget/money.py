@@ -39,7 +39,7 @@ def parse_usd(value: object) -> Decimal:
         try:
             amount = Decimal(text)
         except InvalidOperation:
-            raise ValueError(f"{value!r} is not a dollar amount (write e.g. 5 or \"5.00\")") from None
+            raise ValueError(f'{value!r} is not a dollar amount (write e.g. 5 or "5.00")') from None
     else:
         raise ValueError(f"{value!r} ({type(value).__name__}) is not a dollar amount")
     if not amount.is_finite():
@@ -69,4 +69,8 @@ def from_nano(nano: int) -> Decimal:
     """nano-USD -> ``Decimal`` dollars, exact (no trailing-zero noise)."""
     if nano == 0:
         return Decimal(0)
-    return (Decimal(nano) / _NANO).normalize() if nano % NANO_PER_USD else Decimal(nano // NANO_PER_USD)
+    return (
+        (Decimal(nano) / _NANO).normalize()
+        if nano % NANO_PER_USD
+        else Decimal(nano // NANO_PER_USD)
+    )

@@ -111,7 +111,9 @@ class PriceBook:
             if entry is not None and _is_priced(entry):
                 return _price_from_map(name, entry)
         keys = list(self._overrides) + [k for k in table if _is_priced(table[k])]
-        suggestions = tuple(difflib.get_close_matches(model.split("/")[-1], keys, n=3, cutoff=0.6))
+        suggestions = tuple(
+            difflib.get_close_matches(model.rsplit("/", maxsplit=1)[-1], keys, n=3, cutoff=0.6)
+        )
         raise UnknownModelError(model, suggestions=suggestions)
 
     def _overrides_only_or_map(self, model: str) -> Mapping[str, Mapping[str, Any]]:
@@ -154,7 +156,9 @@ def _price_from_map(name: str, entry: Mapping[str, Any]) -> Price:
     max_out = entry.get("max_output_tokens")
     return Price(
         model=name,
-        provider="openai" if provider in ("openai", "azure", "text-completion-openai") else provider,
+        provider="openai"
+        if provider in ("openai", "azure", "text-completion-openai")
+        else provider,
         input=_dec(entry["input_cost_per_token"]) or Decimal(0),
         output=_dec(entry["output_cost_per_token"]) or Decimal(0),
         cached_input=_dec(entry.get("cache_read_input_token_cost")),

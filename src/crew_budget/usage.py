@@ -166,17 +166,17 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
         return Usage(uncached, cached, write, completion, reasoning)
     # Gemini.
     if "promptTokenCount" in d or "candidatesTokenCount" in d:
-        prompt = _int(d, "promptTokenCount") or 0
-        cached = _int(d, "cachedContentTokenCount") or 0
+        g_prompt = _int(d, "promptTokenCount") or 0
+        g_cached = _int(d, "cachedContentTokenCount") or 0
         thoughts = _int(d, "thoughtsTokenCount") or 0
-        out = (_int(d, "candidatesTokenCount") or 0) + thoughts
-        return Usage(prompt - cached, cached, 0, out, thoughts)
-    inp = _int(d, "input_tokens")
-    out = _int(d, "output_tokens")
-    if inp is None and out is None:
+        g_out = (_int(d, "candidatesTokenCount") or 0) + thoughts
+        return Usage(g_prompt - g_cached, g_cached, 0, g_out, thoughts)
+    raw_in = _int(d, "input_tokens")
+    raw_out = _int(d, "output_tokens")
+    if raw_in is None and raw_out is None:
         return None
-    inp = inp or 0
-    out = out or 0
+    inp = raw_in or 0
+    out = raw_out or 0
     # LangChain usage_metadata: input_tokens includes the cache details.
     if "input_token_details" in d or "output_token_details" in d:
         idet = _as_mapping(d.get("input_token_details"))

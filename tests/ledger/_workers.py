@@ -34,9 +34,12 @@ def race_worker(url: str, threads: int, seed: int) -> dict[str, Any]:
         rng = random.Random(seed * 100 + tid)
         while True:
             try:
-                ticket = guard.preflight("racer", "race-model",
-                                         [{"role": "user", "content": "go"}],
-                                         max_tokens=MAX_TOKENS)
+                ticket = guard.preflight(
+                    "racer",
+                    "race-model",
+                    [{"role": "user", "content": "go"}],
+                    max_tokens=MAX_TOKENS,
+                )
             except BudgetExceeded:
                 with lock:
                     blocked += 1
@@ -59,7 +62,8 @@ def race_worker(url: str, threads: int, seed: int) -> dict[str, Any]:
 def crash_after_reserve(url: str, config: dict[str, Any]) -> None:
     """Reserve, then die by SIGKILL before settling (no cleanup runs)."""
     guard = Guard(config, url)
-    ticket = guard.preflight("racer", "race-model", [{"role": "user", "content": "x"}],
-                             max_tokens=MAX_TOKENS)
+    ticket = guard.preflight(
+        "racer", "race-model", [{"role": "user", "content": "x"}], max_tokens=MAX_TOKENS
+    )
     print(ticket.reservation_id, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)

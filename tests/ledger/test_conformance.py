@@ -53,10 +53,12 @@ def bucket(led: Ledger, scope: str, limit: int | None, period: str = "p1") -> Bu
 def reserve(
     led: Ledger, buckets: list[Bucket], amount: int, *, lease: float = 600.0, rid: str | None = None
 ) -> Reservation | Denial:
-    draft = RecordDraft(role="researcher", model="gpt-4o-mini", crew="c", estimate_nano=amount,
-                        metadata={"k": "v"})
-    return led.reserve(ReserveRequest(rid or new_reservation_id(), tuple(buckets), amount, lease,
-                                      draft))
+    draft = RecordDraft(
+        role="researcher", model="gpt-4o-mini", crew="c", estimate_nano=amount, metadata={"k": "v"}
+    )
+    return led.reserve(
+        ReserveRequest(rid or new_reservation_id(), tuple(buckets), amount, lease, draft)
+    )
 
 
 def spent_reserved(led: Ledger, b: Bucket) -> tuple[int, int]:
@@ -112,8 +114,13 @@ def test_settle_moves_reserved_to_actual_cost_and_records_usage(ledger: Ledger) 
     role, crew = bucket(ledger, "role:r", 10_000), bucket(ledger, "crew:c", 10_000)
     res = reserve(ledger, [role, crew], 900)
     assert isinstance(res, Reservation)
-    usage = Usage(input_tokens=100, cached_input_tokens=20, cache_write_tokens=5,
-                  output_tokens=50, reasoning_tokens=10)
+    usage = Usage(
+        input_tokens=100,
+        cached_input_tokens=20,
+        cache_write_tokens=5,
+        output_tokens=50,
+        reasoning_tokens=10,
+    )
     out = ledger.settle(res.reservation_id, 640, usage)
     assert (out.state, out.applied, out.cost_nano) == ("settled", True, 640)
     assert spent_reserved(ledger, role) == (640, 0)
@@ -242,8 +249,16 @@ def test_records_filter_by_time_and_keep_order(ledger: Ledger) -> None:
 
 
 def test_append_record_round_trips(ledger: Ledger) -> None:
-    rec = SpendRecord(ts=ledger.now(), reservation_id="", outcome="unguarded", role="r",
-                      model="gpt-4o-mini", output_tokens=7, cost_nano=42, metadata={"a": 1})
+    rec = SpendRecord(
+        ts=ledger.now(),
+        reservation_id="",
+        outcome="unguarded",
+        role="r",
+        model="gpt-4o-mini",
+        output_tokens=7,
+        cost_nano=42,
+        metadata={"a": 1},
+    )
     ledger.append_record(rec)
     assert ledger.records() == [rec]
 

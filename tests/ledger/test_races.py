@@ -77,8 +77,13 @@ def test_process_killed_between_reserve_and_settle_is_charged_on_expiry(
         "import sys; from tests.ledger._workers import crash_after_reserve, RACE_CONFIG;"
         f"crash_after_reserve({url!r}, {{**RACE_CONFIG, 'lease_seconds': 1}})"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr
     rid = proc.stdout.strip()
     ledger = guard.ledger

@@ -206,7 +206,7 @@ class SettleResult:
     cost_nano: int
 
 
-class ClockSkew(Exception):  # noqa: N818 - internal signal, never reaches users
+class ClockSkew(Exception):
     """The request's window periods do not contain the ledger's clock."""
 
     def __init__(self, ledger_now: float) -> None:

@@ -80,15 +80,21 @@ class MemoryLedger(Ledger):
                 if spent + reserved + amount > b.limit_nano:
                     self._records.append(
                         SpendRecord.build(
-                            ts=now, reservation_id=request.reservation_id, outcome="blocked",
-                            draft=request.draft, cost_nano=0, scope=b.scope,
+                            ts=now,
+                            reservation_id=request.reservation_id,
+                            outcome="blocked",
+                            draft=request.draft,
+                            cost_nano=0,
+                            scope=b.scope,
                         )
                     )
                     return Denial(BucketState(b, spent, reserved), amount)
             for b in request.buckets:
                 self._reserved[b.key] = self._reserved.get(b.key, 0) + amount
             expires = now + request.lease_seconds
-            self._res[request.reservation_id] = _Res(amount, expires, request.buckets, request.draft)
+            self._res[request.reservation_id] = _Res(
+                amount, expires, request.buckets, request.draft
+            )
             return Reservation(request.reservation_id, amount, expires, request.buckets)
 
     def _finish_locked(
@@ -106,8 +112,12 @@ class MemoryLedger(Ledger):
         res.cost = cost
         self._records.append(
             SpendRecord.build(
-                ts=now, reservation_id=rid, outcome=state, draft=res.draft,
-                cost_nano=cost, usage=usage,
+                ts=now,
+                reservation_id=rid,
+                outcome=state,
+                draft=res.draft,
+                cost_nano=cost,
+                usage=usage,
             )
         )
         return SettleResult(state, True, cost)
@@ -186,8 +196,14 @@ class MemoryLedger(Ledger):
 def _reset_record(now: float, bucket: Bucket, old_spent: int, reason: str) -> SpendRecord:
     role = bucket.scope.split(":", 1)[1] if bucket.scope.startswith("role:") else ""
     return SpendRecord(
-        ts=now, reservation_id="", outcome="reset", role=role, model="", cost_nano=-old_spent,
-        scope=bucket.scope, metadata={"bucket": bucket.key, "reason": reason},
+        ts=now,
+        reservation_id="",
+        outcome="reset",
+        role=role,
+        model="",
+        cost_nano=-old_spent,
+        scope=bucket.scope,
+        metadata={"bucket": bucket.key, "reason": reason},
     )
 
 

@@ -106,7 +106,9 @@ class SQLiteLedger(Ledger):
             return conn
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None,
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
                 check_same_thread=True,
             )
             conn.execute("PRAGMA journal_mode=WAL")
@@ -167,10 +169,17 @@ class SQLiteLedger(Ledger):
                     continue
                 spent, reserved = _bucket_row(db, b.key)
                 if spent + reserved + amount > b.limit_nano:
-                    _insert_record(db, SpendRecord.build(
-                        ts=now, reservation_id=request.reservation_id, outcome="blocked",
-                        draft=request.draft, cost_nano=0, scope=b.scope,
-                    ))
+                    _insert_record(
+                        db,
+                        SpendRecord.build(
+                            ts=now,
+                            reservation_id=request.reservation_id,
+                            outcome="blocked",
+                            draft=request.draft,
+                            cost_nano=0,
+                            scope=b.scope,
+                        ),
+                    )
                     return Denial(BucketState(b, spent, reserved), amount)
             for b in request.buckets:
                 db.execute(
@@ -182,15 +191,25 @@ class SQLiteLedger(Ledger):
             db.execute(
                 "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state) "
                 "VALUES (?, ?, ?, ?, ?, 'reserved')",
-                (request.reservation_id, amount, expires,
-                 json.dumps([b.key for b in request.buckets]), request.draft.to_json()),
+                (
+                    request.reservation_id,
+                    amount,
+                    expires,
+                    json.dumps([b.key for b in request.buckets]),
+                    request.draft.to_json(),
+                ),
             )
         self._maybe_housekeep(now)
         return Reservation(request.reservation_id, amount, expires, request.buckets)
 
     def _finish(
-        self, db: sqlite3.Connection, rid: str, state: Outcome, cost: int | None,
-        usage: Usage | None, now: float,
+        self,
+        db: sqlite3.Connection,
+        rid: str,
+        state: Outcome,
+        cost: int | None,
+        usage: Usage | None,
+        now: float,
     ) -> SettleResult:
         row = db.execute(
             "SELECT amount, buckets, draft, state, cost FROM reservations WHERE id = ?", (rid,)
@@ -213,10 +232,17 @@ class SQLiteLedger(Ledger):
             "UPDATE reservations SET state = ?, cost = ?, finished_at = ? WHERE id = ?",
             (state, charged, now, rid),
         )
-        _insert_record(db, SpendRecord.build(
-            ts=now, reservation_id=rid, outcome=state, draft=RecordDraft.from_json(draft),
-            cost_nano=charged, usage=usage,
-        ))
+        _insert_record(
+            db,
+            SpendRecord.build(
+                ts=now,
+                reservation_id=rid,
+                outcome=state,
+                draft=RecordDraft.from_json(draft),
+                cost_nano=charged,
+                usage=usage,
+            ),
+        )
         return SettleResult(state, True, charged)
 
     def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
@@ -232,10 +258,13 @@ class SQLiteLedger(Ledger):
             return self._finish(db, reservation_id, "released", 0, None, now)
 
     def _reap(self, db: sqlite3.Connection, now: float, limit: int) -> int:
-        ids = [r[0] for r in db.execute(
-            "SELECT id FROM reservations WHERE state = 'reserved' AND expires_at <= ? LIMIT ?",
-            (now, limit),
-        )]
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM reservations WHERE state = 'reserved' AND expires_at <= ? LIMIT ?",
+                (now, limit),
+            )
+        ]
         for rid in ids:
             self._finish(db, rid, "expired", None, None, now)
         return len(ids)
@@ -252,9 +281,11 @@ class SQLiteLedger(Ledger):
             return [BucketState(b, *_bucket_row(db, b.key)) for b in buckets]
 
     def reservation_state(self, reservation_id: str) -> Outcome | None:
-        row = self._conn().execute(
-            "SELECT state FROM reservations WHERE id = ?", (reservation_id,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT state FROM reservations WHERE id = ?", (reservation_id,))
+            .fetchone()
+        )
         return None if row is None else cast(Outcome, row[0])
 
     def append_record(self, record: SpendRecord) -> None:
@@ -293,11 +324,19 @@ class SQLiteLedger(Ledger):
             spent, reserved = _bucket_row(db, bucket.key)
             db.execute("UPDATE buckets SET spent = 0 WHERE key = ?", (bucket.key,))
             role = bucket.scope.split(":", 1)[1] if bucket.scope.startswith("role:") else ""
-            _insert_record(db, SpendRecord(
-                ts=now, reservation_id="", outcome="reset", role=role, model="",
-                cost_nano=-spent, scope=bucket.scope,
-                metadata={"bucket": bucket.key, "reason": reason},
-            ))
+            _insert_record(
+                db,
+                SpendRecord(
+                    ts=now,
+                    reservation_id="",
+                    outcome="reset",
+                    role=role,
+                    model="",
+                    cost_nano=-spent,
+                    scope=bucket.scope,
+                    metadata={"bucket": bucket.key, "reason": reason},
+                ),
+            )
             return BucketState(bucket, 0, reserved)
 
     # -- storage stays bounded -------------------------------------------------
