@@ -43,7 +43,7 @@ from crew_budget.pricing import Price, PriceBook
 from crew_budget.usage import Usage, cost_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
 
-__all__ = ["BudgetStatus", "Guard", "Settlement", "Ticket"]
+__all__ = ["BudgetStatus", "Guard", "GuardEvent", "Settlement", "Ticket"]
 
 log = logging.getLogger("crew_budget")
 
@@ -94,6 +94,29 @@ class BudgetStatus:
     resets_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class GuardEvent:
+    """What ``Guard.add_listener`` callbacks hear after each decision.
+
+    ``outcome`` after preflight: ``allowed`` (``ticket.guarded`` is False if
+    fail_open let it through unreserved) or ``blocked`` (``error`` says
+    where); after settle/release, the final state: ``settled``, ``released``,
+    ``expired`` (the lease ran out first), ``pending`` (ledger down, will
+    retry) or ``unguarded``. ``applied`` is False for a repeat that changed
+    nothing.
+    """
+
+    outcome: str
+    role: str
+    model: str
+    crew: str | None
+    estimate: Decimal
+    cost: Decimal = Decimal(0)
+    applied: bool = True
+    ticket: Ticket | None = None
+    error: BudgetExceeded | None = None
+
+
 class Guard:
     """Enforces a ``BudgetConfig`` against a ``Ledger``."""
 
@@ -126,6 +149,7 @@ class Guard:
         self._pending: collections.deque[tuple[Ticket, Usage | None, int]] = collections.deque(
             maxlen=10_000
         )
+        self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
 
     @classmethod
     def from_config(
@@ -156,6 +180,31 @@ class Guard:
             monthly=monthly_usd,
             max_output_tokens=max_output_tokens,
         )
+
+    # -- listeners (alerts, metrics) -----------------------------------------
+
+    def add_listener(self, listener: Callable[[GuardEvent], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` after every preflight, settle and release.
+
+        It runs on the caller's thread, so it must be quick (hand work to a
+        queue); anything it raises is logged and swallowed, never reaching the
+        LLM call. Returns a function that removes the listener.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
+
+    def _emit(self, event: GuardEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("crew-budget: listener %r failed (ignored)", listener)
 
     # -- the three steps ----------------------------------------------------
 
@@ -217,12 +266,16 @@ class Guard:
                 "crew-budget: ledger %s unreachable; UNGUARDED call allowed by fail_open "
                 "(role=%s model=%s estimate=$%s)", self.ledger.url, role, model, from_nano(amount)
             )
-            return Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
-                          out_tokens, inject, 0.0, guarded=False, metadata=meta)
+            ticket = Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
+                            out_tokens, inject, 0.0, guarded=False, metadata=meta)
+            if self._listeners:
+                self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
+                                      ticket=ticket))
+            return ticket
         if isinstance(result, Denial):
             st = result.state
             assert st.bucket.limit_nano is not None
-            raise BudgetExceeded(
+            exceeded = BudgetExceeded(
                 role=role,
                 scope=st.bucket.scope,
                 window=st.bucket.window,
@@ -233,10 +286,18 @@ class Guard:
                 estimate=from_nano(amount),
                 model=model,
             )
+            if self._listeners:
+                self._emit(GuardEvent("blocked", role, model, crew_name, from_nano(amount),
+                                      error=exceeded))
+            raise exceeded
         if self._pending:
             self._flush_pending_quietly()
-        return Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
-                      inject, result.expires_at, metadata=meta)
+        ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
+                        inject, result.expires_at, metadata=meta)
+        if self._listeners:
+            self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
+                                  ticket=ticket))
+        return ticket
 
     def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft) -> Any:
         now = self._clock() + self._offset
@@ -276,6 +337,15 @@ class Guard:
         return self._finish(ticket, None, None)
 
     def _finish(self, ticket: Ticket, usage: Usage | None, cost_nano: int | None) -> Settlement:
+        result = self._finish_quietly(ticket, usage, cost_nano)
+        if self._listeners:
+            self._emit(GuardEvent(result.state, ticket.role, ticket.model, ticket.crew,
+                                  ticket.estimate, result.cost, result.applied, ticket=ticket))
+        return result
+
+    def _finish_quietly(
+        self, ticket: Ticket, usage: Usage | None, cost_nano: int | None
+    ) -> Settlement:
         if not ticket.guarded:
             if cost_nano:
                 self._record_unguarded(ticket, usage, cost_nano)
