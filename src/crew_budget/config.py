@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from crew_budget.errors import ConfigError
@@ -234,6 +233,8 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | BudgetConfi
             "file not found; pass the path of your budget YAML (see examples/budgets.yaml)",
             source=name,
         ) from None
+    import yaml  # only file loading needs it; keeps `Guard(dict)` imports lean
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
