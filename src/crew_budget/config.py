@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from crew_budget.alerts.config import AlertsConfig, alerts_key_hint
 from crew_budget.errors import ConfigError
 from crew_budget.money import parse_usd
 from crew_budget.windows import WINDOWS, WindowName, get_tz
@@ -127,7 +128,7 @@ class BudgetConfig(_Model):
     roles: dict[str, RoleBudget] = Field(default_factory=dict)
     default_role: RoleBudget | None = None
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
-    alerts: dict[str, Any] | None = None
+    alerts: AlertsConfig | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -277,6 +278,8 @@ def _explain(err: Mapping[str, Any]) -> str:
             hint = "a role takes hourly, daily, monthly and max_output_tokens"
         elif parent in ("crew", "global"):
             hint = "use hourly, daily or monthly (crew also takes name)"
+        elif loc and loc[0] == "alerts":
+            hint = alerts_key_hint(loc)
         elif len(loc) > 2 and loc[-3] == "prices":
             hint = (
                 "a price takes input_per_million, output_per_million, cached_input_per_million, "
