@@ -25,7 +25,7 @@ from typing import Any
 
 from crew_budget.config import BudgetConfig, load_config
 from crew_budget.errors import BudgetExceeded, LedgerUnavailable, UsageError
-from crew_budget.estimate import Estimator
+from crew_budget.estimate import Estimate, Estimator
 from crew_budget.ledger import (
     Bucket,
     BucketState,
@@ -211,6 +211,37 @@ class Guard:
     def price(self, model: str) -> Price:
         return self.prices.get(model)
 
+    def estimate(
+        self,
+        role: str,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        *,
+        system: Any = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Estimate:
+        """What ``preflight`` would reserve for this call, without reserving it.
+
+        Output is reserved at ``max_tokens``, or else at the role's cap (and the
+        model's maximum), which the adapter must then send as ``max_tokens``.
+        """
+        price = self.prices.get(model)
+        prompt_tokens = self.estimator.count_prompt(
+            model, price, messages, tools, system=system, extra=extra
+        )
+        inject: int | None = None
+        if max_tokens is None:
+            cap = self.config.max_output_tokens(role)
+            if price.max_output_tokens is not None:
+                cap = min(cap, price.max_output_tokens)
+            inject = out_tokens = cap
+        else:
+            out_tokens = int(max_tokens)
+        amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
+        return Estimate(model, prompt_tokens, out_tokens, inject, from_nano(amount), price)
+
     def preflight(
         self,
         role: str,
@@ -229,21 +260,11 @@ class Guard:
         Raises ``BudgetExceeded`` (nothing was charged), ``UnknownModelError``
         (no price: never $0) or ``LedgerUnavailable`` (fail closed).
         """
-        price = self.prices.get(model)
-        prompt_tokens = self.estimator.count_prompt(
-            model, price, messages, tools, system=system, extra=extra
+        est = self.estimate(role, model, messages, tools, max_tokens, system=system, extra=extra)
+        prompt_tokens, out_tokens, inject = (
+            est.prompt_tokens, est.output_tokens_reserved, est.max_tokens
         )
-        cap = self.config.max_output_tokens(role)
-        inject: int | None = None
-        if max_tokens is None:
-            if price.max_output_tokens is not None:
-                cap = min(cap, price.max_output_tokens)
-            inject = cap
-            out_tokens = cap
-        else:
-            out_tokens = int(max_tokens)
-        estimate = prompt_tokens * price.input + out_tokens * price.output
-        amount = to_nano_ceil(estimate)
+        amount = to_nano(est.amount)
         crew_name = crew or (self.config.crew.name if self.config.crew else None)
         meta = dict(metadata or {})
         draft = RecordDraft(
