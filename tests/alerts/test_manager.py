@@ -1,0 +1,292 @@
+"""AlertManager driven by a real Guard on the memory ledger.
+
+Prices are output-only ($0 input, $10 per million output tokens) and every
+call reserves max_tokens=1000 and settles 1000 completion tokens, so each
+call costs exactly 1000 * $10/1e6 = $0.01 and a $1.00 budget takes 100 calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from crew_budget import BudgetExceeded, Guard
+from crew_budget.alerts import Alert, AlertManager, AlertsConfig
+from crew_budget.guard import GuardEvent
+from crew_budget.ledger import SpendRecord
+from crew_budget.ledger.memory import MemoryLedger
+
+MSG = [{"role": "user", "content": "go"}]
+USAGE = {"prompt_tokens": 5, "completion_tokens": 1000}  # $0.01 at the test price
+CONFIG: dict[str, Any] = {
+    "roles": {"researcher": {"daily": "1.00"}, "writer": {"daily": "10"}},
+    "crew": {"name": "team", "daily": "2.00"},
+    "prices": {"alert-model": {"input_per_million": 0, "output_per_million": 10},
+               "big-model": {"input_per_million": 0, "output_per_million": 100}},
+    "alerts": {"sinks": [], "anomalies": {"enabled": False}},
+}
+T0 = 1_795_000_000.0  # 2026-11-18 (a Wednesday), 08:53 UTC
+
+
+class Clock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def spend(guard: Guard, calls: int, role: str = "researcher", model: str = "alert-model") -> None:
+    for _ in range(calls):
+        ticket = guard.preflight(role, model, MSG, max_tokens=1000)
+        guard.settle(ticket, USAGE)
+
+
+def keys(alerts: list[Alert]) -> list[str]:
+    return [a.key for a in alerts]
+
+
+def test_each_threshold_fires_exactly_once_per_scope_and_window() -> None:
+    got: list[Alert] = []
+    guard = Guard(CONFIG, "memory://", clock=Clock())
+    with AlertManager(guard, sinks=[got.append]) as manager:
+        spend(guard, 49)                      # $0.49: nothing yet
+        assert manager.flush()
+        assert got == []
+        spend(guard, 1)                       # $0.50: role 50 %
+        assert manager.flush()
+        assert keys(got) == ["threshold:role:researcher|day|2026-11-18:50"]
+        spend(guard, 50)                      # $1.00: role 80 + 100, crew 50
+        for _ in range(3):                    # blocked three times: one exhausted alert
+            with pytest.raises(BudgetExceeded):
+                spend(guard, 1)
+        assert manager.flush()
+    # The crew ($1.00 of $2.00) crosses 50 % with the same calls; the order
+    # within one evaluation batch is not part of the contract, the count is.
+    assert sorted(keys(got)) == [
+        "exhausted:role:researcher|day|2026-11-18",
+        "threshold:crew:team|day|2026-11-18:50",
+        "threshold:role:researcher|day|2026-11-18:100",
+        "threshold:role:researcher|day|2026-11-18:50",
+        "threshold:role:researcher|day|2026-11-18:80",
+    ]
+    (exhausted,) = [a for a in got if a.kind == "exhausted"]
+    assert exhausted.values["spent_usd"] == Decimal("1.00")
+    assert exhausted.values["estimate_usd"] == Decimal("0.01")
+    assert "a alert-model call by role 'researcher' estimated at $0.0100 was blocked" in (
+        exhausted.message)
+    assert "until the window resets at 2026-11-19 00:00 UTC" in exhausted.message
+
+
+def test_thresholds_fire_again_in_the_next_window() -> None:
+    clock = Clock()
+    got: list[Alert] = []
+    guard = Guard(CONFIG, "memory://", clock=clock)
+    with AlertManager(guard, sinks=[got.append]) as manager:
+        spend(guard, 50)
+        manager.flush()
+        clock.t += 86400  # next day: new buckets, new periods
+        spend(guard, 50)
+        manager.flush()
+    assert keys(got) == ["threshold:role:researcher|day|2026-11-18:50",
+                         "threshold:role:researcher|day|2026-11-19:50"]
+
+
+def test_two_managers_sharing_a_ledger_send_each_alert_once() -> None:
+    ledger = MemoryLedger(clock=Clock())
+    got_a: list[Alert] = []
+    got_b: list[Alert] = []
+    guard_a, guard_b = Guard(CONFIG, ledger), Guard(CONFIG, ledger)
+    with AlertManager(guard_a, sinks=[got_a.append]) as a, \
+            AlertManager(guard_b, sinks=[got_b.append]) as b:
+        for _ in range(25):  # both push the same budget past 50 %
+            spend(guard_a, 1)
+            spend(guard_b, 1)
+        a.flush()
+        b.flush()
+    assert len(got_a) + len(got_b) == 1
+    assert keys(got_a + got_b) == ["threshold:role:researcher|day|2026-11-18:50"]
+
+
+def test_a_blocking_sink_never_delays_the_call() -> None:
+    entered, release = threading.Event(), threading.Event()
+    delivered: list[Alert] = []
+
+    def slow_sink(alert: Alert) -> None:
+        entered.set()
+        assert release.wait(10)
+        delivered.append(alert)
+
+    guard = Guard(CONFIG, "memory://", clock=Clock())
+    manager = AlertManager(guard, sinks=[slow_sink])
+    spend(guard, 50)
+    assert entered.wait(5)        # the sink is now stuck inside the 50 % alert...
+    spend(guard, 30)              # ...and 30 more calls go through regardless
+    assert guard.status("researcher")[0].spent == Decimal("0.80")
+    assert delivered == []
+    release.set()
+    assert manager.flush()
+    assert [a.values["threshold_pct"] for a in delivered] == [50, 80]
+    manager.close()
+
+
+def test_failing_sink_is_retried_with_exponential_backoff() -> None:
+    attempts: list[str] = []
+    sleeps: list[float] = []
+
+    def flaky(alert: Alert) -> None:
+        attempts.append(alert.key)
+        if len(attempts) < 3:
+            raise ConnectionError("webhook down")
+
+    cfg = AlertsConfig.model_validate({
+        "sinks": [], "anomalies": {"enabled": False},
+        "delivery": {"attempts": 4, "backoff_seconds": 0.5, "max_backoff_seconds": 30},
+    })
+    guard = Guard(CONFIG, "memory://", clock=Clock())
+    with AlertManager(guard, cfg, sinks=[flaky], sleep=sleeps.append) as manager:
+        spend(guard, 50)
+        assert manager.flush()
+        (stats,) = manager.stats()
+    assert len(attempts) == 3               # two failures, then delivered
+    assert sleeps == [0.5, 1.0]             # 0.5 * 2**0, 0.5 * 2**1
+    assert (stats.delivered, stats.failed, stats.retries) == (1, 0, 2)
+
+
+def test_dead_sink_is_reported_once_per_burst_and_other_sinks_still_deliver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def dead(alert: Alert) -> None:
+        raise ConnectionRefusedError("nobody listening")
+
+    good: list[Alert] = []
+    cfg = AlertsConfig.model_validate({
+        "sinks": [], "anomalies": {"enabled": False},
+        "delivery": {"attempts": 2, "backoff_seconds": 0},
+    })
+    guard = Guard(CONFIG, "memory://", clock=Clock())
+    with caplog.at_level(logging.ERROR, logger="crew_budget.alerts"), \
+            AlertManager(guard, cfg, sinks=[dead, good.append]) as manager:
+        spend(guard, 100)                     # role 50/80/100 + crew 50: all fail on `dead`
+        assert manager.flush()
+        dead_stats, good_stats = manager.stats()
+    assert guard.status("researcher")[0].spent == Decimal("1.00")  # every call went through
+    assert (dead_stats.failed, dead_stats.delivered) == (4, 0)
+    assert dead_stats.last_error == "ConnectionRefusedError: nobody listening"
+    assert good_stats.delivered == 4 and len(good) == 4
+    errors = [r for r in caplog.records if "failed 2 times" in r.getMessage()]
+    assert len(errors) == 1                   # one report per burst, not one per alert
+    assert "ConnectionRefusedError: nobody listening" in errors[0].getMessage()
+
+
+def test_a_raising_listener_never_reaches_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    guard = Guard(CONFIG, "memory://", clock=Clock())
+    seen: list[str] = []
+
+    def broken(event: GuardEvent) -> None:
+        seen.append(event.outcome)
+        raise RuntimeError("listener bug")
+
+    remove = guard.add_listener(broken)
+    with caplog.at_level(logging.ERROR, logger="crew_budget"):
+        spend(guard, 1)
+    assert seen == ["allowed", "settled"]
+    assert guard.status("researcher")[0].spent == Decimal("0.01")
+    assert sum("listener" in r.getMessage() for r in caplog.records) == 2
+    remove()
+    spend(guard, 1)
+    assert seen == ["allowed", "settled"]
+
+
+def test_guard_events_carry_outcome_cost_and_block_details() -> None:
+    guard = Guard({**CONFIG, "roles": {"researcher": {"daily": "0.015"}}}, "memory://",
+                  clock=Clock())
+    events: list[GuardEvent] = []
+    guard.add_listener(events.append)
+    spend(guard, 1)
+    with pytest.raises(BudgetExceeded):
+        spend(guard, 1)
+    ticket = guard.preflight("writer", "alert-model", MSG, max_tokens=1000)
+    guard.release(ticket)
+    guard.release(ticket)  # a repeat changes nothing
+    assert [(e.outcome, e.role, e.cost, e.applied) for e in events] == [
+        ("allowed", "researcher", Decimal(0), True),
+        ("settled", "researcher", Decimal("0.01"), True),
+        ("blocked", "researcher", Decimal(0), True),
+        ("allowed", "writer", Decimal(0), True),
+        ("released", "writer", Decimal(0), True),
+        ("released", "writer", Decimal(0), False),
+    ]
+    blocked = events[2].error
+    assert blocked is not None and blocked.scope == "role:researcher"
+    assert blocked.limit == Decimal("0.015")
+
+
+def test_anomalies_are_evaluated_after_spend_and_sent_once() -> None:
+    # Baseline: 12 researcher calls on alert-model over the last days.
+    clock = Clock(T0)
+    ledger = MemoryLedger(clock=clock)
+    for i in range(12):
+        ledger.append_record(SpendRecord(ts=T0 - 86400 - 600 * i, reservation_id=f"b{i}",
+                                         outcome="settled", role="researcher",
+                                         model="alert-model", cost_nano=10_000_000))
+    # Only the new-model rule: a $0.10 call would also be a spend spike
+    # against this quiet baseline (tested in test_rules.py).
+    quiet = {"enabled": False}
+    config = {**CONFIG, "alerts": {"sinks": [], "thresholds": [], "anomalies": {
+        "check_interval_seconds": 0, "burn_rate": quiet, "spend_spike": quiet}}}
+    got: list[Alert] = []
+    guard = Guard(config, ledger)
+    with AlertManager(guard, sinks=[got.append]) as manager:
+        spend(guard, 1, model="big-model")   # a model outside the baseline
+        manager.flush()
+        spend(guard, 1, model="big-model")   # the same switch again: no second alert
+        manager.flush()
+    assert keys(got) == ["new_model:researcher:big-model"]
+    assert got[0].message == (
+        "role 'researcher' called model 'big-model' (1 calls, $0.1000 in the last 60 min), "
+        "which it has not used in its 7-day baseline (12 calls on: alert-model)."
+    )
+
+
+def test_anomaly_check_skipped_by_the_interval_runs_when_it_is_due() -> None:
+    clock = Clock(T0)
+    ledger = MemoryLedger(clock=clock)
+    for i in range(12):
+        ledger.append_record(SpendRecord(ts=T0 - 86400 - 600 * i, reservation_id=f"b{i}",
+                                         outcome="settled", role="researcher",
+                                         model="alert-model", cost_nano=10_000_000))
+    quiet = {"enabled": False}
+    config = {**CONFIG, "alerts": {"sinks": [], "thresholds": [], "anomalies": {
+        "check_interval_seconds": 0.3, "burn_rate": quiet, "spend_spike": quiet}}}
+    got: list[Alert] = []
+    guard = Guard(config, ledger)
+    with AlertManager(guard, sinks=[got.append]) as manager:
+        spend(guard, 1)                      # first check: nothing unusual
+        manager.flush()
+        spend(guard, 1, model="big-model")   # within the interval: check deferred
+        manager.flush()
+        assert got == []
+        deadline = threading.Event()
+        for _ in range(100):                 # ... and run by the worker when due
+            if got:
+                break
+            deadline.wait(0.05)
+    assert keys(got) == ["new_model:researcher:big-model"]
+
+
+def test_manual_check_covers_every_configured_budget() -> None:
+    ledger = MemoryLedger(clock=Clock())
+    guard = Guard(CONFIG, ledger)
+    spend(guard, 100, role="writer")  # $1.00: 10 % of writer's $10, 50 % of the crew's $2
+    got: list[Alert] = []
+    manager = AlertManager(guard, sinks=[got.append], start=False)
+    sent = manager.check()
+    manager.flush()
+    assert keys(sent) == keys(got) == ["threshold:crew:team|day|2026-11-18:50"]
+    assert manager.check() == []  # claimed: never twice
+    manager.close()
