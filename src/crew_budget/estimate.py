@@ -11,12 +11,14 @@ OpenAI chat format (exact tiktoken encodings, see ``tokens.py``)
     tiktoken"); it matches real ``usage.prompt_tokens`` for gpt-4o-mini and
     gpt-4.1 in recorded traffic, and o-series models bill within a token of it.
     Multi-part content counts its ``text`` parts and prices ``image_url``
-    parts by the documented image formula (``images.py``). Assistant
-    ``tool_calls`` cost the function name + arguments + 8 (the recipient
-    header a tool call is rendered with); ``tool`` results cost their content
-    + ``tool_call_id`` (standing in for the ``functions.<name>`` author tag they
-    are rendered with). Tool definitions (``tools`` and legacy ``functions``)
-    are rendered the way the model sees them, as a TypeScript namespace::
+    parts by the documented image formula (``images.py``). OpenAI documents
+    no rule for tool calls in the history, so they are counted the way the
+    cookbook's loop counts every field, which errs high: each assistant
+    ``tool_calls`` entry costs its id + function name + arguments + 3, a
+    ``tool`` result its content + ``tool_call_id`` (at least as long as the
+    ``functions.<name>`` author tag it is rendered with). Tool definitions
+    (``tools`` and legacy ``functions``) are rendered the way the model sees
+    them, as a TypeScript namespace::
 
         namespace functions {
 
@@ -474,9 +476,14 @@ class Estimator:
                 fixed += 1
             elif key == "tool_calls":
                 for call in value or ():
-                    fn = call.get("function", call) if isinstance(call, Mapping) else {}
-                    text += count(str(fn.get("name", ""))) + count(_args(fn))
-                    fixed += 8
+                    if not isinstance(call, Mapping):
+                        text += count(str(call))
+                        continue
+                    fn = call.get("function", call)
+                    fn = fn if isinstance(fn, Mapping) else {}
+                    text += count(str(call.get("id") or "")) + count(str(fn.get("name", "")))
+                    text += count(_args(fn))
+                    fixed += 3
             elif key == "function_call" and isinstance(value, Mapping):
                 text += count(str(value.get("name", ""))) + count(_args(value))
                 fixed += 3
