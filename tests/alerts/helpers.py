@@ -77,3 +77,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- multi-process exactly-once -------------------------------------------------
+
+# Output-only pricing: each call reserves and settles exactly
+# 1000 tokens x $10 / 1e6 = $0.01, so the $1.00 role budget ends at exactly
+# $1.00 after 100 calls and every threshold, 100 % included, is crossed.
+RACE_CONFIG: dict[str, Any] = {
+    "roles": {"racer": {"daily": "1.00"}},
+    "crew": {"name": "race", "daily": "2.00"},
+    "prices": {"race-model": {"input_per_million": 0, "output_per_million": 10}},
+    "alerts": {"thresholds": [50, 80, 100], "anomalies": {"enabled": False},
+               "delivery": {"attempts": 3, "backoff_seconds": 0.05}},
+}
+
+
+def alert_race_worker(url: str, hook_url: str, threads: int) -> int:
+    """Spend from the shared budget until blocked; alerts go to ``hook_url``."""
+    from crew_budget import BudgetExceeded, Guard
+    from crew_budget.alerts import AlertManager
+
+    config = {**RACE_CONFIG, "alerts": {**RACE_CONFIG["alerts"],
+                                        "sinks": [{"type": "webhook", "url": hook_url}]}}
+    guard = Guard(config, url)
+    manager = AlertManager(guard)
+    calls = 0
+    lock = threading.Lock()
+
+    def loop() -> None:
+        nonlocal calls
+        while True:
+            try:
+                ticket = guard.preflight("racer", "race-model",
+                                         [{"role": "user", "content": "go"}], max_tokens=1000)
+            except BudgetExceeded:
+                return
+            guard.settle(ticket, {"prompt_tokens": 4, "completion_tokens": 1000})
+            with lock:
+                calls += 1
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert manager.flush(30)
+    manager.close()
+    guard.close()
+    return calls

@@ -1,0 +1,54 @@
+"""Exactly-once alerts with many processes on the shared SQLite and Redis ledgers.
+
+4 processes x 2 threads push one $1.00 role budget (and a $2.00 crew budget)
+through 50/80/100 % and into blocking. Every process runs its own
+AlertManager posting to one loopback webhook; the ledger's atomic claim must
+let exactly one of them send each alert.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from crew_budget import Guard
+from tests.alerts.helpers import RACE_CONFIG, alert_race_worker, webhook
+
+PROCESSES, THREADS = 4, 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_each_alert_is_sent_once_across_processes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (f"sqlite:///{tmp_path / 'alerts.db'}" if kind == "sqlite"
+           else str(request.getfixturevalue("redis_url")))
+    ctx = multiprocessing.get_context("spawn")
+    with webhook() as hook:
+        with ctx.Pool(PROCESSES) as pool:
+            calls = pool.starmap(alert_race_worker, [(url, hook.url, THREADS)] * PROCESSES)
+        bodies = list(hook.bodies)
+
+    guard = Guard(RACE_CONFIG, url)
+    (role,) = [s for s in guard.status("racer") if s.scope == "role:racer"]
+    # 100 calls of exactly $0.01 each: the role budget is exactly full.
+    assert sum(calls) == 100
+    assert str(role.spent) == "1"
+    # Work really was spread: more than one process made calls.
+    assert sum(1 for c in calls if c) > 1
+    period = role.period
+    sent = Counter(b["key"] for b in bodies)
+    assert sent == {
+        f"threshold:role:racer|day|{period}:50": 1,
+        f"threshold:role:racer|day|{period}:80": 1,
+        f"threshold:role:racer|day|{period}:100": 1,
+        f"threshold:crew:race|day|{period}:50": 1,    # $1.00 of the crew's $2.00
+        f"exhausted:role:racer|day|{period}": 1,      # every thread was blocked once
+    }
+    blocked = [r for r in guard.ledger.records() if r.outcome == "blocked"]
+    assert len(blocked) == PROCESSES * THREADS
+    guard.close()
