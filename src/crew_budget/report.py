@@ -1,0 +1,282 @@
+"""Spend reports: pure aggregation over ``SpendRecord``s, and renderers.
+
+``build_report(records, by=("role", "model", "hour"))`` answers "which agent
+cost the most yesterday, on which model, at what hour": rows are sorted by
+cost, money is summed in integer nano-USD and shown as exact ``Decimal``.
+Renderers: ``to_csv``, ``to_json`` and ``render_table`` (rich); the HTML page
+lives in ``crew_budget.report_html``.
+
+What counts:
+
+- cost: ``settled``, ``expired`` (charged at the reservation) and
+  ``unguarded`` (let through by fail_open) records;
+- calls: the same three outcomes (calls that reached, or may have reached,
+  the provider); ``blocked`` and ``released`` are counted in their own
+  columns;
+- ``reset`` records are administrative, not spend: listed separately.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from decimal import Decimal
+from typing import Any, Literal
+
+from crew_budget.alerts.events import fmt_usd
+from crew_budget.ledger.base import SpendRecord
+from crew_budget.money import from_nano
+
+__all__ = [
+    "GROUP_KEYS",
+    "Report",
+    "ReportRow",
+    "build_report",
+    "fmt_usd",
+    "parse_by",
+    "render_table",
+    "time_series",
+]
+
+GROUP_KEYS = ("role", "model", "crew", "hour", "day", "outcome", "scope")
+_CHARGED = frozenset({"settled", "expired", "unguarded"})
+
+
+def parse_by(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"role,model,hour"`` -> ``("role", "model", "hour")``; unknown keys raise."""
+    parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
+    keys = tuple(p for p in parts if p)
+    bad = [k for k in keys if k not in GROUP_KEYS]
+    if bad:
+        raise ValueError(
+            f"cannot group by {', '.join(map(repr, bad))}; use a comma-separated list of "
+            f"{', '.join(GROUP_KEYS)} (e.g. --by role,model,hour)"
+        )
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--by {','.join(keys)} names a key twice")
+    return keys
+
+
+def _label(record: SpendRecord, key: str, tz: tzinfo) -> str:
+    if key == "hour":
+        return datetime.fromtimestamp(record.ts, tz).strftime("%Y-%m-%d %H:00")
+    if key == "day":
+        return datetime.fromtimestamp(record.ts, tz).strftime("%Y-%m-%d")
+    if key == "crew":
+        return record.crew or ""
+    if key == "scope":
+        return record.scope or ""
+    return str(getattr(record, key))
+
+
+@dataclass(slots=True)
+class ReportRow:
+    """One group's totals; money in nano-USD, ``cost`` in ``Decimal`` dollars."""
+
+    key: tuple[str, ...]
+    calls: int = 0
+    blocked: int = 0
+    released: int = 0
+    expired: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_nano: int = 0
+    estimate_nano: int = 0
+
+    @property
+    def cost(self) -> Decimal:
+        return from_nano(self.cost_nano)
+
+    @property
+    def estimate(self) -> Decimal:
+        return from_nano(self.estimate_nano)
+
+    @property
+    def avg_cost(self) -> Decimal:
+        """Average cost per call, rounded to a nano-dollar (integer arithmetic)."""
+        if not self.calls:
+            return Decimal(0)
+        return from_nano(int((Decimal(self.cost_nano) / self.calls).to_integral_value()))
+
+    def add(self, r: SpendRecord) -> None:
+        if r.outcome in _CHARGED:
+            self.calls += 1
+            self.cost_nano += r.cost_nano
+            self.estimate_nano += r.estimate_nano
+            self.input_tokens += r.input_tokens + r.cached_input_tokens + r.cache_write_tokens
+            self.output_tokens += r.output_tokens
+            if r.outcome == "expired":
+                self.expired += 1
+        elif r.outcome == "blocked":
+            self.blocked += 1
+        elif r.outcome == "released":
+            self.released += 1
+
+
+@dataclass(slots=True)
+class Report:
+    """Rows grouped by ``by``, sorted by cost (largest first), plus the total."""
+
+    by: tuple[str, ...]
+    since: float | None
+    until: float | None
+    tz: tzinfo
+    rows: list[ReportRow]
+    total: ReportRow
+    resets: list[SpendRecord] = field(default_factory=list)
+    records: int = 0
+
+    def share(self, row: ReportRow) -> Decimal:
+        """The row's share of total cost, in percent (one decimal)."""
+        if not self.total.cost_nano:
+            return Decimal(0)
+        return (Decimal(row.cost_nano) * 100 / Decimal(self.total.cost_nano)).quantize(
+            Decimal("0.1"))
+
+    def _iso(self, ts: float | None) -> str | None:
+        return None if ts is None else datetime.fromtimestamp(ts, self.tz).isoformat()
+
+    def row_dict(self, row: ReportRow) -> dict[str, Any]:
+        data: dict[str, Any] = dict(zip(self.by, row.key, strict=False))
+        data.update(
+            calls=row.calls, blocked=row.blocked, released=row.released, expired=row.expired,
+            input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+            cost_usd=str(row.cost), estimate_usd=str(row.estimate),
+            avg_cost_usd=str(row.avg_cost), share_pct=str(self.share(row)),
+        )
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.row_dict(self.total)
+        return {
+            "since": self._iso(self.since),
+            "until": self._iso(self.until),
+            "timezone": str(self.tz),
+            "by": list(self.by),
+            "records": self.records,
+            "rows": [self.row_dict(r) for r in self.rows],
+            "total": {k: v for k, v in total.items() if k not in self.by},
+            "resets": [
+                {"time": self._iso(r.ts), "scope": r.scope,
+                 "cleared_usd": str(from_nano(-r.cost_nano)),
+                 "reason": str(r.metadata.get("reason", ""))}
+                for r in self.resets
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        columns = [*self.by, "calls", "blocked", "released", "expired", "input_tokens",
+                   "output_tokens", "cost_usd", "estimate_usd", "avg_cost_usd", "share_pct"]
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow(self.row_dict(row))
+        return out.getvalue()
+
+
+def build_report(
+    records: Iterable[SpendRecord],
+    by: Sequence[str] = ("role", "model"),
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    tz: tzinfo = timezone.utc,
+    sort: Literal["cost", "key"] = "cost",
+) -> Report:
+    """Group records in ``[since, until)`` by ``by`` (see ``GROUP_KEYS``)."""
+    keys = parse_by(by)
+    groups: dict[tuple[str, ...], ReportRow] = {}
+    total = ReportRow(())
+    resets: list[SpendRecord] = []
+    count = 0
+    for r in records:
+        if (since is not None and r.ts < since) or (until is not None and r.ts >= until):
+            continue
+        count += 1
+        if r.outcome == "reset":
+            resets.append(r)
+            continue
+        key = tuple(_label(r, k, tz) for k in keys)
+        row = groups.get(key)
+        if row is None:
+            row = groups[key] = ReportRow(key)
+        row.add(r)
+        total.add(r)
+    rows = list(groups.values())
+    if sort == "cost":
+        rows.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
+    else:
+        rows.sort(key=lambda row: row.key)
+    return Report(keys, since, until, tz, rows, total, resets, count)
+
+
+def time_series(
+    records: Iterable[SpendRecord],
+    *,
+    since: float,
+    until: float,
+    step: Literal["hour", "day"],
+    tz: tzinfo = timezone.utc,
+    key: str = "role",
+) -> tuple[list[str], dict[str, list[int]]]:
+    """Cost in nano-USD per ``step`` and per ``key`` value, zeros included.
+
+    Returns the bucket labels (oldest first) and, per role (or model), one
+    integer per bucket: what a spend-over-time chart draws.
+    """
+    fmt = "%Y-%m-%d %H:00" if step == "hour" else "%Y-%m-%d"
+    labels: list[str] = []
+    index: dict[str, int] = {}
+    t = since
+    while t < until:
+        label = datetime.fromtimestamp(t, tz).strftime(fmt)
+        if label not in index:
+            index[label] = len(labels)
+            labels.append(label)
+        t += 3600
+    last = datetime.fromtimestamp(until - 1e-6, tz).strftime(fmt)
+    if until > since and last not in index:
+        index[last] = len(labels)
+        labels.append(last)
+    series: dict[str, list[int]] = {}
+    for r in records:
+        if r.outcome not in _CHARGED or not since <= r.ts < until:
+            continue
+        label = datetime.fromtimestamp(r.ts, tz).strftime(fmt)
+        i = index.get(label)
+        if i is None:
+            continue
+        name = str(getattr(r, key) or "")
+        series.setdefault(name, [0] * len(labels))[i] += r.cost_nano
+    return labels, series
+
+
+def render_table(report: Report, *, title: str | None = None, limit: int | None = None) -> Any:
+    """A ``rich.table.Table`` of the report (rich is imported here, lazily)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_footer=True)
+    for i, k in enumerate(report.by):
+        table.add_column(k, footer="total" if i == 0 else "", style="bold" if i == 0 else None)
+    t = report.total
+    table.add_column("calls", justify="right", footer=str(t.calls))
+    table.add_column("blocked", justify="right", footer=str(t.blocked))
+    table.add_column("in tok", justify="right", footer=f"{t.input_tokens:,}")
+    table.add_column("out tok", justify="right", footer=f"{t.output_tokens:,}")
+    table.add_column("cost", justify="right", footer=fmt_usd(t.cost), style="green")
+    table.add_column("avg/call", justify="right", footer=fmt_usd(t.avg_cost))
+    table.add_column("share", justify="right", footer="100%" if t.cost_nano else "")
+    rows = report.rows if limit is None else report.rows[:limit]
+    for row in rows:
+        table.add_row(*row.key, str(row.calls), str(row.blocked), f"{row.input_tokens:,}",
+                      f"{row.output_tokens:,}", fmt_usd(row.cost), fmt_usd(row.avg_cost),
+                      f"{report.share(row)}%")
+    return table
