@@ -1,0 +1,255 @@
+"""Prometheus metrics for budgets (extra ``crew-budget[metrics]``).
+
+``register_metrics(guard)`` adds one custom collector to a registry (the
+global one by default, or yours). Budget gauges are read from the ledger at
+scrape time, so they are the same in every process; counters and the
+estimate-error histogram come from one of two sources:
+
+- ``source="calls"`` (library default): this process's calls, via a guard
+  listener (cheap: a few integer additions under a lock).
+- ``source="ledger"``: every process's calls, by reading new spend records
+  from the ledger at each scrape. ``crew-budget metrics --port N`` uses this.
+
+Metrics (USD values are floats only at the exposition edge)::
+
+    crew_budget_limit_usd{scope,window,period}
+    crew_budget_spent_usd{scope,window,period}
+    crew_budget_reserved_usd{scope,window,period}
+    crew_budget_remaining_usd{scope,window,period}
+    crew_budget_ledger_up
+    crew_budget_calls_total{role,outcome}       outcome: allowed | blocked | expired
+    crew_budget_cost_usd_total{role,model}
+    crew_budget_actual_to_estimate_ratio        actual / estimate (1 = exact; the
+                                                error is ratio - 1; above 1 is an
+                                                under-estimate)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from crew_budget.errors import CrewBudgetError
+from crew_budget.ledger.base import SpendRecord
+
+if TYPE_CHECKING:
+    from crew_budget.guard import Guard, GuardEvent
+
+__all__ = ["ERROR_BUCKETS", "BudgetMetrics", "register_metrics", "serve_metrics"]
+
+log = logging.getLogger("crew_budget.metrics")
+
+#: Upper bounds of the actual/estimate histogram. A ratio, not a signed error,
+#: so Prometheus keeps ``_sum`` and ``_count`` (it drops them for negative
+#: buckets). The estimate includes the reserved output (max_tokens), so most
+#: calls land well below 1; above 1 means the estimate was too low.
+ERROR_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5,
+                                    2.0, float("inf"))
+_NANO = Decimal(10**9)
+_TAIL_OVERLAP = 120.0  # seconds re-read each scrape: other processes' clocks differ a little
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise CrewBudgetError(
+            "prometheus_client is not installed; install the extra: "
+            "pip install 'crew-budget[metrics]'"
+        ) from None
+    return prometheus_client
+
+
+class BudgetMetrics:
+    """A Prometheus collector for one guard (``registry.register(it)``)."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        source: Literal["calls", "ledger"] = "calls",
+        since: float | None = None,
+    ) -> None:
+        self.guard = guard
+        self.source = source
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], int] = {}
+        self._cost: dict[tuple[str, str], int] = {}
+        self._hist = [0] * len(ERROR_BUCKETS)
+        self._hist_sum = Decimal(0)
+        self._expired_ids: dict[str, None] = {}
+        self._remove: Any = None
+        self._cursor = guard.ledger.now() if since is None else since
+        self._seen: dict[tuple[float, str, str, str], float] = {}  # (ts, id, outcome, role)
+        if source == "calls":
+            self._remove = guard.add_listener(self.observe)
+
+    def close(self) -> None:
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+
+    # -- feeding ---------------------------------------------------------------
+
+    def _count(self, role: str, outcome: str) -> None:
+        key = (role, outcome)
+        self._calls[key] = self._calls.get(key, 0) + 1
+
+    def _error(self, estimate_nano: int, cost_nano: int) -> None:
+        if estimate_nano <= 0:
+            return
+        ratio = Decimal(cost_nano) / Decimal(estimate_nano)
+        for i, bound in enumerate(ERROR_BUCKETS):
+            if bound == float("inf") or ratio <= Decimal(repr(bound)):
+                self._hist[i] += 1
+                break
+        self._hist_sum += ratio
+
+    def _charge(self, role: str, model: str, cost_nano: int) -> None:
+        key = (role, model)
+        self._cost[key] = self._cost.get(key, 0) + cost_nano
+
+    def observe(self, event: GuardEvent) -> None:
+        """Guard listener (``source="calls"``): never raises, never blocks long."""
+        with self._lock:
+            if event.outcome in ("allowed", "blocked"):
+                self._count(event.role, event.outcome)
+                return
+            cost = int(event.cost * _NANO)
+            if event.outcome == "expired":
+                rid = event.ticket.reservation_id if event.ticket else ""
+                if rid in self._expired_ids:
+                    return
+                self._expired_ids[rid] = None
+                if len(self._expired_ids) > 10_000:
+                    self._expired_ids.pop(next(iter(self._expired_ids)))
+                self._count(event.role, "expired")
+                self._charge(event.role, event.model, cost)
+            elif event.applied and event.outcome in ("settled", "unguarded"):
+                self._charge(event.role, event.model, cost)
+                if event.outcome == "settled":
+                    self._error(int(event.estimate * _NANO), cost)
+
+    def observe_record(self, r: SpendRecord) -> None:
+        """Count one spend record (``source="ledger"``)."""
+        with self._lock:
+            if r.outcome in ("settled", "released", "expired", "unguarded"):
+                self._count(r.role, "allowed")
+            if r.outcome in ("blocked", "expired"):
+                self._count(r.role, r.outcome)
+            if r.outcome in ("settled", "expired", "unguarded"):
+                self._charge(r.role, r.model, r.cost_nano)
+            if r.outcome == "settled":
+                self._error(r.estimate_nano, r.cost_nano)
+
+    def _tail(self) -> None:
+        start = self._cursor - _TAIL_OVERLAP
+        records = self.guard.ledger.records(since=start)
+        for r in records:
+            key = (r.ts, r.reservation_id, str(r.outcome), r.role)
+            if key in self._seen:
+                continue
+            self._seen[key] = r.ts
+            self.observe_record(r)
+            self._cursor = max(self._cursor, r.ts)
+        horizon = self._cursor - _TAIL_OVERLAP
+        for key, ts in list(self._seen.items()):
+            if ts < horizon:
+                del self._seen[key]
+
+    # -- the collector protocol -------------------------------------------------
+
+    def describe(self) -> list[Any]:
+        return list(self._families(with_samples=False))
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> Iterator[Any]:
+        core = _prometheus().metrics_core
+        labels = ["scope", "window", "period"]
+        limit = core.GaugeMetricFamily("crew_budget_limit_usd",
+                                       "Budget limit per scope and window (USD).", labels=labels)
+        spent = core.GaugeMetricFamily("crew_budget_spent_usd",
+                                       "Committed spend per scope and window (USD).",
+                                       labels=labels)
+        reserved = core.GaugeMetricFamily("crew_budget_reserved_usd",
+                                          "Reservations in flight per scope and window (USD).",
+                                          labels=labels)
+        remaining = core.GaugeMetricFamily("crew_budget_remaining_usd",
+                                           "Limit minus spent and reserved (USD).", labels=labels)
+        up = core.GaugeMetricFamily("crew_budget_ledger_up",
+                                    "1 if the ledger answered this scrape, else 0.")
+        calls = core.CounterMetricFamily("crew_budget_calls",
+                                         "LLM calls by outcome: allowed, blocked, expired.",
+                                         labels=["role", "outcome"])
+        cost = core.CounterMetricFamily("crew_budget_cost_usd",
+                                        "Dollars charged (settled, expired, unguarded).",
+                                        labels=["role", "model"])
+        hist = core.HistogramMetricFamily(
+            "crew_budget_actual_to_estimate_ratio",
+            "Actual cost / reserved estimate of settled calls (error = ratio - 1).")
+        if with_samples:
+            ok = True
+            try:
+                if self.source == "ledger":
+                    self._tail()
+                buckets = self.guard.buckets()
+                states = self.guard.ledger.status(buckets) if buckets else []
+            except CrewBudgetError as exc:
+                log.warning("crew-budget metrics: ledger %s unreadable (%s)",
+                            self.guard.ledger.url, exc)
+                ok, states = False, []
+            for st in states:
+                b = st.bucket
+                values = [b.scope, b.window, b.period]
+                if b.limit_nano is not None:
+                    limit.add_metric(values, float(Decimal(b.limit_nano) / _NANO))
+                    remaining.add_metric(values, float(Decimal(st.remaining_nano or 0) / _NANO))
+                spent.add_metric(values, float(Decimal(st.spent_nano) / _NANO))
+                reserved.add_metric(values, float(Decimal(st.reserved_nano) / _NANO))
+            up.add_metric([], 1.0 if ok else 0.0)
+            with self._lock:
+                for (role, outcome), n in sorted(self._calls.items()):
+                    calls.add_metric([role, outcome], float(n))
+                for (role, model), nano in sorted(self._cost.items()):
+                    cost.add_metric([role, model], float(Decimal(nano) / _NANO))
+                cumulative, running = [], 0
+                for bound, n in zip(ERROR_BUCKETS, self._hist, strict=True):
+                    running += n
+                    le = "+Inf" if bound == float("inf") else repr(bound)
+                    cumulative.append((le, float(running)))
+                hist.add_metric([], cumulative, float(self._hist_sum))
+        yield from (limit, spent, reserved, remaining, up, calls, cost, hist)
+
+
+def register_metrics(
+    guard: Guard,
+    registry: Any = None,
+    *,
+    source: Literal["calls", "ledger"] = "calls",
+    since: float | None = None,
+) -> BudgetMetrics:
+    """Register the budget collector in ``registry`` (default: the global one)."""
+    prom = _prometheus()
+    collector = BudgetMetrics(guard, source=source, since=since)
+    (registry if registry is not None else prom.REGISTRY).register(collector)
+    return collector
+
+
+def serve_metrics(
+    guard: Guard,
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    source: Literal["calls", "ledger"] = "ledger",
+) -> tuple[Any, BudgetMetrics]:
+    """Serve ``/metrics`` on ``host:port`` from a fresh registry (background thread)."""
+    prom = _prometheus()
+    registry = prom.CollectorRegistry()
+    collector = register_metrics(guard, registry, source=source)
+    server, _thread = prom.start_http_server(port, addr=host, registry=registry)
+    return server, collector
