@@ -53,7 +53,11 @@ Anthropic messages format (no public Claude 3+ tokenizer)
     tool-use system prompt per model and ``tool_choice`` (Anthropic "Tool use
     overview > Pricing"; e.g. 346 tokens for auto on Claude Sonnet 4, 496 on
     Claude Sonnet 4.5; where revisions of that table differ the larger is
-    used) plus the JSON of each tool definition.
+    used) plus the JSON of each tool definition; ``thinking`` (in ``extra``)
+    adds 30. Thinking blocks in the history are counted although Claude
+    ignores those of earlier turns (errs high). On the examples in
+    Anthropic's token-counting docs (claude-opus-4: 14, 403 and 88 tokens)
+    this gives 16, 425 and 108.
 
 Other hosts (Gemini, Groq, Together, Mistral, DeepSeek, ...)
     OpenAI-style framing with a tiktoken count scaled by a per-family factor
@@ -147,6 +151,10 @@ _SERVER_TOOL_TOKENS = 1000  # bash 245, text editor 700, computer 735 (+ system 
 _PDF_PAGE_TOKENS = 3000
 _UNKNOWN_DOCUMENT_TOKENS = 10 * _PDF_PAGE_TOKENS
 _APPROX_TOOL_PREAMBLE = 60
+# Extended thinking adds hidden prompt text: Anthropic's token-counting docs
+# bill 88 tokens for a thinking-enabled request whose text is 40 tokens
+# (claude-opus-4); after framing that leaves ~30.
+_THINKING_PROMPT = 30
 
 _CLAUDE_RE = re.compile(
     r"claude-(?:(?P<t1>opus|sonnet|haiku)-(?P<a1>\d+)(?:[-.](?P<b1>\d{1,2}))?(?!\d)"
@@ -328,8 +336,8 @@ class Estimator:
         ``messages`` may be OpenAI- or Anthropic-shaped dicts (or objects with
         ``role``/``type`` and ``content``, such as LangChain messages);
         ``system`` is Anthropic's separate system prompt; ``extra`` may hold
-        ``tool_choice``, ``functions``, ``function_call``, ``response_format``
-        and ``output_format``.
+        ``tool_choice``, ``functions``, ``function_call``, ``response_format``,
+        ``output_format`` and Anthropic's ``thinking``.
         """
         scheme = self._scheme(model, price)
         text, fixed = self._count(scheme, messages, tools, system, extra or {})
@@ -437,6 +445,8 @@ class Estimator:
             while len(cache) > self.cache_size:
                 cache.popitem(last=False)
         fixed += scheme.reply
+        if scheme.kind == "anthropic" and _thinking_enabled(extra.get("thinking")):
+            fixed += _THINKING_PROMPT
         if tool_list or fmt is not None:
             fixed += self._tool_adjustments(scheme, extra, bool(tool_list), has_system, fmt,
                                             count)
@@ -718,6 +728,12 @@ def _pdf_pages(data: str) -> int:
         return pages
     counts = [int(c) for c in _COUNT_RE.findall(raw)]
     return max(counts) if counts else 0
+
+
+def _thinking_enabled(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return value.get("type") not in (None, "disabled")
+    return bool(value)
 
 
 def _bytes_over_two(text: str) -> int:

@@ -30,7 +30,8 @@ ConfigOption = Annotated[
                  dir_okay=False),
 ]
 
-_EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format")
+_EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
+               "thinking")
 
 
 def register(app: typer.Typer) -> None:
