@@ -1,0 +1,152 @@
+"""``crew-budget demo``: a three-agent CrewAI crew stopped by its budget, offline.
+
+By default nothing leaves the machine: the crew's OpenAI traffic is replayed
+from a recorded cassette (vcrpy), no API key is needed, and spend goes to a
+fresh embedded SQLite ledger in a temporary directory, so every run tells the
+same story and the demo never adds made-up spend to your real ledger. With
+``--live`` (and ``OPENAI_API_KEY`` set) the same crew calls OpenAI for real
+and records real spend in your default ledger (or ``--ledger``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to the ``crew-budget`` app."""
+    app.command("demo")(demo)
+
+
+def demo(
+    live: Annotated[
+        bool, typer.Option("--live", help="Call OpenAI for real (needs OPENAI_API_KEY).")
+    ] = False,
+    ledger: Annotated[
+        str | None,
+        typer.Option("--ledger", help="Ledger URL (default: a temporary SQLite file offline, "
+                     "your default ledger with --live)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show CrewAI's own output.")] = False,
+) -> None:
+    """Run a router/researcher/writer crew whose looping researcher hits its budget."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if live and not os.environ.get("OPENAI_API_KEY"):
+        console.print("[red]--live needs OPENAI_API_KEY[/red]; drop --live to replay offline.")
+        raise typer.Exit(2)
+    _quiet_environment(verbose)
+    with tempfile.TemporaryDirectory(prefix="crew-budget-demo-") as tmp:
+        url = ledger or (None if live else f"sqlite:///{Path(tmp) / 'ledger.db'}")
+        code = _run(console, live=live, ledger_url=url, verbose=verbose)
+    raise typer.Exit(code)
+
+
+def _quiet_environment(verbose: bool) -> None:
+    # Offline means offline: no telemetry, no price-map or tokenizer downloads.
+    for key, value in {
+        "CREWAI_DISABLE_TELEMETRY": "true", "CREWAI_DISABLE_TRACKING": "true",
+        "OTEL_SDK_DISABLED": "true", "CREWAI_TRACING_ENABLED": "false",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+    if not verbose:
+        import logging
+
+        # CrewAI logs our deliberate stop as a listener error; the demo says it better.
+        for name in ("crewai", "root", "crewai.flow.runtime"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.getLogger().setLevel(logging.CRITICAL)
+
+
+def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> int:
+    import yaml
+    from rich.table import Table
+
+    from crew_budget.config import load_config
+    from crew_budget.crewai import BudgetCallback, CrewBudgetExceeded
+    from crew_budget.crewai.demo import BUDGETS_YAML, QUESTION, build_crew, replay
+    from crew_budget.guard import GuardEvent
+
+    config = load_config(yaml.safe_load(BUDGETS_YAML))
+    budget = BudgetCallback(config, ledger_url)
+    console.print("[bold]crew-budget demo[/bold]: router -> researcher -> writer "
+                  f"({'live OpenAI' if live else 'offline replay, no API key needed'})")
+    console.print(f"ledger: {budget.guard.ledger.url}")
+    console.print("budgets: " + ", ".join(
+        f"{role} ${limits.daily}/day" for role, limits in config.roles.items()
+    ) + f", crew ${config.crew.daily if config.crew else '-'}/day; the researcher's "
+        "BudgetLLM also says $0.018/day (the stricter wins)\n")
+
+    calls: dict[str, int] = {}
+
+    def show(event: GuardEvent) -> None:
+        if event.outcome == "settled":
+            calls[event.role] = calls.get(event.role, 0) + 1
+            console.print(f"  {event.role:<10} {event.model:<12} call {calls[event.role]:>2}  "
+                          f"reserved ${event.estimate:<10f} charged ${event.cost:f}")
+        elif event.outcome == "blocked" and event.error is not None:
+            err = event.error
+            console.print(f"  {event.role:<10} {event.model:<12} [bold red]BLOCKED[/bold red]  "
+                          f"needs ~${err.estimate:f}, {err.scope} has ${err.limit - err.spent:f} "
+                          "left: no request sent")
+
+    budget.guard.add_listener(show)
+    crew = build_crew(budget, verbose=verbose)
+    stopped: CrewBudgetExceeded | None = None
+    try:
+        if live:
+            crew.kickoff(inputs={"question": QUESTION})
+        else:
+            with replay():
+                crew.kickoff(inputs={"question": QUESTION})
+    except CrewBudgetExceeded as exc:
+        stopped = exc
+
+    console.print()
+    if stopped is not None:
+        console.print(f"[bold]Stopped:[/bold] crew.kickoff() raised {type(stopped).__name__}")
+        console.print(f"  role={stopped.role} scope={stopped.scope} window={stopped.window} "
+                      f"limit=${stopped.limit:f} spent=${stopped.spent:f}")
+        console.print(f"  {stopped}")
+    else:
+        console.print("[bold]The crew finished within its budgets.[/bold]")
+
+    summary = budget.summary()
+    table = Table(title="Spend this run, per role and model")
+    for column in ("role", "model", "calls", "blocked", "input tok", "output tok", "USD"):
+        table.add_column(column, justify="left" if column in ("role", "model") else "right")
+    seen = {row.role for row in summary.run}
+    for row in summary.run:
+        table.add_row(row.role, row.model, str(row.calls), str(row.blocked),
+                      str(row.input_tokens), str(row.output_tokens), f"{row.cost:f}")
+    for role in config.roles:
+        if role not in seen:
+            table.add_row(role, "-", "0", "0", "0", "0", "0")
+    table.add_row("total", "", "", "", "", "", f"{summary.total('run'):f}", style="bold")
+    console.print(table)
+
+    limits = Table(title="Budgets today")
+    for column in ("scope", "limit", "spent", "left"):
+        limits.add_column(column, justify="left" if column == "scope" else "right")
+    for status in summary.limits:
+        if status.window != "day":
+            continue
+        limits.add_row(status.scope, _usd(status.limit), _usd(status.spent),
+                       _usd(status.remaining))
+    console.print(limits)
+    budget.guard.close()
+    return 0
+
+
+def _usd(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value:f}"

@@ -1,0 +1,680 @@
+"""``BudgetLLM``: any CrewAI ``BaseLLM`` behind a per-role dollar budget.
+
+Composition, not inheritance from a provider: CrewAI 1.x's ``LLM(...)``
+factory returns native SDK classes (``OpenAICompletion``,
+``AnthropicCompletion``, ...) or the litellm-backed ``LLM``, so the only
+shape that wraps all of them is a ``BaseLLM`` that delegates to an inner one.
+
+One call, in order (``call`` and ``acall`` alike)::
+
+    guard.preflight(role, model, messages, tools, the request's own cap)
+      -> CrewBudgetExceeded (a HookAborted: CrewAI stops, no retry, no HTTP)
+    inner.call(...) on a copy of the inner LLM whose cap field holds
+      ticket.max_tokens when the request had no cap of its own
+    guard.settle(ticket, the usage the provider reported for this call)
+      or guard.release(ticket) when the provider never billed it
+
+Where the actual usage comes from: every CrewAI provider (native OpenAI,
+Anthropic, Gemini, Azure, Bedrock, and the litellm ``LLM``) hands each
+response's usage to ``self._track_token_usage_internal(usage)``,
+synchronously, on the thread or task that made the request, streaming
+included (the final usage chunk). We tap that method (once per class, on the
+class that defines it) and route the dict to the ``_Capture`` that the
+current ``BudgetLLM`` call put in a ``ContextVar`` for exactly that inner
+instance. That is exact per call and safe under threads and asyncio (each
+task has its own context), unlike the instance's cumulative
+``get_token_usage_summary`` deltas (racy when calls overlap) or
+``LLMCallCompletedEvent`` (handled later on a thread pool, and not emitted
+with usage when the provider runs a tool itself). A call that reports no
+usage (a stream cut before its last chunk, a provider that sends none) is
+charged at its reservation and logged, never at $0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crewai.hooks.dispatch import HookAborted
+from crewai.llms.base_llm import (
+    BaseLLM,
+    LLMCallBlockedError,
+    call_stop_override,
+    call_stream_override,
+)
+from crewai.types.usage_metrics import UsageMetrics
+from pydantic import PrivateAttr
+
+from crew_budget.errors import BudgetExceeded, ConfigError
+from crew_budget.guard import Guard, Ticket
+from crew_budget.usage import Usage
+
+if TYPE_CHECKING:
+    from crew_budget.config import BudgetConfig
+    from crew_budget.ledger import Ledger
+
+__all__ = ["BudgetLLM", "CrewBudgetExceeded", "usage_from_crewai"]
+
+log = logging.getLogger("crew_budget.crewai")
+
+
+class CrewBudgetExceeded(BudgetExceeded, HookAborted):
+    """A ``BudgetExceeded`` that CrewAI treats as a deliberate stop.
+
+    CrewAI retries any other exception from an LLM ``max_retry_limit`` times
+    and swallows hook exceptions; ``HookAborted`` is on the agent's
+    pass-through list, so this one ends the task after one attempt and
+    reaches ``crew.kickoff()`` intact, carrying ``role``, ``scope``,
+    ``window``, ``limit``, ``spent``, ``reserved`` and ``estimate``.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        # BudgetExceeded.__init__ ends in super().__init__(message), which the
+        # MRO routes to HookAborted.__init__(reason): both sides initialised.
+        super().__init__(**fields)
+        self.source = "crew-budget"
+
+    @classmethod
+    def from_exceeded(cls, exc: BudgetExceeded) -> CrewBudgetExceeded:
+        if isinstance(exc, cls):
+            return exc
+        return cls(**exc._fields(), message=str(exc))
+
+
+# -- usage tap ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Capture:
+    """Usage dicts reported by one inner LLM instance during one call."""
+
+    llm: Any
+    usages: list[Any] = field(default_factory=list)
+    depth: int = 0
+
+
+_CAPTURE: ContextVar[_Capture | None] = ContextVar("crew_budget_crewai_capture", default=None)
+_TAP_LOCK = threading.Lock()
+_TAP_MARK = "_crew_budget_tap"
+
+
+def _install_tap(cls: type[Any]) -> None:
+    """Wrap ``_track_token_usage_internal`` where ``cls`` resolves it (once).
+
+    The wrapper runs the original first, so CrewAI's own counters are
+    unchanged; it records the dict only when a ``BudgetLLM`` call is in
+    flight for this very instance in this context (otherwise it is a
+    ``ContextVar`` read and nothing else).
+    """
+    owner = next(
+        (c for c in cls.__mro__ if "_track_token_usage_internal" in c.__dict__), None
+    )
+    if owner is None:
+        return
+    with _TAP_LOCK:
+        original = owner.__dict__["_track_token_usage_internal"]
+        if getattr(original, _TAP_MARK, False):
+            return
+
+        @functools.wraps(original)
+        def tapped(self: Any, usage_data: Any, *args: Any, **kwargs: Any) -> Any:
+            capture = _CAPTURE.get()
+            if capture is None or capture.llm is not self or capture.depth:
+                return original(self, usage_data, *args, **kwargs)
+            # depth: a subclass override calling super() is one report, not two.
+            capture.depth += 1
+            try:
+                return original(self, usage_data, *args, **kwargs)
+            finally:
+                capture.depth -= 1
+                capture.usages.append(usage_data)
+
+        setattr(tapped, _TAP_MARK, True)
+        type.__setattr__(owner, "_track_token_usage_internal", tapped)
+
+
+def usage_from_crewai(data: Any) -> Usage | None:
+    """Turn the usage dict a CrewAI provider tracked into disjoint ``Usage``.
+
+    CrewAI normalises provider usage before tracking it: ``prompt_tokens``
+    (or Anthropic's ``input_tokens``, which the native provider has already
+    made inclusive of cache reads and writes), ``cached_prompt_tokens``,
+    ``cache_creation_tokens``, ``completion_tokens``/``output_tokens`` and
+    ``reasoning_tokens``. Bedrock tracks the raw Converse shape
+    (``inputTokens``, exclusive of its cache counters). ``None`` means the
+    response carried no usage.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        data = getattr(data, "model_dump", lambda: None)() or getattr(data, "__dict__", None)
+        if not isinstance(data, Mapping):
+            return None
+    if "inputTokens" in data or "outputTokens" in data:
+        return Usage(
+            input_tokens=int(data.get("inputTokens") or 0),
+            cached_input_tokens=int(data.get("cacheReadInputTokens") or 0),
+            cache_write_tokens=int(data.get("cacheWriteInputTokens") or 0),
+            output_tokens=int(data.get("outputTokens") or 0),
+        )
+    metrics = UsageMetrics.from_provider_dict(dict(data))
+    if metrics is None or (metrics.prompt_tokens == 0 and metrics.completion_tokens == 0):
+        return None
+    cached = metrics.cached_prompt_tokens
+    written = metrics.cache_creation_tokens
+    output = metrics.completion_tokens
+    thoughts = int(data.get("thoughts_token_count") or 0)  # Gemini bills thoughts as output
+    if thoughts and metrics.reasoning_tokens == 0:
+        output += thoughts
+    return Usage(
+        input_tokens=max(metrics.prompt_tokens - cached - written, 0),
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
+        output_tokens=output,
+        reasoning_tokens=min(metrics.reasoning_tokens or thoughts, output),
+    )
+
+
+# -- output caps ---------------------------------------------------------------
+
+_CAP_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def _user_cap(llm: BaseLLM) -> int | None:
+    """The output-token cap the caller configured on ``llm``, if any.
+
+    A default the provider class fills in by itself is not the caller's cap:
+    CrewAI's Anthropic class sets ``max_tokens`` to the model's maximum
+    (32k-128k) when none is given, which would make every reservation the
+    price of a maximal answer. Treated as "no cap", so the role's cap is sent.
+    """
+    for name in _CAP_FIELDS:
+        value = getattr(llm, name, None) if name in type(llm).model_fields else None
+        if value is None:
+            value = llm.additional_params.get(name)
+        if value is None:
+            continue
+        if name == "max_tokens" and _is_provider_default_cap(llm, value):
+            continue
+        return int(value)
+    return None
+
+
+def _is_provider_default_cap(llm: BaseLLM, value: Any) -> bool:
+    if type(llm).__name__ != "AnthropicCompletion":
+        return False
+    from crewai.llms.providers.anthropic import completion as anthropic_completion
+
+    default = getattr(anthropic_completion, "_default_max_tokens_for_model", None)
+    return callable(default) and value == default(llm.model)
+
+
+def _cap_field(llm: BaseLLM) -> str:
+    """The field through which ``llm`` sends an output cap on the wire."""
+    fields = type(llm).model_fields
+    if (
+        "max_completion_tokens" in fields
+        and type(llm).__name__ in ("OpenAICompletion", "AzureCompletion")
+        and not getattr(llm, "custom_openai", False)
+        and not (llm.base_url or getattr(llm, "api_base", None))
+    ):
+        # OpenAI's current name; reasoning models reject the legacy max_tokens.
+        return "max_completion_tokens"
+    if "max_tokens" in fields:
+        return "max_tokens"
+    if "max_output_tokens" in fields:
+        return "max_output_tokens"
+    return "max_tokens"
+
+
+# -- failures ------------------------------------------------------------------
+
+
+def _never_billed(exc: BaseException) -> bool:
+    """Did this error come before the provider did (billable) work?
+
+    Blocked by a hook, refused with an HTTP status (providers do not bill
+    errors), or a connection that never got through. A timeout is not in
+    this list: the provider may have generated, so it is charged.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (HookAborted, LLMCallBlockedError, BudgetExceeded)):
+            return True
+        status = getattr(current, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            return True
+        names = {c.__name__ for c in type(current).__mro__}
+        if "APIConnectionError" in names and not any("Timeout" in n for n in names):
+            return True
+        if "ConnectError" in names:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# -- the wrapper ---------------------------------------------------------------
+
+_MIRRORED = ("model", "provider", "stop", "stream", "temperature", "top_p", "seed",
+             "is_litellm", "base_url", "prefer_upload")
+
+
+class BudgetLLM(BaseLLM):
+    """A CrewAI LLM whose every call is priced, reserved and settled first.
+
+    ``BudgetLLM(role="researcher", daily_usd=5, model="gpt-4o-mini")`` builds
+    the inner LLM with ``crewai.LLM(model=..., **kwargs)``;
+    ``BudgetLLM(llm=LLM(...), role="researcher")`` wraps one you built (any
+    ``BaseLLM``: native OpenAI/Anthropic/Gemini/Azure/Bedrock, litellm, or
+    your own). Limits given here tighten the role's YAML limits (the stricter
+    wins), never loosen them. ``role=None`` takes the role of the agent that
+    calls (how ``BudgetCallback`` wraps a hierarchical crew's manager).
+
+    Without ``guard``/``config``/``ledger`` the guard uses the embedded
+    default ledger (or ``CREW_BUDGET_LEDGER``). Once a ``BudgetCallback`` is
+    attached to the crew, the call goes through the callback's guard instead,
+    with these inline limits merged in: one reservation per call, never two.
+
+    Configure the inner LLM before wrapping it; the wrapper never mutates it.
+    When the request has no output cap, the role's cap is sent through a
+    private copy of the inner LLM (one per cap value), so a shared LLM
+    object is left alone and concurrent calls cannot see each other's cap.
+    """
+
+    llm_type: str = "crew_budget"
+    role: str | None = None
+    provider_token_count: bool = False
+
+    _inner: BaseLLM = PrivateAttr()
+    _own_guard: Guard | None = PrivateAttr(default=None)
+    _guard_args: tuple[Any, Any] | None = PrivateAttr(default=None)
+    _bound_guard: Guard | None = PrivateAttr(default=None)
+    _limits: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _variants: dict[tuple[str, int], BaseLLM] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(
+        self,
+        *,
+        role: str | None = None,
+        llm: BaseLLM | str | None = None,
+        model: str | None = None,
+        daily_usd: object = None,
+        hourly_usd: object = None,
+        monthly_usd: object = None,
+        max_output_tokens: int | None = None,
+        guard: Guard | None = None,
+        config: BudgetConfig | Mapping[str, Any] | str | None = None,
+        ledger: Ledger | str | None = None,
+        provider_token_count: bool = False,
+        **llm_kwargs: Any,
+    ) -> None:
+        inner = _build_inner(llm, model, llm_kwargs)
+        if isinstance(inner, BudgetLLM):
+            raise ConfigError(
+                "BudgetLLM(llm=...) was given another BudgetLLM; wrap the plain LLM once "
+                "and put all of the role's limits on that one BudgetLLM",
+                source="BudgetLLM",
+            )
+        limits = {
+            k: v
+            for k, v in (("daily_usd", daily_usd), ("hourly_usd", hourly_usd),
+                         ("monthly_usd", monthly_usd), ("max_output_tokens", max_output_tokens))
+            if v is not None
+        }
+        if limits and not role:
+            raise ConfigError(
+                f"BudgetLLM got {', '.join(sorted(limits))} but no role; limits belong to a "
+                "role: pass role='researcher' (the name used in your budget YAML)",
+                source="BudgetLLM",
+            )
+        mirrored = {name: getattr(inner, name) for name in _MIRRORED}
+        mirrored["stream"] = bool(mirrored.get("stream"))
+        mirrored["stop"] = list(mirrored.get("stop") or [])
+        fields: dict[str, Any] = {
+            **mirrored, "role": role, "provider_token_count": provider_token_count,
+        }
+        super().__init__(**fields)
+        self._inner = inner
+        self._limits = limits
+        if guard is not None and (config is not None or ledger is not None):
+            raise ConfigError(
+                "BudgetLLM takes either guard= or config=/ledger=, not both",
+                source="BudgetLLM",
+            )
+        if guard is not None:
+            self._own_guard = guard
+            self._apply_limits(guard)
+        else:
+            self._guard_args = (config, ledger)
+        _install_tap(type(inner))
+
+    # -- the guard -----------------------------------------------------------
+
+    @property
+    def guard(self) -> Guard:
+        """The ``Guard`` this LLM's calls are checked against (``.status()``)."""
+        bound = self._bound_guard
+        if bound is not None:
+            return bound
+        own = self._own_guard
+        if own is None:
+            with self._lock:
+                own = self._own_guard
+                if own is None:
+                    config, ledger = self._guard_args or (None, None)
+                    own = Guard(config, ledger)
+                    self._apply_limits(own)
+                    self._own_guard = own
+        return own
+
+    @property
+    def inner(self) -> BaseLLM:
+        """The wrapped CrewAI LLM."""
+        return self._inner
+
+    @property
+    def limits(self) -> Mapping[str, Any]:
+        """The limits given inline (``daily_usd=...``), as passed."""
+        return dict(self._limits)
+
+    def _apply_limits(self, guard: Guard) -> None:
+        if self._limits and self.role:
+            guard.limit_role(self.role, **self._limits)
+
+    def bind(self, guard: Guard) -> None:
+        """Route calls through ``guard`` (a ``BudgetCallback``'s), inline limits merged."""
+        self._apply_limits(guard)
+        self._bound_guard = guard
+
+    def unbind(self) -> None:
+        self._bound_guard = None
+
+    # -- what CrewAI asks of an LLM ------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return super().__getattr__(name)  # type: ignore[misc]
+        private = object.__getattribute__(self, "__pydantic_private__")
+        inner = private.get("_inner") if private else None
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def supports_function_calling(self) -> bool:
+        fn = getattr(self._inner, "supports_function_calling", None)
+        return bool(fn()) if callable(fn) else False
+
+    def supports_stop_words(self) -> bool:
+        return self._inner.supports_stop_words()
+
+    def get_context_window_size(self) -> int:
+        return self._inner.get_context_window_size()
+
+    def supports_multimodal(self) -> bool:
+        return self._inner.supports_multimodal()
+
+    def _multimodal_formatter_name(self) -> str:
+        return self._inner._multimodal_formatter_name()
+
+    def format_text_content(self, text: str) -> dict[str, Any]:
+        return self._inner.format_text_content(text)
+
+    def get_file_uploader(self) -> Any:
+        return self._inner.get_file_uploader()
+
+    def get_token_usage_summary(self) -> UsageMetrics:
+        # The cap copies share the inner's counter dict, so this is the total.
+        return self._inner.get_token_usage_summary()
+
+    def to_config_dict(self) -> dict[str, Any]:
+        return self._inner.to_config_dict()
+
+    def get_input_tokens_count(
+        self, messages: Any, tools: Any = None, response_model: Any = None
+    ) -> int:
+        """Prompt size for CrewAI's context-window check, counted locally.
+
+        OpenAI's native class answers this with an HTTP call to the
+        ``input_tokens`` endpoint before every agent step; crew-budget's
+        estimator answers it without one. ``provider_token_count=True``
+        restores the provider's count.
+        """
+        if self.provider_token_count:
+            return self._inner.get_input_tokens_count(messages, tools, response_model)
+        guard = self.guard
+        msgs = _as_messages(messages)
+        return guard.estimator.count_prompt(
+            self.model, guard.price(self.model), msgs, _as_tools(tools),
+            extra=_extra(self._inner, response_model),
+        )
+
+    # -- calls -------------------------------------------------------------------
+
+    def call(
+        self,
+        messages: Any,
+        tools: list[dict[str, Any]] | None = None,
+        callbacks: list[Any] | None = None,
+        available_functions: dict[str, Any] | None = None,
+        from_task: Any = None,
+        from_agent: Any = None,
+        response_model: Any = None,
+    ) -> Any:
+        guard, ticket, variant = self._reserve(messages, tools, from_task, from_agent,
+                                               response_model)
+        capture = _Capture(variant)
+        token = _CAPTURE.set(capture)
+        try:
+            with self._overrides(variant):
+                result = variant.call(
+                    messages, tools=tools, callbacks=callbacks,
+                    available_functions=available_functions, from_task=from_task,
+                    from_agent=from_agent, response_model=response_model,
+                )
+        except BaseException as exc:
+            _CAPTURE.reset(token)
+            _finish_failed(guard, ticket, capture, exc)
+            raise
+        _CAPTURE.reset(token)
+        _finish(guard, ticket, capture)
+        return result
+
+    async def acall(
+        self,
+        messages: Any,
+        tools: list[dict[str, Any]] | None = None,
+        callbacks: list[Any] | None = None,
+        available_functions: dict[str, Any] | None = None,
+        from_task: Any = None,
+        from_agent: Any = None,
+        response_model: Any = None,
+    ) -> Any:
+        guard, ticket, variant = self._reserve(messages, tools, from_task, from_agent,
+                                               response_model)
+        capture = _Capture(variant)
+        token = _CAPTURE.set(capture)
+        try:
+            with self._overrides(variant):
+                result = await variant.acall(
+                    messages, tools=tools, callbacks=callbacks,
+                    available_functions=available_functions, from_task=from_task,
+                    from_agent=from_agent, response_model=response_model,
+                )
+        except BaseException as exc:
+            _CAPTURE.reset(token)
+            _finish_failed(guard, ticket, capture, exc)
+            raise
+        _CAPTURE.reset(token)
+        _finish(guard, ticket, capture)
+        return result
+
+    def _role_for(self, from_agent: Any) -> str:
+        role = self.role or getattr(from_agent, "role", None)
+        if not role:
+            raise ConfigError(
+                "this BudgetLLM has no role and was called without an agent; pass "
+                "BudgetLLM(role='researcher', ...) or use it as an Agent's llm",
+                source="BudgetLLM",
+            )
+        return str(role)
+
+    def _reserve(
+        self, messages: Any, tools: Any, from_task: Any, from_agent: Any, response_model: Any
+    ) -> tuple[Guard, Ticket, BaseLLM]:
+        guard = self.guard
+        role = self._role_for(from_agent)
+        metadata: dict[str, Any] = {"framework": "crewai"}
+        task_name = getattr(from_task, "name", None)
+        if task_name:
+            metadata["task"] = str(task_name)
+        try:
+            ticket = guard.preflight(
+                role,
+                self.model,
+                _as_messages(messages),
+                _as_tools(tools),
+                _user_cap(self._inner),
+                metadata,
+                extra=_extra(self._inner, response_model),
+            )
+        except BudgetExceeded as exc:
+            raise CrewBudgetExceeded.from_exceeded(exc) from None
+        try:
+            variant = self._variant(ticket.max_tokens)
+        except BaseException:
+            guard.release(ticket)
+            raise
+        return guard, ticket, variant
+
+    def _variant(self, cap: int | None) -> BaseLLM:
+        """The inner LLM, or a copy of it that sends ``cap`` as its output limit."""
+        if cap is None:
+            return self._inner
+        key = (_cap_field(self._inner), int(cap))
+        variant = self._variants.get(key)
+        if variant is None:
+            with self._lock:
+                variant = self._variants.get(key)
+                if variant is None:
+                    # Shallow copy: shares the SDK clients and CrewAI's token
+                    # counters with the inner LLM; only the cap differs.
+                    variant = self._inner.model_copy(update={key[0]: key[1]})
+                    self._variants[key] = variant
+        return variant
+
+    @contextlib.contextmanager
+    def _overrides(self, variant: BaseLLM) -> Iterator[None]:
+        """Forward the call-scoped stop words and streaming CrewAI set on us."""
+        with contextlib.ExitStack() as stack:
+            stops = self.stop_sequences
+            if stops or variant.stop:
+                stack.enter_context(call_stop_override(variant, list(stops)))
+            stream = self._effective_stream()
+            if stream is not None:
+                stack.enter_context(call_stream_override(variant, bool(stream)))
+            yield
+
+
+def _build_inner(llm: BaseLLM | str | None, model: str | None, kwargs: dict[str, Any]) -> BaseLLM:
+    if llm is not None and model is not None:
+        raise ConfigError(
+            "BudgetLLM takes llm=LLM(...) or model='...', not both; put the model on the LLM",
+            source="BudgetLLM",
+        )
+    if isinstance(llm, BaseLLM):
+        if kwargs:
+            raise ConfigError(
+                f"BudgetLLM(llm=...) got LLM settings {sorted(kwargs)}; set them on the LLM "
+                "you wrap instead",
+                source="BudgetLLM",
+            )
+        return llm
+    name = llm if isinstance(llm, str) else model
+    if not name:
+        raise ConfigError(
+            "BudgetLLM needs model='gpt-4o-mini' (or llm=LLM(...)) to know what to call",
+            source="BudgetLLM",
+        )
+    from crewai import LLM
+
+    built = LLM(model=name, **kwargs)
+    if not isinstance(built, BaseLLM):  # pragma: no cover - CrewAI contract
+        raise TypeError(f"crewai.LLM returned {type(built).__name__}, not a BaseLLM")
+    return built
+
+
+def _as_messages(messages: Any) -> list[Any]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    return list(messages or [])
+
+
+def _as_tools(tools: Any) -> list[Mapping[str, Any]] | None:
+    if not tools:
+        return None
+    out: list[Mapping[str, Any]] = []
+    for tool in tools:
+        if isinstance(tool, Mapping):
+            out.append(tool)
+        else:
+            out.append({"tool": str(tool)})
+    return out
+
+
+def _extra(inner: BaseLLM, response_model: Any) -> dict[str, Any] | None:
+    schema_source = response_model or getattr(inner, "response_format", None)
+    if schema_source is None:
+        return None
+    schema_fn: Callable[[], Any] | None = getattr(schema_source, "model_json_schema", None)
+    if callable(schema_fn):
+        return {"response_format": schema_fn()}
+    if isinstance(schema_source, Mapping):
+        return {"response_format": dict(schema_source)}
+    return None
+
+
+def _total(usages: Sequence[Any]) -> Usage | None:
+    total: Usage | None = None
+    for raw in usages:
+        usage = usage_from_crewai(raw)
+        if usage is not None:
+            total = usage if total is None else total + usage
+    return total
+
+
+def _finish(guard: Guard, ticket: Ticket, capture: _Capture) -> None:
+    usage = _total(capture.usages)
+    if usage is None:
+        log.error(
+            "crew-budget: %s returned no token usage for role %r; charging the reservation "
+            "($%s) instead of $0", ticket.model, ticket.role, ticket.estimate,
+        )
+    # settle(None) charges the reservation; that is the rule for unknown usage.
+    guard.settle(ticket, usage)
+
+
+def _finish_failed(guard: Guard, ticket: Ticket, capture: _Capture, exc: BaseException) -> None:
+    try:
+        usage = _total(capture.usages)
+        if usage is not None:
+            guard.settle(ticket, usage)
+        elif _never_billed(exc):
+            guard.release(ticket)
+        else:
+            log.warning(
+                "crew-budget: %s call for role %r failed (%s) without reporting usage; "
+                "charging its reservation ($%s)", ticket.model, ticket.role,
+                type(exc).__name__, ticket.estimate,
+            )
+            guard.settle(ticket, None)
+    except Exception:  # never mask the provider's error with ours
+        log.exception("crew-budget: could not close reservation %s", ticket.reservation_id)
