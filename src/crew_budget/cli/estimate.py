@@ -5,11 +5,17 @@ provider request body (OpenAI chat completions, OpenAI Responses or Anthropic
 messages), or JSON Lines of them, using the same ``Guard.estimate`` that
 ``preflight`` uses. ``cost`` answers "what does this ``usage`` cost?" the way
 ``Guard.settle`` charges it. Neither touches a ledger or the network.
+
+Like the other commands: ``--config``, else ``./budgets.yaml``, else
+``$CREW_BUDGET_CONFIG``; errors are one line on stderr; exit 1 when the input
+cannot be read (malformed JSON, no messages, no usage), 2 for a configuration
+problem (bad YAML, a model without a price).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from decimal import Decimal
@@ -19,16 +25,18 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from crew_budget.config import BudgetConfig, load_config
-from crew_budget.errors import CrewBudgetError
+from crew_budget.errors import CrewBudgetError, PricingError
 from crew_budget.money import from_nano, to_nano_round
 
 __all__ = ["register"]
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Budget YAML (prices and output caps).",
-                 dir_okay=False),
+    typer.Option("--config", "-c", dir_okay=False,
+                 help="Budget YAML (prices, output caps). Default: ./budgets.yaml if present, "
+                      "else $CREW_BUDGET_CONFIG, else built-in defaults."),
 ]
+EXIT_INPUT, EXIT_CONFIG = 1, 2
 
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
                "thinking")
@@ -75,8 +83,10 @@ def estimate(
                 "output_tokens_reserved": est.output_tokens_reserved,
                 "estimated_usd": _usd(est.amount),
             }))
+    except _Bad as exc:
+        _fail("estimate", str(exc), EXIT_INPUT)
     except CrewBudgetError as exc:
-        _fail("estimate", str(exc))
+        _fail("estimate", str(exc), EXIT_CONFIG)
     for line in lines:
         typer.echo(line)
 
@@ -103,16 +113,19 @@ def cost(
     except json.JSONDecodeError as exc:
         _fail("cost", f"stdin is not valid JSON (line {exc.lineno}, column {exc.colno}: "
                       f"{exc.msg}); pipe a usage object such as "
-                      '{"prompt_tokens": 10, "completion_tokens": 5}')
+                      '{"prompt_tokens": 10, "completion_tokens": 5}', EXIT_INPUT)
     name = model or (data.get("model") if isinstance(data, Mapping) else None)
     if not isinstance(name, str) or not name:
-        _fail("cost", "no model given; pass --model (e.g. --model gpt-4o-mini)")
+        _fail("cost", "no model given; pass --model (e.g. --model gpt-4o-mini)", EXIT_INPUT)
     cfg = _config("cost", config)
     try:
         usage = parse_usage(data)
-        price = PriceBook(cfg.prices).get(name)
     except CrewBudgetError as exc:
-        _fail("cost", str(exc))
+        _fail("cost", str(exc).split(". The call is charged")[0], EXIT_INPUT)
+    try:
+        price = PriceBook(cfg.prices).get(name)
+    except PricingError as exc:
+        _fail("cost", str(exc), EXIT_CONFIG)
     settled = from_nano(to_nano_round(cost_of(usage, price)))
     typer.echo(json.dumps({
         "model": name,
@@ -128,9 +141,9 @@ def cost(
 # -- helpers ------------------------------------------------------------------
 
 
-def _fail(command: str, message: str) -> NoReturn:
-    typer.echo(f"crew-budget {command}: {' '.join(message.split())}", err=True)
-    raise typer.Exit(code=1)
+def _fail(command: str, message: str, code: int) -> NoReturn:
+    typer.echo(f"crew-budget {command}: error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(code=code)
 
 
 def _usd(amount: Decimal) -> str:
@@ -140,20 +153,25 @@ def _usd(amount: Decimal) -> str:
 def _stdin(command: str) -> str:
     stream = sys.stdin
     if stream is None or stream.isatty():
-        _fail(command, f"reads JSON on stdin; run e.g. `crew-budget {command} < request.json`")
+        _fail(command, f"reads JSON on stdin; run e.g. `crew-budget {command} < request.json`",
+              EXIT_INPUT)
     text = stream.read()
     if not text.strip():
-        _fail(command, "stdin is empty; pipe a JSON document into it")
+        _fail(command, "stdin is empty; pipe a JSON document into it", EXIT_INPUT)
     return text
 
 
 def _config(command: str, path: Path | None) -> BudgetConfig:
+    if path is None and Path("budgets.yaml").is_file():
+        path = Path("budgets.yaml")
+    if path is None and os.environ.get("CREW_BUDGET_CONFIG"):
+        path = Path(os.environ["CREW_BUDGET_CONFIG"])
     if path is None:
         return BudgetConfig()
     try:
         return load_config(path)
     except CrewBudgetError as exc:
-        _fail(command, str(exc))
+        _fail(command, str(exc), EXIT_CONFIG)
 
 
 def _read_requests(command: str) -> list[Any]:
@@ -171,7 +189,8 @@ def _read_requests(command: str) -> list[Any]:
             bodies.append(json.loads(line))
         except json.JSONDecodeError as exc:
             _fail(command, f"stdin line {number} is not valid JSON (column {exc.colno}: "
-                           f"{exc.msg}); send one request body, or one per line (JSON Lines)")
+                           f"{exc.msg}); send one request body, or one per line (JSON Lines)",
+                  EXIT_INPUT)
     return bodies
 
 
