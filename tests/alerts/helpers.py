@@ -93,8 +93,12 @@ RACE_CONFIG: dict[str, Any] = {
 }
 
 
-def alert_race_worker(url: str, hook_url: str, threads: int) -> int:
-    """Spend from the shared budget until blocked; alerts go to ``hook_url``."""
+def alert_race_worker(url: str, hook_url: str, threads: int, start: Any) -> int:
+    """Spend from the shared budget until blocked; alerts go to ``hook_url``.
+
+    ``start`` is a shared barrier: no process spends before all are ready, so
+    a fast-starting process cannot take the whole budget alone.
+    """
     from crew_budget import BudgetExceeded, Guard
     from crew_budget.alerts import AlertManager
 
@@ -118,6 +122,7 @@ def alert_race_worker(url: str, hook_url: str, threads: int) -> int:
                 calls += 1
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
+    start.wait(120)
     for w in workers:
         w.start()
     for w in workers:

@@ -28,9 +28,11 @@ def test_each_alert_is_sent_once_across_processes(
     url = (f"sqlite:///{tmp_path / 'alerts.db'}" if kind == "sqlite"
            else str(request.getfixturevalue("redis_url")))
     ctx = multiprocessing.get_context("spawn")
-    with webhook() as hook:
+    with webhook() as hook, ctx.Manager() as shared:
+        start = shared.Barrier(PROCESSES)
         with ctx.Pool(PROCESSES) as pool:
-            calls = pool.starmap(alert_race_worker, [(url, hook.url, THREADS)] * PROCESSES)
+            calls = pool.starmap(alert_race_worker,
+                                 [(url, hook.url, THREADS, start)] * PROCESSES)
         bodies = list(hook.bodies)
 
     guard = Guard(RACE_CONFIG, url)
@@ -38,7 +40,8 @@ def test_each_alert_is_sent_once_across_processes(
     # 100 calls of exactly $0.01 each: the role budget is exactly full.
     assert sum(calls) == 100
     assert str(role.spent) == "1"
-    # Work really was spread: more than one process made calls.
+    # Work really was spread: more than one process made calls (the barrier
+    # starts them together).
     assert sum(1 for c in calls if c) > 1
     period = role.period
     sent = Counter(b["key"] for b in bodies)

@@ -77,7 +77,7 @@ def test_each_threshold_fires_exactly_once_per_scope_and_window() -> None:
     (exhausted,) = [a for a in got if a.kind == "exhausted"]
     assert exhausted.values["spent_usd"] == Decimal("1.00")
     assert exhausted.values["estimate_usd"] == Decimal("0.01")
-    assert "a alert-model call by role 'researcher' estimated at $0.0100 was blocked" in (
+    assert "a alert-model call by role 'researcher' estimated at $0.01 was blocked" in (
         exhausted.message)
     assert "until the window resets at 2026-11-19 00:00 UTC" in exhausted.message
 
@@ -248,7 +248,7 @@ def test_anomalies_are_evaluated_after_spend_and_sent_once() -> None:
         manager.flush()
     assert keys(got) == ["new_model:researcher:big-model"]
     assert got[0].message == (
-        "role 'researcher' called model 'big-model' (1 calls, $0.1000 in the last 60 min), "
+        "role 'researcher' called model 'big-model' (1 calls, $0.10 in the last 60 min), "
         "which it has not used in its 7-day baseline (12 calls on: alert-model)."
     )
 

@@ -172,7 +172,7 @@ def test_new_model_fires_for_a_model_outside_the_baseline() -> None:
               rec(NOW - 50, "0.01")]
     (alert,) = new_model([*baseline, *recent], NOW, NewModelRule())
     assert alert.message == (
-        "role 'researcher' called model 'gpt-4o' (2 calls, $0.1200 in the last 60 min), which "
+        "role 'researcher' called model 'gpt-4o' (2 calls, $0.12 in the last 60 min), which "
         "it has not used in its 7-day baseline (12 calls on: gpt-4o-mini)."
     )
     assert alert.key == "new_model:researcher:gpt-4o"
@@ -201,7 +201,7 @@ def test_cost_per_call_doubling_fires_with_exact_ratio() -> None:
     # 0.025 / 0.01 = 2.5x
     assert alert.message == (
         "role 'researcher' cost per call rose 2.5x: $0.0250 on average over the last 60 min "
-        "(4 calls) vs $0.0100 in its 7-day baseline (20 calls)."
+        "(4 calls) vs $0.01 in its 7-day baseline (20 calls)."
     )
     assert alert.values["ratio"] == Decimal("2.5")
 

@@ -119,7 +119,7 @@ def test_email_arrives_at_a_real_smtp_server(smtp_server: Any) -> None:
     assert msg["Subject"] == "[crew-budget] role 'researcher' reached 50% of its day budget"
     assert msg["To"] == "ops@example.com, cto@example.com"
     body = msg.get_payload(decode=True).decode()
-    assert "role 'researcher' has spent $0.0100 of its day budget $0.0200 (50.0%" in body
+    assert "role 'researcher' has spent $0.01 of its day budget $0.02 (50.0%" in body
     assert "spent_usd: 0.01" in body
 
 

@@ -68,12 +68,13 @@ def _plain(value: Any) -> Any:
 
 
 def fmt_usd(amount: Decimal) -> str:
-    """``$5.00`` for dollars, four decimals below a dollar, more for sub-cent sums."""
+    """``$5.00`` for dollars and whole cents, four decimals below a dollar
+    (``$0.0125``), every digit for sub-cent sums (``$0.000035``)."""
     if amount == 0:
         return "$0.00"
     sign = "-" if amount < 0 else ""
     a = abs(amount)
-    if a >= 1:
+    if a >= 1 or a == a.quantize(Decimal("0.01")):
         return f"{sign}${a.quantize(Decimal('0.01')):,}"
     if a >= Decimal("0.0001"):
         return f"{sign}${a.quantize(Decimal('0.0001'))}"
