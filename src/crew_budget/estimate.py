@@ -274,6 +274,12 @@ def _freeze(value: Any) -> Any:
         if len(value) <= _INLINE:
             return value
         return ("#", len(value), hash(value), value[:32], value[-32:])
+    # Fast paths for plain JSON-like data (ABC isinstance checks are slow).
+    if kind is dict:
+        return (_DICT, *[(k, v if type(v) is str and len(v) <= _INLINE else _freeze(v))
+                         for k, v in value.items()])
+    if kind is list:
+        return tuple([_freeze(v) for v in value])
     if value is None or kind in (int, float, bool):
         return value
     if isinstance(value, Mapping):
@@ -660,7 +666,7 @@ _LC_ROLES = {"human": "user", "ai": "assistant", "AIMessageChunk": "assistant",
 
 def _as_message(message: Any) -> Mapping[str, Any]:
     """Messages as mappings; LangChain-style objects are read by attribute."""
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):
         return message
     if isinstance(message, str):
         return {"role": "user", "content": message}
