@@ -82,7 +82,8 @@ class BudgetMetrics:
         self._hist_sum = Decimal(0)
         self._expired_ids: dict[str, None] = {}
         self._remove: Any = None
-        self._cursor = guard.ledger.now() if since is None else since
+        self._origin = guard.ledger.now() if since is None else since
+        self._cursor = self._origin
         self._seen: dict[tuple[float, str, str, str], float] = {}  # (ts, id, outcome, role)
         if source == "calls":
             self._remove = guard.add_listener(self.observe)
@@ -146,7 +147,9 @@ class BudgetMetrics:
                 self._error(r.estimate_nano, r.cost_nano)
 
     def _tail(self) -> None:
-        start = self._cursor - _TAIL_OVERLAP
+        # Re-read a little behind the newest record seen (other processes'
+        # clocks differ), but never before the start: counters begin there.
+        start = max(self._cursor - _TAIL_OVERLAP, self._origin)
         records = self.guard.ledger.records(since=start)
         for r in records:
             key = (r.ts, r.reservation_id, str(r.outcome), r.role)

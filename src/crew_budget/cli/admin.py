@@ -1,0 +1,169 @@
+"""``crew-budget validate`` and ``crew-budget reset``.
+
+``validate`` checks a budget file the way the library will load it and says
+what it found (or the first mistake, with its key path and fix). ``reset``
+zeroes a role's (or the crew's, or the global) spend in the current window
+after confirmation; the ledger records the reset, with who and why, so the
+spend history keeps it (``crew-budget report --by outcome`` shows it).
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crew_budget.cli.common import (
+    EXIT_CONFIG,
+    EXIT_EMPTY,
+    EXIT_LEDGER,
+    ConfigOption,
+    LedgerOption,
+    config_path,
+    fail,
+    fmt_usd,
+    load_cli_config,
+    open_guard,
+)
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``validate`` and ``reset`` to the ``crew-budget`` app."""
+    app.command("validate")(validate)
+    app.command("reset")(reset)
+
+
+def validate(
+    path: Annotated[Path | None, typer.Argument(
+        dir_okay=False, show_default=False,
+        help="Budget YAML (default: ./budgets.yaml, else $CREW_BUDGET_CONFIG).")] = None,
+) -> None:
+    """Check a budget YAML file and summarise it; exit 2 on the first mistake."""
+    from crew_budget.errors import ConfigError
+
+    resolved = config_path(path)
+    if resolved is None:
+        fail("validate", "no budget file given and no ./budgets.yaml; run "
+             "`crew-budget validate path/to/budgets.yaml`", EXIT_CONFIG)
+    cfg, source = load_cli_config("validate", resolved)
+    lines = [f"{source}: OK"]
+    for name, budget in sorted(cfg.roles.items()):
+        lines.append(f"  role {name}: {_limits(budget)}"
+                     + (f", max_output_tokens {budget.max_output_tokens}"
+                        if budget.max_output_tokens else ""))
+    if cfg.default_role is not None:
+        lines.append(f"  default_role: {_limits(cfg.default_role)}")
+    if cfg.crew is not None:
+        lines.append(f"  crew {cfg.crew.name}: {_limits(cfg.crew)}")
+    if cfg.global_limits is not None:
+        lines.append(f"  global: {_limits(cfg.global_limits)}")
+    if not (cfg.roles or cfg.default_role or cfg.crew or cfg.global_limits):
+        lines.append("  no limits: every call is allowed (add roles:, crew: or global:)")
+    for name, price in sorted(cfg.prices.items()):
+        lines.append(f"  price {name}: ${price.input_per_million}/M in, "
+                     f"${price.output_per_million}/M out")
+    try:
+        url = cfg.ledger_url()
+    except ValueError as exc:
+        fail("validate", f"CREW_BUDGET_LEDGER: {exc}", EXIT_CONFIG)
+    lines.append(f"  ledger: {url}  timezone: {cfg.timezone}  fail_open: {cfg.fail_open}")
+    warnings: list[str] = []
+    if cfg.alerts is not None:
+        from crew_budget.alerts.sinks import build_sinks
+
+        a = cfg.alerts
+        sinks = ", ".join(s.type for s in a.sinks) or "none"
+        lines.append(f"  alerts: thresholds {'/'.join(map(str, a.thresholds))}%, anomalies "
+                     f"{'on' if a.anomalies.enabled else 'off'}, sinks: {sinks}")
+        # Sinks that need the runtime environment (an importable callable, a
+        # password in an environment variable) are checked here, but only
+        # warned about: this machine may not be the one that runs the agents.
+        try:
+            build_sinks(a.sinks)
+        except ConfigError as exc:
+            warnings.append(str(exc))
+    for line in lines:
+        typer.echo(line)
+    for warning in warnings:
+        typer.echo(f"crew-budget validate: warning: {warning}", err=True)
+
+
+def _limits(limits: object) -> str:
+    parts = [f"{name} {fmt_usd(value)}" for name in ("hourly", "daily", "monthly")
+             if (value := getattr(limits, name)) is not None]
+    return ", ".join(parts) or "no limits"
+
+
+def reset(
+    config: ConfigOption = None,
+    ledger: LedgerOption = None,
+    role: Annotated[str | None, typer.Option("--role", "-r", help="Role to reset.")] = None,
+    crew: Annotated[bool, typer.Option("--crew", help="Reset the crew budget.")] = False,
+    global_: Annotated[bool, typer.Option("--global", help="Reset the global budget.")] = False,
+    window: Annotated[str | None, typer.Option(
+        "--window", "-w", help="Only this window: hour, day or month (default: all).")] = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", help="Why (kept in the spend record).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Zero a budget's spend in its current window (recorded in the ledger)."""
+    from crew_budget.errors import LedgerUnavailable
+
+    if window is not None and window not in ("hour", "day", "month"):
+        raise typer.BadParameter("use hour, day or month", param_hint="--window")
+    if sum((role is not None, crew, global_)) != 1:
+        fail("reset", "name exactly one budget: --role NAME, --crew or --global", EXIT_CONFIG)
+    guard, source = open_guard("reset", config, ledger)
+    cfg = guard.config
+    if role is not None:
+        if role not in cfg.roles and cfg.default_role is None:
+            known = ", ".join(sorted(cfg.roles)) or "none"
+            fail("reset", f"role {role!r} has no budget in {source} (known roles: {known})",
+                 EXIT_CONFIG)
+        scope = f"role:{role}"
+    elif crew:
+        if cfg.crew is None:
+            fail("reset", f"{source} has no crew: budget", EXIT_CONFIG)
+        scope = f"crew:{cfg.crew.name}"
+    else:
+        if cfg.global_limits is None:
+            fail("reset", f"{source} has no global: budget", EXIT_CONFIG)
+        scope = "global"
+    buckets = [b for b in guard.buckets(role) if b.scope == scope
+               and (window is None or b.window == window)]
+    if not buckets:
+        fail("reset", f"{scope} has no {window or ''} budget window in {source}".replace(
+            "  ", " "), EXIT_EMPTY)
+    try:
+        states = guard.ledger.status(buckets)
+    except LedgerUnavailable as exc:
+        fail("reset", f"ledger {guard.ledger.url} is unreachable ({exc.reason})", EXIT_LEDGER)
+    from crew_budget.money import from_nano
+
+    typer.echo(f"About to reset in {guard.ledger.url}:")
+    for st in states:
+        typer.echo(f"  {scope} {st.bucket.window} {st.bucket.period}: "
+                   f"{fmt_usd(from_nano(st.spent_nano))} spent -> $0.00")
+    if not yes:
+        typer.confirm("Reset these budgets?", abort=True)
+    why = reason or "manual reset"
+    who = _user()
+    for st in states:
+        try:
+            guard.ledger.reset(st.bucket, reason=f"{why} (by {who} via crew-budget reset)")
+        except LedgerUnavailable as exc:
+            fail("reset", f"ledger {guard.ledger.url} is unreachable ({exc.reason})",
+                 EXIT_LEDGER)
+        typer.echo(f"reset {scope} {st.bucket.window} {st.bucket.period} "
+                   f"(was {fmt_usd(from_nano(st.spent_nano))})")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown user"

@@ -1,0 +1,202 @@
+"""Shared plumbing of the ledger-reading commands: options, errors, time spans.
+
+Every command takes ``--config`` and ``--ledger`` and fails the same way:
+one line on stderr naming the problem and the fix, and an exit code scripts
+can branch on:
+
+====  =========================================================
+ 0    success
+ 1    nothing to show (no spend records in the window, no budgets)
+ 2    configuration error (bad YAML, unknown key, bad ledger URL, unknown role)
+ 3    the ledger cannot be reached or opened
+====  =========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from crew_budget.config import BudgetConfig
+    from crew_budget.guard import Guard
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_EMPTY",
+    "EXIT_LEDGER",
+    "ConfigOption",
+    "LedgerOption",
+    "Span",
+    "bar",
+    "console",
+    "fail",
+    "fmt_usd",
+    "load_cli_config",
+    "open_guard",
+    "parse_span",
+]
+
+EXIT_EMPTY, EXIT_CONFIG, EXIT_LEDGER = 1, 2, 3
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", dir_okay=False,
+        help="Budget YAML. Default: ./budgets.yaml if present, else $CREW_BUDGET_CONFIG, "
+             "else no budgets.",
+    ),
+]
+LedgerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger", "-l",
+        help="Ledger URL (memory://, sqlite:///path.db, redis://host:6379/0). Default: "
+             "$CREW_BUDGET_LEDGER, else the config's ledger:, else the embedded SQLite file.",
+    ),
+]
+
+
+def fail(command: str, message: str, code: int) -> NoReturn:
+    """One line on stderr, then exit with ``code``."""
+    typer.echo(f"crew-budget {command}: error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(code)
+
+
+def config_path(path: Path | None) -> Path | None:
+    """``--config``, else ``./budgets.yaml`` if present, else ``$CREW_BUDGET_CONFIG``."""
+    if path is not None:
+        return path
+    local = Path("budgets.yaml")
+    if local.is_file():
+        return local
+    env = os.environ.get("CREW_BUDGET_CONFIG")
+    return Path(env) if env else None
+
+
+def load_cli_config(command: str, path: Path | None) -> tuple[BudgetConfig, str]:
+    """The configuration and a name for it (for messages), or exit 2."""
+    from crew_budget.config import BudgetConfig, load_config
+    from crew_budget.errors import ConfigError
+
+    resolved = config_path(path)
+    if resolved is None:
+        return BudgetConfig(), "the empty default config (no budgets.yaml found)"
+    try:
+        return load_config(resolved), str(resolved)
+    except ConfigError as exc:
+        fail(command, str(exc), EXIT_CONFIG)
+
+
+def open_guard(command: str, config: Path | None, ledger: str | None) -> tuple[Guard, str]:
+    """A guard on the chosen ledger, checked reachable (exit 2 or 3 otherwise)."""
+    from crew_budget.config import check_ledger_url
+    from crew_budget.errors import ConfigError, CrewBudgetError, LedgerUnavailable
+    from crew_budget.guard import Guard
+
+    cfg, source = load_cli_config(command, config)
+    try:
+        if ledger is not None:
+            check_ledger_url(ledger)
+        url = ledger or cfg.ledger_url()
+    except (ValueError, ConfigError) as exc:
+        fail(command, str(exc), EXIT_CONFIG)
+    try:
+        guard = Guard(cfg, url)
+        guard.ledger.records(since=4e9)  # one cheap read: is it there, is it ours?
+    except LedgerUnavailable as exc:
+        fail(command, f"ledger {url} is unreachable ({exc.reason}); start it or pass the "
+             "right --ledger URL (or set CREW_BUDGET_LEDGER)", EXIT_LEDGER)
+    except ModuleNotFoundError as exc:
+        fail(command, f"ledger {url} needs the {exc.name!r} package; install "
+             "'crew-budget[redis]'", EXIT_LEDGER)
+    except OSError as exc:
+        fail(command, f"ledger {url} cannot be opened ({exc}); check the path and its "
+             "permissions, or pass another --ledger URL", EXIT_LEDGER)
+    except ConfigError as exc:
+        fail(command, str(exc), EXIT_CONFIG)
+    except CrewBudgetError as exc:
+        fail(command, f"ledger {url}: {exc}", EXIT_LEDGER)
+    return guard, source
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A reporting window ``[since, until)`` and how to name it in messages."""
+
+    since: float
+    until: float
+    label: str
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_span(since: str, until: str | None, now: float, tz: tzinfo) -> Span:
+    """``7d``, ``24h``, ``30m``, ``2w``, ``today``, ``yesterday`` or an ISO date/time."""
+    from crew_budget.windows import span
+
+    today = span("day", now, tz).starts_at  # local midnight, DST-aware
+    end = now if until is None else _instant(until, tz, "--until")
+    text = since.strip().lower()
+    if text == "today":
+        return Span(today, end, "today")
+    if text == "yesterday":
+        start = span("day", today - 1, tz).starts_at
+        return Span(start, end if until is not None else today, "yesterday")
+    match = _DURATION.match(text)
+    if match:
+        amount = float(match.group(1))
+        seconds = amount * _UNIT_SECONDS[match.group(2).lower()]
+        return Span(end - seconds, end, f"the last {since.strip()}")
+    start_ts = _instant(since, tz, "--since")
+    return Span(start_ts, end, f"since {since.strip()}")
+
+
+def _instant(text: str, tz: tzinfo, option: str) -> float:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a time; use a duration (30m, 24h, 7d, 2w), today, yesterday "
+            "or an ISO date such as 2026-11-24 or 2026-11-24T09:00",
+            param_hint=option,
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return value.timestamp()
+
+
+def fmt_usd(amount: Decimal | None) -> str:
+    if amount is None:
+        return "-"
+    from crew_budget.alerts.events import fmt_usd as _fmt
+
+    return _fmt(amount)
+
+
+def bar(fraction: Decimal, width: int = 10) -> str:
+    """``████████░░░░`` for 0..1 (clipped), in plain text so it survives pipes."""
+    f = min(max(fraction, Decimal(0)), Decimal(1))
+    full = int((f * width).to_integral_value(rounding="ROUND_FLOOR"))
+    return "█" * full + "░" * (width - full)
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console at least 120 columns wide (tables must not be cut in CI logs)."""
+    from rich.console import Console
+
+    out = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not out.is_terminal and out.width < 120:
+        out.width = 120
+    return out

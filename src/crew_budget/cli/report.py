@@ -1,0 +1,108 @@
+"""``crew-budget report``: who spent what, on which model, when.
+
+Reads the ledger's spend records for a window (``--since 7d``, ``today``,
+``yesterday``, an ISO date) and groups them (``--by role,model,hour``).
+Output: a table (default), ``--format csv|json`` for scripts, and/or
+``--html report.html``, a self-contained page with charts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crew_budget.cli.common import (
+    EXIT_CONFIG,
+    EXIT_EMPTY,
+    EXIT_LEDGER,
+    ConfigOption,
+    LedgerOption,
+    console,
+    fail,
+    open_guard,
+    parse_span,
+)
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report`` to the ``crew-budget`` app."""
+    app.command("report")(report)
+
+
+def report(
+    config: ConfigOption = None,
+    ledger: LedgerOption = None,
+    since: Annotated[str, typer.Option(
+        "--since", "-s", help="Start: 30m, 24h, 7d, 2w, today, yesterday or an ISO date/time."
+    )] = "7d",
+    until: Annotated[str | None, typer.Option(
+        "--until", help="End (exclusive), ISO date/time. Default: now.")] = None,
+    by: Annotated[str, typer.Option(
+        "--by", "-b", help="Group by a comma-separated list of role, model, crew, hour, day, "
+        "outcome, scope.")] = "role,model",
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="table, csv or json (to stdout).")] = "table",
+    html: Annotated[Path | None, typer.Option(
+        "--html", dir_okay=False, help="Also write a self-contained HTML report here.")] = None,
+    role: Annotated[str | None, typer.Option("--role", "-r", help="Only this role.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
+    top: Annotated[int | None, typer.Option("--top", min=1,
+                                            help="Only the N costliest rows.")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="cost (largest first) or key.")] = "cost",
+) -> None:
+    """Spend by role, model, hour, ...: table, CSV, JSON and an HTML page with charts."""
+    from crew_budget.errors import LedgerUnavailable
+    from crew_budget.report import build_report, parse_by, render_table
+    from crew_budget.windows import get_tz
+
+    if format not in ("table", "csv", "json"):
+        raise typer.BadParameter("use table, csv or json", param_hint="--format")
+    if sort not in ("cost", "key"):
+        raise typer.BadParameter("use cost or key", param_hint="--sort")
+    try:
+        keys = parse_by(by)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--by") from None
+    guard, _source = open_guard("report", config, ledger)
+    tz = get_tz(guard.config.timezone)
+    span = parse_span(since, until, guard.ledger.now(), tz)
+    if span.until <= span.since:
+        fail("report", f"the window {span.label} is empty (--until is not after --since)",
+             EXIT_CONFIG)
+    try:
+        records = guard.ledger.records(since=span.since, until=span.until)
+    except LedgerUnavailable as exc:
+        fail("report", f"ledger {guard.ledger.url} is unreachable ({exc.reason})", EXIT_LEDGER)
+    if role is not None:
+        records = [r for r in records if r.role == role]
+    if model is not None:
+        records = [r for r in records if r.model == model]
+    if not records:
+        what = "".join(f" for {k} {v!r}" for k, v in (("role", role), ("model", model)) if v)
+        fail("report", f"no spend records{what} in {span.label} in ledger {guard.ledger.url}; "
+             "widen --since, or check --ledger points at the ledger your agents use",
+             EXIT_EMPTY)
+    result = build_report(records, keys, since=span.since, until=span.until, tz=tz,
+                          sort="cost" if sort == "cost" else "key")
+    if top is not None:
+        result.rows = result.rows[:top]
+    if html is not None:
+        from crew_budget.report_html import render_html
+
+        try:
+            html.write_text(render_html(records, since=span.since, until=span.until, tz=tz),
+                            encoding="utf-8")
+        except OSError as exc:
+            fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
+        typer.echo(f"crew-budget report: wrote {html} ({len(records)} spend records)", err=True)
+    if format == "csv":
+        typer.echo(result.to_csv(), nl=False)
+    elif format == "json":
+        typer.echo(result.to_json())
+    else:
+        title = f"spend by {', '.join(keys)} - {span.label} - {guard.ledger.url}"
+        console().print(render_table(result, title=title))
