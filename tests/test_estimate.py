@@ -876,6 +876,21 @@ def test_tokenizer_hint_and_provider_pick_the_format() -> None:
     assert est.count_prompt(bedrock.model, bedrock, msgs) == direct
 
 
+def test_unidentified_model_is_counted_by_the_request_shape() -> None:
+    est = Estimator()
+    proxy = Price("team-proxy-model", "other", Decimal("1e-6"), Decimal("2e-6"))
+    msgs = [{"role": "user", "content": "What's the weather like in San Francisco?"}]
+    openai_tool = {"type": "function", "function": {
+        "name": WEATHER_ANTHROPIC["name"], "description": WEATHER_ANTHROPIC["description"],
+        "parameters": WEATHER_ANTHROPIC["input_schema"]}}
+    openai_shaped = est.count_prompt("team-proxy-model", proxy, msgs, [openai_tool])
+    anthropic_shaped = est.count_prompt("team-proxy-model", proxy, msgs, [WEATHER_ANTHROPIC])
+    # Anthropic-shaped: Claude's rules for an unknown version, so the largest
+    # documented tool-use system prompt (675, Claude Opus 4.7) is included.
+    assert anthropic_shaped >= 675 + openai_shaped - 60
+    assert openai_shaped < 200
+
+
 def test_newer_claude_tokenizer_counts_more() -> None:
     est = Estimator()
     msgs = _history(2)

@@ -63,6 +63,15 @@ Other hosts (Gemini, Groq, Together, Mistral, DeepSeek, ...)
     OpenAI-style framing with a tiktoken count scaled by a per-family factor
     (``_APPROX_FAMILIES``), corrected by calibration.
 
+Which rules apply comes from the price's ``provider`` (``openai``,
+``anthropic``, others), then the model name (``claude-*`` on Bedrock or
+Vertex is Claude; ``gpt-*``/``o*`` is OpenAI), then a ``tokenizer`` hint on a
+configured price (``o200k_base``, ``cl100k_base``, ``anthropic``, ``approx``
+or ``approx:<factor>``). A configured ``provider: other`` model none of these
+identify is counted by the request's shape: Anthropic-shaped requests
+(``system``, ``input_schema`` tools, ``tool_use``/``image`` blocks) get
+Claude's rules, others the generic approximation.
+
 Per-message cache
     An agent loop resends its whole history each call. Each message's count is
     kept in a bounded, thread-safe LRU keyed by the message's contents, so an
@@ -91,7 +100,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -185,6 +194,7 @@ class _Scheme:
     per_message: int
     reply: int
     tool_prompt: tuple[int, int] = (0, 0)
+    generic: bool = False  # no provider, name or hint decided the format
 
 
 def _bare(model: str) -> str:
@@ -247,15 +257,17 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         return _Scheme(("openai", encoding, policy.key), "openai", encoding, 1.0, True, policy,
                        3, 3)
     encoding, factor = _APPROX_DEFAULT
+    generic = hint is None and price.provider == "other"
     for fragment, enc, fam_factor in _APPROX_FAMILIES:
         if fragment in name:
             encoding, factor = enc, fam_factor
+            generic = False
             break
     if approx_factor is not None:
         factor = approx_factor
     policy = images.gemini_policy(name) if "gemini" in name else images.anthropic_policy(False)
     return _Scheme(("approx", encoding, factor, policy.key), "approx", encoding, factor, False,
-                   policy, 4, 3)
+                   policy, 4, 3, generic=generic)
 
 
 # -- cache keys -------------------------------------------------------------
@@ -322,6 +334,7 @@ class Estimator:
         self._calib: dict[str, float] = {}
         self._exact: dict[str, bool] = {}
         self._calib_lock = threading.Lock()
+        self._fallback_warned: set[str] = set()
         self.hits = 0
         self.misses = 0
 
@@ -346,6 +359,11 @@ class Estimator:
         ``output_format`` and Anthropic's ``thinking``.
         """
         scheme = self._scheme(model, price)
+        if scheme.generic and _looks_anthropic(messages, tools, system):
+            # Neither the provider nor the name says which API this model
+            # speaks, but the request is Anthropic-shaped: Claude's rules
+            # (tool-use system prompt included), for an unknown Claude.
+            scheme = self._scheme(model, replace(price, provider="anthropic"))
         text, fixed = self._count(scheme, messages, tools, system, extra or {})
         raw = math.ceil(text * scheme.factor - 1e-9) + fixed
         factor = self._calib.get(model, 1.0)
@@ -386,7 +404,9 @@ class Estimator:
         try:
             return tokens.count_function(scheme.tokenizer)
         except tokens.TokenizerUnavailable as exc:
-            log.warning("crew-budget: %s; estimating with 1 token per 2 UTF-8 bytes", exc)
+            if scheme.tokenizer not in self._fallback_warned:
+                self._fallback_warned.add(scheme.tokenizer)
+                log.warning("crew-budget: %s; estimating with 1 token per 2 UTF-8 bytes", exc)
             return _bytes_over_two
 
     def _count(
@@ -734,6 +754,26 @@ def _pdf_pages(data: str) -> int:
         return pages
     counts = [int(c) for c in _COUNT_RE.findall(raw)]
     return max(counts) if counts else 0
+
+
+_ANTHROPIC_BLOCKS = frozenset({"tool_use", "tool_result", "image", "document", "thinking",
+                               "redacted_thinking"})
+
+
+def _looks_anthropic(messages: Sequence[Any], tools: Sequence[Any] | None, system: Any) -> bool:
+    """An Anthropic messages request: separate ``system``, ``input_schema`` tools
+    or Anthropic content blocks."""
+    if system:
+        return True
+    if any(isinstance(t, Mapping) and "input_schema" in t for t in tools or ()):
+        return True
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            for block in content:
+                if isinstance(block, Mapping) and block.get("type") in _ANTHROPIC_BLOCKS:
+                    return True
+    return False
 
 
 def _thinking_enabled(value: Any) -> bool:

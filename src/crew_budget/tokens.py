@@ -30,6 +30,7 @@ from crew_budget.errors import CrewBudgetError
 
 __all__ = [
     "TokenizerUnavailable",
+    "anthropic_is_native",
     "count_function",
     "litellm_tokenizer_dir",
 ]
