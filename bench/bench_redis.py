@@ -1,0 +1,182 @@
+"""Redis ledger: guard overhead vs bare round trips, and reservations per second.
+
+    python bench/bench_redis.py [calls] [seconds] [processes]
+
+Starts its own redis-server on a free loopback port, then measures in ONE run:
+
+(a) two bare Redis round trips of the same kind of work the guard does (a
+    GET and an INCRBY, redis-py, same server);
+(b) ``Guard.preflight`` + ``Guard.settle`` on the ``RedisLedger`` for a
+    20-turn ~4k-token agent history that grows by one new message per call,
+    as an agent loop does (role hourly + daily, crew daily: three buckets);
+
+interleaved call by call, so machine noise hits both alike, and prints the
+ratio of medians (the design target is <= 1.5x). Then
+
+(c) aggregate reservations per second: ``processes`` processes, each doing
+    ``RedisLedger.reserve`` + ``settle`` in a loop for ``seconds`` seconds
+    against the one server (and the same through ``Guard``, estimator
+    included).
+
+Results print as markdown tables. Timings are never assertions in tests.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import agent_history, redis_server, summary
+
+MODEL = "gpt-4o-mini"
+CONFIG: dict[str, Any] = {
+    "roles": {"researcher": {"hourly": 10**5, "daily": 10**6}},
+    "crew": {"name": "research", "daily": 10**6},
+}
+USAGE = {"prompt_tokens": 4000, "completion_tokens": 200}
+A = "(a) two bare Redis round trips (GET + INCRBY)"
+B = "(b) Guard.preflight + Guard.settle on redis://"
+
+
+def overhead(url: str, calls: int) -> tuple[dict[str, dict[str, float]], int]:
+    """(a) and (b), interleaved call by call, plus two rows that split (b) up.
+
+    Returns each case's summary and the history's estimated prompt tokens.
+    """
+    import redis
+
+    from crew_budget import Guard
+    from crew_budget.ledger import RecordDraft, ReserveRequest, new_reservation_id
+    from crew_budget.usage import Usage
+
+    client = redis.Redis.from_url(url)
+    guard = Guard(CONFIG, url)
+    ledger = guard.ledger
+    base = agent_history(turns=20)
+    trivial = client.register_script("return 1")
+    draft = RecordDraft(role="researcher", model=MODEL, estimate_nano=1000)
+    usage = Usage(4000, 0, 0, 200, 0)
+
+    def bare(_history: list[dict[str, Any]]) -> None:
+        client.get("bench:bare")
+        client.incrby("bench:bare:n", 1)
+
+    def guarded(history: list[dict[str, Any]]) -> None:
+        ticket = guard.preflight("researcher", MODEL, history, max_tokens=512)
+        guard.settle(ticket, USAGE)
+
+    def trivial_scripts(_history: list[dict[str, Any]]) -> None:
+        trivial(keys=["bench:t"])
+        trivial(keys=["bench:t"])
+
+    def ledger_only(_history: list[dict[str, Any]]) -> None:
+        buckets = tuple(guard.buckets("researcher"))
+        res = ledger.reserve(ReserveRequest(new_reservation_id(), buckets, 1000, 600.0, draft))
+        ledger.settle(res.reservation_id, 900, usage)  # type: ignore[union-attr]
+
+    cases = {
+        A: bare,
+        B: guarded,
+        "two EVALSHA of a trivial script": trivial_scripts,
+        "RedisLedger.reserve + settle alone (no estimate)": ledger_only,
+    }
+    for i in range(50):  # warm up: price map, encodings, connections, scripts
+        for fn in cases.values():
+            fn([*base, {"role": "user", "content": f"warm up {i}"}])
+    tokens = guard.preflight("researcher", MODEL, base, max_tokens=1).prompt_tokens
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for i in range(calls):
+        # The agent loop: the same history objects plus one NEW message.
+        history = [*base, {"role": "user", "content": f"step {i}: continue with the next source"}]
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn(history)
+            samples[name].append(time.perf_counter() - t0)
+    guard.close()
+    client.close()
+    return {name: summary(s) for name, s in samples.items()}, tokens
+
+
+def _worker(url: str, mode: str, seconds: float, ready: Any, go: Any, out: Any) -> None:
+    from crew_budget import Guard
+    from crew_budget.ledger import RecordDraft, ReserveRequest, new_reservation_id
+    from crew_budget.usage import Usage
+
+    guard = Guard(CONFIG, url)
+    ledger = guard.ledger
+    history = agent_history(turns=20)
+    draft = RecordDraft(role="researcher", model=MODEL, estimate_nano=1000)
+    usage = Usage(4000, 0, 0, 200, 0)
+    buckets = tuple(guard.buckets("researcher", ledger.now()))
+
+    def one_ledger() -> None:
+        res = ledger.reserve(ReserveRequest(new_reservation_id(), buckets, 1000, 600.0, draft))
+        ledger.settle(res.reservation_id, 900, usage)  # type: ignore[union-attr]
+
+    def one_guard() -> None:
+        guard.settle(guard.preflight("researcher", MODEL, history, max_tokens=512), USAGE)
+
+    step = one_ledger if mode == "ledger" else one_guard
+    for _ in range(20):
+        step()
+    ready.put(os.getpid())
+    go.wait()
+    n = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        step()
+        n += 1
+    out.put(n)
+    guard.close()
+
+
+def throughput(url: str, mode: str, processes: int, seconds: float) -> float:
+    """(c): reserve+settle pairs per second, summed over ``processes`` processes."""
+    ctx = mp.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(url, mode, seconds, ready, go, out))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    go.set()
+    total = sum(out.get(timeout=seconds + 120) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
+    processes = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    with redis_server() as url:
+        stats, tokens = overhead(url, calls)
+        bare = stats[A]
+        print(f"Per call, {calls} calls, cases interleaved call by call; history: 21 messages, "
+              f"{tokens} prompt tokens estimated; {os.cpu_count()} cores\n")
+        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) |")
+        print("|---|---:|---:|---:|---:|")
+        for name, st in stats.items():
+            print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | "
+                  f"{st['p50'] / bare['p50']:.2f}x |")
+        print(f"\nratio (b)/(a): p50 {stats[B]['p50'] / bare['p50']:.2f}x, "
+              f"p99 {stats[B]['p99'] / bare['p99']:.2f}x (target: <= 1.5x)\n")
+        ledger_rate = throughput(url, "ledger", processes, seconds)
+        guard_rate = throughput(url, "guard", processes, seconds)
+        print(f"| (c) {processes} processes, one Redis, {seconds:g} s each | "
+              "reservations (reserve + settle) per second |")
+        print("|---|---:|")
+        print(f"| RedisLedger.reserve + settle | {ledger_rate:,.0f} |")
+        print(f"| Guard.preflight + settle (20-turn history) | {guard_rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+-- crew-budget Redis ledger: helpers prepended to every operation script.
+--
+-- Not a script on its own: RedisLedger prepends this text to each operation
+-- file before registering it, so every operation is still ONE script (one
+-- EVALSHA, one atomic step) with its contract at the top of its own file.
+--
+-- Key layout. Every key of a namespace carries the hash tag {ns}, so all of
+-- them hash to one Redis Cluster slot; P below is the prefix "cb:{ns}:".
+--   P.."leases"         ZSET    reservation id -> lease expiry (Unix ms)
+--   P.."records"        STREAM  spend records, field "r" = SpendRecord JSON,
+--                               trimmed by MINID to the retention period
+--   P.."odd"            ZSET    appended records whose ts is far from the
+--                               ledger clock (score = ts), trimmed by score
+--   P.."oddseq"         STRING  counter keeping "odd" members unique
+--   P.."r:"..rid        STRING  one reservation, see RESERVATION below
+--   P.."b:"..bucketkey  HASH    spent, reserved (nano-USD integers)
+--   P.."claim:"..marker STRING  exactly-once markers (SET NX PX, no script)
+--
+-- Keys DERIVED inside scripts rather than passed in KEYS: reap builds
+-- P.."r:"..rid from the ids in the leases ZSET, and finish reads the counter
+-- keys a reservation charged from its value (they were in the KEYS of the
+-- reserve that created it). All carry the same hash tag as KEYS[1]: same
+-- slot, so every script stays cluster-safe.
+--
+-- RESERVATION value: eight fields separated by "\n" (none can contain a raw
+-- newline: the last four are JSON, the first four are words and integers):
+--   state \n cost \n expires_ms \n amount \n tomb_ms \n rid_json \n tail \n buckets
+-- state is reserved|settled|released|expired; cost is "" until it ends;
+-- tail is the record fields fixed at reserve time (role, model, crew,
+-- estimate_nano, metadata) as a JSON fragment; buckets is a JSON array of
+-- [counter key, bucket key, limit, starts_at, ends_at, counter expiry,
+-- scope JSON], one per bucket charged. One string, so one GET reads it and
+-- one SET (with its expiry) writes it.
+--
+-- Money: amounts travel as decimal strings and reach HINCRBY as such (exact
+-- int64 arithmetic inside Redis). They become Lua numbers (doubles) only to
+-- be compared with a limit, which is exact because the client rejects
+-- amounts and limits of 2^53 nano-USD (~ $9.0M) or more. Numbers handed back
+-- to redis.call go through int_str (a bare Lua number may lose digits).
+
+-- The ledger clock, Redis TIME, as: decimal seconds text (exact, for
+-- records), seconds (number, for window bounds), Unix ms (number).
+local function ledger_clock()
+  local t = redis.call('TIME')
+  local sec, usec = tonumber(t[1]), tonumber(t[2])
+  return t[1] .. '.' .. string.format('%06d', usec), sec + usec / 1000000,
+    sec * 1000 + math.floor(usec / 1000)
+end
+
+local function int_str(x)
+  return string.format('%.0f', x)
+end
+
+-- Negate an integer held as a decimal string.
+local function negate(s)
+  if s == '0' then return '0' end
+  if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
+  return '-' .. s
+end
+
+local NO_USAGE = '"input_tokens":0,"cached_input_tokens":0,"cache_write_tokens":0,'
+  .. '"output_tokens":0,"reasoning_tokens":0'
+
+-- One SpendRecord as JSON. Every part is text the client encoded (usage,
+-- scope, tail) or an exact integer string: nothing is re-encoded here, so
+-- no float rounding of metadata or amounts.
+local function record_json(ts, rid_json, outcome, cost, usage, scope_json, tail)
+  return '{"ts":' .. ts .. ',"reservation_id":' .. rid_json .. ',"outcome":"' .. outcome
+    .. '",' .. usage .. ',"cost_nano":' .. cost .. ',"scope":' .. scope_json .. ','
+    .. tail .. '}'
+end
+
+-- Append one record; drop the ones older than the retention period.
+local function append(stream, now_ms, retention_ms, json)
+  redis.call('XADD', stream, 'MINID', int_str(now_ms - retention_ms), '*', 'r', json)
+end
+
+-- The fields of a RESERVATION value (see above).
+local function parse(v)
+  return string.match(v,
+    '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+end
+
+-- End a reservation whose value is ``v`` (state 'reserved'): on exactly the
+-- buckets it charged, move its amount out of ``reserved`` and ``cost`` into
+-- ``spent``; keep it as a tombstone for its lease plus a day (so repeats
+-- stay idempotent); append its record. A counter that expired meanwhile
+-- (its window ended more than the retention period ago) is not recreated.
+local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_ms, retention_ms)
+  local _, _, exp, amount, tomb, rid_json, tail, bjson = parse(v)
+  local neg = negate(amount)
+  for _, b in ipairs(cjson.decode(bjson)) do
+    if redis.call('HINCRBY', b[1], 'reserved', neg) < 0 then
+      redis.call('DEL', b[1])
+    elseif cost ~= '0' then
+      redis.call('HINCRBY', b[1], 'spent', cost)
+    end
+  end
+  redis.call('SET', rkey, table.concat({state, cost, exp, amount, tomb, rid_json, tail, bjson},
+    '\n'), 'PX', tomb)
+  redis.call('ZREM', leases, rid)
+  append(stream, now_ms, retention_ms, record_json(ts, rid_json, state, cost, usage, 'null', tail))
+end
+
+-- Expire at most ``limit`` reservations whose lease ran out (expiry <= now):
+-- each is charged at its reserved amount (over-count, never under-count)
+-- and marked 'expired'. Returns how many.
+local function reap(prefix, leases, stream, limit, ts, now_ms, retention_ms)
+  local due = redis.call('ZRANGEBYSCORE', leases, '-inf', int_str(now_ms), 'LIMIT', 0, limit)
+  local n = 0
+  for _, rid in ipairs(due) do
+    local rkey = prefix .. 'r:' .. rid
+    local v = redis.call('GET', rkey)
+    local state, amount
+    if v then
+      local s, _, _, a = parse(v)
+      state, amount = s, a
+    end
+    if state == 'reserved' then
+      finish(leases, stream, rkey, rid, v, 'expired', amount, NO_USAGE, ts, now_ms, retention_ms)
+      n = n + 1
+    else
+      redis.call('ZREM', leases, rid)
+    end
+  end
+  return n
+end
+

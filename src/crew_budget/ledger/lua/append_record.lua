@@ -1,0 +1,29 @@
+-- append_record: add a record no reservation produced (e.g. "unguarded").
+--
+-- KEYS[1] - P.."records"  (STREAM of spend records)
+-- KEYS[2] - P.."odd"      (ZSET of records whose ts is far from the ledger
+--           clock, scored by ts: stream ids must follow the clock)
+-- KEYS[3] - P.."oddseq"   (counter that keeps "odd" members unique)
+-- ARGV[1] - the record's ts (Unix s)
+-- ARGV[2] - the record as JSON
+-- ARGV[3] - retention of records, ms
+-- ARGV[4] - how far (ms) ts may be from the ledger clock to go in the stream
+--
+-- Returns 1 if the record went into the stream, 2 if into the odd set.
+--
+-- Invariants: every record is kept for the retention period, where a
+-- time-range read finds it by its own ts; the odd set is trimmed like the
+-- stream.
+
+local _, now, now_ms = ledger_clock()
+local retention_ms = tonumber(ARGV[3])
+local t = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
+  '(' .. string.format('%.3f', now - retention_ms / 1000))
+if math.abs(t * 1000 - now_ms) <= tonumber(ARGV[4]) then
+  append(KEYS[1], now_ms, retention_ms, ARGV[2])
+  return 1
+end
+local n = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], ARGV[1], n .. ':' .. ARGV[2])
+return 2

@@ -1,0 +1,19 @@
+-- reap: expire reservations whose lease ran out.
+--
+-- KEYS[1] - P.."leases"   (ZSET of lease expiry; P is derived from it, and
+--           the reservations P.."r:"..rid and their counters from P and
+--           the ids: same tag, same slot)
+-- KEYS[2] - P.."records"  (STREAM of spend records)
+-- ARGV[1] - retention of records, ms
+-- ARGV[2] - most reservations to expire in this call (bounds the script's run)
+--
+-- Returns the number of reservations expired.
+--
+-- Invariants: an expired reservation is charged at its reserved amount on
+-- exactly the buckets it charged (reserved -= amount, spent += amount), is
+-- marked "expired" and gets one "expired" record: a crash between reserve
+-- and settle over-counts, never under-counts.
+
+local ts, _, now_ms = ledger_clock()
+return reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[2]), ts, now_ms,
+  tonumber(ARGV[1]))

@@ -1,0 +1,32 @@
+-- release: drop a reservation at zero cost, the provider was never reached
+-- (idempotent).
+--
+-- KEYS[1] - P.."leases"   (ZSET of lease expiry; P is derived from it)
+-- KEYS[2] - P.."records"  (STREAM of spend records)
+-- KEYS[3] - P.."r:"..rid  (the reservation; the counter keys P.."b:"..key
+--           it charged are read from it: same tag, same slot)
+-- ARGV[1] - reservation id
+-- ARGV[2] - retention of records, ms
+-- ARGV[3] - most expired leases to reap first
+--
+-- Returns {"unknown"} if the id was never reserved here (or its tombstone
+-- expired), else {state, applied, cost}: applied = 1 when this call
+-- released it (cost 0); 0 when it had already ended: nothing changed.
+--
+-- Invariants: as settle. A lease that ran out is expired (charged at its
+-- reserved amount), never released for free.
+
+local rid, retention_ms = ARGV[1], tonumber(ARGV[2])
+local ts, _, now_ms = ledger_clock()
+reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[3]), ts, now_ms, retention_ms)
+
+local v = redis.call('GET', KEYS[3])
+if not v then return {'unknown'} end
+local state, was, exp, amount = parse(v)
+if state ~= 'reserved' then return {state, 0, was} end
+if tonumber(exp) <= now_ms then
+  finish(KEYS[1], KEYS[2], KEYS[3], rid, v, 'expired', amount, NO_USAGE, ts, now_ms, retention_ms)
+  return {'expired', 0, amount}
+end
+finish(KEYS[1], KEYS[2], KEYS[3], rid, v, 'released', '0', NO_USAGE, ts, now_ms, retention_ms)
+return {'released', 1, '0'}

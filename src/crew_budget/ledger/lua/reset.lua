@@ -1,0 +1,22 @@
+-- reset: zero a bucket's spend and record it. Reservations in flight stay.
+--
+-- KEYS[1] - P.."b:"..key  (the bucket's counter hash)
+-- KEYS[2] - P.."records"  (STREAM of spend records)
+-- ARGV[1] - counter expiry (Unix s: window end + retention)
+-- ARGV[2] - retention of records, ms
+-- ARGV[3] - the bucket's scope as JSON
+-- ARGV[4] - record tail JSON (role, model, crew, estimate_nano, metadata)
+--
+-- Returns {old_spent, reserved}, nano-USD as decimal strings.
+--
+-- Invariants: the "reset" record carries cost_nano = -old_spent, so the sum
+-- of records still matches the counter; both change in one atomic step.
+
+local ts, _, now_ms = ledger_clock()
+local c = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
+local old, reserved = c[1] or '0', c[2] or '0'
+redis.call('HSET', KEYS[1], 'spent', '0', 'reserved', reserved)
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+append(KEYS[2], now_ms, tonumber(ARGV[2]),
+  record_json(ts, '""', 'reset', negate(old), NO_USAGE, ARGV[3], ARGV[4]))
+return {old, reserved}

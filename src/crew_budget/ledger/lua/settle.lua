@@ -1,0 +1,37 @@
+-- settle: replace a reservation by the call's actual cost (idempotent).
+--
+-- KEYS[1] - P.."leases"   (ZSET of lease expiry; P is derived from it)
+-- KEYS[2] - P.."records"  (STREAM of spend records)
+-- KEYS[3] - P.."r:"..rid  (the reservation; the counter keys P.."b:"..key
+--           it charged are read from it: same tag, same slot)
+-- ARGV[1] - reservation id
+-- ARGV[2] - actual cost, nano-USD (decimal string)
+-- ARGV[3] - usage as a JSON fragment ("input_tokens":N,... five fields)
+-- ARGV[4] - retention of records, ms
+-- ARGV[5] - most expired leases to reap first
+--
+-- Returns {"unknown"} if the id was never reserved here (or its tombstone
+-- expired), else {state, applied, cost}: applied = 1 when this call settled
+-- it; 0 when it had already ended (settled, released or expired): then
+-- nothing changed and cost is what it was charged.
+--
+-- Invariants: a reservation ends exactly once; only the buckets it charged
+-- move (reserved -= amount, spent += cost), even if their windows have ended
+-- since, so money lands in the period it was spent in; the spend record is
+-- appended in the same atomic step. A lease that ran out is expired (charged
+-- at its reserved amount), not settled.
+
+local rid, cost, retention_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local ts, _, now_ms = ledger_clock()
+reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[5]), ts, now_ms, retention_ms)
+
+local v = redis.call('GET', KEYS[3])
+if not v then return {'unknown'} end
+local state, was, exp, amount = parse(v)
+if state ~= 'reserved' then return {state, 0, was} end
+if tonumber(exp) <= now_ms then
+  finish(KEYS[1], KEYS[2], KEYS[3], rid, v, 'expired', amount, NO_USAGE, ts, now_ms, retention_ms)
+  return {'expired', 0, amount}
+end
+finish(KEYS[1], KEYS[2], KEYS[3], rid, v, 'settled', cost, ARGV[3], ts, now_ms, retention_ms)
+return {'settled', 1, cost}

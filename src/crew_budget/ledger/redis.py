@@ -1,0 +1,475 @@
+"""Redis ledger: one Lua script per operation, cluster-safe, for many machines.
+
+URLs: ``redis://[user:password@]host:6379/0``, ``rediss://`` (TLS), and
+``redis+cluster://`` / ``rediss+cluster://`` for Redis Cluster. Needs Redis
+>= 6.2 (``XADD ... MINID``) and redis-py (``pip install 'crew-budget[redis]'``).
+
+Every operation that reads and writes is ONE Lua script, so it is atomic
+without locks or ``WATCH``, and one network round trip. The scripts are
+``lua/*.lua``, each headed by its contract (KEYS, ARGV, returns, invariants);
+``lua/_common.lua`` holds the shared helpers and documents the key layout.
+They are called with ``EVALSHA``; redis-py's ``Script`` loads them again when
+the server forgot them (``NOSCRIPT`` after a restart).
+
+Every key of a namespace starts with ``cb:{<namespace>}:``: the braces are a
+Redis Cluster hash tag, so all keys live in one slot and every script is
+single-slot.
+
+The ledger clock is Redis ``TIME``, read inside the scripts: ``reserve``
+refuses (``ClockSkew``) buckets whose window does not contain it, so a client
+with a wrong clock cannot charge the wrong day.
+
+Storage stays bounded: counters expire at their window's end plus the
+retention period; a finished reservation stays for its lease plus a day (so
+repeated settles stay idempotent); spend records go to a stream trimmed by
+``MINID`` to the retention period on every append.
+
+Connection failures become ``LedgerUnavailable`` naming the URL without its
+password. Operations that are safe to repeat (reserve, by its id; settle,
+release, reap, status and reads) are retried once after a dropped
+connection; ``append_record``, ``reset`` and ``claim`` are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from crew_budget.errors import ConfigError, LedgerUnavailable, ReservationError
+from crew_budget.ledger.base import (
+    Bucket,
+    BucketState,
+    ClockSkew,
+    Denial,
+    Ledger,
+    Outcome,
+    Reservation,
+    ReserveRequest,
+    SettleResult,
+    SpendRecord,
+)
+from crew_budget.usage import Usage
+from crew_budget.windows import WindowName
+
+try:
+    import redis
+    import redis.exceptions as rexc
+    from redis.backoff import NoBackoff
+    from redis.commands.core import Script
+    from redis.retry import Retry
+except ImportError as _exc:  # pragma: no cover - only without the extra
+    raise ConfigError(
+        "a redis:// ledger needs redis-py, which is not installed. Fix: "
+        "pip install 'crew-budget[redis]'",
+        source="ledger",
+    ) from _exc
+
+__all__ = ["MAX_NANO", "RedisLedger", "redact_url"]
+
+T = TypeVar("T")
+
+MAX_NANO = 2**53
+"""Scripts compare money as Lua doubles: exact below 2^53 nano-USD (~ $9.0M)."""
+
+_DAY_MS = 86_400_000
+_ODD_MS = 3_600_000
+"""Records appended with a ts further than this from Redis TIME go to the odd set."""
+_SCAN_SLACK_S = 86_400.0
+"""Stream ids follow Redis TIME, not a record's ts: reads widen the id range by this."""
+_PAGE = 5000
+
+# Failures that mean "the ledger cannot serve us now", as opposed to a bug
+# (a script error is a bug and must not be mistaken for an outage, which
+# ``fail_open`` would let through).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,  # also refused, reset, auth failures, LOADING
+    rexc.TimeoutError,
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,  # a replica after failover
+    rexc.ClusterError,
+    rexc.TryAgainError,
+    rexc.NoPermissionError,
+    rexc.SlotNotCoveredError,  # part of the cluster is down
+    OSError,
+)
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, rexc.RedisClusterException)
+_STATES: dict[str, Outcome] = {
+    "reserved": "reserved",
+    "settled": "settled",
+    "released": "released",
+    "expired": "expired",
+}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (userinfo or ``?password=``) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        # redis://secret@host: to redis-py a lone userinfo is the password.
+        userinfo = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
+        netloc = f"{userinfo}@{hostport}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):
+        query = urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secrets(url: str) -> list[str]:
+    parts = urlsplit(url)
+    found = [parts.password or ""]
+    if parts.username and parts.password is None:
+        found.append(parts.username)
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    return sorted({s for v in found for s in (v, unquote(v)) if s}, key=len, reverse=True)
+
+
+@lru_cache(maxsize=1)
+def _sources() -> dict[str, str]:
+    """Each operation's script: the shared helpers, then its own file."""
+    lua = resources.files("crew_budget.ledger") / "lua"
+    common = (lua / "_common.lua").read_text(encoding="utf-8")
+    names = ("reserve", "settle", "release", "reap", "status", "reset", "append_record")
+    return {n: common + "\n" + (lua / f"{n}.lua").read_text(encoding="utf-8") for n in names}
+
+
+def _check_nano(what: str, value: int) -> None:
+    if not 0 <= value < MAX_NANO:
+        raise ValueError(
+            f"{what} of {value} nano-USD is outside the range the Redis ledger compares "
+            "exactly (0 to 2^53-1 nano-USD, about $9,007,199). Fix: use a smaller limit, "
+            "or the SQLite ledger"
+        )
+
+
+@lru_cache(maxsize=1024)
+def _who(role: str, model: str, crew: str | None) -> str:
+    return json.dumps({"role": role, "model": model, "crew": crew}, separators=(",", ":"))[1:-1]
+
+
+def _tail(role: str, model: str, crew: str | None, estimate: int, metadata: Mapping[str, Any]
+          ) -> str:
+    """The record fields known before the call, as JSON without its braces."""
+    meta = json.dumps(dict(metadata), separators=(",", ":"), default=str) if metadata else "{}"
+    return f'{_who(role, model, crew)},"estimate_nano":{int(estimate)},"metadata":{meta}'
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    keys: list[str]
+    meta: str
+    lo: str
+    hi: str
+    keep: str
+    limits: list[str]
+
+
+class RedisLedger(Ledger):
+    """Budgets shared by every process and machine that reaches one Redis.
+
+    ``namespace`` keeps independent deployments apart in one database (it is
+    the hash tag of every key). ``reap_limit`` bounds how many expired
+    leases one operation corrects, so no script runs long.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "default",
+        retention_days: int = 90,
+        reap_limit: int = 100,
+        connect_timeout: float = 1.0,
+        op_timeout: float = 2.0,
+    ) -> None:
+        if not namespace or any(c in namespace for c in "{}"):
+            raise ConfigError(
+                f"namespace {namespace!r} cannot be a Redis hash tag; use letters, digits, "
+                "'_', '.' or '-'",
+                source="ledger",
+            )
+        self.url = redact_url(url)
+        self.namespace = namespace
+        self._secrets = _secrets(url)
+        self.retention_ms = int(retention_days) * _DAY_MS
+        self._retention_s = int(retention_days) * 86_400
+        self.reap_limit = int(reap_limit)
+        self._retention_str = str(self.retention_ms)
+        self._reap_str = str(self.reap_limit)
+        self._plans: dict[tuple[Bucket, ...], _Plan] = {}
+        self.prefix = f"cb:{{{namespace}}}:"
+        self._leases = self.prefix + "leases"
+        self._stream = self.prefix + "records"
+        self._odd = self.prefix + "odd"
+        self._oddseq = self.prefix + "oddseq"
+        # Connecting is lazy in redis-py: this opens no socket yet.
+        self._client: Any = self._connect(url, connect_timeout, op_timeout)
+        src = _sources()
+        self._reserve = self._script(src["reserve"])
+        self._settle = self._script(src["settle"])
+        self._release = self._script(src["release"])
+        self._reap = self._script(src["reap"])
+        self._status = self._script(src["status"])
+        self._reset = self._script(src["reset"])
+        self._append = self._script(src["append_record"])
+
+    def _connect(self, url: str, connect_timeout: float, op_timeout: float) -> Any:
+        parts = urlsplit(url)
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": op_timeout,
+            "decode_responses": True,
+            # No hidden retries with back-off: we retry once ourselves, and
+            # only what is safe to repeat, so an outage fails fast.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if parts.scheme in ("redis+cluster", "rediss+cluster"):
+            from redis.cluster import RedisCluster
+
+            plain = urlunsplit(parts._replace(scheme=parts.scheme.split("+", 1)[0]))
+            try:
+                return RedisCluster.from_url(plain, **options)
+            except _CONNECT_ERRORS as exc:
+                # The cluster client connects at once ("cannot be connected").
+                raise self._unavailable(exc) from exc
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                f"unsupported Redis URL scheme {parts.scheme!r} in {self.url}; use redis://, "
+                "rediss://, redis+cluster:// or rediss+cluster://",
+                source="ledger",
+            )
+        return redis.Redis.from_url(url, **options)
+
+    def _script(self, source: str) -> Script:
+        return cast(Script, self._client.register_script(source))
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> LedgerUnavailable:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
+        return LedgerUnavailable(self.url, reason)
+
+    def _run(self, op: Callable[[], T], *, idempotent: bool = True) -> T:
+        """Run one Redis operation; once more after a dropped connection if safe."""
+        try:
+            return op()
+        except rexc.ConnectionError as exc:
+            if not idempotent:
+                raise self._unavailable(exc) from exc
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        try:  # e.g. Redis restarted and the pooled connection died
+            return op()
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+
+    def _bkey(self, bucket: Bucket) -> str:
+        return self.prefix + "b:" + bucket.key
+
+    def _expireat(self, bucket: Bucket) -> int:
+        return math.ceil(bucket.ends_at) + self._retention_s
+
+    def _plan(self, buckets: tuple[Bucket, ...]) -> _Plan:
+        """Everything reserve sends that depends only on the buckets (cached)."""
+        plan = self._plans.get(buckets)
+        if plan is None:
+            for b in buckets:
+                if b.limit_nano is not None:
+                    _check_nano(f"the limit of {b.key}", b.limit_nano)
+            keys = [self._bkey(b) for b in buckets]
+            meta = [
+                [k, b.key, b.limit_nano, b.starts_at, b.ends_at, self._expireat(b),
+                 json.dumps(b.scope)]
+                for k, b in zip(keys, buckets, strict=True)
+            ]
+            plan = _Plan(
+                keys=keys,
+                meta=json.dumps(meta, separators=(",", ":")),
+                lo=repr(max((float(b.starts_at) for b in buckets), default=0.0)),
+                hi=repr(min((float(b.ends_at) for b in buckets), default=0.0)),
+                keep=str(max((self._expireat(b) for b in buckets), default=0) * 1000),
+                limits=["" if b.limit_nano is None else str(b.limit_nano) for b in buckets],
+            )
+            if len(self._plans) >= 256:  # windows roll over: old plans are dead
+                self._plans.clear()
+            self._plans[buckets] = plan
+        return plan
+
+    # -- the contract -----------------------------------------------------------
+
+    def now(self) -> float:
+        sec, usec = self._run(self._client.time)
+        return int(sec) + int(usec) / 1_000_000
+
+    def reserve(self, request: ReserveRequest) -> Reservation | Denial:
+        rid = request.reservation_id
+        amount = request.amount_nano
+        _check_nano("a reservation", amount)
+        plan = self._plan(request.buckets)
+        lease_ms = max(0, math.ceil(request.lease_seconds * 1000))
+        d = request.draft
+        keys = [self._leases, self._stream, self.prefix + "r:" + rid, *plan.keys]
+        args = [
+            rid,
+            f'"{rid}"' if rid.isalnum() and rid.isascii() else json.dumps(rid),
+            str(amount),
+            str(lease_ms),
+            self._retention_str,
+            str(lease_ms + _DAY_MS),
+            self._reap_str,
+            _tail(d.role, d.model, d.crew, d.estimate_nano, d.metadata),
+            plan.meta,
+            plan.lo,
+            plan.hi,
+            plan.keep,
+            *plan.limits,
+        ]
+        reply = self._run(lambda: self._reserve(keys=keys, args=args))
+        kind = reply[0]
+        if kind == "ok":
+            return Reservation(rid, amount, (int(reply[1]) + lease_ms) / 1000, request.buckets)
+        if kind == "deny":
+            b = request.buckets[int(reply[1]) - 1]
+            return Denial(BucketState(b, int(reply[2]), int(reply[3])), amount)
+        if kind == "skew":
+            raise ClockSkew(float(reply[1]))
+        if kind == "dup":
+            return self._existing(rid, reply[1], request)
+        raise AssertionError(f"reserve script returned {reply!r}")  # pragma: no cover
+
+    def _existing(self, rid: str, value: str, request: ReserveRequest) -> Reservation:
+        """A reserve repeated with the same id: what was reserved the first time."""
+        _state, _cost, expires_ms, amount, _tomb, _rid, _tail, meta = value.split("\n", 7)
+        stored = json.loads(meta)
+        if [m[1] for m in stored] == [b.key for b in request.buckets]:
+            buckets = request.buckets
+        else:
+            rebuilt = []
+            for _key, bkey, limit, starts, ends, _x, _scope in stored:
+                scope, window, period = bkey.rsplit("|", 2)
+                rebuilt.append(Bucket(scope, cast(WindowName, window), period, limit,
+                                      float(starts), float(ends)))
+            buckets = tuple(rebuilt)
+        return Reservation(rid, int(amount), int(expires_ms) / 1000, buckets)
+
+    def _result(self, rid: str, reply: Sequence[Any]) -> SettleResult:
+        if reply[0] == "unknown":
+            raise ReservationError(
+                f"unknown reservation {rid!r} in Redis ledger {self.url} (namespace "
+                f"{self.namespace!r}): it was never made there, or it ended more than a day "
+                "ago and its record expired. Fix: settle the ticket preflight returned, on "
+                "the same ledger URL and namespace"
+            )
+        return SettleResult(_STATES[reply[0]], int(reply[1]) == 1, int(reply[2]))
+
+    def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
+        if not 0 <= cost_nano < 2**63:
+            raise ValueError(f"cost of {cost_nano} nano-USD is not a valid charge")
+        u = usage
+        fragment = (
+            f'"input_tokens":{int(u.input_tokens)},'
+            f'"cached_input_tokens":{int(u.cached_input_tokens)},'
+            f'"cache_write_tokens":{int(u.cache_write_tokens)},'
+            f'"output_tokens":{int(u.output_tokens)},"reasoning_tokens":{int(u.reasoning_tokens)}'
+        )
+        keys = [self._leases, self._stream, self.prefix + "r:" + reservation_id]
+        args = [reservation_id, str(int(cost_nano)), fragment, self._retention_str,
+                self._reap_str]
+        reply = self._run(lambda: self._settle(keys=keys, args=args))
+        return self._result(reservation_id, reply)
+
+    def release(self, reservation_id: str) -> SettleResult:
+        keys = [self._leases, self._stream, self.prefix + "r:" + reservation_id]
+        args = [reservation_id, self._retention_str, self._reap_str]
+        reply = self._run(lambda: self._release(keys=keys, args=args))
+        return self._result(reservation_id, reply)
+
+    def reap(self, limit: int = 1000) -> int:
+        keys = [self._leases, self._stream]
+        args = [self._retention_str, str(int(limit))]
+        return int(self._run(lambda: self._reap(keys=keys, args=args)))
+
+    def status(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        keys = [self._leases, self._stream, *(self._bkey(b) for b in buckets)]
+        args = [self._retention_str, self._reap_str]
+        reply = self._run(lambda: self._status(keys=keys, args=args))
+        return [
+            BucketState(b, int(reply[2 * i]), int(reply[2 * i + 1])) for i, b in enumerate(buckets)
+        ]
+
+    def reservation_state(self, reservation_id: str) -> Outcome | None:
+        key = self.prefix + "r:" + reservation_id
+        value = self._run(lambda: self._client.get(key))
+        return None if value is None else _STATES[value.split("\n", 1)[0]]
+
+    def append_record(self, record: SpendRecord) -> None:
+        keys = [self._stream, self._odd, self._oddseq]
+        args = [repr(float(record.ts)), record.to_json(), str(self.retention_ms), str(_ODD_MS)]
+        # Not repeated after a dropped connection: the first try may have landed.
+        self._run(lambda: self._append(keys=keys, args=args), idempotent=False)
+
+    def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        lo = "-" if since is None else str(max(0, math.floor((since - _SCAN_SLACK_S) * 1000)))
+        hi = "+" if until is None else str(max(0, math.ceil((until + _SCAN_SLACK_S) * 1000)))
+        found: list[SpendRecord] = []
+
+        def read() -> None:
+            found.clear()
+            start = lo
+            while True:
+                page = self._client.xrange(self._stream, start, hi, count=_PAGE)
+                found.extend(SpendRecord.from_json(fields["r"]) for _id, fields in page)
+                if len(page) < _PAGE:
+                    break
+                start = "(" + page[-1][0]
+            odd = self._client.zrangebyscore(
+                self._odd,
+                "-inf" if since is None else repr(float(since)),
+                "+inf" if until is None else "(" + repr(float(until)),
+            )
+            found.extend(SpendRecord.from_json(m.split(":", 1)[1]) for m in odd)
+
+        self._run(read)
+        out = [
+            r for r in found
+            if (since is None or r.ts >= since) and (until is None or r.ts < until)
+        ]
+        out.sort(key=lambda r: r.ts)  # stable: records of one instant keep their order
+        return out
+
+    def claim(self, marker: str, ttl_seconds: float) -> bool:
+        key = self.prefix + "claim:" + marker
+        ttl_ms = max(1, math.ceil(ttl_seconds * 1000))
+        # SET NX is one atomic command: no script needed. Not repeated after a
+        # dropped connection: a first try that landed would make it say False.
+        ok = self._run(lambda: self._client.set(key, "1", nx=True, px=ttl_ms), idempotent=False)
+        return bool(ok)
+
+    def reset(self, bucket: Bucket, *, reason: str = "") -> BucketState:
+        role = bucket.scope.split(":", 1)[1] if bucket.scope.startswith("role:") else ""
+        tail = _tail(role, "", None, 0, {"bucket": bucket.key, "reason": reason})
+        keys = [self._bkey(bucket), self._stream]
+        args = [str(self._expireat(bucket)), self._retention_str, json.dumps(bucket.scope), tail]
+        # Not repeated: a second reset would append a second record.
+        reply = self._run(lambda: self._reset(keys=keys, args=args), idempotent=False)
+        return BucketState(bucket, 0, int(reply[1]))
+
+    def close(self) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):  # closing a dead connection
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisLedger({self.url!r}, namespace={self.namespace!r})"
