@@ -16,6 +16,7 @@ from the ticket the guard returned, never computed by our own estimator here.
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -475,3 +476,29 @@ def test_unreachable_host_port_fails_within_the_connect_timeout() -> None:
     with pytest.raises(LedgerUnavailable, match="refused"):
         ledger.now()
     assert time.monotonic() - t0 < 1.5
+
+
+def test_a_hung_server_times_out_instead_of_hanging_the_agent(tmp_path: Path) -> None:
+    assert RedisLedger("redis://127.0.0.1:1/0")._client.connection_pool.connection_kwargs[
+        "socket_timeout"
+    ] == 2.0  # the default operation timeout
+    with RedisServer(directory=tmp_path) as server:
+        ledger = RedisLedger(server.url, op_timeout=0.3)
+        b = day_bucket(ledger, "global", None)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)  # alive, accepting, never answering
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(LedgerUnavailable, match="Timeout"):
+                reserve(ledger, [b], 1)
+            assert time.monotonic() - t0 < 1.5  # one timeout, no hidden retries
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+
+
+def test_fixture_fails_loudly_without_the_redis_server_binary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tests.fixtures.redis_server.shutil.which", lambda _name: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install redis-server"):
+        RedisServer()
