@@ -97,6 +97,11 @@ def test_group_by_role_and_by_day_in_a_local_time_zone() -> None:
     berlin = build_report(history(), "hour", since=DAY, until=DAY + 86400,
                           tz=ZoneInfo("Europe/Berlin"))
     assert berlin.rows[0].key == ("2026-11-24 15:00",)
+    # Kathmandu is UTC+05:45: 00:10 UTC is 05:55 local, 00:20 UTC is 06:05 local.
+    nepal = build_report([rec(at(0, 10), "r", "m", "1"), rec(at(0, 20), "r", "m", "2")],
+                         "hour", tz=ZoneInfo("Asia/Kathmandu"), sort="key")
+    assert [(r.key, r.cost) for r in nepal.rows] == [
+        (("2026-11-24 05:00",), Decimal(1)), (("2026-11-24 06:00",), Decimal(2))]
     by_outcome = build_report(history(), "outcome", since=DAY, until=DAY + 86400, sort="key")
     assert [(r.key[0], r.calls, r.blocked, r.released) for r in by_outcome.rows] == [
         ("blocked", 0, 1, 0), ("expired", 1, 0, 0), ("released", 0, 0, 1),

@@ -61,11 +61,33 @@ def parse_by(text: str | Sequence[str]) -> tuple[str, ...]:
     return keys
 
 
-def _label(record: SpendRecord, key: str, tz: tzinfo) -> str:
-    if key == "hour":
-        return datetime.fromtimestamp(record.ts, tz).strftime("%Y-%m-%d %H:00")
-    if key == "day":
-        return datetime.fromtimestamp(record.ts, tz).strftime("%Y-%m-%d")
+class _TimeLabels:
+    """Local hour/day labels, cached per 15-minute slot of UTC.
+
+    Every time zone's offset and DST switch is a multiple of 15 minutes, so
+    all instants of one slot share their local hour and day; formatting a
+    ``datetime`` per record would dominate a 100k-record report otherwise.
+    """
+
+    def __init__(self, tz: tzinfo, fmt: str) -> None:
+        self.tz, self.fmt = tz, fmt
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ts: float) -> str:
+        slot = int(ts // 900)
+        label = self._cache.get(slot)
+        if label is None:
+            label = self._cache[slot] = datetime.fromtimestamp(slot * 900, self.tz).strftime(
+                self.fmt)
+        return label
+
+
+_HOUR, _DAY = "%Y-%m-%d %H:00", "%Y-%m-%d"
+
+
+def _label(record: SpendRecord, key: str, labels: dict[str, _TimeLabels]) -> str:
+    if key in labels:
+        return labels[key](record.ts)
     if key == "crew":
         return record.crew or ""
     if key == "scope":
@@ -193,6 +215,7 @@ def build_report(
 ) -> Report:
     """Group records in ``[since, until)`` by ``by`` (see ``GROUP_KEYS``)."""
     keys = parse_by(by)
+    labels = {"hour": _TimeLabels(tz, _HOUR), "day": _TimeLabels(tz, _DAY)}
     groups: dict[tuple[str, ...], ReportRow] = {}
     total = ReportRow(())
     resets: list[SpendRecord] = []
@@ -204,7 +227,7 @@ def build_report(
         if r.outcome == "reset":
             resets.append(r)
             continue
-        key = tuple(_label(r, k, tz) for k in keys)
+        key = tuple(_label(r, k, labels) for k in keys)
         row = groups.get(key)
         if row is None:
             row = groups[key] = ReportRow(key)
@@ -232,7 +255,8 @@ def time_series(
     Returns the bucket labels (oldest first) and, per role (or model), one
     integer per bucket: what a spend-over-time chart draws.
     """
-    fmt = "%Y-%m-%d %H:00" if step == "hour" else "%Y-%m-%d"
+    fmt = _HOUR if step == "hour" else _DAY
+    label_of = _TimeLabels(tz, fmt)
     labels: list[str] = []
     index: dict[str, int] = {}
     t = since
@@ -250,8 +274,7 @@ def time_series(
     for r in records:
         if r.outcome not in _CHARGED or not since <= r.ts < until:
             continue
-        label = datetime.fromtimestamp(r.ts, tz).strftime(fmt)
-        i = index.get(label)
+        i = index.get(label_of(r.ts))
         if i is None:
             continue
         name = str(getattr(r, key) or "")

@@ -161,11 +161,16 @@ class AlertManager:
         replace_sinks: bool = False,
         start: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        batch_seconds: float = 0.05,
     ) -> None:
         if config is None:
             config = _config_of(guard)
         self.guard = guard
         self.config = config
+        # After the first event the worker waits this long and evaluates the
+        # whole batch once: a busy agent loop costs ~20 ledger reads a second,
+        # not one per call, and competes less with the calls themselves.
+        self.batch_seconds = batch_seconds
         self._tz = get_tz(guard.config.timezone)
         built: list[Sink] = [] if replace_sinks else build_sinks(config.sinks)
         built += [s if isinstance(s, Sink) else CallableSink(s) for s in sinks]
@@ -241,6 +246,8 @@ class AlertManager:
             except queue.Empty:  # anomaly checks skipped by the interval are due now
                 self._run_due_check()
                 continue
+            if self.batch_seconds > 0 and first is not _STOP:
+                time.sleep(self.batch_seconds)
             batch = [first]
             while True:
                 try:
