@@ -891,6 +891,23 @@ def test_unidentified_model_is_counted_by_the_request_shape() -> None:
     assert openai_shaped < 200
 
 
+def test_response_format_schema_is_priced_and_json_mode_is_not() -> None:
+    est = Estimator()
+    msgs = [{"role": "user", "content": "Rate this title."}]
+    schema_fmt = {"type": "json_schema", "json_schema": {"name": "Score", "schema": {
+        "type": "object", "properties": {"score": {"type": "integer"}}}}}
+    for model in ("gpt-4o-mini", "claude-sonnet-4-5"):
+        price = PRICES.get(model)
+        plain = est.count_prompt(model, price, msgs)
+        assert est.count_prompt(model, price, msgs,
+                                extra={"response_format": {"type": "json_object"}}) == plain
+        assert est.count_prompt(model, price, msgs, extra={"response_format": schema_fmt}) > plain
+    # Claude gets a JSON schema as a forced tool (litellm): the tool-use prompt.
+    sonnet = PRICES.get("claude-sonnet-4-5")
+    assert est.count_prompt("claude-sonnet-4-5", sonnet, msgs,
+                            extra={"response_format": schema_fmt}) >= 588
+
+
 def test_newer_claude_tokenizer_counts_more() -> None:
     est = Estimator()
     msgs = _history(2)

@@ -433,6 +433,8 @@ class Estimator:
         fmt = extra.get("response_format") or extra.get("output_format")
         if isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object"):
             items.append(("format", fmt))
+        else:
+            fmt = None  # plain text / JSON mode: no schema in the prompt
 
         keys: list[Any] = []
         for item in items:
@@ -449,12 +451,13 @@ class Estimator:
                     if value is not None:
                         cache.move_to_end(key)
                         found[i] = value
-        text = fixed = 0
+        text = fixed = misses = 0
         new: list[tuple[Any, tuple[int, int]]] = []
         count: Callable[[str], int] | None = None
         for i, (kind, value) in enumerate(items):
             result = found[i]
             if result is None:
+                misses += 1
                 if count is None:
                     count = self._counter(scheme)
                 result = self._count_item(scheme, count, kind, value)
@@ -462,10 +465,9 @@ class Estimator:
                     new.append((keys[i], result))
             text += result[0]
             fixed += result[1]
-        hits = len(items) - len(new)
         with self._cache_lock:
-            self.hits += hits
-            self.misses += len(new)
+            self.hits += len(items) - misses
+            self.misses += misses
             for key, result in new:
                 cache[key] = result
             while len(cache) > self.cache_size:
