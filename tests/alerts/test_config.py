@@ -40,6 +40,7 @@ def test_full_alerts_section_loads_with_every_sink(tmp_path: Path) -> None:
 roles: {researcher: {daily: 5}}
 alerts:
   thresholds: [90, 25, 90]
+  scope_thresholds: {"role:researcher": [10, 100]}
   anomalies:
     baseline_days: 14
     burn_rate: {factor: 3, min_fraction: 0.3}
@@ -64,6 +65,8 @@ alerts:
     alerts = cfg.alerts
     assert alerts is not None
     assert alerts.thresholds == [25, 90]  # sorted, de-duplicated
+    assert alerts.thresholds_for("role:researcher") == [10, 100]
+    assert alerts.thresholds_for("crew:x") == [25, 90]
     assert alerts.anomalies.baseline_days == 14
     assert alerts.anomalies.spend_spike.min_usd == Decimal("0.50")
     assert alerts.anomalies.new_model.enabled is False
@@ -84,6 +87,8 @@ alerts:
         ("alerts: {thresholds: [50, 180, 0]}", "alerts.thresholds",
          "threshold 0 is not a percentage"),
         ("alerts: {treshold: [50]}", "alerts.treshold", "alerts takes enabled, thresholds"),
+        ("alerts: {scope_thresholds: {researcher: [50]}}", "alerts.scope_thresholds",
+         "'researcher' is not a budget scope; write \"role:NAME\""),
         ("alerts: {anomalies: {spike: {}}}", "alerts.anomalies.spike",
          "anomalies takes enabled, baseline_days"),
         ("alerts: {anomalies: {burn_rate: {factor: 2, window: 1}}}",

@@ -290,3 +290,20 @@ def test_manual_check_covers_every_configured_budget() -> None:
     assert keys(sent) == keys(got) == ["threshold:crew:team|day|2026-11-18:50"]
     assert manager.check() == []  # claimed: never twice
     manager.close()
+
+
+def test_callable_sink_named_in_the_yaml_receives_alerts() -> None:
+    from tests.alerts import helpers
+
+    helpers.RECORDED.clear()
+    config = {**CONFIG, "alerts": {
+        "anomalies": {"enabled": False},
+        "scope_thresholds": {"role:researcher": [10]},
+        "sinks": [{"type": "callable", "path": "tests.alerts.helpers:record_alert"}]}}
+    guard = Guard(config, "memory://", clock=Clock())
+    with AlertManager(guard) as manager:
+        spend(guard, 10)  # $0.10 of $1.00: the researcher's own 10 % threshold
+        assert manager.flush()
+        (stats,) = manager.stats()
+    assert keys(helpers.RECORDED) == ["threshold:role:researcher|day|2026-11-18:10"]
+    assert stats.name == "tests.alerts.helpers:record_alert" and stats.delivered == 1

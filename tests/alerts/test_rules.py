@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from crew_budget.alerts.config import (
+    AlertsConfig,
     AnomalyConfig,
     BurnRateRule,
     CostPerCallRule,
@@ -64,6 +65,14 @@ def test_thresholds_fire_at_exactly_the_percentage_and_not_below() -> None:
     # One nano-dollar below 80 %: only 50 fires.
     below = BucketState(day_state("4").bucket, 4 * NANO - 1, 0)
     assert [a.values["threshold_pct"] for a in thresholds([below], [50, 80, 100], NOW)] == [50]
+
+
+def test_thresholds_can_differ_per_scope() -> None:
+    cfg = AlertsConfig.model_validate({"thresholds": [50, 80, 100],
+                                       "scope_thresholds": {"crew:team": [30, 90]}})
+    states = [day_state("2.00"), day_state("2.00", scope="crew:team")]  # 40 % of $5 each
+    alerts = thresholds(states, cfg.thresholds_for, NOW)
+    assert [a.key for a in alerts] == ["threshold:crew:team|day|2026-11-25:30"]
 
 
 def test_reservations_in_flight_do_not_count_towards_thresholds() -> None:

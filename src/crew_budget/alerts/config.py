@@ -5,6 +5,9 @@ Every field has a default, so ``alerts: {}`` (or no section at all) gives the
 
     alerts:
       thresholds: [50, 80, 100]          # percent of each limit, once per window
+      scope_thresholds:                  # optional overrides for single budgets
+        "role:researcher": [25, 50, 75, 100]
+        "crew:research": [90, 100]
       anomalies:
         baseline_days: 7
         burn_rate: {factor: 2.0, min_fraction: 0.25}
@@ -200,6 +203,7 @@ class AlertsConfig(_Model):
 
     enabled: bool = True
     thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])
+    scope_thresholds: dict[str, list[int]] = Field(default_factory=dict)
     anomalies: AnomalyConfig = Field(default_factory=AnomalyConfig)
     sinks: list[SinkConfig] = Field(default_factory=_default_sinks)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
@@ -207,12 +211,32 @@ class AlertsConfig(_Model):
     @field_validator("thresholds")
     @classmethod
     def _check_thresholds(cls, value: list[int]) -> list[int]:
-        for pct in value:
-            if not 0 < pct <= 1000:
+        return _percentages(value)
+
+    @field_validator("scope_thresholds")
+    @classmethod
+    def _check_scope_thresholds(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        for scope in value:
+            kind, _, name = scope.partition(":")
+            if not (scope == "global" or (kind in ("role", "crew") and name)):
                 raise ValueError(
-                    f"threshold {pct} is not a percentage of the limit; use e.g. [50, 80, 100]"
+                    f"{scope!r} is not a budget scope; write \"role:NAME\", \"crew:NAME\" "
+                    "or \"global\" (quoted in YAML)"
                 )
-        return sorted(set(value))
+        return {scope: _percentages(pcts) for scope, pcts in value.items()}
+
+    def thresholds_for(self, scope: str) -> list[int]:
+        """The scope's own thresholds, else the default ``thresholds``."""
+        return self.scope_thresholds.get(scope, self.thresholds)
+
+
+def _percentages(value: list[int]) -> list[int]:
+    for pct in value:
+        if not 0 < pct <= 1000:
+            raise ValueError(
+                f"threshold {pct} is not a percentage of the limit; use e.g. [50, 80, 100]"
+            )
+    return sorted(set(value))
 
 
 _KNOWN: dict[str, type[BaseModel]] = {

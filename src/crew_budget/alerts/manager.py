@@ -314,7 +314,7 @@ class AlertManager:
             for b in self.guard.buckets(role, t):
                 buckets.setdefault(b.key, b)
         states: list[BucketState] = self.guard.ledger.status(list(buckets.values()))
-        candidates = thresholds(states, self.config.thresholds, t, self._tz)
+        candidates = thresholds(states, self.config.thresholds_for, t, self._tz)
         anomalies = self.config.anomalies
         if anomalies.enabled:
             candidates += burn_rate(states, t, anomalies.burn_rate, self._tz)

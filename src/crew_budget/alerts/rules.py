@@ -13,7 +13,7 @@ time (elapsed share of a window) are not money and may start as floats.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
@@ -85,23 +85,29 @@ def _duration(seconds: float) -> str:
 
 
 def thresholds(
-    states: Iterable[BucketState], percents: Sequence[int], now: float, tz: tzinfo = timezone.utc
+    states: Iterable[BucketState],
+    percents: Sequence[int] | Callable[[str], Sequence[int]],
+    now: float,
+    tz: tzinfo = timezone.utc,
 ) -> list[Alert]:
     """One candidate per (bucket, threshold) whose spend has reached it.
 
-    Spend means committed spend (settled and expired), not reservations in
-    flight: a reservation may still be released.
+    ``percents`` is one list for every bucket, or a function of the scope
+    (``AlertsConfig.thresholds_for``). Spend means committed spend (settled
+    and expired), not reservations in flight: a reservation may still be
+    released.
     """
     out: list[Alert] = []
     for st in states:
         b = st.bucket
         if not b.limit_nano:
             continue
+        pcts = percents(b.scope) if callable(percents) else percents
         limit, spent = _usd(b.limit_nano), _usd(st.spent_nano)
         fraction = spent / limit
         left = max(limit - spent - _usd(st.reserved_nano), Decimal(0))
         who = describe_scope(b.scope)
-        for pct in percents:
+        for pct in pcts:
             if st.spent_nano * 100 < b.limit_nano * pct:
                 continue
             severity: Severity = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
