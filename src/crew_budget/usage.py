@@ -125,7 +125,7 @@ def parse_usage(raw: Any) -> Usage:
             f"cannot read token usage from {type(raw).__name__}; the provider response "
             "has no usage. Fix: for OpenAI streams set stream_options={'include_usage': True}"
         )
-    for wrapper in ("usage", "usage_metadata", "token_usage"):
+    for wrapper in ("usage", "usage_metadata", "usageMetadata", "token_usage"):
         inner = data.get(wrapper)
         if inner is not None and not isinstance(inner, (int, float)):
             return parse_usage(inner)
@@ -154,7 +154,8 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
         cdet = _as_mapping(d.get("completion_tokens_details"))
         cached = _int(pdet, "cached_tokens") or 0
         # litellm copies Anthropic cache fields onto OpenAI-shaped usage.
-        write = _int(d, "cache_creation_input_tokens") or 0
+        # OpenAI reports priced cache writes as prompt_tokens_details.cache_write_tokens.
+        write = _int(d, "cache_creation_input_tokens") or _int(pdet, "cache_write_tokens") or 0
         if cached == 0:
             cached = _int(d, "cache_read_input_tokens") or 0
         reasoning = _int(cdet, "reasoning_tokens") or 0
@@ -190,8 +191,9 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
         idet = _as_mapping(d.get("input_tokens_details"))
         odet = _as_mapping(d.get("output_tokens_details"))
         cached = _int(idet, "cached_tokens") or 0
+        write = _int(idet, "cache_write_tokens") or 0
         reasoning = _int(odet, "reasoning_tokens") or 0
-        return Usage(inp - cached, cached, 0, out, reasoning)
+        return Usage(max(inp - cached - write, 0), cached, write, out, reasoning)
     # Anthropic Messages: exclusive counts.
     read = _int(d, "cache_read_input_tokens") or 0
     write = _int(d, "cache_creation_input_tokens") or 0
