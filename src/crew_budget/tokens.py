@@ -14,13 +14,12 @@
 tiktoken downloads encodings on first use unless its cache already holds
 them; litellm ships ``cl100k_base`` and ``o200k_base`` in
 ``litellm/litellm_core_utils/tokenizers``. We point ``TIKTOKEN_CACHE_DIR``
-there (found with ``importlib.util.find_spec``, litellm is not imported)
+there (found by scanning ``sys.path``; litellm is not imported)
 before the first ``tiktoken.get_encoding``, unless the user set it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -45,13 +44,13 @@ class TokenizerUnavailable(CrewBudgetError):
 
 def litellm_tokenizer_dir() -> Path | None:
     """``<litellm>/litellm_core_utils/tokenizers``, without importing litellm."""
+    from crew_budget.errors import PricingError
+    from crew_budget.pricing import litellm_data_dir
+
     try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
+        path = litellm_data_dir() / "litellm_core_utils" / "tokenizers"
+    except PricingError:
         return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
     return path if path.is_dir() else None
 
 
