@@ -39,7 +39,7 @@ figure{margin:0;border:1px solid #e5e7eb;border-radius:8px;padding:8px}
 figcaption{font-weight:600;margin:0 0 4px}
 table{border-collapse:collapse;margin-top:8px}
 th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:right}
-th:first-child,td:first-child,td.k{text-align:left}
+th:first-child,td:first-child,.k{text-align:left}
 svg text{font:11px system-ui,sans-serif;fill:#374151}
 """
 
@@ -177,8 +177,8 @@ def render_html(
                    f"<td>{by_model.share(row)}%</td></tr>")
     out.append("</table>")
 
-    out.append("<h2>Role x model</h2><table><tr><th>role</th><th>model</th><th>calls</th>"
-               "<th>blocked</th><th>cost</th><th>share</th></tr>")
+    out.append('<h2>Role x model</h2><table><tr><th>role</th><th class="k">model</th>'
+               "<th>calls</th><th>blocked</th><th>cost</th><th>share</th></tr>")
     for row in by_rm.rows:
         out.append(f'<tr><td class="k">{_e(row.key[0])}</td><td class="k">{_e(row.key[1])}</td>'
                    f"<td>{row.calls}</td><td>{row.blocked}</td><td>{_e(fmt_usd(row.cost))}</td>"
