@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,10 @@ from crew_budget.ledger.base import (
 from crew_budget.usage import Usage
 
 __all__ = ["MemoryLedger"]
+
+# Finished reservations are remembered this long, so a repeated settle is
+# recognised as a repeat (idempotency), then forgotten (bounded memory).
+_TOMBSTONE_SECONDS = 7 * 86400.0
 
 
 @dataclass(slots=True)
@@ -55,6 +61,8 @@ class MemoryLedger(Ledger):
         self._res: dict[str, _Res] = {}
         self._records: list[SpendRecord] = []
         self._claims: dict[str, float] = {}
+        self._leases: list[tuple[float, str]] = []
+        self._finished: collections.deque[tuple[float, str]] = collections.deque()
 
     def now(self) -> float:
         return self._clock()
@@ -95,6 +103,7 @@ class MemoryLedger(Ledger):
             self._res[request.reservation_id] = _Res(
                 amount, expires, request.buckets, request.draft
             )
+            heapq.heappush(self._leases, (expires, request.reservation_id))
             return Reservation(request.reservation_id, amount, expires, request.buckets)
 
     def _finish_locked(
@@ -110,6 +119,7 @@ class MemoryLedger(Ledger):
             self._spent[b.key] = self._spent.get(b.key, 0) + cost
         res.state = state
         res.cost = cost
+        self._finished.append((now, rid))
         self._records.append(
             SpendRecord.build(
                 ts=now,
@@ -135,15 +145,21 @@ class MemoryLedger(Ledger):
             return self._finish_locked(reservation_id, "released", 0, None, now)
 
     def _reap_locked(self, now: float, limit: int) -> int:
-        if self._records and self._records[0].ts < now - self._retention:
-            self._records = [r for r in self._records if r.ts >= now - self._retention]
+        # Leases sit in a min-heap by expiry, so an operation that reaps
+        # nothing costs O(1) however many reservations the process has made.
         n = 0
-        for rid, res in self._res.items():
-            if res.state == "reserved" and res.expires_at <= now:
+        heap = self._leases
+        while heap and heap[0][0] <= now and n < limit:
+            _, rid = heapq.heappop(heap)
+            res = self._res.get(rid)
+            if res is not None and res.state == "reserved":
                 self._finish_locked(rid, "expired", res.amount, None, now)
                 n += 1
-                if n >= limit:
-                    break
+        if self._records and self._records[0].ts < now - self._retention:
+            self._records = [r for r in self._records if r.ts >= now - self._retention]
+        done = self._finished
+        while done and done[0][0] < now - _TOMBSTONE_SECONDS:
+            self._res.pop(done.popleft()[1], None)
         return n
 
     def reap(self, limit: int = 1000) -> int:
