@@ -411,9 +411,34 @@ class Guard:
 
     # -- reading ------------------------------------------------------------
 
+    @property
+    def config(self) -> BudgetConfig:
+        """The configuration in force; assigning a new one takes effect at once."""
+        return self._config
+
+    @config.setter
+    def config(self, value: BudgetConfig) -> None:
+        self._config = value
+        self._bucket_cache: dict[str | None, tuple[float, float, list[Bucket]]] = {}
+
     def buckets(self, role: str | None = None, now: float | None = None) -> list[Bucket]:
-        """The buckets a call by ``role`` touches (all configured ones if None)."""
+        """The buckets a call by ``role`` touches (all configured ones if None).
+
+        Cached until the earliest window among them ends: every call of an
+        agent loop would otherwise redo the same calendar arithmetic.
+        """
         t = (self._clock() + self._offset) if now is None else now
+        cached = self._bucket_cache.get(role)
+        if cached is not None and cached[0] <= t < cached[1]:
+            return cached[2]
+        out = self._compute_buckets(role, t)
+        if out:
+            valid_from = max(b.starts_at for b in out)
+            valid_until = min(b.ends_at for b in out)
+            self._bucket_cache[role] = (valid_from, valid_until, out)
+        return out
+
+    def _compute_buckets(self, role: str | None, t: float) -> list[Bucket]:
         out: list[Bucket] = []
         cfg = self.config
         scopes: list[tuple[str, Any]] = []
