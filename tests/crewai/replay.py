@@ -54,12 +54,22 @@ def record_mode() -> str:
     return os.environ.get("CREW_BUDGET_RECORD_MODE", "none")
 
 
+def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
+    """Drop account-identifying response headers when (re-)recording."""
+    headers = response.get("headers") or {}
+    for name in list(headers):
+        if name.lower() in SECRET_HEADERS:
+            del headers[name]
+    return response
+
+
 def recorder(mode: str | None = None) -> vcr.VCR:
     return vcr.VCR(
         cassette_library_dir=str(CASSETTE_DIR),
         match_on=["method", "scheme", "host", "path"],
         record_mode=mode or record_mode(),
         filter_headers=SECRET_HEADERS,
+        before_record_response=_scrub_response,
         decode_compressed_response=True,
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from crewai.tools import tool
+from pydantic import BaseModel
 
 from crew_budget.crewai import BudgetCallback, BudgetLLM
 from crew_budget.crewai.demo import BUDGETS_YAML, QUESTION, build_crew, web_search_results
@@ -158,6 +159,13 @@ ANTHROPIC_MODEL = "anthropic/claude-haiku-4-5"
 STOP = ["\nObservation:"]
 
 
+class Advantage(BaseModel):
+    """Structured output for the response_model test."""
+
+    advantage: str
+    confidence: float
+
+
 def analyst_llm(model: str, **kwargs: Any) -> BudgetLLM:
     return BudgetLLM(role="analyst", model=model, config=ANALYST, ledger="memory://", **kwargs)
 
@@ -179,6 +187,8 @@ def _direct(name: str) -> Any:
         kind = name.split("_", 1)[1]
         if kind in ("call", "error"):
             analyst_llm(model).call(MESSAGES)
+        elif kind == "structured":
+            analyst_llm(model).call(MESSAGES, response_model=Advantage)
         elif kind == "tools":
             analyst_llm(model).call(SEARCH_MESSAGES, tools=[SEARCH_TOOL])
         elif kind == "stop":
@@ -190,7 +200,7 @@ def _direct(name: str) -> Any:
     return run
 
 
-for _name in ("openai_call", "openai_error", "openai_tools", "openai_stop", "openai_stream",
-              "openai_stream_no_usage", "anthropic_call", "anthropic_tools", "anthropic_stop",
-              "anthropic_stream"):
+for _name in ("openai_call", "openai_error", "openai_structured", "openai_tools",
+              "openai_stop", "openai_stream", "openai_stream_no_usage", "anthropic_call",
+              "anthropic_tools", "anthropic_stop", "anthropic_stream"):
     SCENARIOS[_name] = _direct(_name)

@@ -9,12 +9,14 @@ are the cassette's ``usage`` times litellm's prices, written out by hand.
 from __future__ import annotations
 
 import logging
+import pickle
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from crewai.hooks.dispatch import HookAborted
-from crewai.llms.base_llm import call_stop_override
+from crewai.llms.base_llm import BaseLLM, call_stop_override
 from crewai.llms.providers.anthropic.completion import AnthropicCompletion
 from crewai.llms.providers.openai.completion import OpenAICompletion
 
@@ -34,6 +36,7 @@ from tests.crewai.scenarios import (
     SEARCH_MESSAGES,
     SEARCH_TOOL,
     STOP,
+    Advantage,
     analyst_llm,
     cached_messages,
 )
@@ -142,6 +145,18 @@ def test_openai_tools_are_forwarded() -> None:
     assert spent(llm) == Decimal("0.00002955")
 
 
+def test_openai_structured_output_is_forwarded() -> None:
+    llm = analyst_llm(OPENAI_MODEL)
+    with replay("openai_structured") as cas:
+        result = llm.call(MESSAGES, response_model=Advantage)
+    assert isinstance(result, Advantage) and result.confidence == 0.8
+    (body,) = live_bodies(cas)
+    assert body["response_format"]["json_schema"]["name"] == "Advantage"
+    assert body["max_completion_tokens"] == 300
+    # 84 prompt (incl. the schema) + 24 completion: 0.0000126 + 0.0000144
+    assert spent(llm) == Decimal("0.000027")
+
+
 def test_openai_stop_words_are_forwarded() -> None:
     # Configured on the LLM ...
     llm = analyst_llm(OPENAI_MODEL, stop=STOP)
@@ -197,6 +212,20 @@ def test_blocked_call_sends_nothing() -> None:
     assert outcomes(llm) == ["blocked"]
 
 
+def test_stop_signal_survives_pickling() -> None:
+    # Celery and multiprocessing move exceptions between processes.
+    llm = BudgetLLM(role="analyst", model=OPENAI_MODEL, daily_usd="0.00001", config=ANALYST,
+                    ledger="memory://")
+    with pytest.raises(CrewBudgetExceeded) as info:
+        llm.call(MESSAGES)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is CrewBudgetExceeded and isinstance(copy, HookAborted)
+    assert (copy.role, copy.scope, copy.limit, copy.spent, copy.estimate, str(copy)) == (
+        info.value.role, info.value.scope, info.value.limit, info.value.spent,
+        info.value.estimate, str(info.value))
+    assert copy.reason == str(copy) and copy.source == "crew-budget"
+
+
 def test_provider_error_releases_the_reservation() -> None:
     llm = analyst_llm(OPENAI_MODEL)
     with replay("openai_error") as cas, pytest.raises(Exception, match="string too long"):
@@ -204,6 +233,37 @@ def test_provider_error_releases_the_reservation() -> None:
     assert cas.play_count == 1
     assert spent(llm) == 0
     assert outcomes(llm) == ["released"]
+
+
+class FailingLLM(BaseLLM):
+    """A custom CrewAI LLM (a supported extension point) that fails on purpose."""
+
+    error: Any = None
+
+    def call(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "charged"),
+    [
+        (ValueError("OPENAI_API_KEY is required"), False),  # never left the process
+        (httpx.ConnectError("connection refused"), False),  # never reached the provider
+        (httpx.ReadTimeout("timed out"), True),  # sent; the provider may have generated
+        (httpx.RemoteProtocolError("peer closed connection mid-stream"), True),
+    ],
+)
+def test_failed_call_is_released_or_charged(error: Exception, charged: bool) -> None:
+    llm = BudgetLLM(llm=FailingLLM(model="gpt-4o-mini", error=error), role="analyst",
+                    config=ANALYST, ledger="memory://")
+    with pytest.raises(type(error)):
+        llm.call(MESSAGES)
+    (record,) = llm.guard.ledger.records()
+    if charged:
+        assert record.outcome == "settled" and record.cost_nano == record.estimate_nano > 0
+    else:
+        assert record.outcome == "released" and record.cost_nano == 0
+    assert spent(llm) == Decimal(record.cost_nano) / 10**9
 
 
 def test_context_window_check_is_counted_locally() -> None:

@@ -10,7 +10,11 @@ and records real spend in your default ledger (or ``--ledger``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
+import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +44,10 @@ def demo(
     """Run a router/researcher/writer crew whose looping researcher hits its budget."""
     from rich.console import Console
 
-    console = Console(highlight=False)
+    # Our own output goes to the real stdout; CrewAI's console chatter is muted
+    # below unless --verbose. At least 100 columns, so the tables never wrap.
+    console = Console(file=sys.stdout, highlight=False,
+                      width=max(100, shutil.get_terminal_size((100, 24)).columns))
     if live and not os.environ.get("OPENAI_API_KEY"):
         console.print("[red]--live needs OPENAI_API_KEY[/red]; drop --live to replay offline.")
         raise typer.Exit(2)
@@ -74,18 +81,26 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
 
     from crew_budget.config import load_config
     from crew_budget.crewai import BudgetCallback, CrewBudgetExceeded
-    from crew_budget.crewai.demo import BUDGETS_YAML, QUESTION, build_crew, replay
+    from crew_budget.crewai.demo import (
+        BUDGETS_YAML,
+        QUESTION,
+        RESEARCHER_DAILY_USD,
+        build_crew,
+        replay,
+    )
     from crew_budget.guard import GuardEvent
 
     config = load_config(yaml.safe_load(BUDGETS_YAML))
     budget = BudgetCallback(config, ledger_url)
     console.print("[bold]crew-budget demo[/bold]: router -> researcher -> writer "
                   f"({'live OpenAI' if live else 'offline replay, no API key needed'})")
-    console.print(f"ledger: {budget.guard.ledger.url}")
+    where = "" if live or ledger_url is None or "crew-budget-demo-" not in ledger_url else (
+        " (a fresh file for this run, deleted afterwards)")
+    console.print(f"ledger: {budget.guard.ledger.url}{where}")
     console.print("budgets: " + ", ".join(
         f"{role} ${limits.daily}/day" for role, limits in config.roles.items()
     ) + f", crew ${config.crew.daily if config.crew else '-'}/day; the researcher's "
-        "BudgetLLM also says $0.018/day (the stricter wins)\n")
+        f"BudgetLLM also says ${RESEARCHER_DAILY_USD}/day (the stricter wins)\n")
 
     calls: dict[str, int] = {}
 
@@ -103,12 +118,14 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
     budget.guard.add_listener(show)
     crew = build_crew(budget, verbose=verbose)
     stopped: CrewBudgetExceeded | None = None
+    chatter = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     try:
-        if live:
-            crew.kickoff(inputs={"question": QUESTION})
-        else:
-            with replay():
+        with chatter:
+            if live:
                 crew.kickoff(inputs={"question": QUESTION})
+            else:
+                with replay():
+                    crew.kickoff(inputs={"question": QUESTION})
     except CrewBudgetExceeded as exc:
         stopped = exc
 

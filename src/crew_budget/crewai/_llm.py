@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 from crewai.hooks.dispatch import HookAborted
 from crewai.llms.base_llm import (
     BaseLLM,
-    LLMCallBlockedError,
     call_stop_override,
     call_stream_override,
 )
@@ -236,26 +235,32 @@ def _cap_field(llm: BaseLLM) -> str:
 # -- failures ------------------------------------------------------------------
 
 
-def _never_billed(exc: BaseException) -> bool:
-    """Did this error come before the provider did (billable) work?
+# Errors after which the provider may have generated (and billed) tokens: the
+# response timed out or broke off while being read. A connect timeout or a
+# refused connection never reached it.
+_MAYBE_BILLED = ("ReadTimeout", "WriteTimeout", "APITimeoutError", "TimeoutError",
+                 "ReadError", "RemoteProtocolError", "IncompleteRead", "ChunkedEncodingError")
+_NOT_SENT = ("ConnectTimeout", "ConnectError", "PoolTimeout")
 
-    Blocked by a hook, refused with an HTTP status (providers do not bill
-    errors), or a connection that never got through. A timeout is not in
-    this list: the provider may have generated, so it is charged.
+
+def _maybe_billed(exc: BaseException) -> bool:
+    """Could the provider have billed a call that failed without reporting usage?
+
+    Only if it timed out or broke off after the request was sent. Everything
+    else failed before the provider did any work (a hook or budget block, a
+    missing key, a refused connection) or was refused with an HTTP error
+    status, which providers do not bill; those reservations are released.
+    A response that did arrive has already reported its usage, which is
+    settled whatever fails afterwards (e.g. parsing the output).
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (HookAborted, LLMCallBlockedError, BudgetExceeded)):
-            return True
-        status = getattr(current, "status_code", None)
-        if isinstance(status, int) and status >= 400:
-            return True
         names = {c.__name__ for c in type(current).__mro__}
-        if "APIConnectionError" in names and not any("Timeout" in n for n in names):
-            return True
-        if "ConnectError" in names:
+        if names & set(_NOT_SENT):
+            return False
+        if names & set(_MAYBE_BILLED):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -652,14 +657,9 @@ def _total(usages: Sequence[Any]) -> Usage | None:
 
 
 def _finish(guard: Guard, ticket: Ticket, capture: _Capture) -> None:
-    usage = _total(capture.usages)
-    if usage is None:
-        log.error(
-            "crew-budget: %s returned no token usage for role %r; charging the reservation "
-            "($%s) instead of $0", ticket.model, ticket.role, ticket.estimate,
-        )
-    # settle(None) charges the reservation; that is the rule for unknown usage.
-    guard.settle(ticket, usage)
+    # No usage reported (settle(None)): the guard logs it and charges the
+    # reservation, never $0.
+    guard.settle(ticket, _total(capture.usages))
 
 
 def _finish_failed(guard: Guard, ticket: Ticket, capture: _Capture, exc: BaseException) -> None:
@@ -667,14 +667,14 @@ def _finish_failed(guard: Guard, ticket: Ticket, capture: _Capture, exc: BaseExc
         usage = _total(capture.usages)
         if usage is not None:
             guard.settle(ticket, usage)
-        elif _never_billed(exc):
-            guard.release(ticket)
-        else:
+        elif _maybe_billed(exc):
             log.warning(
-                "crew-budget: %s call for role %r failed (%s) without reporting usage; "
-                "charging its reservation ($%s)", ticket.model, ticket.role,
-                type(exc).__name__, ticket.estimate,
+                "crew-budget: %s call for role %r broke off (%s) without reporting usage; "
+                "charging its reservation ($%s), as the provider may have billed it",
+                ticket.model, ticket.role, type(exc).__name__, ticket.estimate,
             )
-            guard.settle(ticket, None)
+            guard.settle(ticket, None)  # None: charged at the reservation
+        else:
+            guard.release(ticket)
     except Exception:  # never mask the provider's error with ours
         log.exception("crew-budget: could not close reservation %s", ticket.reservation_id)
