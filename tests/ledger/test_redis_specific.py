@@ -301,6 +301,19 @@ def test_counters_and_reservations_expire_so_storage_stays_bounded(redis_url: st
     assert client.zscore(ledger.prefix + "leases", res.reservation_id) is None
     assert abs(client.ttl(bkey) - (b.ends_at + 3 * 86400 - now)) <= 3
 
+    # A counter that expired while a reservation was out is not recreated
+    # without an expiry when the reservation ends (as settle or at amount 0).
+    for amount in (1000, 0):
+        late = reserve(ledger, [b], amount, lease=600)
+        assert isinstance(late, Reservation)
+        client.delete(bkey)  # what its expiry would do
+        assert ledger.settle(late.reservation_id, 5, Usage(5, 0, 0, 0, 0)).applied is True
+        assert client.exists(bkey) == 0
+    # Counters and reservations all expire (the stream is trimmed instead,
+    # and the leases ZSET only holds reservations still out).
+    for k in client.scan_iter(match="cb:{ttl}:*"):
+        assert client.ttl(k) > 0 or k.split(":")[2] in ("records", "leases"), k
+
     # A bucket of a window long gone is dropped at once, not kept forever.
     old = Bucket("role:old", "day", "2020-01-01", None, 1577836800.0, 1577923200.0)
     ledger.reset(old)

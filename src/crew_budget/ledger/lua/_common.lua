@@ -90,9 +90,14 @@ local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_
   local _, _, exp, amount, tomb, rid_json, tail, bjson = parse(v)
   local neg = negate(amount)
   for _, b in ipairs(cjson.decode(bjson)) do
-    if redis.call('HINCRBY', b[1], 'reserved', neg) < 0 then
-      redis.call('DEL', b[1])
-    elseif cost ~= '0' then
+    local gone
+    if neg == '0' then  -- nothing to take back; just do not recreate the counter
+      gone = redis.call('EXISTS', b[1]) == 0
+    elseif redis.call('HINCRBY', b[1], 'reserved', neg) < 0 then
+      redis.call('DEL', b[1])  -- HINCRBY just recreated it
+      gone = true
+    end
+    if not gone and cost ~= '0' then
       redis.call('HINCRBY', b[1], 'spent', cost)
     end
   end
