@@ -93,11 +93,14 @@ RACE_CONFIG: dict[str, Any] = {
 }
 
 
-def alert_race_worker(url: str, hook_url: str, threads: int, start: Any) -> int:
+def alert_race_worker(url: str, hook_url: str, threads: int, start: Any) -> tuple[int, int]:
     """Spend from the shared budget until blocked; alerts go to ``hook_url``.
 
-    ``start`` is a shared barrier: no process spends before all are ready, so
-    a fast-starting process cannot take the whole budget alone.
+    ``start`` is a shared barrier: processes start spending together, and
+    after spending every process evaluates every budget again at the same
+    moment (as a cron ``check()`` would), so each alert key is contended by
+    all processes however the spending happened to be spread. Returns the
+    calls this process made and the alerts it won.
     """
     from crew_budget import BudgetExceeded, Guard
     from crew_budget.alerts import AlertManager
@@ -128,6 +131,10 @@ def alert_race_worker(url: str, hook_url: str, threads: int, start: Any) -> int:
     for w in workers:
         w.join()
     assert manager.flush(30)
+    start.wait(120)
+    manager.check()
+    assert manager.flush(30)
+    won = len(manager.sent)
     manager.close()
     guard.close()
-    return calls
+    return calls, won
