@@ -1,0 +1,179 @@
+"""What the LangChain callback handler and the agent middleware share.
+
+Kept free of LangChain imports at module level where possible, so the error
+rule and the guard plumbing read the same in both places.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from crew_budget.config import BudgetConfig
+from crew_budget.errors import ConfigError, UsageError
+from crew_budget.guard import Guard, Ticket
+from crew_budget.ledger import Ledger
+from crew_budget.usage import Usage, parse_usage
+
+__all__ = [
+    "ROLE_KEY",
+    "close_failed",
+    "covered_by_middleware",
+    "never_billed",
+    "resolve_guard",
+    "settle_or_charge",
+    "to_openai_messages",
+    "to_openai_tools",
+    "usage_or_none",
+]
+
+log = logging.getLogger("crew_budget.langchain")
+
+ROLE_KEY = "crew_budget_role"
+"""Run metadata key that names the role of one call (``config={"metadata": {...}}``)."""
+
+# Set while the agent middleware runs the model, so a BudgetCallbackHandler on
+# that same model does not reserve the call a second time.
+covered_by_middleware: ContextVar[bool] = ContextVar("crew_budget_lc_covered", default=False)
+
+ConfigSource = BudgetConfig | Mapping[str, Any] | str | os.PathLike[str]
+
+
+def resolve_guard(
+    guard: Guard | None, config: ConfigSource | None, ledger: Ledger | str | None
+) -> Guard:
+    """One guard from ``guard=`` or ``config=`` (+ optional ``ledger=``), never both."""
+    if guard is not None:
+        if config is not None or ledger is not None:
+            raise ConfigError(
+                "pass either guard=... or config=... (with an optional ledger=...), not both; "
+                "a guard already has its config and ledger",
+                source="crew_budget.langchain",
+            )
+        return guard
+    if config is None:
+        raise ConfigError(
+            "no budget given: pass config='budgets.yaml' (or a dict / BudgetConfig), or "
+            "guard=Guard.from_config(...) to share one guard between handlers",
+            source="crew_budget.langchain",
+        )
+    return Guard.from_config(config, ledger)
+
+
+def to_openai_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """LangChain messages as OpenAI chat dicts: the shape the estimator prices best."""
+    from langchain_core.messages import convert_to_openai_messages
+
+    converted = convert_to_openai_messages(list(messages))
+    return [dict(m) for m in converted]
+
+
+def to_openai_tools(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
+    """Tool definitions (BaseTool, dicts, functions) as OpenAI ``tools`` entries."""
+    if not tools:
+        return None
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        try:
+            out.append(dict(convert_to_openai_tool(tool)))
+        except Exception:  # provider-native tool dicts (web search, ...) stay as they are
+            if isinstance(tool, Mapping):
+                out.append(dict(tool))
+    return out or None
+
+
+def usage_or_none(raw: Any) -> Usage | None:
+    """Parsed usage, or None when absent, unreadable, or all zeros.
+
+    A real call always reads at least one prompt token, so an all-zero usage
+    (what some integrations report for a stream without a usage chunk) is
+    treated as missing: charged at the reservation, never as free.
+    """
+    if raw is None:
+        return None
+    try:
+        usage = parse_usage(raw)
+    except UsageError as exc:
+        log.warning("crew-budget: unreadable usage %r (%s)", raw, exc)
+        return None
+    if usage.prompt_tokens == 0 and usage.output_tokens == 0:
+        return None
+    return usage
+
+
+def usage_from_messages(messages: Sequence[Any]) -> Usage | None:
+    """``usage_metadata`` of the first AI message that has it.
+
+    Not a sum: with ``n > 1`` langchain-openai puts the whole response's usage
+    on every generation's message.
+    """
+    for msg in messages:
+        usage = usage_or_none(getattr(msg, "usage_metadata", None))
+        if usage is not None:
+            return usage
+    return None
+
+
+def never_billed(exc: BaseException) -> bool:
+    """Did this error happen before the provider did billable work?
+
+    True for a connection that never got through and for an HTTP error
+    status (providers do not bill refused or failed requests, and
+    langchain-openai maps them to ``openai.APIStatusError``). A timeout, a
+    dropped stream or any other error is not: the provider may have
+    generated, so the call is charged at its reservation. The same rule as
+    the CrewAI adapter's.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = getattr(current, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            return True
+        names = {c.__name__ for c in type(current).__mro__}
+        if any("Timeout" in n for n in names):
+            return False
+        if "APIConnectionError" in names or "ConnectError" in names:
+            return True
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def settle_or_charge(guard: Guard, ticket: Ticket, usage: Usage | None, what: str) -> None:
+    """Settle from ``usage``; with none, charge the reservation and say why (never $0)."""
+    try:
+        if usage is None:
+            log.error(
+                "crew-budget: %s call for role %r returned no token usage (%s); charging its "
+                "reservation ($%s) instead of $0. Fix: for ChatOpenAI streams set "
+                "stream_usage=True.", ticket.model, ticket.role, what, ticket.estimate,
+            )
+        guard.settle(ticket, usage)
+    except Exception:  # a settle problem must never turn a good answer into an error
+        log.exception("crew-budget: could not settle reservation %s", ticket.reservation_id)
+
+
+def close_failed(guard: Guard, ticket: Ticket, exc: BaseException, usage: Usage | None) -> None:
+    """A failed call: settle what it reported, release it if never billed, else charge."""
+    try:
+        if usage is not None:
+            guard.settle(ticket, usage)
+        elif never_billed(exc):
+            guard.release(ticket)
+        else:
+            log.warning(
+                "crew-budget: %s call for role %r failed (%s) without reporting usage; "
+                "charging its reservation ($%s)", ticket.model, ticket.role,
+                type(exc).__name__, ticket.estimate,
+            )
+            guard.settle(ticket, None)
+    except Exception:  # never mask the provider's error with ours
+        log.exception("crew-budget: could not close reservation %s", ticket.reservation_id)

@@ -1,0 +1,134 @@
+"""LiteLLM adapter: per-role dollar budgets for ``litellm`` calls and the LiteLLM proxy.
+
+SDK::
+
+    import litellm
+    from crew_budget.litellm import BudgetLogger, budget_role, completion
+
+    litellm.callbacks = [BudgetLogger(config="budgets.yaml")]
+
+    # async: blocked in litellm's own pre-call hook
+    await litellm.acompletion(model="gpt-4o-mini", messages=msgs,
+                              metadata={"crew_budget_role": "researcher"})
+    # sync: litellm gives callbacks no way to block, so use our wrapper
+    with budget_role("researcher"):
+        completion(model="gpt-4o-mini", messages=msgs)
+
+A call over budget raises ``CrewBudgetExceededError``, a subclass of both
+``litellm.BudgetExceededError`` and ``crew_budget.BudgetExceeded``, before
+any HTTP request. Proxy (``config.yaml``)::
+
+    litellm_settings:
+      callbacks: crew_budget.litellm.proxy_budget_logger
+
+with ``CREW_BUDGET_CONFIG=budgets.yaml`` in the proxy's environment; see
+``examples/litellm_proxy/``. Importing this module imports litellm (seconds,
+and it needs ``LITELLM_LOCAL_MODEL_COST_MAP=True`` offline); ``import
+crew_budget`` never does.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+try:
+    import litellm
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"crew_budget.litellm needs litellm ({exc}). Fix: pip install 'crew-budget[litellm]'"
+    ) from exc
+
+from crew_budget.errors import ConfigError
+from crew_budget.litellm._logger import (
+    ROLE_KEY,
+    BudgetLogger,
+    CrewBudgetExceededError,
+    budget_role,
+    never_billed,
+)
+
+__all__ = [
+    "ROLE_KEY",
+    "BudgetLogger",
+    "CrewBudgetExceededError",
+    "acompletion",
+    "budget_role",
+    "completion",
+    "never_billed",
+    "proxy_budget_logger",
+]
+
+
+def registered_logger() -> BudgetLogger:
+    """The ``BudgetLogger`` in ``litellm.callbacks`` (exactly one must be registered)."""
+    found = [cb for cb in litellm.callbacks if isinstance(cb, BudgetLogger)]
+    if len(found) != 1:
+        problem = "no BudgetLogger is" if not found else f"{len(found)} BudgetLoggers are"
+        raise ConfigError(
+            f"{problem} registered in litellm.callbacks; register exactly one: "
+            "litellm.callbacks.append(BudgetLogger(config='budgets.yaml'))",
+            source="crew_budget.litellm",
+        )
+    return found[0]
+
+
+def completion(*args: Any, **kwargs: Any) -> Any:
+    """``litellm.completion`` that is budgeted *before* it is sent.
+
+    Why it exists: on litellm's sync path no callback hook can stop a call
+    (``log_pre_api_call`` errors are swallowed and the deployment hook runs
+    only for async calls). Same arguments and return value as
+    ``litellm.completion``; raises ``CrewBudgetExceededError`` (nothing sent)
+    when the call does not fit. Non-streaming calls are settled here from the
+    response; streams when litellm reports the finished stream (an abandoned
+    stream is charged at its reservation when the lease expires).
+    """
+    logger = registered_logger()
+    if args:
+        kwargs.setdefault("model", args[0])
+    if len(args) > 1:
+        kwargs.setdefault("messages", args[1])
+    if len(args) > 2:
+        raise TypeError("crew_budget.litellm.completion takes model and messages positionally; "
+                        "pass everything else as keywords")
+    call_id = kwargs.get("litellm_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
+    logger.reserve(call_id, logger._sdk_role(kwargs), kwargs, "sdk")
+    try:
+        response = litellm.completion(**kwargs)
+    except BaseException as exc:
+        logger.fail_call(call_id, exc)
+        raise
+    if not kwargs.get("stream"):
+        logger.settle_call(call_id, response, kwargs)
+    return response
+
+
+async def acompletion(*args: Any, **kwargs: Any) -> Any:
+    """``litellm.acompletion`` after checking that a ``BudgetLogger`` is registered.
+
+    The blocking itself happens in ``BudgetLogger.async_pre_call_deployment_hook``;
+    this wrapper only turns a forgotten registration into an error instead of
+    an unbudgeted call.
+    """
+    registered_logger()
+    return await litellm.acompletion(*args, **kwargs)
+
+
+_proxy_logger: BudgetLogger | None = None
+_proxy_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    # ``litellm_settings.callbacks: crew_budget.litellm.proxy_budget_logger``:
+    # built on first access from CREW_BUDGET_CONFIG, once per process.
+    global _proxy_logger
+    if name == "proxy_budget_logger":
+        with _proxy_lock:
+            if _proxy_logger is None:
+                _proxy_logger = BudgetLogger.from_env()
+            return _proxy_logger
+    raise AttributeError(f"module 'crew_budget.litellm' has no attribute {name!r}")

@@ -1,0 +1,484 @@
+"""``BudgetLogger``: one litellm ``CustomLogger`` for the SDK and the proxy.
+
+Where each path lets a logger block (checked against litellm 1.110):
+
+``litellm.acompletion`` (async SDK)
+    ``async_pre_call_deployment_hook(kwargs, call_type)`` runs inside
+    litellm's ``@client`` wrapper before the provider request, and an
+    exception it raises reaches the caller unchanged; the kwargs it returns
+    are the ones sent. So the logger reserves there, injects ``max_tokens``
+    (and ``stream_options.include_usage`` for streams) and raises
+    ``CrewBudgetExceededError`` (a ``litellm.BudgetExceededError``) to block.
+``litellm.completion`` (sync SDK)
+    No hook can block: the deployment hook is not called on the sync path,
+    and ``log_pre_api_call`` exceptions are logged and swallowed by
+    litellm's logging object. ``crew_budget.litellm.completion`` is the
+    smallest correct alternative: the same reservation, then
+    ``litellm.completion``. A plain ``litellm.completion`` with this logger
+    registered is still *counted* (its usage is booked when litellm reports
+    success, and a warning says it was not blocked), never lost.
+LiteLLM proxy
+    ``async_pre_call_hook(user_api_key_dict, cache, data, call_type)`` runs
+    before routing; raising there rejects the request before any upstream
+    call. The agent's role comes from the virtual key's metadata (set by the
+    admin, binding) or a request header; budgets only from crew-budget's
+    YAML (see ``_proxy.py``).
+
+Settlement, all paths: ``log_success_event`` / ``async_log_success_event``
+settle from the response's ``usage`` (for streams litellm hands over the
+assembled response, whose usage is the provider's final usage chunk, or
+litellm's own count when the provider sent none). Failures release the
+reservation when the provider never billed (connection refused, HTTP error
+status) and charge it otherwise. Tickets are keyed by ``litellm_call_id``
+under a lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from litellm.exceptions import BudgetExceededError as _LiteLLMBudgetExceededError
+from litellm.integrations.custom_logger import CustomLogger
+
+import litellm
+from crew_budget.config import BudgetConfig
+from crew_budget.errors import BudgetExceeded, ConfigError, UsageError
+from crew_budget.guard import Guard, Ticket
+from crew_budget.ledger import Ledger
+from crew_budget.usage import Usage, parse_usage
+
+__all__ = [
+    "ROLE_KEY",
+    "BudgetLogger",
+    "CrewBudgetExceededError",
+    "budget_role",
+    "never_billed",
+]
+
+log = logging.getLogger("crew_budget.litellm")
+
+ROLE_KEY = "crew_budget_role"
+"""Request metadata key naming the role: ``metadata={"crew_budget_role": "researcher"}``."""
+
+_ROLE: ContextVar[str | None] = ContextVar("crew_budget_litellm_role", default=None)
+
+# Call types whose requests we can price (chat-style messages).
+_CHAT_CALLS = frozenset({"completion", "acompletion"})
+_CAP_KEYS = ("max_tokens", "max_completion_tokens")
+_EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format")
+
+ConfigSource = BudgetConfig | Mapping[str, Any] | str | os.PathLike[str]
+Origin = Literal["sdk", "proxy"]
+
+
+class CrewBudgetExceededError(_LiteLLMBudgetExceededError, BudgetExceeded):
+    """Over budget: litellm's own ``BudgetExceededError``, with crew-budget's facts.
+
+    ``except litellm.BudgetExceededError`` and ``except crew_budget.BudgetExceeded``
+    both catch it. It carries ``role``, ``scope``, ``window``, ``period``,
+    ``limit``, ``spent``, ``reserved``, ``estimate`` (``Decimal``) and, for
+    litellm's consumers, ``current_cost``/``max_budget`` (floats, display
+    only), ``entity_type="crew_budget_role"`` and ``entity_id=<role>``.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        BudgetExceeded.__init__(self, **fields)
+        self.current_cost = float(self.spent + self.reserved)
+        self.max_budget = float(self.limit)
+        self.status_code = litellm.budget_exceeded_status_code
+        self.llm_provider = ""
+        self.entity_type = "crew_budget_role"
+        self.entity_id = self.role
+        self.category = "litellm_rate_limit"
+        self.rate_limit_type = "budget"
+        self.message = str(self)
+
+    @classmethod
+    def from_exceeded(cls, exc: BudgetExceeded) -> CrewBudgetExceededError:
+        return cls(**exc._fields(), message=str(exc))
+
+
+@contextlib.contextmanager
+def budget_role(role: str) -> Iterator[None]:
+    """Name the role for litellm calls made inside the block (threads and tasks alike)."""
+    token = _ROLE.set(role)
+    try:
+        yield
+    finally:
+        _ROLE.reset(token)
+
+
+def never_billed(exc: BaseException) -> bool:
+    """Did this error happen before the provider did billable work?
+
+    True for a connection that never got through and for an HTTP error status
+    (providers do not bill refused or failed requests; litellm's exceptions
+    carry the upstream ``status_code``). A timeout or any other error is not:
+    the provider may have generated, so the reservation is charged. Our own
+    block (``BudgetExceeded``) never reached a provider either. The same rule
+    as the CrewAI and LangChain adapters'.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BudgetExceeded):
+            return True
+        names = {c.__name__ for c in type(current).__mro__}
+        if any("Timeout" in n for n in names):
+            return False
+        status = getattr(current, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            return True
+        if "APIConnectionError" in names or "ConnectError" in names:
+            return True
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@dataclass(slots=True)
+class _Call:
+    ticket: Ticket
+    origin: Origin
+    started: float = field(default_factory=time.monotonic)
+
+
+class BudgetLogger(CustomLogger):
+    """Per-role dollar budgets for litellm calls, SDK and proxy.
+
+    ``BudgetLogger(config="budgets.yaml")`` or ``BudgetLogger(guard=guard)``;
+    ``role=`` is the role of calls that name none. Register it once::
+
+        litellm.callbacks = [BudgetLogger(config="budgets.yaml", role="researcher")]
+
+    and name the role per call with ``metadata={"crew_budget_role": ...}`` or
+    ``with crew_budget.litellm.budget_role(...)``.
+    """
+
+    def __init__(
+        self,
+        guard: Guard | None = None,
+        *,
+        config: ConfigSource | None = None,
+        ledger: Ledger | str | None = None,
+        role: str | None = None,
+        crew: str | None = None,
+        role_header: str = "x-crew-budget-role",
+        inject_stream_usage: bool = True,
+    ) -> None:
+        super().__init__()
+        if guard is not None and (config is not None or ledger is not None):
+            raise ConfigError("pass either guard=... or config=... (with an optional "
+                              "ledger=...), not both", source="crew_budget.litellm")
+        if guard is None:
+            if config is None:
+                raise ConfigError(
+                    "no budget given: pass BudgetLogger(config='budgets.yaml') (or a dict / "
+                    "BudgetConfig), or guard=Guard.from_config(...)",
+                    source="crew_budget.litellm",
+                )
+            guard = Guard.from_config(config, ledger)
+        self.guard = guard
+        self.role = role
+        self.crew = crew
+        self.role_header = role_header.lower()
+        self.inject_stream_usage = inject_stream_usage
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call] = {}
+        self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    @classmethod
+    def from_env(cls) -> BudgetLogger:
+        """The proxy's logger: ``CREW_BUDGET_CONFIG`` (YAML path, required),
+        ``CREW_BUDGET_LEDGER`` (optional, beats the YAML's ``ledger:``),
+        ``CREW_BUDGET_DEFAULT_ROLE`` and ``CREW_BUDGET_ROLE_HEADER`` (optional)."""
+        path = os.environ.get("CREW_BUDGET_CONFIG")
+        if not path:
+            raise ConfigError(
+                "CREW_BUDGET_CONFIG is not set; point it at your budgets YAML before starting "
+                "the proxy (e.g. CREW_BUDGET_CONFIG=budgets.yaml litellm --config config.yaml)",
+                source="crew_budget.litellm",
+            )
+        return cls(
+            config=path,
+            role=os.environ.get("CREW_BUDGET_DEFAULT_ROLE") or None,
+            role_header=os.environ.get("CREW_BUDGET_ROLE_HEADER") or "x-crew-budget-role",
+        )
+
+    def __repr__(self) -> str:
+        return f"BudgetLogger(role={self.role!r}, ledger={self.guard.ledger.url!r})"
+
+    @property
+    def in_flight(self) -> int:
+        """Reservations made and not yet settled or released."""
+        with self._lock:
+            return len(self._calls)
+
+    # -- reserving -----------------------------------------------------------------
+
+    def _sdk_role(self, kwargs: Mapping[str, Any]) -> str:
+        for key in ("metadata", "litellm_metadata"):
+            meta = kwargs.get(key)
+            if isinstance(meta, Mapping) and meta.get(ROLE_KEY):
+                return str(meta[ROLE_KEY])
+        role = _ROLE.get() or self.role
+        if not role:
+            raise ConfigError(
+                "this litellm call names no role: pass metadata={'crew_budget_role': "
+                "'researcher'}, wrap it in `with crew_budget.litellm.budget_role(...)`, or "
+                "give BudgetLogger(role=...) a default",
+                source="crew_budget.litellm",
+            )
+        return role
+
+    def reserve(
+        self, call_id: str, role: str, kwargs: dict[str, Any], origin: Origin,
+        *, model: str | None = None, messages: Sequence[Any] | None = None,
+    ) -> Ticket:
+        """Reserve one chat call and adjust ``kwargs`` in place (``max_tokens``,
+        ``stream_options``); raises ``CrewBudgetExceededError`` when over budget."""
+        model_name = str(model or kwargs.get("model") or "")
+        msgs = messages if messages is not None else kwargs.get("messages")
+        if not model_name or msgs is None:
+            raise ConfigError(
+                "crew-budget cannot see this litellm call's model and messages, so it cannot "
+                "be priced; it was not sent. Fix: pass model= and messages= as keywords.",
+                source="crew_budget.litellm",
+            )
+        cap = next((kwargs[k] for k in _CAP_KEYS
+                    if isinstance(kwargs.get(k), int) and kwargs[k] > 0), None)
+        tools = kwargs.get("tools") if isinstance(kwargs.get("tools"), list) else None
+        extra = {k: kwargs[k] for k in _EXTRA_KEYS if isinstance(kwargs.get(k), (dict, list, str))}
+        info = {"framework": "litellm-proxy" if origin == "proxy" else "litellm",
+                "litellm_call_id": call_id}
+        try:
+            ticket = self.guard.preflight(role, model_name, list(msgs), tools, cap, info,
+                                          crew=self.crew, extra=extra or None)
+        except BudgetExceeded as exc:
+            raise CrewBudgetExceededError.from_exceeded(exc) from None
+        if ticket.max_tokens is not None:
+            kwargs["max_tokens"] = ticket.max_tokens
+        if self.inject_stream_usage and kwargs.get("stream") and not kwargs.get("stream_options") \
+                and _supports_stream_options(model_name, kwargs):
+            kwargs["stream_options"] = {"include_usage": True}
+        with self._lock:
+            self._calls[call_id] = _Call(ticket, origin)
+            self._prune_locked()
+        return ticket
+
+    def has_call(self, call_id: str | None) -> bool:
+        with self._lock:
+            return call_id is not None and call_id in self._calls
+
+    def _prune_locked(self) -> None:
+        # Calls whose end litellm never reported (an abandoned stream): the
+        # ledger charges them at lease expiry; do not hold them in memory forever.
+        if len(self._calls) < 4096:
+            return
+        horizon = time.monotonic() - float(self.guard.config.lease_seconds)
+        for key in [k for k, c in self._calls.items() if c.started < horizon]:
+            del self._calls[key]
+
+    def _take(self, call_id: str | None, *, origin: Origin | None = None) -> _Call | None:
+        if call_id is None:
+            return None
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or (origin is not None and call.origin != origin):
+                return None
+            del self._calls[call_id]
+            self._done[call_id] = None
+            while len(self._done) > 10_000:
+                self._done.popitem(last=False)
+            return call
+
+    def _was_done(self, call_id: str | None) -> bool:
+        with self._lock:
+            return call_id is not None and call_id in self._done
+
+    # -- closing ---------------------------------------------------------------------
+
+    def settle_call(self, call_id: str | None, response: Any, kwargs: Mapping[str, Any]) -> None:
+        call = self._take(call_id)
+        if call is None:
+            if call_id is not None and not self._was_done(call_id):
+                self._book_unreserved(kwargs, response)
+            return
+        usage = _usage_of(response)
+        try:
+            if usage is None:
+                log.error("crew-budget: litellm reported no usage for %s (role %r); charging "
+                          "its reservation ($%s) instead of $0", call.ticket.model,
+                          call.ticket.role, call.ticket.estimate)
+            self.guard.settle(call.ticket, usage)
+        except Exception:  # never turn a delivered answer into an error
+            log.exception("crew-budget: could not settle reservation %s",
+                          call.ticket.reservation_id)
+
+    def fail_call(self, call_id: str | None, exc: BaseException | None,
+                  *, origin: Origin | None = None) -> None:
+        call = self._take(call_id, origin=origin)
+        if call is None:
+            return
+        try:
+            if exc is not None and never_billed(exc):
+                self.guard.release(call.ticket)
+            else:
+                log.warning("crew-budget: %s call for role %r failed (%s) without usage; "
+                            "charging its reservation ($%s)", call.ticket.model,
+                            call.ticket.role, type(exc).__name__, call.ticket.estimate)
+                self.guard.settle(call.ticket, None)
+        except Exception:
+            log.exception("crew-budget: could not close reservation %s",
+                          call.ticket.reservation_id)
+
+    def _book_unreserved(self, kwargs: Mapping[str, Any], response: Any) -> None:
+        """A call that was never reserved (sync ``litellm.completion``): count it anyway."""
+        usage = _usage_of(response)
+        model = str(kwargs.get("model") or getattr(response, "model", "") or "")
+        try:
+            role = self._sdk_role(_request_kwargs(kwargs))
+        except ConfigError:
+            role = self.role or "unassigned"
+        log.warning(
+            "crew-budget: a %s call for role %r was not budgeted before it was sent (litellm's "
+            "sync completion() cannot be blocked by a callback); booking its cost now. Fix: "
+            "call crew_budget.litellm.completion(...) instead of litellm.completion(...).",
+            model, role,
+        )
+        if usage is None or not model:
+            log.error("crew-budget: cannot book the unbudgeted %s call: no usage", model)
+            return
+        try:
+            ticket = self.guard.preflight(role, model, [], None, 1,
+                                          {"framework": "litellm", "unreserved": True},
+                                          crew=self.crew)
+        except BudgetExceeded:
+            log.error("crew-budget: the unbudgeted %s call for role %r went over its budget "
+                      "(usage %s)", model, role, usage)
+            return
+        except Exception:
+            log.exception("crew-budget: could not book the unbudgeted %s call", model)
+            return
+        self.guard.settle(ticket, usage)
+
+    # -- litellm hooks: SDK --------------------------------------------------------------
+
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        kind = getattr(call_type, "value", call_type)
+        if kind not in _CHAT_CALLS:
+            return None
+        call_id = kwargs.get("litellm_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
+        if self.has_call(call_id):  # reserved by the proxy hook or our sync wrapper
+            return None
+        logging_obj = kwargs.get("litellm_logging_obj")
+        self.reserve(
+            call_id, self._sdk_role(kwargs), kwargs, "sdk",
+            model=kwargs.get("model") or getattr(logging_obj, "model", None),
+            messages=kwargs.get("messages") or getattr(logging_obj, "messages", None),
+        )
+        return kwargs
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                          end_time: Any) -> None:
+        self.settle_call(_call_id(kwargs), response_obj, kwargs)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        self.settle_call(_call_id(kwargs), response_obj, kwargs)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                          end_time: Any) -> None:
+        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk")
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk")
+
+    # -- litellm hooks: proxy --------------------------------------------------------------
+    # Defined on this class itself: the proxy only calls an async_pre_call_hook
+    # that is in vars(type(callback)).
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        from crew_budget.litellm._proxy import pre_call
+
+        return pre_call(self, user_api_key_dict, data, call_type)
+
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> None:
+        self.fail_call(_call_id(request_data), original_exception)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _call_id(kwargs: Any) -> str | None:
+    if not isinstance(kwargs, Mapping):
+        return None
+    value = kwargs.get("litellm_call_id")
+    if not value:
+        params = kwargs.get("litellm_params")
+        if isinstance(params, Mapping):
+            value = params.get("litellm_call_id")
+    return str(value) if value else None
+
+
+def _exception(kwargs: Any) -> BaseException | None:
+    exc = kwargs.get("exception") if isinstance(kwargs, Mapping) else None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def _request_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    params = kwargs.get("litellm_params")
+    if isinstance(params, Mapping) and isinstance(params.get("metadata"), Mapping):
+        return {"metadata": params["metadata"]}
+    return kwargs
+
+
+def _usage_of(response: Any) -> Usage | None:
+    raw = getattr(response, "usage", None)
+    if raw is None and isinstance(response, Mapping):
+        raw = response.get("usage")
+    if raw is None:
+        return None
+    try:
+        usage = parse_usage(raw)
+    except UsageError as exc:
+        log.warning("crew-budget: unreadable litellm usage %r (%s)", raw, exc)
+        return None
+    if usage.prompt_tokens == 0 and usage.output_tokens == 0:
+        return None
+    return usage
+
+
+def _supports_stream_options(model: str, kwargs: Mapping[str, Any]) -> bool:
+    try:
+        params = litellm.get_supported_openai_params(
+            model=model, custom_llm_provider=kwargs.get("custom_llm_provider")
+        )
+    except Exception:
+        return False
+    return isinstance(params, list) and "stream_options" in params

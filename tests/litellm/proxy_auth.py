@@ -1,0 +1,26 @@
+"""Custom auth for the proxy under test: virtual keys with metadata, without a database.
+
+Real deployments create keys with ``POST /key/generate`` (``metadata:
+{"crew_budget_role": ...}``), which needs the proxy's Postgres database. The
+test proxy has none, so this module (copied next to the generated config and
+named in ``general_settings.custom_auth``) returns the same ``UserAPIKeyAuth``
+the proxy would build from such a key: the role lives in ``metadata``, set by
+the admin, not by the request.
+"""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+KEYS = {
+    "sk-agent-open": {},  # a key with no role: the request must name one
+    "sk-agent-writer": {"crew_budget_role": "writer"},  # bound to the writer role
+}
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    key = api_key.removeprefix("Bearer ").strip()
+    if key not in KEYS:
+        raise HTTPException(status_code=401, detail="unknown test key")
+    return UserAPIKeyAuth(api_key=key, key_alias=key, metadata=dict(KEYS[key]))

@@ -1,0 +1,211 @@
+"""End to end: a real LiteLLM proxy process enforcing crew-budget per agent role.
+
+Stack (all on loopback): the official ``openai`` client -> ``litellm`` proxy
+(its own process and environment, started with examples/litellm_proxy/
+config.yaml plus a test-only custom auth) -> ``ReplayUpstream``, a stand-in
+for api.openai.com that answers from cassettes/litellm/proxy_upstream.yaml
+and counts what it receives. The proxy and this test share one SQLite
+ledger, read here with a Guard on the same budgets file. Expected dollars are
+the upstream's recorded usage x the gpt-4o-mini list price.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from crew_budget import Guard
+from crew_budget.ledger import SpendRecord
+from tests.fixtures.http_replay import ReplayUpstream
+from tests.fixtures.litellm_proxy import ProxyProcess, start_proxy
+from tests.litellm.conftest import LL, cost, spent
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "litellm_proxy"
+SYSTEM = "You are the research agent of a travel crew."
+
+# intern: one 16-token call (about 29 x $0.15/M + 16 x $0.60/M = $0.00001395)
+# fits; after it settles (29 x 0.15 + 11 x 0.60 = $0.00001095 per the
+# cassette) the next one cannot: the limit sits between the two.
+BUDGETS = {
+    "crew": {"name": "travel-crew", "daily": "5.00"},
+    "roles": {
+        "researcher": {"daily": "1.00", "max_output_tokens": 256},
+        "writer": {"daily": "1.00", "max_output_tokens": 256},
+        "broke": {"daily": "0.000001"},
+        "intern": {"daily": "0.00001945"},
+    },
+}
+
+
+@dataclass
+class Stack:
+    proxy: ProxyProcess
+    upstream: ReplayUpstream
+    guard: Guard
+    budgets: Path
+    ledger_url: str
+
+    def client(self, key: str = "sk-agent-open") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.proxy.url}/v1", api_key=key, max_retries=0,
+                             timeout=60)
+
+    def settled(self) -> list[SpendRecord]:
+        return [r for r in self.guard.ledger.records() if r.outcome == "settled"]
+
+    def wait_settled(self, n: int, timeout: float = 20.0) -> list[SpendRecord]:
+        """The proxy settles after it has answered (litellm's success callback)."""
+        deadline = time.monotonic() + timeout
+        while len(self.settled()) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.settled())} settled, expected {n}:\n"
+                                     f"{self.proxy.log_tail(3000)}")
+            time.sleep(0.05)
+        return self.settled()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("litellm-proxy")
+    ledger_url = f"sqlite:///{work / 'ledger.db'}"
+    budgets = work / "budgets.yaml"
+    budgets.write_text(yaml.safe_dump(BUDGETS))
+    config = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
+    # Test-only: keys with metadata but no database (see proxy_auth.py).
+    config["general_settings"]["custom_auth"] = "proxy_auth.user_api_key_auth"
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(Path(__file__).with_name("proxy_auth.py"), work / "proxy_auth.py")
+    with ReplayUpstream(LL / "proxy_upstream.yaml") as upstream:
+        proxy = start_proxy(work / "config.yaml", {
+            "CREW_BUDGET_CONFIG": str(budgets),
+            "CREW_BUDGET_LEDGER": ledger_url,
+            "LITELLM_MASTER_KEY": "sk-master-test",
+            "OPENAI_API_KEY": "sk-upstream-test",
+            "OPENAI_API_BASE": upstream.base_url,
+        }, work)
+        guard = Guard(budgets, ledger_url)
+        try:
+            yield Stack(proxy, upstream, guard, budgets, ledger_url)
+        finally:
+            proxy.stop()
+            guard.close()
+
+
+def ask(city: str, **kwargs: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"List two sights in {city}."}], **kwargs}
+
+
+ROLE = "x-crew-budget-role"
+
+
+def test_allowed_call_reaches_upstream_and_settles_exact_dollars(stack: Stack) -> None:
+    before, settled_before = stack.upstream.count, len(stack.settled())
+    reply = stack.client().chat.completions.create(
+        **ask("Porto"), extra_headers={ROLE: "researcher"})
+    assert reply.choices[0].message.content == "The Ribeira district and the Livraria Lello."
+    assert stack.upstream.count == before + 1
+    # No max_tokens in the request: the proxy hook sent the role's cap upstream.
+    assert stack.upstream.requests[-1]["max_tokens"] == 256
+    records = stack.wait_settled(settled_before + 1)
+    usage = stack.upstream.usage_served(-1)
+    assert usage is not None
+    assert records[-1].role == "researcher"
+    assert records[-1].metadata["framework"] == "litellm-proxy"
+    assert Decimal(records[-1].cost_nano) / 10**9 == cost(usage) == Decimal("0.00001095")
+    assert spent(stack.guard, "role:researcher") == cost(usage)
+
+
+async def test_streaming_call_settles_from_the_final_usage_chunk(stack: Stack) -> None:
+    settled_before = len(stack.settled())
+    before_spent = spent(stack.guard, "role:researcher")
+    client = openai.AsyncOpenAI(base_url=f"{stack.proxy.url}/v1", api_key="sk-agent-open",
+                                max_retries=0)
+    stream = await client.chat.completions.create(
+        **ask("Faro"), stream=True, extra_headers={ROLE: "researcher"})
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await client.close()
+    assert text == "The Old Town and the Ria Formosa."
+    assert stack.upstream.requests[-1]["stream_options"] == {"include_usage": True}
+    stack.wait_settled(settled_before + 1)
+    usage = stack.upstream.usage_served(-1)
+    assert usage is not None
+    assert spent(stack.guard, "role:researcher") - before_spent == cost(usage)
+
+
+def test_over_budget_call_is_refused_before_the_upstream(stack: Stack) -> None:
+    before = stack.upstream.count
+    with pytest.raises(openai.APIStatusError) as info:
+        stack.client().chat.completions.create(**ask("Lagos"), extra_headers={ROLE: "broke"})
+    assert info.value.status_code == 422  # litellm.budget_exceeded_status_code
+    assert "budget exceeded for role 'broke'" in str(info.value)
+    assert stack.upstream.count == before
+    blocked = [r for r in stack.guard.ledger.records() if r.outcome == "blocked"]
+    assert blocked and blocked[-1].role == "broke" and blocked[-1].scope == "role:broke"
+
+
+def test_a_request_cannot_raise_its_own_budget(stack: Stack) -> None:
+    before = stack.upstream.count
+    with pytest.raises(openai.APIStatusError) as info:
+        stack.client().chat.completions.create(
+            **ask("Lagos"),
+            extra_headers={ROLE: "broke", "x-crew-budget-daily": "1000",
+                           "x-crew-budget-limit": "1000"},
+            extra_body={"metadata": {"crew_budget_role": "broke",
+                                     "crew_budget": {"daily": "1000"},
+                                     "crew_budget_limit": "1000", "max_budget": 1000}},
+        )
+    assert info.value.status_code == 422
+    assert stack.upstream.count == before
+    # The limit the proxy applied is still the YAML's one micro-dollar.
+    assert "$0.000001" in str(info.value)
+
+
+def test_key_metadata_binds_the_role(stack: Stack) -> None:
+    before, settled_before = stack.upstream.count, len(stack.settled())
+    writer = stack.client("sk-agent-writer")
+    reply = writer.chat.completions.create(**ask("Braga"))
+    assert reply.choices[0].message.content == "Bom Jesus do Monte and Braga Cathedral."
+    records = stack.wait_settled(settled_before + 1)
+    assert records[-1].role == "writer"
+    assert spent(stack.guard, "role:writer") == cost(stack.upstream.usage_served(-1) or {})
+    # A key bound to "writer" cannot spend as another role via the header.
+    with pytest.raises(openai.PermissionDeniedError, match="bound to role 'writer'"):
+        writer.chat.completions.create(**ask("Braga"), extra_headers={ROLE: "researcher"})
+    assert stack.upstream.count == before + 1
+
+
+def test_unknown_or_missing_role_is_refused(stack: Stack) -> None:
+    before = stack.upstream.count
+    with pytest.raises(openai.BadRequestError, match="unknown role 'ceo'"):
+        stack.client().chat.completions.create(**ask("Tavira"), extra_headers={ROLE: "ceo"})
+    with pytest.raises(openai.BadRequestError, match="names no agent role"):
+        stack.client().chat.completions.create(**ask("Tavira"))
+    assert stack.upstream.count == before
+
+
+def test_second_call_blocked_once_the_first_used_the_budget(stack: Stack) -> None:
+    before, settled_before = stack.upstream.count, len(stack.settled())
+    client = stack.client()
+    client.chat.completions.create(**ask("Evora"), max_tokens=16,
+                                   extra_headers={ROLE: "intern"})
+    stack.wait_settled(settled_before + 1)
+    first = cost(stack.upstream.usage_served(-1) or {})
+    assert spent(stack.guard, "role:intern") == first
+    with pytest.raises(openai.APIStatusError, match="budget exceeded for role 'intern'"):
+        client.chat.completions.create(**ask("Sintra"), max_tokens=16,
+                                       extra_headers={ROLE: "intern"})
+    assert stack.upstream.count == before + 1
+    assert spent(stack.guard, "role:intern") == first

@@ -1,0 +1,175 @@
+"""BudgetLogger on litellm.completion / litellm.acompletion, HTTP replayed by VCR.py.
+
+Expected dollars = the cassette's recorded usage x the gpt-4o-mini list price
+(conftest); blocks are proven by counting the HTTP requests sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+import litellm
+from crew_budget import BudgetExceeded, ConfigError, Guard
+from crew_budget.litellm import (
+    BudgetLogger,
+    CrewBudgetExceededError,
+    acompletion,
+    budget_role,
+    completion,
+    never_billed,
+)
+from tests.fixtures.http_replay import live_bodies, recorded_usage, replay
+from tests.litellm.conftest import LL, await_for, cost, outcomes, spent, wait_for
+
+FR = [{"role": "user", "content": "Name the capital of France in one word."}]
+PT = [{"role": "user", "content": "Name the capital of Portugal in one word."}]
+KEY = {"api_key": "sk-test", "num_retries": 0, "max_retries": 0}
+
+
+def role(name: str) -> dict[str, dict[str, str]]:
+    return {"metadata": {"crew_budget_role": name}}
+
+
+# -- async SDK: blocked and settled by the logger's own hooks --------------------------
+
+
+async def test_acompletion_settles_exact_cost_and_injects_max_tokens(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    with replay(LL / "completion.yaml") as cassette:
+        response = await litellm.acompletion(model="gpt-4o-mini", messages=FR, **KEY,
+                                             **role("researcher"))
+        await litellm.acompletion(model="gpt-4o-mini", messages=PT, max_tokens=64, **KEY,
+                                  **role("writer"))
+        await await_for(lambda: logger.in_flight == 0)
+    assert response.choices[0].message.content == "Paris."
+    assert cassette.play_count == 2
+    sent = live_bodies(cassette)
+    assert sent[0]["max_tokens"] == 256  # no cap given: the role's cap was sent
+    assert sent[1]["max_tokens"] == 64  # the caller's own cap is kept
+    usages = recorded_usage(LL / "completion.yaml")
+    assert spent(guard, "role:researcher") == cost(usages[0]) == Decimal("0.0000036")
+    assert spent(guard, "role:writer") == cost(usages[1]) == Decimal("0.0000042")
+    assert outcomes(guard) == ["settled", "settled"]
+
+
+async def test_acompletion_stream_settles_from_the_final_usage_chunk(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    with replay(LL / "completion_stream.yaml") as cassette:
+        stream = await litellm.acompletion(model="gpt-4o-mini", messages=FR, stream=True,
+                                           **KEY, **role("researcher"))
+        text = "".join([c.choices[0].delta.content or "" async for c in stream
+                        if c.choices])
+        await await_for(lambda: logger.in_flight == 0)
+    assert text == "Paris."
+    assert cassette.play_count == 1
+    assert live_bodies(cassette)[0]["stream_options"] == {"include_usage": True}
+    assert spent(guard, "role:researcher") == cost(recorded_usage(LL / "completion_stream.yaml")[0])
+    assert outcomes(guard) == ["settled"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_acompletion_over_budget_is_blocked_before_http(
+    guard: Guard, logger: BudgetLogger, stream: bool
+) -> None:
+    name = "completion_stream.yaml" if stream else "completion.yaml"
+    with replay(LL / name) as cassette, pytest.raises(litellm.BudgetExceededError) as info:
+        await litellm.acompletion(model="gpt-4o-mini", messages=FR, stream=stream, **KEY,
+                                  **role("broke"))
+    assert cassette.play_count == 0
+    assert isinstance(info.value, CrewBudgetExceededError)
+    assert isinstance(info.value, BudgetExceeded)
+    assert info.value.scope == "role:broke" and info.value.limit == Decimal("0.000001")
+    assert info.value.entity_id == "broke" and info.value.status_code == 422
+    assert outcomes(guard) == ["blocked"]
+    assert logger.in_flight == 0
+
+
+async def test_budget_role_context_names_the_role(guard: Guard, logger: BudgetLogger) -> None:
+    with replay(LL / "completion.yaml"), budget_role("writer"):
+        await acompletion(model="gpt-4o-mini", messages=FR, **KEY)
+        await await_for(lambda: logger.in_flight == 0)
+    assert spent(guard, "role:writer") == cost(recorded_usage(LL / "completion.yaml")[0])
+
+
+async def test_call_without_a_role_is_refused_before_http(logger: BudgetLogger) -> None:
+    with replay(LL / "completion.yaml") as cassette, pytest.raises(ConfigError,
+                                                                   match="names no role"):
+        await litellm.acompletion(model="gpt-4o-mini", messages=FR, **KEY)
+    assert cassette.play_count == 0
+
+
+async def test_provider_500_releases_the_reservation(guard: Guard, logger: BudgetLogger) -> None:
+    with replay(LL / "server_error.yaml") as cassette, pytest.raises(Exception) as info:
+        await litellm.acompletion(model="gpt-4o-mini", messages=FR, **KEY,
+                                  **role("researcher"))
+    await await_for(lambda: logger.in_flight == 0)
+    assert getattr(info.value, "status_code", None) == 500
+    assert cassette.play_count == 1
+    assert outcomes(guard) == ["released"]
+    assert spent(guard, "role:researcher") == 0
+
+
+async def test_acompletion_wrapper_requires_a_registered_logger() -> None:
+    with pytest.raises(ConfigError, match="no BudgetLogger"):
+        await acompletion(model="gpt-4o-mini", messages=FR, **KEY)
+
+
+# -- sync SDK: no hook can block, so crew_budget.litellm.completion does -------------
+
+
+def test_completion_wrapper_settles_exact_cost(guard: Guard, logger: BudgetLogger) -> None:
+    with replay(LL / "completion.yaml") as cassette:
+        response = completion(model="gpt-4o-mini", messages=FR, **KEY, **role("researcher"))
+    assert response.choices[0].message.content == "Paris."
+    assert cassette.play_count == 1
+    assert live_bodies(cassette)[0]["max_tokens"] == 256
+    # Settled by the wrapper itself, before it returned.
+    assert spent(guard, "role:researcher") == cost(recorded_usage(LL / "completion.yaml")[0])
+    assert logger.in_flight == 0
+
+
+def test_completion_wrapper_blocks_before_http(guard: Guard, logger: BudgetLogger) -> None:
+    with replay(LL / "completion.yaml") as cassette, pytest.raises(CrewBudgetExceededError):
+        completion("gpt-4o-mini", FR, **KEY, **role("broke"))
+    assert cassette.play_count == 0
+    assert outcomes(guard) == ["blocked"]
+
+
+def test_completion_wrapper_stream_settles_from_the_final_usage_chunk(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    with replay(LL / "completion_stream.yaml") as cassette, budget_role("researcher"):
+        chunks = list(completion(model="gpt-4o-mini", messages=FR, stream=True, **KEY))
+        wait_for(lambda: logger.in_flight == 0)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Paris."
+    assert cassette.play_count == 1
+    assert live_bodies(cassette)[0]["stream_options"] == {"include_usage": True}
+    assert spent(guard, "role:researcher") == cost(recorded_usage(LL / "completion_stream.yaml")[0])
+    assert outcomes(guard) == ["settled"]
+
+
+def test_plain_sync_completion_cannot_be_blocked_but_is_booked(
+    guard: Guard, logger: BudgetLogger, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What litellm makes impossible: its sync path gives a callback no way to
+    # stop the call. The logger still books the cost, so nothing is lost.
+    with caplog.at_level(logging.WARNING, logger="crew_budget"), \
+            replay(LL / "completion.yaml") as cassette:
+        litellm.completion(model="gpt-4o-mini", messages=FR, **KEY, **role("researcher"))
+        wait_for(lambda: outcomes(guard) == ["settled"])
+    assert cassette.play_count == 1
+    assert spent(guard, "role:researcher") == cost(recorded_usage(LL / "completion.yaml")[0])
+    assert "crew_budget.litellm.completion" in caplog.text
+
+
+def test_never_billed_rule() -> None:
+    assert never_billed(litellm.BadRequestError("bad", model="m", llm_provider="openai"))
+    assert not never_billed(litellm.Timeout("slow", model="m", llm_provider="openai"))
+    assert not never_billed(RuntimeError("stream cut"))
+    with pytest.raises(ConfigError, match="not both"):
+        BudgetLogger(Guard({}, "memory://"), config={})
