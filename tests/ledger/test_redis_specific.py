@@ -16,6 +16,7 @@ from the ticket the guard returned, never computed by our own estimator here.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -230,7 +231,7 @@ def test_restart_flushes_scripts_and_drops_connections_yet_calls_succeed(
 
     aof_server.restart()  # new process: empty script cache, pooled socket dead
     probe = redis.Redis(port=aof_server.port)
-    assert probe.script_exists(ledger._settle.sha) == [False]
+    assert probe.script_exists(ledger._lua["settle"].sha) == [False]
     probe.close()
     assert ledger.settle(r1.reservation_id, 700, Usage(7, 0, 0, 0, 0)).applied is True
 
@@ -492,11 +493,8 @@ def test_unreachable_host_port_fails_within_the_connect_timeout() -> None:
 
 
 def test_a_hung_server_times_out_instead_of_hanging_the_agent(tmp_path: Path) -> None:
-    assert RedisLedger("redis://127.0.0.1:1/0")._client.connection_pool.connection_kwargs[
-        "socket_timeout"
-    ] == 2.0  # the default operation timeout
     with RedisServer(directory=tmp_path) as server:
-        ledger = RedisLedger(server.url, op_timeout=0.3)
+        ledger = RedisLedger(server.url)
         b = day_bucket(ledger, "global", None)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGSTOP)  # alive, accepting, never answering
@@ -504,9 +502,20 @@ def test_a_hung_server_times_out_instead_of_hanging_the_agent(tmp_path: Path) ->
             t0 = time.monotonic()
             with pytest.raises(LedgerUnavailable, match="Timeout"):
                 reserve(ledger, [b], 1)
-            assert time.monotonic() - t0 < 1.5  # one timeout, no hidden retries
+            waited = time.monotonic() - t0
         finally:
             server.proc.send_signal(signal.SIGCONT)
+    # The default operation timeout is 2 s, and a timeout is not retried.
+    assert 1.9 <= waited < 3.5
+
+
+def test_a_cluster_that_is_down_fails_each_call_not_the_guard_construction() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    guard = Guard({**CONFIG, "fail_open": True}, url)  # constructing connects nothing
+    ticket = guard.preflight("researcher", "test-model", MESSAGES, max_tokens=500)
+    assert ticket.guarded is False
+    with pytest.raises(LedgerUnavailable, match=re.escape(url)):
+        RedisLedger(url).now()
 
 
 def test_fixture_fails_loudly_without_the_redis_server_binary(

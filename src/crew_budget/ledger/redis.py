@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,7 +100,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.SlotNotCoveredError,  # part of the cluster is down
     OSError,
 )
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, rexc.RedisClusterException)
 _STATES: dict[str, Outcome] = {
     "reserved": "reserved",
     "settled": "settled",
@@ -213,20 +213,15 @@ class RedisLedger(Ledger):
         self._stream = self.prefix + "records"
         self._odd = self.prefix + "odd"
         self._oddseq = self.prefix + "oddseq"
-        # Connecting is lazy in redis-py: this opens no socket yet.
-        self._client: Any = self._connect(url, connect_timeout, op_timeout)
-        src = _sources()
-        self._reserve = self._script(src["reserve"])
-        self._settle = self._script(src["settle"])
-        self._release = self._script(src["release"])
-        self._reap = self._script(src["reap"])
-        self._status = self._script(src["status"])
-        self._reset = self._script(src["reset"])
-        self._append = self._script(src["append_record"])
-
-    def _connect(self, url: str, connect_timeout: float, op_timeout: float) -> Any:
-        parts = urlsplit(url)
-        options: dict[str, Any] = {
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+            raise ConfigError(
+                f"unsupported Redis URL scheme {scheme!r} in {self.url}; use redis://, "
+                "rediss://, redis+cluster:// or rediss+cluster://",
+                source="ledger",
+            )
+        self._raw_url = url
+        self._options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": op_timeout,
             "decode_responses": True,
@@ -234,25 +229,39 @@ class RedisLedger(Ledger):
             # only what is safe to repeat, so an outage fails fast.
             "retry": Retry(NoBackoff(), 0),
         }
-        if parts.scheme in ("redis+cluster", "rediss+cluster"):
-            from redis.cluster import RedisCluster
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._lua: dict[str, Script] = {}
 
-            plain = urlunsplit(parts._replace(scheme=parts.scheme.split("+", 1)[0]))
-            try:
-                return RedisCluster.from_url(plain, **options)
-            except _CONNECT_ERRORS as exc:
-                # The cluster client connects at once ("cannot be connected").
-                raise self._unavailable(exc) from exc
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigError(
-                f"unsupported Redis URL scheme {parts.scheme!r} in {self.url}; use redis://, "
-                "rediss://, redis+cluster:// or rediss+cluster://",
-                source="ledger",
-            )
-        return redis.Redis.from_url(url, **options)
+    def _conn(self) -> Any:
+        """The client, made on first use.
 
-    def _script(self, source: str) -> Script:
-        return cast(Script, self._client.register_script(source))
+        Not in ``__init__``: a cluster client connects as it is made, and a
+        ledger that is down when the guard starts must fail each call (closed,
+        or open if configured), not the guard's construction.
+        """
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    parts = urlsplit(self._raw_url)
+                    if parts.scheme.endswith("+cluster"):
+                        from redis.cluster import RedisCluster
+
+                        plain = parts._replace(scheme=parts.scheme.removesuffix("+cluster"))
+                        try:
+                            made: Any = RedisCluster.from_url(urlunsplit(plain), **self._options)
+                        except rexc.RedisClusterException as exc:  # "cannot be connected"
+                            raise self._unavailable(exc) from exc
+                    else:
+                        made = redis.Redis.from_url(self._raw_url, **self._options)
+                    self._lua = {
+                        name: cast(Script, made.register_script(source))
+                        for name, source in _sources().items()
+                    }
+                    self._client = made
+                client = self._client
+        return client
 
     # -- plumbing -------------------------------------------------------------
 
@@ -262,19 +271,24 @@ class RedisLedger(Ledger):
             reason = reason.replace(secret, "***")
         return LedgerUnavailable(self.url, reason)
 
-    def _run(self, op: Callable[[], T], *, idempotent: bool = True) -> T:
-        """Run one Redis operation; once more after a dropped connection if safe."""
+    def _run(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:
+        """Run ``op(client)``; once more after a dropped connection if safe."""
         try:
-            return op()
+            return op(self._conn())
         except rexc.ConnectionError as exc:
             if not idempotent:
                 raise self._unavailable(exc) from exc
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         try:  # e.g. Redis restarted and the pooled connection died
-            return op()
+            return op(self._conn())
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
+
+    def _call(self, script: str, keys: list[str], args: list[str], *, idempotent: bool = True
+              ) -> Any:
+        return self._run(lambda c: self._lua[script](keys=keys, args=args, client=c),
+                         idempotent=idempotent)
 
     def _bkey(self, bucket: Bucket) -> str:
         return self.prefix + "b:" + bucket.key
@@ -311,7 +325,7 @@ class RedisLedger(Ledger):
     # -- the contract -----------------------------------------------------------
 
     def now(self) -> float:
-        sec, usec = self._run(self._client.time)
+        sec, usec = self._run(lambda c: c.time())
         return int(sec) + int(usec) / 1_000_000
 
     def reserve(self, request: ReserveRequest) -> Reservation | Denial:
@@ -337,7 +351,7 @@ class RedisLedger(Ledger):
             plan.keep,
             *plan.limits,
         ]
-        reply = self._run(lambda: self._reserve(keys=keys, args=args))
+        reply = self._call("reserve", keys, args)
         kind = reply[0]
         if kind == "ok":
             return Reservation(rid, amount, (int(reply[1]) + lease_ms) / 1000, request.buckets)
@@ -388,54 +402,54 @@ class RedisLedger(Ledger):
         keys = [self._leases, self._stream, self.prefix + "r:" + reservation_id]
         args = [reservation_id, str(int(cost_nano)), fragment, self._retention_str,
                 self._reap_str]
-        reply = self._run(lambda: self._settle(keys=keys, args=args))
+        reply = self._call("settle", keys, args)
         return self._result(reservation_id, reply)
 
     def release(self, reservation_id: str) -> SettleResult:
         keys = [self._leases, self._stream, self.prefix + "r:" + reservation_id]
         args = [reservation_id, self._retention_str, self._reap_str]
-        reply = self._run(lambda: self._release(keys=keys, args=args))
+        reply = self._call("release", keys, args)
         return self._result(reservation_id, reply)
 
     def reap(self, limit: int = 1000) -> int:
         keys = [self._leases, self._stream]
         args = [self._retention_str, str(int(limit))]
-        return int(self._run(lambda: self._reap(keys=keys, args=args)))
+        return int(self._call("reap", keys, args))
 
     def status(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         keys = [self._leases, self._stream, *(self._bkey(b) for b in buckets)]
         args = [self._retention_str, self._reap_str]
-        reply = self._run(lambda: self._status(keys=keys, args=args))
+        reply = self._call("status", keys, args)
         return [
             BucketState(b, int(reply[2 * i]), int(reply[2 * i + 1])) for i, b in enumerate(buckets)
         ]
 
     def reservation_state(self, reservation_id: str) -> Outcome | None:
         key = self.prefix + "r:" + reservation_id
-        value = self._run(lambda: self._client.get(key))
+        value = self._run(lambda c: c.get(key))
         return None if value is None else _STATES[value.split("\n", 1)[0]]
 
     def append_record(self, record: SpendRecord) -> None:
         keys = [self._stream, self._odd, self._oddseq]
         args = [repr(float(record.ts)), record.to_json(), str(self.retention_ms), str(_ODD_MS)]
         # Not repeated after a dropped connection: the first try may have landed.
-        self._run(lambda: self._append(keys=keys, args=args), idempotent=False)
+        self._call("append_record", keys, args, idempotent=False)
 
     def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
         lo = "-" if since is None else str(max(0, math.floor((since - _SCAN_SLACK_S) * 1000)))
         hi = "+" if until is None else str(max(0, math.ceil((until + _SCAN_SLACK_S) * 1000)))
         found: list[SpendRecord] = []
 
-        def read() -> None:
+        def read(c: Any) -> None:
             found.clear()
             start = lo
             while True:
-                page = self._client.xrange(self._stream, start, hi, count=_PAGE)
+                page = c.xrange(self._stream, start, hi, count=_PAGE)
                 found.extend(SpendRecord.from_json(fields["r"]) for _id, fields in page)
                 if len(page) < _PAGE:
                     break
                 start = "(" + page[-1][0]
-            odd = self._client.zrangebyscore(
+            odd = c.zrangebyscore(
                 self._odd,
                 "-inf" if since is None else repr(float(since)),
                 "+inf" if until is None else "(" + repr(float(until)),
@@ -455,7 +469,7 @@ class RedisLedger(Ledger):
         ttl_ms = max(1, math.ceil(ttl_seconds * 1000))
         # SET NX is one atomic command: no script needed. Not repeated after a
         # dropped connection: a first try that landed would make it say False.
-        ok = self._run(lambda: self._client.set(key, "1", nx=True, px=ttl_ms), idempotent=False)
+        ok = self._run(lambda c: c.set(key, "1", nx=True, px=ttl_ms), idempotent=False)
         return bool(ok)
 
     def reset(self, bucket: Bucket, *, reason: str = "") -> BucketState:
@@ -464,12 +478,15 @@ class RedisLedger(Ledger):
         keys = [self._bkey(bucket), self._stream]
         args = [str(self._expireat(bucket)), self._retention_str, json.dumps(bucket.scope), tail]
         # Not repeated: a second reset would append a second record.
-        reply = self._run(lambda: self._reset(keys=keys, args=args), idempotent=False)
+        reply = self._call("reset", keys, args, idempotent=False)
         return BucketState(bucket, 0, int(reply[1]))
 
     def close(self) -> None:
-        with contextlib.suppress(*_UNAVAILABLE):  # closing a dead connection
-            self._client.close()
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*_UNAVAILABLE):  # closing a dead connection
+                client.close()
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.url!r}, namespace={self.namespace!r})"
