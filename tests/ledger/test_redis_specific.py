@@ -524,3 +524,28 @@ def test_fixture_fails_loudly_without_the_redis_server_binary(
     monkeypatch.setattr("tests.fixtures.redis_server.shutil.which", lambda _name: None)
     with pytest.raises(pytest.fail.Exception, match="apt-get install redis-server"):
         RedisServer()
+
+
+def test_foreign_data_under_our_keys_is_a_clear_ledger_error_not_an_outage(
+    redis_url: str,
+) -> None:
+    """A WRONGTYPE reply means someone else wrote our keys: fail with the fix,
+    and never as LedgerUnavailable (which fail_open would let through)."""
+    import redis as redis_py
+
+    from crew_budget import Guard
+    from crew_budget.errors import LedgerError, LedgerUnavailable
+
+    guard = Guard({"roles": {"r": {"daily": 1}}, "fail_open": True,
+                   "prices": {"m": {"input_per_million": 0, "output_per_million": 1}}}, redis_url)
+    (bucket,) = guard.buckets("r")
+    ledger = guard.ledger
+    client = redis_py.Redis.from_url(redis_url)
+    client.lpush(ledger.prefix + "b:" + bucket.key, "not a hash")  # type: ignore[attr-defined]
+    with pytest.raises(LedgerError) as info:
+        guard.preflight("r", "m", [{"role": "user", "content": "x"}], max_tokens=10)
+    assert not isinstance(info.value, LedgerUnavailable)
+    assert "WRONGTYPE" in str(info.value)
+    assert "namespace" in str(info.value)
+    client.close()
+    guard.close()

@@ -43,7 +43,7 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from crew_budget.errors import ConfigError, LedgerUnavailable, ReservationError
+from crew_budget.errors import ConfigError, LedgerError, LedgerUnavailable, ReservationError
 from crew_budget.ledger.base import (
     Bucket,
     BucketState,
@@ -280,10 +280,25 @@ class RedisLedger(Ledger):
                 raise self._unavailable(exc) from exc
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
+        except rexc.RedisError as exc:
+            raise self._rejected(exc) from exc
         try:  # e.g. Redis restarted and the pooled connection died
             return op(self._conn())
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
+        except rexc.RedisError as exc:
+            raise self._rejected(exc) from exc
+
+    def _rejected(self, exc: BaseException) -> LedgerError:
+        """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage."""
+        reason = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
+        return LedgerError(
+            f"budget ledger {self.url} rejected an operation ({reason}). Fix: the ledger's "
+            f"keys ({self.prefix}*) may have been written by another program; give crew-budget "
+            "its own `namespace:` or Redis database. The call was not made."
+        )
 
     def _call(self, script: str, keys: list[str], args: list[str], *, idempotent: bool = True
               ) -> Any:
