@@ -8,8 +8,11 @@ are the cassette's ``usage`` times litellm's prices, written out by hand.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -352,3 +355,63 @@ def test_anthropic_stop_sequences_are_sent() -> None:
     assert live_bodies(cas2)[0]["stop_sequences"] == STOP
     # 36 input + 33 output: 0.000036 + 0.000165
     assert spent(llm) == spent(plain) == Decimal("0.000201")
+
+
+# -- per-call usage under concurrency ---------------------------------------------
+
+
+class CountingLLM(BaseLLM):
+    """A custom CrewAI LLM reporting usage the way every CrewAI provider does.
+
+    Call n reports 100*n prompt and n completion tokens through
+    ``_track_token_usage_internal``, after a delay that makes calls overlap.
+    """
+
+    def call(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        n = int(messages[-1]["content"])
+        time.sleep(0.005 * (n % 4))
+        self._track_token_usage_internal(
+            {"prompt_tokens": 100 * n, "completion_tokens": n, "total_tokens": 101 * n})
+        return str(n)
+
+    async def acall(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        n = int(messages[-1]["content"])
+        await asyncio.sleep(0.005 * (n % 4))
+        self._track_token_usage_internal(
+            {"prompt_tokens": 100 * n, "completion_tokens": n, "total_tokens": 101 * n})
+        return str(n)
+
+
+def _usage_pairs(llm: BudgetLLM) -> list[tuple[int, int]]:
+    records = llm.guard.ledger.records()
+    assert all(r.outcome == "settled" for r in records)
+    return sorted((r.input_tokens, r.output_tokens) for r in records)
+
+
+def _expected_total(ns: range) -> Decimal:
+    # 100n prompt tokens at $0.15/M and n completion tokens at $0.60/M per call.
+    return sum((100 * n * GPT_4O_MINI["input"] + n * GPT_4O_MINI["output"] for n in ns),
+               Decimal(0))
+
+
+def test_each_thread_settles_its_own_calls_usage() -> None:
+    llm = BudgetLLM(llm=CountingLLM(model="gpt-4o-mini"), role="analyst", config=ANALYST,
+                    ledger="memory://")
+    ns = range(1, 17)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda n: llm.call([{"role": "user", "content": str(n)}]), ns))
+    assert answers == [str(n) for n in ns]
+    # Every record carries exactly its own call's usage, never a neighbour's.
+    assert _usage_pairs(llm) == [(100 * n, n) for n in ns]
+    assert spent(llm) == _expected_total(ns)
+
+
+async def test_each_task_settles_its_own_calls_usage() -> None:
+    llm = BudgetLLM(llm=CountingLLM(model="gpt-4o-mini"), role="analyst", config=ANALYST,
+                    ledger="memory://")
+    ns = range(1, 17)
+    answers = await asyncio.gather(
+        *(llm.acall([{"role": "user", "content": str(n)}]) for n in ns))
+    assert answers == [str(n) for n in ns]
+    assert _usage_pairs(llm) == [(100 * n, n) for n in ns]
+    assert spent(llm) == _expected_total(ns)

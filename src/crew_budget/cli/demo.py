@@ -139,6 +139,15 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
         console.print("[bold]The crew finished within its budgets.[/bold]")
 
     summary = budget.summary()
+    limits = Table(title="Budgets today")
+    for column in ("scope", "limit", "spent", "left"):
+        limits.add_column(column, justify="left" if column == "scope" else "right")
+    for status in summary.limits:
+        if status.window != "day":
+            continue
+        limits.add_row(status.scope, _usd(status.limit), _usd(status.spent),
+                       _usd(status.remaining))
+    console.print(limits)
     table = Table(title="Spend this run, per role and model")
     for column in ("role", "model", "calls", "blocked", "input tok", "output tok", "USD"):
         table.add_column(column, justify="left" if column in ("role", "model") else "right")
@@ -152,15 +161,6 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
     table.add_row("total", "", "", "", "", "", f"{summary.total('run'):f}", style="bold")
     console.print(table)
 
-    limits = Table(title="Budgets today")
-    for column in ("scope", "limit", "spent", "left"):
-        limits.add_column(column, justify="left" if column == "scope" else "right")
-    for status in summary.limits:
-        if status.window != "day":
-            continue
-        limits.add_row(status.scope, _usd(status.limit), _usd(status.spent),
-                       _usd(status.remaining))
-    console.print(limits)
     budget.guard.close()
     return 0
 
