@@ -11,7 +11,10 @@ the upstream's recorded usage x the gpt-4o-mini list price.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +25,19 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from langchain.agents import create_agent
+from langchain_openai import ChatOpenAI
 
+import litellm
 from crew_budget import Guard
+from crew_budget.crewai import BudgetCallback
+from crew_budget.langchain import BudgetMiddleware
 from crew_budget.ledger import SpendRecord
-from tests.fixtures.http_replay import ReplayUpstream
+from crew_budget.litellm import BudgetLogger, budget_role, completion
+from crewai import LLM, Agent, Crew, Task
+from tests.fixtures.http_replay import ReplayUpstream, recorded_usage, replay
 from tests.fixtures.litellm_proxy import ProxyProcess, start_proxy
-from tests.litellm.conftest import LL, cost, spent
+from tests.litellm.conftest import LL, cost, spent, unregister
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +55,11 @@ BUDGETS = {
         "writer": {"daily": "1.00", "max_output_tokens": 256},
         "broke": {"daily": "0.000001"},
         "intern": {"daily": "0.00001945"},
+        # one role per framework for the one-ledger test
+        "analyst": {"daily": "1.00", "max_output_tokens": 256},
+        "planner": {"daily": "1.00", "max_output_tokens": 256},
+        "editor": {"daily": "1.00", "max_output_tokens": 256},
+        "scout": {"daily": "1.00", "max_output_tokens": 256},
     },
 }
 
@@ -196,6 +211,17 @@ def test_unknown_or_missing_role_is_refused(stack: Stack) -> None:
     assert stack.upstream.count == before
 
 
+def test_routes_that_cannot_be_priced_are_refused(stack: Stack) -> None:
+    before = stack.upstream.count
+    with pytest.raises(openai.BadRequestError, match="cannot be budgeted"):
+        stack.client().completions.create(model="gpt-4o-mini", prompt="List two sights.",
+                                          extra_headers={ROLE: "researcher"})
+    with pytest.raises(openai.BadRequestError, match="cannot be budgeted"):
+        stack.client().embeddings.create(model="gpt-4o-mini", input="Porto",
+                                         extra_headers={ROLE: "researcher"})
+    assert stack.upstream.count == before
+
+
 def test_second_call_blocked_once_the_first_used_the_budget(stack: Stack) -> None:
     before, settled_before = stack.upstream.count, len(stack.settled())
     client = stack.client()
@@ -209,3 +235,90 @@ def test_second_call_blocked_once_the_first_used_the_budget(stack: Stack) -> Non
                                        extra_headers={ROLE: "intern"})
     assert stack.upstream.count == before + 1
     assert spent(stack.guard, "role:intern") == first
+
+
+def test_upstream_error_releases_the_reservation(stack: Stack) -> None:
+    before = stack.upstream.count
+    with pytest.raises(openai.InternalServerError):
+        stack.client().chat.completions.create(**ask("Tomar"), extra_headers={ROLE: "scout"})
+    assert stack.upstream.count == before + 1  # it did reach the upstream, which failed
+    # The provider bills nothing for an error: released, not charged.
+    deadline = time.monotonic() + 20
+    while not any(r.outcome == "released" and r.role == "scout"
+                  for r in stack.guard.ledger.records()):
+        assert time.monotonic() < deadline, stack.proxy.log_tail(3000)
+        time.sleep(0.05)
+    assert spent(stack.guard, "role:scout") == 0
+    rows = {(r.scope, r.window): r for r in stack.guard.status("scout")}
+    assert rows[("role:scout", "day")].reserved == 0
+
+
+def test_nothing_is_left_reserved_and_every_upstream_answer_was_settled_once(
+    stack: Stack,
+) -> None:
+    for row in stack.guard.status():
+        assert row.reserved == 0, row
+    answered = [i for i in stack.upstream.served if i["response"]["status"]["code"] == 200]
+    proxy_settled = [r for r in stack.settled() if r.metadata.get("framework") == "litellm-proxy"]
+    assert len(proxy_settled) == len(answered)
+
+
+def test_one_ledger_for_a_crew_a_langchain_agent_litellm_and_the_proxy(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four frameworks, two processes, one ledger, one `crew-budget status`."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    guard = stack.guard  # this process's guard on the proxy's SQLite ledger
+    analyst = Agent(role="analyst", goal="Give one fact", backstory="You answer in one sentence.",
+                    llm=LLM(model="gpt-4o-mini"))
+    crew = Crew(agents=[analyst], tasks=[Task(description="State one fact about Lisbon trams.",
+                                              expected_output="One sentence", agent=analyst)])
+    planner = create_agent(ChatOpenAI(model="gpt-4o-mini", max_retries=0), [],
+                           system_prompt="You plan one-day trips.",
+                           middleware=[BudgetMiddleware(role="planner", guard=guard)])
+    logger = BudgetLogger(guard)
+    litellm.callbacks.append(logger)
+    try:
+        with replay(LL / "one_ledger.yaml") as cassette:
+            BudgetCallback(guard=guard).attach(crew).kickoff()
+            planner.invoke({"messages": [{"role": "user", "content": "Plan a morning in Sintra."}]})
+            with budget_role("editor"):
+                completion(model="gpt-4o-mini", api_key="sk-test", messages=[{
+                    "role": "user", "content": "Shorten: Start at Pena Palace at opening time, "
+                    "then walk to the Moorish Castle."}])
+        assert cassette.play_count == 3
+    finally:
+        unregister(logger)
+    settled_before = len(stack.settled())
+    stack.client().chat.completions.create(**ask("Coimbra"), extra_headers={ROLE: "scout"})
+    stack.wait_settled(settled_before + 1)
+
+    crew_usage, lc_usage, ll_usage = recorded_usage(LL / "one_ledger.yaml")
+    proxy_usage = stack.upstream.usage_served(-1)
+    expected = {
+        "role:analyst": cost(crew_usage or {}),    # 80 x 0.15 + 21 x 0.60 = $0.0000246
+        "role:planner": cost(lc_usage or {}),      # 25 x 0.15 + 17 x 0.60 = $0.00001395
+        "role:editor": cost(ll_usage or {}),       # 34 x 0.15 +  9 x 0.60 = $0.0000105
+        "role:scout": cost(proxy_usage or {}),     # 30 x 0.15 + 11 x 0.60 = $0.0000111
+    }
+    assert expected["role:analyst"] == Decimal("0.0000246")
+
+    # The real CLI, reading the ledger both processes wrote.
+    cli = str(Path(sys.executable).with_name("crew-budget"))
+    out = subprocess.run(
+        [cli, "status", "--config", str(stack.budgets), "--ledger", stack.ledger_url,
+         "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {(r["scope"], r["window"]): r for r in json.loads(out.stdout)}
+    for scope, dollars in expected.items():
+        assert Decimal(rows[(scope, "day")]["spent_usd"]) == dollars, scope
+        assert Decimal(rows[(scope, "day")]["reserved_usd"]) == 0, scope
+    # The crew budget saw every call of every framework and process.
+    roles_total = sum((Decimal(r["spent_usd"]) for (scope, window), r in rows.items()
+                       if scope.startswith("role:") and window == "day"), Decimal(0))
+    assert Decimal(rows[("crew:travel-crew", "day")]["spent_usd"]) == roles_total
+    frameworks = {r.metadata.get("framework") for r in stack.settled()
+                  if r.role in ("analyst", "planner", "editor", "scout")}
+    assert frameworks == {"crewai", "langchain-agent", "litellm", "litellm-proxy"}

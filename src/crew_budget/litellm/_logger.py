@@ -177,6 +177,7 @@ class BudgetLogger(CustomLogger):
         crew: str | None = None,
         role_header: str = "x-crew-budget-role",
         inject_stream_usage: bool = True,
+        allow_unbudgeted_routes: bool = False,
     ) -> None:
         super().__init__()
         if guard is not None and (config is not None or ledger is not None):
@@ -195,6 +196,7 @@ class BudgetLogger(CustomLogger):
         self.crew = crew
         self.role_header = role_header.lower()
         self.inject_stream_usage = inject_stream_usage
+        self.allow_unbudgeted_routes = allow_unbudgeted_routes
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -203,7 +205,8 @@ class BudgetLogger(CustomLogger):
     def from_env(cls) -> BudgetLogger:
         """The proxy's logger: ``CREW_BUDGET_CONFIG`` (YAML path, required),
         ``CREW_BUDGET_LEDGER`` (optional, beats the YAML's ``ledger:``),
-        ``CREW_BUDGET_DEFAULT_ROLE`` and ``CREW_BUDGET_ROLE_HEADER`` (optional)."""
+        ``CREW_BUDGET_DEFAULT_ROLE``, ``CREW_BUDGET_ROLE_HEADER`` and
+        ``CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES=1`` (optional)."""
         path = os.environ.get("CREW_BUDGET_CONFIG")
         if not path:
             raise ConfigError(
@@ -215,6 +218,8 @@ class BudgetLogger(CustomLogger):
             config=path,
             role=os.environ.get("CREW_BUDGET_DEFAULT_ROLE") or None,
             role_header=os.environ.get("CREW_BUDGET_ROLE_HEADER") or "x-crew-budget-role",
+            allow_unbudgeted_routes=os.environ.get("CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES", "")
+            .lower() in ("1", "true", "yes"),
         )
 
     def __repr__(self) -> str:

@@ -14,8 +14,11 @@ Trust model (invariant 8: a request may name a role, never raise a limit):
   as a limit; ``metadata.crew_budget_role`` is overwritten with the role
   actually charged.
 
-Only chat completions (``/chat/completions``) are budgeted; other routes pass
-through unbudgeted.
+Only chat completions (``/chat/completions``) can be priced. Every other
+route that reaches this hook (``/completions``, ``/embeddings``,
+``/responses``, ``/v1/messages``, ...) is refused (400) so it cannot be used
+to spend around the budget, unless the logger was built with
+``allow_unbudgeted_routes=True`` (``CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES=1``).
 """
 
 from __future__ import annotations
@@ -127,7 +130,14 @@ def pre_call(
     """Reserve one proxy request before routing, or reject it."""
     kind = getattr(call_type, "value", call_type)
     if kind not in _CHAT_CALLS:
-        return None
+        if logger.allow_unbudgeted_routes:
+            log.warning("crew-budget: %s request passed through UNBUDGETED "
+                        "(allow_unbudgeted_routes)", kind)
+            return None
+        raise _http_error(400, f"crew-budget: {kind} requests cannot be budgeted, so this proxy "
+                               "refuses them; use /chat/completions, or set "
+                               "CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES=1 to let them through "
+                               "unbudgeted")
     role = resolve_role(logger, user_api_key_dict, data)
     call_id = data.get("litellm_call_id")
     if not isinstance(call_id, str) or not call_id:
