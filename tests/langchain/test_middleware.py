@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ExtendedModelResponse
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+from langgraph.types import Command
 
 from crew_budget import BudgetExceeded, ConfigError, Guard
 from crew_budget.langchain import BudgetCallbackHandler, BudgetMiddleware
@@ -146,3 +148,22 @@ def test_role_from_the_runtime_context(guard: Guard) -> None:
     assert spent(guard, "role:writer") == Decimal("0.0000426")
     with pytest.raises(ConfigError, match="exit_behavior"):
         BudgetMiddleware(role="x", guard=guard, exit_behavior="stop")  # type: ignore[arg-type]
+
+
+class Annotating(AgentMiddleware):  # type: ignore[type-arg]
+    """An inner middleware that returns a model response plus a state Command."""
+
+    def wrap_model_call(self, request: Any, handler: Any) -> Any:
+        return ExtendedModelResponse(model_response=handler(request),
+                                     command=Command(update={"messages": []}))
+
+
+def test_inner_middleware_returning_a_command_is_still_settled_exactly(guard: Guard) -> None:
+    mw = BudgetMiddleware(role="researcher", guard=guard)
+    runner = create_agent(model(), [get_weather], system_prompt=SYSTEM,
+                          middleware=[mw, Annotating()])
+    with replay(LC / "agent_tools.yaml") as cassette:
+        result = runner.invoke(ASK)
+    assert result["messages"][-1].content == "It is 18C and sunny in Lisbon."
+    assert cassette.play_count == 2
+    assert spent(guard, "role:researcher") == Decimal("0.0000426")

@@ -173,3 +173,18 @@ def test_never_billed_rule() -> None:
     assert not never_billed(RuntimeError("stream cut"))
     with pytest.raises(ConfigError, match="not both"):
         BudgetLogger(Guard({}, "memory://"), config={})
+
+
+async def test_proxy_health_checks_are_counted_under_their_own_role(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    # The LiteLLM proxy's model health checks call acompletion with this tag and
+    # no role; they reach the provider, so they are charged, not failed.
+    with replay(LL / "completion.yaml") as cassette:
+        await litellm.acompletion(model="gpt-4o-mini", messages=FR, **KEY,
+                                  litellm_metadata={"tags": ["litellm-internal-health-check"]})
+        await await_for(lambda: logger.in_flight == 0)
+    assert cassette.play_count == 1
+    [record] = guard.ledger.records()
+    assert record.role == "litellm-health-check" and record.outcome == "settled"
+    assert Decimal(record.cost_nano) / 10**9 == cost(recorded_usage(LL / "completion.yaml")[0])

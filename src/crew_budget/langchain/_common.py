@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from crew_budget.config import BudgetConfig
-from crew_budget.errors import ConfigError, UsageError
+from crew_budget.errors import ConfigError
 from crew_budget.guard import Guard, Ticket
 from crew_budget.ledger import Ledger
 from crew_budget.usage import Usage, parse_usage
@@ -98,7 +98,7 @@ def usage_or_none(raw: Any) -> Usage | None:
         return None
     try:
         usage = parse_usage(raw)
-    except UsageError as exc:
+    except Exception as exc:  # UsageError, or a shape nobody anticipated
         log.warning("crew-budget: unreadable usage %r (%s)", raw, exc)
         return None
     if usage.prompt_tokens == 0 and usage.output_tokens == 0:

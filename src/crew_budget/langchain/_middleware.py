@@ -175,6 +175,9 @@ class BudgetMiddleware(AgentMiddleware):
         return str(role)
 
     def _settle(self, ticket: Ticket, response: Any) -> None:
+        # An inner middleware may hand back an ExtendedModelResponse (a model
+        # response plus a Command): its usage is on the wrapped response.
+        response = getattr(response, "model_response", response)
         messages = getattr(response, "result", None)
         if messages is None and isinstance(response, BaseMessage):
             messages = [response]

@@ -70,6 +70,9 @@ log = logging.getLogger("crew_budget.litellm")
 ROLE_KEY = "crew_budget_role"
 """Request metadata key naming the role: ``metadata={"crew_budget_role": "researcher"}``."""
 
+HEALTH_CHECK_ROLE = "litellm-health-check"
+"""Role charged for the LiteLLM proxy's own health-check calls when they name none."""
+
 _ROLE: ContextVar[str | None] = ContextVar("crew_budget_litellm_role", default=None)
 
 # Call types whose requests we can price (chat-style messages).
@@ -239,6 +242,10 @@ class BudgetLogger(CustomLogger):
             if isinstance(meta, Mapping) and meta.get(ROLE_KEY):
                 return str(meta[ROLE_KEY])
         role = _ROLE.get() or self.role
+        if not role and _is_health_check(kwargs):
+            # The proxy's own model health checks hit the provider too: count
+            # them under a role of their own instead of failing them.
+            return HEALTH_CHECK_ROLE
         if not role:
             raise ConfigError(
                 "this litellm call names no role: pass metadata={'crew_budget_role': "
@@ -449,6 +456,15 @@ def _call_id(kwargs: Any) -> str | None:
         if isinstance(params, Mapping):
             value = params.get("litellm_call_id")
     return str(value) if value else None
+
+
+def _is_health_check(kwargs: Mapping[str, Any]) -> bool:
+    for key in ("litellm_metadata", "metadata"):
+        meta = kwargs.get(key)
+        tags = meta.get("tags") if isinstance(meta, Mapping) else None
+        if isinstance(tags, list) and "litellm-internal-health-check" in tags:
+            return True
+    return False
 
 
 def _exception(kwargs: Any) -> BaseException | None:
