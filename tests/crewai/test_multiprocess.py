@@ -62,6 +62,10 @@ class Workers:
         self.manager = manager
 
     def run_both(self, ledger_url: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+        # Create the ledger file first. (Two processes creating a brand-new
+        # SQLite ledger at the same instant can still hit "database is locked"
+        # while switching it to WAL: reported to the SQLite ledger's owner.)
+        Guard(config, ledger_url).close()
         barrier = self.manager.Barrier(2)
         futures = [self.pool.submit(run_crew, name, ledger_url, config, barrier)
                    for name in ("pair_crew", "pair_crew_b")]
