@@ -81,6 +81,20 @@ def test_streaming_agent_settles_from_the_final_usage_chunk(guard: Guard) -> Non
     assert spent(guard, "role:researcher") == cost(recorded_usage(LC / "agent_stream.yaml")[0])
 
 
+async def test_async_streaming_agent_settles_from_the_final_usage_chunk(guard: Guard) -> None:
+    mw = BudgetMiddleware(role="researcher", guard=guard)
+    runner = create_agent(model(streaming=True, stream_usage=True), [], system_prompt=SYSTEM,
+                          middleware=[mw])
+    ask = {"messages": [{"role": "user", "content": "Suggest one museum in Lisbon."}]}
+    with replay(LC / "agent_stream.yaml") as cassette:
+        chunks = [c async for c, _ in runner.astream(ask, stream_mode="messages")]
+    assert "".join(str(c.content) for c in chunks if isinstance(c, AIMessage)) \
+        .endswith("The Gulbenkian Museum.")
+    assert cassette.play_count == 1
+    assert spent(guard, "role:researcher") == cost(recorded_usage(LC / "agent_stream.yaml")[0])
+    assert outcomes(guard) == ["settled"]
+
+
 def test_exit_end_stops_the_agent_with_a_message_and_no_http(guard: Guard) -> None:
     mw = BudgetMiddleware(role="broke", guard=guard, exit_behavior="end")
     with replay(LC / "agent_tools.yaml") as cassette:
