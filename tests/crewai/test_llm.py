@@ -23,7 +23,7 @@ from crewai.llms.base_llm import BaseLLM, call_stop_override
 from crewai.llms.providers.anthropic.completion import AnthropicCompletion
 from crewai.llms.providers.openai.completion import OpenAICompletion
 
-from crew_budget import BudgetExceeded, Guard
+from crew_budget import BudgetExceeded, ConfigError, Guard
 from crew_budget.crewai import BudgetLLM, CrewBudgetExceeded
 from crew_budget.guard import GuardEvent
 from crew_budget.pricing import PriceBook
@@ -275,6 +275,24 @@ def test_context_window_check_is_counted_locally() -> None:
         tokens = llm.get_input_tokens_count(MESSAGES)
     # CrewAI's OpenAI class would ask the input_tokens endpoint over HTTP.
     assert cas.play_count == 0 and tokens > 10
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: BudgetLLM(daily_usd=1, model=OPENAI_MODEL), "no role"),
+        (lambda: BudgetLLM(role="a", llm=LLM(model=OPENAI_MODEL), model=OPENAI_MODEL),
+         "not both"),
+        (lambda: BudgetLLM(role="a", llm=analyst_llm(OPENAI_MODEL)), "another BudgetLLM"),
+        (lambda: BudgetLLM(role="a", model=OPENAI_MODEL, guard=Guard(None, "memory://"),
+                           ledger="memory://"), "not both"),
+        (lambda: BudgetLLM(role="a"), "needs model="),
+        (lambda: BudgetLLM(model=OPENAI_MODEL, ledger="memory://").call(MESSAGES), "no role"),
+    ],
+)
+def test_misuse_is_explained(build: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build()
 
 
 def test_guard_defaults_to_embedded_ledger(tmp_path: Any) -> None:

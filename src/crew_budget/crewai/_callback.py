@@ -24,6 +24,7 @@ from crewai.llms.base_llm import BaseLLM
 
 from crew_budget.config import BudgetConfig
 from crew_budget.crewai._llm import BudgetLLM
+from crew_budget.errors import ConfigError
 from crew_budget.guard import BudgetStatus, Guard
 from crew_budget.ledger import Ledger, SpendRecord
 from crew_budget.money import from_nano
@@ -142,7 +143,8 @@ class BudgetCallback:
         guard: Guard | None = None,
     ) -> None:
         if guard is not None and (config is not None or ledger is not None):
-            raise ValueError("BudgetCallback takes guard= or config/ledger, not both")
+            raise ConfigError("BudgetCallback takes guard= or config=/ledger=, not both; "
+                              "build the Guard from your config instead", source="BudgetCallback")
         self.guard = guard if guard is not None else Guard(config, ledger)
         self._lock = threading.Lock()
         self._undo: list[tuple[Any, str, Any]] = []

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -317,11 +318,16 @@ class BudgetLLM(BaseLLM):
         monthly_usd: object = None,
         max_output_tokens: int | None = None,
         guard: Guard | None = None,
-        config: BudgetConfig | Mapping[str, Any] | str | None = None,
+        config: BudgetConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         ledger: Ledger | str | None = None,
         provider_token_count: bool = False,
         **llm_kwargs: Any,
     ) -> None:
+        if guard is not None and (config is not None or ledger is not None):
+            raise ConfigError(
+                "BudgetLLM takes either guard= or config=/ledger=, not both",
+                source="BudgetLLM",
+            )
         inner = _build_inner(llm, model, llm_kwargs)
         if isinstance(inner, BudgetLLM):
             raise ConfigError(
@@ -350,11 +356,6 @@ class BudgetLLM(BaseLLM):
         super().__init__(**fields)
         self._inner = inner
         self._limits = limits
-        if guard is not None and (config is not None or ledger is not None):
-            raise ConfigError(
-                "BudgetLLM takes either guard= or config=/ledger=, not both",
-                source="BudgetLLM",
-            )
         if guard is not None:
             self._own_guard = guard
             self._apply_limits(guard)
