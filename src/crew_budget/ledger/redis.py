@@ -8,8 +8,14 @@ Every operation that reads and writes is ONE Lua script, so it is atomic
 without locks or ``WATCH``, and one network round trip. The scripts are
 ``lua/*.lua``, each headed by its contract (KEYS, ARGV, returns, invariants);
 ``lua/_common.lua`` holds the shared helpers and documents the key layout.
-They are called with ``EVALSHA``; redis-py's ``Script`` loads them again when
-the server forgot them (``NOSCRIPT`` after a restart).
+They are called with ``EVALSHA`` and loaded again when the server forgot
+them (``NOSCRIPT`` after a restart).
+
+The per-call operations (reserve, settle, release) skip redis-py's generic
+command path, which costs more than the network round trip on loopback:
+they send a pre-encoded ``EVALSHA`` (the parts fixed per set of buckets are
+encoded once) on connections this ledger takes from redis-py's pool and
+keeps (``_Wire``). Everything else, and Redis Cluster, goes through redis-py.
 
 Every key of a namespace starts with ``cb:{<namespace>}:``: the braces are a
 Redis Cluster hash tag, so all keys live in one slot and every script is
@@ -35,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -165,14 +172,117 @@ def _tail(role: str, model: str, crew: str | None, estimate: int, metadata: Mapp
     return f'{_who(role, model, crew)},"estimate_nano":{int(estimate)},"metadata":{meta}'
 
 
+class _Run:
+    """Script arguments fixed per ledger or set of buckets, encoded once.
+
+    ``raw`` for redis-py (Redis Cluster), ``packed`` as RESP bulk strings
+    for the connection fast path.
+    """
+
+    __slots__ = ("packed", "raw")
+
+    def __init__(self, parts: Sequence[str]) -> None:
+        self.raw = tuple(p.encode() for p in parts)
+        self.packed = b"".join([b"$%d\r\n%s\r\n" % (len(p), p) for p in self.raw])
+
+
+_Piece = str | bytes | _Run
+"""One script argument (str is sent as UTF-8), or a run of pre-encoded ones."""
+
+
+def _frame(head: bytes, pieces: Sequence[_Piece]) -> bytes:
+    """``head`` (the packed command and sha) plus ``pieces`` as one RESP request."""
+    out = [b"", head]
+    n = 2
+    for p in pieces:
+        if type(p) is _Run:
+            out.append(p.packed)
+            n += len(p.raw)
+        else:
+            b = p.encode() if type(p) is str else cast(bytes, p)
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+            n += 1
+    out[0] = b"*%d\r\n" % n
+    return b"".join(out)
+
+
+def _flat(pieces: Sequence[_Piece]) -> list[str | bytes]:
+    out: list[str | bytes] = []
+    for p in pieces:
+        if isinstance(p, _Run):
+            out.extend(p.raw)
+        else:
+            out.append(p)
+    return out
+
+
+class _Wire:
+    """Connections taken from a redis-py pool, for the per-call scripts.
+
+    Each holds no unread reply between calls: a call either reads its whole
+    reply (a refused one too) or disconnects the connection, which then
+    reconnects on its next use. After a fork the parent's sockets are left
+    alone and new ones are taken.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.free: list[Any] = []
+        self.pid = os.getpid()
+
+    def call(self, frame: bytes, script: Script, fresh: bool) -> Any:
+        """Send ``frame`` (an EVALSHA of ``script``) and read its reply.
+
+        ``fresh``: reconnect first (a retry after a dropped connection,
+        whose siblings may be dead too, e.g. after a Redis restart).
+        """
+        if self.pid != os.getpid():
+            self.free, self.pid = [], os.getpid()
+        try:
+            conn = self.free.pop()
+        except IndexError:
+            conn = self.pool.get_connection()
+        try:
+            if fresh:
+                conn.disconnect()
+            conn.send_packed_command((frame,))
+            try:
+                return conn.read_response()
+            except rexc.NoScriptError:  # the server restarted or flushed its scripts
+                conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", script.script))
+                conn.read_response()
+                conn.send_packed_command((frame,))
+                return conn.read_response()
+        except rexc.ResponseError:
+            raise  # a whole reply was read: the connection is clean
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread
+            raise
+        finally:
+            self.free.append(conn)
+
+
+def _span_field(keys: Sequence[str], elements: Sequence[str]) -> str:
+    """The RESERVATION key spans (see lua/_common.lua), or "" if a key is escaped.
+
+    ``elements``: the buckets JSON's elements, ``[key, ...]`` each.
+    """
+    spans = []
+    offset = 1  # "["
+    for key, element in zip(keys, elements, strict=True):
+        quoted = json.dumps(key, ensure_ascii=False)
+        if quoted != f'"{key}"':
+            return ""
+        spans.append(f"{offset + 2}+{len(key.encode())}")  # past '["'
+        offset += len(element.encode()) + 1  # and the ","
+    return "@" + ",".join(spans)
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     keys: list[str]
-    meta: str
-    lo: str
-    hi: str
-    keep: str
-    limits: list[str]
+    fixed_keys: _Run
+    fixed_args: _Run
 
 
 class RedisLedger(Ledger):
@@ -231,7 +341,11 @@ class RedisLedger(Ledger):
         }
         self._lock = threading.Lock()
         self._client: Any = None
+        self._wire: _Wire | None = None  # None for Redis Cluster
         self._lua: dict[str, Script] = {}
+        self._heads: dict[str, bytes] = {}
+        self._lsr = _Run([self._leases, self._stream])
+        self._ret_reap = _Run([self._retention_str, self._reap_str])
 
     def _conn(self) -> Any:
         """The client, made on first use.
@@ -259,6 +373,13 @@ class RedisLedger(Ledger):
                         name: cast(Script, made.register_script(source))
                         for name, source in _sources().items()
                     }
+                    self._heads = {
+                        name: b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % s.sha.encode()
+                        for name, s in self._lua.items()
+                    }
+                    self._wire = (
+                        None if parts.scheme.endswith("+cluster") else _Wire(made.connection_pool)
+                    )
                     self._client = made
                 client = self._client
         return client
@@ -305,6 +426,35 @@ class RedisLedger(Ledger):
         return self._run(lambda c: self._lua[script](keys=keys, args=args, client=c),
                          idempotent=idempotent)
 
+    def _eval(self, script: str, nkeys: int, pieces: Sequence[_Piece]) -> Any:
+        """Run a script that is safe to repeat: once more after a dropped connection.
+
+        ``pieces``: its KEYS (``nkeys`` of them), then its ARGV.
+        """
+        try:
+            return self._send(script, nkeys, pieces, fresh=False)
+        except rexc.ConnectionError:
+            pass
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        except rexc.RedisError as exc:
+            raise self._rejected(exc) from exc
+        try:  # e.g. Redis restarted and the pooled connection died
+            return self._send(script, nkeys, pieces, fresh=True)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        except rexc.RedisError as exc:
+            raise self._rejected(exc) from exc
+
+    def _send(self, script: str, nkeys: int, pieces: Sequence[_Piece], *, fresh: bool) -> Any:
+        client = self._conn()
+        wire = self._wire
+        if wire is None or client is not self._client:  # Redis Cluster (or closed meanwhile)
+            flat = _flat(pieces)
+            return self._lua[script](keys=flat[:nkeys], args=flat[nkeys:], client=client)
+        return wire.call(_frame(self._heads[script], [str(nkeys), *pieces]),
+                         self._lua[script], fresh)
+
     def _bkey(self, bucket: Bucket) -> str:
         return self.prefix + "b:" + bucket.key
 
@@ -319,18 +469,27 @@ class RedisLedger(Ledger):
                 if b.limit_nano is not None:
                     _check_nano(f"the limit of {b.key}", b.limit_nano)
             keys = [self._bkey(b) for b in buckets]
-            meta = [
-                [k, b.key, b.limit_nano, b.starts_at, b.ends_at, self._expireat(b),
-                 json.dumps(b.scope)]
+            elements = [
+                json.dumps([k, b.key, b.limit_nano, b.starts_at, b.ends_at, self._expireat(b),
+                            json.dumps(b.scope)], separators=(",", ":"), ensure_ascii=False)
                 for k, b in zip(keys, buckets, strict=True)
             ]
+            meta = "[" + ",".join(elements) + "]"
             plan = _Plan(
                 keys=keys,
-                meta=json.dumps(meta, separators=(",", ":")),
-                lo=repr(max((float(b.starts_at) for b in buckets), default=0.0)),
-                hi=repr(min((float(b.ends_at) for b in buckets), default=0.0)),
-                keep=str(max((self._expireat(b) for b in buckets), default=0) * 1000),
-                limits=["" if b.limit_nano is None else str(b.limit_nano) for b in buckets],
+                fixed_keys=_Run(keys),
+                fixed_args=_Run([
+                    self._retention_str,
+                    self._reap_str,
+                    meta,
+                    repr(max((float(b.starts_at) for b in buckets), default=0.0)),
+                    repr(min((float(b.ends_at) for b in buckets), default=0.0)),
+                    str(max((self._expireat(b) for b in buckets), default=0) * 1000),
+                    _span_field(keys, elements),
+                    *("" if b.limit_nano is None else str(b.limit_nano) for b in buckets),
+                    *(str(self._expireat(b)) for b in buckets),
+                    *(json.dumps(b.scope) for b in buckets),
+                ]),
             )
             if len(self._plans) >= 256:  # windows roll over: old plans are dead
                 self._plans.clear()
@@ -350,23 +509,18 @@ class RedisLedger(Ledger):
         plan = self._plan(request.buckets)
         lease_ms = max(0, math.ceil(request.lease_seconds * 1000))
         d = request.draft
-        keys = [self._leases, self._stream, self.prefix + "r:" + rid, *plan.keys]
-        args = [
+        reply = self._eval("reserve", 3 + len(plan.keys), [
+            self._lsr,
+            self.prefix + "r:" + rid,
+            plan.fixed_keys,
             rid,
             f'"{rid}"' if rid.isalnum() and rid.isascii() else json.dumps(rid),
             str(amount),
             str(lease_ms),
-            self._retention_str,
             str(lease_ms + _DAY_MS),
-            self._reap_str,
             _tail(d.role, d.model, d.crew, d.estimate_nano, d.metadata),
-            plan.meta,
-            plan.lo,
-            plan.hi,
-            plan.keep,
-            *plan.limits,
-        ]
-        reply = self._call("reserve", keys, args)
+            plan.fixed_args,
+        ])
         kind = reply[0]
         if kind == "ok":
             return Reservation(rid, amount, (int(reply[1]) + lease_ms) / 1000, request.buckets)
@@ -414,16 +568,16 @@ class RedisLedger(Ledger):
             f'"cache_write_tokens":{int(u.cache_write_tokens)},'
             f'"output_tokens":{int(u.output_tokens)},"reasoning_tokens":{int(u.reasoning_tokens)}'
         )
-        keys = [self._leases, self._stream, self.prefix + "r:" + reservation_id]
-        args = [reservation_id, str(int(cost_nano)), fragment, self._retention_str,
-                self._reap_str]
-        reply = self._call("settle", keys, args)
+        reply = self._eval("settle", 3, [
+            self._lsr, self.prefix + "r:" + reservation_id,
+            reservation_id, str(int(cost_nano)), fragment, self._ret_reap,
+        ])
         return self._result(reservation_id, reply)
 
     def release(self, reservation_id: str) -> SettleResult:
-        keys = [self._leases, self._stream, self.prefix + "r:" + reservation_id]
-        args = [reservation_id, self._retention_str, self._reap_str]
-        reply = self._call("release", keys, args)
+        reply = self._eval("release", 3, [
+            self._lsr, self.prefix + "r:" + reservation_id, reservation_id, self._ret_reap,
+        ])
         return self._result(reservation_id, reply)
 
     def reap(self, limit: int = 1000) -> int:
@@ -498,7 +652,7 @@ class RedisLedger(Ledger):
 
     def close(self) -> None:
         with self._lock:
-            client, self._client = self._client, None
+            client, self._client, self._wire = self._client, None, None
         if client is not None:
             with contextlib.suppress(*_UNAVAILABLE):  # closing a dead connection
                 client.close()

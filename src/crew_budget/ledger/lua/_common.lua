@@ -23,15 +23,26 @@
 -- slot, so every script stays cluster-safe.
 --
 -- RESERVATION value: eight fields separated by "\n" (none can contain a raw
--- newline: the last four are JSON, the first four are words and integers):
+-- newline: the first five are words, integers or key spans, the last three
+-- JSON):
 --   state \n cost \n expires_ms \n amount \n tomb_ms \n rid_json \n tail \n buckets
--- state is reserved|settled|released|expired; cost is "" until it ends;
--- tail is the record fields fixed at reserve time (role, model, crew,
+-- state is reserved|settled|released|expired; cost is the charge once it
+-- ended; tail is the record fields fixed at reserve time (role, model, crew,
 -- estimate_nano, metadata) as a JSON fragment; buckets is a JSON array of
 -- [counter key, bucket key, limit, starts_at, ends_at, counter expiry,
 -- scope JSON], one per bucket charged. One string, so one GET reads it and
 -- one SET (with its expiry) writes it.
---
+-- While the state is "reserved", the cost field holds KEY SPANS instead:
+-- "@" then "offset+length" per counter key, comma-separated, giving where
+-- each counter key's text lies inside the buckets JSON (0-based byte offset,
+-- bytes), so finish reads the keys with string.sub instead of decoding the
+-- JSON (cjson is the costliest step of a settle). The client writes spans
+-- only when every key appears verbatim in the JSON (no character JSON
+-- escapes); otherwise, and in values written by crew-budget 0.1.0, the
+-- field is "" and finish decodes the JSON. Either way the JSON stays
+-- complete, so 0.1.0 clients (which ignore this field until they overwrite
+-- it with the cost) still read every value.
+
 -- Money: amounts travel as decimal strings and reach HINCRBY as such (exact
 -- int64 arithmetic inside Redis). They become Lua numbers (doubles) only to
 -- be compared with a limit, which is exact because the client rejects
@@ -75,10 +86,27 @@ local function append(stream, now_ms, retention_ms, json)
   redis.call('XADD', stream, 'MINID', int_str(now_ms - retention_ms), '*', 'r', json)
 end
 
--- The fields of a RESERVATION value (see above).
+-- The fields of a RESERVATION value ``v``: state, cost (or key spans),
+-- expires_ms, amount, tomb_ms, rid_json, tail, then the positions where
+-- expires_ms and the buckets JSON start. No capture of the JSON itself.
 local function parse(v)
   return string.match(v,
-    '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+    '^([^\n]*)\n([^\n]*)\n()([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n()')
+end
+
+-- The counter keys of a reserved value ``v`` whose buckets JSON starts at
+-- position ``at``: cut out by their spans, or decoded without them.
+local function counters(v, spans, at)
+  local keys = {}
+  if spans == '' then
+    for i, b in ipairs(cjson.decode(string.sub(v, at))) do keys[i] = b[1] end
+  else
+    for off, len in string.gmatch(spans, '(%d+)%+(%d+)') do
+      local from = at + tonumber(off)
+      keys[#keys + 1] = string.sub(v, from, from + tonumber(len) - 1)
+    end
+  end
+  return keys
 end
 
 -- End a reservation whose value is ``v`` (state 'reserved'): on exactly the
@@ -87,22 +115,22 @@ end
 -- stay idempotent); append its record. A counter that expired meanwhile
 -- (its window ended more than the retention period ago) is not recreated.
 local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_ms, retention_ms)
-  local _, _, exp, amount, tomb, rid_json, tail, bjson = parse(v)
+  local _, spans, rest, _, amount, tomb, rid_json, tail, at = parse(v)
   local neg = negate(amount)
-  for _, b in ipairs(cjson.decode(bjson)) do
+  for _, key in ipairs(counters(v, spans, at)) do
     local gone
     if neg == '0' then  -- nothing to take back; just do not recreate the counter
-      gone = redis.call('EXISTS', b[1]) == 0
-    elseif redis.call('HINCRBY', b[1], 'reserved', neg) < 0 then
-      redis.call('DEL', b[1])  -- HINCRBY just recreated it
+      gone = redis.call('EXISTS', key) == 0
+    elseif redis.call('HINCRBY', key, 'reserved', neg) < 0 then
+      redis.call('DEL', key)  -- HINCRBY just recreated it
       gone = true
     end
     if not gone and cost ~= '0' then
-      redis.call('HINCRBY', b[1], 'spent', cost)
+      redis.call('HINCRBY', key, 'spent', cost)
     end
   end
-  redis.call('SET', rkey, table.concat({state, cost, exp, amount, tomb, rid_json, tail, bjson},
-    '\n'), 'PX', tomb)
+  -- The tombstone: the same value with the final state and cost.
+  redis.call('SET', rkey, state .. '\n' .. cost .. '\n' .. string.sub(v, rest), 'PX', tomb)
   redis.call('ZREM', leases, rid)
   append(stream, now_ms, retention_ms, record_json(ts, rid_json, state, cost, usage, 'null', tail))
 end
@@ -118,7 +146,7 @@ local function reap(prefix, leases, stream, limit, ts, now_ms, retention_ms)
     local v = redis.call('GET', rkey)
     local state, amount
     if v then
-      local s, _, _, a = parse(v)
+      local s, _, _, _, a = parse(v)
       state, amount = s, a
     end
     if state == 'reserved' then

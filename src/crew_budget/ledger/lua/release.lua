@@ -22,7 +22,7 @@ reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[3]), ts, now_ms
 
 local v = redis.call('GET', KEYS[3])
 if not v then return {'unknown'} end
-local state, was, exp, amount = parse(v)
+local state, was, _, exp, amount = parse(v)
 if state ~= 'reserved' then return {state, 0, was} end
 if tonumber(exp) <= now_ms then
   finish(KEYS[1], KEYS[2], KEYS[3], rid, v, 'expired', amount, NO_USAGE, ts, now_ms, retention_ms)

@@ -1,23 +1,29 @@
 -- reserve: charge ``amount`` as reserved to every bucket of a call, or to none.
 --
--- KEYS[1]    - P.."leases"   (ZSET of lease expiry; P is derived from it)
--- KEYS[2]    - P.."records"  (STREAM of spend records)
--- KEYS[3]    - P.."r:"..rid  (the reservation)
--- KEYS[3+i]  - P.."b:"..key  (bucket i's counter hash), i = 1..n
--- ARGV[1]    - reservation id (a random token: whoever holds it owns it)
--- ARGV[2]    - the id as a JSON string
--- ARGV[3]    - amount, nano-USD (decimal string, 0 <= amount < 2^53)
--- ARGV[4]    - lease, ms
--- ARGV[5]    - retention of records, ms
--- ARGV[6]    - tombstone, ms: how long a finished reservation stays readable
--- ARGV[7]    - most expired leases to reap first
--- ARGV[8]    - record tail JSON (role, model, crew, estimate_nano, metadata)
--- ARGV[9]    - the buckets JSON of the RESERVATION value (see _common.lua)
--- ARGV[10]   - latest window start, ARGV[11] - earliest window end (Unix s):
---              the ledger clock must lie in [ARGV[10], ARGV[11]), that is
---              in every bucket's window
--- ARGV[12]   - latest counter expiry (Unix ms: window end + retention)
--- ARGV[12+i] - bucket i's limit, nano-USD ("" = no limit)
+-- KEYS[1]      - P.."leases"   (ZSET of lease expiry; P is derived from it)
+-- KEYS[2]      - P.."records"  (STREAM of spend records)
+-- KEYS[3]      - P.."r:"..rid  (the reservation)
+-- KEYS[3+i]    - P.."b:"..key  (bucket i's counter hash), i = 1..n
+-- ARGV[1]      - reservation id (a random token: whoever holds it owns it)
+-- ARGV[2]      - the id as a JSON string
+-- ARGV[3]      - amount, nano-USD (decimal string, 0 <= amount < 2^53)
+-- ARGV[4]      - lease, ms
+-- ARGV[5]      - tombstone, ms: how long a finished reservation stays readable
+-- ARGV[6]      - record tail JSON (role, model, crew, estimate_nano, metadata)
+-- ARGV[7]      - retention of records, ms
+-- ARGV[8]      - most expired leases to reap first
+-- ARGV[9]      - the buckets JSON of the RESERVATION value (see _common.lua)
+-- ARGV[10]     - latest window start, ARGV[11] - earliest window end (Unix s):
+--                the ledger clock must lie in [ARGV[10], ARGV[11]), that is
+--                in every bucket's window
+-- ARGV[12]     - latest counter expiry (Unix ms: window end + retention)
+-- ARGV[13]     - the key spans of the counter keys in ARGV[9], or "" (see
+--                RESERVATION in _common.lua)
+-- ARGV[13+i]   - bucket i's limit, nano-USD ("" = no limit)
+-- ARGV[13+n+i] - bucket i's counter expiry (Unix s: window end + retention)
+-- ARGV[13+2n+i] - bucket i's scope as JSON (for a "blocked" record)
+-- ARGV[1..6] change with every call; the rest is fixed per ledger and set of
+-- buckets, so the client sends it pre-encoded.
 --
 -- Returns one of
 --   {"skew", now}       the ledger clock ``now`` (Unix s text) is outside a
@@ -37,7 +43,7 @@
 -- than the counters it may still have to correct.
 
 local rid, rid_json, amount, lease_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local retention_ms, tomb = tonumber(ARGV[5]), ARGV[6]
+local tomb, tail, retention_ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local prefix = string.sub(KEYS[1], 1, -7)  -- strip "leases"
 local nb = #KEYS - 3
 
@@ -46,7 +52,7 @@ if nb > 0 and not (tonumber(ARGV[10]) <= now and now < tonumber(ARGV[11])) then
   return {'skew', ts}
 end
 
-reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[7]), ts, now_ms, retention_ms)
+reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[8]), ts, now_ms, retention_ms)
 
 local old = redis.call('GET', KEYS[3])
 if old then return {'dup', old} end
@@ -54,35 +60,33 @@ if old then return {'dup', old} end
 local need = tonumber(amount)
 local fresh = {}
 for i = 1, nb do
-  local limit = ARGV[12 + i]
+  local limit = ARGV[13 + i]
   if limit ~= '' then
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     local spent, reserved = c[1] or '0', c[2] or '0'
     if tonumber(spent) + tonumber(reserved) + need > tonumber(limit) then
-      local scope_json = cjson.decode(ARGV[9])[i][7]
       append(KEYS[2], now_ms, retention_ms,
-        record_json(ts, rid_json, 'blocked', '0', NO_USAGE, scope_json, ARGV[8]))
+        record_json(ts, rid_json, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail))
       return {'deny', i, spent, reserved}
     end
     fresh[i] = not (c[1] or c[2])
   end
 end
 
-local meta
 for i = 1, nb do
   local total = redis.call('HINCRBY', KEYS[3 + i], 'reserved', amount)
   -- A new counter gets its expiry. Unlimited buckets were not read above:
   -- for them "nothing else reserved" stands in for "new" (setting the same
   -- expiry again is harmless).
   if fresh[i] or (fresh[i] == nil and total == need) then
-    meta = meta or cjson.decode(ARGV[9])
-    redis.call('EXPIREAT', KEYS[3 + i], int_str(meta[i][6]))
+    redis.call('EXPIREAT', KEYS[3 + i], ARGV[13 + nb + i])
   end
 end
 
 local expires_ms = now_ms + lease_ms
 local keep_ms = math.max(expires_ms + tonumber(tomb), tonumber(ARGV[12]))
-redis.call('SET', KEYS[3], table.concat({'reserved', '', int_str(expires_ms), amount, tomb,
-  rid_json, ARGV[8], ARGV[9]}, '\n'), 'PXAT', int_str(keep_ms))
+redis.call('SET', KEYS[3], 'reserved\n' .. ARGV[13] .. '\n' .. int_str(expires_ms) .. '\n'
+  .. amount .. '\n' .. tomb .. '\n' .. rid_json .. '\n' .. tail .. '\n' .. ARGV[9],
+  'PXAT', int_str(keep_ms))
 redis.call('ZADD', KEYS[1], int_str(expires_ms), rid)
 return {'ok', int_str(now_ms)}
