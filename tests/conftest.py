@@ -26,6 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 CASSETTES = ROOT / "cassettes"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-mode",
+        default=None,
+        choices=["none", "once", "new_episodes", "all"],
+        help="VCR.py record mode for cassette tests (default none = replay only; the others "
+        "need real API keys, see cassettes/README.md). Sets CREW_BUDGET_RECORD_MODE.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = config.getoption("--record-mode")
+    if mode:
+        os.environ["CREW_BUDGET_RECORD_MODE"] = mode
+
+
 @pytest.fixture(autouse=True)
 def _isolated_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test may write the user's real default ledger."""

@@ -109,3 +109,20 @@ def test_plain_import_loads_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_errors_survive_pickling_for_process_pools() -> None:
+    import pickle
+
+    from crew_budget import ConfigError, LedgerUnavailable, UnknownModelError
+
+    errors: list[Exception] = [
+        LedgerUnavailable("redis://h:6379/0", "connection refused"),
+        ConfigError("budget -1 is negative", source="b.yaml", path="roles.r.daily"),
+        UnknownModelError("gpt-x", suggestions=("gpt-4o",)),
+    ]
+    for err in errors:
+        clone = pickle.loads(pickle.dumps(err))
+        assert type(clone) is type(err)
+        assert str(clone) == str(err)
+        assert vars(clone) == vars(err)

@@ -36,8 +36,18 @@ class ConfigError(CrewBudgetError, ValueError):
     def __init__(self, message: str, *, source: str = "<config>", path: str = "") -> None:
         self.source = source
         self.path = path
+        self.detail = message
         where = f"{source}: {path}: " if path else f"{source}: "
         super().__init__(where + message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_config_error, (type(self), self.detail, self.source, self.path))
+
+
+def _rebuild_config_error(
+    cls: type[ConfigError], message: str, source: str, path: str
+) -> ConfigError:
+    return cls(message, source=source, path=path)
 
 
 class PricingError(CrewBudgetError):
@@ -56,6 +66,15 @@ class UnknownModelError(PricingError, LookupError):
             f"litellm's price map, or add it under `prices:` in your budget YAML "
             f"(input_per_million / output_per_million in USD)."
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_unknown_model, (type(self), self.model, self.suggestions))
+
+
+def _rebuild_unknown_model(
+    cls: type[UnknownModelError], model: str, suggestions: tuple[str, ...]
+) -> UnknownModelError:
+    return cls(model, suggestions=suggestions)
 
 
 class UsageError(CrewBudgetError, ValueError):
@@ -78,6 +97,10 @@ class LedgerUnavailable(LedgerError, ConnectionError):
             f"in `ledger:` or CREW_BUDGET_LEDGER), or set `fail_open: true` to allow "
             f"unguarded calls while it is down."
         )
+
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.url, self.reason))
 
 
 class ReservationError(LedgerError, LookupError):

@@ -111,7 +111,17 @@ class SQLiteLedger(Ledger):
                 isolation_level=None,
                 check_same_thread=True,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Several processes opening a brand-new file at once can find it
+            # locked while one of them switches it to WAL: wait, as for a write.
+            deadline = time.monotonic() + self._busy_timeout
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise LedgerUnavailable(self.url, str(exc)) from exc
