@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from crewai import LLM, Agent, Crew, Process, Task
 from crewai.tools import tool
 from pydantic import BaseModel
 
 from crew_budget.crewai import BudgetCallback, BudgetLLM
 from crew_budget.crewai.demo import BUDGETS_YAML, QUESTION, build_crew, web_search_results
-from crewai import LLM, Agent, Crew, Process, Task
 
 
 @tool("web_search")

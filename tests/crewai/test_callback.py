@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crewai import LLM
 
 from crew_budget.crewai import BudgetCallback, BudgetLLM, CrewBudgetExceeded
-from crewai import LLM
 from tests.crewai.conftest import GPT_4O_MINI, openai_cost
 from tests.crewai.replay import cassette_usage, live_bodies, replay
 from tests.crewai.scenarios import hierarchical_crew, pair_crew

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from crewai import LLM
 from crewai.hooks.dispatch import HookAborted
 from crewai.llms.base_llm import BaseLLM, call_stop_override
 from crewai.llms.providers.anthropic.completion import AnthropicCompletion
@@ -27,7 +28,6 @@ from crew_budget import BudgetExceeded, ConfigError, Guard
 from crew_budget.crewai import BudgetLLM, CrewBudgetExceeded
 from crew_budget.guard import GuardEvent
 from crew_budget.pricing import PriceBook
-from crewai import LLM
 from tests.crewai.conftest import GPT_4O, GPT_4O_MINI, HAIKU_4_5, anthropic_cost, openai_cost
 from tests.crewai.replay import cassette_usage, live_bodies, replay
 from tests.crewai.scenarios import (

@@ -38,8 +38,9 @@ def warm_up(barrier: Any) -> int:
 def run_crew(cassette: str, ledger_url: str, config: dict[str, Any],
              barrier: Any) -> dict[str, Any]:
     """Child process: one crew, one cassette, the shared ledger."""
-    from crew_budget.crewai import BudgetCallback, CrewBudgetExceeded
     from crewai import LLM
+
+    from crew_budget.crewai import BudgetCallback, CrewBudgetExceeded
     from tests.crewai.replay import replay
     from tests.crewai.scenarios import pair_crew
 

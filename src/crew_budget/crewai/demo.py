@@ -95,9 +95,8 @@ def build_crew(
     (``researcher_daily_usd``) stricter than the YAML's, to show that the
     stricter of the two wins.
     """
-    from crewai.tools import tool
-
     from crewai import LLM, Agent, Crew, Process, Task
+    from crewai.tools import tool
 
     @tool("web_search")
     def web_search(query: str) -> str:
