@@ -1,0 +1,188 @@
+"""The Redis ledger's per-call fast path, against a real redis-server.
+
+reserve/settle/release send pre-encoded ``EVALSHA`` on connections the
+ledger keeps, and finish cuts the counter keys out of a reservation by their
+byte spans instead of decoding its JSON (see ``lua/_common.lua``). Here:
+keys that JSON escapes (the decode fallback), multi-byte keys (byte, not
+character, offsets), values written by crew-budget 0.1.0 (no spans), kept
+connections that the server closed, and a forked child.
+
+Amounts are plain integers chosen here; the expected counters are their
+sums and differences.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from crew_budget.ledger import Bucket, RecordDraft, Reservation, ReserveRequest, new_reservation_id
+from crew_budget.ledger.redis import RedisLedger
+from crew_budget.usage import Usage
+from crew_budget.windows import span
+from tests.fixtures.redis_server import RedisServer
+
+UTC = timezone.utc
+
+
+def day_bucket(ledger: RedisLedger, scope: str, limit: int | None) -> Bucket:
+    s = span("day", ledger.now(), UTC)
+    return Bucket(scope, "day", s.period, limit, s.starts_at, s.ends_at)
+
+
+def reserve(ledger: RedisLedger, buckets: list[Bucket], amount: int, lease: float = 600.0
+            ) -> Reservation:
+    draft = RecordDraft(role="researcher", model="test-model", estimate_nano=amount)
+    res = ledger.reserve(ReserveRequest(new_reservation_id(), tuple(buckets), amount, lease, draft))
+    assert isinstance(res, Reservation)
+    return res
+
+
+def counters(ledger: RedisLedger, buckets: list[Bucket]) -> list[tuple[int, int]]:
+    return [(s.spent_nano, s.reserved_nano) for s in ledger.status(buckets)]
+
+
+def stored(url: str, ledger: RedisLedger, rid: str) -> list[str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        value = client.get(ledger.prefix + "r:" + rid)
+    finally:
+        client.close()
+    assert value is not None
+    return value.split("\n", 7)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "spans"),
+    [
+        # Every key verbatim in the JSON (multi-byte UTF-8 included): spans.
+        (["role:researcher", "role:Forscherin Müller", "role:研究員", "global"], True),
+        # A newline (a YAML folded `role: >` ends with one) and a quote are
+        # escaped in JSON: no spans, finish decodes the JSON.
+        (["role:Senior Researcher\n", 'role:the "analyst"', "global"], False),
+    ],
+)
+def test_settle_moves_exactly_the_buckets_charged_whatever_their_keys(
+    redis_url: str, scopes: list[str], spans: bool
+) -> None:
+    ledger = RedisLedger(redis_url, namespace="keys")
+    buckets = [day_bucket(ledger, scope, 10_000) for scope in scopes]
+    res = reserve(ledger, buckets, 1000)
+    field = stored(redis_url, ledger, res.reservation_id)
+    assert field[1].startswith("@") is spans
+    # The JSON stays whole: what 0.1.0 clients decode (counter key first).
+    assert [b[0] for b in json.loads(field[7])] == [ledger.prefix + "b:" + b.key for b in buckets]
+    assert counters(ledger, buckets) == [(0, 1000)] * len(buckets)
+
+    result = ledger.settle(res.reservation_id, 700, Usage(7, 0, 0, 0, 0))
+    assert (result.state, result.applied, result.cost_nano) == ("settled", True, 700)
+    assert counters(ledger, buckets) == [(700, 0)] * len(buckets)
+    tomb = stored(redis_url, ledger, res.reservation_id)
+    assert tomb[:2] == ["settled", "700"] and tomb[2:] == field[2:]
+
+    # Release of a second reservation on the same buckets: back to 700 spent.
+    res2 = reserve(ledger, buckets, 300)
+    assert ledger.release(res2.reservation_id).state == "released"
+    assert counters(ledger, buckets) == [(700, 0)] * len(buckets)
+    ledger.close()
+
+
+def as_0_1_0(url: str, ledger: RedisLedger, rid: str) -> None:
+    """Rewrite a reservation as crew-budget 0.1.0 stored it: cost field "", no spans."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    key = ledger.prefix + "r:" + rid
+    fields = client.get(key).split("\n", 7)  # type: ignore[union-attr]
+    assert fields[0] == "reserved" and fields[1].startswith("@")
+    fields[1] = ""
+    client.set(key, "\n".join(fields), keepttl=True)
+    client.close()
+
+
+def test_reservations_written_by_0_1_0_settle_and_expire(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, namespace="old")
+    buckets = [day_bucket(ledger, "role:researcher", 10_000), day_bucket(ledger, "global", None)]
+    settled = reserve(ledger, buckets, 1000)
+    expiring = reserve(ledger, buckets, 400, lease=0.05)
+    as_0_1_0(redis_url, ledger, settled.reservation_id)
+    as_0_1_0(redis_url, ledger, expiring.reservation_id)
+    assert counters(ledger, buckets) == [(0, 1400)] * 2
+
+    assert ledger.settle(settled.reservation_id, 600, Usage(6, 0, 0, 0, 0)).applied is True
+    time.sleep(0.1)
+    assert ledger.reap() == 1  # charged at its reserved amount: 600 + 400
+    assert counters(ledger, buckets) == [(1000, 0)] * 2
+    outcomes = sorted((r.outcome, r.cost_nano) for r in ledger.records())
+    assert outcomes == [("expired", 400), ("settled", 600)]
+    ledger.close()
+
+
+def test_kept_connections_the_server_closed_are_replaced_unnoticed(tmp_path: Path) -> None:
+    # Redis closes connections idle for `timeout` seconds; the kept ones
+    # must reconnect instead of failing the call.
+    server = RedisServer(directory=tmp_path / "idle", extra_args=("--timeout", "1"))
+    server.directory.mkdir()
+    server.start()
+    try:
+        ledger = RedisLedger(server.url, namespace="idle")
+        b = day_bucket(ledger, "role:researcher", 100_000)
+        done: list[str] = []
+
+        def work() -> None:  # several threads: several kept connections
+            for _ in range(20):
+                res = reserve(ledger, [b], 10)
+                ledger.settle(res.reservation_id, 10, Usage(1, 0, 0, 0, 0))
+            done.append("ok")
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert done == ["ok"] * 4
+        time.sleep(2.5)  # every kept connection is closed by the server now
+        for _ in range(6):
+            res = reserve(ledger, [b], 10)
+            assert ledger.settle(res.reservation_id, 10, Usage(1, 0, 0, 0, 0)).applied is True
+        assert counters(ledger, [b]) == [(86 * 10, 0)]
+        ledger.close()
+    finally:
+        server.stop()
+
+
+def _child(url: str, bucket: Bucket, ledger: RedisLedger, out: Any) -> None:
+    res = reserve(ledger, [bucket], 5)
+    out.put(ledger.settle(res.reservation_id, 5, Usage(1, 0, 0, 0, 0)).applied)
+
+
+@pytest.fixture
+def fork() -> Iterator[Any]:
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs os.fork")
+    yield mp.get_context("fork")
+
+
+def test_a_forked_child_takes_its_own_connections(redis_url: str, fork: Any) -> None:
+    ledger = RedisLedger(redis_url, namespace="fork")
+    b = day_bucket(ledger, "role:researcher", 100_000)
+    first = reserve(ledger, [b], 100)  # the parent now keeps a connection
+    out = fork.Queue()
+    children = [fork.Process(target=_child, args=(redis_url, b, ledger, out)) for _ in range(3)]
+    for c in children:
+        c.start()
+    assert [out.get(timeout=30) for _ in children] == [True] * 3
+    for c in children:
+        c.join(timeout=30)
+        assert c.exitcode == 0
+    # The parent's kept connection was not shared: it still works.
+    assert ledger.settle(first.reservation_id, 100, Usage(1, 0, 0, 0, 0)).applied is True
+    assert counters(ledger, [b]) == [(115, 0)]
+    ledger.close()
