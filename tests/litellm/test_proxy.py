@@ -25,6 +25,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from crewai import LLM, Agent, Crew, Task
 from langchain.agents import create_agent
 from langchain_openai import ChatOpenAI
 
@@ -34,7 +35,6 @@ from crew_budget.crewai import BudgetCallback
 from crew_budget.langchain import BudgetMiddleware
 from crew_budget.ledger import SpendRecord
 from crew_budget.litellm import BudgetLogger, budget_role, completion
-from crewai import LLM, Agent, Crew, Task
 from tests.fixtures.http_replay import ReplayUpstream, recorded_usage, replay
 from tests.fixtures.litellm_proxy import ProxyProcess, start_proxy
 from tests.litellm.conftest import LL, cost, spent, unregister
