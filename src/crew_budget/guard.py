@@ -128,6 +128,7 @@ class Guard:
         clock: Callable[[], float] | None = None,
         estimator: Estimator | None = None,
         prices: PriceBook | None = None,
+        start_alerts: bool = True,
     ) -> None:
         self.config = load_config(config) if config is not None else BudgetConfig()
         self._clock = clock or time.time
@@ -150,6 +151,14 @@ class Guard:
             maxlen=10_000
         )
         self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
+        # An `alerts:` section is acted on, not silently ignored: its manager
+        # starts here (a background thread). A manager built by hand later
+        # replaces this one, so one guard never has two.
+        self.alerts: Any = None
+        if start_alerts and self.config.alerts is not None and self.config.alerts.enabled:
+            from crew_budget.alerts import AlertManager
+
+            AlertManager(self)
 
     @classmethod
     def from_config(
@@ -477,6 +486,8 @@ class Guard:
         ]
 
     def close(self) -> None:
+        if self.alerts is not None:
+            self.alerts.close()
         self._flush_pending_quietly()
         self.ledger.close()
 

@@ -307,3 +307,26 @@ def test_callable_sink_named_in_the_yaml_receives_alerts() -> None:
         (stats,) = manager.stats()
     assert keys(helpers.RECORDED) == ["threshold:role:researcher|day|2026-11-18:10"]
     assert stats.name == "tests.alerts.helpers:record_alert" and stats.delivered == 1
+
+
+def test_an_alerts_section_starts_a_manager_and_a_hand_built_one_replaces_it() -> None:
+    """`alerts:` in the YAML must act (not be silently ignored), and a guard
+    never ends up with two managers sending the same alert."""
+    from crew_budget.alerts import AlertManager
+
+    got: list[object] = []
+    guard = Guard({"roles": {"r": {"daily": "0.001"}},
+                   "prices": {"m": {"input_per_million": 0, "output_per_million": 10}},
+                   "alerts": {"sinks": [{"type": "log"}]}}, "memory://")
+    auto = guard.alerts
+    assert isinstance(auto, AlertManager)
+    assert len(guard._listeners) == 1
+    manual = AlertManager(guard, sinks=[got.append], replace_sinks=True)
+    assert guard.alerts is manual
+    assert len(guard._listeners) == 1
+    t = guard.preflight("r", "m", [{"role": "user", "content": "x"}], max_tokens=60)
+    guard.settle(t, {"prompt_tokens": 1, "completion_tokens": 60})  # 60 % of the budget
+    assert manual.flush()
+    assert [a.kind for a in got] == ["threshold"]  # type: ignore[attr-defined]
+    guard.close()
+    assert Guard({"alerts": {"sinks": []}}, "memory://", start_alerts=False).alerts is None

@@ -185,6 +185,10 @@ class AlertManager:
         self._thread: threading.Thread | None = None
         self._remove_listener: Callable[[], None] | None = None
         if start and config.enabled:
+            previous = getattr(guard, "alerts", None)
+            if previous is not None and previous is not self:
+                previous.close()
+            guard.alerts = self
             self.start()
 
     # -- lifecycle -------------------------------------------------------------
