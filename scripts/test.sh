@@ -29,6 +29,19 @@ echo "== installing crew-budget[dev]"
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/python -m pip check
 
+# The LiteLLM proxy gets its own environment: it needs mcp>=2.3 while crewai
+# pins mcp<2, so the two cannot share one resolve. tests/litellm/test_proxy.py
+# starts a real proxy process from it.
+if [ ! -x .venv-proxy/bin/python ]; then
+  echo "== creating .venv-proxy"
+  "$PY" -m venv .venv-proxy
+fi
+echo "== installing the LiteLLM proxy environment"
+.venv-proxy/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv-proxy/bin/python -m pip install -q -r tests/litellm/proxy-requirements.txt
+.venv-proxy/bin/python -m pip check
+export CREW_BUDGET_PROXY_PYTHON="$PWD/.venv-proxy/bin/python"
+
 # Offline everywhere: no price-map fetch, no tokenizer download, no telemetry.
 export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 OTEL_SDK_DISABLED=true \
   CREWAI_DISABLE_TELEMETRY=true CREWAI_DISABLE_TRACKING=true

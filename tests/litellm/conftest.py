@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import litellm
 import pytest
 
-import litellm
 from crew_budget import Guard
 from crew_budget.litellm import BudgetLogger
 from tests.fixtures.http_replay import CASSETTES

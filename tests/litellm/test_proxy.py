@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import litellm
 import openai
 import pytest
 import yaml
@@ -29,7 +30,6 @@ from crewai import LLM, Agent, Crew, Task
 from langchain.agents import create_agent
 from langchain_openai import ChatOpenAI
 
-import litellm
 from crew_budget import Guard
 from crew_budget.crewai import BudgetCallback
 from crew_budget.langchain import BudgetMiddleware

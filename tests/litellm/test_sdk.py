@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
+import litellm
 import pytest
 
-import litellm
 from crew_budget import BudgetExceeded, ConfigError, Guard
 from crew_budget.litellm import (
     BudgetLogger,

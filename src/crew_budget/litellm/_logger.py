@@ -47,10 +47,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import litellm
 from litellm.exceptions import BudgetExceededError as _LiteLLMBudgetExceededError
 from litellm.integrations.custom_logger import CustomLogger
 
-import litellm
 from crew_budget.config import BudgetConfig
 from crew_budget.errors import BudgetExceeded, ConfigError, UsageError
 from crew_budget.guard import Guard, Ticket
