@@ -52,6 +52,7 @@ from crewai.types.usage_metrics import UsageMetrics
 from pydantic import PrivateAttr
 
 from crew_budget.errors import BudgetExceeded, ConfigError
+from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.usage import Usage
 
@@ -236,35 +237,15 @@ def _cap_field(llm: BaseLLM) -> str:
 # -- failures ------------------------------------------------------------------
 
 
-# Errors after which the provider may have generated (and billed) tokens: the
-# response timed out or broke off while being read. A connect timeout or a
-# refused connection never reached it.
-_MAYBE_BILLED = ("ReadTimeout", "WriteTimeout", "APITimeoutError", "TimeoutError",
-                 "ReadError", "RemoteProtocolError", "IncompleteRead", "ChunkedEncodingError")
-_NOT_SENT = ("ConnectTimeout", "ConnectError", "PoolTimeout")
-
-
 def _maybe_billed(exc: BaseException) -> bool:
     """Could the provider have billed a call that failed without reporting usage?
 
-    Only if it timed out or broke off after the request was sent. Everything
-    else failed before the provider did any work (a hook or budget block, a
-    missing key, a refused connection) or was refused with an HTTP error
-    status, which providers do not bill; those reservations are released.
-    A response that did arrive has already reported its usage, which is
-    settled whatever fails afterwards (e.g. parsing the output).
+    Only if it timed out or broke off after the request was sent. Every
+    response that arrives reports its usage to the wrapper as it is read
+    (``_track_token_usage_internal``), so a failure with no usage and no sign
+    of a broken read never got an answer: its reservation is released.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        names = {c.__name__ for c in type(current).__mro__}
-        if names & set(_NOT_SENT):
-            return False
-        if names & set(_MAYBE_BILLED):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return classify_failure(exc) == "maybe_billed"
 
 
 # -- the wrapper ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 from crew_budget.config import BudgetConfig
 from crew_budget.errors import ConfigError
+from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.ledger import Ledger
 from crew_budget.usage import Usage, parse_usage
@@ -122,29 +123,11 @@ def usage_from_messages(messages: Sequence[Any]) -> Usage | None:
 def never_billed(exc: BaseException) -> bool:
     """Did this error happen before the provider did billable work?
 
-    True for a connection that never got through and for an HTTP error
-    status (providers do not bill refused or failed requests, and
-    langchain-openai maps them to ``openai.APIStatusError``). A timeout, a
-    dropped stream or any other error is not: the provider may have
-    generated, so the call is charged at its reservation. The same rule as
-    the CrewAI adapter's.
+    LangChain reports no usage for a failed run, so only errors known not to
+    have reached the provider release the reservation; timeouts, broken
+    streams and unknown errors are charged (see ``crew_budget.failures``).
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        status = getattr(current, "status_code", None)
-        if isinstance(status, int) and status >= 400:
-            return True
-        names = {c.__name__ for c in type(current).__mro__}
-        if any("Timeout" in n for n in names):
-            return False
-        if "APIConnectionError" in names or "ConnectError" in names:
-            return True
-        if isinstance(current, ConnectionRefusedError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return classify_failure(exc) == "not_sent"
 
 
 def settle_or_charge(guard: Guard, ticket: Ticket, usage: Usage | None, what: str) -> None:

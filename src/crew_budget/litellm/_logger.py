@@ -53,6 +53,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from crew_budget.config import BudgetConfig
 from crew_budget.errors import BudgetExceeded, ConfigError, UsageError
+from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.ledger import Ledger
 from crew_budget.usage import Usage, parse_usage
@@ -124,31 +125,11 @@ def budget_role(role: str) -> Iterator[None]:
 def never_billed(exc: BaseException) -> bool:
     """Did this error happen before the provider did billable work?
 
-    True for a connection that never got through and for an HTTP error status
-    (providers do not bill refused or failed requests; litellm's exceptions
-    carry the upstream ``status_code``). A timeout or any other error is not:
-    the provider may have generated, so the reservation is charged. Our own
-    block (``BudgetExceeded``) never reached a provider either. The same rule
-    as the CrewAI and LangChain adapters'.
+    litellm's exceptions carry the upstream ``status_code``; timeouts, broken
+    streams and unknown errors are charged at the reservation (see
+    ``crew_budget.failures``).
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, BudgetExceeded):
-            return True
-        names = {c.__name__ for c in type(current).__mro__}
-        if any("Timeout" in n for n in names):
-            return False
-        status = getattr(current, "status_code", None)
-        if isinstance(status, int) and status >= 400:
-            return True
-        if "APIConnectionError" in names or "ConnectError" in names:
-            return True
-        if isinstance(current, ConnectionRefusedError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return classify_failure(exc) == "not_sent"
 
 
 @dataclass(slots=True)
