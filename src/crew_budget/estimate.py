@@ -280,6 +280,22 @@ class _Uncacheable(Exception):
     pass
 
 
+_MEMO_SIZE = 512
+_MEMO_CHARS = 16384
+
+
+def _memoizable(msg: dict[Any, Any]) -> bool:
+    """Only scalar values (a copy compares equal only while they are unchanged), small."""
+    size = 0
+    for v in msg.values():
+        kind = type(v)
+        if kind is str:
+            size += len(v)
+        elif v is not None and kind not in (int, float, bool):
+            return False
+    return size <= _MEMO_CHARS
+
+
 def _freeze(value: Any) -> Any:
     kind = type(value)
     if kind is str:
@@ -330,6 +346,12 @@ class Estimator:
         self.cache_size = cache_size
         self._cache: OrderedDict[Any, tuple[int, int]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # The cache keys of recently counted message dicts, by id: an agent
+        # loop passes the same dicts again, and freezing them is most of the
+        # cost of a warm count. An entry holds the dict (so its id is not
+        # reused) and a copy; it is used only while the dict still equals the
+        # copy. Bounded: at most _MEMO_SIZE small, scalar-valued messages.
+        self._recent: dict[int, tuple[dict[Any, Any], dict[Any, Any], Any, Any]] = {}
         self._schemes: dict[tuple[str, str, str | None], _Scheme] = {}
         self._calib: dict[str, float] = {}
         self._exact: dict[str, bool] = {}
@@ -437,11 +459,25 @@ class Estimator:
             fmt = None  # plain text / JSON mode: no schema in the prompt
 
         keys: list[Any] = []
-        for item in items:
+        recent = self._recent
+        skey = scheme.key
+        for kind, value in items:
+            memo = kind == "message" and type(value) is dict
+            if memo:
+                seen = recent.get(id(value))
+                if seen is not None and seen[0] is value and seen[2] is skey and seen[1] == value:
+                    keys.append(seen[3])
+                    continue
             try:
-                keys.append((scheme.key, item[0], _freeze(item[1])))
+                key = (skey, kind, _freeze(value))
             except _Uncacheable:
                 keys.append(None)
+                continue
+            keys.append(key)
+            if memo and _memoizable(value):
+                if len(recent) >= _MEMO_SIZE:
+                    recent.clear()
+                recent[id(value)] = (value, dict(value), skey, key)
         found: list[tuple[int, int] | None] = [None] * len(items)
         cache = self._cache
         with self._cache_lock:

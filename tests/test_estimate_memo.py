@@ -1,0 +1,60 @@
+"""The estimator's memo of recently counted message dicts (by identity).
+
+An agent loop passes the same message dicts again, so the estimator keeps
+their cache keys by id. These tests prove it never returns a stale count:
+every expectation is what a fresh estimator (no memo, no cache) counts for
+the same request at that moment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crew_budget.estimate import _MEMO_CHARS, _MEMO_SIZE, Estimator
+from crew_budget.pricing import PriceBook
+
+MODEL = "gpt-4o-mini"
+PRICE = PriceBook().get(MODEL)
+
+
+def fresh(messages: list[Any]) -> int:
+    return Estimator().count_prompt(MODEL, PRICE, messages)
+
+
+def test_a_message_changed_in_place_is_counted_again() -> None:
+    est = Estimator()
+    msg: dict[str, Any] = {"role": "user", "content": "Summarise the quarterly revenue."}
+    history = [{"role": "system", "content": "You are terse."}, msg]
+    first = est.count_prompt(MODEL, PRICE, history)
+    assert first == fresh(history)
+    assert est.count_prompt(MODEL, PRICE, history) == first  # memo hit, same count
+    assert est.cache_info()["hits"] == 2
+
+    msg["content"] = "Summarise the quarterly revenue figures for every region, in detail."
+    changed = est.count_prompt(MODEL, PRICE, history)
+    assert changed == fresh(history) and changed > first
+
+    msg["name"] = "analyst_with_a_long_name"  # a key added in place
+    assert est.count_prompt(MODEL, PRICE, history) == fresh(history)
+    del msg["name"]
+    assert est.count_prompt(MODEL, PRICE, history) == changed
+
+
+def test_list_content_mutated_in_place_is_never_taken_from_the_memo() -> None:
+    est = Estimator()
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "Look at this."}]
+    msg = {"role": "user", "content": parts}
+    first = est.count_prompt(MODEL, PRICE, [msg])
+    assert first == fresh([msg])
+    parts.append({"type": "text", "text": "And at this much longer second part, please."})
+    assert est.count_prompt(MODEL, PRICE, [msg]) == fresh([msg]) > first
+
+
+def test_memo_is_bounded_and_skips_large_messages() -> None:
+    est = Estimator()
+    big = {"role": "user", "content": "word " * (_MEMO_CHARS // 4)}
+    est.count_prompt(MODEL, PRICE, [big])
+    assert id(big) not in est._recent  # large text is not kept alive by the memo
+    many = [{"role": "user", "content": f"message {i}"} for i in range(_MEMO_SIZE * 2 + 3)]
+    est.count_prompt(MODEL, PRICE, many)
+    assert 0 < len(est._recent) <= _MEMO_SIZE
