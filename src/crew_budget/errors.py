@@ -175,9 +175,7 @@ def _rebuild_budget_exceeded(
 
 
 def _fmt(amount: Decimal) -> str:
-    """Dollars for people: cents for large sums, more digits for sub-cent ones."""
-    if amount == 0:
-        return "0.00"
-    if abs(amount) >= 1:
-        return f"{amount.quantize(Decimal('0.01'))}"
-    return f"{amount.normalize():f}" if abs(amount) < Decimal("0.01") else f"{amount:.4f}"
+    """Exact dollars for people: at least cents, every significant digit kept."""
+    text = f"{amount.normalize():f}"
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
