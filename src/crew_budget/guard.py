@@ -237,6 +237,23 @@ class Guard:
         model's maximum), which the adapter must then send as ``max_tokens``.
         """
         price = self.prices.get(model)
+        prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
+            role, price, model, messages, tools, max_tokens, system, extra
+        )
+        return Estimate(model, prompt_tokens, out_tokens, inject, from_nano(amount), price)
+
+    def _estimate_nano(
+        self,
+        role: str,
+        price: Price,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[Mapping[str, Any]] | None,
+        max_tokens: int | None,
+        system: Any,
+        extra: Mapping[str, Any] | None,
+    ) -> tuple[int, int, int | None, int]:
+        """``estimate`` in integers: prompt tokens, output tokens, max_tokens to send, nano-USD."""
         prompt_tokens = self.estimator.count_prompt(
             model, price, messages, tools, system=system, extra=extra
         )
@@ -249,7 +266,7 @@ class Guard:
         else:
             out_tokens = int(max_tokens)
         amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
-        return Estimate(model, prompt_tokens, out_tokens, inject, from_nano(amount), price)
+        return prompt_tokens, out_tokens, inject, amount
 
     def preflight(
         self,
@@ -269,11 +286,9 @@ class Guard:
         Raises ``BudgetExceeded`` (nothing was charged), ``UnknownModelError``
         (no price: never $0) or ``LedgerUnavailable`` (fail closed).
         """
-        est = self.estimate(role, model, messages, tools, max_tokens, system=system, extra=extra)
-        prompt_tokens, out_tokens, inject = (
-            est.prompt_tokens, est.output_tokens_reserved, est.max_tokens
+        prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
+            role, self.prices.get(model), model, messages, tools, max_tokens, system, extra
         )
-        amount = to_nano(est.amount)
         crew_name = crew or (self.config.crew.name if self.config.crew else None)
         meta = dict(metadata or {})
         draft = RecordDraft(

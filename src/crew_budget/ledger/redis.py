@@ -318,6 +318,7 @@ class RedisLedger(Ledger):
         self._retention_str = str(self.retention_ms)
         self._reap_str = str(self.reap_limit)
         self._plans: dict[tuple[Bucket, ...], _Plan] = {}
+        self._last_plan: tuple[tuple[Bucket, ...], _Plan] | None = None
         self.prefix = f"cb:{{{namespace}}}:"
         self._leases = self.prefix + "leases"
         self._stream = self.prefix + "records"
@@ -463,6 +464,9 @@ class RedisLedger(Ledger):
 
     def _plan(self, buckets: tuple[Bucket, ...]) -> _Plan:
         """Everything reserve sends that depends only on the buckets (cached)."""
+        last = self._last_plan
+        if last is not None and last[0] == buckets:  # the same Buckets again: no hashing
+            return last[1]
         plan = self._plans.get(buckets)
         if plan is None:
             for b in buckets:
@@ -494,6 +498,7 @@ class RedisLedger(Ledger):
             if len(self._plans) >= 256:  # windows roll over: old plans are dead
                 self._plans.clear()
             self._plans[buckets] = plan
+        self._last_plan = (buckets, plan)
         return plan
 
     # -- the contract -----------------------------------------------------------
