@@ -28,6 +28,11 @@ task has its own context), unlike the instance's cumulative
 with usage when the provider runs a tool itself). A call that reports no
 usage (a stream cut before its last chunk, a provider that sends none) is
 charged at its reservation and logged, never at $0.
+
+The inner call runs inside ``crew_budget.nesting.covering(ticket)``: when the
+inner LLM routes through litellm with ``crew_budget.litellm.BudgetLogger``
+registered, the logger sees that this call is already reserved and neither
+reserves nor books it again (one call, one charge).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from pydantic import PrivateAttr
 from crew_budget.errors import BudgetExceeded, ConfigError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
+from crew_budget.nesting import covering
 from crew_budget.usage import Usage
 
 if TYPE_CHECKING:
@@ -461,7 +467,7 @@ class BudgetLLM(BaseLLM):
         capture = _Capture(variant)
         token = _CAPTURE.set(capture)
         try:
-            with self._overrides(variant):
+            with self._overrides(variant), covering(ticket):
                 result = variant.call(
                     messages, tools=tools, callbacks=callbacks,
                     available_functions=available_functions, from_task=from_task,
@@ -490,7 +496,7 @@ class BudgetLLM(BaseLLM):
         capture = _Capture(variant)
         token = _CAPTURE.set(capture)
         try:
-            with self._overrides(variant):
+            with self._overrides(variant), covering(ticket):
                 result = await variant.acall(
                     messages, tools=tools, callbacks=callbacks,
                     available_functions=available_functions, from_task=from_task,

@@ -31,6 +31,17 @@ litellm's own count when the provider sent none). Failures release the
 reservation when the provider never billed (connection refused, HTTP error
 status) and charge it otherwise. Tickets are keyed by ``litellm_call_id``
 under a lock.
+
+Nested adapters (``crew_budget.nesting``): a call made inside an outer
+crew-budget adapter (a CrewAI ``BudgetLLM`` over a litellm-routed ``LLM``,
+LangChain's ``BudgetMiddleware`` over a litellm-backed model) is already
+reserved and settled by that adapter, so this logger neither reserves nor
+books it. The outer adapter's marker is a ``ContextVar``: visible in
+``async_pre_call_deployment_hook`` and ``log_pre_api_call`` (the caller's
+thread or task, or litellm's executor with a copy of its context), not
+necessarily in the success/failure handlers (litellm may run sync ones on a
+thread pool), so the pre-call hooks note the ``litellm_call_id`` as covered
+and the closing handlers skip it by that id.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from crew_budget.errors import BudgetExceeded, ConfigError, UsageError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.ledger import Ledger
+from crew_budget.nesting import covering_ticket
 from crew_budget.usage import Usage, parse_usage
 
 __all__ = [
@@ -184,6 +196,8 @@ class BudgetLogger(CustomLogger):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Calls an outer crew-budget adapter reserved (see crew_budget.nesting).
+        self._covered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @classmethod
     def from_env(cls) -> BudgetLogger:
@@ -301,11 +315,36 @@ class BudgetLogger(CustomLogger):
         with self._lock:
             return call_id is not None and call_id in self._done
 
+    def _cover(self, call_id: str | None) -> bool:
+        """Note ``call_id`` as an outer adapter's call if one covers this context."""
+        if not call_id or covering_ticket() is None:
+            return False
+        with self._lock:
+            if call_id in self._calls:  # reserved by us explicitly: ours to close
+                return False
+            self._covered[call_id] = None
+            while len(self._covered) > 10_000:  # calls whose end never came
+                self._covered.popitem(last=False)
+        return True
+
+    def _uncover(self, call_id: str | None) -> bool:
+        """Was ``call_id`` covered by an outer adapter? (forgets it)"""
+        if call_id is None:
+            return False
+        with self._lock:
+            if call_id in self._covered:
+                del self._covered[call_id]
+                return True
+            return False
+
     # -- closing ---------------------------------------------------------------------
 
     def settle_call(self, call_id: str | None, response: Any, kwargs: Mapping[str, Any]) -> None:
         call = self._take(call_id)
         if call is None:
+            # An outer adapter's call is settled by that adapter: never book it twice.
+            if self._uncover(call_id) or covering_ticket() is not None:
+                return
             if call_id is not None and not self._was_done(call_id):
                 self._book_unreserved(kwargs, response)
             return
@@ -324,6 +363,7 @@ class BudgetLogger(CustomLogger):
                   *, origin: Origin | None = None) -> None:
         call = self._take(call_id, origin=origin)
         if call is None:
+            self._uncover(call_id)  # an outer adapter's call: that adapter closes it
             return
         try:
             if exc is not None and never_billed(exc):
@@ -380,6 +420,8 @@ class BudgetLogger(CustomLogger):
             call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
         if self.has_call(call_id):  # reserved by the proxy hook or our sync wrapper
             return None
+        if self._cover(call_id):  # reserved by an outer crew-budget adapter
+            return None
         logging_obj = kwargs.get("litellm_logging_obj")
         self.reserve(
             call_id, self._sdk_role(kwargs), kwargs, "sdk",
@@ -387,6 +429,12 @@ class BudgetLogger(CustomLogger):
             messages=kwargs.get("messages") or getattr(logging_obj, "messages", None),
         )
         return kwargs
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        # The one hook of the sync path that runs in the caller's context: the
+        # only place to see an outer adapter's marker before the success
+        # handler runs on litellm's thread pool.
+        self._cover(_call_id(kwargs))
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
