@@ -72,7 +72,10 @@ def end_covering(cover: Cover) -> None:
     """End ``cover``: inert from now on, and unset here if it is still the current one."""
     cover.open = False
     if _COVER.get() is cover:
-        _COVER.set(cover.outer)
+        outer = cover.outer
+        while outer is not None and not outer.open:  # drop ended covers from the chain
+            outer = outer.outer
+        _COVER.set(outer)
 
 
 @contextlib.contextmanager

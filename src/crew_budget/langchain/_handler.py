@@ -29,6 +29,19 @@ run nested inside another LLM run we already reserved (a wrapper model
 delegating to an inner one) is covered by the outer reservation. Copies of
 the handler (``copy.copy``/``deepcopy`` of a model or config) are the handler
 itself, so they share that table.
+
+Nested adapters (``crew_budget.nesting``): after reserving, the start event
+marks its context as covered by the ticket and the end/error event ends the
+mark, so a model built on litellm with ``crew_budget.litellm.BudgetLogger``
+registered is charged once, by this handler. That only reaches the model's
+HTTP call where LangChain runs a sync handler inline in the caller's context:
+``invoke``/``stream``/``batch`` (checked against langchain-core 1.8). Under
+``ainvoke``/``astream`` LangChain runs this handler's events on its executor
+in a *copy* of the context, so the mark never reaches the model and the
+logger would charge the call a second time: use ``BudgetMiddleware`` (which
+covers the async path) or not both adapters on one async call. During a sync
+``stream()`` the mark stays set in the caller's context between chunks, so a
+litellm call the caller makes inside that loop is counted as covered.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ from crew_budget.langchain._common import (
     usage_or_none,
 )
 from crew_budget.ledger import Ledger
+from crew_budget.nesting import Cover, begin_covering, end_covering
 from crew_budget.usage import Usage
 
 __all__ = ["BudgetCallbackHandler"]
@@ -77,6 +91,7 @@ class _Run:
     covered: bool = False
     started: float = field(default_factory=time.monotonic)
     child_usage: Usage | None = None
+    cover: Cover | None = None
 
 
 class BudgetCallbackHandler(BaseCallbackHandler):
@@ -186,6 +201,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             run = self._runs.get(run_id)
             if run is not None:
                 run.ticket = ticket
+                # Visible to the model's own call only where LangChain runs us
+                # inline (sync invoke/stream); see the module docstring.
+                run.cover = begin_covering(ticket)
                 return
         # The run ended while we were reserving (cannot happen in LangChain's
         # order of events, but never leave a reservation behind).
@@ -234,7 +252,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             return
         horizon = time.monotonic() - float(self.guard.config.lease_seconds)
         for key in [k for k, r in self._runs.items() if r.started < horizon]:
-            del self._runs[key]
+            cover = self._runs.pop(key).cover
+            if cover is not None:  # never leave a stale mark that makes calls free
+                end_covering(cover)
 
     # -- end: settle ------------------------------------------------------------
 
@@ -272,6 +292,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     def _finish(self, run_id: UUID, usage: Usage | None) -> _Run | None:
         with self._lock:
             run = self._runs.pop(run_id, None)
+            if run is not None and run.cover is not None:
+                end_covering(run.cover)
             if run is not None and run.covered and usage is not None:
                 parent = self._runs.get(run.parent) if run.parent is not None else None
                 if parent is not None:

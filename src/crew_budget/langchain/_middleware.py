@@ -17,7 +17,9 @@ with ``exit_behavior`` (as in LangChain's ``ModelCallLimitMiddleware``):
     ``crew_budget.BudgetExceeded`` propagates out of ``agent.invoke``.
 
 A ``BudgetCallbackHandler`` on the same model sees that the middleware
-already reserved the call and does not reserve it again.
+already reserved the call and does not reserve it again; nor does
+``crew_budget.litellm.BudgetLogger`` when the model calls litellm (the model
+call runs inside ``crew_budget.nesting.covering(ticket)``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from crew_budget.langchain._common import (
     usage_from_messages,
 )
 from crew_budget.ledger import Ledger
+from crew_budget.nesting import covering
 
 __all__ = ["BudgetMiddleware"]
 
@@ -99,7 +102,8 @@ class BudgetMiddleware(AgentMiddleware):
             return self._blocked(exc)
         token = covered_by_middleware.set(True)
         try:
-            response = handler(request)
+            with covering(ticket):
+                response = handler(request)
         except BaseException as exc:
             close_failed(self.guard, ticket, exc, None)
             raise
@@ -119,7 +123,8 @@ class BudgetMiddleware(AgentMiddleware):
             return self._blocked(exc)
         token = covered_by_middleware.set(True)
         try:
-            response = await handler(request)
+            with covering(ticket):
+                response = await handler(request)
         except BaseException as exc:
             close_failed(self.guard, ticket, exc, None)
             raise
