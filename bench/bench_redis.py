@@ -11,7 +11,9 @@ Starts its own redis-server on a free loopback port, then measures in ONE run:
     as an agent loop does (role hourly + daily, crew daily: three buckets);
 
 interleaved call by call, so machine noise hits both alike, and prints the
-ratio of medians (the design target is <= 1.5x). Then
+ratio of medians (the design target is <= 1.5x), plus what the server spends
+per call: ``INFO commandstats`` EVALSHA usec_per_call and the Redis main
+thread's CPU time (``used_cpu_*_main_thread``) per call. Then
 
 (c) aggregate reservations per second: ``processes`` processes, each doing
     ``RedisLedger.reserve`` + ``settle`` in a loop for ``seconds`` seconds
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,10 +47,24 @@ A = "(a) two bare Redis round trips (GET + INCRBY)"
 B = "(b) Guard.preflight + Guard.settle on redis://"
 
 
-def overhead(url: str, calls: int) -> tuple[dict[str, dict[str, float]], int]:
+def _evalsha(client: Any) -> tuple[float, float]:
+    """Total EVALSHA usec and calls so far (INFO commandstats)."""
+    st = client.info("commandstats").get("cmdstat_evalsha", {})
+    return float(st.get("usec", 0)), float(st.get("calls", 0))
+
+
+def _server_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
+def overhead(url: str, calls: int
+             ) -> tuple[dict[str, dict[str, float]], int, dict[str, tuple[float, float]]]:
     """(a) and (b), interleaved call by call, plus two rows that split (b) up.
 
-    Returns each case's summary and the history's estimated prompt tokens.
+    Returns each case's summary, the history's estimated prompt tokens, and
+    per case its server cost: (EVALSHA usec_per_call, main-thread CPU µs per
+    call), medians over blocks of that case alone after the interleaved run.
     """
     import redis
 
@@ -98,9 +115,24 @@ def overhead(url: str, calls: int) -> tuple[dict[str, dict[str, float]], int]:
             t0 = time.perf_counter()
             fn(history)
             samples[name].append(time.perf_counter() - t0)
+    # Server cost per case: blocks of one case alone, cases taking turns over
+    # several rounds; medians, as the machine's load shifts between rounds.
+    cost: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    history = [*base, {"role": "user", "content": "server cost"}]
+    block = max(50, calls // 20)
+    for _round in range(9):
+        for name, fn in cases.items():
+            before = _evalsha(client), _server_cpu(client)
+            for _ in range(block):
+                fn(history)
+            usec, n = (a - b for a, b in zip(_evalsha(client), before[0], strict=True))
+            cpu = (_server_cpu(client) - before[1]) / block * 1e6
+            cost[name].append((usec / n if n else 0.0, cpu))
+    server = {name: (statistics.median(u for u, _ in c), statistics.median(cpu for _, cpu in c))
+              for name, c in cost.items()}
     guard.close()
     client.close()
-    return {name: summary(s) for name, s in samples.items()}, tokens
+    return {name: summary(s) for name, s in samples.items()}, tokens, server
 
 
 def _worker(url: str, mode: str, seconds: float, ready: Any, go: Any, out: Any) -> None:
@@ -150,7 +182,7 @@ def throughput(url: str, mode: str, processes: int, seconds: float) -> float:
     total = sum(out.get(timeout=seconds + 120) for _ in procs)
     for p in procs:
         p.join()
-    return total / seconds
+    return float(total) / seconds
 
 
 def main() -> None:
@@ -158,15 +190,17 @@ def main() -> None:
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
     processes = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     with redis_server() as url:
-        stats, tokens = overhead(url, calls)
+        stats, tokens, server = overhead(url, calls)
         bare = stats[A]
         print(f"Per call, {calls} calls, cases interleaved call by call; history: 21 messages, "
               f"{tokens} prompt tokens estimated; {os.cpu_count()} cores\n")
-        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) |")
-        print("|---|---:|---:|---:|---:|")
+        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) | server: EVALSHA usec_per_call "
+              "| server: main-thread CPU µs per call |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, st in stats.items():
+            evalsha, cpu = server[name]
             print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | "
-                  f"{st['p50'] / bare['p50']:.2f}x |")
+                  f"{st['p50'] / bare['p50']:.2f}x | {evalsha:.1f} | {cpu:.0f} |")
         print(f"\nratio (b)/(a): p50 {stats[B]['p50'] / bare['p50']:.2f}x, "
               f"p99 {stats[B]['p99'] / bare['p99']:.2f}x (target: <= 1.5x)\n")
         ledger_rate = throughput(url, "ledger", processes, seconds)
