@@ -328,14 +328,18 @@ class BudgetLogger(CustomLogger):
         return True
 
     def _uncover(self, call_id: str | None) -> bool:
-        """Was ``call_id`` covered by an outer adapter? (forgets it)"""
+        """Was ``call_id`` covered by an outer adapter? Then it is done here: litellm
+        may report one async call to both the async and the sync success handler."""
         if call_id is None:
             return False
         with self._lock:
-            if call_id in self._covered:
-                del self._covered[call_id]
-                return True
-            return False
+            if call_id not in self._covered:
+                return False
+            del self._covered[call_id]
+            self._done[call_id] = None
+            while len(self._done) > 10_000:
+                self._done.popitem(last=False)
+            return True
 
     # -- closing ---------------------------------------------------------------------
 
