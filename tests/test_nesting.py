@@ -451,3 +451,22 @@ def test_ended_covers_are_inert_even_when_their_mark_leaked(guard: Guard) -> Non
     end_covering(c)
     guard.release(first)
     guard.release(second)
+
+
+def test_our_sync_completion_wrapper_inside_covering_does_not_reserve_again(
+    guard: Guard, logger: BudgetLogger, seen: Seen
+) -> None:
+    """``crew_budget.litellm.completion`` under an outer adapter's ticket leaves
+    the charge to that ticket: no second reservation, one record."""
+    from crew_budget.litellm import completion as budgeted_completion
+
+    outer = guard.preflight("researcher", "gpt-4o-mini", IT, None, 256, {"framework": "outer"})
+    with replay(NEST / "crewai_call.yaml") as cassette:
+        with covering(outer):
+            response = budgeted_completion(model="gpt-4o-mini", messages=IT, max_tokens=256,
+                                           **KEY)
+        wait_for(lambda: seen.saw("success"))
+    assert cassette.play_count == 1
+    guard.settle(outer, response.usage)
+    assert records(guard) == [("settled", "outer")]
+    assert spent(guard) == CALL_COST

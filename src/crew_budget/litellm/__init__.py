@@ -48,6 +48,7 @@ from crew_budget.litellm._logger import (
     budget_role,
     never_billed,
 )
+from crew_budget.nesting import covering_ticket
 
 __all__ = [
     "ROLE_KEY",
@@ -93,6 +94,8 @@ def completion(*args: Any, **kwargs: Any) -> Any:
     if len(args) > 2:
         raise TypeError("crew_budget.litellm.completion takes model and messages positionally; "
                         "pass everything else as keywords")
+    if covering_ticket() is not None:  # an outer crew-budget adapter owns this call
+        return litellm.completion(**kwargs)
     call_id = kwargs.get("litellm_call_id")
     if not isinstance(call_id, str) or not call_id:
         call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
