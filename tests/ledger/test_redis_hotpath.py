@@ -186,3 +186,98 @@ def test_a_forked_child_takes_its_own_connections(redis_url: str, fork: Any) -> 
     assert ledger.settle(first.reservation_id, 100, Usage(1, 0, 0, 0, 0)).applied is True
     assert counters(ledger, [b]) == [(115, 0)]
     ledger.close()
+
+
+# -- the reply reader (RESP read straight from the socket) ----------------------
+
+RESP_CASES = [
+    # (bytes as Redis sends them, what redis-py's parser returns with
+    # decode_responses=True); shapes from the Redis protocol spec.
+    (b"*2\r\n$2\r\nok\r\n$13\r\n1764000000123\r\n", ["ok", "1764000000123"]),
+    (b"*3\r\n$7\r\nsettled\r\n:1\r\n$3\r\n900\r\n", ["settled", 1, "900"]),
+    (b"*1\r\n$7\r\nunknown\r\n", ["unknown"]),
+    (b"*4\r\n$4\r\ndeny\r\n:2\r\n$1\r\n0\r\n$0\r\n\r\n", ["deny", 2, "0", ""]),
+    (b"*2\r\n$3\r\ndup\r\n$9\r\nr\xc3\xa9serv\xc3\xa9\r\n", ["dup", "réservé"]),  # UTF-8
+    (b"*2\r\n$-1\r\n_\r\n", [None, None]),  # RESP2 and RESP3 nil
+    (b":-7\r\n", -7),
+    (b"+OK\r\n", "OK"),
+]
+
+
+@pytest.mark.parametrize(("wire", "value"), RESP_CASES)
+def test_reply_parser_reads_every_shape_and_waits_for_the_whole_reply(
+    wire: bytes, value: Any
+) -> None:
+    from crew_budget.ledger.redis import _Incomplete, _parse
+
+    assert _parse(wire, 0) == (value, len(wire))
+    for cut in range(len(wire)):  # any prefix is incomplete, never a wrong value
+        with pytest.raises(_Incomplete):
+            _parse(wire[:cut], 0)
+
+
+def test_reply_reader_matches_redis_py_on_real_replies_and_errors(redis_url: str) -> None:
+    """Every reply shape our scripts return, read by ours and by redis-py."""
+    from crew_budget.ledger.redis import _read_reply
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.set("cb:plain", "x")
+    scripts = [
+        "return {'ok', '1764000000123'}",
+        "return {'settled', 1, '900'}",
+        "return {'dup', ARGV[1]}",
+        "return {'deny', 2, false, ''}",
+        "return redis.call('GET', 'cb:plain')",
+        "return 42",
+    ]
+    long_value = "é" * 40_000  # 80 kB: more than one recv
+    for source in scripts:
+        sha = client.script_load(source)
+        conn: Any = client.connection_pool.get_connection()
+        try:
+            for reader in (_read_reply, lambda c: c.read_response()):
+                conn.send_command("EVALSHA", sha, 0, long_value)
+                ours = reader(conn)
+                conn.send_command("EVALSHA", sha, 0, long_value)
+                assert ours == conn.read_response()
+        finally:
+            client.connection_pool.release(conn)
+    conn2: Any = client.connection_pool.get_connection()
+    conn = conn2
+    try:
+        conn.send_command("EVALSHA", "0" * 40, 0)
+        with pytest.raises(redis.exceptions.NoScriptError):
+            _read_reply(conn)
+        conn.send_command("EVAL", "return redis.call('HGET', 'cb:plain', 'f')", 0)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            _read_reply(conn)
+        conn.send_command("PING")  # the connection is still in step after both
+        assert _read_reply(conn) == "PONG"
+    finally:
+        client.connection_pool.release(conn)
+    client.close()
+
+
+def test_settle_leaves_other_leases_to_reserve_which_still_reaps_them(redis_url: str) -> None:
+    """Settle no longer reaps (it is on every call's path); reserve still does."""
+    ledger = RedisLedger(redis_url, namespace="reaping")
+    buckets = [day_bucket(ledger, "role:researcher", 10_000)]
+    running = reserve(ledger, buckets, 1000)
+    lapsed = reserve(ledger, buckets, 400, lease=0.05)
+    time.sleep(0.1)
+    assert ledger.settle(running.reservation_id, 700, Usage(7, 0, 0, 0, 0)).applied is True
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    # The lapsed lease is still "reserved" after the settle: 700 spent + its 400.
+    lapsed_key = ledger.prefix + "r:" + lapsed.reservation_id
+    assert str(client.get(lapsed_key)).startswith("reserved\n")
+    third = reserve(ledger, buckets, 100)  # reserve reaps it first: charged 400 (its amount)
+    assert str(client.get(lapsed_key)).startswith("expired\n400\n")
+    assert counters(ledger, buckets) == [(700 + 400, 100)]
+    # ... and its own late settle is refused as expired, charging nothing more.
+    late = ledger.settle(lapsed.reservation_id, 50, Usage(1, 0, 0, 0, 0))
+    assert (late.state, late.applied, late.cost_nano) == ("expired", False, 400)
+    assert ledger.settle(third.reservation_id, 100, Usage(1, 0, 0, 0, 0)).applied is True
+    outcomes = [r.outcome for r in ledger.records()]
+    assert sorted(outcomes) == ["expired", "settled", "settled"]
+    client.close()
+    ledger.close()

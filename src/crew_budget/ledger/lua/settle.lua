@@ -8,7 +8,10 @@
 -- ARGV[2] - actual cost, nano-USD (decimal string)
 -- ARGV[3] - usage as a JSON fragment ("input_tokens":N,... five fields)
 -- ARGV[4] - retention of records, ms
--- ARGV[5] - most expired leases to reap first
+--
+-- No reaping here: settle is on every call's path, and reserve (and release,
+-- status, reap) already expire leases that ran out, before they charge or
+-- read anything. A settle of its own lease that ran out is handled below.
 --
 -- Returns {"unknown"} if the id was never reserved here (or its tombstone
 -- expired), else {state, applied, cost}: applied = 1 when this call settled
@@ -23,7 +26,6 @@
 
 local rid, cost, retention_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local ts, _, now_ms = ledger_clock()
-reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[5]), ts, now_ms, retention_ms)
 
 local v = redis.call('GET', KEYS[3])
 if not v then return {'unknown'} end
