@@ -303,6 +303,24 @@ def _read_reply(conn: Any) -> Any:
     return value
 
 
+def _send_frame(conn: Any, frame: bytes) -> None:
+    """Write one request; redis-py's ``send_packed_command`` when not connected.
+
+    Errors map to redis-py's exceptions as ``send_packed_command`` maps them
+    (the caller disconnects: a request may be half written).
+    """
+    sock = conn._sock
+    if sock is None:
+        conn.send_packed_command((frame,))
+        return
+    try:
+        sock.sendall(frame)
+    except TimeoutError as exc:  # socket.timeout
+        raise rexc.TimeoutError("Timeout writing to socket") from exc
+    except OSError as exc:
+        raise rexc.ConnectionError(f"Error while writing to socket. {exc.args}") from exc
+
+
 class _Wire:
     """Connections taken from a redis-py pool, for the per-call scripts.
 
@@ -332,7 +350,7 @@ class _Wire:
         try:
             if fresh:
                 conn.disconnect()
-            conn.send_packed_command((frame,))
+            _send_frame(conn, frame)
             try:
                 return _read_reply(conn)
             except rexc.NoScriptError:  # the server restarted or flushed its scripts
