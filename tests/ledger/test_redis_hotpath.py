@@ -281,3 +281,30 @@ def test_settle_leaves_other_leases_to_reserve_which_still_reaps_them(redis_url:
     assert sorted(outcomes) == ["expired", "settled", "settled"]
     client.close()
     ledger.close()
+
+
+def test_reply_reader_leaves_parsers_without_a_python_buffer_to_redis_py(redis_url: str) -> None:
+    """E.g. hiredis keeps its own buffer (no ``unread_bytes``): redis-py reads the reply."""
+    from crew_budget.ledger.redis import _read_reply
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    conn: Any = client.connection_pool.get_connection()
+    real_read, real_buffer = conn.read_response, conn._parser._buffer
+    calls: list[int] = []
+
+    def read_response() -> Any:
+        calls.append(1)
+        conn._parser._buffer = real_buffer  # so redis-py can read
+        return real_read()
+
+    conn.read_response = read_response
+    try:
+        conn.send_command("PING")
+        assert _read_reply(conn) == "PONG" and calls == []  # ours
+        conn._parser._buffer = bytearray(16)  # what the hiredis parser holds
+        conn.send_command("ECHO", "x")
+        assert _read_reply(conn) == "x" and calls == [1]  # redis-py's
+    finally:
+        conn._parser._buffer = real_buffer
+        client.connection_pool.release(conn)
+        client.close()
