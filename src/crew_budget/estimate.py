@@ -349,9 +349,10 @@ class Estimator:
         # The cache keys of recently counted message dicts, by id: an agent
         # loop passes the same dicts again, and freezing them is most of the
         # cost of a warm count. An entry holds the dict (so its id is not
-        # reused) and a copy; it is used only while the dict still equals the
-        # copy. Bounded: at most _MEMO_SIZE small, scalar-valued messages.
-        self._recent: dict[int, tuple[dict[Any, Any], dict[Any, Any], Any, Any]] = {}
+        # reused), a copy, its cache key and its count; it is used only while
+        # the dict still equals the copy. Bounded: at most _MEMO_SIZE small,
+        # scalar-valued messages.
+        self._recent: dict[int, tuple[dict[Any, Any], dict[Any, Any], Any, Any, Any]] = {}
         self._schemes: dict[tuple[str, str, str | None], _Scheme] = {}
         self._calib: dict[str, float] = {}
         self._exact: dict[str, bool] = {}
@@ -459,6 +460,8 @@ class Estimator:
             fmt = None  # plain text / JSON mode: no schema in the prompt
 
         keys: list[Any] = []
+        found: list[tuple[int, int] | None] = []
+        memoized: list[int] = []  # items to remember by identity once counted
         recent = self._recent
         skey = scheme.key
         for kind, value in items:
@@ -466,8 +469,12 @@ class Estimator:
             if memo:
                 seen = recent.get(id(value))
                 if seen is not None and seen[0] is value and seen[2] is skey and seen[1] == value:
+                    # The same, unchanged dict as a recent call: its count is
+                    # known without building its key or touching the LRU.
                     keys.append(seen[3])
+                    found.append(seen[4])
                     continue
+            found.append(None)
             try:
                 key = (skey, kind, _freeze(value))
             except _Uncacheable:
@@ -475,14 +482,11 @@ class Estimator:
                 continue
             keys.append(key)
             if memo and _memoizable(value):
-                if len(recent) >= _MEMO_SIZE:
-                    recent.clear()
-                recent[id(value)] = (value, dict(value), skey, key)
-        found: list[tuple[int, int] | None] = [None] * len(items)
+                memoized.append(len(keys) - 1)
         cache = self._cache
         with self._cache_lock:
             for i, key in enumerate(keys):
-                if key is not None:
+                if key is not None and found[i] is None:
                     value = cache.get(key)
                     if value is not None:
                         cache.move_to_end(key)
@@ -501,6 +505,12 @@ class Estimator:
                     new.append((keys[i], result))
             text += result[0]
             fixed += result[1]
+            found[i] = result
+        for i in memoized:
+            value = items[i][1]
+            if len(recent) >= _MEMO_SIZE:
+                recent.clear()
+            recent[id(value)] = (value, dict(value), skey, keys[i], found[i])
         with self._cache_lock:
             self.hits += len(items) - misses
             self.misses += misses
