@@ -58,3 +58,27 @@ def test_memo_is_bounded_and_skips_large_messages() -> None:
     many = [{"role": "user", "content": f"message {i}"} for i in range(_MEMO_SIZE * 2 + 3)]
     est.count_prompt(MODEL, PRICE, many)
     assert 0 < len(est._recent) <= _MEMO_SIZE
+
+
+def test_agent_loop_fast_path_counts_exactly_what_a_cold_estimator_counts() -> None:
+    """Warm (remembered dicts summed, only the rest counted) == cold, for a
+    history mixing plain, named, system and tool-call messages."""
+    from crew_budget.estimate import Estimator
+    from crew_budget.pricing import PriceBook
+
+    price = PriceBook().get("gpt-4o-mini")
+    history: list[dict[str, object]] = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "name": "ana", "content": "Find the 2024 revenue of ACME."},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "search", "arguments": "{\"q\": \"ACME revenue 2024\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ACME reported $1.2bn."},
+        {"role": "assistant", "content": "ACME made $1.2bn in 2024."},
+    ]
+    warm = Estimator()
+    for step in range(4):
+        history.append({"role": "user", "content": f"step {step}: and in {2020 + step}?"})
+        cold = Estimator().count_prompt("gpt-4o-mini", price, list(history))
+        assert warm.count_prompt("gpt-4o-mini", price, list(history)) == cold
+    assert warm.hits > 0

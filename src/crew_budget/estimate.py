@@ -296,6 +296,12 @@ def _memoizable(msg: dict[Any, Any]) -> bool:
     return size <= _MEMO_CHARS
 
 
+def _schema_format(extra: Mapping[str, Any]) -> bool:
+    """Does the request carry a structured-output schema (which adds prompt tokens)?"""
+    fmt = extra.get("response_format") or extra.get("output_format")
+    return isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object")
+
+
 def _freeze(value: Any) -> Any:
     kind = type(value)
     if kind is str:
@@ -440,6 +446,30 @@ class Estimator:
         system: Any,
         extra: Mapping[str, Any],
     ) -> tuple[int, int]:
+        if not system and not tools and not extra.get("functions") and not _schema_format(extra):
+            # The agent-loop fast path: most messages are the same, unchanged
+            # dicts as in a recent call, so add up their remembered counts and
+            # count only the rest. (Tools and schemas depend on whether a system
+            # message exists, so those requests take the general path.)
+            recent = self._recent
+            skey = scheme.key
+            known_text = known_fixed = n_known = 0
+            rest: list[Any] = []
+            for m in messages:
+                if type(m) is dict:
+                    seen = recent.get(id(m))
+                    if (seen is not None and seen[0] is m and seen[2] is skey
+                            and seen[1] == m):
+                        known_text += seen[4][0]
+                        known_fixed += seen[4][1]
+                        n_known += 1
+                        continue
+                rest.append(m)
+            if n_known:
+                text, fixed = self._count(scheme, rest, None, None, extra)
+                with self._cache_lock:
+                    self.hits += n_known
+                return text + known_text, fixed + known_fixed
         items: list[tuple[str, Any]] = []
         if system:
             items.append(("system", system))
