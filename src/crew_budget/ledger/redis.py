@@ -276,10 +276,13 @@ def _read_reply(conn: Any) -> Any:
     redis-py reads the reply.
     Errors map to redis-py's exceptions exactly as its parser maps them.
     """
-    parser = conn._parser
+    # Private redis-py attributes, read defensively: if a redis-py release
+    # renames them, every reply simply goes through its public read_response.
+    parser = getattr(conn, "_parser", None)
     unread = getattr(getattr(parser, "_buffer", None), "unread_bytes", None)
-    sock = conn._sock
-    if sock is None or unread is None or unread():  # e.g. the hiredis parser
+    sock = getattr(conn, "_sock", None)
+    parse_error = getattr(parser, "parse_error", None)
+    if sock is None or unread is None or parse_error is None or unread():  # e.g. hiredis
         return conn.read_response()
     data = b""
     try:
@@ -296,13 +299,17 @@ def _read_reply(conn: Any) -> Any:
                 raise rexc.InvalidResponse("more reply bytes than one reply from a ledger script")
             break
     except TimeoutError as exc:  # socket.timeout
-        raise rexc.TimeoutError(f"Timeout reading from {conn._host_error()}") from exc
+        raise rexc.TimeoutError(f"Timeout reading from {_where(conn)}") from exc
     except OSError as exc:
-        raise rexc.ConnectionError(
-            f"Error while reading from {conn._host_error()} : {exc.args}") from exc
+        raise rexc.ConnectionError(f"Error while reading from {_where(conn)} : {exc.args}") from exc
     if type(value) is _Refusal:
-        raise parser.parse_error(value.message)
+        raise parse_error(value.message)
     return value
+
+
+def _where(conn: Any) -> str:
+    host_error = getattr(conn, "_host_error", None)
+    return str(host_error()) if callable(host_error) else "the ledger's Redis"
 
 
 def _send_frame(conn: Any, frame: bytes) -> None:
@@ -311,7 +318,7 @@ def _send_frame(conn: Any, frame: bytes) -> None:
     Errors map to redis-py's exceptions as ``send_packed_command`` maps them
     (the caller disconnects: a request may be half written).
     """
-    sock = conn._sock
+    sock = getattr(conn, "_sock", None)
     if sock is None:
         conn.send_packed_command((frame,))
         return
