@@ -15,7 +15,6 @@ the tests' expected dollars never come from crew-budget's own parsing.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,34 +24,10 @@ import vcr
 import yaml
 from vcr.cassette import Cassette
 
+from tests.fixtures.http_replay import SECRET_HEADERS, install_live_capture, record_mode
+
 ROOT = Path(__file__).resolve().parents[2]
 CASSETTE_DIR = ROOT / "cassettes" / "crewai"
-
-# Headers never written to a cassette (the re-record path filters them too).
-SECRET_HEADERS = [
-    "authorization", "x-api-key", "openai-organization", "openai-project", "cookie",
-    "set-cookie", "anthropic-organization-id", "x-request-id", "request-id", "cf-ray",
-]
-
-
-def _install_live_capture() -> None:
-    if getattr(Cassette.play_response, "_crew_budget_live", False):
-        return
-    original = Cassette.play_response
-
-    def play_response(self: Cassette, request: Any) -> Any:
-        response = original(self, request)
-        self.__dict__.setdefault("live", []).append(request)
-        return response
-
-    play_response._crew_budget_live = True  # type: ignore[attr-defined]
-    Cassette.play_response = play_response  # type: ignore[method-assign]
-
-
-def record_mode() -> str:
-    """``none`` (replay only) unless CREW_BUDGET_RECORD_MODE says otherwise."""
-    return os.environ.get("CREW_BUDGET_RECORD_MODE", "none")
-
 
 def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
     """Drop account-identifying response headers when (re-)recording."""
@@ -76,7 +51,7 @@ def recorder(mode: str | None = None) -> vcr.VCR:
 
 @contextmanager
 def replay(name: str, mode: str | None = None) -> Iterator[Cassette]:
-    _install_live_capture()
+    install_live_capture()
     with recorder(mode).use_cassette(f"{name}.yaml") as cassette:
         cassette.__dict__.setdefault("live", [])
         yield cassette
