@@ -18,10 +18,8 @@ per 1M tokens) and the cassettes' recorded usage:
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +39,7 @@ from crew_budget.langchain import BudgetCallbackHandler, BudgetMiddleware
 from crew_budget.litellm import BudgetLogger
 from crew_budget.nesting import begin_covering, covering, covering_ticket, end_covering
 from tests.fixtures.http_replay import CASSETTES, live_bodies, recorded_usage, replay
+from tests.fixtures.waiting import await_for, wait_for
 
 NEST = CASSETTES / "nesting"
 
@@ -107,22 +106,6 @@ class Seen(CustomLogger):
     def saw(self, *names: str) -> bool:
         with self._lock:
             return all(n in self.events for n in names)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for litellm's callback")
-        time.sleep(0.02)
-
-
-async def await_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for litellm's callback")
-        await asyncio.sleep(0.02)
 
 
 def _unregister(*loggers: CustomLogger) -> None:

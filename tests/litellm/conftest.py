@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -46,24 +44,6 @@ def spent(guard: Guard, scope: str, window: str = "day") -> Decimal:
 
 def outcomes(guard: Guard) -> list[str]:
     return [r.outcome for r in guard.ledger.records()]
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """litellm runs success/failure callbacks of sync calls on a worker thread."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for litellm's callback")
-        time.sleep(0.02)
-
-
-async def await_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Async calls report on the event loop: wait without blocking it."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for litellm's callback")
-        await asyncio.sleep(0.02)
 
 
 def unregister(logger: BudgetLogger) -> None:

@@ -22,7 +22,8 @@ from crew_budget.litellm import (
     never_billed,
 )
 from tests.fixtures.http_replay import live_bodies, recorded_usage, replay
-from tests.litellm.conftest import LL, await_for, cost, outcomes, spent, wait_for
+from tests.fixtures.waiting import await_for, wait_for
+from tests.litellm.conftest import LL, cost, outcomes, spent
 
 FR = [{"role": "user", "content": "Name the capital of France in one word."}]
 PT = [{"role": "user", "content": "Name the capital of Portugal in one word."}]

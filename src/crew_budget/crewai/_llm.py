@@ -462,24 +462,12 @@ class BudgetLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
-        guard, ticket, variant = self._reserve(messages, tools, from_task, from_agent,
-                                               response_model)
-        capture = _Capture(variant)
-        token = _CAPTURE.set(capture)
-        try:
-            with self._overrides(variant), covering(ticket):
-                result = variant.call(
-                    messages, tools=tools, callbacks=callbacks,
-                    available_functions=available_functions, from_task=from_task,
-                    from_agent=from_agent, response_model=response_model,
-                )
-        except BaseException as exc:
-            _CAPTURE.reset(token)
-            _finish_failed(guard, ticket, capture, exc)
-            raise
-        _CAPTURE.reset(token)
-        _finish(guard, ticket, capture)
-        return result
+        with self._guarded(messages, tools, from_task, from_agent, response_model) as variant:
+            return variant.call(
+                messages, tools=tools, callbacks=callbacks,
+                available_functions=available_functions, from_task=from_task,
+                from_agent=from_agent, response_model=response_model,
+            )
 
     async def acall(
         self,
@@ -491,24 +479,35 @@ class BudgetLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
+        with self._guarded(messages, tools, from_task, from_agent, response_model) as variant:
+            return await variant.acall(
+                messages, tools=tools, callbacks=callbacks,
+                available_functions=available_functions, from_task=from_task,
+                from_agent=from_agent, response_model=response_model,
+            )
+
+    @contextlib.contextmanager
+    def _guarded(
+        self, messages: Any, tools: Any, from_task: Any, from_agent: Any, response_model: Any
+    ) -> Iterator[BaseLLM]:
+        """Reserve, run the inner call (sync or async) with usage capture, settle.
+
+        One body for ``call`` and ``acall``: the reservation is settled from the
+        captured usage, or released/charged on failure, on every exit path.
+        """
         guard, ticket, variant = self._reserve(messages, tools, from_task, from_agent,
                                                response_model)
         capture = _Capture(variant)
         token = _CAPTURE.set(capture)
         try:
             with self._overrides(variant), covering(ticket):
-                result = await variant.acall(
-                    messages, tools=tools, callbacks=callbacks,
-                    available_functions=available_functions, from_task=from_task,
-                    from_agent=from_agent, response_model=response_model,
-                )
+                yield variant
         except BaseException as exc:
             _CAPTURE.reset(token)
             _finish_failed(guard, ticket, capture, exc)
             raise
         _CAPTURE.reset(token)
         _finish(guard, ticket, capture)
-        return result
 
     def _role_for(self, from_agent: Any) -> str:
         role = self.role or getattr(from_agent, "role", None)
