@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import agent_history, redis_server, summary  # noqa: E402
-from crew_budget import Guard  # noqa: E402
+from bench.common import agent_history, redis_server, summary
+from crew_budget import Guard
 
 MODEL = "gpt-4o-mini"
 CONFIG: dict[str, Any] = {"roles": {"researcher": {"daily": 10**6}}, "crew": {"daily": 10**6}}

@@ -21,14 +21,16 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 (reads as a sentence)
     "agent budget ledger token research market analysis revenue quarter growth customer "
     "pipeline forecast retention churn segment pricing competitor summary source citation "
     "report draft review evidence claim figure table chart trend signal noise outlier"
 ).split()
 
 
-def agent_history(turns: int = 20, tokens_per_message: int = 200, seed: int = 7) -> list[dict[str, Any]]:
+def agent_history(
+    turns: int = 20, tokens_per_message: int = 200, seed: int = 7
+) -> list[dict[str, Any]]:
     """A system prompt plus ``turns`` user/assistant messages, ~4k tokens in all."""
     rng = random.Random(seed)
 

@@ -16,10 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from crewai import LLM, Agent, Crew, Process, Task
 from crewai.tools import tool
 
 from crew_budget.crewai import BudgetCallback, BudgetLLM, CrewBudgetExceeded
-from crewai import LLM, Agent, Crew, Process, Task
 
 HERE = Path(__file__).resolve().parent
 CASSETTE = HERE.parent / "cassettes" / "crewai" / "research_crew.yaml"

@@ -47,7 +47,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP=True HF_HUB_OFFLINE=1 OTEL_SDK_DISABLED=true
   CREWAI_DISABLE_TELEMETRY=true CREWAI_DISABLE_TRACKING=true
 
 echo "== ruff"
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests bench examples
 echo "== mypy --strict src"
 .venv/bin/mypy
 echo "== pytest"

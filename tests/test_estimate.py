@@ -722,7 +722,8 @@ def test_second_estimate_tokenizes_only_the_new_message(monkeypatch: pytest.Monk
     # The framework rebuilds its message list every call: equal, not identical.
     second = est.count_prompt("gpt-4o", price, [*json.loads(json.dumps(history)), new],
                               json.loads(json.dumps(tools)))
-    assert sorted(seen) == sorted(["user", new["content"]])
+    # Only the new content: its role, "user", is a short string already counted.
+    assert seen == [new["content"]]
     assert second == first + 3 + len(_encoding("o200k_base").encode(new["content"])) + 1
 
 
@@ -969,3 +970,27 @@ def test_import_is_lazy_and_tiktoken_comes_from_litellms_bundle(tmp_path: Path) 
                          check=True, timeout=60).stdout.split()
     assert int(out[0]) >= 50
     assert out[1] == str(tmp_path)
+
+
+def test_short_strings_are_remembered_and_long_ones_are_not() -> None:
+    """The counter memoizes short strings (roles, names) only, bounded, and a
+    remembered count is the tokenizer's count."""
+    from crew_budget import tokens
+
+    calls: list[str] = []
+
+    def raw(text: str) -> int:
+        calls.append(text)
+        return len(text.split())
+
+    count = tokens._with_short_memo(raw)
+    assert count("assistant") == 1 and count("assistant") == 1
+    long_text = "word " * 20
+    assert count(long_text) == 20 and count(long_text) == 20
+    assert calls == ["assistant", long_text, long_text]
+    for i in range(tokens._SHORT_MEMO + 10):
+        count(f"name {i}")
+    assert count("name 1") == 2 and calls.count("name 1") == 1  # kept: bounded, not evicted
+    last = f"name {tokens._SHORT_MEMO + 9}"
+    count(last)
+    assert calls.count(last) == 2  # past the bound: counted every time

@@ -82,3 +82,62 @@ def test_agent_loop_fast_path_counts_exactly_what_a_cold_estimator_counts() -> N
         cold = Estimator().count_prompt("gpt-4o-mini", price, list(history))
         assert warm.count_prompt("gpt-4o-mini", price, list(history)) == cold
     assert warm.hits > 0
+
+
+def _turns(n: int) -> list[dict[str, Any]]:
+    return [{"role": "user" if i % 2 else "assistant",
+             "content": f"turn {i}: " + "the quarterly figures by region " * (i % 5 + 1)}
+            for i in range(n)]
+
+
+def test_a_growing_conversation_reuses_its_total_and_counts_like_a_cold_estimator() -> None:
+    est = Estimator()
+    history = [{"role": "system", "content": "You are terse."}]
+    for turn in _turns(12):
+        history = [*history, turn]  # a new list each call, as frameworks pass it
+        assert est.count_prompt(MODEL, PRICE, history) == fresh(history)
+    # The conversation is remembered under its first message, whole.
+    (head, copies, sums), = est._convos.values()
+    assert head == history and len(copies) == len(history) and len(sums) == len(history) + 1
+
+
+def test_a_remembered_conversation_changed_in_place_is_counted_again() -> None:
+    """Reusing the remembered total needs every message unchanged, not just
+    the same objects: an edit deep in the history must change the count."""
+    est = Estimator()
+    history = [{"role": "system", "content": "You are terse."}, *_turns(8)]
+    est.count_prompt(MODEL, PRICE, history[:-1])
+    est.count_prompt(MODEL, PRICE, history)
+    before = est.count_prompt(MODEL, PRICE, history)
+    assert est._convos  # the history is remembered as a conversation
+
+    history[3]["content"] = "a much longer rewritten turn " * 20
+    assert est.count_prompt(MODEL, PRICE, history) == fresh(history) > before
+    history[5]["name"] = "analyst"
+    assert est.count_prompt(MODEL, PRICE, history) == fresh(history)
+
+
+def test_a_conversation_that_diverges_or_shrinks_counts_like_a_cold_estimator() -> None:
+    est = Estimator()
+    base = [{"role": "system", "content": "You are terse."}, *_turns(10)]
+    est.count_prompt(MODEL, PRICE, base)
+    est.count_prompt(MODEL, PRICE, base)
+    replaced = [*base[:4], {"role": "user", "content": "a different fourth turn"}, *base[5:]]
+    assert est.count_prompt(MODEL, PRICE, replaced) == fresh(replaced)
+    shorter = base[:3]
+    assert est.count_prompt(MODEL, PRICE, shorter) == fresh(shorter)
+    # The agent-loop pattern: the same history, a new last message each call.
+    for step in range(5):
+        call = [*base, {"role": "user", "content": f"step {step}"}]
+        assert est.count_prompt(MODEL, PRICE, call) == fresh(call)
+
+
+def test_conversations_are_bounded() -> None:
+    from crew_budget.estimate import _CONVO_SIZE
+
+    est = Estimator()
+    for i in range(_CONVO_SIZE * 2 + 1):
+        msgs = [{"role": "user", "content": f"conversation {i}"}, {"role": "user", "content": "go"}]
+        est.count_prompt(MODEL, PRICE, msgs)
+        est.count_prompt(MODEL, PRICE, msgs)
+    assert 0 < len(est._convos) <= _CONVO_SIZE

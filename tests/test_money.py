@@ -41,3 +41,25 @@ def test_from_nano_is_exact_and_round_trips() -> None:
     assert from_nano(7_000_000_000) == Decimal(7)
     for n in (0, 1, 999, 10**9 + 1, 123_456_789_012):
         assert to_nano(from_nano(n)) == n
+
+
+def test_integer_atto_rounding_matches_the_decimal_rounding() -> None:
+    """The hot path's integer rounding gives what the Decimal functions give."""
+    import random
+
+    from crew_budget.money import atto_to_nano_ceil, atto_to_nano_round
+
+    rng = random.Random(5)
+    edges = [0, 1, 10**9 - 1, 10**9, 10**9 + 1, 15 * 10**8, 25 * 10**8, -15 * 10**8, -25 * 10**8]
+    for atto in edges + [rng.randrange(-10**24, 10**24) for _ in range(5000)]:
+        usd = Decimal(atto).scaleb(-18)
+        assert atto_to_nano_ceil(atto) == to_nano_ceil(usd), atto
+        assert atto_to_nano_round(atto) == to_nano_round(usd), atto
+
+
+def test_prices_finer_than_one_atto_dollar_keep_the_decimal_path() -> None:
+    from crew_budget.money import atto_per_token
+
+    assert atto_per_token(Decimal("1.5E-7")) == 150_000_000_000
+    assert atto_per_token(Decimal("0.000000000000000001")) == 1
+    assert atto_per_token(Decimal("0.0000000000000000015")) is None

@@ -72,3 +72,51 @@ def test_without_litellm_installed_only_overrides_price(monkeypatch: pytest.Monk
     assert book.get("mine").output == Decimal("0.000001")
     with pytest.raises(UnknownModelError):
         book.get("gpt-4o-mini")
+
+
+def test_integer_cost_and_estimate_equal_the_decimal_ones_for_every_model_in_the_map() -> None:
+    """Settle and preflight price in whole atto-USD per token (``Price.atto``);
+    for every model litellm prices, and random usages, the nano-USD results
+    are exactly what the Decimal formulas (``cost_of`` + banker's rounding,
+    ceiling for estimates) give."""
+    import random
+
+    from crew_budget.money import atto_to_nano_ceil, to_nano_ceil, to_nano_round
+    from crew_budget.pricing import _load_litellm_map, _price_from_map
+    from crew_budget.usage import Usage, cost_nano_of, cost_of
+
+    rng = random.Random(11)
+    checked = integer = 0
+    for name, entry in _load_litellm_map().items():
+        if "input_cost_per_token" not in entry or "output_cost_per_token" not in entry:
+            continue
+        price = _price_from_map(name, entry)
+        if price.atto is None:  # float noise in the map, e.g. 0.0000029999900000000002
+            assert cost_nano_of(Usage(7, 0, 0, 3, 0), price) == to_nano_round(
+                cost_of(Usage(7, 0, 0, 3, 0), price))
+            checked += 1
+            continue
+        integer += 1
+        for _ in range(3):
+            out = rng.randrange(0, 200_000)
+            usage = Usage(rng.randrange(0, 2_000_000), rng.randrange(0, 500_000),
+                          rng.randrange(0, 100_000), out, rng.randrange(0, out + 1))
+            assert cost_nano_of(usage, price) == to_nano_round(cost_of(usage, price)), name
+            pt, ot = rng.randrange(0, 2_000_000), rng.randrange(0, 200_000)
+            assert atto_to_nano_ceil(pt * price.atto[0] + ot * price.atto[1]) == to_nano_ceil(
+                pt * price.input + ot * price.output), name
+        checked += 1
+    assert checked > 1000 and integer > 0.95 * checked
+
+
+def test_an_override_finer_than_one_atto_dollar_is_priced_with_decimal() -> None:
+    from crew_budget.money import to_nano_round
+    from crew_budget.usage import Usage, cost_nano_of, cost_of
+
+    book = PriceBook({"fine-model": {"input_per_million": "0.0000000000001",
+                                     "output_per_million": "1"}})
+    price = book.get("fine-model")
+    assert price.atto is None
+    usage = Usage(input_tokens=10**12 + 7, output_tokens=3)
+    # 10^12 tokens x 10^-19 $ = 100 nano-USD, 3 x 10^-6 $ = 3,000 nano-USD
+    assert cost_nano_of(usage, price) == to_nano_round(cost_of(usage, price)) == 3100

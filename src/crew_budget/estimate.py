@@ -78,7 +78,12 @@ Per-message cache
     estimate costs tokenization of the *new* messages only. Keys are tuples of
     the message's strings (Python caches each ``str``'s hash); strings longer
     than 256 characters are keyed by (length, hash, first and last 32
-    characters) so the cache holds no large copies.
+    characters) so the cache holds no large copies. In front of it, recently
+    counted message dicts are remembered by identity (with a copy, used only
+    while the dict still equals it), and so is each recent conversation as a
+    whole: when a call's messages start with the very dicts of an earlier
+    call, unchanged, their total is reused after one C-level comparison of
+    the list, so a warm estimate costs little more than the new messages.
 
 Calibration
     ``Guard.settle`` reports the estimate and the provider's actual prompt
@@ -102,6 +107,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from itertools import islice
+from operator import eq, is_
 from typing import Any
 
 from crew_budget import images, tokens
@@ -281,6 +288,7 @@ class _Uncacheable(Exception):
 
 
 _MEMO_SIZE = 512
+_CONVO_SIZE = 64
 _MEMO_CHARS = 16384
 
 
@@ -359,6 +367,15 @@ class Estimator:
         # the dict still equals the copy. Bounded: at most _MEMO_SIZE small,
         # scalar-valued messages.
         self._recent: dict[int, tuple[dict[Any, Any], dict[Any, Any], Any, Any, Any]] = {}
+        # Recent conversations, by (scheme, id of the first message): the
+        # message dicts of a call (held, so ids are not reused), copies of
+        # them, and running totals of their (text, fixed) counts, without
+        # the reply priming. A later call whose messages begin with some of
+        # these very dicts, all still equal to their copies, reuses the
+        # total up to where they stop matching.
+        self._convos: dict[
+            tuple[Any, int], tuple[list[Any], list[dict[Any, Any]], list[tuple[int, int]]]
+        ] = {}
         self._schemes: dict[tuple[str, str, str | None], _Scheme] = {}
         self._calib: dict[str, float] = {}
         self._exact: dict[str, bool] = {}
@@ -402,6 +419,8 @@ class Estimator:
         """Learn from a settled call how far off the estimate was (see module doc)."""
         if estimated <= 0 or actual <= 0 or max(estimated, actual) < 32:
             return
+        if actual <= estimated and self._exact.get(model, False) and model not in self._calib:
+            return  # an exact count is never lowered: nothing to learn
         with self._calib_lock:
             current = self._calib.get(model, 1.0)
             target = current * actual / estimated
@@ -454,8 +473,23 @@ class Estimator:
             recent = self._recent
             skey = scheme.key
             known_text = known_fixed = n_known = 0
+            copies: list[dict[Any, Any]] = []
+            sums: list[tuple[int, int]] = [(0, 0)]
+            convo_key = (skey, id(messages[0])) if messages else None
+            convo = self._convos.get(convo_key) if convo_key is not None else None
+            if convo is not None:
+                head, copies, sums = convo
+                # How many leading messages are the very dicts of that call
+                # (map() stops at the shorter list), and still unchanged.
+                same = list(map(is_, messages, head))
+                n_known = same.index(False) if False in same else len(same)
+                if n_known and not all(map(eq, copies, islice(messages, n_known))):
+                    n_known = 0
+                copies, sums = copies[:n_known], sums[:n_known + 1]
+                known_text, known_fixed = sums[n_known]
+            start = n_known
             rest: list[Any] = []
-            for m in messages:
+            for m in islice(messages, start, None) if start else messages:
                 if type(m) is dict:
                     seen = recent.get(id(m))
                     if (seen is not None and seen[0] is m and seen[2] is skey
@@ -469,6 +503,8 @@ class Estimator:
                 text, fixed = self._count(scheme, rest, None, None, extra)
                 with self._cache_lock:
                     self.hits += n_known
+                if convo_key is not None and len(messages) > start:
+                    self._remember_convo(convo_key, messages, copies, sums, start, skey)
                 return text + known_text, fixed + known_fixed
         items: list[tuple[str, Any]] = []
         if system:
@@ -555,6 +591,32 @@ class Estimator:
             fixed += self._tool_adjustments(scheme, extra, bool(tool_list), has_system, fmt,
                                             count)
         return text, fixed
+
+    def _remember_convo(self, key: tuple[Any, int], messages: Sequence[Any],
+                        copies: list[dict[Any, Any]], sums: list[tuple[int, int]],
+                        start: int, skey: Any) -> None:
+        """Remember ``messages`` as a conversation, if every message is memoized.
+
+        ``copies`` and ``sums`` cover its first ``start`` messages (copies,
+        and running totals of their counts); the others were just counted or
+        found in the identity memo, which now holds their copies and counts.
+        A message the memo does not hold (not a small, scalar-valued dict)
+        ends the attempt.
+        """
+        recent = self._recent
+        text, fixed = sums[start]
+        for message in islice(messages, start, None):
+            seen = recent.get(id(message))
+            if seen is None or seen[0] is not message or seen[2] is not skey or seen[1] != message:
+                return
+            copies.append(seen[1])
+            text += seen[4][0]
+            fixed += seen[4][1]
+            sums.append((text, fixed))
+        convos = self._convos
+        if len(convos) >= _CONVO_SIZE:
+            convos.clear()
+        convos[key] = (list(messages), copies, sums)
 
     def _count_item(self, scheme: _Scheme, count: Callable[[str], int], kind: str,
                     value: Any) -> tuple[int, int]:

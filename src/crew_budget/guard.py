@@ -38,9 +38,9 @@ from crew_budget.ledger import (
     new_reservation_id,
     open_ledger,
 )
-from crew_budget.money import from_nano, to_nano, to_nano_ceil, to_nano_round
+from crew_budget.money import atto_to_nano_ceil, from_nano, to_nano, to_nano_ceil
 from crew_budget.pricing import Price, PriceBook
-from crew_budget.usage import Usage, cost_of, parse_usage
+from crew_budget.usage import Usage, cost_nano_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
 
 __all__ = ["BudgetStatus", "Guard", "GuardEvent", "Settlement", "Ticket"]
@@ -265,7 +265,11 @@ class Guard:
             inject = out_tokens = cap
         else:
             out_tokens = int(max_tokens)
-        amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
+        atto = price.atto
+        if atto is not None:
+            amount = atto_to_nano_ceil(prompt_tokens * atto[0] + out_tokens * atto[1])
+        else:
+            amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
         return prompt_tokens, out_tokens, inject, amount
 
     def preflight(
@@ -372,7 +376,7 @@ class Guard:
         if parsed is None:
             cost_nano = to_nano(ticket.estimate)
         else:
-            cost_nano = to_nano_round(cost_of(parsed, price))
+            cost_nano = cost_nano_of(parsed, price)
             if parsed.prompt_tokens:
                 self.estimator.calibrate(ticket.model, ticket.prompt_tokens, parsed.prompt_tokens)
         return self._finish(ticket, parsed, cost_nano)

@@ -9,12 +9,24 @@ granularity that matters for a budget, and an int64 of nano-USD holds $9.2bn.
 from __future__ import annotations
 
 import math
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 NANO_PER_USD = 10**9
 _NANO = Decimal(NANO_PER_USD)
+ATTO_PER_NANO = 10**9
 
-__all__ = ["NANO_PER_USD", "from_nano", "parse_usd", "to_nano", "to_nano_ceil", "to_nano_round"]
+__all__ = [
+    "ATTO_PER_NANO",
+    "NANO_PER_USD",
+    "atto_per_token",
+    "atto_to_nano_ceil",
+    "atto_to_nano_round",
+    "from_nano",
+    "parse_usd",
+    "to_nano",
+    "to_nano_ceil",
+    "to_nano_round",
+]
 
 
 def parse_usd(value: object) -> Decimal:
@@ -74,3 +86,33 @@ def from_nano(nano: int) -> Decimal:
         if nano % NANO_PER_USD
         else Decimal(nano // NANO_PER_USD)
     )
+
+
+# Per-token prices as integers of atto-USD (1e-18): litellm's prices (e.g.
+# 1.5e-07) and per-million overrides with up to 12 decimals are whole numbers
+# there, so estimate and cost are exact integer sums on the hot path, rounded
+# to nano-USD once, exactly as the Decimal functions above round them.
+_ATTO = Decimal(10**18)
+
+
+def atto_per_token(price: Decimal) -> int | None:
+    """``price`` (USD per token) as whole atto-USD, or None if it is finer than that."""
+    with localcontext() as ctx:
+        ctx.prec = 200  # exact for any price a config can hold
+        scaled = price * _ATTO
+    if not scaled.is_finite() or scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)
+
+
+def atto_to_nano_ceil(atto: int) -> int:
+    """atto-USD -> nano-USD rounded up (as ``to_nano_ceil``)."""
+    return -(-atto // ATTO_PER_NANO)
+
+
+def atto_to_nano_round(atto: int) -> int:
+    """atto-USD -> nano-USD, banker's rounding (as ``to_nano_round``)."""
+    q, r = divmod(atto, ATTO_PER_NANO)
+    if 2 * r > ATTO_PER_NANO or (2 * r == ATTO_PER_NANO and q & 1):
+        q += 1
+    return q

@@ -1,8 +1,8 @@
 """Model prices: litellm's bundled price map plus the user's overrides.
 
-The map is read as a JSON file from the installed litellm package (found with
-``importlib.util.find_spec``, which does not import litellm: importing it
-costs seconds and tries the network). Floats in the file are parsed straight
+The map is read as a JSON file from the installed litellm package (found by
+scanning ``sys.path``, which does not import litellm: importing it costs
+seconds and tries the network). Floats in the file are parsed straight
 to ``Decimal`` so ``1.5e-07`` stays exactly 0.00000015 USD per token.
 
 A model with no price is an ``UnknownModelError`` (invariant 6): pricing an
@@ -16,12 +16,13 @@ import json
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from crew_budget.errors import PricingError, UnknownModelError
+from crew_budget.money import atto_per_token
 
 __all__ = ["Price", "PriceBook", "litellm_data_dir", "litellm_price_map_path"]
 
@@ -43,6 +44,24 @@ class Price:
     reasoning: Decimal | None = None
     tokenizer: str | None = None
     max_output_tokens: int | None = None
+    # The five rates (input, output, cached input, cache write, reasoning;
+    # the last three defaulted as billed) in whole atto-USD per token, or
+    # None when one is finer than that: then Decimal arithmetic is used.
+    atto: tuple[int, int, int, int, int] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        rates = (
+            self.input,
+            self.output,
+            self.input if self.cached_input is None else self.cached_input,
+            self.input if self.cache_write is None else self.cache_write,
+            self.output if self.reasoning is None else self.reasoning,
+        )
+        atto = [atto_per_token(r) for r in rates]
+        if all(a is not None for a in atto):
+            object.__setattr__(self, "atto", tuple(atto))
 
 
 def litellm_data_dir() -> Path:

@@ -76,9 +76,32 @@ def count_function(name: str) -> Callable[[str], int]:
     with _lock:
         fn = _counters.get(name)
         if fn is None:
-            fn = _load(name)
+            fn = _with_short_memo(_load(name))
             _counters[name] = fn
     return fn
+
+
+_SHORT = 32
+_SHORT_MEMO = 4096
+
+
+def _with_short_memo(count: Callable[[str], int]) -> Callable[[str], int]:
+    """``count`` remembering short strings: roles, names, tool and function
+    names recur in every request and a dict lookup is far cheaper than a
+    tokenizer call. Bounded; dict reads and writes are atomic, so thread-safe."""
+    memo: dict[str, int] = {}
+
+    def counted(text: str) -> int:
+        if len(text) > _SHORT:
+            return count(text)
+        n = memo.get(text)
+        if n is None:
+            n = count(text)
+            if len(memo) < _SHORT_MEMO:
+                memo[text] = n
+        return n
+
+    return counted
 
 
 def anthropic_is_native() -> bool:

@@ -27,9 +27,10 @@ from decimal import Decimal
 from typing import Any
 
 from crew_budget.errors import UsageError
+from crew_budget.money import atto_to_nano_round, to_nano_round
 from crew_budget.pricing import Price
 
-__all__ = ["Usage", "cost_of", "parse_usage"]
+__all__ = ["Usage", "cost_nano_of", "cost_of", "parse_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +78,26 @@ def cost_of(usage: Usage, price: Price) -> Decimal:
     )
 
 
+def cost_nano_of(usage: Usage, price: Price) -> int:
+    """``cost_of`` in nano-USD, banker's rounding: integer arithmetic when the
+    price has whole atto-USD rates (see ``Price.atto``), else ``Decimal``."""
+    atto = price.atto
+    if atto is None:
+        return to_nano_round(cost_of(usage, price))
+    inp, out, cached, write, reasoning = atto
+    r = usage.reasoning_tokens
+    return atto_to_nano_round(
+        usage.input_tokens * inp
+        + usage.cached_input_tokens * cached
+        + usage.cache_write_tokens * write
+        + (usage.output_tokens - r) * out
+        + r * reasoning
+    )
+
+
 def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
-    if obj is None:
-        return None
+    if obj is None or type(obj) is dict:  # the common cases, without ABC checks
+        return obj
     if isinstance(obj, Mapping):
         return obj
     for attr in ("model_dump", "dict", "to_dict"):
@@ -103,6 +121,8 @@ def _int(data: Mapping[str, Any] | None, *keys: str) -> int | None:
         value = data.get(key)
         if value is None:
             continue
+        if type(value) is int and value >= 0:
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"usage field {key!r} is {value!r}, not a token count")
         if value < 0 or value != int(value):

@@ -24,7 +24,7 @@ window instance such as ``day 2026-11-25``), two integers in nano-USD:
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,7 +53,8 @@ Outcome = Literal["reserved", "settled", "released", "expired", "blocked", "ungu
 
 def new_reservation_id() -> str:
     """A random token: whoever holds it owns the reservation (as in redis-py's lock)."""
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex but ~4x cheaper.
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
