@@ -141,3 +141,26 @@ def test_conversations_are_bounded() -> None:
         est.count_prompt(MODEL, PRICE, msgs)
         est.count_prompt(MODEL, PRICE, msgs)
     assert 0 < len(est._convos) <= _CONVO_SIZE
+
+
+def test_warm_counts_equal_cold_for_message_objects_and_claude_with_thinking() -> None:
+    """The fast path's new messages may be LangChain-style objects, and the
+    request may carry Claude's ``thinking``: the count is still the cold one."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Msg:  # what LangChain's messages look like to the estimator
+        type: str
+        content: str
+
+    for model, extra in (("gpt-4o-mini", None), ("claude-sonnet-4-5", {"thinking": {
+            "type": "enabled", "budget_tokens": 2048}})):
+        price = PriceBook().get(model)
+        warm = Estimator()
+        history: list[Any] = [{"role": "user", "content": "Plan the market report."}]
+        for step in range(4):
+            history = [*history, Msg("ai" if step % 2 else "human", f"step {step} " * (step + 1))]
+            got = warm.count_prompt(model, price, history, extra=extra)
+            cold = Estimator().count_prompt(model, price, history, extra=extra)
+            assert got == cold, (model, step)
+        assert warm.cache_info()["hits"] > 0

@@ -500,7 +500,7 @@ class Estimator:
                         continue
                 rest.append(m)
             if n_known:
-                text, fixed = self._count(scheme, rest, None, None, extra)
+                text, fixed = self._count_messages(scheme, rest, extra)
                 with self._cache_lock:
                     self.hits += n_known
                 if convo_key is not None and len(messages) > start:
@@ -590,6 +590,51 @@ class Estimator:
         if tool_list or fmt is not None:
             fixed += self._tool_adjustments(scheme, extra, bool(tool_list), has_system, fmt,
                                             count)
+        return text, fixed
+
+    def _count_messages(self, scheme: _Scheme, messages: Sequence[Any],
+                        extra: Mapping[str, Any]) -> tuple[int, int]:
+        """The general path below for a request of messages alone (no system,
+        tools, functions or schema), in one loop: what the agent-loop fast
+        path counts after every call, so its bookkeeping is kept short."""
+        text = fixed = hits = 0
+        count: Callable[[str], int] | None = None
+        recent, skey, cache, lock = self._recent, scheme.key, self._cache, self._cache_lock
+        for message in messages:
+            msg = _as_message(message)
+            try:
+                key: Any = (skey, "message", _freeze(msg))
+            except _Uncacheable:
+                key = None
+            result = None
+            if key is not None:
+                with lock:
+                    result = cache.get(key)
+                    if result is not None:
+                        cache.move_to_end(key)
+            if result is None:
+                if count is None:
+                    count = self._counter(scheme)
+                result = self._message(scheme, count, msg)
+                if key is not None:
+                    with lock:
+                        cache[key] = result
+                        while len(cache) > self.cache_size:
+                            cache.popitem(last=False)
+            else:
+                hits += 1
+            if key is not None and msg is message and type(msg) is dict and _memoizable(msg):
+                if len(recent) >= _MEMO_SIZE:
+                    recent.clear()
+                recent[id(msg)] = (msg, dict(msg), skey, key, result)
+            text += result[0]
+            fixed += result[1]
+        with lock:
+            self.hits += hits
+            self.misses += len(messages) - hits
+        fixed += scheme.reply
+        if scheme.kind == "anthropic" and _thinking_enabled(extra.get("thinking")):
+            fixed += _THINKING_PROMPT
         return text, fixed
 
     def _remember_convo(self, key: tuple[Any, int], messages: Sequence[Any],

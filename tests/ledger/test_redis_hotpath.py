@@ -87,7 +87,10 @@ def test_settle_moves_exactly_the_buckets_charged_whatever_their_keys(
     assert (result.state, result.applied, result.cost_nano) == ("settled", True, 700)
     assert counters(ledger, buckets) == [(700, 0)] * len(buckets)
     tomb = stored(redis_url, ledger, res.reservation_id)
-    assert tomb[:2] == ["settled", "700"] and tomb[2:] == field[2:]
+    # The tombstone: final state and cost, expiry, amount, tombstone time and
+    # id kept; record tail and buckets dropped (see TOMBSTONE in _common.lua).
+    assert tomb[:2] == ["settled", "700"] and tomb[2:6] == field[2:6]
+    assert tomb[6:] == ["", "[]"]
 
     # Release of a second reservation on the same buckets: back to 700 spent.
     res2 = reserve(ledger, buckets, 300)

@@ -321,6 +321,38 @@ def test_counters_and_reservations_expire_so_storage_stays_bounded(redis_url: st
     assert client.exists(ledger.prefix + "b:" + old.key) == 0
 
 
+def test_an_ended_reservation_leaves_a_small_tombstone_that_still_answers_repeats(
+    redis_url: str,
+) -> None:
+    """A tombstone lives for the lease plus a day, so at fleet rates its size
+    is Redis memory: it keeps state, cost, expiry and amount (~80 bytes),
+    not the buckets and record fields of the live value (~1 KB here)."""
+    ledger = RedisLedger(redis_url, namespace="tomb")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    buckets = [day_bucket(ledger, f"role:researcher-{i}", 10**9) for i in range(3)]
+    draft = RecordDraft(role="researcher", model="test-model", crew="research",
+                        estimate_nano=1000, metadata={"task": "summarise " * 20})
+    rid = new_reservation_id()
+    res = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1000, 600.0, draft))
+    assert isinstance(res, Reservation)
+    rkey = ledger.prefix + "r:" + rid
+    live = client.strlen(rkey)
+    assert live > 700  # three buckets' JSON and the record tail
+
+    assert ledger.settle(rid, 900, Usage(9, 0, 0, 0, 0)).applied is True
+    assert client.strlen(rkey) < 100 < live
+    # Repeats are still answered from it, and charge nothing again.
+    again = ledger.settle(rid, 900, Usage(9, 0, 0, 0, 0))
+    assert (again.state, again.applied, again.cost_nano) == ("settled", False, 900)
+    assert ledger.release(rid).applied is False
+    dup = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1000, 600.0, draft))
+    assert isinstance(dup, Reservation)
+    assert (dup.amount_nano, dup.buckets) == (1000, tuple(buckets))
+    assert abs(dup.expires_at - res.expires_at) < 0.002
+    assert [spent_reserved(ledger, b) for b in buckets] == [(900, 0)] * 3
+    assert ledger.reservation_state(rid) == "settled"
+
+
 def test_records_stream_and_odd_set_are_trimmed_to_retention(redis_url: str) -> None:
     ledger = RedisLedger(redis_url, namespace="trim", retention_days=1)
     client = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -656,7 +656,9 @@ class RedisLedger(Ledger):
         """A reserve repeated with the same id: what was reserved the first time."""
         _state, _cost, expires_ms, amount, _tomb, _rid, _tail, meta = value.split("\n", 7)
         stored = json.loads(meta)
-        if [m[1] for m in stored] == [b.key for b in request.buckets]:
+        if not stored or [m[1] for m in stored] == [b.key for b in request.buckets]:
+            # A tombstone keeps no buckets ("[]", see lua/_common.lua): the
+            # reservation has ended, and these are what the caller asked for.
             buckets = request.buckets
         else:
             rebuilt = []
