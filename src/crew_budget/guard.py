@@ -293,7 +293,7 @@ class Guard:
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
             role, self.prices.get(model), model, messages, tools, max_tokens, system, extra
         )
-        crew_name = crew or (self.config.crew.name if self.config.crew else None)
+        crew_name = crew or self._crew_name
         meta = dict(metadata or {})
         draft = RecordDraft(
             role=role,
@@ -351,8 +351,7 @@ class Guard:
     def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft) -> Any:
         now = self._clock() + self._offset
         for _attempt in range(3):
-            req = ReserveRequest(rid, tuple(self.buckets(role, now)), amount,
-                                 float(self.config.lease_seconds), draft)
+            req = ReserveRequest(rid, self._buckets(role, now), amount, self._lease, draft)
             try:
                 return self.ledger.reserve(req)
             except ClockSkew as skew:
@@ -447,7 +446,11 @@ class Guard:
     @config.setter
     def config(self, value: BudgetConfig) -> None:
         self._config = value
-        self._bucket_cache: dict[str | None, tuple[float, float, list[Bucket]]] = {}
+        self._bucket_cache: dict[
+            str | None, tuple[float, float, list[Bucket], tuple[Bucket, ...]]
+        ] = {}
+        self._lease = float(value.lease_seconds)
+        self._crew_name = value.crew.name if value.crew else None
 
     def buckets(self, role: str | None = None, now: float | None = None) -> list[Bucket]:
         """The buckets a call by ``role`` touches (all configured ones if None).
@@ -455,16 +458,18 @@ class Guard:
         Cached until the earliest window among them ends: every call of an
         agent loop would otherwise redo the same calendar arithmetic.
         """
-        t = (self._clock() + self._offset) if now is None else now
+        return list(self._buckets(role, (self._clock() + self._offset) if now is None else now))
+
+    def _buckets(self, role: str | None, t: float) -> tuple[Bucket, ...]:
         cached = self._bucket_cache.get(role)
         if cached is not None and cached[0] <= t < cached[1]:
-            return cached[2]
+            return cached[3]
         out = self._compute_buckets(role, t)
         if out:
             valid_from = max(b.starts_at for b in out)
             valid_until = min(b.ends_at for b in out)
-            self._bucket_cache[role] = (valid_from, valid_until, out)
-        return out
+            self._bucket_cache[role] = (valid_from, valid_until, out, tuple(out))
+        return tuple(out)
 
     def _compute_buckets(self, role: str | None, t: float) -> list[Bucket]:
         out: list[Bucket] = []

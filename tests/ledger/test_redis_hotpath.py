@@ -311,3 +311,46 @@ def test_reply_reader_leaves_parsers_without_a_python_buffer_to_redis_py(redis_u
         conn._parser._buffer = real_buffer
         client.connection_pool.release(conn)
         client.close()
+
+
+@pytest.mark.parametrize("namespace", ["fast", "Etat-Général"])
+def test_the_fast_frames_are_byte_for_byte_the_generic_request(
+    redis_url: str, namespace: str
+) -> None:
+    """reserve/settle build their request from bytes encoded once per set of
+    buckets; it must be exactly what the generic encoder makes of the same
+    arguments (multi-byte namespace, metadata and lease changes included)."""
+    from crew_budget.ledger import redis as lr
+
+    ledger = RedisLedger(redis_url, namespace=namespace)
+    buckets = [day_bucket(ledger, "role:研究員", 10_000), day_bucket(ledger, "global", None)]
+    sent: list[bytes] = []
+    original = lr._Wire.call
+
+    def spy(self: Any, frame: bytes, script: Any, fresh: bool) -> Any:
+        sent.append(frame)
+        return original(self, frame, script, fresh)
+
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(lr._Wire, "call", spy)
+        for lease, meta in ((600.0, {}), (5.5, {"task": "Zusammenfassung ü", "n": 3})):
+            draft = RecordDraft(role="researcher", model="test-model", crew="crew é",
+                                estimate_nano=1234, metadata=meta)
+            rid = new_reservation_id()
+            res = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1234, lease, draft))
+            assert isinstance(res, Reservation)
+            ledger.settle(rid, 1000, Usage(1, 2, 3, 4, 0))
+            plan = ledger._plans[tuple(buckets)]
+            lease_ms = int(lease * 1000)
+            expected_reserve = lr._frame(ledger._heads["reserve"], [
+                str(3 + len(buckets)), ledger._lsr, ledger.prefix + "r:" + rid, plan.fixed_keys,
+                rid, f'"{rid}"', "1234", str(lease_ms), str(lease_ms + lr._DAY_MS),
+                lr._tail("researcher", "test-model", "crew é", 1234, meta), plan.fixed_args])
+            fragment = ('"input_tokens":1,"cached_input_tokens":2,"cache_write_tokens":3,'
+                        '"output_tokens":4,"reasoning_tokens":0')
+            expected_settle = lr._frame(ledger._heads["settle"], [
+                "3", ledger._lsr, ledger.prefix + "r:" + rid, rid, "1000", fragment,
+                str(ledger.retention_ms)])
+            assert sent[-2:] == [expected_reserve, expected_settle]
+    assert counters(ledger, buckets) == [(2000, 0), (2000, 0)]
+    ledger.close()
