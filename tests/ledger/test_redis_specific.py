@@ -541,6 +541,35 @@ def test_a_hung_server_times_out_instead_of_hanging_the_agent(tmp_path: Path) ->
     assert 1.9 <= waited < 3.5
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts: Linux only")
+def test_a_server_that_hangs_between_calls_times_out_on_the_kept_connection(
+    tmp_path: Path,
+) -> None:
+    """The per-call path leaves timeouts to the kernel (SO_RCVTIMEO, no poll
+    before each read): a server that stops answering after a call still
+    fails the next one within the operation timeout, as a timeout."""
+    with RedisServer(directory=tmp_path) as server:
+        ledger = RedisLedger(server.url, op_timeout=1.0)
+        b = day_bucket(ledger, "global", None)
+        assert isinstance(reserve(ledger, [b], 1), Reservation)  # connection made, tuned
+        assert ledger._wire is not None
+        (conn,) = ledger._wire.free
+        assert conn._sock.gettimeout() is None  # blocking: the kernel times out
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(LedgerUnavailable, match="Timeout"):
+                reserve(ledger, [b], 1)
+            waited = time.monotonic() - t0
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert 0.9 <= waited < 2.5  # one timeout, not retried
+        # The timed-out connection was dropped; the next call gets a new one.
+        assert isinstance(reserve(ledger, [b], 2), Reservation)
+        ledger.close()
+
+
 def test_a_cluster_that_is_down_fails_each_call_not_the_guard_construction() -> None:
     url = f"redis+cluster://127.0.0.1:{free_port()}"
     guard = Guard({**CONFIG, "fail_open": True}, url)  # constructing connects nothing
