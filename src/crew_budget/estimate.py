@@ -109,6 +109,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from itertools import islice
 from operator import eq, is_
+from types import MappingProxyType
 from typing import Any
 
 from crew_budget import images, tokens
@@ -288,6 +289,7 @@ class _Uncacheable(Exception):
 
 
 _MEMO_SIZE = 512
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 _CONVO_SIZE = 64
 _MEMO_CHARS = 16384
 
@@ -374,9 +376,10 @@ class Estimator:
         # these very dicts, all still equal to their copies, reuses the
         # total up to where they stop matching.
         self._convos: dict[
-            tuple[Any, int], tuple[list[Any], list[dict[Any, Any]], list[tuple[int, int]]]
+            tuple[int, int], tuple[list[Any], list[dict[Any, Any]], list[tuple[int, int]]]
         ] = {}
         self._schemes: dict[tuple[str, str, str | None], _Scheme] = {}
+        self._last: tuple[Price | None, str, _Scheme | None] = (None, "", None)
         self._calib: dict[str, float] = {}
         self._exact: dict[str, bool] = {}
         self._calib_lock = threading.Lock()
@@ -404,13 +407,19 @@ class Estimator:
         ``tool_choice``, ``functions``, ``function_call``, ``response_format``,
         ``output_format`` and Anthropic's ``thinking``.
         """
-        scheme = self._scheme(model, price)
+        last = self._last  # one tuple: read and replaced atomically
+        if last[0] is price and last[1] == model and last[2] is not None:
+            scheme = last[2]
+        else:
+            scheme = self._scheme(model, price)
+            self._last = (price, model, scheme)
         if scheme.generic and _looks_anthropic(messages, tools, system):
             # Neither the provider nor the name says which API this model
             # speaks, but the request is Anthropic-shaped: Claude's rules
             # (tool-use system prompt included), for an unknown Claude.
             scheme = self._scheme(model, replace(price, provider="anthropic"))
-        text, fixed = self._count(scheme, messages, tools, system, extra or {})
+        text, fixed = self._count(scheme, messages, tools, system,
+                                  _NO_EXTRA if extra is None else extra)
         raw = math.ceil(text * scheme.factor - 1e-9) + fixed
         factor = self._calib.get(model, 1.0)
         return raw if factor == 1.0 else math.ceil(raw * factor - 1e-9)
@@ -465,7 +474,8 @@ class Estimator:
         system: Any,
         extra: Mapping[str, Any],
     ) -> tuple[int, int]:
-        if not system and not tools and not extra.get("functions") and not _schema_format(extra):
+        if not system and not tools and (extra is _NO_EXTRA or (
+                not extra.get("functions") and not _schema_format(extra))):
             # The agent-loop fast path: most messages are the same, unchanged
             # dicts as in a recent call, so add up their remembered counts and
             # count only the rest. (Tools and schemas depend on whether a system
@@ -475,7 +485,9 @@ class Estimator:
             known_text = known_fixed = n_known = 0
             copies: list[dict[Any, Any]] = []
             sums: list[tuple[int, int]] = [(0, 0)]
-            convo_key = (skey, id(messages[0])) if messages else None
+            # By ids: the scheme (and so its key) lives as long as the
+            # estimator, and the entry holds the first message.
+            convo_key = (id(skey), id(messages[0])) if messages else None
             convo = self._convos.get(convo_key) if convo_key is not None else None
             if convo is not None:
                 head, copies, sums = convo
@@ -637,7 +649,7 @@ class Estimator:
             fixed += _THINKING_PROMPT
         return text, fixed
 
-    def _remember_convo(self, key: tuple[Any, int], messages: Sequence[Any],
+    def _remember_convo(self, key: tuple[int, int], messages: Sequence[Any],
                         copies: list[dict[Any, Any]], sums: list[tuple[int, int]],
                         start: int, skey: Any) -> None:
         """Remember ``messages`` as a conversation, if every message is memoized.

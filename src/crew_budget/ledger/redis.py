@@ -355,6 +355,19 @@ def _kernel_timeouts(sock: Any, seconds: float) -> bool:
     return True
 
 
+_forks = 0  # bumped in a forked child: cheaper to compare per call than os.getpid()
+
+
+def _after_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+_NO_FORK_HOOK = not hasattr(os, "register_at_fork")
+if not _NO_FORK_HOOK:
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class _Wire:
     """Connections taken from a redis-py pool, for the per-call scripts.
 
@@ -367,6 +380,7 @@ class _Wire:
     def __init__(self, pool: Any, timeout: float | None = None) -> None:
         self.pool = pool
         self.free: list[Any] = []
+        self.forks = _forks
         self.pid = os.getpid()
         self.timeout = timeout  # per operation, enforced by the kernel (Linux)
         self.tuned: dict[int, Any] = {}  # id(connection) -> its socket already tuned
@@ -377,8 +391,8 @@ class _Wire:
         ``fresh``: reconnect first (a retry after a dropped connection,
         whose siblings may be dead too, e.g. after a Redis restart).
         """
-        if self.pid != os.getpid():
-            self.free, self.tuned, self.pid = [], {}, os.getpid()
+        if self.forks != _forks or (_NO_FORK_HOOK and self.pid != os.getpid()):
+            self.free, self.tuned, self.forks, self.pid = [], {}, _forks, os.getpid()
         try:
             conn = self.free.pop()
         except IndexError:
