@@ -11,6 +11,13 @@ One run measures, interleaved in rounds so machine noise hits all alike:
   any Redis-backed guard has to pay;
 - litellm's BudgetManager (projected_cost + update_cost, its documented
   pair) and litellm.token_counter alone, on the same history.
+
+Each round runs a block of calls per case. The Redis guard and the bare
+round trips share one block, call by call (which runs first alternates), so
+the ratio the design targets (Redis guard <= 1.5x two bare round trips)
+compares calls made at the same moments; the other cases take their own
+blocks (litellm's run ~1 ms of Python per call, which would otherwise sit
+between every pair).
 """
 
 from __future__ import annotations
@@ -101,14 +108,19 @@ def main() -> None:
             for _ in range(5):
                 fn([*base, {"role": "user", "content": "warm up"}])
         rounds, per_round = 20, max(1, iterations // 20)
+        paired = ["two bare Redis round trips (GET + INCRBY)", "crew-budget redis://"]
+        blocks = [paired] + [[name] for name in cases if name not in paired]
         for r in range(rounds):
-            for name, fn in cases.items():
+            for block in blocks:
+                order = list(block)
                 for i in range(per_round):
                     # The agent loop: the same history objects plus one NEW message.
                     history = [*base, {"role": "user", "content": f"step {r}-{i}: continue"}]
-                    t = time.perf_counter()
-                    fn(history)
-                    samples[name].append(time.perf_counter() - t)
+                    order.reverse()
+                    for name in order:
+                        t = time.perf_counter()
+                        cases[name](history)
+                        samples[name].append(time.perf_counter() - t)
     bare = summary(samples["two bare Redis round trips (GET + INCRBY)"])
     print(f"| case ({rounds * per_round} calls each, interleaved) | p50 µs | p99 µs | "
           "p50 vs two bare Redis round trips |")
