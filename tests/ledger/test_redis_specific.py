@@ -524,19 +524,24 @@ def test_unreachable_host_port_fails_within_the_connect_timeout() -> None:
     assert time.monotonic() - t0 < 1.5
 
 
+def seconds_to_fail_while_hung(server: RedisServer, ledger: RedisLedger, b: Bucket) -> float:
+    """Stop the server (alive, accepting, never answering), reserve: it must
+    fail as a timeout. Returns how long that took."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LedgerUnavailable, match="Timeout"):
+            reserve(ledger, [b], 1)
+        return time.monotonic() - t0
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+
 def test_a_hung_server_times_out_instead_of_hanging_the_agent(tmp_path: Path) -> None:
     with RedisServer(directory=tmp_path) as server:
         ledger = RedisLedger(server.url)
-        b = day_bucket(ledger, "global", None)
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGSTOP)  # alive, accepting, never answering
-        try:
-            t0 = time.monotonic()
-            with pytest.raises(LedgerUnavailable, match="Timeout"):
-                reserve(ledger, [b], 1)
-            waited = time.monotonic() - t0
-        finally:
-            server.proc.send_signal(signal.SIGCONT)
+        waited = seconds_to_fail_while_hung(server, ledger, day_bucket(ledger, "global", None))
     # The default operation timeout is 2 s, and a timeout is not retried.
     assert 1.9 <= waited < 3.5
 
@@ -555,15 +560,7 @@ def test_a_server_that_hangs_between_calls_times_out_on_the_kept_connection(
         assert ledger._wire is not None
         (conn,) = ledger._wire.free
         assert conn._sock.gettimeout() is None  # blocking: the kernel times out
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGSTOP)
-        try:
-            t0 = time.monotonic()
-            with pytest.raises(LedgerUnavailable, match="Timeout"):
-                reserve(ledger, [b], 1)
-            waited = time.monotonic() - t0
-        finally:
-            server.proc.send_signal(signal.SIGCONT)
+        waited = seconds_to_fail_while_hung(server, ledger, b)
         assert 0.9 <= waited < 2.5  # one timeout, not retried
         # The timed-out connection was dropped; the next call gets a new one.
         assert isinstance(reserve(ledger, [b], 2), Reservation)
