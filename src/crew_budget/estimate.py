@@ -476,10 +476,11 @@ class Estimator:
     ) -> tuple[int, int]:
         if not system and not tools and (extra is _NO_EXTRA or (
                 not extra.get("functions") and not _schema_format(extra))):
-            # The agent-loop fast path: most messages are the same, unchanged
-            # dicts as in a recent call, so add up their remembered counts and
-            # count only the rest. (Tools and schemas depend on whether a system
-            # message exists, so those requests take the general path.)
+            # Messages alone, the agent loop's requests: most messages are the
+            # same, unchanged dicts as in a recent call, so add up their
+            # remembered counts and count only the rest. (Tools and schemas
+            # depend on whether a system message exists, so those requests
+            # take the general path.)
             recent = self._recent
             skey = scheme.key
             known_text = known_fixed = n_known = 0
@@ -511,13 +512,13 @@ class Estimator:
                         n_known += 1
                         continue
                 rest.append(m)
+            text, fixed = self._count_messages(scheme, rest, extra)
             if n_known:
-                text, fixed = self._count_messages(scheme, rest, extra)
                 with self._cache_lock:
                     self.hits += n_known
                 if convo_key is not None and len(messages) > start:
                     self._remember_convo(convo_key, messages, copies, sums, start, skey)
-                return text + known_text, fixed + known_fixed
+            return text + known_text, fixed + known_fixed
         items: list[tuple[str, Any]] = []
         if system:
             items.append(("system", system))
@@ -606,9 +607,10 @@ class Estimator:
 
     def _count_messages(self, scheme: _Scheme, messages: Sequence[Any],
                         extra: Mapping[str, Any]) -> tuple[int, int]:
-        """The general path below for a request of messages alone (no system,
-        tools, functions or schema), in one loop: what the agent-loop fast
-        path counts after every call, so its bookkeeping is kept short."""
+        """Count a request of messages alone (no system, tools, functions or
+        schema): each message from the LRU or the tokenizer, remembered by
+        identity, plus the reply priming. The general path below does the
+        same for requests that have those, which change the framing."""
         text = fixed = hits = 0
         count: Callable[[str], int] | None = None
         recent, skey, cache, lock = self._recent, scheme.key, self._cache, self._cache_lock

@@ -446,9 +446,7 @@ class Guard:
     @config.setter
     def config(self, value: BudgetConfig) -> None:
         self._config = value
-        self._bucket_cache: dict[
-            str | None, tuple[float, float, list[Bucket], tuple[Bucket, ...]]
-        ] = {}
+        self._bucket_cache: dict[str | None, tuple[float, float, tuple[Bucket, ...]]] = {}
         self._lease = float(value.lease_seconds)
         self._crew_name = value.crew.name if value.crew else None
 
@@ -463,13 +461,13 @@ class Guard:
     def _buckets(self, role: str | None, t: float) -> tuple[Bucket, ...]:
         cached = self._bucket_cache.get(role)
         if cached is not None and cached[0] <= t < cached[1]:
-            return cached[3]
-        out = self._compute_buckets(role, t)
+            return cached[2]
+        out = tuple(self._compute_buckets(role, t))
         if out:
             valid_from = max(b.starts_at for b in out)
             valid_until = min(b.ends_at for b in out)
-            self._bucket_cache[role] = (valid_from, valid_until, out, tuple(out))
-        return tuple(out)
+            self._bucket_cache[role] = (valid_from, valid_until, out)
+        return out
 
     def _compute_buckets(self, role: str | None, t: float) -> list[Bucket]:
         out: list[Bucket] = []

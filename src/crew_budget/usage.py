@@ -15,8 +15,10 @@ dashboard drifts from the invoice:
   ``candidatesTokenCount`` plus ``thoughtsTokenCount``.
 
 Everything is normalised to ``Usage``, whose fields never overlap, then
-priced exactly with ``Decimal``. A usage object with no token counts is a
-``UsageError``, never a silent $0 (invariant 6).
+priced exactly: ``cost_of`` in ``Decimal`` dollars, ``cost_nano_of`` in
+integer nano-USD (from whole atto-USD rates when the price has them). A
+usage object with no token counts is a ``UsageError``, never a silent $0
+(invariant 6).
 """
 
 from __future__ import annotations
