@@ -226,19 +226,23 @@ def test_guard_events_carry_outcome_cost_and_block_details() -> None:
     assert blocked.limit == Decimal("0.015")
 
 
-def test_anomalies_are_evaluated_after_spend_and_sent_once() -> None:
-    # Baseline: 12 researcher calls on alert-model over the last days.
-    clock = Clock(T0)
-    ledger = MemoryLedger(clock=clock)
+def baseline_with_new_model_rule(check_interval: float) -> tuple[MemoryLedger, dict[str, Any]]:
+    """A ledger holding 12 researcher calls on alert-model over the last days,
+    and a config with only the new-model rule: a $0.10 call would also be a
+    spend spike against this quiet baseline (tested in test_rules.py)."""
+    ledger = MemoryLedger(clock=Clock(T0))
     for i in range(12):
         ledger.append_record(SpendRecord(ts=T0 - 86400 - 600 * i, reservation_id=f"b{i}",
                                          outcome="settled", role="researcher",
                                          model="alert-model", cost_nano=10_000_000))
-    # Only the new-model rule: a $0.10 call would also be a spend spike
-    # against this quiet baseline (tested in test_rules.py).
     quiet = {"enabled": False}
     config = {**CONFIG, "alerts": {"sinks": [], "thresholds": [], "anomalies": {
-        "check_interval_seconds": 0, "burn_rate": quiet, "spend_spike": quiet}}}
+        "check_interval_seconds": check_interval, "burn_rate": quiet, "spend_spike": quiet}}}
+    return ledger, config
+
+
+def test_anomalies_are_evaluated_after_spend_and_sent_once() -> None:
+    ledger, config = baseline_with_new_model_rule(0)
     got: list[Alert] = []
     guard = Guard(config, ledger)
     with AlertManager(guard, sinks=[got.append]) as manager:
@@ -254,15 +258,7 @@ def test_anomalies_are_evaluated_after_spend_and_sent_once() -> None:
 
 
 def test_anomaly_check_skipped_by_the_interval_runs_when_it_is_due() -> None:
-    clock = Clock(T0)
-    ledger = MemoryLedger(clock=clock)
-    for i in range(12):
-        ledger.append_record(SpendRecord(ts=T0 - 86400 - 600 * i, reservation_id=f"b{i}",
-                                         outcome="settled", role="researcher",
-                                         model="alert-model", cost_nano=10_000_000))
-    quiet = {"enabled": False}
-    config = {**CONFIG, "alerts": {"sinks": [], "thresholds": [], "anomalies": {
-        "check_interval_seconds": 0.3, "burn_rate": quiet, "spend_spike": quiet}}}
+    ledger, config = baseline_with_new_model_rule(0.3)
     got: list[Alert] = []
     guard = Guard(config, ledger)
     with AlertManager(guard, sinks=[got.append]) as manager:
