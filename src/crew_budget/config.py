@@ -201,16 +201,25 @@ class BudgetConfig(_Model):
 
 
 def check_ledger_url(url: str) -> None:
-    parts = urlsplit(url)
+    """Raise ``ValueError`` for a URL no ledger can open; the message shows it redacted."""
+    from crew_budget.redact import redact_url
+
+    shown = redact_url(url)  # a password in the URL never reaches a message
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a port that is not a number)
+    except ValueError as exc:
+        raise ValueError(f"ledger URL {shown!r} does not parse ({exc}); write "
+                         "redis://host:6379/0 or sqlite:///path/to/ledger.db") from None
     if parts.scheme not in LEDGER_SCHEMES:
         raise ValueError(
-            f"ledger URL {url!r} has unsupported scheme {parts.scheme!r}; use one of "
+            f"ledger URL {shown!r} has unsupported scheme {parts.scheme!r}; use one of "
             "memory://, sqlite:///path/to/ledger.db, redis://host:6379/0, rediss://..."
         )
     if parts.scheme == "sqlite" and not parts.path.strip("/"):
-        raise ValueError(f"ledger URL {url!r} names no file; write sqlite:///path/to/ledger.db")
+        raise ValueError(f"ledger URL {shown!r} names no file; write sqlite:///path/to/ledger.db")
     if parts.scheme.startswith("redis") and not parts.hostname:
-        raise ValueError(f"ledger URL {url!r} names no host; write redis://host:6379/0")
+        raise ValueError(f"ledger URL {shown!r} names no host; write redis://host:6379/0")
 
 
 def default_ledger_url() -> str:
@@ -292,4 +301,6 @@ def _explain(err: Mapping[str, Any]) -> str:
     msg = msg.removeprefix("Value error, ")
     if kind == "missing":
         return "required key is missing; add it"
-    return f"{msg} (got {err.get('input')!r})"
+    from crew_budget.redact import redact_text  # the echoed value may be a URL with a password
+
+    return redact_text(f"{msg} (got {err.get('input')!r})")

@@ -10,6 +10,7 @@ narrow class per problem so they can catch exactly one thing::
     ├── UsageError             a provider response whose usage cannot be read
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
+    │   │   └── LedgerNotFound no ledger at that path (read-only open)
     │   └── ReservationError   unknown or foreign reservation id
     └── BudgetExceeded         a call would cross a budget: it was not sent
 
@@ -86,11 +87,17 @@ class LedgerError(CrewBudgetError):
 
 
 class LedgerUnavailable(LedgerError, ConnectionError):
-    """The ledger cannot be reached. Calls are blocked unless ``fail_open``."""
+    """The ledger cannot be reached. Calls are blocked unless ``fail_open``.
+
+    ``url`` and ``reason`` are redacted (no password or token): this message
+    is printed by users' code and lands in their logs.
+    """
 
     def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        self.reason = reason
+        from crew_budget.redact import redact_text, redact_url
+
+        self.url = url = redact_url(url)
+        self.reason = reason = redact_text(reason)
         super().__init__(
             f"budget ledger {url} is unreachable ({reason}); the LLM call was blocked "
             f"because budgets fail closed. Fix: start or reach the ledger (check the URL "
@@ -98,9 +105,32 @@ class LedgerUnavailable(LedgerError, ConnectionError):
             f"unguarded calls while it is down."
         )
 
-
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.url, self.reason))
+
+
+class LedgerNotFound(LedgerUnavailable):
+    """A ledger opened without ``create`` (the read-only CLI commands) does not exist.
+
+    Reading a typo'd path must not create an empty ledger there and report
+    $0.00 spent: it is an error naming the path. ``path`` is the file looked for.
+    """
+
+    def __init__(self, url: str, path: str) -> None:
+        from crew_budget.redact import redact_url
+
+        self.path = path
+        self.url = url = redact_url(url)
+        self.reason = f"no ledger at {path}"
+        # LedgerUnavailable's "is unreachable ... fail open" text would mislead here.
+        LedgerError.__init__(
+            self,
+            f"no ledger at {path}: check the ledger URL ({url}) in --ledger, "
+            "CREW_BUDGET_LEDGER or `ledger:`, or run a guarded call first to create it",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.url, self.path))
 
 
 class ReservationError(LedgerError, LookupError):

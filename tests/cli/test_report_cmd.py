@@ -94,6 +94,14 @@ def test_empty_window_and_bad_options_are_clear(runner: CliRunner, spent: Setup)
         f"crew-budget report: error: no spend records for role 'nobody' in the last 7d in "
         f"ledger {spent.url}; widen --since, or check --ledger points at the ledger your "
         "agents use")
+    missing = runner.invoke(app, ["report", "--ledger", f"sqlite:///{spent.dir / 'new.db'}",
+                                  "--since", "yesterday"])
+    assert missing.exit_code == 3
+    assert missing.stderr.strip() == (
+        f"crew-budget report: error: no ledger at {spent.dir / 'new.db'}: check --ledger, or "
+        "run a guarded call first to create it")
+    assert not (spent.dir / "new.db").exists()
+    Guard(str(spent.config), f"sqlite:///{spent.dir / 'new.db'}").close()  # made by a guard
     fresh = runner.invoke(app, ["report", "--ledger", f"sqlite:///{spent.dir / 'new.db'}",
                                 "--since", "yesterday"])
     assert fresh.exit_code == 1

@@ -75,9 +75,17 @@ def test_status_errors_are_one_clear_line_with_distinct_exit_codes(
     assert "start it or pass the right --ledger URL" in down.stderr
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where a directory should be")
-    unopenable = runner.invoke(app, ["status", "--ledger", f"sqlite:///{blocked}/ledger.db"])
+    not_there = runner.invoke(app, ["status", "--ledger", f"sqlite:///{blocked}/ledger.db"])
+    assert not_there.exit_code == 3
+    assert not_there.stderr == (f"crew-budget status: error: no ledger at {blocked}/ledger.db: "
+                                "check --ledger, or run a guarded call first to create it\n")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all, " * 100)
+    unopenable = runner.invoke(app, ["status", "--ledger", f"sqlite:///{garbage}"])
     assert unopenable.exit_code == 3
-    assert "cannot be opened" in unopenable.stderr or "unreachable" in unopenable.stderr
+    assert unopenable.stderr.startswith(
+        f"crew-budget status: error: ledger sqlite:///{garbage} is unreachable (cannot read the "
+        "ledger file: file is not a database)")
     unknown = runner.invoke(app, ["status", "--ledger", spent.url, "--role", "reseacher"])
     assert unknown.exit_code == 2
     assert "role 'reseacher' has no budget in budgets.yaml (known roles: researcher, writer)" in (
@@ -87,7 +95,7 @@ def test_status_errors_are_one_clear_line_with_distinct_exit_codes(
     config_error = runner.invoke(app, ["status", "--config", str(broken)])
     assert config_error.exit_code == 2
     assert "roles.r.daily: budget -5 is negative" in config_error.stderr
-    for r in (bad_url, down, unopenable, unknown, config_error):
+    for r in (bad_url, down, not_there, unopenable, unknown, config_error):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert r.stdout == ""
 

@@ -79,7 +79,14 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
 
 
 class WebhookSink:
-    """POSTs the alert as JSON (``format="json"``) or as a Slack message."""
+    """POSTs the alert as JSON (``format="json"``) or as a Slack message.
+
+    Credentials in the URL (``https://user:TOKEN@host/hook``) are sent as
+    HTTP Basic auth, unless ``headers`` set ``Authorization`` themselves
+    (urllib would otherwise try to resolve ``user:TOKEN@host`` as a host
+    name). The sink's ``name`` and ``repr`` never show a credential: they
+    end up in log lines and ``AlertManager.stats()``.
+    """
 
     def __init__(
         self,
@@ -94,6 +101,15 @@ class WebhookSink:
         self.format = format
         self.headers = dict(headers or {})
         self.timeout = timeout_seconds
+        self._target, basic = _split_userinfo(url)
+        if basic and not any(k.lower() == "authorization" for k in self.headers):
+            self.headers["Authorization"] = basic
+
+    def __repr__(self) -> str:
+        from crew_budget.redact import redact_headers, redact_url
+
+        return (f"WebhookSink({redact_url(self.url)!r}, format={self.format!r}, "
+                f"headers={redact_headers(self.headers)!r})")
 
     def payload(self, alert: Alert) -> dict[str, Any]:
         return slack_payload(alert) if self.format == "slack" else alert.to_dict()
@@ -102,14 +118,18 @@ class WebhookSink:
         import urllib.request
 
         body = json.dumps(self.payload(alert)).encode()
-        req = urllib.request.Request(self.url, data=body, method="POST")
+        req = urllib.request.Request(self._target, data=body, method="POST")
         req.add_header("Content-Type", "application/json")
         req.add_header("User-Agent", "crew-budget-alerts")
         for key, value in self.headers.items():
             req.add_header(key, value)
         # urlopen raises HTTPError on 4xx/5xx, URLError when nobody listens.
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            resp.read()
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                resp.read()
+        except Exception as exc:
+            _reraise_redacted(exc)
+            raise
 
 
 class EmailSink:
@@ -175,13 +195,44 @@ class CallableSink:
 
 
 def _redact(url: str) -> str:
-    """Slack webhook URLs are secrets: keep scheme, host and the first path part."""
+    """Webhook URLs are secrets (Slack's path is the key): no credentials, one path part."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    from crew_budget.redact import redact_url
+
+    parts = urlsplit(redact_url(url))
     path = parts.path.strip("/")
     first, _, rest = path.partition("/")
     return f"{parts.scheme}://{parts.netloc}/{first}{'/...' if rest else ''}"
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None]:
+    """``http://u:p@host/x`` -> (``http://host/x``, ``Basic base64(u:p)``)."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=hostport)), f"Basic {token}"
+
+
+def _reraise_redacted(exc: Exception) -> None:
+    """Raise ``exc`` again without any URL credential in its text, if it had one.
+
+    The manager logs ``type: message`` of a failed send; HTTP libraries may
+    quote the URL they were given. Returns (so the caller re-raises ``exc``
+    itself) when the message holds nothing to redact.
+    """
+    from crew_budget.redact import redact_text
+
+    text = str(exc)
+    clean = redact_text(text)
+    if clean != text:
+        raise ConnectionError(f"{type(exc).__name__}: {clean}") from None
 
 
 def _resolve(path: str, where: str) -> Callable[[Alert], Any]:

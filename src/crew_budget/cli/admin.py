@@ -24,6 +24,7 @@ from crew_budget.cli.common import (
     config_path,
     fail,
     fmt_usd,
+    ledger_name,
     load_cli_config,
     open_guard,
 )
@@ -44,6 +45,7 @@ def validate(
 ) -> None:
     """Check a budget YAML file and summarise it; exit 2 on the first mistake."""
     from crew_budget.errors import ConfigError
+    from crew_budget.redact import redact_text, redact_url
 
     resolved = config_path(path)
     if resolved is None:
@@ -70,7 +72,8 @@ def validate(
         url = cfg.ledger_url()
     except ValueError as exc:
         fail("validate", f"CREW_BUDGET_LEDGER: {exc}", EXIT_CONFIG)
-    lines.append(f"  ledger: {url}  timezone: {cfg.timezone}  fail_open: {cfg.fail_open}")
+    lines.append(f"  ledger: {redact_url(url)}  timezone: {cfg.timezone}  "
+                 f"fail_open: {cfg.fail_open}")
     warnings: list[str] = []
     if cfg.alerts is not None:
         from crew_budget.alerts.sinks import build_sinks
@@ -89,7 +92,7 @@ def validate(
     for line in lines:
         typer.echo(line)
     for warning in warnings:
-        typer.echo(f"crew-budget validate: warning: {warning}", err=True)
+        typer.echo(f"crew-budget validate: warning: {redact_text(warning)}", err=True)
 
 
 def _limits(limits: object) -> str:
@@ -141,10 +144,10 @@ def reset(
     try:
         states = guard.ledger.status(buckets)
     except LedgerUnavailable as exc:
-        fail("reset", f"ledger {guard.ledger.url} is unreachable ({exc.reason})", EXIT_LEDGER)
+        fail("reset", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     from crew_budget.money import from_nano
 
-    typer.echo(f"About to reset in {guard.ledger.url}:")
+    typer.echo(f"About to reset in {ledger_name(guard)}:")
     for st in states:
         typer.echo(f"  {scope} {st.bucket.window} {st.bucket.period}: "
                    f"{fmt_usd(from_nano(st.spent_nano))} spent -> $0.00")
@@ -156,7 +159,7 @@ def reset(
         try:
             guard.ledger.reset(st.bucket, reason=f"{why} (by {who} via crew-budget reset)")
         except LedgerUnavailable as exc:
-            fail("reset", f"ledger {guard.ledger.url} is unreachable ({exc.reason})",
+            fail("reset", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})",
                  EXIT_LEDGER)
         typer.echo(f"reset {scope} {st.bucket.window} {st.bucket.period} "
                    f"(was {fmt_usd(from_nano(st.spent_nano))})")

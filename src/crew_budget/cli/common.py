@@ -41,6 +41,7 @@ __all__ = [
     "console",
     "fail",
     "fmt_usd",
+    "ledger_name",
     "load_cli_config",
     "open_guard",
     "parse_span",
@@ -67,8 +68,16 @@ LedgerOption = Annotated[
 
 
 def fail(command: str, message: str, code: int) -> NoReturn:
-    """One line on stderr, then exit with ``code``."""
-    typer.echo(f"crew-budget {command}: error: {' '.join(message.split())}", err=True)
+    """One line on stderr, then exit with ``code``.
+
+    The message is redacted here, the last stop before the terminal: it often
+    quotes a ledger URL or another library's exception, either of which may
+    hold a password.
+    """
+    from crew_budget.redact import redact_text
+
+    typer.echo(f"crew-budget {command}: error: {redact_text(' '.join(message.split()))}",
+               err=True)
     raise typer.Exit(code)
 
 
@@ -97,11 +106,27 @@ def load_cli_config(command: str, path: Path | None) -> tuple[BudgetConfig, str]
         fail(command, str(exc), EXIT_CONFIG)
 
 
-def open_guard(command: str, config: Path | None, ledger: str | None) -> tuple[Guard, str]:
-    """A guard on the chosen ledger, checked reachable (exit 2 or 3 otherwise)."""
+def open_guard(
+    command: str, config: Path | None, ledger: str | None, *, create: bool = False
+) -> tuple[Guard, str]:
+    """A guard on the chosen ledger, checked reachable (exit 2 or 3 otherwise).
+
+    ``create=False`` (every command but ``demo``): a SQLite ledger that does
+    not exist is exit 3 naming the path, and nothing is created on disk: a
+    typo in ``--ledger`` must not look like a ledger with $0.00 spent. The
+    alert manager is not started: reading the books must not send alerts.
+    URLs in messages are redacted (no password).
+    """
     from crew_budget.config import check_ledger_url
-    from crew_budget.errors import ConfigError, CrewBudgetError, LedgerUnavailable
+    from crew_budget.errors import (
+        ConfigError,
+        CrewBudgetError,
+        LedgerNotFound,
+        LedgerUnavailable,
+    )
     from crew_budget.guard import Guard
+    from crew_budget.ledger import open_ledger
+    from crew_budget.redact import redact_url
 
     cfg, source = load_cli_config(command, config)
     try:
@@ -109,24 +134,49 @@ def open_guard(command: str, config: Path | None, ledger: str | None) -> tuple[G
             check_ledger_url(ledger)
         url = ledger or cfg.ledger_url()
     except (ValueError, ConfigError) as exc:
-        fail(command, str(exc), EXIT_CONFIG)
+        fail(command, str(exc) if ledger is not None else f"CREW_BUDGET_LEDGER: {exc}",
+             EXIT_CONFIG)
+    shown = redact_url(url)
+    if ledger is not None:
+        origin = "--ledger"
+    elif os.environ.get("CREW_BUDGET_LEDGER"):
+        origin = "CREW_BUDGET_LEDGER"
+    elif cfg.ledger:
+        origin = f"ledger: in {source}"
+    else:
+        origin = "the default ledger (set --ledger or CREW_BUDGET_LEDGER)"
     try:
-        guard = Guard(cfg, url)
+        opened = open_ledger(url, namespace=cfg.namespace, retention_days=cfg.retention_days,
+                             create=create)
+        guard = Guard(cfg, opened, start_alerts=False)
         guard.ledger.records(since=4e9)  # one cheap read: is it there, is it ours?
+    except LedgerNotFound as exc:
+        fail(command, f"no ledger at {exc.path}: check {origin}, or run a guarded call "
+             "first to create it", EXIT_LEDGER)
     except LedgerUnavailable as exc:
-        fail(command, f"ledger {url} is unreachable ({exc.reason}); start it or pass the "
+        fail(command, f"ledger {shown} is unreachable ({exc.reason}); start it or pass the "
              "right --ledger URL (or set CREW_BUDGET_LEDGER)", EXIT_LEDGER)
     except ModuleNotFoundError as exc:
-        fail(command, f"ledger {url} needs the {exc.name!r} package; install "
+        fail(command, f"ledger {shown} needs the {exc.name!r} package; install "
              "'crew-budget[redis]'", EXIT_LEDGER)
     except OSError as exc:
-        fail(command, f"ledger {url} cannot be opened ({exc}); check the path and its "
+        fail(command, f"ledger {shown} cannot be opened ({exc}); check the path and its "
              "permissions, or pass another --ledger URL", EXIT_LEDGER)
     except ConfigError as exc:
         fail(command, str(exc), EXIT_CONFIG)
     except CrewBudgetError as exc:
-        fail(command, f"ledger {url}: {exc}", EXIT_LEDGER)
+        fail(command, f"ledger {shown}: {exc}", EXIT_LEDGER)
+    except (TypeError, ValueError) as exc:  # redis-py: an option it does not know (?foo=1)
+        fail(command, f"ledger URL {shown!r} was refused by its client ({exc}); check the "
+             f"options after '?' in {origin}", EXIT_CONFIG)
     return guard, source
+
+
+def ledger_name(guard: Guard) -> str:
+    """The guard's ledger URL as it may be shown: without its password."""
+    from crew_budget.redact import redact_url
+
+    return redact_url(guard.ledger.url)
 
 
 @dataclass(frozen=True, slots=True)

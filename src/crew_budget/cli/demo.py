@@ -89,6 +89,7 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
         replay,
     )
     from crew_budget.guard import GuardEvent
+    from crew_budget.redact import redact_url
 
     config = load_config(yaml.safe_load(BUDGETS_YAML))
     budget = BudgetCallback(config, ledger_url)
@@ -96,7 +97,7 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
                   f"({'live OpenAI' if live else 'offline replay, no API key needed'})")
     where = "" if live or ledger_url is None or "crew-budget-demo-" not in ledger_url else (
         " (a fresh file for this run, deleted afterwards)")
-    console.print(f"ledger: {budget.guard.ledger.url}{where}")
+    console.print(f"ledger: {redact_url(budget.guard.ledger.url)}{where}")
     console.print("budgets: " + ", ".join(
         f"{role} ${limits.daily}/day" for role, limits in config.roles.items()
     ) + f", crew ${config.crew.daily if config.crew else '-'}/day; the researcher's "

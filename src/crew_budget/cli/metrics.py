@@ -19,6 +19,7 @@ from crew_budget.cli.common import (
     ConfigOption,
     LedgerOption,
     fail,
+    ledger_name,
     open_guard,
 )
 
@@ -65,7 +66,7 @@ def metrics(
     except CrewBudgetError as exc:
         fail("metrics", str(exc), EXIT_CONFIG)
     bound = server.server_address[1]
-    typer.echo(f"crew-budget metrics: serving {guard.ledger.url} on "
+    typer.echo(f"crew-budget metrics: serving {ledger_name(guard)} on "
                f"http://{host}:{bound}/metrics (Ctrl-C to stop)", err=True)
     stop = threading.Event()
 

@@ -21,6 +21,7 @@ from crew_budget.cli.common import (
     LedgerOption,
     console,
     fail,
+    ledger_name,
     open_guard,
     parse_span,
 )
@@ -76,14 +77,14 @@ def report(
     try:
         records = guard.ledger.records(since=span.since, until=span.until)
     except LedgerUnavailable as exc:
-        fail("report", f"ledger {guard.ledger.url} is unreachable ({exc.reason})", EXIT_LEDGER)
+        fail("report", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     if role is not None:
         records = [r for r in records if r.role == role]
     if model is not None:
         records = [r for r in records if r.model == model]
     if not records:
         what = "".join(f" for {k} {v!r}" for k, v in (("role", role), ("model", model)) if v)
-        fail("report", f"no spend records{what} in {span.label} in ledger {guard.ledger.url}; "
+        fail("report", f"no spend records{what} in {span.label} in ledger {ledger_name(guard)}; "
              "widen --since, or check --ledger points at the ledger your agents use",
              EXIT_EMPTY)
     result = build_report(records, keys, since=span.since, until=span.until, tz=tz,
@@ -104,5 +105,5 @@ def report(
     elif format == "json":
         typer.echo(result.to_json())
     else:
-        title = f"spend by {', '.join(keys)} - {span.label} - {guard.ledger.url}"
+        title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(guard)}"
         console().print(render_table(result, title=title))

@@ -26,6 +26,7 @@ from crew_budget.cli.common import (
     console,
     fail,
     fmt_usd,
+    ledger_name,
     open_guard,
 )
 
@@ -56,7 +57,7 @@ def _rows(guard: Guard, role: str | None, command: str, source: str) -> list[Bud
     try:
         rows = guard.status(role)
     except LedgerUnavailable as exc:
-        fail(command, f"ledger {guard.ledger.url} is unreachable ({exc.reason})", EXIT_LEDGER)
+        fail(command, f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     if not rows:
         fail(command, f"no budgets configured in {source}; add limits under roles:, crew: or "
              "global: (see `crew-budget validate`)", EXIT_EMPTY)
@@ -123,7 +124,7 @@ def status(
         typer.echo(_json(rows))
         return
     now = guard.ledger.now()
-    title = f"crew-budget status - {guard.ledger.url} - {_stamp(now, guard)}"
+    title = f"crew-budget status - {ledger_name(guard)} - {_stamp(now, guard)}"
     console().print(status_table(rows, now, title))
 
 
@@ -172,7 +173,7 @@ def watch(
     def frame() -> Any:
         now = guard.ledger.now()
         rows = _rows(guard, role, "watch", source)
-        title = f"crew-budget watch - {guard.ledger.url} - {_stamp(now, guard)}"
+        title = f"crew-budget watch - {ledger_name(guard)} - {_stamp(now, guard)}"
         return Group(status_table(rows, now, title), _recent_table(guard, now))
 
     count = 0

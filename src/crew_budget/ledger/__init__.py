@@ -53,8 +53,16 @@ def open_ledger(
     namespace: str = "default",
     retention_days: int = 90,
     clock: Callable[[], float] | None = None,
+    create: bool = True,
 ) -> Ledger:
-    """Open the ledger a URL names. ``clock`` is for tests (memory/SQLite only)."""
+    """Open the ledger a URL names. ``clock`` is for tests (memory/SQLite only).
+
+    ``create=False`` opens only a ledger that already exists: a SQLite file
+    that is missing (or is not a crew-budget ledger) raises ``LedgerNotFound``
+    and nothing is created on disk. The read-only CLI commands use it, so a
+    typo'd path is an error instead of a fresh empty ledger reporting $0.00.
+    Memory and Redis ledgers have nothing to create up front.
+    """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from crew_budget.ledger.memory import MemoryLedger
@@ -63,13 +71,15 @@ def open_ledger(
     if scheme == "sqlite":
         from crew_budget.ledger.sqlite import SQLiteLedger
 
-        return SQLiteLedger(url, clock=clock, retention_days=retention_days)
+        return SQLiteLedger(url, clock=clock, retention_days=retention_days, create=create)
     if scheme.startswith("redis"):
         from crew_budget.ledger.redis import RedisLedger
 
         return RedisLedger(url, namespace=namespace, retention_days=retention_days)
+    from crew_budget.redact import redact_url
+
     raise ConfigError(
-        f"unsupported ledger URL {url!r}; use memory://, sqlite:///path/ledger.db or "
+        f"unsupported ledger URL {redact_url(url)!r}; use memory://, sqlite:///path/ledger.db or "
         "redis://host:6379/0",
         source="ledger",
     )

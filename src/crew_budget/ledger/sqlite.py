@@ -15,12 +15,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from crew_budget.errors import LedgerUnavailable, ReservationError
+from crew_budget.errors import LedgerNotFound, LedgerUnavailable, ReservationError
 from crew_budget.ledger.base import (
     Bucket,
     BucketState,
@@ -34,6 +34,7 @@ from crew_budget.ledger.base import (
     SettleResult,
     SpendRecord,
 )
+from crew_budget.redact import redact_url
 from crew_budget.usage import Usage
 
 __all__ = ["SQLiteLedger"]
@@ -84,19 +85,42 @@ class SQLiteLedger(Ledger):
         clock: Callable[[], float] | None = None,
         retention_days: int = 90,
         busy_timeout_s: float = 30.0,
+        create: bool = True,
     ) -> None:
-        self.url = url
+        self.url = redact_url(url)  # shown in messages and logs
         self.path = _path_from_url(url)
         self._clock = clock or time.time
         self._retention = retention_days * 86400.0
         self._busy_timeout = busy_timeout_s
         self._local = threading.local()
         self._ops = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not create:
+            self._check_exists()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn().executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(url, f"cannot open or create the ledger file: {exc}") from exc
+
+    def _check_exists(self) -> None:
+        """For ``create=False``: the file must be there, and be a crew-budget ledger.
+
+        Checked before ``sqlite3.connect``, which would create the file. A
+        file without our tables (a stray empty file, another program's
+        database) is refused too, rather than given our schema.
+        """
+        if not self.path.is_file():
+            raise LedgerNotFound(self.url, str(self.path.absolute()))
+        try:
+            with closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro",
+                                         uri=True, timeout=self._busy_timeout)) as db:
+                tables = {row[0] for row in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, f"cannot read the ledger file: {exc}") from exc
+        if not {"buckets", "records"} <= tables:
+            raise LedgerNotFound(self.url, str(self.path.absolute()))
 
     # -- connection handling -------------------------------------------------
 
