@@ -51,10 +51,24 @@ def demo(
     if live and not os.environ.get("OPENAI_API_KEY"):
         console.print("[red]--live needs OPENAI_API_KEY[/red]; drop --live to replay offline.")
         raise typer.Exit(2)
+    from crew_budget.cli.common import EXIT_CONFIG, EXIT_LEDGER, fail
+    from crew_budget.config import check_ledger_url
+    from crew_budget.errors import LedgerUnavailable
+    from crew_budget.redact import redact_url
+
+    if ledger is not None:
+        try:
+            check_ledger_url(ledger)
+        except ValueError as exc:
+            fail("demo", str(exc), EXIT_CONFIG)
     _quiet_environment(verbose)
     with tempfile.TemporaryDirectory(prefix="crew-budget-demo-") as tmp:
         url = ledger or (None if live else f"sqlite:///{Path(tmp) / 'ledger.db'}")
-        code = _run(console, live=live, ledger_url=url, verbose=verbose)
+        try:
+            code = _run(console, live=live, ledger_url=url, verbose=verbose)
+        except LedgerUnavailable as exc:
+            fail("demo", f"ledger {redact_url(exc.url)} is unreachable ({exc.reason}); start "
+                 "it, or drop --ledger to use a fresh temporary ledger", EXIT_LEDGER)
     raise typer.Exit(code)
 
 
