@@ -302,7 +302,7 @@ def test_guard_run_with_a_failing_webhook_logs_no_token(
     assert len(errors) == 1
     assert (f"alert sink webhook(http://user:***@127.0.0.1:{hook.port}/hook) failed 2 times"
             in errors[0].getMessage())
-    texts = log_texts(caplog) + [stats.name, stats.last_error or ""]
+    texts = [*log_texts(caplog), stats.name, stats.last_error or ""]
     assert [t for t in texts for s in SECRETS if s in t] == []
 
 
