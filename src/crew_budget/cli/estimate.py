@@ -142,7 +142,10 @@ def cost(
 
 
 def _fail(command: str, message: str, code: int) -> NoReturn:
-    typer.echo(f"crew-budget {command}: error: {' '.join(message.split())}", err=True)
+    from crew_budget.redact import redact_text  # a config error may quote a ledger URL
+
+    typer.echo(f"crew-budget {command}: error: {redact_text(' '.join(message.split()))}",
+               err=True)
     raise typer.Exit(code=code)
 
 
