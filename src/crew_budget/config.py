@@ -303,4 +303,5 @@ def _explain(err: Mapping[str, Any]) -> str:
         return "required key is missing; add it"
     from crew_budget.redact import redact_text  # the echoed value may be a URL with a password
 
-    return redact_text(f"{msg} (got {err.get('input')!r})")
+    text, got = redact_text(msg), redact_text(repr(err.get("input")))
+    return text if got in text else f"{text} (got {got})"  # no value quoted twice

@@ -247,6 +247,7 @@ def test_every_cli_command_keeps_ledger_and_webhook_secrets(
                          stdin=REQUEST if "estimate" in label else None)
         assert result.exit_code == 2, (label, result.output)
         assert bad_message in result.stderr, (label, result.stderr)
+        assert result.stderr.count("redis://default:***@/0") == 1, result.stderr  # not twice
 
     for text in log_texts(caplog):
         seen.add("log", text)
