@@ -358,3 +358,16 @@ def _yaml(text: str) -> dict[str, Any]:
     data = yaml.safe_load(text)
     assert isinstance(data, dict)
     return data
+
+
+def test_a_webhook_error_that_quotes_its_url_is_redacted() -> None:
+    """http.client's "URL can't contain control characters. '...'" quotes path and query."""
+    from crew_budget.alerts.sinks import WebhookSink
+    from tests.alerts.test_sinks import ALERT
+
+    sink = WebhookSink(f"http://127.0.0.1:9/my hook?token={URL_TOKEN}")
+    with pytest.raises(ConnectionError) as info:
+        sink.send(ALERT)
+    assert str(info.value) == ("InvalidURL: URL can't contain control characters. "
+                               "'/my hook?token=***' (found at least ' ')")
+    assert info.value.__suppress_context__  # the original, with the token, is not chained

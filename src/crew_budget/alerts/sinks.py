@@ -118,13 +118,13 @@ class WebhookSink:
         import urllib.request
 
         body = json.dumps(self.payload(alert)).encode()
-        req = urllib.request.Request(self._target, data=body, method="POST")
-        req.add_header("Content-Type", "application/json")
-        req.add_header("User-Agent", "crew-budget-alerts")
-        for key, value in self.headers.items():
-            req.add_header(key, value)
-        # urlopen raises HTTPError on 4xx/5xx, URLError when nobody listens.
-        try:
+        try:  # Request() quotes a URL it cannot use ("unknown url type: '...'")
+            req = urllib.request.Request(self._target, data=body, method="POST")
+            req.add_header("Content-Type", "application/json")
+            req.add_header("User-Agent", "crew-budget-alerts")
+            for key, value in self.headers.items():
+                req.add_header(key, value)
+            # urlopen raises HTTPError on 4xx/5xx, URLError when nobody listens.
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 resp.read()
         except Exception as exc:
