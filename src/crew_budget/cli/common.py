@@ -116,9 +116,10 @@ def open_guard(
 ) -> tuple[Guard, str]:
     """A guard on the chosen ledger, checked reachable (exit 2 or 3 otherwise).
 
-    ``create=False`` (every command but ``demo``): a SQLite ledger that does
-    not exist is exit 3 naming the path, and nothing is created on disk: a
-    typo in ``--ledger`` must not look like a ledger with $0.00 spent. The
+    ``create=False`` (the default; status, watch, report, metrics and reset
+    all use it): a SQLite ledger that does not exist is exit 3 naming the
+    path, and nothing is created on disk: a typo in ``--ledger`` must not
+    look like a ledger with $0.00 spent. The
     alert manager is not started: reading the books must not send alerts.
     URLs in messages are redacted (no password).
     """
