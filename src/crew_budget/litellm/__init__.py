@@ -7,9 +7,10 @@ SDK::
 
     litellm.callbacks = [BudgetLogger(config="budgets.yaml")]
 
-    # async: blocked in litellm's own pre-call hook
+    # async: blocked in litellm's own pre-call hook, settled before it returns
     await litellm.acompletion(model="gpt-4o-mini", messages=msgs,
                               metadata={"crew_budget_role": "researcher"})
+    # or crew_budget.litellm.acompletion: the same, and an error if no logger is registered
     # sync: litellm gives callbacks no way to block, so use our wrapper
     with budget_role("researcher"):
         completion(model="gpt-4o-mini", messages=msgs)
@@ -21,10 +22,12 @@ any HTTP request. Proxy (``config.yaml``)::
     litellm_settings:
       callbacks: crew_budget.litellm.proxy_budget_logger
 
-with ``CREW_BUDGET_CONFIG=budgets.yaml`` in the proxy's environment; see
-``examples/litellm_proxy/``. Importing this module imports litellm (seconds,
-and it needs ``LITELLM_LOCAL_MODEL_COST_MAP=True`` offline); ``import
-crew_budget`` never does.
+with ``CREW_BUDGET_CONFIG=budgets.yaml`` in the proxy's environment. The role
+comes from the virtual key's metadata; naming it by header is opt-in
+(``CREW_BUDGET_HEADER_ROLES``); see ``examples/litellm_proxy/``.
+
+Importing this module imports litellm (seconds, and it needs
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` offline); ``import crew_budget`` never does.
 """
 
 from __future__ import annotations
