@@ -37,6 +37,41 @@ HDR = """# Hand-written OpenAI Chat Completions traffic for the LiteLLM tests (t
 """
 
 
+CROWD = [  # city, answer, prompt tokens, completion tokens (all chosen by hand)
+    ("Aveiro", "The Moliceiro canals and the Costa Nova striped houses.", 29, 13),
+    ("Viseu", "Viseu Cathedral and the Grao Vasco Museum.", 29, 11),
+    ("Leiria", "Leiria Castle and the Lis river walk.", 29, 10),
+    ("Setubal", "The Arrabida hills and the Jesus Monastery.", 30, 11),
+    ("Guimaraes", "Guimaraes Castle and the Palace of the Dukes of Braganza.", 30, 14),
+    ("Obidos", "The town walls and the Santa Maria church.", 30, 10),
+    ("Nazare", "The Sitio lookout and the Fort of Sao Miguel Arcanjo.", 29, 14),
+    ("Lamego", "The Remedios sanctuary stairway and Lamego Cathedral.", 29, 12),
+    ("Chaves", "The Roman bridge of Trajan and the Keep of Chaves.", 29, 13),
+    ("Elvas", "The Amoreira Aqueduct and the Fort of Graca.", 30, 12),
+    ("Beja", "Beja Castle keep and the Queen Leonor Museum.", 29, 11),
+    ("Silves", "Silves Castle and the Gothic cathedral.", 29, 9),
+    ("Viana do Castelo", "The Santa Luzia sanctuary and the Gil Eannes ship.", 31, 13),
+    ("Braganca", "The medieval citadel and the Domus Municipalis.", 30, 11),
+    ("Cascais", "The Boca do Inferno cliffs and the Citadel of Cascais.", 30, 13),
+    ("Peniche", "Peniche Fortress and the Berlengas islands boat trip.", 30, 12),
+    ("Amarante", "The Sao Goncalo bridge and the Sao Goncalo church.", 30, 13),
+    ("Monsaraz", "The hilltop castle and the Alqueva lake view.", 30, 11),
+    ("Marvao", "Marvao Castle and its granite town walls.", 30, 10),
+    ("Batalha", "The Batalha Monastery and its Unfinished Chapels.", 30, 11),
+]
+LISBON = ["Belem Tower.", "Jeronimos Monastery.", "Sao Jorge Castle.", "The Alfama district.",
+          "Praca do Comercio.", "The Santa Justa Lift.", "The Oceanarium.", "LX Factory.",
+          "The Gulbenkian Museum.", "Belem Tower.", "Tram 28.", "The Carmo Convent.",
+          "Sao Jorge Castle.", "The Tile Museum.", "Rossio Square.", "The Ajuda Palace.",
+          "Jeronimos Monastery.", "The Pink Street.", "Belem Tower.", "The Bairro Alto."]
+MADEIRA = ["Cabo Girao skywalk.", "The Funchal cable car.", "Pico do Arieiro.",
+           "The Monte Palace gardens.", "Porto Moniz pools.", "The levada walks.",
+           "Cabo Girao skywalk.", "Ponta de Sao Lourenco.", "The Mercado dos Lavradores.",
+           "Santana's houses.", "Pico do Arieiro.", "The Monte toboggans.", "Funchal Cathedral.",
+           "The Botanical Garden.", "Porto Moniz pools.", "The Caldeirao Verde levada.",
+           "Seixal beach.", "Cabo Girao skywalk.", "Fanal forest.", "The Monte Palace gardens."]
+
+
 def main() -> None:
     Q_FR = "Name the capital of France in one word."
     Q_PT = "Name the capital of Portugal in one word."
@@ -64,6 +99,15 @@ def main() -> None:
         b = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": SYS}, {"role": "user", "content": q}], "max_tokens": 256}
         if stream: b.update(stream=True, stream_options={"include_usage": True})
         return b
+    def fan_req(place):
+        return {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": SYS},
+                {"role": "user", "content": f"List one sight in {place}."}], "max_tokens": 16, "n": 20}
+    def fan_json(cid, created, answers, u):
+        body = chat_json(cid, created, answers[0], u)
+        body["choices"] = [{**body["choices"][0], "index": i,
+                            "message": {**body["choices"][0]["message"], "content": a}}
+                           for i, a in enumerate(answers)]
+        return body
     write("proxy_upstream", [
         interaction(preq("List two sights in Porto."), 200,
                     chat_json("chatcmpl-ll-proxy-1", 1764073200, "The Ribeira district and the Livraria Lello.", usage(29, 11)), "application/json", 311),
@@ -79,6 +123,19 @@ def main() -> None:
                                "type": "server_error", "param": None, "code": None}}, "application/json", 61),
         interaction(preq("List two sights in Coimbra."), 200,
                     chat_json("chatcmpl-ll-proxy-5", 1764073220, "The old University and the Joanina Library.", usage(30, 11)), "application/json", 296),
+        # Ten pairs of concurrent requests sharing one x-litellm-call-id per pair: twenty
+        # distinct answers, each with its own hand-picked usage (prompt 29-31 tokens for
+        # the system line + one city name; completion = the answer's length in tokens).
+        *[interaction(preq(f"List two sights in {city}."), 200,
+                      chat_json(f"chatcmpl-ll-crowd-{i + 1}", 1764073400 + i, answer, usage(p, c)),
+                      "application/json", 250 + 7 * i)
+          for i, (city, answer, p, c) in enumerate(CROWD)],
+        # n=20, max_tokens=16: twenty choices in one response; usage counts the prompt once
+        # and the tokens of all twenty choices (OpenAI bills every choice).
+        interaction(fan_req("Lisbon"), 200, fan_json("chatcmpl-ll-fan-1", 1764073500, LISBON, usage(28, 97)),
+                    "application/json", 640),
+        interaction(fan_req("Madeira"), 200, fan_json("chatcmpl-ll-fan-2", 1764073510, MADEIRA, usage(29, 104)),
+                    "application/json", 655),
     ], HDR + "# proxy_upstream: what the loopback upstream behind the LiteLLM proxy answers (the test's\n"
              "# ReplayUpstream answers a request with the interaction recorded for its messages).\n")
 

@@ -6,11 +6,16 @@ Expected dollars = the cassette's recorded usage x the gpt-4o-mini list price
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import litellm
 import pytest
+import yaml
 
 from crew_budget import BudgetExceeded, ConfigError, Guard
 from crew_budget.litellm import (
@@ -23,7 +28,7 @@ from crew_budget.litellm import (
 )
 from tests.fixtures.http_replay import live_bodies, recorded_usage, replay
 from tests.fixtures.waiting import await_for, wait_for
-from tests.litellm.conftest import LL, cost, outcomes, spent
+from tests.litellm.conftest import BUDGETS, LL, cost, outcomes, spent, unregister
 
 FR = [{"role": "user", "content": "Name the capital of France in one word."}]
 PT = [{"role": "user", "content": "Name the capital of Portugal in one word."}]
@@ -189,3 +194,140 @@ async def test_proxy_health_checks_are_counted_under_their_own_role(
     [record] = guard.ledger.records()
     assert record.role == "litellm-health-check" and record.outcome == "settled"
     assert Decimal(record.cost_nano) / 10**9 == cost(recorded_usage(LL / "completion.yaml")[0])
+
+
+# -- issue 9 #10: async calls settled on time, in every event loop ---------------------
+
+
+def settled_within(guard: Guard, n: int, limit: float = 0.1) -> list[str]:
+    """The ledger's outcomes once ``n`` calls are settled, waiting at most ``limit`` s.
+
+    The bound is the promise (settled within 100 ms of the call returning),
+    not a timing measurement: with litellm's logging worker alone the second
+    of two ``asyncio.run`` calls was still unsettled after 5 s.
+    """
+    deadline = time.monotonic() + limit
+    while outcomes(guard).count("settled") < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return outcomes(guard)
+
+
+@pytest.mark.parametrize("call", ["litellm.acompletion", "crew_budget.litellm.acompletion"])
+def test_successive_asyncio_runs_are_each_settled_when_they_return(
+    guard: Guard, logger: BudgetLogger, call: str
+) -> None:
+    fn = litellm.acompletion if call == "litellm.acompletion" else acompletion
+    usages = recorded_usage(LL / "completion.yaml")
+    with replay(LL / "completion.yaml") as cassette:
+        first = asyncio.run(fn(model="gpt-4o-mini", messages=FR, **KEY, **role("researcher")))
+        assert settled_within(guard, 1) == ["settled"]
+        assert spent(guard, "role:researcher") == cost(usages[0]) == Decimal("0.0000036")
+        # A new event loop: litellm's logging worker carries its queue over and
+        # would run the success callback only when something logs again.
+        asyncio.run(fn(model="gpt-4o-mini", messages=PT, **KEY, **role("writer")))
+        assert settled_within(guard, 2) == ["settled", "settled"]
+        assert spent(guard, "role:writer") == cost(usages[1]) == Decimal("0.0000042")
+    assert first.choices[0].message.content == "Paris."
+    assert cassette.play_count == 2
+    assert logger.in_flight == 0
+    for row in guard.status():
+        assert row.reserved == 0, row
+
+
+def test_a_stream_in_its_own_asyncio_run_is_settled_when_it_ends(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    async def consume() -> str:
+        stream = await litellm.acompletion(model="gpt-4o-mini", messages=FR, stream=True,
+                                           **KEY, **role("researcher"))
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    with replay(LL / "completion_stream.yaml") as cassette:
+        assert asyncio.run(consume()) == "Paris."
+        assert settled_within(guard, 1) == ["settled"]
+    assert cassette.play_count == 1
+    assert spent(guard, "role:researcher") == cost(recorded_usage(LL / "completion_stream.yaml")[0])
+
+
+class CountingLogger(BudgetLogger):
+    """Notes litellm's late success reports (by call id), to prove they change nothing."""
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__(guard)
+        self.reported: list[str] = []
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        self.reported.append(str(kwargs.get("litellm_call_id")))
+        await super().async_log_success_event(kwargs, response_obj, start_time, end_time)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+async def test_the_late_success_report_does_not_charge_twice(guard: Guard, wrapped: bool) -> None:
+    counting = CountingLogger(guard)
+    litellm.callbacks.append(counting)
+    call_id = f"late-report-{wrapped}"
+    try:
+        fn = acompletion if wrapped else litellm.acompletion
+        with replay(LL / "completion.yaml") as cassette:
+            await fn(model="gpt-4o-mini", messages=FR, **KEY, **role("researcher"),
+                     litellm_call_id=call_id)
+            assert outcomes(guard) == ["settled"]  # before litellm reported anything
+            await await_for(lambda: call_id in counting.reported)
+        assert cassette.play_count == 1
+        assert outcomes(guard) == ["settled"]
+        assert spent(guard, "role:researcher") == cost(recorded_usage(LL / "completion.yaml")[0])
+    finally:
+        unregister(counting)
+
+
+async def test_concurrent_calls_with_one_litellm_call_id_are_each_billed(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    shared = {"crew_budget_role": "researcher"}  # one metadata dict for both calls
+    with replay(LL / "completion.yaml") as cassette:
+        await asyncio.gather(*[
+            litellm.acompletion(model="gpt-4o-mini", messages=q, **KEY, metadata=shared,
+                                litellm_call_id="same-id") for q in (FR, PT)])
+    assert cassette.play_count == 2
+    assert outcomes(guard) == ["settled", "settled"]
+    usages = recorded_usage(LL / "completion.yaml")
+    assert spent(guard, "role:researcher") == cost(usages[0]) + cost(usages[1]) \
+        == Decimal("0.0000078")
+    assert shared == {"crew_budget_role": "researcher"}  # the caller's dict is untouched
+    assert logger.in_flight == 0
+
+
+# -- proxy settings ------------------------------------------------------------------
+
+
+def test_header_roles_must_be_roles_the_budget_lists(guard: Guard) -> None:
+    with pytest.raises(ConfigError) as info:
+        BudgetLogger(guard, header_roles=["researcher", "ceo"])
+    assert str(info.value) == (
+        "crew_budget.litellm: header_roles names 'ceo', which the budget YAML does not list "
+        "(its roles: broke, researcher, writer); list only configured roles, or '*' for all "
+        "of them (CREW_BUDGET_HEADER_ROLES)")
+    policy = BudgetLogger(guard, header_roles="*").proxy_policy
+    assert policy.all_listed_roles and not policy.master_key_names_roles
+    assert BudgetLogger(guard).proxy_policy.header_roles == frozenset()
+
+
+def test_proxy_settings_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(yaml.safe_dump(BUDGETS))
+    monkeypatch.setenv("CREW_BUDGET_CONFIG", str(budgets))
+    monkeypatch.setenv("CREW_BUDGET_LEDGER", "memory://")
+    monkeypatch.setenv("CREW_BUDGET_HEADER_ROLES", "researcher, writer")
+    monkeypatch.setenv("CREW_BUDGET_MASTER_KEY_NAMES_ROLES", "1")
+    monkeypatch.setenv("CREW_BUDGET_DEFAULT_ROLE", "writer")
+    logger = BudgetLogger.from_env()
+    try:
+        policy = logger.proxy_policy
+        assert policy.header_roles == frozenset({"researcher", "writer"})
+        assert policy.master_key_names_roles and policy.default_role == "writer"
+        assert not policy.all_listed_roles and not policy.allow_unbudgeted_routes
+    finally:
+        logger.guard.close()

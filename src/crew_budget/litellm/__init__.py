@@ -7,9 +7,10 @@ SDK::
 
     litellm.callbacks = [BudgetLogger(config="budgets.yaml")]
 
-    # async: blocked in litellm's own pre-call hook
+    # async: blocked in litellm's own pre-call hook, settled before it returns
     await litellm.acompletion(model="gpt-4o-mini", messages=msgs,
                               metadata={"crew_budget_role": "researcher"})
+    # or crew_budget.litellm.acompletion: the same, and an error if no logger is registered
     # sync: litellm gives callbacks no way to block, so use our wrapper
     with budget_role("researcher"):
         completion(model="gpt-4o-mini", messages=msgs)
@@ -21,10 +22,12 @@ any HTTP request. Proxy (``config.yaml``)::
     litellm_settings:
       callbacks: crew_budget.litellm.proxy_budget_logger
 
-with ``CREW_BUDGET_CONFIG=budgets.yaml`` in the proxy's environment; see
-``examples/litellm_proxy/``. Importing this module imports litellm (seconds,
-and it needs ``LITELLM_LOCAL_MODEL_COST_MAP=True`` offline); ``import
-crew_budget`` never does.
+with ``CREW_BUDGET_CONFIG=budgets.yaml`` in the proxy's environment. The role
+comes from the virtual key's metadata; naming it by header is opt-in
+(``CREW_BUDGET_HEADER_ROLES``); see ``examples/litellm_proxy/``.
+
+Importing this module imports litellm (seconds, and it needs
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` offline); ``import crew_budget`` never does.
 """
 
 from __future__ import annotations
@@ -75,6 +78,25 @@ def registered_logger() -> BudgetLogger:
     return found[0]
 
 
+def _call_kwargs(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    if args:
+        kwargs.setdefault("model", args[0])
+    if len(args) > 1:
+        kwargs.setdefault("messages", args[1])
+    if len(args) > 2:
+        raise TypeError(f"crew_budget.litellm.{name} takes model and messages positionally; "
+                        "pass everything else as keywords")
+    return kwargs
+
+
+def _reserve_here(logger: BudgetLogger, kwargs: dict[str, Any]) -> str:
+    call_id = kwargs.get("litellm_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
+    logger.reserve(call_id, logger._sdk_role(kwargs), kwargs, "sdk")
+    return call_id
+
+
 def completion(*args: Any, **kwargs: Any) -> Any:
     """``litellm.completion`` that is budgeted *before* it is sent.
 
@@ -87,23 +109,14 @@ def completion(*args: Any, **kwargs: Any) -> Any:
     stream is charged at its reservation when the lease expires).
     """
     logger = registered_logger()
-    if args:
-        kwargs.setdefault("model", args[0])
-    if len(args) > 1:
-        kwargs.setdefault("messages", args[1])
-    if len(args) > 2:
-        raise TypeError("crew_budget.litellm.completion takes model and messages positionally; "
-                        "pass everything else as keywords")
+    kwargs = _call_kwargs("completion", args, kwargs)
     if covering_ticket() is not None:  # an outer crew-budget adapter owns this call
         return litellm.completion(**kwargs)
-    call_id = kwargs.get("litellm_call_id")
-    if not isinstance(call_id, str) or not call_id:
-        call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
-    logger.reserve(call_id, logger._sdk_role(kwargs), kwargs, "sdk")
+    call_id = _reserve_here(logger, kwargs)
     try:
         response = litellm.completion(**kwargs)
     except BaseException as exc:
-        logger.fail_call(call_id, exc)
+        logger.fail_call(call_id, exc, kwargs=kwargs)
         raise
     if not kwargs.get("stream"):
         logger.settle_call(call_id, response, kwargs)
@@ -111,14 +124,32 @@ def completion(*args: Any, **kwargs: Any) -> Any:
 
 
 async def acompletion(*args: Any, **kwargs: Any) -> Any:
-    """``litellm.acompletion`` after checking that a ``BudgetLogger`` is registered.
+    """``litellm.acompletion``, reserved before it is sent and settled before it returns.
 
-    The blocking itself happens in ``BudgetLogger.async_pre_call_deployment_hook``;
-    this wrapper only turns a forgotten registration into an error instead of
-    an unbudgeted call.
+    A registered ``BudgetLogger`` already blocks and settles plain
+    ``litellm.acompletion`` calls from litellm's deployment hooks; this
+    wrapper does the same work itself, so it holds whatever litellm's hook
+    order does: it raises ``ConfigError`` if no logger is registered (instead
+    of an unbudgeted call), ``CrewBudgetExceededError`` before any HTTP
+    request, and a non-streaming call's record is in the ledger when it
+    returns, in every event loop (``asyncio.run`` called again, notebooks).
+    The logger sees the reservation key in the request and neither reserves
+    nor settles it a second time. Streams settle when litellm reports the
+    finished stream.
     """
-    registered_logger()
-    return await litellm.acompletion(*args, **kwargs)
+    logger = registered_logger()
+    kwargs = _call_kwargs("acompletion", args, kwargs)
+    if covering_ticket() is not None:  # an outer crew-budget adapter owns this call
+        return await litellm.acompletion(**kwargs)
+    call_id = _reserve_here(logger, kwargs)
+    try:
+        response = await litellm.acompletion(**kwargs)
+    except BaseException as exc:
+        logger.fail_call(call_id, exc, kwargs=kwargs)
+        raise
+    if not kwargs.get("stream"):
+        logger.settle_call(call_id, response, kwargs)
+    return response
 
 
 _proxy_logger: BudgetLogger | None = None

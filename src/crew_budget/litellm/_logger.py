@@ -21,16 +21,27 @@ LiteLLM proxy
     ``async_pre_call_hook(user_api_key_dict, cache, data, call_type)`` runs
     before routing; raising there rejects the request before any upstream
     call. The agent's role comes from the virtual key's metadata (set by the
-    admin, binding) or a request header; budgets only from crew-budget's
-    YAML (see ``_proxy.py``).
+    admin, binding) or, where the operator opted in, a request header;
+    budgets only from crew-budget's YAML (see ``_proxy.py``).
 
-Settlement, all paths: ``log_success_event`` / ``async_log_success_event``
-settle from the response's ``usage`` (for streams litellm hands over the
-assembled response, whose usage is the provider's final usage chunk, or
-litellm's own count when the provider sent none). Failures release the
-reservation when the provider never billed (connection refused, HTTP error
-status) and charge it otherwise. Tickets are keyed by ``litellm_call_id``
-under a lock.
+Settlement: a non-streaming async call (SDK or proxy) is settled in
+``async_post_call_success_deployment_hook``, which litellm awaits inside
+the call itself, so the record is in the ledger before ``acompletion``
+returns. ``async_log_success_event`` cannot promise that: litellm queues it
+on a background logging worker bound to one event loop, so it runs late,
+and when the loop is gone (``asyncio.run`` called again, a notebook cell)
+it waits for the next loop or process exit. Streams settle when litellm
+reports the finished stream (``log_success_event`` /
+``async_log_success_event``, from the assembled response, whose usage is
+the provider's final usage chunk, or litellm's own count when the provider
+sent none). Whichever handler comes first settles; the others find the
+reservation gone and do nothing. Failures release the reservation when the
+provider never billed (connection refused, HTTP error status) and charge it
+otherwise.
+
+Reservations are keyed by a fresh id made here (``RESERVATION_KEY`` in the
+request's metadata), never by ``litellm_call_id``: the proxy takes that from
+the client's ``x-litellm-call-id`` header, so two requests may share it.
 
 Nested adapters (``crew_budget.nesting``): a call made inside an outer
 crew-budget adapter (a CrewAI ``BudgetLLM`` over a litellm-routed ``LLM``,
@@ -53,10 +64,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import litellm
 from litellm.exceptions import BudgetExceededError as _LiteLLMBudgetExceededError
@@ -67,6 +78,14 @@ from crew_budget.errors import BudgetExceeded, ConfigError, UsageError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.ledger import Ledger
+from crew_budget.litellm._common import (
+    CHAT_CALLS,
+    RESERVATION_KEY,
+    ROLE_KEY,
+    Origin,
+    reservation_key,
+)
+from crew_budget.litellm._proxy import ProxyPolicy, pre_call
 from crew_budget.nesting import covering_ticket
 from crew_budget.usage import Usage, parse_usage
 
@@ -80,21 +99,18 @@ __all__ = [
 
 log = logging.getLogger("crew_budget.litellm")
 
-ROLE_KEY = "crew_budget_role"
-"""Request metadata key naming the role: ``metadata={"crew_budget_role": "researcher"}``."""
-
 HEALTH_CHECK_ROLE = "litellm-health-check"
 """Role charged for the LiteLLM proxy's own health-check calls when they name none."""
 
 _ROLE: ContextVar[str | None] = ContextVar("crew_budget_litellm_role", default=None)
 
-# Call types whose requests we can price (chat-style messages).
-_CHAT_CALLS = frozenset({"completion", "acompletion"})
 _CAP_KEYS = ("max_tokens", "max_completion_tokens")
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format")
+# Completions per request: the guard reserves output for each (OpenAI bills
+# every choice's tokens; ``max_tokens`` caps each choice, not their sum).
+_COUNT_KEYS = ("n", "best_of")
 
 ConfigSource = BudgetConfig | Mapping[str, Any] | str | os.PathLike[str]
-Origin = Literal["sdk", "proxy"]
 
 
 class CrewBudgetExceededError(_LiteLLMBudgetExceededError, BudgetExceeded):
@@ -148,6 +164,7 @@ def never_billed(exc: BaseException) -> bool:
 class _Call:
     ticket: Ticket
     origin: Origin
+    call_id: str
     started: float = field(default_factory=time.monotonic)
 
 
@@ -161,6 +178,12 @@ class BudgetLogger(CustomLogger):
 
     and name the role per call with ``metadata={"crew_budget_role": ...}`` or
     ``with crew_budget.litellm.budget_role(...)``.
+
+    Proxy only: ``header_roles`` lists the roles a request may name itself
+    (``role_header`` or ``metadata.crew_budget_role``) when its key is bound
+    to none (``"*"``: every role of the YAML; default: none, so the key's
+    metadata decides); ``master_key_names_roles`` lets the master key do so
+    too. See ``crew_budget.litellm._proxy`` for the whole trust model.
     """
 
     def __init__(
@@ -174,6 +197,8 @@ class BudgetLogger(CustomLogger):
         role_header: str = "x-crew-budget-role",
         inject_stream_usage: bool = True,
         allow_unbudgeted_routes: bool = False,
+        header_roles: Iterable[str] | str | None = None,
+        master_key_names_roles: bool = False,
     ) -> None:
         super().__init__()
         if guard is not None and (config is not None or ledger is not None):
@@ -193,6 +218,11 @@ class BudgetLogger(CustomLogger):
         self.role_header = role_header.lower()
         self.inject_stream_usage = inject_stream_usage
         self.allow_unbudgeted_routes = allow_unbudgeted_routes
+        self.proxy_policy = ProxyPolicy.build(
+            guard.config, role_header=role_header, header_roles=header_roles,
+            master_key_names_roles=master_key_names_roles, default_role=role,
+            allow_unbudgeted_routes=allow_unbudgeted_routes,
+        )
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -203,7 +233,9 @@ class BudgetLogger(CustomLogger):
     def from_env(cls) -> BudgetLogger:
         """The proxy's logger: ``CREW_BUDGET_CONFIG`` (YAML path, required),
         ``CREW_BUDGET_LEDGER`` (optional, beats the YAML's ``ledger:``),
-        ``CREW_BUDGET_DEFAULT_ROLE``, ``CREW_BUDGET_ROLE_HEADER`` and
+        ``CREW_BUDGET_DEFAULT_ROLE``, ``CREW_BUDGET_ROLE_HEADER``,
+        ``CREW_BUDGET_HEADER_ROLES`` (``researcher,writer`` or ``*``),
+        ``CREW_BUDGET_MASTER_KEY_NAMES_ROLES=1`` and
         ``CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES=1`` (optional)."""
         path = os.environ.get("CREW_BUDGET_CONFIG")
         if not path:
@@ -216,8 +248,9 @@ class BudgetLogger(CustomLogger):
             config=path,
             role=os.environ.get("CREW_BUDGET_DEFAULT_ROLE") or None,
             role_header=os.environ.get("CREW_BUDGET_ROLE_HEADER") or "x-crew-budget-role",
-            allow_unbudgeted_routes=os.environ.get("CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES", "")
-            .lower() in ("1", "true", "yes"),
+            allow_unbudgeted_routes=_env_flag("CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES"),
+            header_roles=os.environ.get("CREW_BUDGET_HEADER_ROLES") or None,
+            master_key_names_roles=_env_flag("CREW_BUDGET_MASTER_KEY_NAMES_ROLES"),
         )
 
     def __repr__(self) -> str:
@@ -255,7 +288,12 @@ class BudgetLogger(CustomLogger):
         *, model: str | None = None, messages: Sequence[Any] | None = None,
     ) -> Ticket:
         """Reserve one chat call and adjust ``kwargs`` in place (``max_tokens``,
-        ``stream_options``); raises ``CrewBudgetExceededError`` when over budget."""
+        ``stream_options``, and the reservation's key in its metadata); raises
+        ``CrewBudgetExceededError`` when over budget.
+
+        ``call_id`` (litellm's) is only recorded; the reservation is keyed by
+        a fresh id (``RESERVATION_KEY``), so equal call ids never collide.
+        """
         model_name = str(model or kwargs.get("model") or "")
         msgs = messages if messages is not None else kwargs.get("messages")
         if not model_name or msgs is None:
@@ -267,7 +305,10 @@ class BudgetLogger(CustomLogger):
         cap = next((kwargs[k] for k in _CAP_KEYS
                     if isinstance(kwargs.get(k), int) and kwargs[k] > 0), None)
         tools = kwargs.get("tools") if isinstance(kwargs.get("tools"), list) else None
-        extra = {k: kwargs[k] for k in _EXTRA_KEYS if isinstance(kwargs.get(k), (dict, list, str))}
+        extra: dict[str, Any] = {k: kwargs[k] for k in _EXTRA_KEYS
+                                 if isinstance(kwargs.get(k), (dict, list, str))}
+        extra.update({k: kwargs[k] for k in _COUNT_KEYS
+                      if isinstance(kwargs.get(k), int) and not isinstance(kwargs[k], bool)})
         info = {"framework": "litellm-proxy" if origin == "proxy" else "litellm",
                 "litellm_call_id": call_id}
         try:
@@ -280,14 +321,18 @@ class BudgetLogger(CustomLogger):
         if self.inject_stream_usage and kwargs.get("stream") and not kwargs.get("stream_options") \
                 and _supports_stream_options(model_name, kwargs):
             kwargs["stream_options"] = {"include_usage": True}
+        key = uuid.uuid4().hex
+        _put_key(kwargs, key, in_place=origin == "proxy")
         with self._lock:
-            self._calls[call_id] = _Call(ticket, origin)
+            self._calls[key] = _Call(ticket, origin, call_id)
             self._prune_locked()
         return ticket
 
-    def has_call(self, call_id: str | None) -> bool:
+    def has_call(self, kwargs: Any) -> bool:
+        """Is the request in ``kwargs`` (or litellm's logging kwargs) reserved here and open?"""
+        key = reservation_key(kwargs)
         with self._lock:
-            return call_id is not None and call_id in self._calls
+            return key is not None and key in self._calls
 
     def _prune_locked(self) -> None:
         # Calls whose end litellm never reported (an abandoned stream): the
@@ -298,29 +343,26 @@ class BudgetLogger(CustomLogger):
         for key in [k for k, c in self._calls.items() if c.started < horizon]:
             del self._calls[key]
 
-    def _take(self, call_id: str | None, *, origin: Origin | None = None) -> _Call | None:
-        if call_id is None:
+    def _take(self, key: str | None, *, origin: Origin | None = None) -> _Call | None:
+        if key is None:
             return None
         with self._lock:
-            call = self._calls.get(call_id)
+            call = self._calls.get(key)
             if call is None or (origin is not None and call.origin != origin):
                 return None
-            del self._calls[call_id]
-            self._done[call_id] = None
+            del self._calls[key]
+            self._done[key] = None
             while len(self._done) > 10_000:
                 self._done.popitem(last=False)
             return call
 
-    def _was_done(self, call_id: str | None) -> bool:
-        with self._lock:
-            return call_id is not None and call_id in self._done
-
-    def _cover(self, call_id: str | None) -> bool:
+    def _cover(self, call_id: str | None, kwargs: Any) -> bool:
         """Note ``call_id`` as an outer adapter's call if one covers this context."""
         if not call_id or covering_ticket() is None:
             return False
+        key = reservation_key(kwargs)
         with self._lock:
-            if call_id in self._calls:  # reserved by us explicitly: ours to close
+            if key is not None and key in self._calls:  # reserved by us: ours to close
                 return False
             self._covered[call_id] = None
             while len(self._covered) > 10_000:  # calls whose end never came
@@ -344,15 +386,22 @@ class BudgetLogger(CustomLogger):
     # -- closing ---------------------------------------------------------------------
 
     def settle_call(self, call_id: str | None, response: Any, kwargs: Mapping[str, Any]) -> None:
-        call = self._take(call_id)
+        """Settle the call reserved for ``kwargs`` (request or litellm's logging kwargs)
+        from ``response``'s usage; a call reserved by no one is booked unreserved."""
+        key = reservation_key(kwargs)
+        call = self._take(key)
         if call is None:
             # An outer adapter's call is settled by that adapter: never book it twice.
             if self._uncover(call_id) or covering_ticket() is not None:
                 return
-            if call_id is not None and not self._was_done(call_id):
+            if key is None and call_id is not None:
                 self._book_unreserved(kwargs, response)
+            # else: reserved here and already closed by an earlier hook
             return
         usage = _usage_of(response)
+        self._settle(call, usage)
+
+    def _settle(self, call: _Call, usage: Usage | None) -> None:
         try:
             if usage is None:
                 log.error("crew-budget: litellm reported no usage for %s (role %r); charging "
@@ -364,8 +413,10 @@ class BudgetLogger(CustomLogger):
                           call.ticket.reservation_id)
 
     def fail_call(self, call_id: str | None, exc: BaseException | None,
-                  *, origin: Origin | None = None) -> None:
-        call = self._take(call_id, origin=origin)
+                  *, origin: Origin | None = None, kwargs: Any = None) -> None:
+        """Close the call reserved for ``kwargs`` after a failure: released when the
+        provider never billed, charged at its reservation otherwise."""
+        call = self._take(reservation_key(kwargs), origin=origin)
         if call is None:
             self._uncover(call_id)  # an outer adapter's call: that adapter closes it
             return
@@ -417,14 +468,14 @@ class BudgetLogger(CustomLogger):
         self, kwargs: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
         kind = getattr(call_type, "value", call_type)
-        if kind not in _CHAT_CALLS:
+        if kind not in CHAT_CALLS:
             return None
         call_id = kwargs.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
             call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
-        if self.has_call(call_id):  # reserved by the proxy hook or our sync wrapper
+        if self.has_call(kwargs):  # reserved by the proxy hook, our wrappers or a retry
             return None
-        if self._cover(call_id):  # reserved by an outer crew-budget adapter
+        if self._cover(call_id, kwargs):  # reserved by an outer crew-budget adapter
             return None
         logging_obj = kwargs.get("litellm_logging_obj")
         self.reserve(
@@ -434,11 +485,31 @@ class BudgetLogger(CustomLogger):
         )
         return kwargs
 
+    async def async_post_call_success_deployment_hook(
+        self, request_data: dict[str, Any], response: Any, call_type: Any
+    ) -> Any:
+        """Settle a non-streaming async call before ``acompletion`` returns.
+
+        litellm awaits this hook inside the call (SDK and proxy alike), unlike
+        ``async_log_success_event``, which its logging worker runs later on
+        the event loop of the moment. A stream (or an answer without usage) is
+        left to the success event, which sees the finished stream.
+        """
+        if request_data.get("stream"):
+            return None
+        usage = _usage_of(response)
+        if usage is None:
+            return None
+        call = self._take(reservation_key(request_data))
+        if call is not None:
+            self._settle(call, usage)
+        return None
+
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         # The one hook of the sync path that runs in the caller's context: the
         # only place to see an outer adapter's marker before the success
         # handler runs on litellm's thread pool.
-        self._cover(_call_id(kwargs))
+        self._cover(_call_id(kwargs), kwargs)
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
@@ -450,11 +521,11 @@ class BudgetLogger(CustomLogger):
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk")
+        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk", kwargs=kwargs)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                                       end_time: Any) -> None:
-        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk")
+        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk", kwargs=kwargs)
 
     # -- litellm hooks: proxy --------------------------------------------------------------
     # Defined on this class itself: the proxy only calls an async_pre_call_hook
@@ -463,9 +534,15 @@ class BudgetLogger(CustomLogger):
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
-        from crew_budget.litellm._proxy import pre_call
+        call_id = data.get("litellm_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            call_id = data["litellm_call_id"] = str(uuid.uuid4())
 
-        return pre_call(self, user_api_key_dict, data, call_type)
+        def reserve(role: str, model: str) -> object:
+            return self.reserve(call_id, role, data, "proxy", model=model)
+
+        return pre_call(self.proxy_policy, self.guard, reserve, user_api_key_dict, data,
+                        call_type)
 
     async def async_post_call_failure_hook(
         self,
@@ -474,10 +551,29 @@ class BudgetLogger(CustomLogger):
         user_api_key_dict: Any,
         traceback_str: str | None = None,
     ) -> None:
-        self.fail_call(_call_id(request_data), original_exception)
+        self.fail_call(_call_id(request_data), original_exception, kwargs=request_data)
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _put_key(kwargs: dict[str, Any], key: str, *, in_place: bool) -> None:
+    """Write the reservation key into the request's metadata, which litellm hands
+    back to every closing hook. SDK callers may share one metadata dict between
+    concurrent calls, so theirs is copied; the proxy's is its own per request."""
+    field_name = "litellm_metadata" if (not isinstance(kwargs.get("metadata"), dict)
+                                        and isinstance(kwargs.get("litellm_metadata"), dict)) \
+        else "metadata"
+    meta = kwargs.get(field_name)
+    if in_place and isinstance(meta, dict):
+        meta[RESERVATION_KEY] = key
+    else:
+        kwargs[field_name] = {**(meta if isinstance(meta, Mapping) else {}),
+                              RESERVATION_KEY: key}
 
 
 def _call_id(kwargs: Any) -> str | None:
