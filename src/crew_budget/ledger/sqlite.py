@@ -460,10 +460,10 @@ class SQLiteLedger(Ledger):
             key, token, "state = 'failed', token = '', payload = '', last_error = ?", (error,))
 
     def outbox_get(self, key: str) -> OutboxEntry | None:
-        now = self._clock()
-        with self._outbox_tx() as db:
-            entry = _outbox_entry(db, key, now)
-        return entry
+        try:  # a plain read (WAL): no write lock
+            return _outbox_entry(self._outbox_db(), key, self._clock())
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
 
 
 _OUTBOX_SCHEMA = """
