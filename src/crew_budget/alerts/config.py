@@ -194,7 +194,9 @@ class DeliveryConfig(_Model):
     exponential backoff (``backoff_seconds`` doubling up to
     ``max_backoff_seconds``) until it succeeds or ``give_up_after_seconds``
     have passed since the alert was raised (or ``attempts`` sends failed,
-    if set); then an ERROR is logged naming the alert and the sink. If the
+    if set); then an ERROR is logged naming the alert and the sink. A
+    budget's alerts are sent in order, so one waiting behind an earlier one
+    may reach its give-up time first: it still gets one try. If the
     claiming process dies, its lease runs out and any other process sharing
     the ledger delivers the alert. Idle delivery loops look for due alerts
     every ``poll_seconds``. ``queue_size`` is accepted for older files and
