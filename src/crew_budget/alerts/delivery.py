@@ -163,9 +163,14 @@ class SinkDelivery:
                                 "in the ledger and are sent when it is back", exc)
                 return 0
             self._ledger_down = False
-            for entry in entries:
-                if self._stop.is_set():
-                    break  # unsent claims lapse and are delivered by whoever runs next
+            for i, entry in enumerate(entries):
+                if self._stop.is_set():  # hand the rest back now, not after the lease
+                    for rest in entries[i:]:
+                        with contextlib.suppress(LedgerError):
+                            self.ledger.outbox_retry(
+                                rest.key, rest.token, delay_seconds=0.0,
+                                error="not sent: the delivering process stopped")
+                    break
                 self._deliver(entry)
             return len(entries)
 

@@ -905,10 +905,7 @@ class RedisLedger(Ledger):
 
     def _outbox_finish(self, key: str, token: str, state: str, delay_ms: int,
                        error: str) -> bool:
-        entry = self.outbox_get(key)
-        if entry is None:
-            return False
-        keys = [self.prefix + "ob:q:" + entry.channel]
+        keys = [self.prefix + "ob:e:" + key]
         args = [self.prefix, key, token, state, str(delay_ms), error]
         return int(self._outbox_call("outbox_finish", keys, args)) == 1
 
