@@ -202,7 +202,7 @@ def fault_config(hook_url: str, **delivery: Any) -> dict[str, Any]:
         "roles": {"racer": {"daily": "1.00"}},
         "prices": {"race-model": {"input_per_million": 0, "output_per_million": 10}},
         "alerts": {"thresholds": [50, 80, 100], "anomalies": {"enabled": False},
-                   "sinks": [{"type": "webhook", "url": hook_url, "timeout_seconds": 2}],
+                   "sinks": [{"type": "webhook", "url": hook_url, "timeout_seconds": 1}],
                    "delivery": {"backoff_seconds": 0.1, "max_backoff_seconds": 0.5,
                                 "poll_seconds": 0.1, **delivery}},
     }

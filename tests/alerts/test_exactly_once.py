@@ -2,8 +2,8 @@
 
 4 processes x 2 threads push one $1.00 role budget (and a $2.00 crew budget)
 through 50/80/100 % and into blocking. Every process runs its own
-AlertManager posting to one loopback webhook; the ledger's atomic claim must
-let exactly one of them send each alert. Contention is certain, not left to
+AlertManager posting to one loopback webhook; the ledger's outbox must store
+each alert once (one process wins the put) and deliver it once. Contention is certain, not left to
 scheduling: every thread of every process is blocked once (8 candidates for
 the one "exhausted" alert), and afterwards all processes re-evaluate every
 budget at the same moment (behind a barrier).

@@ -345,3 +345,21 @@ def test_an_alerts_section_starts_a_manager_and_a_hand_built_one_replaces_it() -
     assert [a.kind for a in got] == ["threshold"]  # type: ignore[attr-defined]
     guard.close()
     assert Guard({"alerts": {"sinks": []}}, "memory://", start_alerts=False).alerts is None
+
+
+def test_a_lease_shorter_than_a_sink_timeout_is_a_config_error() -> None:
+    """A claim must outlive the slowest send, or another process takes the
+    alert over mid-send and it arrives twice."""
+    from crew_budget.errors import ConfigError
+
+    config = {**CONFIG, "alerts": {"anomalies": {"enabled": False}, "delivery": {
+        "lease_seconds": 5}, "sinks": [{"type": "webhook", "url": "http://127.0.0.1:9/h",
+                                        "timeout_seconds": 5}]}}
+    with pytest.raises(ConfigError) as info:
+        Guard(config, "memory://")
+    assert str(info.value) == (
+        "alerts: alerts.delivery.lease_seconds: the claim lease (5 s) must be longer than the "
+        "timeout of sink webhook(http://127.0.0.1:9/h) (5 s), or a slow send "
+        "could be taken over and sent twice. Fix: raise lease_seconds or lower the sink's "
+        "timeout_seconds"
+    )

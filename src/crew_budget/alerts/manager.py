@@ -50,7 +50,7 @@ from crew_budget.alerts.rules import (
     thresholds,
 )
 from crew_budget.alerts.sinks import CallableSink, Sink, build_sinks
-from crew_budget.errors import LedgerError
+from crew_budget.errors import ConfigError, LedgerError
 from crew_budget.ledger.base import Bucket, BucketState
 from crew_budget.windows import get_tz
 
@@ -100,7 +100,19 @@ class AlertManager:
         built += [s if isinstance(s, Sink) else CallableSink(s) for s in sinks]
         channels: set[str] = set()
         self._workers: list[SinkDelivery] = []
+        lease = config.delivery.lease_seconds
         for sink in built:
+            timeout = getattr(sink, "timeout", None)
+            if isinstance(timeout, (int, float)) and timeout >= lease:
+                # A send may take up to its timeout; a claim that lapses
+                # first lets another process send the same alert again.
+                raise ConfigError(
+                    f"the claim lease ({lease:g} s) must be longer than the timeout of sink "
+                    f"{sink.name} ({timeout:g} s), or a slow send could be taken over and "
+                    "sent twice. Fix: raise lease_seconds or lower the sink's "
+                    "timeout_seconds",
+                    source="alerts", path="alerts.delivery.lease_seconds",
+                )
             channel, n = sink.name, 1
             while channel in channels:  # two sinks of one name stay two sinks
                 n += 1
