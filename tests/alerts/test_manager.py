@@ -363,3 +363,41 @@ def test_a_lease_shorter_than_a_sink_timeout_is_a_config_error() -> None:
         "could be taken over and sent twice. Fix: raise lease_seconds or lower the sink's "
         "timeout_seconds"
     )
+
+
+def test_a_failed_put_holds_back_the_later_thresholds_to_keep_the_order() -> None:
+    """The ledger refuses the 50 % put once: 80 % must not be stored (it
+    would be delivered first). The next check stores both, in order."""
+    from crew_budget.errors import LedgerUnavailable
+
+    class OnceDown(MemoryLedger):
+        failed = False
+
+        def outbox_put(self, key: str, payload: str, **kw: Any) -> bool:
+            if ":50>" in key and not self.failed:
+                self.failed = True
+                raise LedgerUnavailable(self.url, "connection reset")
+            return super().outbox_put(key, payload, **kw)
+
+    ledger = OnceDown(clock=Clock())
+    got: list[Alert] = []
+    guard = Guard(CONFIG, ledger, start_alerts=False)
+    manager = AlertManager(guard, sinks=[got.append], start=False)
+    spend(guard, 80, role="writer")         # $0.80: 8 % of writer, 40 % of the crew
+    spend(guard, 80)                        # researcher at 80 %, crew at 80 %
+    assert manager.check(["researcher"]) == []
+    assert manager.flush()
+    assert got == []
+    raised = manager.check(["researcher"])
+    assert manager.flush()
+    assert keys(raised) == [
+        "threshold:role:researcher|day|2026-11-18:50",
+        "threshold:role:researcher|day|2026-11-18:80",
+        "threshold:crew:team|day|2026-11-18:50",
+        "threshold:crew:team|day|2026-11-18:80",
+    ]
+    # Delivered once each; in order within each budget (the two budgets interleave).
+    assert sorted(keys(got)) == sorted(keys(raised))
+    assert [k for k in keys(got) if ":role:" in k] == keys(raised)[:2]
+    assert [k for k in keys(got) if ":crew:" in k] == keys(raised)[2:]
+    manager.close()

@@ -269,8 +269,8 @@ class AlertManager:
         now = self.guard.ledger.now()
         # Thresholds first, "exhausted" after: the outbox delivers a budget's
         # alerts in the order they were put, so 50/80/100 % precede it.
-        if roles:
-            self.check(roles, now=now, refused=refused)
+        if roles and not self._check(roles, now, refused)[1]:
+            return  # a put failed: "exhausted" waits for the next refused call
         for e in blocked:
             self._exhausted(e, now)
 
@@ -295,6 +295,16 @@ class AlertManager:
         traffic. ``refused``: bucket keys that just refused a call, which
         counts as 100 % (see ``rules.thresholds``).
         """
+        return self._check(roles, now, refused)[0]
+
+    def _check(self, roles: Iterable[str] | None, now: float | None,
+               refused: Collection[str]) -> tuple[list[Alert], bool]:
+        """``check``, and whether every candidate reached the outbox.
+
+        Candidates are put in order and the first failure stops the rest: a
+        later threshold stored while an earlier one is not would be
+        delivered first. The next check puts them all again (idempotent).
+        """
         t = self.guard.ledger.now() if now is None else now
         buckets: dict[str, Bucket] = {}
         for role in (roles if roles is not None else [None]):
@@ -313,7 +323,16 @@ class AlertManager:
                 candidates += self._record_anomalies(t, wanted)
             elif wanted is not None:  # the worker runs it when the interval is up
                 self._due_roles |= wanted
-        return [a for a in candidates if self.emit(a)]
+        raised: list[Alert] = []
+        for alert in candidates:
+            try:
+                if self._emit(alert, None):
+                    raised.append(alert)
+            except LedgerError as exc:
+                log.warning("crew-budget: cannot store alert %s in the ledger (%s); it and "
+                            "the alerts after it are retried on the next check", alert.key, exc)
+                return raised, False
+        return raised, True
 
     def _record_anomalies(self, now: float, roles: set[str] | None) -> list[Alert]:
         cfg = self.config.anomalies
@@ -340,6 +359,15 @@ class AlertManager:
         than the give-up time plus a lease and an hour), so the same alert
         never fires twice in that time.
         """
+        try:
+            return self._emit(alert, ttl)
+        except LedgerError as exc:
+            log.warning("crew-budget: cannot store alert %s in the ledger (%s); will retry on "
+                        "the next check", alert.key, exc)
+            return False
+
+    def _emit(self, alert: Alert, ttl: float | None) -> bool:
+        """``emit``, raising ``LedgerError`` when the outbox cannot be written."""
         if alert.key in self._seen:
             return False
         if ttl is None:
@@ -350,12 +378,7 @@ class AlertManager:
                 ttl = (self.config.anomalies.baseline_days + 1) * 86400.0
         d = self.config.delivery
         ttl = max(ttl, d.give_up_after_seconds + d.lease_seconds + 3600.0)
-        try:
-            won = self._put(alert, alert.key, ttl)
-        except LedgerError as exc:
-            log.warning("crew-budget: cannot store alert %s in the ledger (%s); will retry on "
-                        "the next check", alert.key, exc)
-            return False
+        won = self._put(alert, alert.key, ttl)
         with self._lock:
             if len(self._seen) > 100_000:
                 self._seen.clear()
