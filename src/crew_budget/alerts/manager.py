@@ -401,6 +401,8 @@ class AlertManager:
                 won = True
                 with self._lock:
                     self._mine[okey] = None
+                    if len(self._mine) > 10_000:  # only flush() prunes it: stay bounded
+                        del self._mine[next(iter(self._mine))]
                 w.wake()
         return won
 
