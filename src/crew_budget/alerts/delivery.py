@@ -20,9 +20,9 @@ raised or delivers them.
 
 Exactly once, precisely: each (alert, sink) is put once, and acknowledged
 once. A second send happens only if a sink's send outlives the claim's lease
-(set ``lease_seconds`` above every sink's timeout) or a process dies after
-sending and before acknowledging; the webhook sink sends the alert key as
-``Idempotency-Key`` so a receiver can drop such a repeat.
+(``lease_seconds`` must exceed every sink's timeout: checked at start) or a
+process dies after sending and before acknowledging. A receiver can drop such
+a repeat by the alert's ``key``, which every payload carries.
 """
 
 from __future__ import annotations
@@ -237,13 +237,12 @@ class SinkDelivery:
         self.stats.failed += 1
         self.stats.failing = True
         log.error(
-            "crew-budget: GAVE UP delivering alert %s (%r) to sink %s after %d attempts over "
-            "%s s; last error: %s. This alert will not reach that sink. Fix the sink's "
-            "address or credentials in alerts.sinks, or raise "
-            "alerts.delivery.give_up_after_seconds.",
-            alert.key if alert else entry.key, alert.title if alert else "?", self.sink.name,
-            entry.attempts, _secs((entry.claimed_at or entry.created_at) - entry.created_at),
-            error,
+            "crew-budget: alert sink %s failed %d times over %s s and GAVE UP on alert %s "
+            "(%r), which will not reach that sink; last error: %s. Fix the sink's address or "
+            "credentials in alerts.sinks, or raise alerts.delivery.give_up_after_seconds.",
+            self.sink.name, entry.attempts,
+            _secs((entry.claimed_at or entry.created_at) - entry.created_at),
+            alert.key if alert else entry.key, alert.title if alert else "?", error,
         )
 
     def pending(self, keys: Mapping[str, None]) -> list[str]:

@@ -105,10 +105,6 @@ class WebhookSink:
         req = urllib.request.Request(self.url, data=body, method="POST")
         req.add_header("Content-Type", "application/json")
         req.add_header("User-Agent", "crew-budget-alerts")
-        # The outbox sends an alert again only if a send outlived its claim
-        # or its process died before recording it: this lets a receiver
-        # drop such a repeat.
-        req.add_header("Idempotency-Key", alert.key)
         for key, value in self.headers.items():
             req.add_header(key, value)
         # urlopen raises HTTPError on 4xx/5xx, URLError when nobody listens.

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -385,9 +385,11 @@ class SQLiteLedger(Ledger):
             self._local.outbox = db
         return db
 
-    def _outbox_tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    @contextmanager
+    def _outbox_tx(self) -> Iterator[sqlite3.Connection]:
         self._outbox_db()
-        return self._tx()
+        with self._tx() as db:
+            yield db
 
     def outbox_put(self, key: str, payload: str, *, channel: str, group: str,
                    ttl_seconds: float) -> bool:
