@@ -55,6 +55,13 @@ def test_each_alert_is_sent_once_across_processes(
         f"threshold:crew:race|day|{period}:50": 1,    # $1.00 of the crew's $2.00
         f"exhausted:role:racer|day|{period}": 1,      # every thread was blocked once
     }
+    # ...and a budget's alerts arrived in ascending order, "exhausted" last.
+    assert [b["key"] for b in bodies if "role:racer" in b["key"]] == [
+        f"threshold:role:racer|day|{period}:50",
+        f"threshold:role:racer|day|{period}:80",
+        f"threshold:role:racer|day|{period}:100",
+        f"exhausted:role:racer|day|{period}",
+    ]
     blocked = [r for r in guard.ledger.records() if r.outcome == "blocked"]
     assert len(blocked) == PROCESSES * THREADS
     guard.close()
