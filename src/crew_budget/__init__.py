@@ -93,6 +93,13 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
+# What wires the pieces together lives here, at the top: every Guard built
+# from a config with an `alerts:` section starts its AlertManager (imported
+# only then). See crew_budget.wiring for why the guard does not do it itself.
+from crew_budget import wiring as _wiring  # noqa: E402 - after the lazy table on purpose
+
+_wiring.add_guard_hook("crew_budget.alerts.wiring:start_alerts")
+
 __all__ = [
     "BudgetConfig",
     "BudgetExceeded",

@@ -42,6 +42,7 @@ from crew_budget.money import atto_to_nano_ceil, from_nano, to_nano, to_nano_cei
 from crew_budget.pricing import Price, PriceBook
 from crew_budget.usage import Usage, cost_nano_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
+from crew_budget.wiring import run_guard_hooks
 
 __all__ = ["BudgetStatus", "Guard", "GuardEvent", "Settlement", "Ticket"]
 
@@ -118,7 +119,12 @@ class GuardEvent:
 
 
 class Guard:
-    """Enforces a ``BudgetConfig`` against a ``Ledger``."""
+    """Enforces a ``BudgetConfig`` against a ``Ledger``.
+
+    Building one runs the construction hooks of ``crew_budget.wiring``: by
+    default the one that starts ``guard.alerts`` when the config has an
+    enabled ``alerts:`` section. ``start_alerts=False`` skips them.
+    """
 
     def __init__(
         self,
@@ -151,14 +157,12 @@ class Guard:
             maxlen=10_000
         )
         self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
-        # An `alerts:` section is acted on, not silently ignored: its manager
-        # starts here (a background thread). A manager built by hand later
-        # replaces this one, so one guard never has two.
+        # Set by whatever watches this guard (an `alerts:` section's manager,
+        # started by a construction hook, see crew_budget.wiring) and closed
+        # with it. The guard itself imports nothing from crew_budget.alerts.
         self.alerts: Any = None
-        if start_alerts and self.config.alerts is not None and self.config.alerts.enabled:
-            from crew_budget.alerts import AlertManager
-
-            AlertManager(self)
+        if start_alerts:
+            run_guard_hooks(self)
 
     @classmethod
     def from_config(

@@ -2,8 +2,8 @@
 
 4 processes x 2 threads push one $1.00 role budget (and a $2.00 crew budget)
 through 50/80/100 % and into blocking. Every process runs its own
-AlertManager posting to one loopback webhook; the ledger's atomic claim must
-let exactly one of them send each alert. Contention is certain, not left to
+AlertManager posting to one loopback webhook; the ledger's outbox must store
+each alert once (one process wins the put) and deliver it once. Contention is certain, not left to
 scheduling: every thread of every process is blocked once (8 candidates for
 the one "exhausted" alert), and afterwards all processes re-evaluate every
 budget at the same moment (behind a barrier).
@@ -55,6 +55,13 @@ def test_each_alert_is_sent_once_across_processes(
         f"threshold:crew:race|day|{period}:50": 1,    # $1.00 of the crew's $2.00
         f"exhausted:role:racer|day|{period}": 1,      # every thread was blocked once
     }
+    # ...and a budget's alerts arrived in ascending order, "exhausted" last.
+    assert [b["key"] for b in bodies if "role:racer" in b["key"]] == [
+        f"threshold:role:racer|day|{period}:50",
+        f"threshold:role:racer|day|{period}:80",
+        f"threshold:role:racer|day|{period}:100",
+        f"exhausted:role:racer|day|{period}",
+    ]
     blocked = [r for r in guard.ledger.records() if r.outcome == "blocked"]
     assert len(blocked) == PROCESSES * THREADS
     guard.close()

@@ -134,9 +134,10 @@ def test_a_blocking_sink_never_delays_the_call() -> None:
     manager.close()
 
 
-def test_failing_sink_is_retried_with_exponential_backoff() -> None:
+def test_failing_sink_is_retried_with_exponential_backoff_from_the_outbox() -> None:
+    """Retries wait in the ledger: after each failed send the entry is due
+    again 0.5 s, then 1.0 s later on the ledger's clock (0.5 * 2**n)."""
     attempts: list[str] = []
-    sleeps: list[float] = []
 
     def flaky(alert: Alert) -> None:
         attempts.append(alert.key)
@@ -145,19 +146,34 @@ def test_failing_sink_is_retried_with_exponential_backoff() -> None:
 
     cfg = AlertsConfig.model_validate({
         "sinks": [], "anomalies": {"enabled": False},
-        "delivery": {"attempts": 4, "backoff_seconds": 0.5, "max_backoff_seconds": 30},
+        "delivery": {"backoff_seconds": 0.5, "max_backoff_seconds": 30},
     })
-    guard = Guard(CONFIG, "memory://", clock=Clock())
-    with AlertManager(guard, cfg, sinks=[flaky], sleep=sleeps.append) as manager:
-        spend(guard, 50)
-        assert manager.flush()
-        (stats,) = manager.stats()
-    assert len(attempts) == 3               # two failures, then delivered
-    assert sleeps == [0.5, 1.0]             # 0.5 * 2**0, 0.5 * 2**1
+    clock = Clock()
+    guard = Guard(CONFIG, "memory://", clock=clock)
+    manager = AlertManager(guard, cfg, sinks=[flaky], start=False)
+    spend(guard, 50)
+    (alert,) = manager.check(["researcher"])
+    (worker,) = manager._workers
+    okey = f"{alert.key}>{worker.channel}"
+    dues = []
+    for _ in range(3):
+        assert worker.deliver_due() == 1
+        entry = guard.ledger.outbox_get(okey)
+        assert entry is not None
+        due = entry.due_at - clock.t if entry.state == "pending" else None
+        dues.append((entry.state, due, entry.last_error))
+        assert worker.deliver_due() == 0          # not due until the clock moves
+        clock.t += 5
+    assert dues == [("pending", 0.5, "ConnectionError: webhook down"),
+                    ("pending", 1.0, "ConnectionError: webhook down"),
+                    ("delivered", None, "ConnectionError: webhook down")]
+    assert attempts == [alert.key] * 3                # two failures, then delivered
+    (stats,) = manager.stats()
     assert (stats.delivered, stats.failed, stats.retries) == (1, 0, 2)
+    manager.close()
 
 
-def test_dead_sink_is_reported_once_per_burst_and_other_sinks_still_deliver(
+def test_dead_sink_gives_up_loudly_per_alert_and_other_sinks_still_deliver(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def dead(alert: Alert) -> None:
@@ -169,18 +185,22 @@ def test_dead_sink_is_reported_once_per_burst_and_other_sinks_still_deliver(
         "delivery": {"attempts": 2, "backoff_seconds": 0},
     })
     guard = Guard(CONFIG, "memory://", clock=Clock())
-    with caplog.at_level(logging.ERROR, logger="crew_budget.alerts"), \
+    with caplog.at_level(logging.WARNING, logger="crew_budget.alerts"), \
             AlertManager(guard, cfg, sinks=[dead, good.append]) as manager:
         spend(guard, 100)                     # role 50/80/100 + crew 50: all fail on `dead`
         assert manager.flush()
         dead_stats, good_stats = manager.stats()
     assert guard.status("researcher")[0].spent == Decimal("1.00")  # every call went through
-    assert (dead_stats.failed, dead_stats.delivered) == (4, 0)
+    assert (dead_stats.failed, dead_stats.delivered, dead_stats.retries) == (4, 0, 4)
     assert dead_stats.last_error == "ConnectionRefusedError: nobody listening"
     assert good_stats.delivered == 4 and len(good) == 4
-    errors = [r for r in caplog.records if "failed 2 times" in r.getMessage()]
-    assert len(errors) == 1                   # one report per burst, not one per alert
-    assert "ConnectionRefusedError: nobody listening" in errors[0].getMessage()
+    gave_up = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(gave_up) == 4                  # one ERROR per alert lost, naming it
+    lost = sorted(r.getMessage().split(" GAVE UP on alert ")[1].split()[0] for r in gave_up)
+    assert lost == sorted(a.key for a in good)
+    assert all(" failed 2 times over " in r.getMessage() for r in gave_up)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1                 # failed sends: one warning per burst
 
 
 def test_a_raising_listener_never_reaches_the_caller(caplog: pytest.LogCaptureFixture) -> None:
@@ -326,3 +346,59 @@ def test_an_alerts_section_starts_a_manager_and_a_hand_built_one_replaces_it() -
     assert [a.kind for a in got] == ["threshold"]  # type: ignore[attr-defined]
     guard.close()
     assert Guard({"alerts": {"sinks": []}}, "memory://", start_alerts=False).alerts is None
+
+
+def test_a_lease_shorter_than_a_sink_timeout_is_a_config_error() -> None:
+    """A claim must outlive the slowest send, or another process takes the
+    alert over mid-send and it arrives twice."""
+    from crew_budget.errors import ConfigError
+
+    config = {**CONFIG, "alerts": {"anomalies": {"enabled": False}, "delivery": {
+        "lease_seconds": 5}, "sinks": [{"type": "webhook", "url": "http://127.0.0.1:9/h",
+                                        "timeout_seconds": 5}]}}
+    with pytest.raises(ConfigError) as info:
+        Guard(config, "memory://")
+    assert str(info.value) == (
+        "alerts: alerts.delivery.lease_seconds: the claim lease (5 s) must be longer than the "
+        "timeout of sink webhook(http://127.0.0.1:9/h) (5 s), or a slow send "
+        "could be taken over and sent twice. Fix: raise lease_seconds or lower the sink's "
+        "timeout_seconds"
+    )
+
+
+def test_a_failed_put_holds_back_the_later_thresholds_to_keep_the_order() -> None:
+    """The ledger refuses the 50 % put once: 80 % must not be stored (it
+    would be delivered first). The next check stores both, in order."""
+    from crew_budget.errors import LedgerUnavailable
+
+    class OnceDown(MemoryLedger):
+        failed = False
+
+        def outbox_put(self, key: str, payload: str, **kw: Any) -> bool:
+            if ":50>" in key and not self.failed:
+                self.failed = True
+                raise LedgerUnavailable(self.url, "connection reset")
+            return super().outbox_put(key, payload, **kw)
+
+    ledger = OnceDown(clock=Clock())
+    got: list[Alert] = []
+    guard = Guard(CONFIG, ledger, start_alerts=False)
+    manager = AlertManager(guard, sinks=[got.append], start=False)
+    spend(guard, 80, role="writer")         # $0.80: 8 % of writer, 40 % of the crew
+    spend(guard, 80)                        # researcher at 80 %, crew at 80 %
+    assert manager.check(["researcher"]) == []
+    assert manager.flush()
+    assert got == []
+    raised = manager.check(["researcher"])
+    assert manager.flush()
+    assert keys(raised) == [
+        "threshold:role:researcher|day|2026-11-18:50",
+        "threshold:role:researcher|day|2026-11-18:80",
+        "threshold:crew:team|day|2026-11-18:50",
+        "threshold:crew:team|day|2026-11-18:80",
+    ]
+    # Delivered once each; in order within each budget (the two budgets interleave).
+    assert sorted(keys(got)) == sorted(keys(raised))
+    assert [k for k in keys(got) if ":role:" in k] == keys(raised)[:2]
+    assert [k for k in keys(got) if ":crew:" in k] == keys(raised)[2:]
+    manager.close()

@@ -89,6 +89,31 @@ def test_full_budget_is_critical_and_unlimited_buckets_are_skipped() -> None:
     assert thresholds([unlimited], [50], NOW) == []
 
 
+def test_a_refused_call_counts_as_100_percent_with_the_lower_thresholds_first() -> None:
+    """$4.85 spent and $0.10 in flight of $5.00: a $0.06 call is refused. By
+    spend only 50 and 80 % are reached; the refusal adds 100 % (the next call
+    is blocked) but not 120 %, which only spend can reach."""
+    st = BucketState(day_state("0").bucket, 4_850_000_000, 100_000_000)
+    key = st.bucket.key
+    assert [a.values["threshold_pct"] for a in thresholds([st], [50, 80, 100, 120], NOW)] == [
+        50, 80]
+    alerts = thresholds([st], [50, 80, 100, 120], NOW, refused={key})
+    assert [(a.values["threshold_pct"], a.values["reached_by"]) for a in alerts] == [
+        (50, "spend"), (80, "spend"), (100, "refused_call")]
+    assert alerts[2].severity == "critical"
+    assert alerts[2].message == (
+        "role 'researcher' refused a call: its day budget $5.00 cannot take the next one "
+        "($4.85 spent, 97.0%, and $0.10 reserved by calls in flight), which counts as 100%; "
+        "calls that fit in the $0.05 left still pass until the window resets at "
+        "2026-11-26 00:00 UTC."
+    )
+    # A refusal early in the window (one huge call) still keeps the order:
+    # every threshold up to 100 % comes with it, ascending.
+    early = BucketState(day_state("0").bucket, 1 * NANO, 0)
+    assert [a.values["threshold_pct"] for a in thresholds([early], [50, 80, 100], NOW,
+                                                          refused={key})] == [50, 80, 100]
+
+
 # -- burn rate ------------------------------------------------------------------
 
 

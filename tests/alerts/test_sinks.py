@@ -180,7 +180,10 @@ def test_llm_call_succeeds_while_the_webhook_is_dead_and_the_failure_is_reported
     assert guard.status("greeter")[0].spent == Decimal("0.000035")
     assert (stats.delivered, stats.failed) == (0, 1)
     assert stats.last_error is not None and "Connection refused" in stats.last_error
-    (report,) = [r for r in caplog.records if "failed 2 times" in r.getMessage()]
+    # Given up after the configured 2 attempts: one ERROR naming alert and sink.
+    (report,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "GAVE UP on alert threshold:role:greeter|day|" in report.getMessage()
+    assert "failed 2 times" in report.getMessage()
     assert "webhook(http://127.0.0.1:" in report.getMessage()
     assert "reached 50% of its day budget" in report.getMessage()
 

@@ -1,9 +1,13 @@
 """Budget alerts: thresholds, anomaly rules and sinks, off the hot path.
 
-``AlertManager(guard)`` listens to a ``Guard``; every alert is claimed in the
-ledger before it is sent, so it fires exactly once however many processes
-share the budget. The rules in ``crew_budget.alerts.rules`` are pure
-functions over bucket states and spend records.
+``AlertManager(guard)`` listens to a ``Guard``; every alert is put into the
+ledger's outbox (once per sink, idempotent by key) before it is sent, so it
+fires once however many processes share the budget, and it is delivered with
+retries, in ascending order per budget, by whichever process is alive (see
+``crew_budget.alerts.delivery``). The rules in ``crew_budget.alerts.rules``
+are pure functions over bucket states and spend records. A guard built from
+a config with an ``alerts:`` section starts its manager itself
+(``crew_budget.alerts.wiring``).
 
 Names are imported on first use (PEP 562): ``crew_budget.config`` imports
 ``crew_budget.alerts.config``, and loading a budget file must not pay for

@@ -186,11 +186,29 @@ SinkConfig = Annotated[
 
 
 class DeliveryConfig(_Model):
-    """Retries with exponential backoff, per sink, off the caller's thread."""
+    """How alerts reach their sinks: through the ledger's outbox, with retries.
 
-    attempts: int = Field(default=4, ge=1, le=20)
+    Every alert is stored in the ledger before it is sent, once per sink.
+    A process *claims* it for ``lease_seconds`` (longer than any sink's
+    timeout), sends it, and acknowledges it. A failed send is retried with
+    exponential backoff (``backoff_seconds`` doubling up to
+    ``max_backoff_seconds``) until it succeeds or ``give_up_after_seconds``
+    have passed since the alert was raised (or ``attempts`` sends failed,
+    if set); then an ERROR is logged naming the alert and the sink. A
+    budget's alerts are sent in order, so one waiting behind an earlier one
+    may reach its give-up time first: it still gets one try. If the
+    claiming process dies, its lease runs out and any other process sharing
+    the ledger delivers the alert. Idle delivery loops look for due alerts
+    every ``poll_seconds``. ``queue_size`` is accepted for older files and
+    unused: alerts wait in the ledger, not in memory.
+    """
+
+    attempts: int | None = Field(default=None, ge=1)
     backoff_seconds: float = Field(default=0.5, ge=0.0)
     max_backoff_seconds: float = Field(default=30.0, ge=0.0)
+    give_up_after_seconds: float = Field(default=86400.0, gt=0.0)
+    lease_seconds: float = Field(default=60.0, gt=0.0)
+    poll_seconds: float = Field(default=1.0, gt=0.0)
     queue_size: int = Field(default=1000, ge=1)
 
 

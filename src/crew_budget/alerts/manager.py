@@ -3,17 +3,26 @@
 Nothing here runs on the LLM call's thread except one ``queue.put_nowait``
 in the guard listener. A worker thread drains the queue, reads the budgets
 of the roles that just spent, asks the pure rules in ``rules.py`` which
-thresholds and anomalies hold, and claims each alert's key in the *ledger*
-(``Ledger.claim``): among any number of processes sharing the ledger, only
-the one that wins the claim sends. Each sink has its own delivery thread
-with retries and exponential backoff, so a dead webhook delays nobody; when
-it keeps failing, one error is logged per burst of failures and the alert is
-counted as failed, never raised.
+thresholds and anomalies hold, and puts each alert into the ledger's
+*outbox*, once per sink (``Ledger.outbox_put``, idempotent by key): among any
+number of processes sharing the ledger, each alert is stored once. Each sink
+has its own delivery thread (``delivery.SinkDelivery``) that claims due
+alerts with a lease, sends them and acknowledges them, retrying with backoff
+until ``delivery.give_up_after_seconds`` (then an ERROR). A dead webhook
+delays nobody, a dead process loses nothing: its claims lapse and another
+process delivers.
+
+Order: a budget's thresholds are put in ascending order, before its
+"exhausted" alert, and the outbox delivers a budget's alerts one after the
+other in that order. The 100 % threshold fires when committed spend reaches
+the limit, or when the budget refuses a call, whichever comes first (see
+``rules.thresholds``).
 
 Usage::
 
-    guard = Guard.from_config("budgets.yaml")
-    alerts = AlertManager(guard)          # sinks from the YAML's alerts: section
+    guard = Guard.from_config("budgets.yaml")   # starts guard.alerts if the YAML
+                                                # has an alerts: section
+    alerts = AlertManager(guard)          # or build one by hand (replaces it)
     ...
     alerts.close()                        # or use it as a context manager
 """
@@ -21,14 +30,15 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from crew_budget.alerts.config import AlertsConfig, DeliveryConfig
+from crew_budget.alerts.config import AlertsConfig
+from crew_budget.alerts.delivery import SinkDelivery, SinkStats, encode_alert, outbox_group
 from crew_budget.alerts.events import Alert
 from crew_budget.alerts.rules import (
     Exhaustion,
@@ -40,7 +50,7 @@ from crew_budget.alerts.rules import (
     thresholds,
 )
 from crew_budget.alerts.sinks import CallableSink, Sink, build_sinks
-from crew_budget.errors import LedgerError
+from crew_budget.errors import ConfigError, LedgerError
 from crew_budget.ledger.base import Bucket, BucketState
 from crew_budget.windows import get_tz
 
@@ -55,101 +65,15 @@ _SPEND = frozenset({"settled", "expired", "unguarded"})
 _STOP = object()
 
 
-@dataclass(slots=True)
-class SinkStats:
-    """Delivery counters of one sink (``AlertManager.stats()``)."""
-
-    name: str
-    delivered: int = 0
-    failed: int = 0
-    retries: int = 0
-    dropped: int = 0
-    last_error: str | None = None
-    failing: bool = False
-
-
-class _SinkWorker:
-    """One sink, one thread, one bounded queue: slow sinks only delay themselves."""
-
-    def __init__(self, sink: Sink, delivery: DeliveryConfig,
-                 sleep: Callable[[float], None]) -> None:
-        self.sink = sink
-        self.delivery = delivery
-        self.stats = SinkStats(sink.name)
-        self._sleep = sleep
-        self._queue: queue.Queue[Any] = queue.Queue(delivery.queue_size)
-        self._thread = threading.Thread(target=self._run, name=f"crew-budget-sink-{sink.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def submit(self, alert: Alert) -> None:
-        try:
-            self._queue.put_nowait(alert)
-        except queue.Full:
-            self.stats.dropped += 1
-            log.error("crew-budget: alert queue of sink %s is full (%d waiting); dropped "
-                      "alert %s. The sink is too slow or down.", self.sink.name,
-                      self.delivery.queue_size, alert.key)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                self._deliver(item)
-            finally:
-                self._queue.task_done()
-
-    def _deliver(self, alert: Alert) -> None:
-        d = self.delivery
-        error: BaseException | None = None
-        for attempt in range(d.attempts):
-            if attempt:
-                self.stats.retries += 1
-                self._sleep(min(d.backoff_seconds * 2 ** (attempt - 1), d.max_backoff_seconds))
-            try:
-                self.sink.send(alert)
-            except Exception as exc:
-                error = exc
-                continue
-            self.stats.delivered += 1
-            if self.stats.failing:
-                log.warning("crew-budget: alert sink %s works again", self.sink.name)
-                self.stats.failing = False
-            return
-        self.stats.failed += 1
-        self.stats.last_error = f"{type(error).__name__}: {error}"
-        if not self.stats.failing:  # one error per burst, not one per alert
-            self.stats.failing = True
-            log.error(
-                "crew-budget: alert sink %s failed %d times (%s); alert %r was not delivered. "
-                "Further failures of this sink are counted in AlertManager.stats() until it "
-                "works again. Fix the sink's address or credentials in alerts.sinks.",
-                self.sink.name, d.attempts, self.stats.last_error, alert.title,
-            )
-
-    def join(self, deadline: float) -> bool:
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def stop(self, timeout: float) -> None:
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
-
-
 class AlertManager:
     """Thresholds, exhaustion and anomaly alerts for one ``Guard``.
 
     ``config`` defaults to the guard's ``alerts:`` section. ``sinks`` adds
     (or, with ``replace_sinks=True``, replaces) the YAML's sinks with sink
-    objects or plain callables taking an ``Alert``.
+    objects or plain callables taking an ``Alert``. A sink is known to the
+    outbox by its ``name``: every process that configures a sink of the same
+    name can deliver (and take over) its alerts. ``sleep`` is accepted for
+    compatibility and unused: retries wait in the ledger, not in a thread.
     """
 
     def __init__(
@@ -174,7 +98,28 @@ class AlertManager:
         self._tz = get_tz(guard.config.timezone)
         built: list[Sink] = [] if replace_sinks else build_sinks(config.sinks)
         built += [s if isinstance(s, Sink) else CallableSink(s) for s in sinks]
-        self._workers = [_SinkWorker(s, config.delivery, sleep) for s in built]
+        channels: set[str] = set()
+        self._workers: list[SinkDelivery] = []
+        lease = config.delivery.lease_seconds
+        for sink in built:
+            timeout = getattr(sink, "timeout", None)
+            if isinstance(timeout, (int, float)) and timeout >= lease:
+                # A send may take up to its timeout; a claim that lapses
+                # first lets another process send the same alert again.
+                raise ConfigError(
+                    f"the claim lease ({lease:g} s) must be longer than the timeout of sink "
+                    f"{sink.name} ({timeout:g} s), or a slow send could be taken over and "
+                    "sent twice. Fix: raise lease_seconds or lower the sink's "
+                    "timeout_seconds",
+                    source="alerts", path="alerts.delivery.lease_seconds",
+                )
+            channel, n = sink.name, 1
+            while channel in channels:  # two sinks of one name stay two sinks
+                n += 1
+                channel = f"{sink.name}#{n}"
+            channels.add(channel)
+            self._workers.append(SinkDelivery(sink, channel, guard.ledger, config.delivery))
+        self._mine: dict[str, None] = {}  # outbox keys this manager put, not yet done
         self._events: queue.Queue[Any] = queue.Queue(10_000)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
@@ -199,15 +144,46 @@ class AlertManager:
         self._thread = threading.Thread(target=self._run, name="crew-budget-alerts", daemon=True)
         self._thread.start()
         self._remove_listener = self.guard.add_listener(self._on_event)
+        for w in self._workers:
+            w.start()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued event is evaluated and every alert delivered."""
+        """Wait until every queued event is evaluated and every alert this
+        manager raised is delivered or given up (by any process).
+
+        Returns False at ``timeout`` with work left: the alerts stay in the
+        ledger's outbox and are delivered later, by this or another process.
+        Without running threads (``start=False``) it delivers them itself.
+        """
         deadline = time.monotonic() + timeout
         while self._events.unfinished_tasks:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
-        return all(w.join(deadline) for w in self._workers)
+        while True:
+            left = False
+            for w in self._workers:
+                if not w.running:
+                    w.deliver_due()
+                else:
+                    w.wake()
+            with self._lock:
+                keys = dict(self._mine)
+            for w in self._workers:
+                mine = {k: None for k in keys if k.endswith(">" + w.channel)}
+                try:
+                    waiting = w.pending(mine) if mine else []
+                except LedgerError:
+                    waiting = list(mine)
+                with self._lock:
+                    for k in set(mine) - set(waiting):
+                        self._mine.pop(k, None)
+                left = left or bool(waiting)
+            if not left:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop listening, deliver what is queued (up to ``timeout``), stop threads."""
@@ -285,13 +261,18 @@ class AlertManager:
     def _process(self, events: Sequence[GuardEvent]) -> None:
         if not events:
             return
-        roles = sorted({e.role for e in events if e.outcome in _SPEND})
         blocked = [e for e in events if e.outcome == "blocked" and e.error is not None]
+        roles = sorted({e.role for e in events if e.outcome in _SPEND}
+                       | {e.role for e in blocked})
+        refused = {f"{e.error.scope}|{e.error.window}|{e.error.period}"
+                   for e in blocked if e.error is not None}
         now = self.guard.ledger.now()
+        # Thresholds first, "exhausted" after: the outbox delivers a budget's
+        # alerts in the order they were put, so 50/80/100 % precede it.
+        if roles and not self._check(roles, now, refused)[1]:
+            return  # a put failed: "exhausted" waits for the next refused call
         for e in blocked:
             self._exhausted(e, now)
-        if roles:
-            self.check(roles, now=now)
 
     def _exhausted(self, event: GuardEvent, now: float) -> None:
         err = event.error
@@ -305,12 +286,24 @@ class AlertManager:
             estimate=err.estimate, resets_at=ends,
         ), now, self._tz), ttl=(ends - now + 86400) if ends else None)
 
-    def check(self, roles: Iterable[str] | None = None, *, now: float | None = None) -> list[Alert]:
-        """Evaluate thresholds and anomalies now; returns the alerts this call sent.
+    def check(self, roles: Iterable[str] | None = None, *, now: float | None = None,
+              refused: Collection[str] = ()) -> list[Alert]:
+        """Evaluate thresholds and anomalies now; returns the alerts this call raised.
 
         The worker calls this after spend; call it yourself (e.g. from cron
         with ``roles=None`` for every configured budget) to evaluate without
-        traffic.
+        traffic. ``refused``: bucket keys that just refused a call, which
+        counts as 100 % (see ``rules.thresholds``).
+        """
+        return self._check(roles, now, refused)[0]
+
+    def _check(self, roles: Iterable[str] | None, now: float | None,
+               refused: Collection[str]) -> tuple[list[Alert], bool]:
+        """``check``, and whether every candidate reached the outbox.
+
+        Candidates are put in order and the first failure stops the rest: a
+        later threshold stored while an earlier one is not would be
+        delivered first. The next check puts them all again (idempotent).
         """
         t = self.guard.ledger.now() if now is None else now
         buckets: dict[str, Bucket] = {}
@@ -318,7 +311,8 @@ class AlertManager:
             for b in self.guard.buckets(role, t):
                 buckets.setdefault(b.key, b)
         states: list[BucketState] = self.guard.ledger.status(list(buckets.values()))
-        candidates = thresholds(states, self.config.thresholds_for, t, self._tz)
+        candidates = thresholds(states, self.config.thresholds_for, t, self._tz,
+                                refused=refused)
         anomalies = self.config.anomalies
         if anomalies.enabled:
             candidates += burn_rate(states, t, anomalies.burn_rate, self._tz)
@@ -329,7 +323,16 @@ class AlertManager:
                 candidates += self._record_anomalies(t, wanted)
             elif wanted is not None:  # the worker runs it when the interval is up
                 self._due_roles |= wanted
-        return [a for a in candidates if self.emit(a)]
+        raised: list[Alert] = []
+        for alert in candidates:
+            try:
+                if self._emit(alert, None):
+                    raised.append(alert)
+            except LedgerError as exc:
+                log.warning("crew-budget: cannot store alert %s in the ledger (%s); it and "
+                            "the alerts after it are retried on the next check", alert.key, exc)
+                return raised, False
+        return raised, True
 
     def _record_anomalies(self, now: float, roles: set[str] | None) -> list[Alert]:
         cfg = self.config.anomalies
@@ -347,12 +350,24 @@ class AlertManager:
         ]
 
     def emit(self, alert: Alert, *, ttl: float | None = None) -> bool:
-        """Claim ``alert.key`` in the ledger and, if this process won, send it.
+        """Put ``alert`` into the ledger's outbox for every sink, once.
 
-        Returns True when this process sends it. The claim lives ``ttl``
-        seconds (default: until the alert's window resets plus a day, or the
-        anomaly baseline), so the same alert never fires twice in that time.
+        Returns True when this process raised it (it was not in the outbox
+        yet); delivery then happens from the outbox, by this process or any
+        other. The key is remembered ``ttl`` seconds (default: until the
+        alert's window resets plus a day, or the anomaly baseline; never less
+        than the give-up time plus a lease and an hour), so the same alert
+        never fires twice in that time.
         """
+        try:
+            return self._emit(alert, ttl)
+        except LedgerError as exc:
+            log.warning("crew-budget: cannot store alert %s in the ledger (%s); will retry on "
+                        "the next check", alert.key, exc)
+            return False
+
+    def _emit(self, alert: Alert, ttl: float | None) -> bool:
+        """``emit``, raising ``LedgerError`` when the outbox cannot be written."""
         if alert.key in self._seen:
             return False
         if ttl is None:
@@ -361,28 +376,50 @@ class AlertManager:
                 ttl = max(float(resets) - alert.ts, 0.0) + 86400.0
             else:
                 ttl = (self.config.anomalies.baseline_days + 1) * 86400.0
-        try:
-            won = self.guard.ledger.claim(f"alert:{alert.key}", ttl)
-        except LedgerError as exc:
-            log.warning("crew-budget: cannot claim alert %s (%s); will retry on the next check",
-                        alert.key, exc)
-            return False
+        d = self.config.delivery
+        ttl = max(ttl, d.give_up_after_seconds + d.lease_seconds + 3600.0)
+        won = self._put(alert, alert.key, ttl)
         with self._lock:
             if len(self._seen) > 100_000:
                 self._seen.clear()
             self._seen.add(alert.key)
-        if not won:
-            return False
-        self.dispatch(alert)
-        return True
+            if won:
+                self.sent.append(alert)
+                del self.sent[:-1000]
+        return won
+
+    def _put(self, alert: Alert, key: str, ttl: float) -> bool:
+        ledger = self.guard.ledger
+        if not self._workers:  # nowhere to send: still decide "once" for check()'s answer
+            return ledger.claim(f"alert:{key}", ttl)
+        payload, group = encode_alert(alert), outbox_group(alert)
+        won = False
+        for w in self._workers:  # in sink order; each put is idempotent, so a retry is safe
+            okey = f"{key}>{w.channel}"
+            if ledger.outbox_put(okey, payload, channel=w.channel, group=f"{group}>{w.channel}",
+                                 ttl_seconds=ttl):
+                won = True
+                with self._lock:
+                    self._mine[okey] = None
+                    if len(self._mine) > 10_000:  # only flush() prunes it: stay bounded
+                        del self._mine[next(iter(self._mine))]
+                w.wake()
+        return won
 
     def dispatch(self, alert: Alert) -> None:
-        """Hand ``alert`` to every sink (no claim: use ``emit`` for exactly-once)."""
+        """Send ``alert`` to every sink through the outbox, without the
+        once-only check (``emit`` has it): each call sends it again."""
+        d = self.config.delivery
+        try:
+            self._put(alert, f"{alert.key}#{os.urandom(8).hex()}",
+                      d.give_up_after_seconds + d.lease_seconds + 3600.0)
+        except LedgerError as exc:
+            log.error("crew-budget: cannot store alert %s in the ledger (%s); not sent",
+                      alert.key, exc)
+            return
         with self._lock:
             self.sent.append(alert)
             del self.sent[:-1000]
-        for w in self._workers:
-            w.submit(alert)
 
 
 def _config_of(guard: Guard) -> AlertsConfig:

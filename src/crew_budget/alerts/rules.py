@@ -13,7 +13,7 @@ time (elapsed share of a window) are not money and may start as floats.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
@@ -89,13 +89,23 @@ def thresholds(
     percents: Sequence[int] | Callable[[str], Sequence[int]],
     now: float,
     tz: tzinfo = timezone.utc,
+    *,
+    refused: Collection[str] = (),
 ) -> list[Alert]:
-    """One candidate per (bucket, threshold) whose spend has reached it.
+    """One candidate per (bucket, threshold) reached, in ascending order.
 
     ``percents`` is one list for every bucket, or a function of the scope
-    (``AlertsConfig.thresholds_for``). Spend means committed spend (settled
-    and expired), not reservations in flight: a reservation may still be
-    released.
+    (``AlertsConfig.thresholds_for``). A threshold is reached when committed
+    spend (settled and expired, not reservations in flight, which may still
+    be released) reaches that share of the limit.
+
+    The 100 % rule: a bucket whose key is in ``refused`` (it just refused a
+    call, so the *next* call is blocked) has reached every threshold up to
+    and including 100 %, whatever its spend. Without this, 100 % would fire
+    only when the limit happens to be a multiple of the call cost (a $1.00
+    budget of $0.03 calls stops at $0.99). The lower thresholds come with it
+    so that a budget's alerts stay in ascending order: 80 % never arrives
+    after 100 %. Thresholds above 100 % are reached by spend alone.
     """
     out: list[Alert] = []
     for st in states:
@@ -107,19 +117,31 @@ def thresholds(
         fraction = spent / limit
         left = max(limit - spent - _usd(st.reserved_nano), Decimal(0))
         who = describe_scope(b.scope)
+        blocked = b.key in refused
         for pct in pcts:
-            if st.spent_nano * 100 < b.limit_nano * pct:
+            by_spend = st.spent_nano * 100 >= b.limit_nano * pct
+            if not by_spend and not (blocked and pct <= 100):
                 continue
             severity: Severity = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
+            if by_spend:
+                message = (
+                    f"{who} has spent {fmt_usd(spent)} of its {b.window} budget "
+                    f"{fmt_usd(limit)} ({fmt_pct(fraction)}, threshold {pct}%); "
+                    f"{fmt_usd(left)} left until the window resets at {_when(b.ends_at, tz)}."
+                )
+            else:
+                message = (
+                    f"{who} refused a call: its {b.window} budget {fmt_usd(limit)} cannot "
+                    f"take the next one ({fmt_usd(spent)} spent, {fmt_pct(fraction)}, and "
+                    f"{fmt_usd(_usd(st.reserved_nano))} reserved by calls in flight), which "
+                    f"counts as {pct}%; calls that fit in the {fmt_usd(left)} left still pass "
+                    f"until the window resets at {_when(b.ends_at, tz)}."
+                )
             out.append(Alert(
                 kind="threshold",
                 key=f"threshold:{b.key}:{pct}",
                 title=f"{who} reached {pct}% of its {b.window} budget",
-                message=(
-                    f"{who} has spent {fmt_usd(spent)} of its {b.window} budget "
-                    f"{fmt_usd(limit)} ({fmt_pct(fraction)}, threshold {pct}%); "
-                    f"{fmt_usd(left)} left until the window resets at {_when(b.ends_at, tz)}."
-                ),
+                message=message,
                 severity=severity,
                 ts=now,
                 scope=b.scope,
@@ -128,7 +150,8 @@ def thresholds(
                 period=b.period,
                 values={"threshold_pct": pct, "limit_usd": limit, "spent_usd": spent,
                         "reserved_usd": _usd(st.reserved_nano), "spent_fraction": fraction,
-                        "resets_at": b.ends_at},
+                        "resets_at": b.ends_at,
+                        "reached_by": "spend" if by_spend else "refused_call"},
             ))
     return out
 

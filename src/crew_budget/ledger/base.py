@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from crew_budget.errors import LedgerError
 from crew_budget.usage import Usage
 from crew_budget.windows import WindowName
 
@@ -275,3 +276,90 @@ class Ledger(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the alert outbox ------------------------------------------------------
+    #
+    # Alerts must survive a dead webhook and a dead process, so they are not
+    # sent from memory: each one is first *put* into this outbox (idempotent
+    # by key: the put is also the exactly-once claim of the alert), then
+    # *claimed* with a lease by whichever process delivers it, and finally
+    # *acknowledged* once the sink took it, *retried* later, or *failed* when
+    # delivery gives up. A claimant that dies simply lets its lease run out,
+    # and the entry becomes claimable by any other process. Within a group
+    # (one budget's alerts for one sink) entries are delivered strictly in
+    # the order they were put: only the oldest unfinished entry of a group is
+    # claimable, which is what makes 50 % arrive before 80 % before 100 %.
+    # Times are on the ledger's clock; delays and leases are relative so a
+    # client with a wrong clock cannot shorten them.
+    #
+    # Not abstract: a third-party ledger written before the outbox existed
+    # keeps working for budgets, and fails only when alerts are used.
+
+    def outbox_put(self, key: str, payload: str, *, channel: str, group: str,
+                   ttl_seconds: float) -> bool:
+        """Add entry ``key`` (due now) unless it exists; True if this call added it.
+
+        The key (and with it the "already sent" memory) lives ``ttl_seconds``;
+        ``channel`` is who can deliver it (a sink's name), ``group`` orders it.
+        """
+        raise _no_outbox(self)
+
+    def outbox_claim(self, channel: str, *, lease_seconds: float,
+                     limit: int = 10) -> list[OutboxEntry]:
+        """Lease up to ``limit`` due entries of ``channel``, oldest first.
+
+        Due means pending with its retry time reached, or claimed by someone
+        whose lease ran out. Each returned entry carries a fresh ``token``
+        that ack/retry/fail must present: a claimant whose lease was taken
+        over can no longer finish the entry.
+        """
+        raise _no_outbox(self)
+
+    def outbox_ack(self, key: str, token: str) -> bool:
+        """Mark a claimed entry delivered (False: not ours any more, or unknown)."""
+        raise _no_outbox(self)
+
+    def outbox_retry(self, key: str, token: str, *, delay_seconds: float, error: str) -> bool:
+        """Put a claimed entry back, due again in ``delay_seconds``, noting ``error``."""
+        raise _no_outbox(self)
+
+    def outbox_fail(self, key: str, token: str, *, error: str) -> bool:
+        """Mark a claimed entry given up (terminal: never claimed again)."""
+        raise _no_outbox(self)
+
+    def outbox_get(self, key: str) -> OutboxEntry | None:
+        """The entry ``key`` as stored (token included), or None."""
+        raise _no_outbox(self)
+
+
+OutboxState = Literal["pending", "claimed", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One alert for one sink in the ledger's outbox (see ``Ledger.outbox_put``).
+
+    ``attempts`` counts claims so far (this one included, for a claimed
+    entry); ``created_at``, ``claimed_at`` and ``due_at`` are on the ledger's
+    clock; ``due_at`` is the lease end while claimed.
+    """
+
+    key: str
+    channel: str
+    group: str
+    payload: str
+    state: OutboxState
+    token: str
+    attempts: int
+    created_at: float
+    claimed_at: float | None
+    due_at: float
+    last_error: str | None = None
+
+
+def _no_outbox(ledger: Ledger) -> LedgerError:
+    return LedgerError(
+        f"{type(ledger).__name__} has no alert outbox, which alert delivery needs. Fix: "
+        "use a memory://, sqlite:/// or redis:// ledger, or implement the outbox_* methods "
+        "(see crew_budget.ledger.base.Ledger.outbox_put)"
+    )

@@ -16,12 +16,15 @@ from crew_budget.ledger.base import (
     ClockSkew,
     Denial,
     Ledger,
+    OutboxEntry,
+    OutboxState,
     Outcome,
     RecordDraft,
     Reservation,
     ReserveRequest,
     SettleResult,
     SpendRecord,
+    new_reservation_id,
 )
 from crew_budget.usage import Usage
 
@@ -207,6 +210,117 @@ class MemoryLedger(Ledger):
             self._spent[bucket.key] = 0
             self._records.append(_reset_record(now, bucket, old, reason))
             return BucketState(bucket, 0, self._reserved.get(bucket.key, 0))
+
+    # -- the alert outbox (see Ledger.outbox_put) ------------------------------
+    # Made on first use: a ledger that never alerts carries no outbox.
+
+    def _outbox(self) -> dict[str, _Ob]:
+        box: dict[str, _Ob] | None = getattr(self, "_ob", None)
+        if box is None:
+            box = {}
+            self._ob: dict[str, _Ob] = box
+            self._ob_seq = 0
+        return box
+
+    def outbox_put(self, key: str, payload: str, *, channel: str, group: str,
+                   ttl_seconds: float) -> bool:
+        with self._lock:
+            now = self._clock()
+            box = self._outbox()
+            old = box.get(key)
+            if old is not None and old.expires_at > now:
+                return False
+            for k in [k for k, e in box.items() if e.expires_at <= now]:
+                del box[k]  # bounded: expired entries go when new ones come
+            self._ob_seq += 1
+            box[key] = _Ob(key, channel, group, payload, self._ob_seq, now, now + ttl_seconds)
+            return True
+
+    def outbox_claim(self, channel: str, *, lease_seconds: float,
+                     limit: int = 10) -> list[OutboxEntry]:
+        with self._lock:
+            now = self._clock()
+            heads: dict[str, _Ob] = {}
+            for e in self._outbox().values():
+                if e.channel != channel or e.state not in _LIVE or e.expires_at <= now:
+                    continue
+                head = heads.get(e.group)
+                if head is None or e.seq < head.seq:
+                    heads[e.group] = e
+            due = sorted((e for e in heads.values() if e.due_at <= now), key=lambda e: e.seq)
+            out = []
+            for e in due[:limit]:
+                e.state, e.token = "claimed", new_reservation_id()
+                e.attempts += 1
+                e.claimed_at, e.due_at = now, now + lease_seconds
+                out.append(e.entry())
+            return out
+
+    def _owned(self, key: str, token: str) -> _Ob | None:
+        e = self._outbox().get(key)
+        if e is None or e.state != "claimed" or e.token != token or not token:
+            return None
+        return e
+
+    def outbox_ack(self, key: str, token: str) -> bool:
+        with self._lock:
+            e = self._owned(key, token)
+            if e is None:
+                return False
+            e.state, e.token, e.payload = "delivered", "", ""
+            return True
+
+    def outbox_retry(self, key: str, token: str, *, delay_seconds: float, error: str) -> bool:
+        with self._lock:
+            e = self._owned(key, token)
+            if e is None:
+                return False
+            e.state, e.token, e.last_error = "pending", "", error
+            e.due_at = self._clock() + max(0.0, delay_seconds)
+            return True
+
+    def outbox_fail(self, key: str, token: str, *, error: str) -> bool:
+        with self._lock:
+            e = self._owned(key, token)
+            if e is None:
+                return False
+            e.state, e.token, e.payload, e.last_error = "failed", "", "", error
+            return True
+
+    def outbox_get(self, key: str) -> OutboxEntry | None:
+        with self._lock:
+            e = self._outbox().get(key)
+            return None if e is None or e.expires_at <= self._clock() else e.entry()
+
+
+_LIVE = ("pending", "claimed")
+
+
+@dataclass(slots=True)
+class _Ob:
+    """One outbox entry, mutable under the ledger's lock."""
+
+    key: str
+    channel: str
+    group: str
+    payload: str
+    seq: int
+    created_at: float
+    expires_at: float
+    state: OutboxState = "pending"
+    token: str = ""
+    attempts: int = 0
+    claimed_at: float | None = None
+    due_at: float = 0.0
+    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.due_at = self.created_at
+
+    def entry(self) -> OutboxEntry:
+        return OutboxEntry(self.key, self.channel, self.group, self.payload, self.state,
+                           self.token, self.attempts, self.created_at, self.claimed_at,
+                           self.due_at, self.last_error)
 
 
 def _reset_record(now: float, bucket: Bucket, old_spent: int, reason: str) -> SpendRecord:

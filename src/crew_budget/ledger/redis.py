@@ -60,6 +60,8 @@ from crew_budget.ledger.base import (
     ClockSkew,
     Denial,
     Ledger,
+    OutboxEntry,
+    OutboxState,
     Outcome,
     Reservation,
     ReserveRequest,
@@ -863,3 +865,79 @@ class RedisLedger(Ledger):
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.url!r}, namespace={self.namespace!r})"
+
+    # -- the alert outbox (see Ledger.outbox_put and lua/outbox_*.lua) --------
+    # Keys: P.."ob:e:"..key (HASH, one entry), P.."ob:g:"..group (LIST, a
+    # group's unfinished entries in order), P.."ob:q:"..channel (ZSET, each
+    # group's head -> due ms). The scripts are registered on first use, per
+    # client, so budgets-only deployments never load them.
+
+    def _outbox_script(self, name: str) -> Script:
+        client = self._conn()
+        made: tuple[Any, dict[str, Script]] | None = getattr(self, "_outbox_lua", None)
+        if made is None or made[0] is not client:
+            made = (client, {n: cast(Script, client.register_script(src))
+                             for n, src in _outbox_sources().items()})
+            self._outbox_lua = made
+        return made[1][name]
+
+    def _outbox_call(self, name: str, keys: list[str], args: list[str], *,
+                     idempotent: bool = True) -> Any:
+        script = self._outbox_script(name)
+        return self._run(lambda c: script(keys=keys, args=args, client=c), idempotent=idempotent)
+
+    def outbox_put(self, key: str, payload: str, *, channel: str, group: str,
+                   ttl_seconds: float) -> bool:
+        p = self.prefix
+        keys = [p + "ob:e:" + key, p + "ob:g:" + group, p + "ob:q:" + channel]
+        args = [p, key, group, channel, payload, str(max(1, math.ceil(ttl_seconds * 1000)))]
+        # Safe to repeat: a second put of a key that landed changes nothing.
+        return int(self._outbox_call("outbox_put", keys, args)) == 1
+
+    def outbox_claim(self, channel: str, *, lease_seconds: float,
+                     limit: int = 10) -> list[OutboxEntry]:
+        keys = [self.prefix + "ob:q:" + channel]
+        args = [self.prefix, str(max(1, math.ceil(lease_seconds * 1000))), str(int(limit)),
+                os.urandom(16).hex()]
+        # Not repeated: a claim that landed would hide its entries for a lease.
+        reply = self._outbox_call("outbox_claim", keys, args, idempotent=False)
+        return [_outbox_entry(dict(zip(flat[::2], flat[1::2], strict=True))) for flat in reply]
+
+    def _outbox_finish(self, key: str, token: str, state: str, delay_ms: int,
+                       error: str) -> bool:
+        keys = [self.prefix + "ob:e:" + key]
+        args = [self.prefix, key, token, state, str(delay_ms), error]
+        return int(self._outbox_call("outbox_finish", keys, args)) == 1
+
+    def outbox_ack(self, key: str, token: str) -> bool:
+        return self._outbox_finish(key, token, "delivered", 0, "")
+
+    def outbox_retry(self, key: str, token: str, *, delay_seconds: float, error: str) -> bool:
+        return self._outbox_finish(key, token, "pending", max(0, math.ceil(delay_seconds * 1000)),
+                                   error)
+
+    def outbox_fail(self, key: str, token: str, *, error: str) -> bool:
+        return self._outbox_finish(key, token, "failed", 0, error or "gave up")
+
+    def outbox_get(self, key: str) -> OutboxEntry | None:
+        name = self.prefix + "ob:e:" + key
+        fields = self._run(lambda c: c.hgetall(name))
+        return _outbox_entry(fields) if fields else None
+
+
+@lru_cache(maxsize=1)
+def _outbox_sources() -> dict[str, str]:
+    lua = resources.files("crew_budget.ledger") / "lua"
+    return {n: (lua / f"{n}.lua").read_text(encoding="utf-8")
+            for n in ("outbox_put", "outbox_claim", "outbox_finish")}
+
+
+def _outbox_entry(f: Mapping[str, str]) -> OutboxEntry:
+    claimed = f.get("claimed") or ""
+    return OutboxEntry(
+        key=f["key"], channel=f["channel"], group=f["group"], payload=f.get("payload", ""),
+        state=cast(OutboxState, f["state"]), token=f.get("token", ""),
+        attempts=int(f["attempts"]), created_at=int(f["created"]) / 1000,
+        claimed_at=int(claimed) / 1000 if claimed else None, due_at=int(f["due"]) / 1000,
+        last_error=f.get("error") or None,
+    )

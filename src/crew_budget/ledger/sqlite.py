@@ -27,12 +27,15 @@ from crew_budget.ledger.base import (
     ClockSkew,
     Denial,
     Ledger,
+    OutboxEntry,
+    OutboxState,
     Outcome,
     RecordDraft,
     Reservation,
     ReserveRequest,
     SettleResult,
     SpendRecord,
+    new_reservation_id,
 )
 from crew_budget.redact import redact_url
 from crew_budget.usage import Usage
@@ -391,6 +394,135 @@ class SQLiteLedger(Ledger):
             )
             db.execute("DELETE FROM records WHERE ts < ?", (t - self._retention,))
             db.execute("DELETE FROM claims WHERE expires_at < ?", (t,))
+
+    # -- the alert outbox (see Ledger.outbox_put) ------------------------------
+    # Its table is created on first use, so a ledger file that never alerts
+    # is unchanged, and older files gain it without a migration step.
+
+    def _outbox_db(self) -> sqlite3.Connection:
+        db = self._conn()
+        if getattr(self._local, "outbox", None) is not db:
+            try:
+                db.executescript(_OUTBOX_SCHEMA)
+            except sqlite3.Error as exc:
+                raise LedgerUnavailable(self.url, f"cannot create the outbox: {exc}") from exc
+            self._local.outbox = db
+        return db
+
+    @contextmanager
+    def _outbox_tx(self) -> Iterator[sqlite3.Connection]:
+        self._outbox_db()
+        with self._tx() as db:
+            yield db
+
+    def outbox_put(self, key: str, payload: str, *, channel: str, group: str,
+                   ttl_seconds: float) -> bool:
+        now = self._clock()
+        with self._outbox_tx() as db:
+            row = db.execute("SELECT expires_at FROM outbox WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            db.execute("DELETE FROM outbox WHERE expires_at <= ?", (now,))
+            db.execute(
+                "INSERT INTO outbox (key, seq, grp, channel, payload, state, due_at, "
+                "created_at, expires_at) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 "
+                "FROM outbox), ?, ?, ?, 'pending', ?, ?, ?)",
+                (key, group, channel, payload, now, now, now + ttl_seconds),
+            )
+            return True
+
+    def outbox_claim(self, channel: str, *, lease_seconds: float,
+                     limit: int = 10) -> list[OutboxEntry]:
+        now = self._clock()
+        # A read first, without the write lock: a delivery loop that finds
+        # nothing due (the usual case) never competes with reservations.
+        due_sql = (
+            "SELECT key FROM outbox o WHERE channel = ? AND state IN ('pending', 'claimed') "
+            "AND due_at <= ? AND expires_at > ? AND NOT EXISTS (SELECT 1 FROM outbox p "
+            "WHERE p.grp = o.grp AND p.state IN ('pending', 'claimed') AND p.expires_at > ? "
+            "AND p.seq < o.seq) ORDER BY seq LIMIT ?"
+        )
+        args = (channel, now, now, now, int(limit))
+        try:
+            if not self._outbox_db().execute(due_sql, args).fetchall():
+                return []
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        out = []
+        with self._outbox_tx() as db:
+            for (key,) in db.execute(due_sql, args).fetchall():
+                token = new_reservation_id()
+                db.execute(
+                    "UPDATE outbox SET state = 'claimed', token = ?, attempts = attempts + 1, "
+                    "claimed_at = ?, due_at = ? WHERE key = ?",
+                    (token, now, now + lease_seconds, key),
+                )
+                entry = _outbox_entry(db, key)
+                assert entry is not None
+                out.append(entry)
+        return out
+
+    def _outbox_finish(self, key: str, token: str, sql: str, args: tuple[Any, ...]) -> bool:
+        if not token:
+            return False
+        with self._outbox_tx() as db:
+            cur = db.execute(
+                f"UPDATE outbox SET {sql} WHERE key = ? AND token = ? AND state = 'claimed'",
+                (*args, key, token),
+            )
+            return bool(cur.rowcount == 1)
+
+    def outbox_ack(self, key: str, token: str) -> bool:
+        return self._outbox_finish(
+            key, token, "state = 'delivered', token = '', payload = ''", ())
+
+    def outbox_retry(self, key: str, token: str, *, delay_seconds: float, error: str) -> bool:
+        due = self._clock() + max(0.0, delay_seconds)
+        return self._outbox_finish(
+            key, token, "state = 'pending', token = '', due_at = ?, last_error = ?", (due, error))
+
+    def outbox_fail(self, key: str, token: str, *, error: str) -> bool:
+        return self._outbox_finish(
+            key, token, "state = 'failed', token = '', payload = '', last_error = ?", (error,))
+
+    def outbox_get(self, key: str) -> OutboxEntry | None:
+        try:  # a plain read (WAL): no write lock
+            return _outbox_entry(self._outbox_db(), key, self._clock())
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+
+
+_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    key        TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    grp        TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    token      TEXT NOT NULL DEFAULT '',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    claimed_at REAL,
+    due_at     REAL NOT NULL,
+    last_error TEXT,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (channel, state, due_at);
+CREATE INDEX IF NOT EXISTS outbox_group ON outbox (grp, state, seq);
+"""
+
+
+def _outbox_entry(db: sqlite3.Connection, key: str, now: float | None = None
+                  ) -> OutboxEntry | None:
+    row = db.execute(
+        "SELECT key, channel, grp, payload, state, token, attempts, created_at, claimed_at, "
+        "due_at, last_error, expires_at FROM outbox WHERE key = ?", (key,)
+    ).fetchone()
+    if row is None or (now is not None and row[11] <= now):
+        return None
+    return OutboxEntry(row[0], row[1], row[2], row[3], cast(OutboxState, row[4]), row[5],
+                       int(row[6]), row[7], row[8], row[9], row[10])
 
 
 def _bucket_row(db: sqlite3.Connection, key: str) -> tuple[int, int]:
