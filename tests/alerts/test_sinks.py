@@ -46,6 +46,7 @@ def test_webhook_posts_the_alert_as_json_with_custom_headers() -> None:
     assert body["time"] == "2026-11-25T09:46:40+00:00"
     assert hook.headers[0]["X-Team"] == "ops"
     assert hook.headers[0]["Content-Type"] == "application/json"
+    assert hook.headers[0]["Idempotency-Key"] == ALERT.key
 
 
 def test_webhook_slack_format_is_an_incoming_webhook_message() -> None:

@@ -122,6 +122,9 @@ class WebhookSink:
             req = urllib.request.Request(self._target, data=body, method="POST")
             req.add_header("Content-Type", "application/json")
             req.add_header("User-Agent", "crew-budget-alerts")
+            # A send whose ack was lost (the process died after the POST) is
+            # repeated by another process: the key lets a receiver drop it.
+            req.add_header("Idempotency-Key", alert.key)
             for key, value in self.headers.items():
                 req.add_header(key, value)
             # urlopen raises HTTPError on 4xx/5xx, URLError when nobody listens.
