@@ -10,7 +10,8 @@ narrow class per problem so they can catch exactly one thing::
     ├── UsageError             a provider response whose usage cannot be read
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
-    │   └── ReservationError   unknown or foreign reservation id
+    │   ├── ReservationError   unknown or foreign reservation id
+    │   └── AmountError        an amount outside the bounds a ledger accepts
     └── BudgetExceeded         a call would cross a budget: it was not sent
 
 Every error carries its facts as attributes, and its message names the
@@ -105,6 +106,14 @@ class LedgerUnavailable(LedgerError, ConnectionError):
 
 class ReservationError(LedgerError, LookupError):
     """A reservation id the ledger does not know (or that is not ours)."""
+
+
+class AmountError(LedgerError, ValueError):
+    """An amount handed to a ledger is not an int in ``[0, MAX_NANO)``.
+
+    Refused before the first write on every backend (and again inside each
+    Redis script), so a bad value can never leave the books half updated.
+    """
 
 
 class BudgetExceeded(CrewBudgetError):

@@ -56,6 +56,65 @@
 -- amounts and limits of 2^53 nano-USD (~ $9.0M) or more. Numbers handed back
 -- to redis.call go through int_str (a bare Lua number may lose digits).
 
+-- VALIDATION: every operation script checks ALL of its ARGV in a block at
+-- its top, before its first write, with the helpers below. Redis does not
+-- roll a script back when it fails half way: the writes made before the
+-- error stay (that is how one absurd cost once erased a role's spend). A
+-- bad argument raises an error reply starting "CBINVALID"; the client turns
+-- it into crew_budget.errors.AmountError and nothing has been written.
+local MAX_NANO = 9007199254740992  -- 2^53: money compares exactly below it
+local MAX_TOKENS = 1000000000      -- per usage field (crew_budget.money.MAX_TOKENS)
+
+local function invalid(name, why, s)
+  error({err = 'CBINVALID ' .. name .. ' ' .. why .. ', got "'
+    .. string.sub(tostring(s), 1, 40) .. '"'})
+end
+
+-- A non-negative integer below ``max`` as decimal text (no sign, no
+-- exponent, at most 16 digits); returns it as a number.
+local function arg_int(name, s, max)
+  if type(s) ~= 'string' or #s > 16 or not string.match(s, '^%d+$') or tonumber(s) >= max then
+    invalid(name, 'must be an integer from 0 to ' .. string.format('%.0f', max - 1), s)
+  end
+  return tonumber(s)
+end
+
+-- A finite decimal number (window bounds, record ts), e.g. "1764547200.0".
+local function arg_num(name, s)
+  if type(s) ~= 'string' or #s > 32 or not string.match(s, '^%-?%d+%.?%d*$') then
+    invalid(name, 'must be a finite decimal number', s)
+  end
+  return tonumber(s)
+end
+
+-- Text that goes into a RESERVATION value or a record as is: it must not
+-- break their framing ("\n" separates the fields of a value), and must be
+-- delimited as the JSON it stands for (``open``/``close``, e.g. '"' for a
+-- JSON string, '{' and '}' for an object, '' for a bare fragment).
+local function arg_text(name, s, open, close)
+  if type(s) ~= 'string' or string.find(s, '\n', 1, true)
+      or string.sub(s, 1, #open) ~= open or (close ~= '' and string.sub(s, -#close) ~= close)
+      or #s < #open + #close then
+    invalid(name, 'must be a one-line JSON ' .. (open == '' and 'fragment' or open .. '...' .. close), s)
+  end
+  return s
+end
+
+-- The usage fragment a settle records: exactly the five counts, each an
+-- integer of at most MAX_TOKENS.
+local USAGE_PATTERN = '^"input_tokens":(%d+),"cached_input_tokens":(%d+),'
+  .. '"cache_write_tokens":(%d+),"output_tokens":(%d+),"reasoning_tokens":(%d+)$'
+local function arg_usage(name, s)
+  local counts = {string.match(type(s) == 'string' and #s < 200 and s or '', USAGE_PATTERN)}
+  if #counts ~= 5 then invalid(name, 'must be the five usage counts as JSON fields', s) end
+  for _, c in ipairs(counts) do
+    if #c > 10 or tonumber(c) > MAX_TOKENS then
+      invalid(name, 'has a token count above ' .. MAX_TOKENS, s)
+    end
+  end
+  return s
+end
+
 -- The ledger clock, Redis TIME, as: decimal seconds text (exact, for
 -- records), seconds (number, for window bounds), Unix ms (number).
 local function ledger_clock()
@@ -121,6 +180,14 @@ end
 -- ``spent``; keep it as a tombstone for its lease plus a day (so repeats
 -- stay idempotent); append its record. A counter that expired meanwhile
 -- (its window ended more than the retention period ago) is not recreated.
+--
+-- ``reserved`` going below zero means either that HINCRBY just recreated an
+-- expired counter (a hash with that one field and no expiry: deleted again)
+-- or that the counter is already wrong (a half-applied write of an older
+-- version, a hand edit). In the second case the counter still holds
+-- ``spent``: deleting it would erase the role's spend and grant calls
+-- against money already spent, so ``reserved`` is clamped to 0 instead,
+-- ``spent`` is kept, and the server log says so.
 local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_ms, retention_ms)
   local _, spans, _, exp, amount, tomb, rid_json, tail, at = parse(v)
   local neg = negate(amount)
@@ -129,8 +196,14 @@ local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_
     if neg == '0' then  -- nothing to take back; just do not recreate the counter
       gone = redis.call('EXISTS', key) == 0
     elseif redis.call('HINCRBY', key, 'reserved', neg) < 0 then
-      redis.call('DEL', key)  -- HINCRBY just recreated it
-      gone = true
+      if redis.call('HLEN', key) == 1 and redis.call('PTTL', key) == -1 then
+        redis.call('DEL', key)  -- HINCRBY just recreated it
+        gone = true
+      else
+        redis.log(redis.LOG_WARNING, 'crew-budget: reserved of ' .. key .. ' fell below 0 '
+          .. 'ending ' .. rid .. '; clamped to 0, spent kept')
+        redis.call('HSET', key, 'reserved', '0')
+      end
     end
     if not gone and cost ~= '0' then
       redis.call('HINCRBY', key, 'spent', cost)
