@@ -8,10 +8,10 @@ narrow class per problem so they can catch exactly one thing::
     ├── PricingError
     │   └── UnknownModelError  no price known for a model (never priced at $0)
     ├── UsageError             a provider response whose usage cannot be read
+    ├── AmountError            an amount or token count outside its documented bounds
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
-    │   ├── ReservationError   unknown or foreign reservation id
-    │   └── AmountError        an amount outside the bounds a ledger accepts
+    │   └── ReservationError   unknown or foreign reservation id
     └── BudgetExceeded         a call would cross a budget: it was not sent
 
 Every error carries its facts as attributes, and its message names the
@@ -82,6 +82,16 @@ class UsageError(CrewBudgetError, ValueError):
     """A provider response carried no readable token usage."""
 
 
+class AmountError(CrewBudgetError, ValueError):
+    """An amount (nano-USD) or a token count outside its documented bounds.
+
+    Amounts handed to a ledger must be ints in ``[0, MAX_NANO)``, request
+    ``max_tokens`` an int in ``[1, MAX_TOKENS]`` (see ``crew_budget.money``).
+    Refused before the first write on every backend (and again inside each
+    Redis script), so a bad value can never leave the books half updated.
+    """
+
+
 class LedgerError(CrewBudgetError):
     """The ledger failed to carry out an operation."""
 
@@ -106,14 +116,6 @@ class LedgerUnavailable(LedgerError, ConnectionError):
 
 class ReservationError(LedgerError, LookupError):
     """A reservation id the ledger does not know (or that is not ours)."""
-
-
-class AmountError(LedgerError, ValueError):
-    """An amount handed to a ledger is not an int in ``[0, MAX_NANO)``.
-
-    Refused before the first write on every backend (and again inside each
-    Redis script), so a bad value can never leave the books half updated.
-    """
 
 
 class BudgetExceeded(CrewBudgetError):

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from crew_budget.config import BudgetConfig, load_config
-from crew_budget.errors import BudgetExceeded, LedgerUnavailable, UsageError
+from crew_budget.errors import AmountError, BudgetExceeded, LedgerUnavailable, UsageError
 from crew_budget.estimate import Estimate, Estimator, billed_completions
 from crew_budget.ledger import (
     Bucket,
@@ -38,7 +38,14 @@ from crew_budget.ledger import (
     new_reservation_id,
     open_ledger,
 )
-from crew_budget.money import MAX_NANO, atto_to_nano_ceil, from_nano, to_nano, to_nano_ceil
+from crew_budget.money import (
+    MAX_NANO,
+    MAX_TOKENS,
+    atto_to_nano_ceil,
+    from_nano,
+    to_nano,
+    to_nano_ceil,
+)
 from crew_budget.pricing import Price, PriceBook
 from crew_budget.usage import Usage, cost_nano_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
@@ -117,6 +124,20 @@ class GuardEvent:
     applied: bool = True
     ticket: Ticket | None = None
     error: BudgetExceeded | None = None
+
+
+def _check_max_tokens(value: Any) -> int:
+    """A request's own output cap, or ``AmountError``: a negative, zero,
+    fractional or absurd cap would reserve less than the call may cost."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_TOKENS:
+        raise AmountError(
+            f"max_tokens={value!r} is not a whole number of tokens from 1 to {MAX_TOKENS:,}, "
+            "so the call cannot be priced; it was not sent. Fix: pass a positive int, or "
+            "None to have the role's max_output_tokens sent"
+        )
+    return value
 
 
 class Guard:
@@ -271,7 +292,7 @@ class Guard:
                 cap = min(cap, price.max_output_tokens)
             inject = out_tokens = cap
         else:
-            out_tokens = int(max_tokens)
+            out_tokens = _check_max_tokens(max_tokens)
         if extra:
             # n / best_of completions: each may use the whole cap, the prompt
             # is billed once (see COMPLETION_KEYS in estimate.py).

@@ -222,3 +222,25 @@ def test_langchain_middleware_reserves_n_completions() -> None:
     # No cap: the default 4,096 output tokens are injected per completion.
     assert three - one == 2 * 4096 * OUT == Decimal("0.0049152")
     guard.close()
+
+
+# -- a request's own cap must be one ------------------------------------------------------
+
+
+@pytest.mark.parametrize("cap", [-50, 0, 1.5, True, "100", 10**10, float("nan"), float("inf")],
+                         ids=["negative", "zero", "fraction", "bool", "string", "huge", "nan",
+                              "inf"])
+def test_a_max_tokens_that_is_no_cap_is_refused_before_reserving(cap: Any) -> None:
+    from crew_budget.errors import AmountError
+
+    guard = Guard({"roles": {"r": {"daily": 10}}, "prices": PRICES}, "memory://")
+    with pytest.raises(AmountError) as info:
+        guard.preflight("r", "m", [{"role": "user", "content": "x" * 4000}], max_tokens=cap)
+    assert f"max_tokens={cap!r} is not a whole number of tokens from 1 to 1,000,000,000" \
+        in str(info.value)
+    assert "it was not sent" in str(info.value)
+    (st,) = guard.status("r")
+    assert (st.spent, st.reserved) == (Decimal(0), Decimal(0))
+    assert guard.ledger.records() == []
+    # A whole float is a cap (JSON decoders produce them).
+    assert guard.preflight("r", "out", MSG, max_tokens=100.0).estimate == Decimal("0.001")

@@ -578,7 +578,7 @@ class RedisLedger(Ledger):
         except rexc.RedisError as exc:
             raise self._rejected(exc) from exc
 
-    def _rejected(self, exc: BaseException) -> LedgerError:
+    def _rejected(self, exc: BaseException) -> LedgerError | AmountError:
         """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage."""
         reason = f"{type(exc).__name__}: {exc}"
         for secret in self._secrets:
