@@ -262,7 +262,10 @@ class Guard:
         """What ``preflight`` would reserve for this call, without reserving it.
 
         Output is reserved at ``max_tokens``, or else at the role's cap (and the
-        model's maximum), which the adapter must then send as ``max_tokens``.
+        model's maximum), which the adapter must then send as ``max_tokens``;
+        times the completions the request asks for (``n``, ``best_of`` or
+        ``candidate_count`` in ``extra``), each of which may use the whole cap.
+        The prompt is reserved once: providers bill it once.
         """
         price = self.prices.get(model)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(

@@ -166,6 +166,12 @@ def check_usage(usage: Usage) -> Usage:
     ``parse_usage`` builds only such values; this checks the ``Usage``
     objects adapters build by hand (or add up) before they are priced.
     """
+    a, b, c, d, e = (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
+                     usage.output_tokens, usage.reasoning_tokens)
+    if (type(a) is int and type(b) is int and type(c) is int and type(d) is int
+            and type(e) is int and 0 <= a <= MAX_TOKENS and 0 <= b <= MAX_TOKENS
+            and 0 <= c <= MAX_TOKENS and 0 <= e <= d <= MAX_TOKENS):
+        return usage  # the settle path: one test per count, no loop
     for name in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                  "reasoning_tokens"):
         value = getattr(usage, name)

@@ -14,6 +14,7 @@ from the ticket the guard returns.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -314,7 +315,7 @@ def test_settle_script_refuses_bad_arguments_before_its_first_write(redis_url: s
             ("-5", usage, "the settled cost (nano-USD) must be an integer"),
             ("1e9", usage, "the settled cost (nano-USD) must be an integer"),
             ("nan", usage, "the settled cost (nano-USD) must be an integer"),
-            ("5", usage.replace(":1,", ":99999999999,", 1), "has a token count above 1000000000"),
+            ("5", usage.replace(":1,", ":99999999999,", 1), "JSON fields of at most 10 digits"),
             ("5", usage + ',"x":1', "must be the five usage counts"),
             ("5", '"input_tokens":-1' + usage[16:], "must be the five usage counts"),
         ]
@@ -338,6 +339,47 @@ def test_settle_script_refuses_bad_arguments_before_its_first_write(redis_url: s
     finally:
         client.close()
         led.close()
+
+
+def test_reserve_script_refuses_bad_arguments_before_its_first_write(redis_url: str) -> None:
+    """Each of these once got past ``tonumber`` and failed in a Redis command
+    after the counters had been charged (``EXPIREAT 1e9``, ``HINCRBY 0x10``),
+    or would have broken the reservation's framing (a newline)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        p = "cb:{t}:"
+        now = int(time.time())
+        keys = [p + "leases", p + "records", p + "r:x1", p + "b:role:r|day|p"]
+        meta = json.dumps([[keys[3], "role:r|day|p", 10**9, now - 60, now + 60, now + 999,
+                            '"role:r"']])
+
+        def argv(**bad: str) -> list[str]:
+            args = {"rid": "x1", "amount": "1000", "expiry": str(now + 999), "scope": '"role:r"',
+                    "limit": str(10**9)}
+            args.update(bad)
+            return [args["rid"], '"x1"', args["amount"], "60000", "86400000",
+                    '"role":"r","model":"m","crew":null,"estimate_nano":1000,"metadata":{}',
+                    "1000", "100", meta, str(now - 60.0), str(now + 60.0), str((now + 999) * 1000),
+                    "", args["limit"], args["expiry"], args["scope"]]
+
+        cases = [
+            ({"expiry": "1e9"}, "a counter expiry (s) must be an integer"),
+            ({"amount": "0x10"}, "the reservation amount (nano-USD) must be an integer"),
+            ({"amount": str(MAX_NANO)}, "the reservation amount (nano-USD) must be an integer"),
+            ({"limit": "-5"}, "a bucket limit (nano-USD) must be a whole number"),
+            ({"limit": "nan"}, "a bucket limit (nano-USD) must be a whole number"),
+            ({"scope": '"role:r\n"'}, "a bucket scope must be one line of JSON"),
+            ({"rid": "x\ny"}, "the reservation id must be one line of JSON"),
+        ]
+        for bad, needle in cases:
+            with pytest.raises(redis.ResponseError) as info:
+                client.eval(_lua("reserve"), 4, *keys, *argv(**bad))
+            assert str(info.value).startswith("CBINVALID ") and needle in str(info.value)
+            assert client.keys(p + "*") == []  # nothing written, not even a record
+        assert client.eval(_lua("reserve"), 4, *keys, *argv())[0] == b"ok"
+        assert client.hgetall(keys[3]) == {b"reserved": b"1000"}
+    finally:
+        client.close()
 
 
 def test_scripts_refuse_what_a_client_without_checks_sends(

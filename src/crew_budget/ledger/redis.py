@@ -579,7 +579,8 @@ class RedisLedger(Ledger):
             raise self._rejected(exc) from exc
 
     def _rejected(self, exc: BaseException) -> LedgerError | AmountError:
-        """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage."""
+        """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage; or a
+        script's VALIDATION block refusing an argument (``AmountError``)."""
         reason = f"{type(exc).__name__}: {exc}"
         for secret in self._secrets:
             reason = reason.replace(secret, "***")

@@ -63,54 +63,70 @@
 -- bad argument raises an error reply starting "CBINVALID"; the client turns
 -- it into crew_budget.errors.AmountError and nothing has been written.
 local MAX_NANO = 9007199254740992  -- 2^53: money compares exactly below it
-local MAX_TOKENS = 1000000000      -- per usage field (crew_budget.money.MAX_TOKENS)
+
+local find, byte = string.find, string.byte
 
 local function invalid(name, why, s)
   error({err = 'CBINVALID ' .. name .. ' ' .. why .. ', got "'
     .. string.sub(tostring(s), 1, 40) .. '"'})
 end
 
--- A non-negative integer below ``max`` as decimal text (no sign, no
--- exponent, at most 16 digits); returns it as a number.
+-- Text handed to a Redis command or stored as is (an amount for HINCRBY, a
+-- time for EXPIREAT or PX): decimal digits only (no sign, exponent, spaces
+-- or hex, which tonumber would take and Redis would refuse half way), at
+-- most 16 of them, below ``max``. Returns it as a number.
 local function arg_int(name, s, max)
-  if type(s) ~= 'string' or #s > 16 or not string.match(s, '^%d+$') or tonumber(s) >= max then
+  local x = #s <= 16 and find(s, '^%d+$') and tonumber(s)
+  if not x or x >= max then
     invalid(name, 'must be an integer from 0 to ' .. string.format('%.0f', max - 1), s)
   end
-  return tonumber(s)
+  return x
 end
 
--- A finite decimal number (window bounds, record ts), e.g. "1764547200.0".
-local function arg_num(name, s)
-  if type(s) ~= 'string' or #s > 32 or not string.match(s, '^%-?%d+%.?%d*$') then
-    invalid(name, 'must be a finite decimal number', s)
+-- A whole number only ever used as a Lua number (a retention, a lease, a
+-- reap bound, a limit): any text tonumber reads, whole, in [0, max). About
+-- a fifth of arg_int's cost (Redis's Lua string patterns are slow), and
+-- reserve runs on every call.
+local function arg_count(name, s, max)
+  local x = tonumber(s)
+  if not x or x < 0 or x >= max or x % 1 ~= 0 then  -- NaN fails the last test
+    invalid(name, 'must be a whole number from 0 to ' .. string.format('%.0f', max - 1), s)
   end
-  return tonumber(s)
+  return x
+end
+
+-- A finite number (window bounds, record ts), e.g. "1764547200.0".
+local function arg_num(name, s)
+  local x = tonumber(s)
+  if not x or x ~= x or x == math.huge or x == -math.huge then
+    invalid(name, 'must be a finite number', s)
+  end
+  return x
 end
 
 -- Text that goes into a RESERVATION value or a record as is: it must not
--- break their framing ("\n" separates the fields of a value), and must be
--- delimited as the JSON it stands for (``open``/``close``, e.g. '"' for a
--- JSON string, '{' and '}' for an object, '' for a bare fragment).
+-- break their framing ("\n" separates the fields of a value) and must be
+-- delimited as the JSON it stands for: ``open``/``close`` are the byte codes
+-- of its first and last characters (34 '"', 91 '[', 93 ']', 123 '{', 125
+-- '}'), or nil for any.
 local function arg_text(name, s, open, close)
-  if type(s) ~= 'string' or string.find(s, '\n', 1, true)
-      or string.sub(s, 1, #open) ~= open or (close ~= '' and string.sub(s, -#close) ~= close)
-      or #s < #open + #close then
-    invalid(name, 'must be a one-line JSON ' .. (open == '' and 'fragment' or open .. '...' .. close), s)
+  if find(s, '\n', 1, true) or (open and byte(s, 1) ~= open)
+      or (close and (#s < 2 or byte(s, -1) ~= close)) then
+    invalid(name, 'must be one line of JSON', s)
   end
   return s
 end
 
--- The usage fragment a settle records: exactly the five counts, each an
--- integer of at most MAX_TOKENS.
-local USAGE_PATTERN = '^"input_tokens":(%d+),"cached_input_tokens":(%d+),'
-  .. '"cache_write_tokens":(%d+),"output_tokens":(%d+),"reasoning_tokens":(%d+)$'
+-- The usage fragment a settle records: exactly the five counts, each of 1
+-- to 10 digits (below 10^10: the client's bound is MAX_TOKENS, 10^9). One
+-- anchored find, no captures: a third of the cost of matching and looping.
+local D10 = '%d%d?%d?%d?%d?%d?%d?%d?%d?%d?'
+local USAGE_PATTERN = '^"input_tokens":' .. D10 .. ',"cached_input_tokens":' .. D10
+  .. ',"cache_write_tokens":' .. D10 .. ',"output_tokens":' .. D10
+  .. ',"reasoning_tokens":' .. D10 .. '$'
 local function arg_usage(name, s)
-  local counts = {string.match(type(s) == 'string' and #s < 200 and s or '', USAGE_PATTERN)}
-  if #counts ~= 5 then invalid(name, 'must be the five usage counts as JSON fields', s) end
-  for _, c in ipairs(counts) do
-    if #c > 10 or tonumber(c) > MAX_TOKENS then
-      invalid(name, 'has a token count above ' .. MAX_TOKENS, s)
-    end
+  if not find(s, USAGE_PATTERN) then
+    invalid(name, 'must be the five usage counts as JSON fields of at most 10 digits', s)
   end
   return s
 end

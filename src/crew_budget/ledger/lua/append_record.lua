@@ -18,9 +18,9 @@
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
 if #KEYS ~= 3 or #ARGV ~= 4 then invalid('append_record', 'takes 3 keys and 4 arguments', #ARGV) end
 arg_num('the record ts', ARGV[1])
-arg_text('the record', ARGV[2], '{', '}')
-arg_int('the retention (ms)', ARGV[3], MAX_NANO)
-arg_int('the odd-record distance (ms)', ARGV[4], MAX_NANO)
+arg_text('the record', ARGV[2], 123, 125)
+arg_count('the retention (ms)', ARGV[3], MAX_NANO)
+arg_count('the odd-record distance (ms)', ARGV[4], MAX_NANO)
 -- -------------------------------------------------------------------------
 
 local _, now, now_ms = ledger_clock()

@@ -18,9 +18,9 @@
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
 if #KEYS ~= 3 or #ARGV ~= 3 then invalid('release', 'takes 3 keys and 3 arguments', #ARGV) end
-arg_text('the reservation id', ARGV[1], '', '')
-arg_int('the retention (ms)', ARGV[2], MAX_NANO)
-arg_int('the reap limit', ARGV[3], MAX_NANO)
+arg_text('the reservation id', ARGV[1], nil, nil)
+arg_count('the retention (ms)', ARGV[2], MAX_NANO)
+arg_count('the reap limit', ARGV[3], MAX_NANO)
 -- -------------------------------------------------------------------------
 
 local rid, retention_ms = ARGV[1], tonumber(ARGV[2])

@@ -15,9 +15,9 @@
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
 if #KEYS ~= 2 or #ARGV ~= 4 then invalid('reset', 'takes 2 keys and 4 arguments', #ARGV) end
 arg_int('the counter expiry (s)', ARGV[1], MAX_NANO)
-arg_int('the retention (ms)', ARGV[2], MAX_NANO)
-arg_text('the scope', ARGV[3], '"', '"')
-arg_text('the record tail', ARGV[4], '"', '')
+arg_count('the retention (ms)', ARGV[2], MAX_NANO)
+arg_text('the scope', ARGV[3], 34, 34)
+arg_text('the record tail', ARGV[4], 34, nil)
 -- -------------------------------------------------------------------------
 
 local ts, _, now_ms = ledger_clock()
