@@ -448,3 +448,11 @@ def test_an_expired_counter_is_still_not_recreated(redis_url: str) -> None:
     finally:
         client.close()
         led.close()
+
+
+def test_amount_error_is_ours_and_a_value_error() -> None:
+    from crew_budget.errors import CrewBudgetError, LedgerError
+
+    assert issubclass(AmountError, CrewBudgetError) and issubclass(AmountError, ValueError)
+    assert not issubclass(AmountError, LedgerError)  # a bad input, not a ledger failure
+    assert issubclass(UsageError, CrewBudgetError) and issubclass(UsageError, ValueError)
