@@ -62,6 +62,8 @@
 -- error stay (that is how one absurd cost once erased a role's spend). A
 -- bad argument raises an error reply starting "CBINVALID"; the client turns
 -- it into crew_budget.errors.AmountError and nothing has been written.
+-- Argument counts are checked as minimums, so a script that grows an
+-- argument at its end keeps working; each new argument needs its own check.
 local MAX_NANO = 9007199254740992  -- 2^53: money compares exactly below it
 
 local find, byte = string.find, string.byte

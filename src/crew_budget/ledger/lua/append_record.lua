@@ -16,7 +16,9 @@
 -- stream.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
-if #KEYS ~= 3 or #ARGV ~= 4 then invalid('append_record', 'takes 3 keys and 4 arguments', #ARGV) end
+if #KEYS < 3 or #ARGV < 4 then
+  invalid('append_record', 'takes at least 3 keys and 4 arguments', #ARGV)
+end
 arg_num('the record ts', ARGV[1])
 arg_text('the record', ARGV[2], 123, 125)
 arg_count('the retention (ms)', ARGV[3], MAX_NANO)

@@ -15,7 +15,9 @@
 -- and settle over-counts, never under-counts.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
-if #KEYS ~= 2 or #ARGV ~= 2 then invalid('reap', 'takes 2 keys and 2 arguments', #ARGV) end
+if #KEYS < 2 or #ARGV < 2 then
+  invalid('reap', 'takes at least 2 keys and 2 arguments', #ARGV)
+end
 arg_count('the retention (ms)', ARGV[1], MAX_NANO)
 arg_count('the reap limit', ARGV[2], MAX_NANO)
 -- -------------------------------------------------------------------------

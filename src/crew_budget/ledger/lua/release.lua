@@ -17,7 +17,9 @@
 -- reserved amount), never released for free.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
-if #KEYS ~= 3 or #ARGV ~= 3 then invalid('release', 'takes 3 keys and 3 arguments', #ARGV) end
+if #KEYS < 3 or #ARGV < 3 then
+  invalid('release', 'takes at least 3 keys and 3 arguments', #ARGV)
+end
 arg_text('the reservation id', ARGV[1], nil, nil)
 arg_count('the retention (ms)', ARGV[2], MAX_NANO)
 arg_count('the reap limit', ARGV[3], MAX_NANO)

@@ -48,8 +48,8 @@
 -- numbers only compared in Lua with the cheaper arg_count.
 do
   local n = #KEYS - 3
-  if n < 0 or #ARGV ~= 13 + 3 * n then
-    invalid('reserve', 'takes 3+n keys and 13+3n arguments', #ARGV)
+  if n < 0 or #ARGV < 13 + 3 * n then
+    invalid('reserve', 'takes at least 3+n keys and 13+3n arguments', #ARGV)
   end
   arg_text('the reservation id', ARGV[1], nil, nil)
   arg_text('the reservation id JSON', ARGV[2], 34, 34)

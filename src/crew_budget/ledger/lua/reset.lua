@@ -13,7 +13,9 @@
 -- of records still matches the counter; both change in one atomic step.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
-if #KEYS ~= 2 or #ARGV ~= 4 then invalid('reset', 'takes 2 keys and 4 arguments', #ARGV) end
+if #KEYS < 2 or #ARGV < 4 then
+  invalid('reset', 'takes at least 2 keys and 4 arguments', #ARGV)
+end
 arg_int('the counter expiry (s)', ARGV[1], MAX_NANO)
 arg_count('the retention (ms)', ARGV[2], MAX_NANO)
 arg_text('the scope', ARGV[3], 34, 34)

@@ -25,7 +25,9 @@
 -- at its reserved amount), not settled.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
-if #KEYS ~= 3 or #ARGV ~= 4 then invalid('settle', 'takes 3 keys and 4 arguments', #ARGV) end
+if #KEYS < 3 or #ARGV < 4 then
+  invalid('settle', 'takes at least 3 keys and 4 arguments', #ARGV)
+end
 arg_text('the reservation id', ARGV[1], nil, nil)
 arg_int('the settled cost (nano-USD)', ARGV[2], MAX_NANO)
 arg_usage('the usage', ARGV[3])
