@@ -193,7 +193,8 @@ def test_cost_anthropic_response_takes_model_from_json() -> None:
     [
         (["--model", "gpt-4o-mini"], '{"foo": 1}', 1, "no token counts"),
         (["--model", "gpt-4o-mini"], "{nope", 1, "not valid JSON"),
-        (["--model", "gpt-nonexistent-9"], '{"prompt_tokens": 5}', 2, "gpt-nonexistent-9"),
+        (["--model", "gpt-nonexistent-9"], '{"prompt_tokens": 5, "completion_tokens": 1}', 2,
+         "gpt-nonexistent-9"),
         ([], '{"prompt_tokens": 5}', 1, "--model"),
         (["--model", "gpt-4o-mini"], '{"prompt_tokens": -3}', 1, "non-negative"),
     ],

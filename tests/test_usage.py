@@ -236,3 +236,26 @@ def test_malformed_usage_is_a_usage_error(raw: Any, needle: str) -> None:
 def test_usage_error_names_the_stream_fix() -> None:
     with pytest.raises(UsageError, match="include_usage"):
         parse_usage(None)
+
+
+def test_bounds_are_inclusive_of_max_tokens() -> None:
+    from crew_budget.money import MAX_TOKENS
+    from crew_budget.usage import check_usage
+
+    assert MAX_TOKENS == 10**9
+    top = parse_usage({"prompt_tokens": MAX_TOKENS, "completion_tokens": MAX_TOKENS})
+    assert top == Usage(input_tokens=10**9, output_tokens=10**9)
+    assert check_usage(top) is top
+    with pytest.raises(UsageError, match="more than the 1,000,000,000 tokens"):
+        parse_usage({"prompt_tokens": MAX_TOKENS + 1, "completion_tokens": 0})
+    # A whole float (some JSON decoders produce them) is a count.
+    assert parse_usage({"input_tokens": 12.0, "output_tokens": 3.0}) == Usage(12, 0, 0, 3, 0)
+
+
+def test_gemini_cache_larger_than_the_prompt_never_goes_negative() -> None:
+    # Exclusive counts in inclusive fields (as in the OpenAI branch): trust the parts.
+    usage = parse_usage({"promptTokenCount": 10, "cachedContentTokenCount": 100,
+                         "candidatesTokenCount": 5})
+    assert usage == Usage(input_tokens=10, cached_input_tokens=100, output_tokens=5)
+    assert cost_of(usage, BOOK.get("gemini/gemini-2.5-flash")) == (
+        10 * D("0.0000003") + 100 * D("0.00000003") + 5 * D("0.0000025"))

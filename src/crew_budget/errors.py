@@ -8,6 +8,7 @@ narrow class per problem so they can catch exactly one thing::
     ├── PricingError
     │   └── UnknownModelError  no price known for a model (never priced at $0)
     ├── UsageError             a provider response whose usage cannot be read
+    ├── AmountError            an amount or token count outside its documented bounds
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
     │   │   └── LedgerNotFound no ledger at that path (read-only open)
@@ -80,6 +81,16 @@ def _rebuild_unknown_model(
 
 class UsageError(CrewBudgetError, ValueError):
     """A provider response carried no readable token usage."""
+
+
+class AmountError(CrewBudgetError, ValueError):
+    """An amount (nano-USD) or a token count outside its documented bounds.
+
+    Amounts handed to a ledger must be ints in ``[0, MAX_NANO)``, request
+    ``max_tokens`` an int in ``[1, MAX_TOKENS]`` (see ``crew_budget.money``).
+    Refused before the first write on every backend (and again inside each
+    Redis script), so a bad value can never leave the books half updated.
+    """
 
 
 class LedgerError(CrewBudgetError):

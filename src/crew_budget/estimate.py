@@ -115,7 +115,44 @@ from typing import Any
 from crew_budget import images, tokens
 from crew_budget.pricing import Price
 
-__all__ = ["Estimate", "Estimator"]
+__all__ = ["COMPLETION_KEYS", "Estimate", "Estimator", "billed_completions"]
+
+# How many completions one request generates, and so bills output for:
+# - OpenAI chat ``n``: "How many chat completion choices to generate for each
+#   input message. Note that you will be charged based on the number of
+#   generated tokens across all of the choices" (API reference, Create chat
+#   completion). The prompt is read, and billed, once: ``usage.prompt_tokens``
+#   is the prompt's count and ``completion_tokens`` the sum over the choices.
+# - OpenAI (legacy) completions ``best_of``: "Generates best_of completions
+#   server-side and returns the best", with ``n`` <= ``best_of`` of them
+#   returned; billed for all ``best_of`` (API reference, Create completion).
+#   litellm passes both through.
+# - Gemini ``candidate_count`` (``candidateCount`` in generationConfig), the
+#   same idea, billed per candidate.
+# ``max_tokens`` caps each completion, so the output reserved is the cap
+# times the largest of these; the prompt is reserved once.
+COMPLETION_KEYS: tuple[str, ...] = ("n", "best_of", "candidate_count", "candidateCount")
+
+
+def billed_completions(extra: Mapping[str, Any] | None) -> int:
+    """The number of completions a request with these parameters is billed for (>= 1).
+
+    Reads ``COMPLETION_KEYS`` from ``extra``; a value that is not a positive
+    whole number (the provider will refuse it) counts as 1.
+    """
+    if not extra:
+        return 1
+    most = 1
+    for key in COMPLETION_KEYS:
+        value = extra.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and value > most:
+            most = value
+    return most
+
 
 log = logging.getLogger("crew_budget")
 

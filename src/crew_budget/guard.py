@@ -24,8 +24,8 @@ from decimal import Decimal
 from typing import Any
 
 from crew_budget.config import BudgetConfig, load_config
-from crew_budget.errors import BudgetExceeded, LedgerUnavailable, UsageError
-from crew_budget.estimate import Estimate, Estimator
+from crew_budget.errors import AmountError, BudgetExceeded, LedgerUnavailable, UsageError
+from crew_budget.estimate import Estimate, Estimator, billed_completions
 from crew_budget.ledger import (
     Bucket,
     BucketState,
@@ -38,7 +38,14 @@ from crew_budget.ledger import (
     new_reservation_id,
     open_ledger,
 )
-from crew_budget.money import atto_to_nano_ceil, from_nano, to_nano, to_nano_ceil
+from crew_budget.money import (
+    MAX_NANO,
+    MAX_TOKENS,
+    atto_to_nano_ceil,
+    from_nano,
+    to_nano,
+    to_nano_ceil,
+)
 from crew_budget.pricing import Price, PriceBook
 from crew_budget.usage import Usage, cost_nano_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
@@ -104,7 +111,9 @@ class GuardEvent:
     where); after settle/release, the final state: ``settled``, ``released``,
     ``expired`` (the lease ran out first), ``pending`` (ledger down, will
     retry) or ``unguarded``. ``applied`` is False for a repeat that changed
-    nothing.
+    nothing. A settle whose cost exceeded its reservation is followed by a
+    second event, ``overrun``, with ``cost`` the charged amount and
+    ``estimate`` the reservation (``cost / estimate`` is the factor).
     """
 
     outcome: str
@@ -116,6 +125,20 @@ class GuardEvent:
     applied: bool = True
     ticket: Ticket | None = None
     error: BudgetExceeded | None = None
+
+
+def _check_max_tokens(value: Any) -> int:
+    """A request's own output cap, or ``AmountError``: a negative, zero,
+    fractional or absurd cap would reserve less than the call may cost."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_TOKENS:
+        raise AmountError(
+            f"max_tokens={value!r} is not a whole number of tokens from 1 to {MAX_TOKENS:,}, "
+            "so the call cannot be priced; it was not sent. Fix: pass a positive int, or "
+            "None to have the role's max_output_tokens sent"
+        )
+    return value
 
 
 class Guard:
@@ -157,6 +180,11 @@ class Guard:
             maxlen=10_000
         )
         self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
+        #: Process-wide tallies since this guard was built, for logs and
+        #: ``crew_budget.metrics``: ``usage_errors`` (settles charged at the
+        #: reservation because the usage could not be trusted) and
+        #: ``overruns`` (settles above their reservation). Read, don't write.
+        self.counters: dict[str, int] = {"overruns": 0, "usage_errors": 0}
         # Set by whatever watches this guard (an `alerts:` section's manager,
         # started by a construction hook, see crew_budget.wiring) and closed
         # with it. The guard itself imports nothing from crew_budget.alerts.
@@ -238,7 +266,10 @@ class Guard:
         """What ``preflight`` would reserve for this call, without reserving it.
 
         Output is reserved at ``max_tokens``, or else at the role's cap (and the
-        model's maximum), which the adapter must then send as ``max_tokens``.
+        model's maximum), which the adapter must then send as ``max_tokens``;
+        times the completions the request asks for (``n``, ``best_of`` or
+        ``candidate_count`` in ``extra``), each of which may use the whole cap.
+        The prompt is reserved once: providers bill it once.
         """
         price = self.prices.get(model)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
@@ -268,7 +299,11 @@ class Guard:
                 cap = min(cap, price.max_output_tokens)
             inject = out_tokens = cap
         else:
-            out_tokens = int(max_tokens)
+            out_tokens = _check_max_tokens(max_tokens)
+        if extra:
+            # n / best_of completions: each may use the whole cap, the prompt
+            # is billed once (see COMPLETION_KEYS in estimate.py).
+            out_tokens *= billed_completions(extra)
         atto = price.atto
         if atto is not None:
             amount = atto_to_nano_ceil(prompt_tokens * atto[0] + out_tokens * atto[1])
@@ -366,23 +401,63 @@ class Guard:
     def settle(self, ticket: Ticket, usage: Any) -> Settlement:
         """Charge the actual cost from the provider's ``usage`` (idempotent).
 
-        Unreadable usage is charged at the reservation and logged: a call that
-        happened is never counted as free.
+        A usage that cannot be trusted (unreadable, a count that is negative,
+        NaN, infinite, a bool, a string, above ``MAX_TOKENS``, a missing
+        output count, or one whose price reaches ``MAX_NANO``) is a
+        ``UsageError``: the call is charged at its reservation (never $0,
+        never the absurd amount), logged, counted in
+        ``counters["usage_errors"]``, and this returns normally.
+
+        A cost above the reservation is charged as billed (the invoice is
+        what counts), logged with its factor, counted in
+        ``counters["overruns"]`` and announced as an ``overrun`` event.
         """
-        try:
-            parsed: Usage | None = parse_usage(usage)
-        except UsageError as exc:
-            log.error("crew-budget: %s (role=%s model=%s reservation=%s)", exc, ticket.role,
-                      ticket.model, ticket.reservation_id)
-            parsed = None
         price = self.prices.get(ticket.model)
-        if parsed is None:
-            cost_nano = to_nano(ticket.estimate)
-        else:
+        try:
+            parsed = parse_usage(usage)
             cost_nano = cost_nano_of(parsed, price)
-            if parsed.prompt_tokens:
-                self.estimator.calibrate(ticket.model, ticket.prompt_tokens, parsed.prompt_tokens)
-        return self._finish(ticket, parsed, cost_nano)
+            if not 0 <= cost_nano < MAX_NANO:
+                raise UsageError(
+                    f"usage {parsed} prices at ${from_nano(cost_nano)} at {ticket.model}'s "
+                    f"rates, outside what one call can cost (0 to 2^53-1 nano-USD)"
+                )
+        except UsageError as exc:
+            log.error("crew-budget: %s; charged at the reservation, $%s (role=%s model=%s "
+                      "reservation=%s)", exc, ticket.estimate, ticket.role, ticket.model,
+                      ticket.reservation_id)
+            self._bump("usage_errors")
+            return self._finish(ticket, None, to_nano(ticket.estimate))
+        if parsed.prompt_tokens:
+            self.estimator.calibrate(ticket.model, ticket.prompt_tokens, parsed.prompt_tokens)
+        result = self._finish(ticket, parsed, cost_nano)
+        reserved = to_nano(ticket.estimate)
+        if cost_nano > reserved and ticket.guarded and (
+                result.state == "pending" or (result.state == "settled" and result.applied)):
+            self._overrun(ticket, cost_nano, reserved, parsed)
+        return result
+
+    def _bump(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _overrun(self, ticket: Ticket, cost_nano: int, reserved: int, usage: Usage) -> None:
+        """A settle above its reservation: charged as billed, but said out loud.
+
+        The reservation is meant to be an upper bound (invariant 1), so this
+        is an estimator or adapter bug (an uncapped output, ``n`` completions
+        reserved as one) that let the budget be crossed by the difference.
+        """
+        factor = Decimal(cost_nano) / Decimal(reserved) if reserved else None
+        log.warning(
+            "crew-budget: OVERRUN: %s call settled at $%s, %sx its reservation of $%s "
+            "(role=%s reservation=%s usage=%s); the difference was not reserved and may "
+            "cross the budget", ticket.model, from_nano(cost_nano),
+            "inf" if factor is None else f"{factor:.2f}", from_nano(reserved), ticket.role,
+            ticket.reservation_id, usage)
+        self._bump("overruns")
+        if self._listeners:
+            self._emit(GuardEvent("overrun", ticket.role, ticket.model, ticket.crew,
+                                  ticket.estimate, from_nano(cost_nano), True, ticket=ticket))
 
     def release(self, ticket: Ticket) -> Settlement:
         """The provider was never reached: drop the reservation at zero cost."""

@@ -22,6 +22,11 @@ Metrics (USD values are floats only at the exposition edge)::
     crew_budget_actual_to_estimate_ratio        actual / estimate (1 = exact; the
                                                 error is ratio - 1; above 1 is an
                                                 under-estimate)
+    crew_budget_overruns_total{role,model}      settles above their reservation
+                                                (the reserved cap was not a bound)
+    crew_budget_usage_errors_total              settles whose usage could not be
+                                                trusted, charged at the reservation
+                                                (this process's guard only)
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class BudgetMetrics:
         self._hist = [0] * len(ERROR_BUCKETS)
         self._hist_sum = Decimal(0)
         self._expired_ids: dict[str, None] = {}
+        self._overruns: dict[tuple[str, str], int] = {}
         self._remove: Any = None
         self._origin = guard.ledger.now() if since is None else since
         self._cursor = self._origin
@@ -109,6 +115,10 @@ class BudgetMetrics:
                 break
         self._hist_sum += ratio
 
+    def _overrun(self, role: str, model: str) -> None:
+        key = (role, model)
+        self._overruns[key] = self._overruns.get(key, 0) + 1
+
     def _charge(self, role: str, model: str, cost_nano: int) -> None:
         key = (role, model)
         self._cost[key] = self._cost.get(key, 0) + cost_nano
@@ -118,6 +128,9 @@ class BudgetMetrics:
         with self._lock:
             if event.outcome in ("allowed", "blocked"):
                 self._count(event.role, event.outcome)
+                return
+            if event.outcome == "overrun":
+                self._overrun(event.role, event.model)
                 return
             cost = int(event.cost * _NANO)
             if event.outcome == "expired":
@@ -145,6 +158,8 @@ class BudgetMetrics:
                 self._charge(r.role, r.model, r.cost_nano)
             if r.outcome == "settled":
                 self._error(r.estimate_nano, r.cost_nano)
+                if r.cost_nano > r.estimate_nano:  # the record's estimate is its reservation
+                    self._overrun(r.role, r.model)
 
     def _tail(self) -> None:
         # Re-read a little behind the newest record seen (other processes'
@@ -195,6 +210,13 @@ class BudgetMetrics:
         hist = core.HistogramMetricFamily(
             "crew_budget_actual_to_estimate_ratio",
             "Actual cost / reserved estimate of settled calls (error = ratio - 1).")
+        overruns = core.CounterMetricFamily(
+            "crew_budget_overruns", "Settles that cost more than their reservation.",
+            labels=["role", "model"])
+        usage_errors = core.CounterMetricFamily(
+            "crew_budget_usage_errors",
+            "Settles whose usage could not be trusted, charged at the reservation "
+            "(this process).")
         if with_samples:
             ok = True
             try:
@@ -226,7 +248,11 @@ class BudgetMetrics:
                     le = "+Inf" if bound == float("inf") else repr(bound)
                     cumulative.append((le, float(running)))
                 hist.add_metric([], cumulative, float(self._hist_sum))
-        yield from (limit, spent, reserved, remaining, up, calls, cost, hist)
+                for (role, model), n in sorted(self._overruns.items()):
+                    overruns.add_metric([role, model], float(n))
+            usage_errors.add_metric([], float(self.guard.counters.get("usage_errors", 0)))
+        yield from (limit, spent, reserved, remaining, up, calls, cost, hist, overruns,
+                    usage_errors)
 
 
 def register_metrics(

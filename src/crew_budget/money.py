@@ -11,16 +11,37 @@ from __future__ import annotations
 import math
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
+from crew_budget.errors import AmountError
+
 NANO_PER_USD = 10**9
 _NANO = Decimal(NANO_PER_USD)
 ATTO_PER_NANO = 10**9
 
+MAX_NANO = 2**53
+"""Every amount a ledger is handed (a reservation, a settled cost) is below this.
+
+2^53 nano-USD is about $9,007,199: far above any one LLM call, and the
+largest integer a Lua double (Redis scripts compare money as doubles) and a
+JSON reader hold exactly. One bound on every backend, so an amount that one
+ledger accepts is never refused, or silently rounded, by another."""
+
+MAX_TOKENS = 10**9
+"""The most tokens one usage field may report for one call.
+
+The largest context windows today are about 10M tokens, a hundred times
+less. A count above this is a corrupt or hostile usage, not a bill: pricing
+it would charge millions (and overflow the ledger's int64 counters), so it
+is a ``UsageError``, charged at the reservation instead."""
+
 __all__ = [
     "ATTO_PER_NANO",
+    "MAX_NANO",
+    "MAX_TOKENS",
     "NANO_PER_USD",
     "atto_per_token",
     "atto_to_nano_ceil",
     "atto_to_nano_round",
+    "check_nano",
     "from_nano",
     "parse_usd",
     "to_nano",
@@ -116,3 +137,28 @@ def atto_to_nano_round(atto: int) -> int:
     if 2 * r > ATTO_PER_NANO or (2 * r == ATTO_PER_NANO and q & 1):
         q += 1
     return q
+
+
+def check_nano(what: str, value: object) -> int:
+    """``value`` as an amount a ledger may store, or ``AmountError``.
+
+    Checked at every ledger's entry points (``reserve``, ``settle``) before
+    anything is written: a plain ``int`` (not a bool, float or string) with
+    ``0 <= value < MAX_NANO``. A float would carry rounding into the books;
+    a negative amount would refund; one of 2^53 or more would compare
+    inexactly in Redis and could overflow a counter half way through an
+    update.
+    """
+    if type(value) is not int:
+        raise AmountError(
+            f"{what} of {value!r} ({type(value).__name__}) is not an integer of nano-USD; "
+            "nothing was written. Fix: pass whole nano-USD as int (crew_budget.money.to_nano "
+            "converts dollars)"
+        )
+    if not 0 <= value < MAX_NANO:
+        raise AmountError(
+            f"{what} of {value} nano-USD is outside the range a ledger accepts (0 to 2^53-1 "
+            "nano-USD, about $9,007,199); nothing was written. Fix: a negative or larger "
+            "amount is a bug or a corrupt usage; use a smaller limit or amount"
+        )
+    return value

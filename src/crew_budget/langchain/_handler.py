@@ -58,6 +58,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
 
 from crew_budget.errors import ConfigError
+from crew_budget.estimate import COMPLETION_KEYS
 from crew_budget.guard import Guard, Ticket
 from crew_budget.langchain._common import (
     ROLE_KEY,
@@ -229,6 +230,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         cap = _cap(params, metadata)
         tools = params.get("tools") or None
         extra = {k: params[k] for k in _EXTRA_KEYS if isinstance(params.get(k), (dict, list, str))}
+        # n / best_of completions are each billed up to the cap: the guard
+        # reserves that many (crew_budget.estimate.COMPLETION_KEYS).
+        extra.update((k, params[k]) for k in COMPLETION_KEYS if isinstance(params.get(k), int))
         info: dict[str, Any] = {"framework": "langchain", "run_id": str(run_id)}
         ticket = self.guard.preflight(
             str(role), model, messages, tools if isinstance(tools, list) else None, cap, info,

@@ -32,6 +32,7 @@ from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResp
 from langchain_core.messages import AIMessage, BaseMessage
 
 from crew_budget.errors import BudgetExceeded, ConfigError
+from crew_budget.estimate import COMPLETION_KEYS
 from crew_budget.guard import Guard, Ticket
 from crew_budget.langchain._common import (
     ROLE_KEY,
@@ -147,6 +148,10 @@ class BudgetMiddleware(AgentMiddleware):
         extra: dict[str, Any] = {}
         if isinstance(request.tool_choice, (str, dict)):
             extra["tool_choice"] = request.tool_choice
+        for key in COMPLETION_KEYS:  # n / best_of: each completion is billed up to the cap
+            value = settings.get(key, getattr(model, key, None))
+            if isinstance(value, int):
+                extra[key] = value
         ticket = self.guard.preflight(
             self._role(request),
             model_name,

@@ -26,7 +26,8 @@ from crew_budget.ledger.base import (
     SpendRecord,
     new_reservation_id,
 )
-from crew_budget.usage import Usage
+from crew_budget.money import check_nano
+from crew_budget.usage import Usage, check_usage
 
 __all__ = ["MemoryLedger"]
 
@@ -71,6 +72,7 @@ class MemoryLedger(Ledger):
         return self._clock()
 
     def reserve(self, request: ReserveRequest) -> Reservation | Denial:
+        check_nano("a reservation", request.amount_nano)
         with self._lock:
             now = self._clock()
             for b in request.buckets:
@@ -136,6 +138,8 @@ class MemoryLedger(Ledger):
         return SettleResult(state, True, cost)
 
     def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
+        check_nano("a settled cost", cost_nano)
+        check_usage(usage)
         with self._lock:
             now = self._clock()
             self._reap_locked(now, 1000)

@@ -53,7 +53,13 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from crew_budget.errors import ConfigError, LedgerError, LedgerUnavailable, ReservationError
+from crew_budget.errors import (
+    AmountError,
+    ConfigError,
+    LedgerError,
+    LedgerUnavailable,
+    ReservationError,
+)
 from crew_budget.ledger.base import (
     Bucket,
     BucketState,
@@ -68,7 +74,8 @@ from crew_budget.ledger.base import (
     SettleResult,
     SpendRecord,
 )
-from crew_budget.usage import Usage
+from crew_budget.money import MAX_NANO, check_nano
+from crew_budget.usage import Usage, check_usage
 from crew_budget.windows import WindowName
 
 try:
@@ -88,8 +95,8 @@ __all__ = ["MAX_NANO", "RedisLedger", "redact_url"]
 
 T = TypeVar("T")
 
-MAX_NANO = 2**53
-"""Scripts compare money as Lua doubles: exact below 2^53 nano-USD (~ $9.0M)."""
+# Scripts compare money as Lua doubles: exact below 2^53 nano-USD (~ $9.0M).
+# The bound is money.MAX_NANO, the same on every backend (kept importable here).
 
 _DAY_MS = 86_400_000
 _ODD_MS = 3_600_000
@@ -157,12 +164,7 @@ def _sources() -> dict[str, str]:
 
 
 def _check_nano(what: str, value: int) -> None:
-    if not 0 <= value < MAX_NANO:
-        raise ValueError(
-            f"{what} of {value} nano-USD is outside the range the Redis ledger compares "
-            "exactly (0 to 2^53-1 nano-USD, about $9,007,199). Fix: use a smaller limit, "
-            "or the SQLite ledger"
-        )
+    check_nano(what, value)
 
 
 @lru_cache(maxsize=1024)
@@ -578,11 +580,19 @@ class RedisLedger(Ledger):
         except rexc.RedisError as exc:
             raise self._rejected(exc) from exc
 
-    def _rejected(self, exc: BaseException) -> LedgerError:
-        """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage."""
+    def _rejected(self, exc: BaseException) -> LedgerError | AmountError:
+        """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage; or a
+        script's VALIDATION block refusing an argument (``AmountError``)."""
         reason = f"{type(exc).__name__}: {exc}"
         for secret in self._secrets:
             reason = reason.replace(secret, "***")
+        if str(exc).startswith("CBINVALID "):  # a script's VALIDATION block (lua/_common.lua)
+            return AmountError(
+                f"budget ledger {self.url} refused a bad value before writing anything: "
+                f"{str(exc)[10:]}. Fix: this is a bug in the caller of the ledger (amounts "
+                "are whole nano-USD from 0 to 2^53-1, token counts at most 10^9); the books "
+                "are unchanged"
+            )
         return LedgerError(
             f"budget ledger {self.url} rejected an operation ({reason}). Fix: the ledger's "
             f"keys ({self.prefix}*) may have been written by another program; give crew-budget "
@@ -754,9 +764,8 @@ class RedisLedger(Ledger):
         return SettleResult(_STATES[reply[0]], int(reply[1]) == 1, int(reply[2]))
 
     def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
-        if not 0 <= cost_nano < 2**63:
-            raise ValueError(f"cost of {cost_nano} nano-USD is not a valid charge")
-        u = usage
+        check_nano("a settled cost", cost_nano)
+        u = check_usage(usage)
         fragment = (
             f'"input_tokens":{int(u.input_tokens)},'
             f'"cached_input_tokens":{int(u.cached_input_tokens)},'

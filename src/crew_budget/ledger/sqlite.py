@@ -37,8 +37,9 @@ from crew_budget.ledger.base import (
     SpendRecord,
     new_reservation_id,
 )
+from crew_budget.money import check_nano
 from crew_budget.redact import redact_url
-from crew_budget.usage import Usage
+from crew_budget.usage import Usage, check_usage
 
 __all__ = ["SQLiteLedger"]
 
@@ -187,6 +188,7 @@ class SQLiteLedger(Ledger):
     # -- operations ------------------------------------------------------------
 
     def reserve(self, request: ReserveRequest) -> Reservation | Denial:
+        check_nano("a reservation", request.amount_nano)
         now = self._clock()
         for b in request.buckets:
             if not b.starts_at <= now < b.ends_at:
@@ -283,6 +285,8 @@ class SQLiteLedger(Ledger):
         return SettleResult(state, True, charged)
 
     def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
+        check_nano("a settled cost", cost_nano)
+        check_usage(usage)
         now = self._clock()
         with self._tx() as db:
             self._reap(db, now, 100)

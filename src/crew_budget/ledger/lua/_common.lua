@@ -56,6 +56,83 @@
 -- amounts and limits of 2^53 nano-USD (~ $9.0M) or more. Numbers handed back
 -- to redis.call go through int_str (a bare Lua number may lose digits).
 
+-- VALIDATION: every operation script checks ALL of its ARGV in a block at
+-- its top, before its first write, with the helpers below. Redis does not
+-- roll a script back when it fails half way: the writes made before the
+-- error stay (that is how one absurd cost once erased a role's spend). A
+-- bad argument raises an error reply starting "CBINVALID"; the client turns
+-- it into crew_budget.errors.AmountError and nothing has been written.
+-- Argument counts are checked as minimums, so a script that grows an
+-- argument at its end keeps working; each new argument needs its own check.
+local MAX_NANO = 9007199254740992  -- 2^53: money compares exactly below it
+
+local find, byte = string.find, string.byte
+
+local function invalid(name, why, s)
+  error({err = 'CBINVALID ' .. name .. ' ' .. why .. ', got "'
+    .. string.sub(tostring(s), 1, 40) .. '"'})
+end
+
+-- Text handed to a Redis command or stored as is (an amount for HINCRBY, a
+-- time for EXPIREAT or PX): decimal digits only (no sign, exponent, spaces
+-- or hex, which tonumber would take and Redis would refuse half way), at
+-- most 16 of them, below ``max``. Returns it as a number.
+local function arg_int(name, s, max)
+  local x = #s <= 16 and find(s, '^%d+$') and tonumber(s)
+  if not x or x >= max then
+    invalid(name, 'must be an integer from 0 to ' .. string.format('%.0f', max - 1), s)
+  end
+  return x
+end
+
+-- A whole number only ever used as a Lua number (a retention, a lease, a
+-- reap bound, a limit): any text tonumber reads, whole, in [0, max). About
+-- a fifth of arg_int's cost (Redis's Lua string patterns are slow), and
+-- reserve runs on every call.
+local function arg_count(name, s, max)
+  local x = tonumber(s)
+  if not x or x < 0 or x >= max or x % 1 ~= 0 then  -- NaN fails the last test
+    invalid(name, 'must be a whole number from 0 to ' .. string.format('%.0f', max - 1), s)
+  end
+  return x
+end
+
+-- A finite number (window bounds, record ts), e.g. "1764547200.0".
+local function arg_num(name, s)
+  local x = tonumber(s)
+  if not x or x ~= x or x == math.huge or x == -math.huge then
+    invalid(name, 'must be a finite number', s)
+  end
+  return x
+end
+
+-- Text that goes into a RESERVATION value or a record as is: it must not
+-- break their framing ("\n" separates the fields of a value) and must be
+-- delimited as the JSON it stands for: ``open``/``close`` are the byte codes
+-- of its first and last characters (34 '"', 91 '[', 93 ']', 123 '{', 125
+-- '}'), or nil for any.
+local function arg_text(name, s, open, close)
+  if find(s, '\n', 1, true) or (open and byte(s, 1) ~= open)
+      or (close and (#s < 2 or byte(s, -1) ~= close)) then
+    invalid(name, 'must be one line of JSON', s)
+  end
+  return s
+end
+
+-- The usage fragment a settle records: exactly the five counts, each of 1
+-- to 10 digits (below 10^10: the client's bound is MAX_TOKENS, 10^9). One
+-- anchored find, no captures: a third of the cost of matching and looping.
+local D10 = '%d%d?%d?%d?%d?%d?%d?%d?%d?%d?'
+local USAGE_PATTERN = '^"input_tokens":' .. D10 .. ',"cached_input_tokens":' .. D10
+  .. ',"cache_write_tokens":' .. D10 .. ',"output_tokens":' .. D10
+  .. ',"reasoning_tokens":' .. D10 .. '$'
+local function arg_usage(name, s)
+  if not find(s, USAGE_PATTERN) then
+    invalid(name, 'must be the five usage counts as JSON fields of at most 10 digits', s)
+  end
+  return s
+end
+
 -- The ledger clock, Redis TIME, as: decimal seconds text (exact, for
 -- records), seconds (number, for window bounds), Unix ms (number).
 local function ledger_clock()
@@ -121,6 +198,14 @@ end
 -- ``spent``; keep it as a tombstone for its lease plus a day (so repeats
 -- stay idempotent); append its record. A counter that expired meanwhile
 -- (its window ended more than the retention period ago) is not recreated.
+--
+-- ``reserved`` going below zero means either that HINCRBY just recreated an
+-- expired counter (a hash with that one field and no expiry: deleted again)
+-- or that the counter is already wrong (a half-applied write of an older
+-- version, a hand edit). In the second case the counter still holds
+-- ``spent``: deleting it would erase the role's spend and grant calls
+-- against money already spent, so ``reserved`` is clamped to 0 instead,
+-- ``spent`` is kept, and the server log says so.
 local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_ms, retention_ms)
   local _, spans, _, exp, amount, tomb, rid_json, tail, at = parse(v)
   local neg = negate(amount)
@@ -129,8 +214,14 @@ local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_
     if neg == '0' then  -- nothing to take back; just do not recreate the counter
       gone = redis.call('EXISTS', key) == 0
     elseif redis.call('HINCRBY', key, 'reserved', neg) < 0 then
-      redis.call('DEL', key)  -- HINCRBY just recreated it
-      gone = true
+      if redis.call('HLEN', key) == 1 and redis.call('PTTL', key) == -1 then
+        redis.call('DEL', key)  -- HINCRBY just recreated it
+        gone = true
+      else
+        redis.log(redis.LOG_WARNING, 'crew-budget: reserved of ' .. key .. ' fell below 0 '
+          .. 'ending ' .. rid .. '; clamped to 0, spent kept')
+        redis.call('HSET', key, 'reserved', '0')
+      end
     end
     if not gone and cost ~= '0' then
       redis.call('HINCRBY', key, 'spent', cost)

@@ -15,6 +15,16 @@
 -- time-range read finds it by its own ts; the odd set is trimmed like the
 -- stream.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+if #KEYS < 3 or #ARGV < 4 then
+  invalid('append_record', 'takes at least 3 keys and 4 arguments', #ARGV)
+end
+arg_num('the record ts', ARGV[1])
+arg_text('the record', ARGV[2], 123, 125)
+arg_count('the retention (ms)', ARGV[3], MAX_NANO)
+arg_count('the odd-record distance (ms)', ARGV[4], MAX_NANO)
+-- -------------------------------------------------------------------------
+
 local _, now, now_ms = ledger_clock()
 local retention_ms = tonumber(ARGV[3])
 local t = tonumber(ARGV[1])

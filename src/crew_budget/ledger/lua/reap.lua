@@ -14,6 +14,14 @@
 -- marked "expired" and gets one "expired" record: a crash between reserve
 -- and settle over-counts, never under-counts.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+if #KEYS < 2 or #ARGV < 2 then
+  invalid('reap', 'takes at least 2 keys and 2 arguments', #ARGV)
+end
+arg_count('the retention (ms)', ARGV[1], MAX_NANO)
+arg_count('the reap limit', ARGV[2], MAX_NANO)
+-- -------------------------------------------------------------------------
+
 local ts, _, now_ms = ledger_clock()
 return reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[2]), ts, now_ms,
   tonumber(ARGV[1]))

@@ -16,6 +16,15 @@
 -- Invariants: as settle. A lease that ran out is expired (charged at its
 -- reserved amount), never released for free.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+if #KEYS < 3 or #ARGV < 3 then
+  invalid('release', 'takes at least 3 keys and 3 arguments', #ARGV)
+end
+arg_text('the reservation id', ARGV[1], nil, nil)
+arg_count('the retention (ms)', ARGV[2], MAX_NANO)
+arg_count('the reap limit', ARGV[3], MAX_NANO)
+-- -------------------------------------------------------------------------
+
 local rid, retention_ms = ARGV[1], tonumber(ARGV[2])
 local ts, _, now_ms = ledger_clock()
 reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[3]), ts, now_ms, retention_ms)

@@ -42,6 +42,38 @@
 -- the reservation lives for its lease plus the tombstone, and never less
 -- than the counters it may still have to correct.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+-- Runs on every call: text that reaches a Redis command as is (the amount,
+-- the tombstone, counter expiries) is checked digit by digit (arg_int),
+-- numbers only compared in Lua with the cheaper arg_count.
+do
+  local n = #KEYS - 3
+  if n < 0 or #ARGV < 13 + 3 * n then
+    invalid('reserve', 'takes at least 3+n keys and 13+3n arguments', #ARGV)
+  end
+  arg_text('the reservation id', ARGV[1], nil, nil)
+  arg_text('the reservation id JSON', ARGV[2], 34, 34)
+  arg_int('the reservation amount (nano-USD)', ARGV[3], MAX_NANO)
+  arg_count('the lease (ms)', ARGV[4], MAX_NANO)
+  arg_int('the tombstone (ms)', ARGV[5], MAX_NANO)
+  arg_text('the record tail', ARGV[6], 34, nil)
+  arg_count('the retention (ms)', ARGV[7], MAX_NANO)
+  arg_count('the reap limit', ARGV[8], MAX_NANO)
+  arg_text('the buckets JSON', ARGV[9], 91, 93)
+  arg_num('the latest window start', ARGV[10])
+  arg_num('the earliest window end', ARGV[11])
+  arg_count('the latest counter expiry (ms)', ARGV[12], MAX_NANO)
+  if ARGV[13] ~= '' and not find(ARGV[13], '^@[%d+,]+$') then
+    invalid('the key spans', 'must be "" or "@" and offset+length pairs', ARGV[13])
+  end
+  for i = 14, 13 + n do
+    if ARGV[i] ~= '' then arg_count('a bucket limit (nano-USD)', ARGV[i], MAX_NANO) end
+    arg_int('a counter expiry (s)', ARGV[n + i], MAX_NANO)
+    arg_text('a bucket scope', ARGV[2 * n + i], 34, 34)
+  end
+end
+-- -------------------------------------------------------------------------
+
 local rid, rid_json, amount, lease_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local tomb, tail, retention_ms = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local prefix = string.sub(KEYS[1], 1, -7)  -- strip "leases"

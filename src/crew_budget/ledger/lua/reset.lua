@@ -12,6 +12,16 @@
 -- Invariants: the "reset" record carries cost_nano = -old_spent, so the sum
 -- of records still matches the counter; both change in one atomic step.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+if #KEYS < 2 or #ARGV < 4 then
+  invalid('reset', 'takes at least 2 keys and 4 arguments', #ARGV)
+end
+arg_int('the counter expiry (s)', ARGV[1], MAX_NANO)
+arg_count('the retention (ms)', ARGV[2], MAX_NANO)
+arg_text('the scope', ARGV[3], 34, 34)
+arg_text('the record tail', ARGV[4], 34, nil)
+-- -------------------------------------------------------------------------
+
 local ts, _, now_ms = ledger_clock()
 local c = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
 local old, reserved = c[1] or '0', c[2] or '0'

@@ -24,6 +24,16 @@
 -- appended in the same atomic step. A lease that ran out is expired (charged
 -- at its reserved amount), not settled.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+if #KEYS < 3 or #ARGV < 4 then
+  invalid('settle', 'takes at least 3 keys and 4 arguments', #ARGV)
+end
+arg_text('the reservation id', ARGV[1], nil, nil)
+arg_int('the settled cost (nano-USD)', ARGV[2], MAX_NANO)
+arg_usage('the usage', ARGV[3])
+arg_count('the retention (ms)', ARGV[4], MAX_NANO)
+-- -------------------------------------------------------------------------
+
 local rid, cost, retention_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local ts, _, now_ms = ledger_clock()
 

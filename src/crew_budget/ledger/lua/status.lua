@@ -12,6 +12,14 @@
 -- Invariants: a reservation whose lease ran out is never reported as merely
 -- reserved (up to the reap bound): it is expired first.
 
+-- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
+if #KEYS < 2 or #ARGV < 2 then
+  invalid('status', 'takes at least 2+ keys and 2 arguments', #ARGV)
+end
+arg_count('the retention (ms)', ARGV[1], MAX_NANO)
+arg_count('the reap limit', ARGV[2], MAX_NANO)
+-- -------------------------------------------------------------------------
+
 local ts, _, now_ms = ledger_clock()
 reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[2]), ts, now_ms,
   tonumber(ARGV[1]))
