@@ -276,22 +276,6 @@ CROWD = ["Aveiro", "Viseu", "Leiria", "Setubal", "Guimaraes", "Obidos", "Nazare"
          "Peniche", "Amarante", "Monsaraz", "Marvao", "Batalha"]
 
 
-def _guard_reserves_n() -> bool:
-    """Does this checkout's Guard reserve output for each of ``n`` completions?
-
-    The logger hands ``n``/``best_of`` to ``Guard.preflight(extra=...)``; the
-    multiplication itself lives in the estimator (another change of issue 9).
-    """
-    guard = Guard({"roles": {"r": {"daily": "1"}}}, "memory://")
-    try:
-        msgs = [{"role": "user", "content": "hi"}]
-        one = guard.estimate("r", "gpt-4o-mini", msgs, max_tokens=16)
-        many = guard.estimate("r", "gpt-4o-mini", msgs, max_tokens=16, extra={"n": 20})
-        return many.output_tokens_reserved >= 20 * one.output_tokens_reserved
-    finally:
-        guard.close()
-
-
 def fan(place: str) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "n": 20, "max_tokens": 16, "messages": [
         {"role": "system", "content": SYSTEM},
@@ -408,9 +392,6 @@ def test_n_20_is_charged_for_every_choice(stack: Stack) -> None:
     assert spent(stack.guard, "role:fanout") == Decimal("0.0000624") <= Decimal("0.001")
 
 
-@pytest.mark.xfail(not _guard_reserves_n(), strict=True,
-                   reason="this Guard does not yet reserve output for each of n completions "
-                          "(the estimator part of issue 9); the logger already passes n")
 def test_n_20_reserves_twenty_completions_and_is_refused_when_they_do_not_fit(
     stack: Stack,
 ) -> None:
