@@ -58,7 +58,7 @@ def test_money_spellings_are_the_same_five_dollars(tmp_path: Path, spelling: str
     ("yaml_text", "path", "fix"),
     [
         ("roles: {r: {daily: -1}}", "roles.r.daily", "is negative"),
-        ("roles: {r: {daily: lots}}", "roles.r.daily", "write a dollar amount"),
+        ("roles: {r: {daily: lots}}", "roles.r.daily", "is not a dollar amount (write e.g. 5"),
         ("roles: {r: {weekly: 5}}", "roles.r.weekly", "hourly, daily, monthly"),
         ("crew: {daily: 5, yearly: 9}", "crew.yearly", "use hourly, daily or monthly"),
         ("budgets: {}", "budgets", "known keys"),

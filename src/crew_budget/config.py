@@ -40,6 +40,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -115,7 +116,9 @@ def _amount(value: object, *, maximum: Decimal, what: str, fix: str) -> Decimal:
     try:
         amount = parse_usd(value)
     except ValueError as exc:
-        raise ValueError(f'{exc}; write a dollar amount such as 5 or "5.00"') from None
+        text = str(exc)
+        raise ValueError(text if "write" in text else
+                         f'{text}; write a dollar amount such as 5 or "5.00"') from None
     if amount < 0:
         raise ValueError(
             f"{what} {value!r} is negative; use 0 to block all calls or a positive amount"
@@ -220,12 +223,29 @@ class RoleBudget(RoleLimits):
 
     aliases: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ()
 
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases_are_a_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(f"aliases is a list of names; write aliases: [{value!r}]")
+        return value
+
 
 class CrewLimits(Limits):
     """The flat crew limit, shared by every role of the crew."""
 
     name: str = Field(default="default", min_length=1, max_length=200,
                       pattern=r"^\S(.*\S)?$")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _check_name(cls, value: object) -> object:
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError(f"crew name {value!r} starts or ends with whitespace; write "
+                             f"{value.strip()!r}")
+        if isinstance(value, str) and not value:
+            raise ValueError("the crew name is empty; name the crew, e.g. name: research")
+        return value
 
 
 class ModelPrice(_Model):
@@ -245,7 +265,7 @@ class ModelPrice(_Model):
     tokenizer: str | None = None
 
 
-RoleName = Annotated[str, Field(min_length=1, max_length=200)]
+RoleName = Annotated[str, Field(max_length=200)]  # blank names: _check_roles says why
 
 
 class BudgetConfig(_Model):
@@ -320,6 +340,14 @@ class BudgetConfig(_Model):
                     raise _at(("alerts", "scope_thresholds", scope), f"threshold {pct} is "
                               "above 100 %: spend stops at the limit, so it would never "
                               "fire; use e.g. [50, 80, 100]")
+
+    @field_validator("namespace", mode="before")
+    @classmethod
+    def _check_namespace(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
+            raise ValueError(f"namespace {value!r} may use only letters, digits, '_', '.' and "
+                             "'-' (it is part of every ledger key); e.g. research-prod")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -741,8 +769,13 @@ def _explain(err: Mapping[str, Any]) -> str:
     value = err.get("input")
     if value is None and kind in ("model_type", "dict_type", "model_attributes_type"):
         return ("is empty; give it settings such as {daily: 5}, or {} for no limits of its own")
+    if kind == "dict_type":
+        example = "researcher: {daily: 5}" if tuple(loc) == ("roles",) else "key: value"
+        return f"{msg}; write it as a mapping ({example}), not {type(value).__name__}"
     if isinstance(value, (Mapping, list)):
         return msg  # a whole section: the message names the keys involved
+    if repr(value) in msg or (isinstance(value, (int, float, Decimal)) and str(value) in msg):
+        return msg  # the message already quotes the value
     return f"{msg} (got {value!r})"
 
 

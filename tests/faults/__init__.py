@@ -1,0 +1,1 @@
+"""Fault tests: malformed inputs, and real processes killed, restarted, frozen."""
