@@ -106,15 +106,15 @@ class UnknownRoleError(CrewBudgetError, LookupError):
         else:
             known = ", ".join(configured) if configured else "none"
             closest = f"; closest match: {suggestion!r}" if suggestion else ""
-            alias = suggestion or "researcher"
+            alias = (f" (or, if it is the same agent, as an alias: "
+                     f"`{suggestion}: {{aliases: [{role!r}]}}`)" if suggestion else "")
             message = (
                 f"unknown role {role!r}: it matches no budget under roles: (configured roles: "
                 f"{known}{closest}), so the call was not sent rather than run without a role "
                 f"budget. Roles match exactly, or ignoring case and extra whitespace. Fix: use "
-                f"a configured role name, add {role!r} under roles: (or as an alias: "
-                f"`{alias}: {{aliases: [{role!r}]}}`), set default_role: to budget every role "
-                f"not listed, or set unknown_roles: allow to charge unlisted roles to the "
-                f"crew and global budgets only."
+                f"a configured role name, add {role!r} under roles:{alias}, set default_role: "
+                f"to budget every role not listed, or set unknown_roles: allow to charge "
+                f"unlisted roles to the crew and global budgets only."
             )
         super().__init__(message)
 
