@@ -1,1 +1,0 @@
-"""Fault tests: malformed inputs, and real processes killed, restarted, frozen."""
