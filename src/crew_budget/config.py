@@ -265,6 +265,65 @@ class ModelPrice(_Model):
     tokenizer: str | None = None
 
 
+def budgets_json_schema() -> dict[str, Any]:
+    """The JSON Schema shipped as ``budgets.schema.json`` (editors validate YAML with it).
+
+    Generated from the models, plus what only validators check: the schema
+    ``$id`` and alert thresholds of 1..100 %. A test keeps the file in sync:
+    regenerate it by writing ``json.dumps(budgets_json_schema(), indent=2)`` plus a
+    newline to ``src/crew_budget/budgets.schema.json``.
+    """
+    schema = BudgetConfig.model_json_schema(by_alias=True)
+    percent = {"type": "integer", "minimum": 1, "maximum": 100}
+    alerts = schema["$defs"]["AlertsConfig"]["properties"]
+    alerts["thresholds"]["items"] = dict(percent)
+    alerts["scope_thresholds"]["additionalProperties"]["items"] = dict(percent)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            **schema}
+
+
+def check_code_limits(
+    role: object,
+    *,
+    hourly: object = None,
+    daily: object = None,
+    monthly: object = None,
+    max_output_tokens: object = None,
+) -> dict[str, Any]:
+    """Check limits given in code (``Guard.limit_role``, ``BudgetLLM(daily_usd=...)``).
+
+    The same bounds as the YAML, so a limit set in code cannot reach what
+    the file would refuse. Returns the parsed values by field name.
+    """
+    source = "limits set in code"
+    if not isinstance(role, str) or not role.strip():
+        raise ConfigError(f"limits need a role name, got {role!r}; pass role='researcher'",
+                          source=source)
+    out: dict[str, Any] = {}
+    for name, value in (("hourly", hourly), ("daily", daily), ("monthly", monthly)):
+        if value is None:
+            continue
+        try:
+            out[name] = _usd(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}_usd: {exc}", source=source, path=role) from None
+    if max_output_tokens is not None:
+        if (isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int)
+                or not 1 <= max_output_tokens <= MAX_OUTPUT_TOKENS):
+            raise ConfigError(f"max_output_tokens must be a whole number from 1 to "
+                              f"{MAX_OUTPUT_TOKENS:,}, got {max_output_tokens!r}",
+                              source=source, path=role)
+        out["max_output_tokens"] = max_output_tokens
+    return out
+
+
+def _at(loc: tuple[str, ...], message: str) -> ValueError:
+    """A model-level error that still reports its key path (see ``_validate``)."""
+    exc = ValueError(message)
+    exc.crew_budget_loc = loc  # type: ignore[attr-defined]
+    return exc
+
+
 RoleName = Annotated[str, Field(max_length=200)]  # blank names: _check_roles says why
 
 
@@ -494,64 +553,6 @@ class BudgetConfig(_Model):
         return self.model_copy(update={"roles": roles})
 
 
-def budgets_json_schema() -> dict[str, Any]:
-    """The JSON Schema shipped as ``budgets.schema.json`` (editors validate YAML with it).
-
-    Generated from the models, plus what only validators check: the schema
-    ``$id`` and alert thresholds of 1..100 %. A test keeps the file in sync:
-    regenerate it with ``python -m crew_budget.config > src/crew_budget/budgets.schema.json``.
-    """
-    schema = BudgetConfig.model_json_schema(by_alias=True)
-    percent = {"type": "integer", "minimum": 1, "maximum": 100}
-    alerts = schema["$defs"]["AlertsConfig"]["properties"]
-    alerts["thresholds"]["items"] = dict(percent)
-    alerts["scope_thresholds"]["additionalProperties"]["items"] = dict(percent)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            **schema}
-
-
-def check_code_limits(
-    role: object,
-    *,
-    hourly: object = None,
-    daily: object = None,
-    monthly: object = None,
-    max_output_tokens: object = None,
-) -> dict[str, Any]:
-    """Check limits given in code (``Guard.limit_role``, ``BudgetLLM(daily_usd=...)``).
-
-    The same bounds as the YAML, so a limit set in code cannot reach what
-    the file would refuse. Returns the parsed values by field name.
-    """
-    source = "limits set in code"
-    if not isinstance(role, str) or not role.strip():
-        raise ConfigError(f"limits need a role name, got {role!r}; pass role='researcher'",
-                          source=source)
-    out: dict[str, Any] = {}
-    for name, value in (("hourly", hourly), ("daily", daily), ("monthly", monthly)):
-        if value is None:
-            continue
-        try:
-            out[name] = _usd(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name}_usd: {exc}", source=source, path=role) from None
-    if max_output_tokens is not None:
-        if (isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int)
-                or not 1 <= max_output_tokens <= MAX_OUTPUT_TOKENS):
-            raise ConfigError(f"max_output_tokens must be a whole number from 1 to "
-                              f"{MAX_OUTPUT_TOKENS:,}, got {max_output_tokens!r}",
-                              source=source, path=role)
-        out["max_output_tokens"] = max_output_tokens
-    return out
-
-
-def _at(loc: tuple[str, ...], message: str) -> ValueError:
-    """A model-level error that still reports its key path (see ``_validate``)."""
-    exc = ValueError(message)
-    exc.crew_budget_loc = loc  # type: ignore[attr-defined]
-    return exc
-
-
 def check_ledger_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in LEDGER_SCHEMES:
@@ -735,6 +736,33 @@ def _validate(data: dict[str, Any], source: str) -> BudgetConfig:
         raise ConfigError(_explain({**err, "loc": loc}), source=source, path=path) from None
 
 
+def _plain_message(err: Mapping[str, Any]) -> str | None:
+    """Messages that must not end in a bare ``(got ...)`` echo of the value.
+
+    An empty section, a section of the wrong type, and a message that
+    already quotes the value. Values that could carry a credential (``@``, a
+    URL with a query) are left to the generic path, which may redact them.
+    """
+    kind = err.get("type", "")
+    loc = tuple(err.get("loc", ()))
+    value = err.get("input")
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "missing":
+        return None
+    if value is None and kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "is empty; give it settings such as {daily: 5}, or {} for no limits of its own"
+    if kind == "dict_type":
+        example = "researcher: {daily: 5}" if loc == ("roles",) else "key: value"
+        return f"{msg}; write it as a mapping ({example}), not {type(value).__name__}"
+    if isinstance(value, (Mapping, list)):
+        return msg  # a whole section: the message names the keys involved
+    if isinstance(value, str) and ("@" in value or ("://" in value and "?" in value)):
+        return None  # may hold a password or token
+    if repr(value) in msg or (isinstance(value, (int, float, Decimal)) and str(value) in msg):
+        return msg  # the message already quotes the value
+    return None
+
+
 def _explain(err: Mapping[str, Any]) -> str:
     kind = err.get("type", "")
     loc = err.get("loc", ())
@@ -762,25 +790,11 @@ def _explain(err: Mapping[str, Any]) -> str:
         else:
             hint = f"known keys: {known['']}"
         return f"unknown key {key!r}; {hint}"
+    plain = _plain_message(err)
+    if plain is not None:
+        return plain
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
     if kind == "missing":
         return "required key is missing; add it"
-    value = err.get("input")
-    if value is None and kind in ("model_type", "dict_type", "model_attributes_type"):
-        return ("is empty; give it settings such as {daily: 5}, or {} for no limits of its own")
-    if kind == "dict_type":
-        example = "researcher: {daily: 5}" if tuple(loc) == ("roles",) else "key: value"
-        return f"{msg}; write it as a mapping ({example}), not {type(value).__name__}"
-    if isinstance(value, (Mapping, list)):
-        return msg  # a whole section: the message names the keys involved
-    if repr(value) in msg or (isinstance(value, (int, float, Decimal)) and str(value) in msg):
-        return msg  # the message already quotes the value
-    return f"{msg} (got {value!r})"
-
-
-if __name__ == "__main__":  # pragma: no cover - regenerates budgets.schema.json
-    import json
-    import sys
-
-    sys.stdout.write(json.dumps(budgets_json_schema(), indent=2) + "\n")
+    return f"{msg} (got {err.get('input')!r})"

@@ -68,7 +68,7 @@ def test_validate_reports_aliases_and_the_unknown_role_policy(
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[1] == "  role researcher: daily $1.00, aliases Senior Researcher"
-    assert lines[-1] == "  roles not listed: refused (UnknownRoleError)"
+    assert "  roles not listed: refused (UnknownRoleError)" in lines
 
 
 def test_crew_option_lists_agent_roles_that_match_no_budget(
@@ -90,9 +90,9 @@ def test_crew_option_lists_agent_roles_that_match_no_budget(
     result = runner.invoke(app, ["validate", str(setup.config), "--crew",
                                  "crew_for_validate_a:build"])  # a function returning one
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == (
+    assert (
         "  crew crew_for_validate_a:build: 3 role(s) budgeted: Senior Researcher -> "
-        "researcher, writer, Fact Checker -> fact checker")
+        "researcher, writer, Fact Checker -> fact checker") in result.stdout.splitlines()
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -85,11 +85,6 @@ def validate(
     for name, price in sorted(cfg.prices.items()):
         lines.append(f"  price {name}: ${price.input_per_million}/M in, "
                      f"${price.output_per_million}/M out")
-    try:
-        url = cfg.ledger_url()
-    except ValueError as exc:
-        fail("validate", f"CREW_BUDGET_LEDGER: {exc}", EXIT_CONFIG)
-    lines.append(f"  ledger: {url}  timezone: {cfg.timezone}  fail_open: {cfg.fail_open}")
     if cfg.default_role is not None:
         lines.append("  roles not listed: charged to default_role (one shared budget)")
     elif cfg.unknown_roles == "allow":
@@ -98,6 +93,11 @@ def validate(
     else:
         lines.append("  roles not listed: refused (UnknownRoleError)")
     lines.extend(crew_lines)
+    try:
+        url = cfg.ledger_url()
+    except ValueError as exc:
+        fail("validate", f"CREW_BUDGET_LEDGER: {exc}", EXIT_CONFIG)
+    lines.append(f"  ledger: {url}  timezone: {cfg.timezone}  fail_open: {cfg.fail_open}")
     warnings: list[str] = []
     if cfg.alerts is not None:
         from crew_budget.alerts.sinks import build_sinks
