@@ -31,6 +31,7 @@ PUBLIC = [
     "SpendRecord",
     "Ticket",
     "UnknownModelError",
+    "UnknownRoleError",
     "Usage",
     "UsageError",
     "__version__",

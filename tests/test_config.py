@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crew_budget import BudgetConfig, ConfigError, load_config
-from crew_budget.config import default_ledger_url
+from crew_budget.config import budgets_json_schema, default_ledger_url
 
 SCHEMA = Path(__file__).resolve().parents[1] / "src" / "crew_budget" / "budgets.schema.json"
 
@@ -58,7 +58,7 @@ def test_money_spellings_are_the_same_five_dollars(tmp_path: Path, spelling: str
     ("yaml_text", "path", "fix"),
     [
         ("roles: {r: {daily: -1}}", "roles.r.daily", "is negative"),
-        ("roles: {r: {daily: lots}}", "roles.r.daily", "write a dollar amount"),
+        ("roles: {r: {daily: lots}}", "roles.r.daily", "is not a dollar amount (write e.g. 5"),
         ("roles: {r: {weekly: 5}}", "roles.r.weekly", "hourly, daily, monthly"),
         ("crew: {daily: 5, yearly: 9}", "crew.yearly", "use hourly, daily or monthly"),
         ("budgets: {}", "budgets", "known keys"),
@@ -66,7 +66,8 @@ def test_money_spellings_are_the_same_five_dollars(tmp_path: Path, spelling: str
         ("ledger: 'sqlite://'", "ledger", "names no file"),
         ("timezone: Mars/Olympus", "timezone", "IANA name"),
         ("prices: {m: {input_per_million: 1}}", "prices.m.output_per_million", "missing"),
-        ("roles: {r: {max_output_tokens: 0}}", "roles.r.max_output_tokens", "greater than 0"),
+        ("roles: {r: {max_output_tokens: 0}}", "roles.r.max_output_tokens",
+         "greater than or equal to 1"),
     ],
 )
 def test_bad_input_names_file_key_path_and_fix(
@@ -118,4 +119,4 @@ def test_code_limits_can_only_tighten_yaml_limits() -> None:
 
 def test_shipped_json_schema_matches_the_models() -> None:
     """Editors validate YAML against this file; it must not drift from the code."""
-    assert json.loads(SCHEMA.read_text()) == BudgetConfig.model_json_schema(by_alias=True)
+    assert json.loads(SCHEMA.read_text()) == budgets_json_schema()

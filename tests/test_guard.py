@@ -45,7 +45,7 @@ def test_max_tokens_is_injected_from_the_role_cap_when_the_request_has_none() ->
 
 
 def test_injected_cap_never_exceeds_the_models_own_output_limit() -> None:
-    guard = Guard({"default_max_output_tokens": 10**6}, "memory://")
+    guard = Guard({"default_max_output_tokens": 10**6, "roles": {"r": {}}}, "memory://")
     ticket = guard.preflight("r", "gpt-4o-mini", MSG)
     assert ticket.max_tokens == 16384  # litellm's max_output_tokens for gpt-4o-mini
 

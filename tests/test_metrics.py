@@ -20,7 +20,7 @@ from crew_budget.ledger.memory import MemoryLedger
 from crew_budget.metrics import register_metrics
 
 CONFIG: dict[str, Any] = {
-    "roles": {"researcher": {"daily": "0.03", "hourly": "1"}},
+    "roles": {"researcher": {"daily": "0.03", "hourly": "0.03"}},
     "crew": {"name": "team", "daily": "5"},
     "prices": {"m": {"input_per_million": 0, "output_per_million": 10}},
     "lease_seconds": 60,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         PricingError,
         ReservationError,
         UnknownModelError,
+        UnknownRoleError,
         UsageError,
     )
     from crew_budget.guard import BudgetStatus, Guard, Settlement, Ticket
@@ -62,6 +63,7 @@ _LAZY: dict[str, str] = {
     "PricingError": "errors",
     "ReservationError": "errors",
     "UnknownModelError": "errors",
+    "UnknownRoleError": "errors",
     "UsageError": "errors",
     "BudgetStatus": "guard",
     "Guard": "guard",
@@ -122,6 +124,7 @@ __all__ = [
     "SpendRecord",
     "Ticket",
     "UnknownModelError",
+    "UnknownRoleError",
     "Usage",
     "UsageError",
     "__version__",

@@ -11,57 +11,166 @@ Example::
     ledger: redis://localhost:6379/0       # default: embedded SQLite file
     crew: {name: research, daily: 20}
     roles:
-      researcher: {daily: "5.00", hourly: 1, max_output_tokens: 1024}
+      researcher: {daily: "5.00", hourly: 1, max_output_tokens: 1024,
+                   aliases: ["Senior Researcher"]}
       writer: {daily: 2}
+    default_role: {daily: 1}               # one shared budget for every role not listed
     prices:
       my-finetune: {input_per_million: 0.3, output_per_million: 1.2}
+
+Roles (invariant 9: every call is budgeted). A call's role matches a key
+under ``roles:`` exactly, or ignoring case and extra whitespace (``"
+RESEARCHER "`` is ``researcher``), or through the role's ``aliases:``
+(matched the same way). A role that matches nothing is charged to
+``default_role`` (one budget shared by all of them, scope
+``role:default_role``) if configured; otherwise the call is refused with
+``UnknownRoleError``, unless ``unknown_roles: allow`` says, explicitly, to
+charge such roles to the crew and global budgets only (logged).
+
+Bounds, checked at load and wherever code sets a limit: each limit is at
+most $1,000,000 (``MAX_LIMIT_USD``; the Redis ledger compares nano-dollars
+as doubles, exact only below 2**53), prices at most $10,000 per million
+tokens, token caps at most 1,000,000, ``lease_seconds`` 1..86400 and
+``retention_days`` 1..3650. Within one budget, hourly <= daily <= monthly.
+The file itself must be UTF-8 text of at most 1 MiB with no duplicate keys.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from crew_budget.alerts.config import AlertsConfig, alerts_key_hint
-from crew_budget.errors import ConfigError
+from crew_budget.errors import ConfigError, UnknownRoleError
 from crew_budget.money import parse_usd
 from crew_budget.windows import WINDOWS, WindowName, get_tz
 
 __all__ = [
+    "DEFAULT_ROLE",
+    "MAX_CONFIG_BYTES",
+    "MAX_LEASE_SECONDS",
+    "MAX_LIMIT_USD",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_PRICE_PER_MILLION_USD",
+    "MAX_RETENTION_DAYS",
     "BudgetConfig",
     "CrewLimits",
     "Limits",
     "ModelPrice",
     "RoleBudget",
+    "RoleLimits",
+    "budgets_json_schema",
+    "check_code_limits",
     "default_ledger_url",
     "load_config",
+    "normalize_role",
 ]
+
+log = logging.getLogger("crew_budget")
+
+SCHEMA_ID = "https://crew-budget.dev/schemas/budgets.schema.json"
+
+#: The largest limit per scope and window. The Redis ledger's Lua scripts
+#: compare nano-dollars as doubles, exact only below 2**53 (about $9.007M);
+#: a million dollars leaves room for spend plus reservations in flight.
+MAX_LIMIT_USD = Decimal(1_000_000)
+#: The largest configured price per million tokens (today's dearest models
+#: cost a few hundred dollars per million).
+MAX_PRICE_PER_MILLION_USD = Decimal(10_000)
+#: The largest output-token cap (``max_output_tokens``, ``default_max_output_tokens``).
+MAX_OUTPUT_TOKENS = 1_000_000
+#: Reservations live at most a day: a longer lease only delays the charge of a crashed call.
+MAX_LEASE_SECONDS = 86_400
+#: Ten years of history; Redis key expiry times must stay representable.
+MAX_RETENTION_DAYS = 3_650
+#: A budget file is a few kilobytes; anything over this is the wrong file.
+MAX_CONFIG_BYTES = 1 << 20
+#: Values (mappings, lists and scalars, aliases expanded) a file may hold.
+MAX_CONFIG_NODES = 100_000
+#: The role name ``default_role`` is charged under (scope ``role:default_role``).
+DEFAULT_ROLE = "default_role"
 
 LEDGER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
 _WINDOW_FIELDS: dict[WindowName, str] = {"hour": "hourly", "day": "daily", "month": "monthly"}
 
 
-def _usd(value: object) -> Decimal:
+def _amount(value: object, *, maximum: Decimal, what: str, fix: str) -> Decimal:
     try:
         amount = parse_usd(value)
     except ValueError as exc:
-        raise ValueError(f'{exc}; write a dollar amount such as 5 or "5.00"') from None
+        text = str(exc)
+        raise ValueError(text if "write" in text else
+                         f'{text}; write a dollar amount such as 5 or "5.00"') from None
     if amount < 0:
         raise ValueError(
-            f"budget {value!r} is negative; use 0 to block all calls or a positive amount"
+            f"{what} {value!r} is negative; use 0 to block all calls or a positive amount"
         )
+    if amount > maximum:
+        raise ValueError(f"{what} {value!r} is above the maximum of ${maximum:,}; {fix}")
     if amount * 10**9 != (amount * 10**9).to_integral_value():
         raise ValueError(f"{value!r} is finer than one nano-dollar (1e-9)")
     return amount
 
 
-USD = Annotated[Decimal, BeforeValidator(_usd)]
+def _usd(value: object) -> Decimal:
+    """A limit: 0 .. MAX_LIMIT_USD dollars, whole nano-dollars."""
+    return _amount(
+        value, maximum=MAX_LIMIT_USD, what="budget",
+        fix="limits are kept in nano-dollars that the Redis ledger compares exactly only "
+        "below 2**53; use at most 1000000 (split larger budgets across roles or windows)",
+    )
+
+
+def _price(value: object) -> Decimal:
+    """A price per million tokens: 0 .. MAX_PRICE_PER_MILLION_USD."""
+    return _amount(
+        value, maximum=MAX_PRICE_PER_MILLION_USD, what="price",
+        fix="prices are USD per million tokens (e.g. 2.5 for $2.50/M); check the unit",
+    )
+
+
+# Money is a number or a numeric string in YAML. The schemas say what the
+# validators check: not negative, not above the maximum, at most 9 decimals.
+_LIMIT_PATTERN = r"^\s*\$?(1000000(\.0{0,9})?|[0-9]{1,6}(\.[0-9]{0,9})?|\.[0-9]{1,9})\s*$"
+_PRICE_PATTERN = r"^\s*\$?(10000(\.0{0,9})?|[0-9]{1,4}(\.[0-9]{0,9})?|\.[0-9]{1,9})\s*$"
+
+
+def _money_schema(maximum: Decimal, pattern: str) -> dict[str, Any]:
+    return {"anyOf": [{"type": "number", "minimum": 0, "maximum": int(maximum)},
+                      {"type": "string", "pattern": pattern}]}
+
+
+USD = Annotated[
+    Decimal, BeforeValidator(_usd), WithJsonSchema(_money_schema(MAX_LIMIT_USD, _LIMIT_PATTERN))
+]
+PriceUSD = Annotated[
+    Decimal, BeforeValidator(_price),
+    WithJsonSchema(_money_schema(MAX_PRICE_PER_MILLION_USD, _PRICE_PATTERN)),
+]
+OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+
+
+def normalize_role(name: str) -> str:
+    """The form roles are matched in: case folded, whitespace collapsed."""
+    return " ".join(name.split()).casefold()
 
 
 class _Model(BaseModel):
@@ -82,17 +191,61 @@ class Limits(_Model):
     def windows(self) -> tuple[WindowName, ...]:
         return tuple(w for w in WINDOWS if self.limit_for(w) is not None)
 
+    @model_validator(mode="after")
+    def _check_windows(self) -> Limits:
+        # A shorter window above a longer one can never bind: the longer one
+        # stops spending first. That is a typo (hourly: 50, daily: 5), not a plan.
+        set_ = [(w, v) for w in WINDOWS if (v := self.limit_for(w)) is not None]
+        for i, (short, low) in enumerate(set_):
+            for long, high in set_[i + 1:]:
+                if low > high:
+                    s, lg = _WINDOW_FIELDS[short], _WINDOW_FIELDS[long]
+                    raise ValueError(
+                        f"{s} ${low} is more than {lg} ${high}, so the {s} limit could never "
+                        f"apply; lower {s} to at most {high} or raise {lg}"
+                    )
+        return self
 
-class RoleBudget(Limits):
-    """A role's limits plus its cap on reserved output tokens."""
 
-    max_output_tokens: int | None = Field(default=None, gt=0)
+class RoleLimits(Limits):
+    """A role's limits plus its cap on reserved output tokens (``default_role``)."""
+
+    max_output_tokens: OutputTokens | None = None
+
+
+class RoleBudget(RoleLimits):
+    """A configured role: limits, output cap, and other names it is called by.
+
+    ``aliases`` are matched like the role's own key (exactly, or ignoring
+    case and extra whitespace): ``researcher: {aliases: ["Senior Researcher"]}``
+    budgets a CrewAI ``Agent(role="Senior Researcher")`` as ``researcher``.
+    """
+
+    aliases: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ()
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases_are_a_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(f"aliases is a list of names; write aliases: [{value!r}]")
+        return value
 
 
 class CrewLimits(Limits):
     """The flat crew limit, shared by every role of the crew."""
 
-    name: str = "default"
+    name: str = Field(default="default", min_length=1, max_length=200,
+                      pattern=r"^\S(.*\S)?$")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _check_name(cls, value: object) -> object:
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError(f"crew name {value!r} starts or ends with whitespace; write "
+                             f"{value.strip()!r}")
+        if isinstance(value, str) and not value:
+            raise ValueError("the crew name is empty; name the crew, e.g. name: research")
+        return value
 
 
 class ModelPrice(_Model):
@@ -103,13 +256,75 @@ class ModelPrice(_Model):
     not describe.
     """
 
-    input_per_million: USD
-    output_per_million: USD
-    cached_input_per_million: USD | None = None
-    cache_write_per_million: USD | None = None
-    reasoning_per_million: USD | None = None
+    input_per_million: PriceUSD
+    output_per_million: PriceUSD
+    cached_input_per_million: PriceUSD | None = None
+    cache_write_per_million: PriceUSD | None = None
+    reasoning_per_million: PriceUSD | None = None
     provider: Literal["openai", "anthropic", "other"] = "other"
     tokenizer: str | None = None
+
+
+def budgets_json_schema() -> dict[str, Any]:
+    """The JSON Schema shipped as ``budgets.schema.json`` (editors validate YAML with it).
+
+    Generated from the models, plus what only validators check: the schema
+    ``$id`` and alert thresholds of 1..100 %. A test keeps the file in sync:
+    regenerate it by writing ``json.dumps(budgets_json_schema(), indent=2)`` plus a
+    newline to ``src/crew_budget/budgets.schema.json``.
+    """
+    schema = BudgetConfig.model_json_schema(by_alias=True)
+    percent = {"type": "integer", "minimum": 1, "maximum": 100}
+    alerts = schema["$defs"]["AlertsConfig"]["properties"]
+    alerts["thresholds"]["items"] = dict(percent)
+    alerts["scope_thresholds"]["additionalProperties"]["items"] = dict(percent)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            **schema}
+
+
+def check_code_limits(
+    role: object,
+    *,
+    hourly: object = None,
+    daily: object = None,
+    monthly: object = None,
+    max_output_tokens: object = None,
+) -> dict[str, Any]:
+    """Check limits given in code (``Guard.limit_role``, ``BudgetLLM(daily_usd=...)``).
+
+    The same bounds as the YAML, so a limit set in code cannot reach what
+    the file would refuse. Returns the parsed values by field name.
+    """
+    source = "limits set in code"
+    if not isinstance(role, str) or not role.strip():
+        raise ConfigError(f"limits need a role name, got {role!r}; pass role='researcher'",
+                          source=source)
+    out: dict[str, Any] = {}
+    for name, value in (("hourly", hourly), ("daily", daily), ("monthly", monthly)):
+        if value is None:
+            continue
+        try:
+            out[name] = _usd(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}_usd: {exc}", source=source, path=role) from None
+    if max_output_tokens is not None:
+        if (isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int)
+                or not 1 <= max_output_tokens <= MAX_OUTPUT_TOKENS):
+            raise ConfigError(f"max_output_tokens must be a whole number from 1 to "
+                              f"{MAX_OUTPUT_TOKENS:,}, got {max_output_tokens!r}",
+                              source=source, path=role)
+        out["max_output_tokens"] = max_output_tokens
+    return out
+
+
+def _at(loc: tuple[str, ...], message: str) -> ValueError:
+    """A model-level error that still reports its key path (see ``_validate``)."""
+    exc = ValueError(message)
+    exc.crew_budget_loc = loc  # type: ignore[attr-defined]
+    return exc
+
+
+RoleName = Annotated[str, Field(max_length=200)]  # blank names: _check_roles says why
 
 
 class BudgetConfig(_Model):
@@ -118,17 +333,80 @@ class BudgetConfig(_Model):
     version: Literal[1] = 1
     timezone: str = "UTC"
     ledger: str | None = None
-    namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]+$")
+    namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     fail_open: bool = False
-    lease_seconds: int = Field(default=600, gt=0)
-    retention_days: int = Field(default=90, gt=0)
-    default_max_output_tokens: int = Field(default=4096, gt=0)
+    lease_seconds: int = Field(default=600, ge=1, le=MAX_LEASE_SECONDS)
+    retention_days: int = Field(default=90, ge=1, le=MAX_RETENTION_DAYS)
+    default_max_output_tokens: OutputTokens = 4096
     global_limits: Limits | None = Field(default=None, alias="global")
     crew: CrewLimits | None = None
-    roles: dict[str, RoleBudget] = Field(default_factory=dict)
-    default_role: RoleBudget | None = None
+    roles: dict[RoleName, RoleBudget] = Field(default_factory=dict)
+    default_role: RoleLimits | None = None
+    unknown_roles: Literal["refuse", "allow"] = "refuse"
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     alerts: AlertsConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> BudgetConfig:
+        seen: dict[str, str] = {}
+        for key, budget in self.roles.items():
+            if not key.strip():
+                raise _at(("roles", key), "a role name cannot be empty or blank; name the "
+                          "agent role, e.g. researcher")
+            names = [(key, "role")] + [(a, "alias") for a in budget.aliases]
+            for name, kind in names:
+                if not name.strip():
+                    raise _at(("roles", key, "aliases"), "an alias cannot be empty or blank; "
+                              "remove it or write the agent's role name")
+                norm = normalize_role(name)
+                if norm == DEFAULT_ROLE:
+                    raise _at(("roles", key), f"{name!r} is reserved for the default_role: "
+                              "budget; rename this role, or move its limits under "
+                              "default_role:")
+                other = seen.get(norm)
+                if other is not None and other != key:
+                    raise _at(("roles", key), f"{kind} {name!r} matches role {other!r} "
+                              "too (roles match ignoring case and extra whitespace); "
+                              "give each role distinct names")
+                seen[norm] = key
+        if self.default_role is not None and self.unknown_roles == "allow":
+            raise _at(("unknown_roles",), "unknown_roles: allow and default_role: both say "
+                      "what happens to roles not listed; keep default_role: (they share its "
+                      "budget) or unknown_roles: allow (crew/global budgets only), not both")
+        if self.alerts is not None:
+            self._check_alert_scopes(self.alerts)
+        return self
+
+    def _check_alert_scopes(self, alerts: AlertsConfig) -> None:
+        # A threshold above 100 % never fires (spend stops at the limit); a
+        # threshold for a scope that does not exist never fires either.
+        for pct in alerts.thresholds:
+            if pct > 100:
+                raise _at(("alerts", "thresholds"), f"threshold {pct} is above 100 %: spend "
+                          "stops at the limit, so it would never fire; use e.g. [50, 80, 100]")
+        scopes = {f"role:{k}" for k in self.roles} | {"global"}
+        if self.default_role is not None:
+            scopes.add(f"role:{DEFAULT_ROLE}")
+        if self.crew is not None:
+            scopes.add(f"crew:{self.crew.name}")
+        for scope, pcts in alerts.scope_thresholds.items():
+            if scope not in scopes:
+                raise _at(("alerts", "scope_thresholds", scope), f"scope {scope!r} is not a "
+                          f"budget in this file (budgets: {', '.join(sorted(scopes))}); fix "
+                          "the name")
+            for pct in pcts:
+                if pct > 100:
+                    raise _at(("alerts", "scope_thresholds", scope), f"threshold {pct} is "
+                              "above 100 %: spend stops at the limit, so it would never "
+                              "fire; use e.g. [50, 80, 100]")
+
+    @field_validator("namespace", mode="before")
+    @classmethod
+    def _check_namespace(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
+            raise ValueError(f"namespace {value!r} may use only letters, digits, '_', '.' and "
+                             "'-' (it is part of every ledger key); e.g. research-prod")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -148,17 +426,80 @@ class BudgetConfig(_Model):
             check_ledger_url(value)
         return value
 
-    # -- derived -----------------------------------------------------------
+    # -- roles ---------------------------------------------------------------
 
-    def role_budget(self, role: str) -> RoleBudget | None:
-        """The role's own budget, or ``default_role`` for roles not listed."""
-        return self.roles.get(role, self.default_role)
+    def match_role(self, name: str) -> str | None:
+        """The configured role key ``name`` means, or ``None``.
+
+        Exact key first, then keys and ``aliases`` compared ignoring case and
+        extra whitespace. ``default_role`` and ``unknown_roles`` play no part.
+        """
+        if name in self.roles:
+            return name
+        norm = normalize_role(name)
+        for key, budget in self.roles.items():
+            if normalize_role(key) == norm or any(normalize_role(a) == norm
+                                                  for a in budget.aliases):
+                return key
+        return None
+
+    def resolve_role(self, name: object) -> str:
+        """The role a call by ``name`` is charged to, or raise ``UnknownRoleError``.
+
+        Returns the configured key (``" RESEARCHER "`` -> ``"researcher"``),
+        ``DEFAULT_ROLE`` when ``default_role`` covers it, or, with
+        ``unknown_roles: allow``, the name itself (whitespace tidied), which
+        then touches no role budget. A missing or blank name is always refused.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise UnknownRoleError(name, configured=tuple(self.roles))
+        key = self.match_role(name)
+        if key is not None:
+            return key
+        if self.default_role is not None:
+            return DEFAULT_ROLE
+        if self.unknown_roles == "allow":
+            return " ".join(name.split())
+        raise UnknownRoleError(name, configured=tuple(self.roles),
+                               suggestion=self.closest_role(name))
+
+    def closest_role(self, name: str) -> str | None:
+        """The configured role most like ``name`` (for "did you mean"), if any is close."""
+        forms: dict[str, str] = {}
+        for key, budget in self.roles.items():
+            forms.setdefault(normalize_role(key), key)
+            for alias in budget.aliases:
+                forms.setdefault(normalize_role(alias), key)
+        norm = normalize_role(name)
+        close = difflib.get_close_matches(norm, list(forms), n=1, cutoff=0.6)
+        if close:
+            return forms[close[0]]
+        words = set(norm.replace("_", " ").replace("-", " ").split())
+        for form, key in forms.items():
+            if form in words or set(form.split()) <= words:
+                return key
+        return None
+
+    def role_budget(self, role: str) -> RoleLimits | None:
+        """The budget a role's calls are charged to: its own, or ``default_role``."""
+        budget = self.roles.get(role)
+        if budget is not None:
+            return budget
+        if role != DEFAULT_ROLE:
+            key = self.match_role(role)
+            if key is not None:
+                return self.roles[key]
+        return self.default_role
 
     def max_output_tokens(self, role: str) -> int:
         budget = self.role_budget(role)
         if budget is not None and budget.max_output_tokens is not None:
             return budget.max_output_tokens
         return self.default_max_output_tokens
+
+    def has_limits(self) -> bool:
+        """Whether any budget is configured at all (else every call is allowed)."""
+        return bool(self.roles or self.default_role or self.crew or self.global_limits)
 
     def ledger_url(self) -> str:
         """``CREW_BUDGET_LEDGER`` beats the file, which beats the default."""
@@ -180,23 +521,35 @@ class BudgetConfig(_Model):
         """Merge limits set in code (``BudgetLLM(daily_usd=5)``) for one role.
 
         Where both the YAML and the code set a window, the stricter wins;
-        limits can only be tightened this way, never loosened.
+        limits can only be tightened this way, never loosened. ``role`` is
+        matched like a call's role (``"Researcher"`` tightens ``researcher``);
+        a role the YAML does not list is added. Limits are checked against
+        the same bounds as the YAML (``ConfigError`` names the argument).
         """
-        current = self.roles.get(role) or self.default_role or RoleBudget()
-        merged: dict[str, Any] = current.model_dump()
-        for name, value in (("hourly", hourly), ("daily", daily), ("monthly", monthly)):
-            if value is None:
-                continue
-            amount = _usd(value)
+        amounts = check_code_limits(role, hourly=hourly, daily=daily, monthly=monthly,
+                                    max_output_tokens=max_output_tokens)
+        key = self.match_role(role)
+        is_default = key is None and normalize_role(role) == DEFAULT_ROLE
+        if key is None and not is_default:
+            key = " ".join(role.split())
+        current: RoleLimits | None = (
+            self.default_role if is_default else self.roles.get(key or "") or self.default_role
+        )
+        merged: dict[str, Any] = current.model_dump() if current is not None else {}
+        if is_default or key not in self.roles:
+            merged.pop("aliases", None)
+        for name, amount in amounts.items():
             old = merged.get(name)
             merged[name] = amount if old is None else min(old, amount)
-        if max_output_tokens is not None:
-            old_cap = merged.get("max_output_tokens")
-            merged["max_output_tokens"] = (
-                max_output_tokens if old_cap is None else min(old_cap, max_output_tokens)
-            )
-        roles = dict(self.roles)
-        roles[role] = RoleBudget(**merged)
+        try:
+            if is_default:
+                return self.model_copy(update={"default_role": RoleLimits(**merged)})
+            roles = dict(self.roles)
+            assert key is not None
+            roles[key] = RoleBudget(**merged)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(_explain(err), source="limits set in code", path=role) from None
         return self.model_copy(update={"roles": roles})
 
 
@@ -229,33 +582,26 @@ def default_ledger_url() -> str:
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | BudgetConfig) -> BudgetConfig:
-    """Load and validate a budget configuration from a YAML file or a mapping."""
+    """Load and validate a budget configuration from a YAML file or a mapping.
+
+    A file must be UTF-8 YAML of at most ``MAX_CONFIG_BYTES`` whose top level
+    is a mapping with no duplicate keys; an empty file is an error (it would
+    otherwise mean "no limits"). A mapping is validated the same way.
+    """
     if isinstance(source, BudgetConfig):
         return source
     if isinstance(source, Mapping):
         return _validate(dict(source), "<dict>")
     path = Path(source)
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            "file not found; pass the path of your budget YAML (see examples/budgets.yaml)",
-            source=name,
-        ) from None
-    import yaml  # only file loading needs it; keeps `Guard(dict)` imports lean
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(
-            f"{where}not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there",
-            source=name,
-        ) from None
+    data = _parse_yaml(_read_text(path, name), name)
     if data is None:
-        data = {}
+        raise ConfigError(
+            "the file is empty (or only comments), which would mean no budgets at all; "
+            "write at least one of roles:, default_role:, crew: or global: "
+            "(see examples/budgets.yaml)",
+            source=name,
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             f"the top level must be a mapping (roles:, crew:, ...), not {type(data).__name__}",
@@ -264,13 +610,166 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | BudgetConfi
     return _validate(data, name)
 
 
+def _read_text(path: Path, name: str) -> str:
+    """The file's text, or a ``ConfigError`` that says what the path really is."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(
+            "file not found; pass the path of your budget YAML (see examples/budgets.yaml)",
+            source=name,
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a file; pass the budget YAML file inside it "
+                          "(e.g. budgets.yaml)", source=name) from None
+    except PermissionError:
+        raise ConfigError("cannot be read (permission denied); make it readable by this "
+                          "user", source=name) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot be read ({exc.strerror or exc}); pass a regular YAML file",
+                          source=name) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"is larger than {MAX_CONFIG_BYTES:,} bytes; a budget YAML is a few "
+                          "kilobytes, so this is probably the wrong file", source=name)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError(f"is not a text file (a NUL byte at offset {nul}); pass the budget "
+                          "YAML", source=name)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"line {line}: is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                          f"offset {exc.start}); save the file as UTF-8", source=name) from None
+
+
+def _parse_yaml(text: str, name: str) -> Any:
+    """Parse YAML strictly: duplicate keys and alias bombs are errors, with their line."""
+    import yaml  # only file loading needs it; keeps `Guard(dict)` imports lean
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, name)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(
+            f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the syntax "
+            "there",
+            source=name,
+        ) from None
+    except RecursionError:
+        raise ConfigError("is nested too deeply to be a budget file; check for runaway "
+                          "brackets", source=name) from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: Any, name: str) -> None:
+    """Refuse duplicate keys (YAML keeps the last one silently) and oversized trees.
+
+    ``daily: 1`` then ``daily: 100`` would give $100; two ``roles:`` blocks
+    would drop every role of the first. Sizes count aliases expanded, since
+    validation walks the expanded tree (a "billion laughs" file is small).
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    # Iterative post-order walk; each node is visited once (aliases share nodes).
+    stack: list[tuple[Any, tuple[str, ...], bool]] = [(root, (), False)]
+    while stack:
+        node, path, done = stack.pop()
+        if id(node) in sizes and not done:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [v for _k, v in node.value] + [k for k, _v in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            sizes[id(node)] = 1
+            continue
+        if done:
+            sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[id(node)] > MAX_CONFIG_NODES:
+                line = node.start_mark.line + 1
+                raise ConfigError(
+                    f"line {line}: expands to more than {MAX_CONFIG_NODES:,} values (YAML "
+                    "anchors and aliases included); a budget file needs far fewer",
+                    source=name, path=".".join(path))
+            continue
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicates(node, path, name)
+        stack.append((node, path, True))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                label = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                stack.append((value, (*path, label), False))
+                stack.append((key, path, False))
+        else:
+            for i, child in enumerate(node.value):
+                stack.append((child, (*path, str(i)), False))
+
+
+def _check_duplicates(node: Any, path: tuple[str, ...], name: str) -> None:
+    import yaml
+
+    first: dict[tuple[str, str], int] = {}
+    for key, _value in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        ident = (key.tag, key.value)
+        line = key.start_mark.line + 1
+        if ident in first:
+            where = ".".join((*path, key.value))
+            raise ConfigError(
+                f"line {line}: duplicate key {key.value!r} (first set on line {first[ident]}); "
+                "YAML would silently keep only the last one, so merge them into one entry",
+                source=name, path=where)
+        first[ident] = line
+
+
 def _validate(data: dict[str, Any], source: str) -> BudgetConfig:
     try:
         return BudgetConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        path = ".".join(str(p) for p in err["loc"]) or "<top>"
-        raise ConfigError(_explain(err), source=source, path=path) from None
+        loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        loc += tuple(getattr(cause, "crew_budget_loc", ()))
+        path = ".".join(str(p) for p in loc) or "<top>"
+        raise ConfigError(_explain({**err, "loc": loc}), source=source, path=path) from None
+
+
+def _plain_message(err: Mapping[str, Any]) -> str | None:
+    """Messages that must not end in a bare ``(got ...)`` echo of the value.
+
+    An empty section, a section of the wrong type, and a message that
+    already quotes the value. Values that could carry a credential (``@``, a
+    URL with a query) are left to the generic path, which may redact them.
+    """
+    kind = err.get("type", "")
+    loc = tuple(err.get("loc", ()))
+    value = err.get("input")
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "missing":
+        return None
+    if value is None and kind in ("model_type", "dict_type", "model_attributes_type"):
+        return "is empty; give it settings such as {daily: 5}, or {} for no limits of its own"
+    if kind == "dict_type":
+        example = "researcher: {daily: 5}" if loc == ("roles",) else "key: value"
+        return f"{msg}; write it as a mapping ({example}), not {type(value).__name__}"
+    if isinstance(value, (Mapping, list)):
+        return msg  # a whole section: the message names the keys involved
+    if isinstance(value, str) and ("@" in value or ("://" in value and "?" in value)):
+        return None  # may hold a password or token
+    if repr(value) in msg or (isinstance(value, (int, float, Decimal)) and str(value) in msg):
+        return msg  # the message already quotes the value
+    return None
 
 
 def _explain(err: Mapping[str, Any]) -> str:
@@ -281,10 +780,13 @@ def _explain(err: Mapping[str, Any]) -> str:
         parent = loc[-2] if len(loc) > 1 else ""
         known = {
             "": "version, timezone, ledger, namespace, fail_open, lease_seconds, retention_days, "
-            "default_max_output_tokens, global, crew, roles, default_role, prices, alerts",
+            "default_max_output_tokens, global, crew, roles, default_role, unknown_roles, "
+            "prices, alerts",
         }
-        if parent == "roles" or (len(loc) > 2 and loc[-3] == "roles") or parent == "default_role":
-            hint = "a role takes hourly, daily, monthly and max_output_tokens"
+        if parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
+            hint = "a role takes hourly, daily, monthly, max_output_tokens and aliases"
+        elif parent == "default_role":
+            hint = "default_role takes hourly, daily, monthly and max_output_tokens"
         elif parent in ("crew", "global"):
             hint = "use hourly, daily or monthly (crew also takes name)"
         elif loc and loc[0] == "alerts":
@@ -297,6 +799,9 @@ def _explain(err: Mapping[str, Any]) -> str:
         else:
             hint = f"known keys: {known['']}"
         return f"unknown key {key!r}; {hint}"
+    plain = _plain_message(err)
+    if plain is not None:
+        return plain
     msg = str(err.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ")
     if kind == "missing":

@@ -9,6 +9,7 @@ narrow class per problem so they can catch exactly one thing::
     │   └── UnknownModelError  no price known for a model (never priced at $0)
     ├── UsageError             a provider response whose usage cannot be read
     ├── AmountError            an amount or token count outside its documented bounds
+    ├── UnknownRoleError       a call names no role, or one that matches no budget
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
     │   │   └── LedgerNotFound no ledger at that path (read-only open)
@@ -77,6 +78,57 @@ def _rebuild_unknown_model(
     cls: type[UnknownModelError], model: str, suggestions: tuple[str, ...]
 ) -> UnknownModelError:
     return cls(model, suggestions=suggestions)
+
+
+class UnknownRoleError(CrewBudgetError, LookupError):
+    """A call named no role, or a role that matches no configured budget.
+
+    Such a call would otherwise run with no role budget at all, so it is
+    refused before anything is reserved or sent (invariant 9). ``role`` is
+    the name as given, ``configured`` the configured role names, and
+    ``suggestion`` the closest configured role (or ``None``).
+    """
+
+    def __init__(
+        self,
+        role: object,
+        *,
+        configured: tuple[str, ...] = (),
+        suggestion: str | None = None,
+    ) -> None:
+        self.role = role
+        self.configured = configured
+        self.suggestion = suggestion
+        if not isinstance(role, str) or not role.strip():
+            message = (
+                f"this LLM call names no agent role (got {role!r}), so no role budget can "
+                f"be charged and it was not sent. Fix: pass the role whose budget it spends, "
+                f"e.g. role='researcher', a name listed under roles: in your budget YAML."
+            )
+        else:
+            known = ", ".join(configured) if configured else "none"
+            closest = f"; closest match: {suggestion!r}" if suggestion else ""
+            alias = (f" (or, if it is the same agent, as an alias: "
+                     f"`{suggestion}: {{aliases: [{role!r}]}}`)" if suggestion else "")
+            message = (
+                f"unknown role {role!r}: it matches no budget under roles: (configured roles: "
+                f"{known}{closest}), so the call was not sent rather than run without a role "
+                f"budget. Roles match exactly, or ignoring case and extra whitespace. Fix: use "
+                f"a configured role name, add {role!r} under roles:{alias}, set default_role: "
+                f"to budget every role not listed, or set unknown_roles: allow to charge "
+                f"unlisted roles to the crew and global budgets only."
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_unknown_role, (type(self), self.role, self.configured, self.suggestion))
+
+
+def _rebuild_unknown_role(
+    cls: type[UnknownRoleError], role: object, configured: tuple[str, ...],
+    suggestion: str | None,
+) -> UnknownRoleError:
+    return cls(role, configured=configured, suggestion=suggestion)
 
 
 class UsageError(CrewBudgetError, ValueError):

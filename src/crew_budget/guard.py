@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from crew_budget.config import BudgetConfig, load_config
+from crew_budget.config import DEFAULT_ROLE, BudgetConfig, load_config
 from crew_budget.errors import AmountError, BudgetExceeded, LedgerUnavailable, UsageError
 from crew_budget.estimate import Estimate, Estimator, billed_completions
 from crew_budget.ledger import (
@@ -270,10 +270,14 @@ class Guard:
         times the completions the request asks for (``n``, ``best_of`` or
         ``candidate_count`` in ``extra``), each of which may use the whole cap.
         The prompt is reserved once: providers bill it once.
+        The role is matched as ``preflight`` matches it; since an estimate
+        reserves nothing, a role that matches no budget is estimated with the
+        default cap instead of being refused (``preflight`` refuses it).
         """
         price = self.prices.get(model)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
-            role, price, model, messages, tools, max_tokens, system, extra
+            self.config.match_role(role) or DEFAULT_ROLE if isinstance(role, str) else "",
+            price, model, messages, tools, max_tokens, system, extra
         )
         return Estimate(model, prompt_tokens, out_tokens, inject, from_nano(amount), price)
 
@@ -326,14 +330,24 @@ class Guard:
     ) -> Ticket:
         """Estimate the call, reserve it against every budget, or raise.
 
-        Raises ``BudgetExceeded`` (nothing was charged), ``UnknownModelError``
-        (no price: never $0) or ``LedgerUnavailable`` (fail closed).
+        Raises ``BudgetExceeded`` (nothing was charged), ``UnknownRoleError``
+        (no role, or one that matches no budget: never unlimited),
+        ``UnknownModelError`` (no price: never $0) or ``LedgerUnavailable``
+        (fail closed). ``role`` is resolved by ``BudgetConfig.resolve_role``
+        (``" Researcher "`` is charged to ``researcher``); the ticket and the
+        spend record carry the resolved name, and the name as given goes in
+        the record's metadata as ``requested_role`` when it differs.
         """
+        given = role
+        resolved = self._role_names.get(role)
+        role = resolved if resolved is not None else self._resolve_role(role)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
             role, self.prices.get(model), model, messages, tools, max_tokens, system, extra
         )
         crew_name = crew or self._crew_name
         meta = dict(metadata or {})
+        if given != role:
+            meta["requested_role"] = given
         draft = RecordDraft(
             role=role,
             model=model,
@@ -386,6 +400,23 @@ class Guard:
             self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                   ticket=ticket))
         return ticket
+
+    def _resolve_role(self, name: Any) -> str:
+        """``config.resolve_role`` once per name (preflight is a hot path), logging opt-ins."""
+        cfg = self.config
+        resolved = cfg.resolve_role(name)  # raises UnknownRoleError
+        if resolved not in cfg.roles and resolved != DEFAULT_ROLE:
+            log.warning(
+                "crew-budget: role %r matches no budget under roles:; unknown_roles: allow "
+                "charges its calls to the crew and global budgets only", name)
+        elif resolved == DEFAULT_ROLE and name != DEFAULT_ROLE:
+            log.info("crew-budget: role %r is not listed under roles:; charged to default_role",
+                     name)
+        names = self._role_names
+        if len(names) >= 4096:  # bounded: names can come from outside (proxy headers)
+            names.clear()
+        names[name] = resolved
+        return resolved
 
     def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft) -> Any:
         now = self._clock() + self._offset
@@ -526,15 +557,21 @@ class Guard:
     def config(self, value: BudgetConfig) -> None:
         self._config = value
         self._bucket_cache: dict[str | None, tuple[float, float, tuple[Bucket, ...]]] = {}
+        self._role_names: dict[Any, str] = {}
         self._lease = float(value.lease_seconds)
         self._crew_name = value.crew.name if value.crew else None
 
     def buckets(self, role: str | None = None, now: float | None = None) -> list[Bucket]:
         """The buckets a call by ``role`` touches (all configured ones if None).
 
-        Cached until the earliest window among them ends: every call of an
-        agent loop would otherwise redo the same calendar arithmetic.
+        ``role`` is resolved as ``preflight`` resolves it (``UnknownRoleError``
+        for a name that matches no budget). Cached until the earliest window
+        among them ends: every call of an agent loop would otherwise redo the
+        same calendar arithmetic.
         """
+        if role is not None:
+            resolved = self._role_names.get(role)
+            role = resolved if resolved is not None else self._resolve_role(role)
         return list(self._buckets(role, (self._clock() + self._offset) if now is None else now))
 
     def _buckets(self, role: str | None, t: float) -> tuple[Bucket, ...]:
@@ -552,12 +589,16 @@ class Guard:
         out: list[Bucket] = []
         cfg = self.config
         scopes: list[tuple[str, Any]] = []
+        # ``role`` is resolved: a configured key, DEFAULT_ROLE, or a name that
+        # unknown_roles: allow lets through with no role budget.
         if role is None:
             scopes.extend((f"role:{name}", b) for name, b in cfg.roles.items())
-        else:
-            budget = cfg.role_budget(role)
-            if budget is not None:
-                scopes.append((f"role:{role}", budget))
+            if cfg.default_role is not None:
+                scopes.append((f"role:{DEFAULT_ROLE}", cfg.default_role))
+        elif role in cfg.roles:
+            scopes.append((f"role:{role}", cfg.roles[role]))
+        elif role == DEFAULT_ROLE and cfg.default_role is not None:
+            scopes.append((f"role:{DEFAULT_ROLE}", cfg.default_role))
         if cfg.crew is not None:
             scopes.append((f"crew:{cfg.crew.name}", cfg.crew))
         if cfg.global_limits is not None:

@@ -223,8 +223,8 @@ def test_a_raising_listener_never_reaches_the_caller(caplog: pytest.LogCaptureFi
 
 
 def test_guard_events_carry_outcome_cost_and_block_details() -> None:
-    guard = Guard({**CONFIG, "roles": {"researcher": {"daily": "0.015"}}}, "memory://",
-                  clock=Clock())
+    guard = Guard({**CONFIG, "roles": {"researcher": {"daily": "0.015"}, "writer": {}}},
+                  "memory://", clock=Clock())
     events: list[GuardEvent] = []
     guard.add_listener(events.append)
     spend(guard, 1)

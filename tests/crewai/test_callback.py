@@ -115,7 +115,7 @@ def test_budget_llm_under_a_callback_is_charged_once(tmp_path: Path) -> None:
      ("0.00001", "5", Decimal("0.00001"))],  # YAML is stricter
 )
 def test_stricter_limit_wins(yaml_daily: str, inline_daily: str, expected_limit: Decimal) -> None:
-    budget = BudgetCallback(yaml_config(researcher={"daily": yaml_daily}), "memory://")
+    budget = BudgetCallback(yaml_config(researcher={"daily": yaml_daily}, writer={}), "memory://")
     researcher_llm = BudgetLLM(role="researcher", daily_usd=inline_daily, model="gpt-4o-mini")
     crew = budget.attach(pair_crew(researcher_llm, LLM(model="gpt-4o-mini")))
     with replay("pair_crew") as cas, pytest.raises(CrewBudgetExceeded) as info:

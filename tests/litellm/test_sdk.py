@@ -186,6 +186,8 @@ async def test_proxy_health_checks_are_counted_under_their_own_role(
 ) -> None:
     # The LiteLLM proxy's model health checks call acompletion with this tag and
     # no role; they reach the provider, so they are charged, not failed.
+    # Like every role, theirs needs a budget (invariant 9: never unlimited).
+    guard.limit_role("litellm-health-check", daily_usd=1)
     with replay(LL / "completion.yaml") as cassette:
         await litellm.acompletion(model="gpt-4o-mini", messages=FR, **KEY,
                                   litellm_metadata={"tags": ["litellm-internal-health-check"]})

@@ -1,7 +1,11 @@
 """``crew-budget validate`` and ``crew-budget reset``.
 
 ``validate`` checks a budget file the way the library will load it and says
-what it found (or the first mistake, with its key path and fix). ``reset``
+what it found (or the first mistake, with its key path and fix). A file that
+budgets nothing (empty, or no limits at all) or that would refuse every call
+(no roles, no ``default_role``) is a mistake too. ``--crew module:attr``
+also checks a CrewAI crew: every agent's role must match a budget, the check
+``BudgetCallback.attach`` makes before the first call. ``reset``
 zeroes a role's (or the crew's, or the global) spend in the current window
 after confirmation; the ledger records the reset, with who and why, so the
 spend history keeps it (``crew-budget report --by outcome`` shows it).
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,6 +33,9 @@ from crew_budget.cli.common import (
     open_guard,
 )
 
+if TYPE_CHECKING:
+    from crew_budget.config import BudgetConfig
+
 __all__ = ["register"]
 
 
@@ -42,6 +49,10 @@ def validate(
     path: Annotated[Path | None, typer.Argument(
         dir_okay=False, show_default=False,
         help="Budget YAML (default: ./budgets.yaml, else $CREW_BUDGET_CONFIG).")] = None,
+    crew: Annotated[str | None, typer.Option(
+        "--crew", metavar="MODULE:ATTR",
+        help="Also check a CrewAI crew (or a function returning one), e.g. myapp.crew:crew: "
+             "every agent's role must match a budget.")] = None,
 ) -> None:
     """Check a budget YAML file and summarise it; exit 2 on the first mistake."""
     from crew_budget.errors import ConfigError
@@ -52,22 +63,38 @@ def validate(
         fail("validate", "no budget file given and no ./budgets.yaml; run "
              "`crew-budget validate path/to/budgets.yaml`", EXIT_CONFIG)
     cfg, source = load_cli_config("validate", resolved)
+    if not cfg.has_limits():
+        fail("validate", f"{source}: sets no budget at all (no roles:, default_role:, crew: "
+             "or global:), so it would limit nothing; add at least one", EXIT_CONFIG)
+    if not cfg.roles and cfg.default_role is None and cfg.unknown_roles == "refuse":
+        fail("validate", f"{source}: lists no roles: and no default_role:, so every call "
+             "would be refused as an unknown role; add roles:, a default_role:, or "
+             "unknown_roles: allow to charge every call to the crew/global budgets only",
+             EXIT_CONFIG)
+    crew_lines = _check_crew(cfg, crew) if crew is not None else []
     lines = [f"{source}: OK"]
     for name, budget in sorted(cfg.roles.items()):
         lines.append(f"  role {name}: {_limits(budget)}"
                      + (f", max_output_tokens {budget.max_output_tokens}"
-                        if budget.max_output_tokens else ""))
+                        if budget.max_output_tokens else "")
+                     + (f", aliases {', '.join(budget.aliases)}" if budget.aliases else ""))
     if cfg.default_role is not None:
         lines.append(f"  default_role: {_limits(cfg.default_role)}")
     if cfg.crew is not None:
         lines.append(f"  crew {cfg.crew.name}: {_limits(cfg.crew)}")
     if cfg.global_limits is not None:
         lines.append(f"  global: {_limits(cfg.global_limits)}")
-    if not (cfg.roles or cfg.default_role or cfg.crew or cfg.global_limits):
-        lines.append("  no limits: every call is allowed (add roles:, crew: or global:)")
     for name, price in sorted(cfg.prices.items()):
         lines.append(f"  price {name}: ${price.input_per_million}/M in, "
                      f"${price.output_per_million}/M out")
+    if cfg.default_role is not None:
+        lines.append("  roles not listed: charged to default_role (one shared budget)")
+    elif cfg.unknown_roles == "allow":
+        lines.append("  roles not listed: allowed, charged to crew/global budgets only "
+                     "(unknown_roles: allow)")
+    else:
+        lines.append("  roles not listed: refused (UnknownRoleError)")
+    lines.extend(crew_lines)
     try:
         url = cfg.ledger_url()
     except ValueError as exc:
@@ -93,6 +120,52 @@ def validate(
         typer.echo(line)
     for warning in warnings:
         typer.echo(f"crew-budget validate: warning: {redact_text(warning)}", err=True)
+
+
+def _check_crew(cfg: BudgetConfig, spec: str) -> list[str]:
+    """Import ``module:attr`` and check every agent role of that crew against ``cfg``."""
+    import importlib
+    import sys
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        fail("validate", f"--crew {spec!r}: write MODULE:ATTR, e.g. myapp.crew:crew",
+             EXIT_CONFIG)
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules in the current directory
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if callable(obj) and not hasattr(obj, "agents"):
+            obj = obj()
+    except Exception as exc:
+        fail("validate", f"--crew {spec}: cannot load it ({type(exc).__name__}: {exc}); "
+             "check the module path and attribute name", EXIT_CONFIG)
+    if not hasattr(obj, "agents"):
+        fail("validate", f"--crew {spec}: is a {type(obj).__name__}, not a CrewAI Crew (or a "
+             "function returning one)", EXIT_CONFIG)
+    try:
+        from crew_budget.crewai._roles import check_crew_roles, crew_roles
+    except ImportError as exc:
+        fail("validate", f"--crew needs CrewAI ({exc}); pip install 'crew-budget[crewai]'",
+             EXIT_CONFIG)
+    from crew_budget.errors import UnknownRoleError
+
+    try:
+        check_crew_roles(cfg, obj)
+    except UnknownRoleError as exc:
+        fail("validate", f"--crew {spec}: {exc}", EXIT_CONFIG)
+    seen: dict[str, str] = {}
+    for role, _llm in crew_roles(obj):
+        if role not in seen:
+            try:
+                seen[role] = cfg.resolve_role(role)
+            except UnknownRoleError:  # a BudgetLLM with inline limits adds its role
+                seen[role] = f"{role} (inline limits)"
+    pairs = ", ".join(f"{role} -> {charged}" if role != charged else role
+                      for role, charged in seen.items())
+    return [f"  crew {spec}: {len(seen)} role(s) budgeted: {pairs}"]
 
 
 def _limits(limits: object) -> str:
@@ -123,10 +196,19 @@ def reset(
     guard, source = open_guard("reset", config, ledger)
     cfg = guard.config
     if role is not None:
-        if role not in cfg.roles and cfg.default_role is None:
+        from crew_budget.config import DEFAULT_ROLE, normalize_role
+
+        key = cfg.match_role(role)
+        if key is None and cfg.default_role is not None and normalize_role(role) == DEFAULT_ROLE:
+            key = DEFAULT_ROLE
+        if key is None:
             known = ", ".join(sorted(cfg.roles)) or "none"
-            fail("reset", f"role {role!r} has no budget in {source} (known roles: {known})",
-                 EXIT_CONFIG)
+            close = cfg.closest_role(role)
+            hint = f"; closest match: {close!r}" if close else ""
+            fail("reset", f"role {role!r} has no budget in {source} (known roles: {known}"
+                 f"{hint}); roles not listed share default_role: reset it with "
+                 "--role default_role", EXIT_CONFIG)
+        role = key
         scope = f"role:{role}"
     elif crew:
         if cfg.crew is None:

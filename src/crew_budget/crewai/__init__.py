@@ -50,12 +50,14 @@ from __future__ import annotations
 
 from crew_budget.crewai._callback import BudgetCallback, BudgetSummary, SpendRow
 from crew_budget.crewai._llm import BudgetLLM, CrewBudgetExceeded, usage_from_crewai
+from crew_budget.crewai._roles import CrewUnknownRole
 
 __all__ = [
     "BudgetCallback",
     "BudgetLLM",
     "BudgetSummary",
     "CrewBudgetExceeded",
+    "CrewUnknownRole",
     "SpendRow",
     "usage_from_crewai",
 ]

@@ -24,6 +24,7 @@ from crewai.llms.base_llm import BaseLLM
 
 from crew_budget.config import BudgetConfig
 from crew_budget.crewai._llm import BudgetLLM
+from crew_budget.crewai._roles import check_crew_roles
 from crew_budget.errors import ConfigError
 from crew_budget.guard import BudgetStatus, Guard
 from crew_budget.ledger import Ledger, SpendRecord
@@ -162,7 +163,13 @@ class BudgetCallback:
     # -- attaching -------------------------------------------------------------
 
     def attach(self, crew: Any) -> Any:
-        """Guard every LLM call of ``crew``'s agents (and manager); returns ``crew``."""
+        """Guard every LLM call of ``crew``'s agents (and manager); returns ``crew``.
+
+        Every agent's role is checked first: if any matches no budget (and
+        there is no ``default_role`` / ``unknown_roles: allow``), this raises
+        ``CrewUnknownRole`` listing them all, and nothing is attached.
+        """
+        check_crew_roles(self.guard.config, crew)
         with self._lock:
             for agent in list(getattr(crew, "agents", []) or []):
                 self._guard_agent(agent)

@@ -56,7 +56,7 @@ from crewai.llms.base_llm import (
 from crewai.types.usage_metrics import UsageMetrics
 from pydantic import PrivateAttr
 
-from crew_budget.errors import BudgetExceeded, ConfigError
+from crew_budget.errors import BudgetExceeded, ConfigError, UnknownRoleError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.nesting import covering
@@ -334,6 +334,11 @@ class BudgetLLM(BaseLLM):
                 "role: pass role='researcher' (the name used in your budget YAML)",
                 source="BudgetLLM",
             )
+        if limits:  # the YAML's bounds, checked now rather than at the first call
+            from crew_budget.config import check_code_limits
+
+            check_code_limits(role, hourly=hourly_usd, daily=daily_usd, monthly=monthly_usd,
+                              max_output_tokens=max_output_tokens)
         mirrored = {name: getattr(inner, name) for name in _MIRRORED}
         mirrored["stream"] = bool(mirrored.get("stream"))
         mirrored["stop"] = list(mirrored.get("stop") or [])
@@ -540,6 +545,10 @@ class BudgetLLM(BaseLLM):
             )
         except BudgetExceeded as exc:
             raise CrewBudgetExceeded.from_exceeded(exc) from None
+        except UnknownRoleError as exc:  # a native stop too: not retried, nothing sent
+            from crew_budget.crewai._roles import CrewUnknownRole
+
+            raise CrewUnknownRole.from_error(exc) from None
         try:
             variant = self._variant(ticket.max_tokens)
         except BaseException:
