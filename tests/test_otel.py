@@ -192,6 +192,28 @@ def test_instrumenting_twice_replaces_instead_of_counting_twice(
     assert reader.get_metrics_data() is None  # the first one was removed: no data at all
 
 
+def test_guards_sharing_a_meter_provider_add_up(reader: InMemoryMetricReader) -> None:
+    # The SDK keeps only the first registration of an observable instrument:
+    # a second guard must feed the same instruments, not register its own.
+    provider = MeterProvider(metric_readers=[reader])
+    guards = [Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0) for _ in range(2)]
+    for g in guards:
+        instrument(g, provider)
+    call(guards[0])
+    call(guards[1])
+    call(guards[1])
+    got = points(reader)
+    assert got[key("crew_budget.decisions", **{"crew_budget.decision": "allowed"})].value == 3
+    assert got[key("crew_budget.cost", **{"crew_budget.outcome": "settled"})].value == 0.015
+    tokens_out = got[key("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"})]
+    assert (tokens_out.count, tokens_out.sum) == (3, 1500)
+    call(guards[0])                                   # cumulative across collections
+    again = points(reader)
+    assert again[key("crew_budget.decisions", **{"crew_budget.decision": "allowed"})].value == 4
+    tokens_out = again[key("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"})]
+    assert (tokens_out.count, tokens_out.sum) == (4, 2000)
+
+
 def test_fail_open_calls_are_counted_as_unguarded(
     reader: InMemoryMetricReader, tmp_path: Any
 ) -> None:

@@ -54,8 +54,12 @@ one span event per decision and settlement (so a span around a whole crew
 keeps every call). Spans may carry the reservation id: they are not
 aggregated.
 
-Dollars are exact ``Decimal`` up to here; OTel counters take floats, so the
-conversion happens once per data point, at this edge, never on a balance.
+The call path stays cheap: the listener only adds integers to
+dictionaries (dollars as nano-USD) and queues token counts; the counters are
+observable counters that the SDK reads when it collects, and the queued token
+counts are recorded into the histogram then, on the exporter's thread. OTel
+counters take floats, so dollars become a float once per data point, at
+collection, never on a balance. Measured in ``bench/bench_otel.py``.
 
 Turning it on: ``crew_budget.otel.instrument(guard)`` for one guard,
 ``crew_budget.otel.enable()`` for every guard built afterwards, or the
@@ -66,11 +70,13 @@ one of those runs: ``import crew_budget`` stays free of it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from crew_budget.errors import ConfigError, CrewBudgetError
@@ -118,7 +124,8 @@ _PROVIDERS: dict[str, str] = {
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 _DEDUP_MAX = 10_000  # expired reservation ids remembered, to count each expiry once
-_CACHE_MAX = 10_000  # attribute dicts kept (cleared when full: they are cheap to rebuild)
+_CACHE_MAX = 10_000  # attribute tuples kept (cleared when full: they are cheap to rebuild)
+_TOKEN_QUEUE = 100_000  # token counts waiting for the next collection (oldest dropped beyond)
 
 
 def provider_name(litellm_provider: str) -> str:
@@ -159,55 +166,129 @@ class _Bounded:
         return OTHER
 
 
+Attrs = tuple[tuple[str, Any], ...]
+
+
+class _Sink:
+    """The instruments of one meter provider, fed by every guard instrumented on it.
+
+    The listener runs on the LLM call's thread, and the SDK's synchronous
+    ``add``/``record`` cost several microseconds each (attribute cleaning and
+    hashing; measured in bench/bench_otel.py). So the call path only adds
+    integers to dictionaries under a lock, and the SDK reads them when it
+    collects: counters are *observable* (asynchronous) counters reporting
+    these cumulative totals, and token counts wait in a bounded queue that
+    the first callback of each collection records into the histogram, on
+    the exporter's thread. Dollars are summed as integer nano-USD and become
+    a float only in the observation.
+
+    One per meter provider, because the SDK keeps the first registration of
+    an observable instrument name and would silently drop a second guard's
+    callbacks.
+    """
+
+    def __init__(self, meter_provider: Any, metrics: Any) -> None:
+        from crew_budget import __version__
+
+        meter = meter_provider.get_meter(METER_NAME, __version__)
+        self._lock = threading.Lock()
+        self.decisions: dict[Attrs, int] = {}
+        self.settlements: dict[Attrs, int] = {}
+        self.cost_nano: dict[Attrs, int] = {}
+        self.overruns: dict[Attrs, int] = {}
+        self.overrun_nano: dict[Attrs, int] = {}
+        self.tokens: collections.deque[tuple[int, Attrs]] = collections.deque(
+            maxlen=_TOKEN_QUEUE)
+        self.role, self.model, self.crew = _Bounded(0), _Bounded(0), _Bounded(0)
+        self._warned = False
+        observation = metrics.Observation
+
+        def counts(table: dict[Attrs, int], scale: int | None = None) -> Callable[[Any], Any]:
+            def callback(_options: Any) -> list[Any]:
+                if table is self.decisions:
+                    self._drain_tokens()
+                with self._lock:
+                    items = list(table.items())
+                if scale is None:
+                    return [observation(v, dict(k)) for k, v in items]
+                return [observation(float(Decimal(v).scaleb(-9)), dict(k)) for k, v in items]
+            return callback
+
+        self._histogram = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(TOKEN_USAGE_BUCKETS))
+        meter.create_observable_counter(
+            "crew_budget.decisions", [counts(self.decisions)], unit="{call}",
+            description="Guarded LLM calls by preflight decision: allowed, blocked, unguarded.")
+        meter.create_observable_counter(
+            "crew_budget.settlements", [counts(self.settlements)], unit="{call}",
+            description="Finished reservations by outcome: settled, released, expired, "
+                        "pending, unguarded.")
+        meter.create_observable_counter(
+            "crew_budget.cost", [counts(self.cost_nano, 9)], unit="USD",
+            description="Dollars charged to budgets (settled, expired, unguarded, pending).")
+        meter.create_observable_counter(
+            "crew_budget.overruns", [counts(self.overruns)], unit="{call}",
+            description="Settled calls whose actual cost exceeded their reservation.")
+        meter.create_observable_counter(
+            "crew_budget.overrun.cost", [counts(self.overrun_nano, 9)], unit="USD",
+            description="Dollars by which settled calls exceeded their reservation.")
+
+    def bound(self, max_values: int) -> None:
+        """The cardinality cap: the largest any guard on this provider asked for."""
+        for b in (self.role, self.model, self.crew):
+            b.limit = max(b.limit, max_values)
+
+    def add(self, table: dict[Attrs, int], attrs: Attrs, amount: int) -> None:
+        with self._lock:
+            table[attrs] = table.get(attrs, 0) + amount
+
+    def overflowed(self) -> None:
+        """The token queue is full: nothing collects this meter provider's metrics."""
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "crew-budget otel: %d token counts are waiting and nothing collects them; "
+                "the oldest are dropped. Fix: give the meter provider a metric reader "
+                "(e.g. a PeriodicExportingMetricReader), or stop instrumenting (unset "
+                "CREW_BUDGET_OTEL)", _TOKEN_QUEUE)
+
+    def _drain_tokens(self) -> None:
+        record = self._histogram.record
+        queue = self.tokens
+        while queue:
+            try:
+                value, attrs = queue.popleft()
+            except IndexError:
+                return
+            record(value, dict(attrs))
+
+
 class _Instrumentation:
     """The listener ``instrument`` installs on one guard."""
 
     def __init__(
         self,
         guard: Guard,
-        meter_provider: Any,
+        sink: _Sink,
+        trace: Any,
         *,
         spans: bool,
         legacy_system_attribute: bool,
-        max_values: int,
     ) -> None:
-        metrics, trace = _api()
-        from crew_budget import __version__
-
-        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-        meter = provider.get_meter(METER_NAME, __version__)
-        self._decisions = meter.create_counter(
-            "crew_budget.decisions", unit="{call}",
-            description="Guarded LLM calls by preflight decision: allowed, blocked, unguarded.")
-        self._settlements = meter.create_counter(
-            "crew_budget.settlements", unit="{call}",
-            description="Finished reservations by outcome: settled, released, expired, "
-                        "pending, unguarded.")
-        self._cost = meter.create_counter(
-            "crew_budget.cost", unit="USD",
-            description="Dollars charged to budgets (settled, expired, unguarded, pending).")
-        self._overruns = meter.create_counter(
-            "crew_budget.overruns", unit="{call}",
-            description="Settled calls whose actual cost exceeded their reservation.")
-        self._overrun_cost = meter.create_counter(
-            "crew_budget.overrun.cost", unit="USD",
-            description="Dollars by which settled calls exceeded their reservation.")
-        self._tokens = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=list(TOKEN_USAGE_BUCKETS))
+        self._sink = sink
         self._get_span = trace.get_current_span if spans else None
         self._guard = guard
         self._legacy = legacy_system_attribute
-        self._role, self._model, self._crew = (_Bounded(max_values) for _ in range(3))
-        self._attrs: dict[tuple[str, ...], Mapping[str, Any]] = {}
+        self._attrs: dict[tuple[Any, ...], Attrs] = {}
         self._expired: dict[str, None] = {}
         self._lock = threading.Lock()
         self._remove: Callable[[], None] | None = guard.add_listener(self)
 
     # -- attributes, built once per combination -----------------------------------
 
-    def _base(self, role: str, model: str, crew: str | None) -> Mapping[str, Any]:
+    def _base(self, role: str, model: str, crew: str | None) -> Attrs:
         key = ("\0base", role, model, crew or "")
         attrs = self._attrs.get(key)
         if attrs is None:
@@ -215,28 +296,29 @@ class _Instrumentation:
                 provider = provider_name(self._guard.prices.get(model).provider)
             except CrewBudgetError:
                 provider = OTHER
-            built: dict[str, Any] = {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": provider,
-            }
+            built: list[tuple[str, Any]] = [
+                ("gen_ai.operation.name", "chat"),
+                ("gen_ai.provider.name", provider),
+            ]
             if self._legacy:
-                built["gen_ai.system"] = provider
-            built["gen_ai.request.model"] = self._model(model)
-            built["crew_budget.role"] = self._role(role)
+                built.append(("gen_ai.system", provider))
+            sink = self._sink
+            built.append(("gen_ai.request.model", sink.model(model)))
+            built.append(("crew_budget.role", sink.role(role)))
             if crew:
-                built["crew_budget.crew"] = self._crew(crew)
-            attrs = self._remember(key, built)
+                built.append(("crew_budget.crew", sink.crew(crew)))
+            attrs = self._remember(key, tuple(built))
         return attrs
 
-    def _with(self, event: GuardEvent, *extra: tuple[str, str]) -> Mapping[str, Any]:
-        key = (event.role, event.model, event.crew or "", *(f"{k}={v}" for k, v in extra))
+    def _with(self, event: GuardEvent, *extra: tuple[str, str]) -> Attrs:
+        key = (event.role, event.model, event.crew or "", extra)
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = self._remember(key, {**self._base(event.role, event.model, event.crew),
-                                         **dict(extra)})
+            attrs = self._remember(key, (*self._base(event.role, event.model, event.crew),
+                                         *extra))
         return attrs
 
-    def _remember(self, key: tuple[str, ...], attrs: dict[str, Any]) -> Mapping[str, Any]:
+    def _remember(self, key: tuple[Any, ...], attrs: Attrs) -> Attrs:
         if len(self._attrs) >= _CACHE_MAX:
             self._attrs.clear()
         self._attrs[key] = attrs
@@ -256,21 +338,26 @@ class _Instrumentation:
                 return
         elif not event.applied and outcome in ("settled", "released"):
             return  # a repeat that changed nothing (pending/unguarded are never "applied")
+        sink = self._sink
         attrs = self._with(event, ("crew_budget.outcome", outcome))
-        self._settlements.add(1, attrs)
         cost = event.cost
-        if cost:
-            self._cost.add(float(cost), attrs)
+        cost_nano = int(cost.scaleb(9))  # exact: the guard's costs are whole nano-USD
+        over = cost_nano - int(event.estimate.scaleb(9)) if outcome == "settled" else 0
+        with sink._lock:
+            sink.settlements[attrs] = sink.settlements.get(attrs, 0) + 1
+            if cost_nano:
+                sink.cost_nano[attrs] = sink.cost_nano.get(attrs, 0) + cost_nano
+            if over > 0:
+                sink.overruns[attrs] = sink.overruns.get(attrs, 0) + 1
+                sink.overrun_nano[attrs] = sink.overrun_nano.get(attrs, 0) + over
         usage = event.usage
-        if outcome == "settled":
-            if cost > event.estimate:
-                self._overruns.add(1, attrs)
-                self._overrun_cost.add(float(cost - event.estimate), attrs)
-            if usage is not None:
-                self._tokens.record(usage.prompt_tokens,
-                                    self._with(event, ("gen_ai.token.type", "input")))
-                self._tokens.record(usage.output_tokens,
-                                    self._with(event, ("gen_ai.token.type", "output")))
+        if outcome == "settled" and usage is not None:
+            if len(sink.tokens) >= _TOKEN_QUEUE - 1:
+                sink.overflowed()
+            sink.tokens.append((usage.prompt_tokens,
+                                self._with(event, ("gen_ai.token.type", "input"))))
+            sink.tokens.append((usage.output_tokens,
+                                self._with(event, ("gen_ai.token.type", "output"))))
         if self._get_span is not None:
             span = self._get_span()
             if span.is_recording():
@@ -293,7 +380,7 @@ class _Instrumentation:
         else:
             decision = "allowed" if ticket is None or ticket.guarded else "unguarded"
             attrs = self._with(event, ("crew_budget.decision", decision))
-        self._decisions.add(1, attrs)
+        self._sink.add(self._sink.decisions, attrs, 1)
         if self._get_span is not None:
             span = self._get_span()
             if span.is_recording():
@@ -312,7 +399,7 @@ class _Instrumentation:
         kind, sep, name = scope.partition(":")
         if not sep:
             return scope
-        bounded = self._role if kind == "role" else self._crew
+        bounded = self._sink.role if kind == "role" else self._sink.crew
         return f"{kind}:{bounded(name)}"
 
     def _first_expiry(self, rid: str) -> bool:
@@ -330,6 +417,7 @@ class _Instrumentation:
             self._remove = None
 
 
+_sinks: weakref.WeakKeyDictionary[Any, _Sink] = weakref.WeakKeyDictionary()
 _installed: weakref.WeakKeyDictionary[Any, _Instrumentation] = weakref.WeakKeyDictionary()
 _installed_lock = threading.Lock()
 
@@ -354,13 +442,18 @@ def instrument(
     if max_values < 1:
         raise ConfigError(f"max_values must be at least 1, got {max_values}",
                           source="crew_budget.otel.instrument")
+    metrics, trace = _api()
+    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     with _installed_lock:
+        sink = _sinks.get(provider)
+        if sink is None:
+            sink = _sinks[provider] = _Sink(provider, metrics)
+        sink.bound(max_values)
         old = _installed.pop(guard, None)
         if old is not None:
             old.remove()
-        inst = _Instrumentation(guard, meter_provider, spans=spans,
-                                legacy_system_attribute=legacy_system_attribute,
-                                max_values=max_values)
+        inst = _Instrumentation(guard, sink, trace, spans=spans,
+                                legacy_system_attribute=legacy_system_attribute)
         _installed[guard] = inst
 
     def uninstall() -> None:
