@@ -7,8 +7,9 @@ cheapest ledger, so the listener's share is the most visible):
 
 - ``bare``: preflight + settle, no listener;
 - ``otel metrics``: ``crew_budget.otel.instrument`` with the SDK
-  ``MeterProvider`` and an ``InMemoryMetricReader`` (the recording cost is the
-  SDK's aggregation, the same whatever exporter collects it later);
+  ``MeterProvider`` and an ``InMemoryMetricReader`` (what the call pays: the
+  SDK's aggregation runs at collection, timed separately below, the same
+  whatever exporter collects it);
 - ``otel metrics + span``: the same, inside a recording SDK span (attributes
   and two span events per call), spans dropped by a no-op processor.
 
@@ -57,7 +58,8 @@ def one_call(guard: Guard) -> float:
 def main(iterations: int) -> None:
     bare = Guard(CONFIG, "memory://")
     metered = Guard(CONFIG, "memory://")
-    instrument(metered, MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    metered_reader = InMemoryMetricReader()
+    instrument(metered, MeterProvider(metric_readers=[metered_reader]))
     spanned = Guard(CONFIG, "memory://")
     instrument(spanned, MeterProvider(metric_readers=[InMemoryMetricReader()]))
     tracer_provider = TracerProvider()
@@ -81,6 +83,13 @@ def main(iterations: int) -> None:
     for name, s in samples.items():
         st = summary(s)
         print(f"| {name} | {st['p50']:.1f} | {st['p99']:.1f} | {st['p50'] - base['p50']:+.1f} |")
+
+    t = time.perf_counter()
+    metered_reader.get_metrics_data()  # one collection: records the queued token counts
+    dt = time.perf_counter() - t
+    queued = 2 * (iterations + 200)
+    print(f"one collection after {iterations + 200} calls (on the exporter's thread): "
+          f"{dt * 1e3:.1f} ms = {dt / queued * 1e6:.1f} µs per queued token count")
 
     tmp = tempfile.mkdtemp(prefix="cb-bench-otel-")
     now = [time.time() - 86400]

@@ -214,6 +214,24 @@ def test_guards_sharing_a_meter_provider_add_up(reader: InMemoryMetricReader) ->
     assert (tokens_out.count, tokens_out.sum) == (4, 2000)
 
 
+def test_token_counts_nobody_collects_are_bounded_and_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from crew_budget import otel
+
+    monkeypatch.setattr(otel, "_TOKEN_QUEUE", 4)
+    guard = Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
+    instrument(guard, MeterProvider())                # no metric reader: nothing collects
+    with caplog.at_level("WARNING", logger="crew_budget.otel"):
+        for _ in range(3):
+            call(guard)                               # 6 token counts into a queue of 4
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "crew-budget otel: 4 token counts are waiting and nothing collects them; the oldest "
+        "are dropped. Fix: give the meter provider a metric reader (e.g. a "
+        "PeriodicExportingMetricReader), or stop instrumenting (unset CREW_BUDGET_OTEL)"]
+
+
 def test_fail_open_calls_are_counted_as_unguarded(
     reader: InMemoryMetricReader, tmp_path: Any
 ) -> None:
