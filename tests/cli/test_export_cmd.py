@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import subprocess
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,7 @@ from crew_budget.cli import app
 from crew_budget.cli.export import RECORD_COLUMNS, iter_records
 from crew_budget.ledger import SpendRecord
 from crew_budget.ledger.memory import MemoryLedger
-from tests.cli.conftest import Setup, cli_executable, subprocess_env
+from tests.cli.conftest import Setup, cli_executable, spend, subprocess_env
 
 COLUMNS = ("ts", "outcome", "role", "model", "crew", "scope", "reservation_id",
            "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
@@ -160,6 +161,46 @@ def test_records_are_streamed_in_slices_never_all_at_once() -> None:
     assert sum(ledger.calls) == 600                   # nothing read twice
     assert max(ledger.calls) <= 100                   # slices shrank towards the target
     assert len(ledger.calls) > 6
+
+
+@pytest.mark.redis
+def test_redis_ledger_thin_slices_lose_and_repeat_nothing(
+    runner: CliRunner, setup: Setup, redis_url: str
+) -> None:
+    # Redis keeps records in a stream keyed by milliseconds and reads each
+    # slice with some slack around it: slices of 5 ms must still give every
+    # record exactly once, in order.
+    from crew_budget.ledger import open_ledger
+
+    guard = Guard(str(setup.config), redis_url)
+    for role in ["researcher"] * 20 + ["writer"] * 10:
+        spend(guard, role, 1)
+        time.sleep(0.003)                             # spread them over ~100 ms
+    guard.close()
+    ledger = open_ledger(redis_url)
+    everything = ledger.records()
+    calls: list[int] = []
+
+    class Counting:
+        def records(self, since: float, until: float) -> list[SpendRecord]:
+            out = ledger.records(since, until)
+            calls.append(len(out))
+            return out
+
+    start, end = everything[0].ts, everything[-1].ts + 0.001
+    got = list(iter_records(Counting(), start, end, target=4,  # type: ignore[arg-type]
+                            first_step=0.005))
+    ledger.close()
+    assert len(everything) == 30
+    assert len(calls) > 3 and max(calls) < 30       # really read in several slices
+    assert len(got) == 30 and len({r.reservation_id for r in got}) == 30
+    assert [r.ts for r in got] == sorted(r.ts for r in got)
+    assert sum(r.cost_nano for r in got) == 210_000_000
+    result = runner.invoke(app, ["export", "--since", "1h", "-f", "csv", "-l", redis_url])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout, newline="")))
+    assert [(r["role"], r["cost_usd"]) for r in rows] == (
+        [("researcher", "0.007000000")] * 20 + [("writer", "0.007000000")] * 10)
 
 
 def test_bad_options_name_the_fix(runner: CliRunner, spent: Setup) -> None:

@@ -82,7 +82,7 @@ FORMATS = ("jsonl", "csv")
 KINDS = ("records",)  # "rollups" joins once hourly rollups exist
 
 _FIRST_STEP = 3600.0       # seconds per slice to start with
-_MIN_STEP = 1.0
+_MIN_STEP = 0.001          # Redis keys its record stream by the millisecond
 _MAX_STEP = 7 * 86400.0
 _TARGET = 5000             # records per slice the step adapts towards
 
