@@ -8,11 +8,13 @@ $0.03: five calls spend $0.025, the sixth ($0.025 + $0.01 > $0.03) is blocked.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +33,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from crew_budget import BudgetExceeded, ConfigError, Guard
 from crew_budget.ledger.memory import MemoryLedger
-from crew_budget.otel import TOKEN_USAGE_BUCKETS, instrument, instrument_from_env, provider_name
+from crew_budget.otel import (
+    TOKEN_USAGE_BUCKETS,
+    enable,
+    instrument,
+    instrument_from_env,
+    provider_name,
+)
 
 CONFIG: dict[str, Any] = {
     "roles": {"researcher": {"daily": "0.03"}},
@@ -232,6 +240,22 @@ def test_token_counts_nobody_collects_are_bounded_and_warned_about_once(
         "PeriodicExportingMetricReader), or stop instrumenting (unset CREW_BUDGET_OTEL)"]
 
 
+def test_an_instrumented_guard_can_still_be_garbage_collected(
+    reader: InMemoryMetricReader,
+) -> None:
+    guard = Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
+    instrument(guard, MeterProvider(metric_readers=[reader]))
+    call(guard)
+    ref = weakref.ref(guard)
+    guard.close()
+    del guard
+    gc.collect()
+    assert ref() is None
+    # Its totals stay: they are cumulative counters of calls that happened.
+    assert points(reader)[key("crew_budget.decisions",
+                              **{"crew_budget.decision": "allowed"})].value == 1
+
+
 def test_fail_open_calls_are_counted_as_unguarded(
     reader: InMemoryMetricReader, tmp_path: Any
 ) -> None:
@@ -281,6 +305,22 @@ def test_span_gets_decision_cost_and_usage(guard: Guard) -> None:
             battrs["crew_budget.window"]) == ("blocked", "role:researcher", "day")
     assert "crew_budget.reservation_id" not in battrs
     assert [e.name for e in blocked.events] == ["crew_budget.decision"]
+
+
+def test_enable_instruments_guards_built_afterwards_until_disabled(
+    reader: InMemoryMetricReader,
+) -> None:
+    before = Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
+    disable = enable(MeterProvider(metric_readers=[reader]))
+    try:
+        during = Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
+    finally:
+        disable()
+    after = Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
+    for g in (before, during, during, after):
+        call(g)
+    got = points(reader)
+    assert got[key("crew_budget.decisions", **{"crew_budget.decision": "allowed"})].value == 2
 
 
 def test_provider_names_map_to_semconv_values() -> None:

@@ -23,14 +23,15 @@ goes):
     settled calls whose actual cost exceeded the reservation, and by how
     much: the prompt-estimation error invariant 1 allows, made visible.
 ``gen_ai.client.token.usage`` (histogram, ``{token}``)
-    the GenAI semantic conventions' client metric: one record per settled
-    call and ``gen_ai.token.type`` (``input`` = every prompt token the
+    the GenAI semantic conventions' client metric: two records per settled
+    call, one per ``gen_ai.token.type`` (``input`` = every prompt token the
     provider read, cached ones included; ``output`` = completion tokens,
     reasoning included), with the spec's advisory bucket boundaries.
 
 Every metric carries ``gen_ai.operation.name`` (``chat``),
-``gen_ai.provider.name`` (and the older ``gen_ai.system``, same value, for
-backends on semconv < 1.37; ``legacy_system_attribute=False`` drops it),
+``gen_ai.provider.name`` (and ``gen_ai.system``, the name it replaced, with
+the same value, for backends that still read that one;
+``legacy_system_attribute=False`` drops it),
 ``gen_ai.request.model``, ``crew_budget.role`` and ``crew_budget.crew``.
 Names, units and attributes follow the OpenTelemetry semantic conventions
 for generative AI, "Semantic conventions for generative client AI metrics"
@@ -418,7 +419,10 @@ class _Instrumentation:
 
 
 _sinks: weakref.WeakKeyDictionary[Any, _Sink] = weakref.WeakKeyDictionary()
-_installed: weakref.WeakKeyDictionary[Any, _Instrumentation] = weakref.WeakKeyDictionary()
+# guard -> its instrumentation, weakly both ways: the guard's listener list
+# keeps the instrumentation alive, and this table must not keep the guard.
+_installed: weakref.WeakKeyDictionary[Any, weakref.ref[_Instrumentation]] = (
+    weakref.WeakKeyDictionary())
 _installed_lock = threading.Lock()
 
 
@@ -449,16 +453,18 @@ def instrument(
         if sink is None:
             sink = _sinks[provider] = _Sink(provider, metrics)
         sink.bound(max_values)
-        old = _installed.pop(guard, None)
+        old_ref = _installed.pop(guard, None)
+        old = old_ref() if old_ref is not None else None
         if old is not None:
             old.remove()
         inst = _Instrumentation(guard, sink, trace, spans=spans,
                                 legacy_system_attribute=legacy_system_attribute)
-        _installed[guard] = inst
+        _installed[guard] = weakref.ref(inst)
 
     def uninstall() -> None:
         with _installed_lock:
-            if _installed.get(guard) is inst:
+            ref = _installed.get(guard)
+            if ref is not None and ref() is inst:
                 del _installed[guard]
         inst.remove()
 
