@@ -473,3 +473,48 @@ def test_metrics_reach_a_real_otlp_http_endpoint(
     assert hist == {"input": (5, 10.0, [float(b) for b in TOKEN_USAGE_BUCKETS]),
                     "output": (5, 2500.0, [float(b) for b in TOKEN_USAGE_BUCKETS])}
     guard.close()
+
+
+# -- a real framework call, HTTP replayed -------------------------------------------
+
+
+def test_a_langchain_call_reports_the_providers_usage_and_cost() -> None:
+    from langchain_openai import ChatOpenAI
+
+    from crew_budget.langchain import BudgetCallbackHandler
+    from tests.fixtures.http_replay import CASSETTES, recorded_usage, replay
+
+    chat_yaml = CASSETTES / "langchain" / "chat.yaml"
+    usage = recorded_usage(chat_yaml)[0]
+    assert usage is not None and (usage["prompt_tokens"], usage["completion_tokens"]) == (16, 2)
+    reader = InMemoryMetricReader()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = Guard({"roles": {"researcher": {"daily": "1.00"}}}, "memory://")
+    instrument(guard, MeterProvider(metric_readers=[reader]))
+    handler = BudgetCallbackHandler(role="researcher", guard=guard)
+    model = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_tokens=64, max_retries=0,
+                       callbacks=[handler])
+    with replay(chat_yaml) as cassette, \
+            tracer_provider.get_tracer("app").start_as_current_span("chat gpt-4o-mini"):
+        assert model.invoke("Name the capital of France in one word.").content == "Paris."
+    assert cassette.play_count == 1
+    base = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+            "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o-mini",
+            "crew_budget.role": "researcher"}
+    got = points(reader)
+
+    def at(name: str, **attrs: str) -> Any:
+        return got[(name, frozenset({**base, **attrs}.items()))]
+
+    # gpt-4o-mini at $0.15 / $0.60 per million: 16 x 0.15 + 2 x 0.60 = $0.0000036
+    assert nano(at("crew_budget.cost", **{"crew_budget.outcome": "settled"}).value) == 3600
+    assert at("crew_budget.decisions", **{"crew_budget.decision": "allowed"}).value == 1
+    assert at("gen_ai.client.token.usage", **{"gen_ai.token.type": "input"}).sum == 16
+    assert at("gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}).sum == 2
+    (span,) = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (16, 2)
+    assert nano(attrs["crew_budget.cost_usd"]) == 3600  # type: ignore[arg-type]
+    guard.close()
