@@ -203,6 +203,40 @@ def test_redis_ledger_thin_slices_lose_and_repeat_nothing(
         [("researcher", "0.007000000")] * 20 + [("writer", "0.007000000")] * 10)
 
 
+@pytest.mark.redis
+def test_a_ledger_lost_mid_export_leaves_no_file(tmp_path: Path) -> None:
+    from crew_budget.cli.export import _write_file
+    from crew_budget.errors import LedgerUnavailable
+    from crew_budget.ledger import open_ledger
+    from tests.fixtures.redis_server import RedisServer
+
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(directory=tmp_path / "redis")
+    server.start()
+    try:
+        guard = Guard({"roles": {"w": {"daily": 1}},
+                       "prices": {"m": {"input_per_million": 0, "output_per_million": 10}}},
+                      server.url)
+        for _ in range(6):
+            spend(guard, "w", 1)
+            time.sleep(0.003)
+        guard.close()
+        ledger = open_ledger(server.url)
+        everything = ledger.records()
+        stream = iter_records(ledger, everything[0].ts, everything[-1].ts + 0.001,
+                              first_step=0.002)
+        first = next(stream)                          # one slice read, then the ledger dies
+        server.stop()
+        target = tmp_path / "out" / "spend.csv"
+        target.parent.mkdir()
+        with pytest.raises(LedgerUnavailable):
+            _write_file(target, iter([first, *stream]), "csv")
+        assert list(target.parent.iterdir()) == []    # neither the file nor its .part
+        ledger.close()
+    finally:
+        server.stop()
+
+
 def test_bad_options_name_the_fix(runner: CliRunner, spent: Setup) -> None:
     bad_format = runner.invoke(app, ["export", "--since", "1h", "-f", "xml", "-l", spent.url])
     assert bad_format.exit_code == 2

@@ -222,9 +222,10 @@ def export(
             n = (_write_stdout(records, fmt) if output is None
                  else _write_file(output, records, fmt))
         except LedgerUnavailable as exc:
+            what = ("the output above is incomplete" if output is None
+                    else f"{output} was not written")
             fail("export", f"ledger {ledger_name(guard)} became unreachable during the export "
-                 f"({exc.reason}); nothing was written to {output or 'stdout'} after that "
-                 "point; run the export again", EXIT_LEDGER)
+                 f"({exc.reason}); {what}; run the export again", EXIT_LEDGER)
         where = "stdout" if output is None else str(output)
         noun = "spend record" if n == 1 else "spend records"
         typer.echo(f"crew-budget export: wrote {n} {noun} ({span.label}) from "
