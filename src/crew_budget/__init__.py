@@ -101,6 +101,7 @@ __version__ = "0.1.0"
 from crew_budget import wiring as _wiring  # noqa: E402 - after the lazy table on purpose
 
 _wiring.add_guard_hook("crew_budget.alerts.wiring:start_alerts")
+_wiring.add_guard_hook("crew_budget.otel:instrument_from_env")  # CREW_BUDGET_OTEL=1
 
 __all__ = [
     "BudgetConfig",

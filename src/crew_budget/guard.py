@@ -125,6 +125,7 @@ class GuardEvent:
     applied: bool = True
     ticket: Ticket | None = None
     error: BudgetExceeded | None = None
+    usage: Usage | None = None  # after settle: the provider's token counts, if readable
 
 
 def _check_max_tokens(value: Any) -> int:
@@ -498,7 +499,8 @@ class Guard:
         result = self._finish_quietly(ticket, usage, cost_nano)
         if self._listeners:
             self._emit(GuardEvent(result.state, ticket.role, ticket.model, ticket.crew,
-                                  ticket.estimate, result.cost, result.applied, ticket=ticket))
+                                  ticket.estimate, result.cost, result.applied, ticket=ticket,
+                                  usage=result.usage))
         return result
 
     def _finish_quietly(
