@@ -18,14 +18,21 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from crew_budget.config import BudgetConfig, load_config
-from crew_budget.errors import BudgetExceeded, LedgerUnavailable, UsageError
+from crew_budget.errors import (
+    BudgetExceeded,
+    LedgerError,
+    LedgerReset,
+    LedgerUnavailable,
+    UsageError,
+)
 from crew_budget.estimate import Estimate, Estimator
+from crew_budget.journal import Journal
 from crew_budget.ledger import (
     Bucket,
     BucketState,
@@ -68,6 +75,8 @@ class Ticket:
     expires_at: float
     guarded: bool = True
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    journal_id: str = ""
+    """For a call fail_open let through: its entry in the local journal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +159,15 @@ class Guard:
         self._pending: collections.deque[tuple[Ticket, Usage | None, int]] = collections.deque(
             maxlen=10_000
         )
+        # Pending settles that could never apply (the ledger no longer knows
+        # the reservation, e.g. after it lost its state): each dropped with
+        # one error in the log, and counted here.
+        self.dropped_settles = 0
+        self._journal: Journal | None = None
+        self._journal_dirty = False
+        if self.config.fail_open and not self.ledger.url.startswith("memory:"):
+            self._journal = Journal(self.config.journal or _default_journal(self.config.namespace))
+            self._journal_dirty = self._journal.exists()  # left by an earlier outage
         self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
         # An `alerts:` section is acted on, not silently ignored: its manager
         # starts here (a background thread). A manager built by hand later
@@ -306,7 +324,15 @@ class Guard:
         )
         rid = new_reservation_id()
         try:
-            result = self._reserve(role, rid, amount, draft)
+            try:
+                result = self._reserve(role, rid, amount, draft)
+            except LedgerReset as reset:
+                if self.config.on_ledger_reset != "continue":
+                    raise
+                self._accept_reset(reset)
+                result = self._reserve(role, rid, amount, draft)
+        except LedgerReset:
+            raise  # the ledger answers, but its books are gone: fail_open does not apply
         except LedgerUnavailable:
             self._flush_pending_quietly()
             if not self.config.fail_open:
@@ -315,8 +341,17 @@ class Guard:
                 "crew-budget: ledger %s unreachable; UNGUARDED call allowed by fail_open "
                 "(role=%s model=%s estimate=$%s)", self.ledger.url, role, model, from_nano(amount)
             )
+            jid = ""
+            if self._journal is not None:
+                jid = "j" + rid
+                self._journal.append({
+                    "k": "call", "id": jid, "ts": self._clock() + self._offset, "role": role,
+                    "model": model, "crew": crew_name, "estimate_nano": amount, "metadata": meta,
+                })
+                self._journal_dirty = True
             ticket = Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
-                            out_tokens, inject, 0.0, guarded=False, metadata=meta)
+                            out_tokens, inject, 0.0, guarded=False, metadata=meta,
+                            journal_id=jid)
             if self._listeners:
                 self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                       ticket=ticket))
@@ -324,29 +359,55 @@ class Guard:
         if isinstance(result, Denial):
             st = result.state
             assert st.bucket.limit_nano is not None
-            exceeded = BudgetExceeded(
-                role=role,
-                scope=st.bucket.scope,
-                window=st.bucket.window,
-                period=st.bucket.period,
-                limit=from_nano(st.bucket.limit_nano),
-                spent=from_nano(st.spent_nano),
-                reserved=from_nano(st.reserved_nano),
-                estimate=from_nano(amount),
-                model=model,
-            )
+            fields: dict[str, Any] = {
+                "role": role, "scope": st.bucket.scope, "window": st.bucket.window,
+                "period": st.bucket.period, "limit": from_nano(st.bucket.limit_nano),
+                "spent": from_nano(st.spent_nano), "reserved": from_nano(st.reserved_nano),
+                "estimate": from_nano(amount), "model": model,
+            }
+            exceeded = BudgetExceeded(**fields)
+            if st.reserved_nano and st.spent_nano + amount <= st.bucket.limit_nano:
+                note = self._lease_note(st.reserved_nano)
+                exceeded = BudgetExceeded(**fields, message=f"{exceeded} {note}")
             if self._listeners:
                 self._emit(GuardEvent("blocked", role, model, crew_name, from_nano(amount),
                                       error=exceeded))
             raise exceeded
         if self._pending:
             self._flush_pending_quietly()
+        if self._journal_dirty:
+            self._replay_journal()
         ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
                         inject, result.expires_at, metadata=meta)
         if self._listeners:
             self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                   ticket=ticket))
         return ticket
+
+    def _lease_note(self, reserved_nano: int) -> str:
+        """Why a refusal may clear by itself: reservations still held by leases."""
+        try:
+            oldest = self.ledger.oldest_lease()
+        except LedgerError:
+            oldest = None
+        held = f"${from_nano(reserved_nano)} of it is held by reservations of calls in flight"
+        if oldest is None:
+            return (f"{held} (or of processes that died before settling). Fix: wait for them "
+                    "to settle, or lower `lease_seconds` so dead ones are reaped sooner.")
+        wait = max(0.0, oldest - (self._clock() + self._offset))
+        when = datetime.fromtimestamp(oldest, self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return (f"{held}, or of processes that died before settling: a lease held that long "
+                f"is charged at its reserved amount when it ends; the oldest lease ends at "
+                f"{when} (in {wait:.0f} s). Fix: wait, or lower `lease_seconds` "
+                f"(now {self._lease:g} s) so dead processes' reservations are reaped sooner.")
+
+    def _accept_reset(self, reset: LedgerReset) -> None:
+        """``on_ledger_reset: continue``: record the loss in the ledger, go on from $0."""
+        log.error("crew-budget: %s Continuing from $0 because on_ledger_reset is 'continue'.",
+                  reset)
+        self.ledger.recover(who=f"crew-budget guard (pid {os.getpid()})",
+                            reason=f"on_ledger_reset: continue ({reset.detail})")
+        self._drop_pending("the ledger lost its state")
 
     def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft) -> Any:
         now = self._clock() + self._offset
@@ -395,7 +456,13 @@ class Guard:
         self, ticket: Ticket, usage: Usage | None, cost_nano: int | None
     ) -> Settlement:
         if not ticket.guarded:
-            if cost_nano:
+            if self._journal is not None and ticket.journal_id:
+                self._journal.append({"k": "cost", "id": ticket.journal_id,
+                                      "cost_nano": cost_nano or 0,
+                                      "usage": None if usage is None else asdict(usage)})
+                self._journal_dirty = True
+                self._replay_journal()
+            elif cost_nano:
                 self._record_unguarded(ticket, usage, cost_nano)
             return Settlement("unguarded", from_nano(cost_nano or 0), False, usage)
         try:
@@ -424,7 +491,49 @@ class Guard:
             log.warning("crew-budget: unguarded call cost $%s not recorded (ledger down)",
                         from_nano(cost_nano))
 
+    def _replay_journal(self) -> None:
+        """Book the journaled fail_open calls, if the ledger is back (never raises)."""
+        journal = self._journal
+        if journal is None:
+            return
+        try:
+            n = journal.replay(self._book_journaled, self._clock() + self._offset, self._lease)
+        except (LedgerError, OSError, ValueError, KeyError) as exc:
+            log.error("crew-budget: could not replay the fail_open journal %s (%s); will retry",
+                      journal.path, exc)
+            return
+        self._journal_dirty = journal.exists()
+        if n:
+            log.warning("crew-budget: booked %d call(s) made during a ledger outage from %s",
+                        n, journal.path)
+
+    def _book_journaled(self, call: dict[str, Any], cost_nano: int,
+                        usage: dict[str, Any] | None) -> None:
+        draft = RecordDraft(role=call["role"], model=call["model"], crew=call.get("crew"),
+                            estimate_nano=int(call.get("estimate_nano", 0)),
+                            metadata={**(call.get("metadata") or {}), "journaled": True})
+        ts = float(call["ts"])
+        record = SpendRecord.build(ts=ts, reservation_id=call["id"], outcome="unguarded",
+                                   draft=draft, cost_nano=cost_nano,
+                                   usage=None if usage is None else Usage(**usage))
+        self.ledger.charge(call["id"], self._buckets(call["role"], ts), cost_nano, record)
+
+    def _drop_pending(self, why: str) -> None:
+        n = len(self._pending)
+        if n:
+            self._pending.clear()
+            self.dropped_settles += n
+            log.error("crew-budget: dropped %d pending settle(s): %s, so their reservations "
+                      "are gone and cannot be settled", n, why)
+
     def _flush_pending_quietly(self) -> None:
+        """Retry settles that failed while the ledger was down. Never raises.
+
+        One that can never apply (the ledger no longer knows the
+        reservation, e.g. it lost its state; or it rejected the operation)
+        is dropped with one error and counted in ``dropped_settles``: left
+        queued it would fail every later call.
+        """
         while self._pending:
             ticket, usage, cost = self._pending[0]
             try:
@@ -432,8 +541,17 @@ class Guard:
                     self.ledger.release(ticket.reservation_id)
                 else:
                     self.ledger.settle(ticket.reservation_id, cost, usage or Usage())
+            except LedgerReset:
+                return
             except LedgerUnavailable:
                 return
+            except (LedgerError, ValueError) as exc:
+                self._pending.popleft()
+                self.dropped_settles += 1
+                log.error("crew-budget: dropped the pending settle of %s ($%s, role=%s): it "
+                          "can never apply (%s)", ticket.reservation_id,
+                          from_nano(max(cost, 0)), ticket.role, exc)
+                continue
             self._pending.popleft()
 
     # -- reading ------------------------------------------------------------
@@ -507,10 +625,26 @@ class Guard:
             for s in states
         ]
 
+    @property
+    def pending_settles(self) -> int:
+        """Settles waiting for the ledger to come back (retried on the next call)."""
+        return len(self._pending)
+
     def close(self) -> None:
+        """Stop alerts, retry pending settles and journaled calls once, close the ledger.
+
+        Never raises for a settle or journal entry that cannot be written now:
+        those are logged (a journal stays on disk for the next guard).
+        """
         if self.alerts is not None:
             self.alerts.close()
         self._flush_pending_quietly()
+        if self._pending:
+            log.error("crew-budget: closing with %d settle(s) not written (ledger %s down); "
+                      "their reservations will expire at their reserved amounts",
+                      len(self._pending), self.ledger.url)
+        if self._journal_dirty:
+            self._replay_journal()
         self.ledger.close()
 
     def __enter__(self) -> Guard:
@@ -518,3 +652,10 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _default_journal(namespace: str) -> str:
+    """``<XDG_STATE_HOME or ~/.local/state>/crew-budget/journal-<namespace>.jsonl``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")
+    return os.path.join(state, "crew-budget", f"journal-{namespace}.jsonl")
