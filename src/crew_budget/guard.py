@@ -54,6 +54,9 @@ __all__ = ["BudgetStatus", "Guard", "GuardEvent", "Settlement", "Ticket"]
 
 log = logging.getLogger("crew_budget")
 
+_RELEASE_IF_RESERVED = -2
+"""A pending entry's cost for a reserve that timed out: release it if it landed."""
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
@@ -333,7 +336,13 @@ class Guard:
                 result = self._reserve(role, rid, amount, draft)
         except LedgerReset:
             raise  # the ledger answers, but its books are gone: fail_open does not apply
-        except LedgerUnavailable:
+        except LedgerUnavailable as exc:
+            if "Timeout" in exc.reason:
+                # The request may have reached a server that was only slow
+                # (frozen, swapping) and run later: release it then, if so.
+                self._pending.append((Ticket(rid, role, model, crew_name, from_nano(amount),
+                                             prompt_tokens, out_tokens, inject, 0.0),
+                                      None, _RELEASE_IF_RESERVED))
             self._flush_pending_quietly()
             if not self.config.fail_open:
                 raise
@@ -547,6 +556,8 @@ class Guard:
                 return
             except (LedgerError, ValueError) as exc:
                 self._pending.popleft()
+                if cost == _RELEASE_IF_RESERVED:
+                    continue  # the timed-out reserve never landed: nothing to undo
                 self.dropped_settles += 1
                 log.error("crew-budget: dropped the pending settle of %s ($%s, role=%s): it "
                           "can never apply (%s)", ticket.reservation_id,
