@@ -320,3 +320,37 @@ def test_a_refusal_caused_by_held_leases_says_so_and_when_they_end(
         guard.preflight("researcher", "test-model", MESSAGES, max_tokens=10_000)
     assert "lease" not in str(plain.value)
     guard.close()
+
+
+def test_a_deleted_or_replaced_sqlite_file_is_a_loss_until_recovered(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    old = Guard(CONFIG, url)
+    assert call(old, 3_990_000) == Decimal("3.99")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(LedgerReset) as caught:
+        old.preflight("researcher", "test-model", MESSAGES, max_tokens=10)
+    assert str(caught.value).startswith(
+        f"budget ledger {url} lost its state (the ledger file was deleted or moved away): ")
+    # A new process makes a fresh file and, never having seen the old one,
+    # takes it as new (the documented limit) ...
+    new = Guard(CONFIG, url)
+    assert call(new, 100_000) == Decimal("0.10")
+    # ... until a process that knew the old file notices: it refuses, and
+    # marks the new file lost, so the newcomer stops too.
+    with pytest.raises(LedgerReset) as replaced:
+        old.preflight("researcher", "test-model", MESSAGES, max_tokens=10)
+    assert "(the ledger file was replaced by another)" in str(replaced.value)
+    with pytest.raises(LedgerReset):
+        new.preflight("researcher", "test-model", MESSAGES, max_tokens=10)
+    assert spent(new) == (Decimal("0.10"), 0)
+    done = recover_cli(url, "restored an empty file")
+    assert done.returncode == 0, done.stderr
+    assert call(old, 200_000) == Decimal("0.20")
+    assert call(new, 300_000) == Decimal("0.30")
+    assert spent(old) == (Decimal("0.60"), 0)
+    audit = [r for r in new.ledger.records() if r.outcome == "reset"]
+    assert [a.metadata["reason"] for a in audit] == ["restored an empty file"]
+    old.close()
+    new.close()
