@@ -29,6 +29,7 @@ from crew_budget.errors import (
     LedgerError,
     LedgerReset,
     LedgerUnavailable,
+    ReservationError,
     UsageError,
 )
 from crew_budget.estimate import Estimate, Estimator
@@ -114,7 +115,8 @@ class GuardEvent:
     fail_open let it through unreserved) or ``blocked`` (``error`` says
     where); after settle/release, the final state: ``settled``, ``released``,
     ``expired`` (the lease ran out first), ``pending`` (ledger down, will
-    retry) or ``unguarded``. ``applied`` is False for a repeat that changed
+    retry), ``lost`` (the ledger no longer knows the reservation: it lost its
+    state) or ``unguarded``. ``applied`` is False for a repeat that changed
     nothing.
     """
 
@@ -433,7 +435,10 @@ class Guard:
         """Charge the actual cost from the provider's ``usage`` (idempotent).
 
         Unreadable usage is charged at the reservation and logged: a call that
-        happened is never counted as free.
+        happened is never counted as free. A reservation the ledger no longer
+        knows (it lost its state since preflight) is not raised into the
+        agent: the settlement's state is ``lost``, the error is logged and
+        ``dropped_settles`` counts it.
         """
         try:
             parsed: Usage | None = parse_usage(usage)
@@ -487,6 +492,14 @@ class Guard:
                       ticket.reservation_id, exc.reason)
             self._pending.append((ticket, usage, -1 if cost_nano is None else cost_nano))
             return Settlement("pending", from_nano(cost_nano or 0), False, usage)
+        except ReservationError as exc:
+            # The ledger no longer knows the reservation (it lost its state,
+            # or the ticket is from another ledger): nothing can be settled,
+            # and raising into the agent after its call was made helps no one.
+            self.dropped_settles += 1
+            log.error("crew-budget: could not settle %s ($%s, role=%s): %s",
+                      ticket.reservation_id, from_nano(cost_nano or 0), ticket.role, exc)
+            return Settlement("lost", from_nano(cost_nano or 0), False, usage)
         return Settlement(res.state, from_nano(res.cost_nano), res.applied, usage)
 
     def _record_unguarded(self, ticket: Ticket, usage: Usage | None, cost_nano: int) -> None:

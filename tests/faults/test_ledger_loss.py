@@ -354,3 +354,19 @@ def test_a_deleted_or_replaced_sqlite_file_is_a_loss_until_recovered(tmp_path: P
     assert [a.metadata["reason"] for a in audit] == ["restored an empty file"]
     old.close()
     new.close()
+
+
+def test_settling_a_call_reserved_before_the_loss_does_not_raise_into_the_agent(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = Guard(CONFIG, server.url)
+    ticket = guard.preflight("researcher", "test-model", MESSAGES, max_tokens=10)
+    server.command("FLUSHALL")
+    with caplog.at_level(logging.ERROR, logger="crew_budget"):
+        result = guard.settle(ticket, usage(1_000_000))
+    assert (result.state, result.cost, result.applied) == ("lost", Decimal("1.00"), False)
+    assert guard.dropped_settles == 1
+    assert sum(f"could not settle {ticket.reservation_id}" in r.getMessage()
+               for r in caplog.records) == 1
+    assert spent(guard) == (0, 0)  # nothing written into the emptied ledger
+    guard.close()

@@ -30,6 +30,25 @@ retention period; a finished reservation stays for its lease plus a day (so
 repeated settles stay idempotent); spend records go to a stream trimmed by
 ``MINID`` to the retention period on every append.
 
+Timeouts: 1 s to connect and 2 s per operation unless the URL says
+otherwise, e.g. ``redis://host:6379/0?socket_timeout=0.5&socket_connect_timeout=0.3``
+(seconds; both are honoured on every path, the per-call one included). A
+reserve that timed out may still run on a server that was only slow; the
+guard releases it with its next call.
+
+Integrity: a Redis that lost its data (restart without persistence,
+``FLUSHALL``/``FLUSHDB``, eviction, failover to an empty replica) is detected
+by the epoch key ``P.."epoch"`` that every reserve script checks against the
+epoch this client saw (see EPOCH in ``lua/_common.lua``), and refused with
+``LedgerReset`` until ``crew-budget recover --accept-loss``. Detected: any
+loss while at least one client that saw the old epoch keeps making calls (it
+marks the ledger lost for every client, new ones included), a second
+"fresh" start on top of a known epoch. Not detected: a loss seen only by
+clients started after it (they take the empty ledger as new), and the loss
+of some keys while the epoch key survives (only ``allkeys-*`` eviction does
+that: ``crew-budget doctor`` fails such a policy; the epoch has no expiry, so
+``volatile-*`` never takes it).
+
 Connection failures become ``LedgerUnavailable`` naming the URL without its
 password. Operations that are safe to repeat (reserve, by its id; settle,
 release, reap, status and reads) are retried once after a dropped
