@@ -170,6 +170,8 @@ class Guard:
         self.dropped_settles = 0
         self._journal: Journal | None = None
         self._journal_dirty = False
+        self._next_replay = 0.0
+        self._replay_blocked = False
         if self.config.fail_open and not self.ledger.url.startswith("memory:"):
             self._journal = Journal(self.config.journal or _default_journal(self.config.namespace))
             self._journal_dirty = self._journal.exists()  # left by an earlier outage
@@ -387,7 +389,9 @@ class Guard:
         if self._pending:
             self._flush_pending_quietly()
         if self._journal_dirty:
-            self._replay_journal()
+            # The ledger just answered: if the last replay stopped on an
+            # outage, book now rather than after the once-a-second pause.
+            self._replay_journal(force=self._replay_blocked)
         ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
                         inject, result.expires_at, metadata=meta)
         if self._listeners:
@@ -513,11 +517,19 @@ class Guard:
             log.warning("crew-budget: unguarded call cost $%s not recorded (ledger down)",
                         from_nano(cost_nano))
 
-    def _replay_journal(self) -> None:
+    def _replay_journal(self, *, force: bool = False) -> None:
         """Book the journaled fail_open calls, if the ledger is back (never raises)."""
         journal = self._journal
         if journal is None:
             return
+        # Calls still in flight in other processes keep the file non-empty;
+        # reading it on every call until their lease ends would cost a lock
+        # and a read per call, so at most once a second.
+        tick = time.monotonic()
+        if tick < self._next_replay and not force:
+            return
+        self._next_replay = tick + 1.0
+        self._replay_blocked = False
         try:
             n = journal.replay(self._book_journaled, self._clock() + self._offset, self._lease)
         except (LedgerError, OSError, ValueError, KeyError) as exc:
@@ -538,7 +550,11 @@ class Guard:
         record = SpendRecord.build(ts=ts, reservation_id=call["id"], outcome="unguarded",
                                    draft=draft, cost_nano=cost_nano,
                                    usage=None if usage is None else Usage(**usage))
-        self.ledger.charge(call["id"], self._buckets(call["role"], ts), cost_nano, record)
+        try:
+            self.ledger.charge(call["id"], self._buckets(call["role"], ts), cost_nano, record)
+        except LedgerUnavailable:
+            self._replay_blocked = True
+            raise
 
     def _drop_pending(self, why: str) -> None:
         n = len(self._pending)
@@ -668,7 +684,7 @@ class Guard:
                       "their reservations will expire at their reserved amounts",
                       len(self._pending), self.ledger.url)
         if self._journal_dirty:
-            self._replay_journal()
+            self._replay_journal(force=True)
         self.ledger.close()
 
     def __enter__(self) -> Guard:

@@ -93,10 +93,12 @@ class Journal:
             f.seek(0)
             calls: dict[str, dict[str, Any]] = {}
             costs: dict[str, dict[str, Any]] = {}
+            torn = 0
             for line in f:
                 try:
                     entry = json.loads(line)
                 except ValueError:  # a line torn by a crash mid-write: never fsync'd, never sent
+                    torn += 1
                     continue
                 (calls if entry.get("k") == "call" else costs)[str(entry.get("id"))] = entry
             keep: list[dict[str, Any]] = []
@@ -125,6 +127,8 @@ class Journal:
                     continue
                 booked += 1
             keep.extend(costs.values())  # a cost whose call line is in a newer file: keep it
+            if not booked and not torn:
+                return 0  # nothing changed: no rewrite (calls still in flight elsewhere)
             tmp = self.path.with_name(self.path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as out:
                 for entry in keep:
