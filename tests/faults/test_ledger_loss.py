@@ -370,3 +370,67 @@ def test_settling_a_call_reserved_before_the_loss_does_not_raise_into_the_agent(
                for r in caplog.records) == 1
     assert spent(guard) == (0, 0)  # nothing written into the emptied ledger
     guard.close()
+
+
+def _flush_worker(url: str, results: Any, ready: Any, flushed: Any, recovered: Any) -> None:
+    guard = Guard({**CONFIG, "roles": {"researcher": {"daily": "100"}}}, url)
+    call(guard, 10_000)
+    ready.put(1)
+    before = 1
+    while not flushed.is_set():
+        try:
+            call(guard, 10_000)
+        except LedgerReset:  # the flush landed before the event was set
+            break
+        before += 1
+    flushed.wait(60)
+    errors: dict[str, int] = {}
+    for _ in range(20):
+        try:
+            call(guard, 10_000)
+            errors["none"] = errors.get("none", 0) + 1
+        except Exception as exc:  # noqa: BLE001 - counted by type below
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+    ready.put(2)
+    recovered.wait(60)
+    after = [str(call(guard, 10_000)) for _ in range(5)]
+    guard.close()
+    results.put((before, errors, after, guard.dropped_settles))
+
+
+@pytest.mark.slow
+def test_four_worker_processes_all_refuse_after_a_flush_and_all_resume_after_recover(
+    server: RedisServer,
+) -> None:
+    """Issue 9's run: after the flush every worker is refused with LedgerReset
+    (not wedged on ReservationError), nothing is charged, and all resume."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    results, ready, flushed, recovered = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+    procs = [ctx.Process(target=_flush_worker,
+                         args=(server.url, results, ready, flushed, recovered))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)  # every worker has made a call on the old epoch
+    time.sleep(0.3)
+    server.command("FLUSHALL")
+    flushed.set()
+    for _ in procs:
+        ready.get(timeout=60)  # every worker has made its 20 attempts
+    observer = Guard(CONFIG, server.url)
+    assert spent(observer) == (0, 0)  # nothing charged after the flush
+    done = recover_cli(server.url, "flushed in test")
+    assert done.returncode == 0, done.stderr
+    recovered.set()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert all(before > 0 for before, _, _, _ in outcomes)
+    assert [errors for _, errors, _, _ in outcomes] == [{"LedgerReset": 20}] * 4
+    assert [after for _, _, after, _ in outcomes] == [["0.01"] * 5] * 4
+    assert spent(observer) == (Decimal("0.20"), 0)  # 4 workers x 5 calls x $0.01
+    assert sum(dropped for *_, dropped in outcomes) <= 4  # at most one in flight each
+    observer.close()
