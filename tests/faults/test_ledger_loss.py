@@ -389,7 +389,7 @@ def _flush_worker(url: str, results: Any, ready: Any, flushed: Any, recovered: A
         try:
             call(guard, 10_000)
             errors["none"] = errors.get("none", 0) + 1
-        except Exception as exc:  # noqa: BLE001 - counted by type below
+        except Exception as exc:  # counted by type below
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
     ready.put(2)
     recovered.wait(60)
