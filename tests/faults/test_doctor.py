@@ -112,3 +112,32 @@ def test_sqlite_ledger(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[1] == "  OK   journal mode: wal"
     assert lines[2].startswith("  OK   integrity: epoch new:")
+
+
+def test_a_one_node_cluster_is_judged_on_its_cluster_state(tmp_path: Path) -> None:
+    from tests.fixtures.redis_server import free_port
+
+    port = free_port()
+    while port > 55535:  # Redis refuses cluster nodes above it (bus port = port + 10000)
+        port = free_port()
+    with RedisServer(port=port, directory=new_dir(tmp_path / "cluster"), appendonly=True,
+                     extra_args=("--cluster-enabled", "yes", "--cluster-config-file",
+                                 "nodes.conf", "--cluster-port", str(free_port()))) as server:
+        unserved = CliRunner().invoke(app, ["doctor", "--ledger", server.url])
+        assert server.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383").startswith(b"+OK")
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:
+            served = CliRunner().invoke(
+                app, ["doctor", "--ledger", f"redis+cluster://127.0.0.1:{server.port}"])
+            if "cluster_state ok" in served.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    # No slot served: the ledger cannot even be read (exit 3, named).
+    assert unserved.exit_code == 3
+    assert unserved.stderr == (
+        f"crew-budget doctor: error: ledger {server.url} is unreachable (ClusterDownError: Hash "
+        "slot not served); start it or pass the right --ledger URL (or set CREW_BUDGET_LEDGER)\n")
+    assert served.exit_code == 0, served.stdout
+    assert "  OK   cluster: cluster_state ok" in served.stdout.splitlines()

@@ -856,21 +856,34 @@ class RedisLedger(Ledger):
         (``clock_skew_s``: Redis TIME minus this machine's) and the epoch."""
         import time
 
+        def one(reply: Any) -> dict[str, Any]:
+            # Redis Cluster answers per node ({node: reply}): judge the first.
+            if isinstance(reply, dict) and reply and all(isinstance(v, dict)
+                                                         for v in reply.values()):
+                return dict(next(iter(reply.values())))
+            return dict(reply) if isinstance(reply, dict) else {}
+
         def read(c: Any) -> dict[str, str]:
             facts: dict[str, str] = {}
             for section in ("server", "persistence", "memory", "cluster", "replication"):
-                for k, v in c.info(section).items():
+                for k, v in one(c.info(section)).items():
                     facts[str(k)] = str(v)
             for name in ("maxmemory-policy", "appendonly", "appendfsync", "save", "maxmemory"):
                 try:
-                    got = c.config_get(name)
+                    got = one(c.config_get(name))
                 except rexc.ResponseError:  # CONFIG renamed or forbidden (managed Redis)
                     continue
                 if name in got:
                     facts["config:" + name] = str(got[name])
             if facts.get("cluster_enabled") == "1":
-                with contextlib.suppress(rexc.ResponseError):
-                    facts.update({str(k): str(v) for k, v in c.cluster("info").items()})
+                with contextlib.suppress(rexc.RedisError):
+                    raw = c.execute_command("CLUSTER", "INFO")
+                    if isinstance(raw, bytes):
+                        raw = raw.decode()
+                    if isinstance(raw, str):
+                        raw = dict(line.split(":", 1) for line in raw.splitlines()
+                                   if ":" in line)
+                    facts.update({str(k): str(v).strip() for k, v in one(raw).items()})
             before = time.time()
             sec, usec = c.time()
             facts["clock_skew_s"] = repr(int(sec) + int(usec) / 1e6 - (before + time.time()) / 2)
