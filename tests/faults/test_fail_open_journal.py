@@ -104,3 +104,30 @@ def test_a_call_whose_process_died_before_settling_is_booked_at_its_estimate(
     (rec,) = [r for r in later.ledger.records() if r.outcome == "unguarded"]
     assert Decimal(rec.cost_nano) / 10**9 == ticket.estimate
     assert Journal(tmp_path / "journal.jsonl").exists() is False
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_charge_books_once_past_the_limit_on_every_backend(
+    kind: str, tmp_path: Path, aof_server: RedisServer
+) -> None:
+    from datetime import timezone
+
+    from crew_budget.ledger import Bucket, SpendRecord, open_ledger
+    from crew_budget.windows import span
+
+    url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'c.db'}",
+           "redis": aof_server.url}[kind]
+    ledger = open_ledger(url)
+    now = ledger.now()
+    day = span("day", now, timezone.utc)
+    bucket = Bucket("role:researcher", "day", day.period, 1_000, day.starts_at, day.ends_at)
+    record = SpendRecord(ts=now, reservation_id="jx1", outcome="unguarded", role="researcher",
+                         model="test-model", cost_nano=5_000)
+    # $0.000005 on a $0.000001 limit: the money was spent, so it is booked.
+    assert ledger.charge("jx1", [bucket], 5_000, record) is True
+    assert ledger.charge("jx1", [bucket], 5_000, record) is False  # a replay: nothing
+    (state,) = ledger.status([bucket])
+    assert (state.spent_nano, state.reserved_nano) == (5_000, 0)
+    assert [(r.outcome, r.cost_nano) for r in ledger.records()] == [("unguarded", 5_000)]
+    assert ledger.reservation_state("jx1") == "unguarded"
+    ledger.close()
