@@ -10,9 +10,12 @@ narrow class per problem so they can catch exactly one thing::
     ├── UsageError             a provider response whose usage cannot be read
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
-    │   │   └── LedgerReset    the ledger lost its state (restart, flush, failover)
     │   └── ReservationError   unknown or foreign reservation id
     └── BudgetExceeded         a call would cross a budget: it was not sent
+
+``LedgerReset`` is a ``LedgerUnavailable`` too: the ledger answers but lost
+the state it held (a Redis restart without persistence, a flush, a failover
+to an empty replica, a replaced SQLite file).
 
 Every error carries its facts as attributes, and its message names the
 problem *and* the fix, because the person reading it is usually looking at
@@ -104,6 +107,10 @@ class LedgerUnavailable(LedgerError, ConnectionError):
         return (type(self), (self.url, self.reason))
 
 
+class ReservationError(LedgerError, LookupError):
+    """A reservation id the ledger does not know (or that is not ours)."""
+
+
 class LedgerReset(LedgerUnavailable):
     """The ledger lost the state it held (spend, reservations, records).
 
@@ -133,10 +140,6 @@ class LedgerReset(LedgerUnavailable):
             f"`crew-budget recover --accept-loss --reason '...'`, or set "
             f"`on_ledger_reset: continue` to accept such losses automatically."
         )
-
-
-class ReservationError(LedgerError, LookupError):
-    """A reservation id the ledger does not know (or that is not ours)."""
 
 
 class BudgetExceeded(CrewBudgetError):

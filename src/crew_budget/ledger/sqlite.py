@@ -106,74 +106,15 @@ class SQLiteLedger(Ledger):
         self._clock = clock or time.time
         self._retention = retention_days * 86400.0
         self._busy_timeout = busy_timeout_s
+        self._gen = 0  # bumped when the file is switched (recover, adoption)
         self._local = threading.local()
         self._ops = 0
-        self._gen = 0  # bumped when the file is switched (recover, adoption)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._conn().executescript(_SCHEMA)
             self._arm(self._conn())
         except sqlite3.Error as exc:
             raise LedgerUnavailable(url, f"cannot open or create the ledger file: {exc}") from exc
-
-    def _arm(self, db: sqlite3.Connection) -> None:
-        """Create the schema and epoch if missing; remember this file and its epoch."""
-        db.executescript(_SCHEMA)
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
-                   ("new:" + os.urandom(8).hex(),))
-        self._epoch = str(db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
-        st = os.stat(self.path)
-        self._ident = (st.st_dev, st.st_ino)
-
-    def _check_file(self) -> None:
-        """Refuse (``LedgerReset``) if the file was deleted or replaced; adopt a
-        replacement an operator recovered."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise LedgerReset(self.url, "the ledger file was deleted or moved away") from None
-        if (st.st_dev, st.st_ino) == self._ident:
-            return
-        try:
-            other = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise LedgerUnavailable(self.url, f"cannot open the ledger file: {exc}") from exc
-        try:
-            try:
-                row = other.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            except sqlite3.Error:
-                row = None
-            value = None if row is None else str(row[0])
-            if value is not None and value.startswith("recovered:"):
-                self._gen += 1  # every thread reconnects to the file now at the path
-                self._epoch, self._ident = value, (st.st_dev, st.st_ino)
-                return
-            if value is not None and value.startswith("lost:"):
-                raise LedgerReset(self.url, value.split(":", 2)[-1])
-            what = "the ledger file was replaced by another"
-            if value is not None:  # our schema: make every process using it stop too
-                with contextlib.suppress(sqlite3.Error):
-                    other.execute("UPDATE meta SET value = ? WHERE key = 'epoch'",
-                                  (f"lost:{self._clock()}:{what}",))
-            raise LedgerReset(self.url, what)
-        finally:
-            other.close()
-
-    def _epoch_verdict(self, db: sqlite3.Connection) -> str | None:
-        """Inside a write transaction: why the epoch says the state was lost, or None."""
-        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-        value = None if row is None else str(row[0])
-        if value == self._epoch:
-            return None
-        if value is not None and value.startswith("recovered:"):
-            self._epoch = value
-            return None
-        if value is not None and value.startswith("lost:"):
-            return value.split(":", 2)[-1]
-        what = ("its epoch row was deleted" if value is None
-                else f"it was started afresh as {value} after holding {self._epoch}")
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)",
-                   (f"lost:{self._clock()}:{what}",))
-        return what
 
     # -- connection handling -------------------------------------------------
 
@@ -436,6 +377,65 @@ class SQLiteLedger(Ledger):
             return BucketState(bucket, 0, reserved)
 
     # -- integrity -------------------------------------------------------------
+
+    def _arm(self, db: sqlite3.Connection) -> None:
+        """Create the epoch if missing; remember this file and its epoch."""
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                   ("new:" + os.urandom(8).hex(),))
+        self._epoch = str(db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """Refuse (``LedgerReset``) if the file was deleted or replaced; adopt a
+        replacement an operator recovered."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise LedgerReset(self.url, "the ledger file was deleted or moved away") from None
+        if (st.st_dev, st.st_ino) == self._ident:
+            return
+        try:
+            other = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, f"cannot open the ledger file: {exc}") from exc
+        try:
+            try:
+                row = other.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            except sqlite3.Error:
+                row = None
+            value = None if row is None else str(row[0])
+            if value is not None and value.startswith("recovered:"):
+                self._gen += 1  # every thread reconnects to the file now at the path
+                self._epoch, self._ident = value, (st.st_dev, st.st_ino)
+                return
+            if value is not None and value.startswith("lost:"):
+                raise LedgerReset(self.url, value.split(":", 2)[-1])
+            what = "the ledger file was replaced by another"
+            if value is not None:  # our schema: make every process using it stop too
+                with contextlib.suppress(sqlite3.Error):
+                    other.execute("UPDATE meta SET value = ? WHERE key = 'epoch'",
+                                  (f"lost:{self._clock()}:{what}",))
+            raise LedgerReset(self.url, what)
+        finally:
+            other.close()
+
+    def _epoch_verdict(self, db: sqlite3.Connection) -> str | None:
+        """Inside a write transaction: why the epoch says the state was lost, or None."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        value = None if row is None else str(row[0])
+        if value == self._epoch:
+            return None
+        if value is not None and value.startswith("recovered:"):
+            self._epoch = value
+            return None
+        if value is not None and value.startswith("lost:"):
+            return value.split(":", 2)[-1]
+        what = ("its epoch row was deleted" if value is None
+                else f"it was started afresh as {value} after holding {self._epoch}")
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)",
+                   (f"lost:{self._clock()}:{what}",))
+        return what
 
     def epoch_state(self) -> str | None:
         try:
