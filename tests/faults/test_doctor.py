@@ -107,6 +107,7 @@ def test_judge_redis_reads_cluster_replica_version_and_clock() -> None:
 
 def test_sqlite_ledger(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
+    Guard(CONFIG, url).close()  # doctor reads a ledger; it need not create one
     result = CliRunner().invoke(app, ["doctor", "--ledger", url])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()

@@ -434,3 +434,30 @@ def test_four_worker_processes_all_refuse_after_a_flush_and_all_resume_after_rec
     assert spent(observer) == (Decimal("0.20"), 0)  # 4 workers x 5 calls x $0.01
     assert sum(dropped for *_, dropped in outcomes) <= 4  # at most one in flight each
     observer.close()
+
+
+def test_a_client_that_sends_no_epoch_is_served_as_new(server: RedisServer) -> None:
+    """crew-budget 0.1.0 clients (no epoch argument) keep working mid-upgrade."""
+    import redis as redis_py
+
+    from crew_budget.ledger.redis import _sources
+
+    guard = Guard(CONFIG, server.url)
+    call(guard, 1_000)
+    ledger = guard.ledger
+    assert isinstance(ledger, RedisLedger)
+    (bucket,) = guard.buckets("researcher")
+    plan = ledger._plan((bucket,))
+    client = redis_py.Redis.from_url(server.url)
+    try:
+        reply = client.eval(
+            _sources()["reserve"], 4, ledger.prefix + "leases", ledger.prefix + "records",
+            ledger.prefix + "r:old1", *plan.keys, "old1", '"old1"', "1000", "60000",
+            "86400000", '"role":"researcher","model":"m","crew":null,"estimate_nano":1000,'
+            '"metadata":{}', *plan.fixed_args.raw)
+    finally:
+        client.close()
+    assert reply[0] == b"ok" and len(reply) == 3  # granted, told the epoch in force
+    assert reply[2].decode() == ledger.epoch
+    assert spent(guard) == (Decimal("0.001"), Decimal("0.000001"))
+    guard.close()

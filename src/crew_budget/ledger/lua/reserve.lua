@@ -23,7 +23,7 @@
 -- ARGV[13+n+i] - bucket i's counter expiry (Unix s: window end + retention)
 -- ARGV[13+2n+i] - bucket i's scope as JSON (for a "blocked" record)
 -- ARGV[14+3n]  - the ledger epoch this client last saw, or "" (see EPOCH in
---                _common.lua)
+--                _common.lua); optional (absent = "")
 -- ARGV[1..6] change with every call; the rest is fixed per ledger and set of
 -- buckets, so the client sends it pre-encoded.
 --
@@ -59,8 +59,10 @@ if nb > 0 and not (tonumber(ARGV[10]) <= now and now < tonumber(ARGV[11])) then
   return {'skew', ts}
 end
 
--- EPOCH check (integrity; see EPOCH in _common.lua): before any write.
-local epoch = check_epoch(prefix, ARGV[14 + 3 * nb], rid, ts)
+-- EPOCH check (integrity; see EPOCH in _common.lua): before any write. A
+-- client that sends no epoch (crew-budget 0.1.0, mid-upgrade) counts as new.
+local seen = ARGV[14 + 3 * nb] or ''
+local epoch = check_epoch(prefix, seen, rid, ts)
 if string.sub(epoch, 1, 5) == 'lost:' then return {'reset', epoch} end
 -- end of the EPOCH check
 
@@ -101,5 +103,5 @@ redis.call('SET', KEYS[3], 'reserved\n' .. ARGV[13] .. '\n' .. int_str(expires_m
   .. amount .. '\n' .. tomb .. '\n' .. rid_json .. '\n' .. tail .. '\n' .. ARGV[9],
   'PXAT', int_str(keep_ms))
 redis.call('ZADD', KEYS[1], int_str(expires_ms), rid)
-if epoch ~= ARGV[14 + 3 * nb] then return {'ok', int_str(now_ms), epoch} end
+if epoch ~= seen then return {'ok', int_str(now_ms), epoch} end
 return {'ok', int_str(now_ms)}
