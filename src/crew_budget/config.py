@@ -125,7 +125,7 @@ class BudgetConfig(_Model):
     # loss and go on from $0.
     on_ledger_reset: Literal["block", "continue"] = "block"
     # Where calls let through by fail_open are journaled until the ledger
-    # returns (default: <state dir>/crew-budget/journal-<namespace>.jsonl).
+    # returns (default: <state dir>/crew-budget/journal-<namespace>-<url hash>.jsonl).
     journal: str | None = None
     lease_seconds: int = Field(default=600, gt=0)
     retention_days: int = Field(default=90, gt=0)

@@ -173,7 +173,8 @@ class Guard:
         self._next_replay = 0.0
         self._replay_blocked = False
         if self.config.fail_open and not self.ledger.url.startswith("memory:"):
-            self._journal = Journal(self.config.journal or _default_journal(self.config.namespace))
+            self._journal = Journal(self.config.journal
+                                    or _default_journal(self.config.namespace, self.ledger.url))
             self._journal_dirty = self._journal.exists()  # left by an earlier outage
         self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
         # An `alerts:` section is acted on, not silently ignored: its manager
@@ -694,8 +695,12 @@ class Guard:
         self.close()
 
 
-def _default_journal(namespace: str) -> str:
-    """``<XDG_STATE_HOME or ~/.local/state>/crew-budget/journal-<namespace>.jsonl``."""
+def _default_journal(namespace: str, url: str) -> str:
+    """``<XDG_STATE_HOME or ~/.local/state>/crew-budget/journal-<namespace>-<url hash>.jsonl``:
+    one file per ledger, so a replay never books calls into another ledger."""
+    import hashlib
+
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
                                                              "state")
-    return os.path.join(state, "crew-budget", f"journal-{namespace}.jsonl")
+    tag = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return os.path.join(state, "crew-budget", f"journal-{namespace}-{tag}.jsonl")

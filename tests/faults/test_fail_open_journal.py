@@ -131,3 +131,24 @@ def test_charge_books_once_past_the_limit_on_every_backend(
     assert [(r.outcome, r.cost_nano) for r in ledger.records()] == [("unguarded", 5_000)]
     assert ledger.reservation_state("jx1") == "unguarded"
     ledger.close()
+
+
+def test_the_default_journal_is_one_file_per_ledger_under_the_state_dir(
+    aof_server: RedisServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "state" / "crew-budget"  # XDG_STATE_HOME is tmp_path/state in tests
+    guard = Guard({**CONFIG, "fail_open": True}, aof_server.url)
+    aof_server.stop()
+    ticket = guard.preflight("researcher", "test-model", MESSAGES, max_tokens=10)
+    guard.settle(ticket, usage(2_000))
+    (journal,) = state.glob("journal-default-*.jsonl")
+    assert len(journal.read_text().splitlines()) == 2
+    other = Guard({**CONFIG, "fail_open": True}, "redis://127.0.0.1:1/0")
+    t2 = other.preflight("researcher", "test-model", MESSAGES, max_tokens=10)
+    other.settle(t2, usage(3_000))
+    assert len(list(state.glob("journal-default-*.jsonl"))) == 2  # never mixed
+    aof_server.start()
+    guard.close()  # books its own journal only
+    assert journal.read_text() == ""
+    assert [r.cost_nano for r in guard.ledger.records() if r.outcome == "unguarded"] == [2_000_000]
+    other.close()
