@@ -19,6 +19,7 @@ PUBLIC = [
     "Guard",
     "Ledger",
     "LedgerError",
+    "LedgerReset",
     "LedgerUnavailable",
     "Limits",
     "ModelPrice",

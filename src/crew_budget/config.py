@@ -335,6 +335,13 @@ class BudgetConfig(_Model):
     ledger: str | None = None
     namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)
     fail_open: bool = False
+    # What a ledger that lost its state does (crew_budget.LedgerReset): block
+    # every call until `crew-budget recover --accept-loss`, or record the
+    # loss and go on from $0.
+    on_ledger_reset: Literal["block", "continue"] = "block"
+    # Where calls let through by fail_open are journaled until the ledger
+    # returns (default: <state dir>/crew-budget/journal-<namespace>-<url hash>.jsonl).
+    journal: str | None = None
     lease_seconds: int = Field(default=600, ge=1, le=MAX_LEASE_SECONDS)
     retention_days: int = Field(default=90, ge=1, le=MAX_RETENTION_DAYS)
     default_max_output_tokens: OutputTokens = 4096
@@ -779,9 +786,9 @@ def _explain(err: Mapping[str, Any]) -> str:
         key = loc[-1] if loc else "?"
         parent = loc[-2] if len(loc) > 1 else ""
         known = {
-            "": "version, timezone, ledger, namespace, fail_open, lease_seconds, retention_days, "
-            "default_max_output_tokens, global, crew, roles, default_role, unknown_roles, "
-            "prices, alerts",
+            "": "version, timezone, ledger, namespace, fail_open, on_ledger_reset, journal, "
+            "lease_seconds, retention_days, default_max_output_tokens, global, crew, roles, "
+            "default_role, unknown_roles, prices, alerts",
         }
         if parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
             hint = "a role takes hourly, daily, monthly, max_output_tokens and aliases"

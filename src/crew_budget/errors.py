@@ -12,7 +12,9 @@ narrow class per problem so they can catch exactly one thing::
     ├── UnknownRoleError       a call names no role, or one that matches no budget
     ├── LedgerError
     │   ├── LedgerUnavailable  the ledger cannot be reached (fail closed)
-    │   │   └── LedgerNotFound no ledger at that path (read-only open)
+    │   │   ├── LedgerNotFound no ledger at that path (read-only open)
+    │   │   └── LedgerReset    the ledger answers but lost its state (flush,
+    │   │                      restart without persistence, empty replica)
     │   └── ReservationError   unknown or foreign reservation id
     └── BudgetExceeded         a call would cross a budget: it was not sent
 
@@ -198,6 +200,37 @@ class LedgerNotFound(LedgerUnavailable):
 
 class ReservationError(LedgerError, LookupError):
     """A reservation id the ledger does not know (or that is not ours)."""
+
+
+class LedgerReset(LedgerUnavailable):
+    """The ledger lost the state it held (spend, reservations, records).
+
+    A Redis restarted without persistence, a ``FLUSHALL``/``FLUSHDB``, keys
+    evicted under memory pressure, a failover to an empty replica, or a
+    replaced SQLite file: budgets would silently restart from $0, so calls
+    are refused (``on_ledger_reset: block``, the default) until an operator
+    accepts the loss with ``crew-budget recover --accept-loss``.
+
+    A ``LedgerUnavailable`` so code that already handles an unusable ledger
+    handles this too; ``fail_open`` does not apply to it (the ledger is
+    reachable, its books are not trustworthy). ``detail`` says what was
+    detected.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        self.reason = detail
+        self.detail = detail
+        LedgerError.__init__(
+            self,
+            f"budget ledger {url} lost its state ({detail}): the spend, reservations and "
+            f"records it held are gone, so budgets would restart from $0. The LLM call was "
+            f"blocked and nothing was charged. Fix: find out why (a Redis restart without "
+            f"persistence, FLUSHALL/FLUSHDB, eviction, a failover to an empty replica; "
+            f"`crew-budget doctor` checks the settings), then re-arm the ledger with "
+            f"`crew-budget recover --accept-loss --reason '...'`, or set "
+            f"`on_ledger_reset: continue` to accept such losses automatically."
+        )
 
 
 class BudgetExceeded(CrewBudgetError):

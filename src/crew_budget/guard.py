@@ -18,14 +18,23 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from crew_budget.config import DEFAULT_ROLE, BudgetConfig, load_config
-from crew_budget.errors import AmountError, BudgetExceeded, LedgerUnavailable, UsageError
+from crew_budget.errors import (
+    AmountError,
+    BudgetExceeded,
+    LedgerError,
+    LedgerReset,
+    LedgerUnavailable,
+    ReservationError,
+    UsageError,
+)
 from crew_budget.estimate import Estimate, Estimator, billed_completions
+from crew_budget.journal import Journal
 from crew_budget.ledger import (
     Bucket,
     BucketState,
@@ -55,6 +64,9 @@ __all__ = ["BudgetStatus", "Guard", "GuardEvent", "Settlement", "Ticket"]
 
 log = logging.getLogger("crew_budget")
 
+_RELEASE_IF_RESERVED = -2
+"""A pending entry's cost for a reserve that timed out: release it if it landed."""
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
@@ -76,6 +88,8 @@ class Ticket:
     expires_at: float
     guarded: bool = True
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    journal_id: str = ""
+    """For a call fail_open let through: its entry in the local journal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +124,8 @@ class GuardEvent:
     fail_open let it through unreserved) or ``blocked`` (``error`` says
     where); after settle/release, the final state: ``settled``, ``released``,
     ``expired`` (the lease ran out first), ``pending`` (ledger down, will
-    retry) or ``unguarded``. ``applied`` is False for a repeat that changed
+    retry), ``lost`` (the ledger no longer knows the reservation: it lost its
+    state) or ``unguarded``. ``applied`` is False for a repeat that changed
     nothing. A settle whose cost exceeded its reservation is followed by a
     second event, ``overrun``, with ``cost`` the charged amount and
     ``estimate`` the reservation (``cost / estimate`` is the factor).
@@ -180,12 +195,22 @@ class Guard:
         self._pending: collections.deque[tuple[Ticket, Usage | None, int]] = collections.deque(
             maxlen=10_000
         )
+        self._journal: Journal | None = None
+        self._journal_dirty = False
+        self._next_replay = 0.0
+        self._replay_blocked = False
+        if self.config.fail_open and not self.ledger.url.startswith("memory:"):
+            self._journal = Journal(self.config.journal
+                                    or _default_journal(self.config.namespace, self.ledger.url))
+            self._journal_dirty = self._journal.exists()  # left by an earlier outage
         self._listeners: tuple[Callable[[GuardEvent], None], ...] = ()
         #: Process-wide tallies since this guard was built, for logs and
         #: ``crew_budget.metrics``: ``usage_errors`` (settles charged at the
         #: reservation because the usage could not be trusted) and
-        #: ``overruns`` (settles above their reservation). Read, don't write.
-        self.counters: dict[str, int] = {"overruns": 0, "usage_errors": 0}
+        #: ``overruns`` (settles above their reservation) and ``dropped_settles``
+        #: (see the property). Read, don't write.
+        self.counters: dict[str, int] = {"overruns": 0, "usage_errors": 0,
+                                         "dropped_settles": 0}
         # Set by whatever watches this guard (an `alerts:` section's manager,
         # started by a construction hook, see crew_budget.wiring) and closed
         # with it. The guard itself imports nothing from crew_budget.alerts.
@@ -360,8 +385,22 @@ class Guard:
         )
         rid = new_reservation_id()
         try:
-            result = self._reserve(role, rid, amount, draft)
-        except LedgerUnavailable:
+            try:
+                result = self._reserve(role, rid, amount, draft)
+            except LedgerReset as reset:
+                if self.config.on_ledger_reset != "continue":
+                    raise
+                self._accept_reset(reset)
+                result = self._reserve(role, rid, amount, draft)
+        except LedgerReset:
+            raise  # the ledger answers, but its books are gone: fail_open does not apply
+        except LedgerUnavailable as exc:
+            if "Timeout" in exc.reason:
+                # The request may have reached a server that was only slow
+                # (frozen, swapping) and run later: release it then, if so.
+                self._pending.append((Ticket(rid, role, model, crew_name, from_nano(amount),
+                                             prompt_tokens, out_tokens, inject, 0.0),
+                                      None, _RELEASE_IF_RESERVED))
             self._flush_pending_quietly()
             if not self.config.fail_open:
                 raise
@@ -369,8 +408,17 @@ class Guard:
                 "crew-budget: ledger %s unreachable; UNGUARDED call allowed by fail_open "
                 "(role=%s model=%s estimate=$%s)", self.ledger.url, role, model, from_nano(amount)
             )
+            jid = ""
+            if self._journal is not None:
+                jid = "j" + rid
+                self._journal.append({
+                    "k": "call", "id": jid, "ts": self._clock() + self._offset, "role": role,
+                    "model": model, "crew": crew_name, "estimate_nano": amount, "metadata": meta,
+                })
+                self._journal_dirty = True
             ticket = Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
-                            out_tokens, inject, 0.0, guarded=False, metadata=meta)
+                            out_tokens, inject, 0.0, guarded=False, metadata=meta,
+                            journal_id=jid)
             if self._listeners:
                 self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                       ticket=ticket))
@@ -378,23 +426,26 @@ class Guard:
         if isinstance(result, Denial):
             st = result.state
             assert st.bucket.limit_nano is not None
-            exceeded = BudgetExceeded(
-                role=role,
-                scope=st.bucket.scope,
-                window=st.bucket.window,
-                period=st.bucket.period,
-                limit=from_nano(st.bucket.limit_nano),
-                spent=from_nano(st.spent_nano),
-                reserved=from_nano(st.reserved_nano),
-                estimate=from_nano(amount),
-                model=model,
-            )
+            fields: dict[str, Any] = {
+                "role": role, "scope": st.bucket.scope, "window": st.bucket.window,
+                "period": st.bucket.period, "limit": from_nano(st.bucket.limit_nano),
+                "spent": from_nano(st.spent_nano), "reserved": from_nano(st.reserved_nano),
+                "estimate": from_nano(amount), "model": model,
+            }
+            exceeded = BudgetExceeded(**fields)
+            if st.reserved_nano and st.spent_nano + amount <= st.bucket.limit_nano:
+                note = self._lease_note(st.reserved_nano)
+                exceeded = BudgetExceeded(**fields, message=f"{exceeded} {note}")
             if self._listeners:
                 self._emit(GuardEvent("blocked", role, model, crew_name, from_nano(amount),
                                       error=exceeded))
             raise exceeded
         if self._pending:
             self._flush_pending_quietly()
+        if self._journal_dirty:
+            # The ledger just answered: if the last replay stopped on an
+            # outage, book now rather than after the once-a-second pause.
+            self._replay_journal(force=self._replay_blocked)
         ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
                         inject, result.expires_at, metadata=meta)
         if self._listeners:
@@ -418,6 +469,31 @@ class Guard:
             names.clear()
         names[name] = resolved
         return resolved
+
+    def _lease_note(self, reserved_nano: int) -> str:
+        """Why a refusal may clear by itself: reservations still held by leases."""
+        try:
+            oldest = self.ledger.oldest_lease()
+        except LedgerError:
+            oldest = None
+        held = f"${from_nano(reserved_nano)} of it is held by reservations of calls in flight"
+        if oldest is None:
+            return (f"{held} (or of processes that died before settling). Fix: wait for them "
+                    "to settle, or lower `lease_seconds` so dead ones are reaped sooner.")
+        wait = max(0.0, oldest - (self._clock() + self._offset))
+        when = datetime.fromtimestamp(oldest, self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return (f"{held}, or of processes that died before settling: a lease held that long "
+                f"is charged at its reserved amount when it ends; the oldest lease ends at "
+                f"{when} (in {wait:.0f} s). Fix: wait, or lower `lease_seconds` "
+                f"(now {self._lease:g} s) so dead processes' reservations are reaped sooner.")
+
+    def _accept_reset(self, reset: LedgerReset) -> None:
+        """``on_ledger_reset: continue``: record the loss in the ledger, go on from $0."""
+        log.error("crew-budget: %s Continuing from $0 because on_ledger_reset is 'continue'.",
+                  reset)
+        self.ledger.recover(who=f"crew-budget guard (pid {os.getpid()})",
+                            reason=f"on_ledger_reset: continue ({reset.detail})")
+        self._drop_pending("the ledger lost its state")
 
     def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft) -> Any:
         now = self._clock() + self._offset
@@ -443,6 +519,10 @@ class Guard:
         A cost above the reservation is charged as billed (the invoice is
         what counts), logged with its factor, counted in
         ``counters["overruns"]`` and announced as an ``overrun`` event.
+
+        A reservation the ledger no longer knows (it lost its state since
+        preflight) is not raised into the agent: the settlement's state is
+        ``lost``, the error is logged and ``dropped_settles`` counts it.
         """
         price = self.prices.get(ticket.model)
         try:
@@ -468,9 +548,16 @@ class Guard:
             self._overrun(ticket, cost_nano, reserved, parsed)
         return result
 
-    def _bump(self, name: str) -> None:
+    def _bump(self, name: str, n: int = 1) -> None:
         with self._lock:
-            self.counters[name] = self.counters.get(name, 0) + 1
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    @property
+    def dropped_settles(self) -> int:
+        """Settles that could never apply (the ledger no longer knows the
+        reservation, e.g. after it lost its state): each dropped with one
+        error in the log. The same as ``counters["dropped_settles"]``."""
+        return self.counters["dropped_settles"]
 
     def _overrun(self, ticket: Ticket, cost_nano: int, reserved: int, usage: Usage) -> None:
         """A settle above its reservation: charged as billed, but said out loud.
@@ -507,7 +594,13 @@ class Guard:
         self, ticket: Ticket, usage: Usage | None, cost_nano: int | None
     ) -> Settlement:
         if not ticket.guarded:
-            if cost_nano:
+            if self._journal is not None and ticket.journal_id:
+                self._journal.append({"k": "cost", "id": ticket.journal_id,
+                                      "cost_nano": cost_nano or 0,
+                                      "usage": None if usage is None else asdict(usage)})
+                self._journal_dirty = True
+                self._replay_journal()
+            elif cost_nano:
                 self._record_unguarded(ticket, usage, cost_nano)
             return Settlement("unguarded", from_nano(cost_nano or 0), False, usage)
         try:
@@ -523,6 +616,14 @@ class Guard:
                       ticket.reservation_id, exc.reason)
             self._pending.append((ticket, usage, -1 if cost_nano is None else cost_nano))
             return Settlement("pending", from_nano(cost_nano or 0), False, usage)
+        except ReservationError as exc:
+            # The ledger no longer knows the reservation (it lost its state,
+            # or the ticket is from another ledger): nothing can be settled,
+            # and raising into the agent after its call was made helps no one.
+            self._bump("dropped_settles")
+            log.error("crew-budget: could not settle %s ($%s, role=%s): %s",
+                      ticket.reservation_id, from_nano(cost_nano or 0), ticket.role, exc)
+            return Settlement("lost", from_nano(cost_nano or 0), False, usage)
         return Settlement(res.state, from_nano(res.cost_nano), res.applied, usage)
 
     def _record_unguarded(self, ticket: Ticket, usage: Usage | None, cost_nano: int) -> None:
@@ -536,7 +637,61 @@ class Guard:
             log.warning("crew-budget: unguarded call cost $%s not recorded (ledger down)",
                         from_nano(cost_nano))
 
+    def _replay_journal(self, *, force: bool = False) -> None:
+        """Book the journaled fail_open calls, if the ledger is back (never raises)."""
+        journal = self._journal
+        if journal is None:
+            return
+        # Calls still in flight in other processes keep the file non-empty;
+        # reading it on every call until their lease ends would cost a lock
+        # and a read per call, so at most once a second.
+        tick = time.monotonic()
+        if tick < self._next_replay and not force:
+            return
+        self._next_replay = tick + 1.0
+        self._replay_blocked = False
+        try:
+            n = journal.replay(self._book_journaled, self._clock() + self._offset, self._lease)
+        except (LedgerError, OSError, ValueError, KeyError) as exc:
+            log.error("crew-budget: could not replay the fail_open journal %s (%s); will retry",
+                      journal.path, exc)
+            return
+        self._journal_dirty = journal.exists()
+        if n:
+            log.warning("crew-budget: booked %d call(s) made during a ledger outage from %s",
+                        n, journal.path)
+
+    def _book_journaled(self, call: dict[str, Any], cost_nano: int,
+                        usage: dict[str, Any] | None) -> None:
+        draft = RecordDraft(role=call["role"], model=call["model"], crew=call.get("crew"),
+                            estimate_nano=int(call.get("estimate_nano", 0)),
+                            metadata={**(call.get("metadata") or {}), "journaled": True})
+        ts = float(call["ts"])
+        record = SpendRecord.build(ts=ts, reservation_id=call["id"], outcome="unguarded",
+                                   draft=draft, cost_nano=cost_nano,
+                                   usage=None if usage is None else Usage(**usage))
+        try:
+            self.ledger.charge(call["id"], self._buckets(call["role"], ts), cost_nano, record)
+        except LedgerUnavailable:
+            self._replay_blocked = True
+            raise
+
+    def _drop_pending(self, why: str) -> None:
+        n = len(self._pending)
+        if n:
+            self._pending.clear()
+            self._bump("dropped_settles", n)
+            log.error("crew-budget: dropped %d pending settle(s): %s, so their reservations "
+                      "are gone and cannot be settled", n, why)
+
     def _flush_pending_quietly(self) -> None:
+        """Retry settles that failed while the ledger was down. Never raises.
+
+        One that can never apply (the ledger no longer knows the
+        reservation, e.g. it lost its state; or it rejected the operation)
+        is dropped with one error and counted in ``dropped_settles``: left
+        queued it would fail every later call.
+        """
         while self._pending:
             ticket, usage, cost = self._pending[0]
             try:
@@ -544,8 +699,19 @@ class Guard:
                     self.ledger.release(ticket.reservation_id)
                 else:
                     self.ledger.settle(ticket.reservation_id, cost, usage or Usage())
+            except LedgerReset:
+                return
             except LedgerUnavailable:
                 return
+            except (LedgerError, ValueError) as exc:
+                self._pending.popleft()
+                if cost == _RELEASE_IF_RESERVED:
+                    continue  # the timed-out reserve never landed: nothing to undo
+                self._bump("dropped_settles")
+                log.error("crew-budget: dropped the pending settle of %s ($%s, role=%s): it "
+                          "can never apply (%s)", ticket.reservation_id,
+                          from_nano(max(cost, 0)), ticket.role, exc)
+                continue
             self._pending.popleft()
 
     # -- reading ------------------------------------------------------------
@@ -629,10 +795,26 @@ class Guard:
             for s in states
         ]
 
+    @property
+    def pending_settles(self) -> int:
+        """Settles waiting for the ledger to come back (retried on the next call)."""
+        return len(self._pending)
+
     def close(self) -> None:
+        """Stop alerts, retry pending settles and journaled calls once, close the ledger.
+
+        Never raises for a settle or journal entry that cannot be written now:
+        those are logged (a journal stays on disk for the next guard).
+        """
         if self.alerts is not None:
             self.alerts.close()
         self._flush_pending_quietly()
+        if self._pending:
+            log.error("crew-budget: closing with %d settle(s) not written (ledger %s down); "
+                      "their reservations will expire at their reserved amounts",
+                      len(self._pending), self.ledger.url)
+        if self._journal_dirty:
+            self._replay_journal(force=True)
         self.ledger.close()
 
     def __enter__(self) -> Guard:
@@ -640,3 +822,14 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _default_journal(namespace: str, url: str) -> str:
+    """``<XDG_STATE_HOME or ~/.local/state>/crew-budget/journal-<namespace>-<url hash>.jsonl``:
+    one file per ledger, so a replay never books calls into another ledger."""
+    import hashlib
+
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")
+    tag = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return os.path.join(state, "crew-budget", f"journal-{namespace}-{tag}.jsonl")

@@ -155,7 +155,7 @@ def test_malformed_usage_is_charged_at_the_reservation_and_counted(
         s = guard.settle(ticket, raw)
     assert (s.state, s.applied, s.usage) == ("settled", True, None)
     assert to_nano(s.cost) == reserved  # the reservation, exactly: never $0, never absurd
-    assert guard.counters == {"usage_errors": 1, "overruns": 0}
+    assert guard.counters == {"usage_errors": 1, "overruns": 0, "dropped_settles": 0}
     (st,) = guard.status("r")
     assert (to_nano(st.spent), st.reserved) == (reserved, Decimal(0))
     (rec,) = [r for r in guard.ledger.records() if r.outcome == "settled"]

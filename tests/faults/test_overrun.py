@@ -64,7 +64,7 @@ def test_overrun_is_charged_as_billed_logged_counted_and_emitted(
     assert (s.state, s.applied, s.cost) == ("settled", True, Decimal("0.5011"))
     (st,) = guard.status("r")
     assert (st.spent, st.reserved) == (Decimal("0.5011"), Decimal(0))
-    assert guard.counters == {"overruns": 1, "usage_errors": 0}
+    assert guard.counters == {"overruns": 1, "usage_errors": 0, "dropped_settles": 0}
     assert [e.outcome for e in events] == ["allowed", "settled", "overrun"]
     over = events[-1]
     assert (over.cost, over.estimate, over.role, over.model) == (
@@ -93,7 +93,7 @@ def test_a_settle_within_the_reservation_is_no_overrun(guard: Guard) -> None:
     assert ticket.estimate == Decimal("0.003")
     s = guard.settle(ticket, {"prompt_tokens": 50, "completion_tokens": 300})  # exactly the cap
     assert s.cost == Decimal("0.003")
-    assert guard.counters == {"overruns": 0, "usage_errors": 0}
+    assert guard.counters == {"overruns": 0, "usage_errors": 0, "dropped_settles": 0}
     assert [e.outcome for e in events] == ["allowed", "settled"]
 
 

@@ -337,6 +337,7 @@ def test_the_fast_frames_are_byte_for_byte_the_generic_request(
             draft = RecordDraft(role="researcher", model="test-model", crew="crew é",
                                 estimate_nano=1234, metadata=meta)
             rid = new_reservation_id()
+            seen = ledger.epoch  # "" on the first reserve, then the epoch it adopted
             res = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1234, lease, draft))
             assert isinstance(res, Reservation)
             ledger.settle(rid, 1000, Usage(1, 2, 3, 4, 0))
@@ -345,7 +346,8 @@ def test_the_fast_frames_are_byte_for_byte_the_generic_request(
             expected_reserve = lr._frame(ledger._heads["reserve"], [
                 str(3 + len(buckets)), ledger._lsr, ledger.prefix + "r:" + rid, plan.fixed_keys,
                 rid, f'"{rid}"', "1234", str(lease_ms), str(lease_ms + lr._DAY_MS),
-                lr._tail("researcher", "test-model", "crew é", 1234, meta), plan.fixed_args])
+                lr._tail("researcher", "test-model", "crew é", 1234, meta), plan.fixed_args,
+                seen])
             fragment = ('"input_tokens":1,"cached_input_tokens":2,"cache_write_tokens":3,'
                         '"output_tokens":4,"reasoning_tokens":0')
             expected_settle = lr._frame(ledger._heads["settle"], [

@@ -16,6 +16,9 @@ window instance such as ``day 2026-11-25``), two integers in nano-USD:
 - The buckets a reservation charged are the ones it settles, even if the
   window has rolled over since: money lands in the period it was spent in.
 - Every settle, release, expiry and block appends one ``SpendRecord``.
+- A ledger that lost its state (see ``LedgerReset``) refuses ``reserve``
+  until ``recover`` re-arms it; ``charge`` books a journaled fail_open call
+  exactly once.
 - Window instances are checked against the ledger's own clock: a request
   whose buckets do not contain the ledger's ``now`` raises ``ClockSkew`` with
   that time, and the guard recomputes them from it.
@@ -267,6 +270,42 @@ class Ledger(ABC):
     @abstractmethod
     def reset(self, bucket: Bucket, *, reason: str = "") -> BucketState:
         """Zero a bucket's spend (reservations in flight stay) and record it."""
+
+    # -- integrity: optional, with safe defaults ------------------------------
+
+    def charge(self, charge_id: str, buckets: Sequence[Bucket], cost_nano: int,
+               record: SpendRecord) -> bool:
+        """Book a call made without a reservation, exactly once per ``charge_id``.
+
+        For calls ``fail_open`` let through while the ledger was down,
+        replayed from the guard's local journal: ``cost_nano`` goes into
+        ``spent`` of every bucket (past any limit: the money is spent) and
+        ``record`` is appended, in one atomic step. Returns False, changing
+        nothing, if this id was charged before.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot book journaled calls")
+
+    def oldest_lease(self) -> float | None:
+        """When the earliest reservation still held ends (ledger clock), or None."""
+        return None
+
+    def epoch_state(self) -> str | None:
+        """The ledger's integrity epoch (``new:``/``recovered:``/``lost:...``), or
+        None where the backend keeps none (see ``LedgerReset``)."""
+        return None
+
+    def recover(self, *, who: str, reason: str) -> str:
+        """Accept a loss of state and re-arm the ledger, audited in its records.
+
+        Returns the epoch replaced. This default (a ledger that cannot lose
+        its state behind the process's back) only writes the audit record.
+        """
+        self.append_record(SpendRecord(
+            ts=self.now(), reservation_id="", outcome="reset", role="", model="",
+            metadata={"event": "ledger_recovered", "who": who, "reason": reason,
+                      "replaced_epoch": ""},
+        ))
+        return ""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

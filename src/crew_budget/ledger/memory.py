@@ -186,6 +186,24 @@ class MemoryLedger(Ledger):
             res = self._res.get(reservation_id)
             return None if res is None else res.state
 
+    def charge(self, charge_id: str, buckets: Sequence[Bucket], cost_nano: int,
+               record: SpendRecord) -> bool:
+        with self._lock:
+            if charge_id in self._res:
+                return False
+            now = self._clock()
+            for b in buckets:
+                self._spent[b.key] = self._spent.get(b.key, 0) + cost_nano
+            self._res[charge_id] = _Res(0, now, (), RecordDraft("", ""), "unguarded", cost_nano)
+            self._finished.append((now, charge_id))
+            self._records.append(record)
+            return True
+
+    def oldest_lease(self) -> float | None:
+        with self._lock:
+            live = [r.expires_at for r in self._res.values() if r.state == "reserved"]
+            return min(live, default=None)
+
     def append_record(self, record: SpendRecord) -> None:
         with self._lock:
             self._records.append(record)

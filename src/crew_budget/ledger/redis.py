@@ -30,6 +30,25 @@ retention period; a finished reservation stays for its lease plus a day (so
 repeated settles stay idempotent); spend records go to a stream trimmed by
 ``MINID`` to the retention period on every append.
 
+Timeouts: 1 s to connect and 2 s per operation unless the URL says
+otherwise, e.g. ``redis://host:6379/0?socket_timeout=0.5&socket_connect_timeout=0.3``
+(seconds; both are honoured on every path, the per-call one included). A
+reserve that timed out may still run on a server that was only slow; the
+guard releases it with its next call.
+
+Integrity: a Redis that lost its data (restart without persistence,
+``FLUSHALL``/``FLUSHDB``, eviction, failover to an empty replica) is detected
+by the epoch key ``P.."epoch"`` that every reserve script checks against the
+epoch this client saw (see EPOCH in ``lua/_common.lua``), and refused with
+``LedgerReset`` until ``crew-budget recover --accept-loss``. Detected: any
+loss while at least one client that saw the old epoch keeps making calls (it
+marks the ledger lost for every client, new ones included), a second
+"fresh" start on top of a known epoch. Not detected: a loss seen only by
+clients started after it (they take the empty ledger as new), and the loss
+of some keys while the epoch key survives (only ``allkeys-*`` eviction does
+that: ``crew-budget doctor`` fails such a policy; the epoch has no expiry, so
+``volatile-*`` never takes it).
+
 Connection failures become ``LedgerUnavailable`` naming the URL without its
 password. Operations that are safe to repeat (reserve, by its id; settle,
 release, reap, status and reads) are retried once after a dropped
@@ -57,6 +76,7 @@ from crew_budget.errors import (
     AmountError,
     ConfigError,
     LedgerError,
+    LedgerReset,
     LedgerUnavailable,
     ReservationError,
 )
@@ -104,6 +124,8 @@ _ODD_MS = 3_600_000
 _SCAN_SLACK_S = 86_400.0
 """Stream ids follow Redis TIME, not a record's ts: reads widen the id range by this."""
 _PAGE = 5000
+_CHARGE_TOMB_MS = 30 * _DAY_MS
+"""A journaled charge's id stays known this long, so a late replay is a no-op."""
 
 # Failures that mean "the ledger cannot serve us now", as opposed to a bug
 # (a script error is a bug and must not be mistaken for an outage, which
@@ -124,6 +146,7 @@ _STATES: dict[str, Outcome] = {
     "settled": "settled",
     "released": "released",
     "expired": "expired",
+    "unguarded": "unguarded",
 }
 
 
@@ -159,8 +182,47 @@ def _sources() -> dict[str, str]:
     """Each operation's script: the shared helpers, then its own file."""
     lua = resources.files("crew_budget.ledger") / "lua"
     common = (lua / "_common.lua").read_text(encoding="utf-8")
-    names = ("reserve", "settle", "release", "reap", "status", "reset", "append_record")
+    names = ("reserve", "settle", "release", "reap", "status", "reset", "append_record",
+             "charge", "recover")
     return {n: common + "\n" + (lua / f"{n}.lua").read_text(encoding="utf-8") for n in names}
+
+
+def _url_timeouts(url: str, shown: str, connect: float, op: float) -> tuple[float, float]:
+    """``?socket_connect_timeout=`` and ``?socket_timeout=`` (seconds) from the URL,
+    which win over the constructor's defaults (1 s to connect, 2 s per operation).
+
+    Read here, not only by redis-py, because the per-call fast path enforces
+    the operation timeout itself (in the kernel, see ``_kernel_timeouts``).
+    """
+    found = {"socket_connect_timeout": connect, "socket_timeout": op}
+    for key, value in parse_qsl(urlsplit(url).query):
+        if key not in found:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds < 86_400:
+            raise ConfigError(
+                f"{key}={value!r} in the ledger URL {shown} is not a timeout; write seconds "
+                f"greater than 0, e.g. ?{key}=0.5",
+                source="ledger",
+            )
+        found[key] = seconds
+    return found["socket_connect_timeout"], found["socket_timeout"]
+
+
+def _loss(marker: str) -> str:
+    """The readable part of a ``lost:<ts>:<what>`` epoch."""
+    _lost, _, rest = marker.partition(":")
+    ts, _, what = rest.partition(":")
+    try:
+        from datetime import datetime, timezone
+
+        when = datetime.fromtimestamp(float(ts), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return rest
+    return f"{what}; detected {when}"
 
 
 def _check_nano(what: str, value: int) -> None:
@@ -490,6 +552,8 @@ class RedisLedger(Ledger):
         self._stream = self.prefix + "records"
         self._odd = self.prefix + "odd"
         self._oddseq = self.prefix + "oddseq"
+        self._epoch_key = self.prefix + "epoch"
+        self._epoch = ""  # the epoch last seen; see EPOCH in lua/_common.lua
         scheme = urlsplit(url).scheme
         if scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
             raise ConfigError(
@@ -498,6 +562,8 @@ class RedisLedger(Ledger):
                 source="ledger",
             )
         self._raw_url = url
+        connect_timeout, op_timeout = _url_timeouts(url, self.url, connect_timeout, op_timeout)
+        self.connect_timeout, self.op_timeout = connect_timeout, op_timeout
         self._options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": op_timeout,
@@ -639,23 +705,24 @@ class RedisLedger(Ledger):
         return wire.call(data, self._lua[script], fresh)
 
     def _reserve_frame(self, plan: _Plan, lease_ms: int, rkey: bytes, rid: bytes,
-                       rid_json: bytes, amount: bytes, tail: bytes) -> bytes:
+                       rid_json: bytes, amount: bytes, tail: bytes, epoch: bytes) -> bytes:
         """The reserve request: ``_frame``'s bytes, with everything fixed per
         set of buckets and lease encoded once, the per-call five formatted in
         one step."""
         parts = plan.frames.get(lease_ms)
         if parts is None:
             nkeys = str(3 + len(plan.keys)).encode()
-            count = 2 + 1 + 3 + len(plan.keys) + 6 + len(plan.fixed_args.raw)
+            count = 2 + 1 + 3 + len(plan.keys) + 6 + len(plan.fixed_args.raw) + 1
             head = (b"*%d\r\n%s$%d\r\n%s\r\n" % (count, self._heads["reserve"], len(nkeys), nkeys)
                     + self._lsr.packed)
             parts = (head, plan.fixed_keys.packed,
                      _Run([str(lease_ms), str(lease_ms + _DAY_MS)]).packed)
             plan.frames[lease_ms] = parts
         head, keys, lease = parts
-        return b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+        return (b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s"
+                b"$%d\r\n%s\r\n") % (
             head, len(rkey), rkey, keys, len(rid), rid, len(rid_json), rid_json, len(amount),
-            amount, lease, len(tail), tail, plan.fixed_args.packed)
+            amount, lease, len(tail), tail, plan.fixed_args.packed, len(epoch), epoch)
 
     def _bkey(self, bucket: Bucket) -> str:
         return self.prefix + "b:" + bucket.key
@@ -719,14 +786,20 @@ class RedisLedger(Ledger):
         rid_json = f'"{rid}"' if rid.isalnum() and rid.isascii() else json.dumps(rid)
         amount_s = str(amount)
         tail = _tail(d.role, d.model, d.crew, d.estimate_nano, d.metadata)
+        epoch = self._epoch
         reply = self._eval("reserve", 3 + len(plan.keys), [
             self._lsr, rkey, plan.fixed_keys, rid, rid_json, amount_s, str(lease_ms),
-            str(lease_ms + _DAY_MS), tail, plan.fixed_args,
+            str(lease_ms + _DAY_MS), tail, plan.fixed_args, epoch,
         ], lambda: self._reserve_frame(plan, lease_ms, rkey.encode(), rid.encode(),
-                                       rid_json.encode(), amount_s.encode(), tail.encode()))
+                                       rid_json.encode(), amount_s.encode(), tail.encode(),
+                                       epoch.encode()))
         kind = reply[0]
         if kind == "ok":
+            if len(reply) > 2:  # first reserve, or the ledger was recovered: adopt its epoch
+                self._epoch = reply[2]
             return Reservation(rid, amount, (int(reply[1]) + lease_ms) / 1000, request.buckets)
+        if kind == "reset":
+            raise LedgerReset(self.url, _loss(reply[1]))
         if kind == "deny":
             b = request.buckets[int(reply[1]) - 1]
             return Denial(BucketState(b, int(reply[2]), int(reply[3])), amount)
@@ -735,6 +808,97 @@ class RedisLedger(Ledger):
         if kind == "dup":
             return self._existing(rid, reply[1], request)
         raise AssertionError(f"reserve script returned {reply!r}")  # pragma: no cover
+
+    # -- integrity (see EPOCH in lua/_common.lua) --------------------------------
+
+    @property
+    def epoch(self) -> str:
+        """The epoch this client last saw ("" before its first reserve)."""
+        return self._epoch
+
+    def epoch_state(self) -> str | None:
+        """The ledger's epoch value now: ``new:``/``recovered:``/``lost:...``, or None."""
+        value = self._run(lambda c: c.get(self._epoch_key))
+        return None if value is None else str(value)
+
+    def recover(self, *, who: str, reason: str) -> str:
+        """Re-arm the ledger after a loss; returns the epoch it replaced.
+
+        Writes a new ``recovered:`` epoch (clients adopt it on their next
+        reserve) and an audit record (outcome ``reset``, cost 0, metadata
+        ``event: ledger_recovered``, ``who``, ``reason``, ``replaced_epoch``).
+        """
+        old = self.epoch_state() or ""
+        new = "recovered:" + os.urandom(8).hex()
+        record = SpendRecord(
+            ts=self.now(), reservation_id="", outcome="reset", role="", model="",
+            metadata={"event": "ledger_recovered", "who": who, "reason": reason,
+                      "replaced_epoch": old, "epoch": new},
+        )
+        # Not repeated: a second try would write a second audit record.
+        self._call("recover", [self._epoch_key, self._stream],
+                   [new, record.to_json(), self._retention_str], idempotent=False)
+        self._epoch = new
+        return old
+
+    def oldest_lease(self) -> float | None:
+        """When the earliest lease still held ends (Unix s), or None if none is held."""
+        found = self._run(lambda c: c.zrange(self._leases, 0, 0, withscores=True))
+        return float(found[0][1]) / 1000 if found else None
+
+    def charge(self, charge_id: str, buckets: Sequence[Bucket], cost_nano: int,
+               record: SpendRecord) -> bool:
+        _check_nano("a charge", cost_nano)
+        keys = [self._stream, self._odd, self._oddseq, self.prefix + "r:" + charge_id,
+                *(self._bkey(b) for b in buckets)]
+        args = [json.dumps(charge_id), str(int(cost_nano)), str(_CHARGE_TOMB_MS),
+                repr(float(record.ts)), record.to_json(), self._retention_str,
+                *(str(self._expireat(b)) for b in buckets)]
+        # Safe to repeat: the id's tombstone makes a second run a no-op.
+        return int(self._call("charge", keys, args)) == 1
+
+    def inspect(self) -> dict[str, str]:
+        """Server facts ``crew-budget doctor`` judges: INFO fields, CONFIG values
+        (``config:<name>``, absent where CONFIG is not allowed), the clock skew
+        (``clock_skew_s``: Redis TIME minus this machine's) and the epoch."""
+        import time
+
+        def one(reply: Any) -> dict[str, Any]:
+            # Redis Cluster answers per node ({node: reply}): judge the first.
+            if isinstance(reply, dict) and reply and all(isinstance(v, dict)
+                                                         for v in reply.values()):
+                return dict(next(iter(reply.values())))
+            return dict(reply) if isinstance(reply, dict) else {}
+
+        def read(c: Any) -> dict[str, str]:
+            facts: dict[str, str] = {}
+            for section in ("server", "persistence", "memory", "cluster", "replication"):
+                for k, v in one(c.info(section)).items():
+                    facts[str(k)] = str(v)
+            for name in ("maxmemory-policy", "appendonly", "appendfsync", "save", "maxmemory"):
+                try:
+                    got = one(c.config_get(name))
+                except rexc.ResponseError:  # CONFIG renamed or forbidden (managed Redis)
+                    continue
+                if name in got:
+                    facts["config:" + name] = str(got[name])
+            if facts.get("cluster_enabled") == "1":
+                with contextlib.suppress(rexc.RedisError):
+                    raw = c.execute_command("CLUSTER", "INFO")
+                    if isinstance(raw, bytes):
+                        raw = raw.decode()
+                    if isinstance(raw, str):
+                        raw = dict(line.split(":", 1) for line in raw.splitlines()
+                                   if ":" in line)
+                    facts.update({str(k): str(v).strip() for k, v in one(raw).items()})
+            before = time.time()
+            sec, usec = c.time()
+            facts["clock_skew_s"] = repr(int(sec) + int(usec) / 1e6 - (before + time.time()) / 2)
+            epoch = c.get(self._epoch_key)
+            facts["epoch"] = "" if epoch is None else str(epoch)
+            return facts
+
+        return self._run(read)
 
     def _existing(self, rid: str, value: str, request: ReserveRequest) -> Reservation:
         """A reserve repeated with the same id: what was reserved the first time."""

@@ -5,10 +5,22 @@ write lock up front: two processes can never both read "under budget" and
 both charge. WAL mode lets readers (``status``, reports) run beside a writer.
 A connection is opened per thread and per process (after ``fork`` a child
 must not reuse its parent's handle).
+
+Integrity (see ``crew_budget.LedgerReset``): the file keeps an epoch in its
+``meta`` table, and this ledger remembers the file it opened (device and
+inode). Every ``reserve`` checks both: a file deleted, or replaced by
+another (a restore, a fresh file made by a new process), or whose epoch was
+marked lost by another process, refuses with ``LedgerReset`` (and marks a
+replacing file lost, so processes that never saw the old one stop too) until
+``recover`` re-arms it; a ``recovered:`` epoch is adopted. Not detected: a
+brand-new process that opens a replaced file before any process that knew
+the old one has noticed (it takes the file as new), and rows deleted inside
+the file by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -20,7 +32,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from crew_budget.errors import LedgerNotFound, LedgerUnavailable, ReservationError
+from crew_budget.errors import LedgerNotFound, LedgerReset, LedgerUnavailable, ReservationError
 from crew_budget.ledger.base import (
     Bucket,
     BucketState,
@@ -71,6 +83,10 @@ CREATE TABLE IF NOT EXISTS claims (
     marker     TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 # Finished reservations are kept this long so a late, repeated settle is
@@ -96,6 +112,7 @@ class SQLiteLedger(Ledger):
         self._clock = clock or time.time
         self._retention = retention_days * 86400.0
         self._busy_timeout = busy_timeout_s
+        self._gen = 0  # bumped when the file is switched (recover, adoption)
         self._local = threading.local()
         self._ops = 0
         if not create:
@@ -104,6 +121,7 @@ class SQLiteLedger(Ledger):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn().executescript(_SCHEMA)
+            self._arm(self._conn())
         except sqlite3.Error as exc:
             raise LedgerUnavailable(url, f"cannot open or create the ledger file: {exc}") from exc
 
@@ -130,8 +148,10 @@ class SQLiteLedger(Ledger):
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None and self._local.pid == os.getpid() and self._local.gen == self._gen:
             return conn
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()  # the file at the path changed (recover, adoption)
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -155,6 +175,7 @@ class SQLiteLedger(Ledger):
             raise LedgerUnavailable(self.url, str(exc)) from exc
         self._local.conn = conn
         self._local.pid = os.getpid()
+        self._local.gen = self._gen
         return conn
 
     @contextmanager
@@ -194,50 +215,56 @@ class SQLiteLedger(Ledger):
             if not b.starts_at <= now < b.ends_at:
                 raise ClockSkew(now)
         retention = self._retention
+        self._check_file()
+        lost: str | None = None
         with self._tx() as db:
-            self._reap(db, now, 100)
-            row = db.execute(
-                "SELECT amount, expires_at FROM reservations WHERE id = ?",
-                (request.reservation_id,),
-            ).fetchone()
-            if row is not None:  # a retried reserve with the same token
-                return Reservation(request.reservation_id, row[0], row[1], request.buckets)
-            amount = request.amount_nano
-            for b in request.buckets:
-                if b.limit_nano is None:
-                    continue
-                spent, reserved = _bucket_row(db, b.key)
-                if spent + reserved + amount > b.limit_nano:
-                    _insert_record(
-                        db,
-                        SpendRecord.build(
-                            ts=now,
-                            reservation_id=request.reservation_id,
-                            outcome="blocked",
-                            draft=request.draft,
-                            cost_nano=0,
-                            scope=b.scope,
-                        ),
+            lost = self._epoch_verdict(db)
+            if lost is None:
+                self._reap(db, now, 100)
+                row = db.execute(
+                    "SELECT amount, expires_at FROM reservations WHERE id = ?",
+                    (request.reservation_id,),
+                ).fetchone()
+                if row is not None:  # a retried reserve with the same token
+                    return Reservation(request.reservation_id, row[0], row[1], request.buckets)
+                amount = request.amount_nano
+                for b in request.buckets:
+                    if b.limit_nano is None:
+                        continue
+                    spent, reserved = _bucket_row(db, b.key)
+                    if spent + reserved + amount > b.limit_nano:
+                        _insert_record(
+                            db,
+                            SpendRecord.build(
+                                ts=now,
+                                reservation_id=request.reservation_id,
+                                outcome="blocked",
+                                draft=request.draft,
+                                cost_nano=0,
+                                scope=b.scope,
+                            ),
+                        )
+                        return Denial(BucketState(b, spent, reserved), amount)
+                for b in request.buckets:
+                    db.execute(
+                        "INSERT INTO buckets (key, reserved, expires_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET reserved = reserved + excluded.reserved",
+                        (b.key, amount, b.ends_at + retention),
                     )
-                    return Denial(BucketState(b, spent, reserved), amount)
-            for b in request.buckets:
+                expires = now + request.lease_seconds
                 db.execute(
-                    "INSERT INTO buckets (key, reserved, expires_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET reserved = reserved + excluded.reserved",
-                    (b.key, amount, b.ends_at + retention),
+                    "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state) "
+                    "VALUES (?, ?, ?, ?, ?, 'reserved')",
+                    (
+                        request.reservation_id,
+                        amount,
+                        expires,
+                        json.dumps([b.key for b in request.buckets]),
+                        request.draft.to_json(),
+                    ),
                 )
-            expires = now + request.lease_seconds
-            db.execute(
-                "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state) "
-                "VALUES (?, ?, ?, ?, ?, 'reserved')",
-                (
-                    request.reservation_id,
-                    amount,
-                    expires,
-                    json.dumps([b.key for b in request.buckets]),
-                    request.draft.to_json(),
-                ),
-            )
+        if lost is not None:  # raised after the commit: the "lost" mark stays
+            raise LedgerReset(self.url, lost)
         self._maybe_housekeep(now)
         return Reservation(request.reservation_id, amount, expires, request.buckets)
 
@@ -379,6 +406,128 @@ class SQLiteLedger(Ledger):
                 ),
             )
             return BucketState(bucket, 0, reserved)
+
+    # -- integrity -------------------------------------------------------------
+
+    def _arm(self, db: sqlite3.Connection) -> None:
+        """Create the epoch if missing; remember this file and its epoch."""
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                   ("new:" + os.urandom(8).hex(),))
+        self._epoch = str(db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """Refuse (``LedgerReset``) if the file was deleted or replaced; adopt a
+        replacement an operator recovered."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise LedgerReset(self.url, "the ledger file was deleted or moved away") from None
+        if (st.st_dev, st.st_ino) == self._ident:
+            return
+        try:
+            other = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, f"cannot open the ledger file: {exc}") from exc
+        try:
+            try:
+                row = other.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            except sqlite3.Error:
+                row = None
+            value = None if row is None else str(row[0])
+            if value is not None and value.startswith("recovered:"):
+                self._gen += 1  # every thread reconnects to the file now at the path
+                self._epoch, self._ident = value, (st.st_dev, st.st_ino)
+                return
+            if value is not None and value.startswith("lost:"):
+                raise LedgerReset(self.url, value.split(":", 2)[-1])
+            what = "the ledger file was replaced by another"
+            if value is not None:  # our schema: make every process using it stop too
+                with contextlib.suppress(sqlite3.Error):
+                    other.execute("UPDATE meta SET value = ? WHERE key = 'epoch'",
+                                  (f"lost:{self._clock()}:{what}",))
+            raise LedgerReset(self.url, what)
+        finally:
+            other.close()
+
+    def _epoch_verdict(self, db: sqlite3.Connection) -> str | None:
+        """Inside a write transaction: why the epoch says the state was lost, or None."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        value = None if row is None else str(row[0])
+        if value == self._epoch:
+            return None
+        if value is not None and value.startswith("recovered:"):
+            self._epoch = value
+            return None
+        if value is not None and value.startswith("lost:"):
+            return value.split(":", 2)[-1]
+        what = ("its epoch row was deleted" if value is None
+                else f"it was started afresh as {value} after holding {self._epoch}")
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)",
+                   (f"lost:{self._clock()}:{what}",))
+        return what
+
+    def epoch_state(self) -> str | None:
+        try:
+            row = self._conn().execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        return None if row is None else str(row[0])
+
+    def journal_mode(self) -> str:
+        """SQLite's journal mode of the file (``wal`` expected)."""
+        return str(self._conn().execute("PRAGMA journal_mode").fetchone()[0])
+
+    def recover(self, *, who: str, reason: str) -> str:
+        """Re-arm: adopt the file now at the path (creating it if gone) with a new
+        ``recovered:`` epoch, and write the audit record there."""
+        self._gen += 1
+        old = ""
+        new = "recovered:" + os.urandom(8).hex()
+        try:
+            db = self._conn()
+            db.executescript(_SCHEMA)
+            with self._tx() as tx:
+                row = tx.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                old = "" if row is None else str(row[0])
+                tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (new,))
+                _insert_record(tx, SpendRecord(
+                    ts=self._clock(), reservation_id="", outcome="reset", role="", model="",
+                    metadata={"event": "ledger_recovered", "who": who, "reason": reason,
+                              "replaced_epoch": old, "epoch": new}))
+            st = os.stat(self.path)
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        self._epoch, self._ident = new, (st.st_dev, st.st_ino)
+        return old
+
+    def oldest_lease(self) -> float | None:
+        row = self._conn().execute(
+            "SELECT MIN(expires_at) FROM reservations WHERE state = 'reserved'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def charge(self, charge_id: str, buckets: Sequence[Bucket], cost_nano: int,
+               record: SpendRecord) -> bool:
+        now = self._clock()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM reservations WHERE id = ?", (charge_id,)).fetchone():
+                return False
+            for b in buckets:
+                if b.ends_at + self._retention < now:
+                    continue  # the window's counter is long gone
+                db.execute(
+                    "INSERT INTO buckets (key, spent, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET spent = spent + excluded.spent",
+                    (b.key, cost_nano, b.ends_at + self._retention),
+                )
+            db.execute(
+                "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state, cost, "
+                "finished_at) VALUES (?, 0, ?, '[]', '{}', 'unguarded', ?, ?)",
+                (charge_id, now, cost_nano, now),
+            )
+            _insert_record(db, record)
+            return True
 
     # -- storage stays bounded -------------------------------------------------
 

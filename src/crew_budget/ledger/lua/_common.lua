@@ -15,6 +15,7 @@
 --   P.."r:"..rid        STRING  one reservation, see RESERVATION below
 --   P.."b:"..bucketkey  HASH    spent, reserved (nano-USD integers)
 --   P.."claim:"..marker STRING  exactly-once markers (SET NX PX, no script)
+--   P.."epoch"          STRING  the ledger's EPOCH (below); never expires
 --
 -- Keys DERIVED inside scripts rather than passed in KEYS: reap builds
 -- P.."r:"..rid from the ids in the leases ZSET, and finish reads the counter
@@ -259,3 +260,44 @@ local function reap(prefix, leases, stream, limit, ts, now_ms, retention_ms)
   return n
 end
 
+
+-- EPOCH: how a ledger that lost its state is told from a brand-new one.
+-- P.."epoch" holds "new:<id>" (made by the first reserve on an empty
+-- ledger), "recovered:<id>" (written by `crew-budget recover --accept-loss`)
+-- or "lost:<ts>:<what>" (a loss was detected; every reserve refuses until a
+-- recovery). It is written without expiry, so volatile-* eviction never
+-- takes it. Each client sends the epoch it last saw ("" before its first
+-- reserve). The check, in the reserve script before any write:
+--   the key holds "lost:..."              -> refuse
+--   the key is missing, and the client saw an epoch -> mark "lost", refuse
+--   the key is missing otherwise          -> a brand-new ledger (or one
+--                                            written by crew-budget 0.1.0,
+--                                            before epochs): "new:<rid>"
+--   the key differs from the client's, the client saw one, and it is a
+--   "new:" one (someone else started afresh on the emptied ledger)
+--                                         -> mark "lost", refuse
+--   otherwise (the same, or "recovered:") -> go on (the client adopts it)
+-- Returns the epoch in force ("lost:..." when refused).
+local function check_epoch(prefix, seen, rid, ts)
+  local key = prefix .. 'epoch'
+  local e = redis.call('GET', key)
+  if e == seen then return e end
+  if e and string.sub(e, 1, 5) == 'lost:' then return e end
+  local what
+  if not e then
+    if seen ~= '' then
+      what = 'its epoch ' .. seen .. ' is gone: the data was deleted'
+    else
+      e = 'new:' .. rid
+      redis.call('SET', key, e)
+      return e
+    end
+  elseif seen ~= '' and string.sub(e, 1, 4) == 'new:' then
+    what = 'it was started afresh as ' .. e .. ' after holding ' .. seen
+  else
+    return e
+  end
+  local lost = 'lost:' .. ts .. ':' .. what
+  redis.call('SET', key, lost)
+  return lost
+end

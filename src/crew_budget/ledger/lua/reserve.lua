@@ -22,13 +22,19 @@
 -- ARGV[13+i]   - bucket i's limit, nano-USD ("" = no limit)
 -- ARGV[13+n+i] - bucket i's counter expiry (Unix s: window end + retention)
 -- ARGV[13+2n+i] - bucket i's scope as JSON (for a "blocked" record)
+-- ARGV[14+3n]  - the ledger epoch this client last saw, or "" (see EPOCH in
+--                _common.lua); optional (absent = "")
 -- ARGV[1..6] change with every call; the rest is fixed per ledger and set of
 -- buckets, so the client sends it pre-encoded.
 --
 -- Returns one of
+--   {"reset", epoch}    the ledger lost its state (see EPOCH in _common.lua):
+--                       nothing charged; epoch is the "lost:..." marker
 --   {"skew", now}       the ledger clock ``now`` (Unix s text) is outside a
 --                       bucket's [starts_at, ends_at): nothing done
 --   {"ok", now_ms}      reserved; the lease ends at now_ms + lease
+--   {"ok", now_ms, epoch} the same, and the ledger's epoch differs from the
+--                       client's (first call, or after a recovery): adopt it
 --   {"dup", value}      the id was reserved before (its RESERVATION value):
 --                       nothing charged again
 --   {"deny", i, spent, reserved}
@@ -80,9 +86,17 @@ local prefix = string.sub(KEYS[1], 1, -7)  -- strip "leases"
 local nb = #KEYS - 3
 
 local ts, now, now_ms = ledger_clock()
+
 if nb > 0 and not (tonumber(ARGV[10]) <= now and now < tonumber(ARGV[11])) then
   return {'skew', ts}
 end
+
+-- EPOCH check (integrity; see EPOCH in _common.lua): before any write. A
+-- client that sends no epoch (crew-budget 0.1.0, mid-upgrade) counts as new.
+local seen = ARGV[14 + 3 * nb] or ''
+local epoch = check_epoch(prefix, seen, rid, ts)
+if string.sub(epoch, 1, 5) == 'lost:' then return {'reset', epoch} end
+-- end of the EPOCH check
 
 reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[8]), ts, now_ms, retention_ms)
 
@@ -121,4 +135,5 @@ redis.call('SET', KEYS[3], 'reserved\n' .. ARGV[13] .. '\n' .. int_str(expires_m
   .. amount .. '\n' .. tomb .. '\n' .. rid_json .. '\n' .. tail .. '\n' .. ARGV[9],
   'PXAT', int_str(keep_ms))
 redis.call('ZADD', KEYS[1], int_str(expires_ms), rid)
+if epoch ~= seen then return {'ok', int_str(now_ms), epoch} end
 return {'ok', int_str(now_ms)}

@@ -1,0 +1,52 @@
+-- charge: book a call that was made without a reservation (one let through
+-- by fail_open while the ledger was down, replayed from the local journal):
+-- its actual cost goes into ``spent`` of every bucket, past any limit (the
+-- money is already spent), exactly once per id.
+--
+-- KEYS[1]   - P.."records"  (STREAM of spend records)
+-- KEYS[2]   - P.."odd"      (ZSET of records far from the ledger clock)
+-- KEYS[3]   - P.."oddseq"   (counter keeping "odd" members unique)
+-- KEYS[4]   - P.."r:"..id   (the call's id: a tombstone makes repeats no-ops)
+-- KEYS[4+i] - P.."b:"..key  (bucket i's counter hash), i = 1..n
+-- ARGV[1]   - the id as a JSON string
+-- ARGV[2]   - cost, nano-USD (decimal string)
+-- ARGV[3]   - how long the tombstone stays, ms
+-- ARGV[4]   - the record's ts (Unix s)
+-- ARGV[5]   - the record as JSON
+-- ARGV[6]   - retention of records, ms
+-- ARGV[6+i] - bucket i's counter expiry (Unix s: window end + retention)
+--
+-- Returns 1 if charged now, 0 if this id was charged before (nothing done).
+--
+-- Invariants: counters and the record change in one atomic step; a repeat
+-- (a journal replayed twice, e.g. after a crash between the charge and the
+-- journal's note of it) changes nothing while the tombstone lives.
+
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local _, now, now_ms = ledger_clock()
+local retention_ms = tonumber(ARGV[6])
+local cost = ARGV[2]
+for i = 5, #KEYS do
+  local fresh = redis.call('EXISTS', KEYS[i]) == 0
+  if fresh and tonumber(ARGV[2 + i]) < now then
+    -- the window ended more than the retention period ago: no counter to keep
+  else
+    redis.call('HINCRBY', KEYS[i], 'spent', cost)
+    if fresh then
+      redis.call('HSET', KEYS[i], 'reserved', '0')
+      redis.call('EXPIREAT', KEYS[i], ARGV[2 + i])
+    end
+  end
+end
+redis.call('SET', KEYS[4], 'unguarded\n' .. cost .. '\n0\n0\n' .. ARGV[3] .. '\n' .. ARGV[1]
+  .. '\n\n[]', 'PX', ARGV[3])
+local t = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
+  '(' .. string.format('%.3f', now - retention_ms / 1000))
+if math.abs(t * 1000 - now_ms) <= 3600000 then
+  append(KEYS[1], now_ms, retention_ms, ARGV[5])
+else
+  local n = redis.call('INCR', KEYS[3])
+  redis.call('ZADD', KEYS[2], ARGV[4], n .. ':' .. ARGV[5])
+end
+return 1
