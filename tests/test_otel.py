@@ -171,10 +171,11 @@ def test_release_expiry_repeats_and_overruns() -> None:
 def test_role_cardinality_is_bounded_and_uninstall_stops_recording(
     reader: InMemoryMetricReader,
 ) -> None:
-    guard = Guard(CONFIG, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
+    roles = {name: {"daily": "1"} for name in ("researcher", "a", "b", "c")}
+    guard = Guard({**CONFIG, "roles": roles}, MemoryLedger(clock=lambda: T0), clock=lambda: T0)
     uninstall = instrument(guard, MeterProvider(metric_readers=[reader]), max_values=2,
                            legacy_system_attribute=False)
-    for role in ("researcher", "a", "b", "c"):       # a client may name any role
+    for role in ("researcher", "a", "b", "c"):       # more roles than max_values
         call(guard, role)
     got = points(reader)
     roles = {dict(attrs)["crew_budget.role"]: p.value for (name, attrs), p in got.items()

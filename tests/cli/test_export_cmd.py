@@ -69,7 +69,7 @@ def test_csv_to_a_file_with_header_blocked_and_reset_rows(
     guard = spent.guard()
     t = guard.preflight("writer", "m", MSG, max_tokens=1000, metadata={"task": "a,\"b\""})
     guard.settle(t, {"prompt_tokens": 3, "completion_tokens": 700})
-    guard.limit_role("researcher", daily_usd="0.145")
+    guard.limit_role("researcher", hourly_usd="0.145", daily_usd="0.145")
     with pytest.raises(BudgetExceeded):              # $0.14 + $0.01 > $0.145
         guard.preflight("researcher", "m", MSG, max_tokens=1000)
     guard.close()

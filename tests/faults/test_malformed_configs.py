@@ -184,8 +184,8 @@ CASES = [
     # -- roles -----------------------------------------------------------------------
     Case("role-without-s", "role:\n  r: {daily: 1}\n", "role",
          "unknown key 'role'; known keys: version, timezone, ledger, namespace, fail_open, "
-         "lease_seconds, retention_days, default_max_output_tokens, global, crew, roles, "
-         "default_role, unknown_roles, prices, alerts"),
+         "on_ledger_reset, journal, lease_seconds, retention_days, default_max_output_tokens, "
+         "global, crew, roles, default_role, unknown_roles, prices, alerts"),
     Case("weekly-window", "roles: {r: {weekly: 5}}\n", "roles.r.weekly",
          "unknown key 'weekly'; a role takes hourly, daily, monthly, max_output_tokens and "
          "aliases"),
