@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Order is the order of `crew-budget --help`.
-_COMMAND_MODULES = ("demo", "status", "report", "estimate", "admin", "metrics")
+_COMMAND_MODULES = ("demo", "status", "report", "estimate", "admin", "metrics", "serve")
 _registered = False
 
 
