@@ -82,8 +82,8 @@ def start_server(ledger: str, *args: str, env: dict[str, str] | None = None) -> 
             time.sleep(0.1)
 
 
-def stop_server(server: Server) -> str:
-    server.proc.send_signal(signal.SIGINT)
+def stop_server(server: Server, sig: int = signal.SIGINT) -> str:
+    server.proc.send_signal(sig)
     try:
         _out, err = server.proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
@@ -254,7 +254,8 @@ def test_a_token_guards_every_request_and_the_browser_gets_in_with_it(demo_ledge
             finally:
                 browser.close()
     finally:
-        err = stop_server(srv)
+        err = stop_server(srv, signal.SIGTERM)
+    assert srv.proc.returncode == 0, err  # SIGTERM is a normal stop too
     assert token not in err  # the startup line does not print the secret
 
 
@@ -267,6 +268,15 @@ def test_binding_beyond_loopback_without_a_token_is_a_usage_error(demo_ledger: s
             f"crew-budget serve: error: --host {host} would show the books to the network "
             "without a token; pass --token TOKEN (or set CREW_BUDGET_SERVE_TOKEN), or bind "
             "127.0.0.1\n")
+
+
+def test_a_taken_port_is_one_clear_line_and_exit_1(server: Server, demo_ledger: str) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    done = subprocess.run([CLI, "serve", "--ledger", demo_ledger, "--port", port],
+                          capture_output=True, text=True, env=offline_env(), timeout=60)
+    assert (done.returncode, done.stderr) == (1, (
+        f"crew-budget serve: error: cannot listen on 127.0.0.1:{port} (Address already in "
+        "use); pick another --port or --host\n"))
 
 
 def test_a_missing_ledger_is_exit_3_and_creates_nothing(tmp_path: Path) -> None:

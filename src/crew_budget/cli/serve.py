@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
+import socket
 from typing import Annotated
 
 import typer
@@ -31,6 +33,14 @@ TOKEN_ENV = "CREW_BUDGET_SERVE_TOKEN"
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to the ``crew-budget`` app."""
     app.command("serve")(serve)
+
+
+class _Stopped(Exception):
+    """SIGTERM after uvicorn has shut down."""
+
+
+def _stop_quietly(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 def is_loopback(host: str) -> bool:
@@ -76,19 +86,31 @@ def serve(
     guard, _source = open_guard("serve", config, ledger)
     app = create_app(guard, token=secret, loopback_only=is_loopback(host), interval=interval)
     shown = f"[{host}]" if ":" in host else host
+    # Bind here, not inside uvicorn: a taken port is then one clear line and exit 1,
+    # before anything claims the dashboard is up.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        guard.close()
+        fail("serve", f"cannot listen on {shown}:{port} ({exc.strerror}); pick another "
+             "--port or --host", 1)
     hint = " (open /?token=<token> once)" if secret else ""
     typer.echo(f"crew-budget serve: dashboard of {ledger_name(guard)} on "
                f"http://{shown}:{port}/{hint} (Ctrl-C to stop)", err=True)
     server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=1, lifespan="off",
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=1,
+        lifespan="off",
     ))
+    # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal once it
+    # has stopped: both are a normal stop here (exit 0, ledger closed).
+    previous = signal.signal(signal.SIGTERM, _stop_quietly)
     try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: a normal stop
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Stopped):
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         guard.close()
-    if not server.started:
-        fail("serve", f"cannot listen on {shown}:{port} (in use, or not an address of this "
-             "machine); pick another --port or --host", 1)
