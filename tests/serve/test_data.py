@@ -83,3 +83,39 @@ def test_snapshot_of_an_empty_ledger_is_all_zero(guard: Guard) -> None:
     assert snap["blocked"] == [] and snap["alerts"] == []
     assert snap["overruns"] == {"count": 0, "over_usd": "0", "calls": []}
     assert [g["scope"] for g in snap["gauges"]] == ["role:a", "role:b"]
+
+
+def test_the_incremental_record_window_matches_a_full_read_even_for_a_late_record(
+    guard: Guard,
+) -> None:
+    from dataclasses import replace
+
+    from crew_budget.serve.data import RecordWindow
+
+    def call(role: str) -> None:
+        t = guard.preflight(role=role, model="gpt-4o-mini", messages=MSG, max_tokens=10)
+        guard.settle(t, {"prompt_tokens": 1000, "completion_tokens": 10})  # $0.000156
+
+    def calls(snap: dict[str, object]) -> int:
+        return sum(r["calls"] for r in snap["spend"]["by_role"])  # type: ignore[index]
+
+    def same(a: dict[str, object], b: dict[str, object]) -> bool:
+        drop = ("now", "now_iso")
+        return {k: v for k, v in a.items() if k not in drop} == {
+            k: v for k, v in b.items() if k not in drop}
+
+    window = RecordWindow(overlap=60)
+    call("a")
+    assert calls(snapshot(guard, window).to_dict()) == 1
+    call("a")
+    call("b")
+    assert calls(snapshot(guard, window).to_dict()) == 3  # read incrementally
+    # Another process commits a record stamped 30 s ago, after our last read.
+    [first] = [r for r in guard.ledger.records() if r.role == "b"]
+    guard.ledger.append_record(replace(first, ts=guard.ledger.now() - 30,
+                                       reservation_id="late"))
+    incremental = snapshot(guard, window).to_dict()
+    assert calls(incremental) == 4
+    assert incremental["spend"]["total_nano"] == 4 * 156_000  # type: ignore[index]
+    assert same(incremental, snapshot(guard).to_dict())
+    assert calls(snapshot(guard, window).to_dict()) == 4  # nothing counted twice

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from crew_budget.serve.data import snapshot
+from crew_budget.serve.data import RecordWindow, snapshot
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -93,6 +93,7 @@ class _Books:
         self._at = -1e18
         self._body = b""
         self._ok = True
+        self._window = RecordWindow()
 
     async def read(self) -> tuple[bool, bytes]:
         async with self._lock:
@@ -106,7 +107,7 @@ class _Books:
         from crew_budget.redact import redact_text
 
         try:
-            data = snapshot(self.guard).to_dict()
+            data = snapshot(self.guard, self._window).to_dict()
         except CrewBudgetError as exc:  # ledger down: say so, keep serving
             return False, json.dumps({"error": redact_text(str(exc))}).encode()
         return True, json.dumps(data, separators=(",", ":")).encode()
