@@ -8,9 +8,9 @@ them (cost then grows with roles x models x hours, not with calls).
 
 Nothing here writes: budgets come from ``guard.status()`` and the records
 from ``ledger.records()`` (read incrementally by ``RecordWindow``); the alert
-feed is *computed* from the same pure
-rules the alert manager uses (``crew_budget.alerts.rules``), so the
-dashboard never claims or acknowledges an alert and never sends one.
+feed is *computed* from the same pure rules the alert manager uses
+(``crew_budget.alerts.rules``), so the dashboard never claims or
+acknowledges an alert and never sends one.
 
 Money leaves this module as exact decimal strings (``*_usd``) and integer
 nano-USD (``*_nano``, for charts); no float ever holds a balance.
