@@ -166,6 +166,15 @@ def test_assets_are_served_from_the_package_and_nothing_else(server: Server) -> 
     assert httpx.get(server.url + "/static/data.py").status_code == 404
 
 
+def test_websocket_upgrades_are_refused(server: Server) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as info:
+        connect(server.url.replace("http://", "ws://") + "/api/events", open_timeout=10)
+    assert info.value.response.status_code == 403
+
+
 def test_a_foreign_host_header_is_refused_without_a_token(server: Server) -> None:
     r = httpx.get(server.url + "/api/snapshot", headers={"Host": "attacker.example"})
     assert r.status_code == 403
