@@ -126,8 +126,8 @@ function renderChart(snap) {
   chart = new uPlot({
     width, height: 220, series,
     scales: { x: { time: true } },
-    axes: [{}, { values: (u, ticks) => ticks.map((t) => "$" + t.toPrecision(2)), size: 64 }],
-    legend: { live: true },
+    axes: [{}, { values: (u, ticks) => ticks.map((t) => (t === 0 ? "$0" : "$" + t.toPrecision(2))), size: 64 }],
+    legend: { live: false },
     cursor: { drag: { x: false, y: false } },
   }, data, box);
 }
