@@ -153,7 +153,7 @@ def test_every_write_method_is_refused_and_the_ledger_is_unchanged(
     assert set(refused) == {(405, "GET, HEAD",
                              "crew-budget serve is read-only: only GET is allowed\n")}
     assert len(refused) == 20
-    assert records_count(demo_ledger) == before == 7  # 6 settled + 1 blocked
+    assert records_count(demo_ledger) == before >= 7  # the demo: 6 settled + 1 blocked
 
 
 def test_assets_are_served_from_the_package_and_nothing_else(server: Server) -> None:
