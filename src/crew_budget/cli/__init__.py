@@ -21,7 +21,8 @@ app = typer.Typer(
 )
 
 # Order is the order of `crew-budget --help`.
-_COMMAND_MODULES = ("demo", "status", "report", "estimate", "admin", "metrics", "export", "ops")
+_COMMAND_MODULES = ("demo", "status", "report", "estimate", "admin", "metrics", "export", "ops",
+                    "serve")
 _registered = False
 
 
