@@ -1,8 +1,8 @@
 """Reading every provider's ``usage`` shape, and pricing it exactly.
 
 Every expected dollar amount is worked out by hand in the test from the
-per-token prices in litellm's bundled price map (asserted first, so a map
-change shows up here rather than as a wrong total):
+per-token prices genai-prices ships (asserted first, so a data change shows
+up here rather than as a wrong total):
 
 - gpt-4o-mini: input 1.5e-07, cached input 7.5e-08, output 6e-07
 - claude-sonnet-4-5: input 3e-06, cache read 3e-07, cache write 3.75e-06, output 1.5e-05
@@ -24,7 +24,7 @@ BOOK = PriceBook()
 D = Decimal
 
 
-def test_prices_from_litellms_map() -> None:
+def test_prices_from_genai_prices() -> None:
     mini = BOOK.get("gpt-4o-mini")
     assert (mini.input, mini.cached_input, mini.output, mini.cache_write, mini.reasoning) == (
         D("0.00000015"), D("0.000000075"), D("0.0000006"), None, None)
@@ -32,8 +32,10 @@ def test_prices_from_litellms_map() -> None:
     assert (sonnet.input, sonnet.cached_input, sonnet.cache_write, sonnet.output) == (
         D("0.000003"), D("0.0000003"), D("0.00000375"), D("0.000015"))
     flash = BOOK.get("gemini/gemini-2.5-flash")
+    # genai-prices has no separate reasoning rate: thoughts bill as output.
     assert (flash.input, flash.cached_input, flash.output, flash.reasoning) == (
-        D("0.0000003"), D("0.00000003"), D("0.0000025"), D("0.0000025"))
+        D("0.0000003"), D("0.00000003"), D("0.0000025"), None)
+    assert (mini.source, sonnet.source, flash.source) == ("genai-prices",) * 3
 
 
 # -- OpenAI chat completions ---------------------------------------------------

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -39,7 +39,7 @@ from crew_budget.ledger import (
     open_ledger,
 )
 from crew_budget.money import atto_to_nano_ceil, from_nano, to_nano, to_nano_ceil
-from crew_budget.pricing import Price, PriceBook
+from crew_budget.pricing import Price, PriceBook, normalize_service_tier
 from crew_budget.usage import Usage, cost_nano_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
 
@@ -68,6 +68,10 @@ class Ticket:
     expires_at: float
     guarded: bool = True
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Where the call goes and at which service tier, so settle prices it
+    # exactly as preflight did (same provider's list, same tier).
+    provider: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +221,9 @@ class Guard:
 
     # -- the three steps ----------------------------------------------------
 
-    def price(self, model: str) -> Price:
-        return self.prices.get(model)
+    def price(self, model: str, provider: str | None = None) -> Price:
+        """The price of ``model`` (``Price.source`` says where it came from)."""
+        return self.prices.get(model, provider)
 
     def estimate(
         self,
@@ -230,13 +235,17 @@ class Guard:
         *,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
+        provider: str | None = None,
     ) -> Estimate:
         """What ``preflight`` would reserve for this call, without reserving it.
 
         Output is reserved at ``max_tokens``, or else at the role's cap (and the
         model's maximum), which the adapter must then send as ``max_tokens``.
+        ``provider`` (an id, a litellm provider or a base URL) picks that
+        provider's prices; the estimate uses the context tier the prompt
+        lands in and the request's ``service_tier`` (in ``extra``).
         """
-        price = self.prices.get(model)
+        price = self.prices.get(model, provider)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
             role, price, model, messages, tools, max_tokens, system, extra
         )
@@ -265,6 +274,10 @@ class Guard:
             inject = out_tokens = cap
         else:
             out_tokens = int(max_tokens)
+        if price.variable:  # context tiers / service tiers: the rates this call lands on
+            price = price.for_usage(
+                prompt_tokens, normalize_service_tier(extra.get("service_tier")) if extra else None
+            )
         atto = price.atto
         if atto is not None:
             amount = atto_to_nano_ceil(prompt_tokens * atto[0] + out_tokens * atto[1])
@@ -284,15 +297,20 @@ class Guard:
         crew: str | None = None,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
+        provider: str | None = None,
     ) -> Ticket:
         """Estimate the call, reserve it against every budget, or raise.
 
         Raises ``BudgetExceeded`` (nothing was charged), ``UnknownModelError``
         (no price: never $0) or ``LedgerUnavailable`` (fail closed).
+        ``provider`` is what the adapter knows of where the call goes (see
+        ``PriceBook.get``); the ticket keeps it so settle uses the same price.
         """
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
-            role, self.prices.get(model), model, messages, tools, max_tokens, system, extra
+            role, self.prices.get(model, provider), model, messages, tools, max_tokens, system,
+            extra
         )
+        tier = normalize_service_tier(extra.get("service_tier")) if extra else None
         crew_name = crew or self._crew_name
         meta = dict(metadata or {})
         draft = RecordDraft(
@@ -316,7 +334,8 @@ class Guard:
                 "(role=%s model=%s estimate=$%s)", self.ledger.url, role, model, from_nano(amount)
             )
             ticket = Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
-                            out_tokens, inject, 0.0, guarded=False, metadata=meta)
+                            out_tokens, inject, 0.0, guarded=False, metadata=meta,
+                            provider=provider, service_tier=tier)
             if self._listeners:
                 self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                       ticket=ticket))
@@ -342,7 +361,8 @@ class Guard:
         if self._pending:
             self._flush_pending_quietly()
         ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
-                        inject, result.expires_at, metadata=meta)
+                        inject, result.expires_at, metadata=meta, provider=provider,
+                        service_tier=tier)
         if self._listeners:
             self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                   ticket=ticket))
@@ -371,10 +391,13 @@ class Guard:
             log.error("crew-budget: %s (role=%s model=%s reservation=%s)", exc, ticket.role,
                       ticket.model, ticket.reservation_id)
             parsed = None
-        price = self.prices.get(ticket.model)
+        price = self.prices.get(ticket.model, ticket.provider)
         if parsed is None:
             cost_nano = to_nano(ticket.estimate)
         else:
+            if parsed.service_tier is None and ticket.service_tier is not None:
+                # The response did not say; the request asked for this tier.
+                parsed = replace(parsed, service_tier=ticket.service_tier)
             cost_nano = cost_nano_of(parsed, price)
             if parsed.prompt_tokens:
                 self.estimator.calibrate(ticket.model, ticket.prompt_tokens, parsed.prompt_tokens)

@@ -24,13 +24,13 @@ usage object with no token counts is a ``UsageError``, never a silent $0
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from crew_budget.errors import UsageError
 from crew_budget.money import atto_to_nano_round, to_nano_round
-from crew_budget.pricing import Price
+from crew_budget.pricing import Price, normalize_service_tier
 
 __all__ = ["Usage", "cost_nano_of", "cost_of", "parse_usage"]
 
@@ -42,6 +42,16 @@ class Usage:
     ``input_tokens`` is uncached input only; ``output_tokens`` includes
     ``reasoning_tokens`` (as both providers bill them at the output rate
     unless the model has a separate reasoning price).
+
+    The fields after ``reasoning_tokens`` refine those counts for the parts
+    billed at their own rates: ``cache_write_1h_tokens`` is the part of
+    ``cache_write_tokens`` written with a 1-hour TTL (Anthropic's
+    ``cache_creation.ephemeral_1h_input_tokens``); ``audio_input_tokens`` and
+    ``image_input_tokens`` are parts of ``input_tokens``, ``audio_output_tokens``
+    and ``image_output_tokens`` parts of ``output_tokens`` (beside
+    ``reasoning_tokens``); ``web_search_requests`` counts server-side searches
+    (billed per search); ``service_tier`` is ``"priority"``, ``"flex"``,
+    ``"batch"`` or None (standard), as the response reported it.
     """
 
     input_tokens: int = 0
@@ -49,11 +59,31 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    web_search_requests: int = 0
+    service_tier: str | None = None
 
     @property
     def prompt_tokens(self) -> int:
         """Everything the provider read: uncached + cache reads + cache writes."""
         return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
+
+    @property
+    def has_extras(self) -> bool:
+        """Whether any count billed at its own rate (1 h writes, audio, images,
+        searches) is non-zero: without one, the five-rate sum is the cost."""
+        return bool(
+            self.cache_write_1h_tokens
+            or self.audio_input_tokens
+            or self.audio_output_tokens
+            or self.image_input_tokens
+            or self.image_output_tokens
+            or self.web_search_requests
+        )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -62,39 +92,93 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.audio_input_tokens + other.audio_input_tokens,
+            self.audio_output_tokens + other.audio_output_tokens,
+            self.image_input_tokens + other.image_input_tokens,
+            self.image_output_tokens + other.image_output_tokens,
+            self.web_search_requests + other.web_search_requests,
+            self.service_tier if self.service_tier == other.service_tier else None,
         )
 
 
+# How each rule below is billed (what the tests check, with their sources):
+# - context tiers: a prompt (uncached + cache reads + cache writes) over the
+#   tier's threshold bills *every* token at the tier's rates (Gemini 2.5 Pro
+#   "prompts > 200k tokens", ai.google.dev/gemini-api/docs/pricing);
+# - service tiers: the response's priority/flex/batch tier picks its own
+#   rates (platform.openai.com/docs/pricing, Anthropic's batch discount);
+# - cache writes: the 5-minute TTL at ``cache_write``, the 1-hour one at
+#   ``cache_write_1h`` (docs.anthropic.com prompt caching: 1.25x / 2x input);
+# - audio and image tokens at their own input/output rates;
+# - web searches per search, and a per-request fee once per call.
+
+
 def cost_of(usage: Usage, price: Price) -> Decimal:
-    """Exact dollar cost of ``usage`` at ``price``."""
+    """Exact dollar cost of ``usage`` at ``price`` (its tier chosen by the usage)."""
+    if price.variable:
+        price = price.for_usage(usage.prompt_tokens, usage.service_tier)
     cached = price.cached_input if price.cached_input is not None else price.input
     write = price.cache_write if price.cache_write is not None else price.input
     reasoning = price.reasoning if price.reasoning is not None else price.output
-    plain_output = usage.output_tokens - usage.reasoning_tokens
+    write_1h, in_audio, out_audio, in_image, out_image, search, fee = price.extra_rates()
+    plain_input = usage.input_tokens - usage.audio_input_tokens - usage.image_input_tokens
+    plain_output = (
+        usage.output_tokens
+        - usage.reasoning_tokens
+        - usage.audio_output_tokens
+        - usage.image_output_tokens
+    )
     return (
-        usage.input_tokens * price.input
+        plain_input * price.input
+        + usage.audio_input_tokens * in_audio
+        + usage.image_input_tokens * in_image
         + usage.cached_input_tokens * cached
-        + usage.cache_write_tokens * write
+        + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * write
+        + usage.cache_write_1h_tokens * write_1h
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning
+        + usage.audio_output_tokens * out_audio
+        + usage.image_output_tokens * out_image
+        + usage.web_search_requests * search
+        + fee
     )
 
 
 def cost_nano_of(usage: Usage, price: Price) -> int:
     """``cost_of`` in nano-USD, banker's rounding: integer arithmetic when the
-    price has whole atto-USD rates (see ``Price.atto``), else ``Decimal``."""
+    price has whole atto-USD rates (see ``Price.atto``), else ``Decimal``.
+
+    The tier is picked from the cached ``Price`` (a tuple scan), so settling
+    a tiered model costs no more than a flat one.
+    """
+    if price.variable:
+        price = price.for_usage(usage.prompt_tokens, usage.service_tier)
     atto = price.atto
-    if atto is None:
+    extra = price.atto_extra
+    if atto is None or extra is None:
         return to_nano_round(cost_of(usage, price))
     inp, out, cached, write, reasoning = atto
     r = usage.reasoning_tokens
-    return atto_to_nano_round(
+    total = (
         usage.input_tokens * inp
         + usage.cached_input_tokens * cached
         + usage.cache_write_tokens * write
         + (usage.output_tokens - r) * out
         + r * reasoning
+        + extra[6]
     )
+    if usage.has_extras:
+        w1h, ai, ao, ii, io, search, _fee = extra
+        total += (
+            usage.cache_write_1h_tokens * (w1h - write)
+            + usage.audio_input_tokens * (ai - inp)
+            + usage.image_input_tokens * (ii - inp)
+            + usage.audio_output_tokens * (ao - out)
+            + usage.image_output_tokens * (io - out)
+            + usage.web_search_requests * search
+        )
+    return atto_to_nano_round(total)
 
 
 def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
@@ -150,7 +234,7 @@ def parse_usage(raw: Any) -> Usage:
     for wrapper in ("usage", "usage_metadata", "usageMetadata", "token_usage"):
         inner = data.get(wrapper)
         if inner is not None and not isinstance(inner, (int, float)):
-            return parse_usage(inner)
+            return _with_service_tier(parse_usage(inner), data)
     usage = _parse_flat(data)
     if usage is None:
         keys = ", ".join(sorted(map(str, data))) or "none"
@@ -164,7 +248,7 @@ def parse_usage(raw: Any) -> Usage:
             f"usage reports {usage.reasoning_tokens} reasoning tokens but only "
             f"{usage.output_tokens} output tokens"
         )
-    return usage
+    return _refine(usage, data)
 
 
 def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
@@ -220,3 +304,76 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
     read = _int(d, "cache_read_input_tokens") or 0
     write = _int(d, "cache_creation_input_tokens") or 0
     return Usage(inp, read, write, out, 0)
+
+
+# -- the parts billed at their own rates (see ``Usage``) ---------------------------
+
+
+def _with_service_tier(usage: Usage, response: Mapping[str, Any]) -> Usage:
+    """OpenAI reports ``service_tier`` on the response, beside ``usage``."""
+    if usage.service_tier is None:
+        tier = normalize_service_tier(response.get("service_tier"))
+        if tier is not None:
+            return replace(usage, service_tier=tier)
+    return usage
+
+
+def _modality(details: Any, modality: str) -> int:
+    """Gemini's ``[{"modality": "AUDIO", "tokenCount": n}, ...]`` for one modality."""
+    if not isinstance(details, list):
+        return 0
+    total = 0
+    for item in details:
+        entry = _as_mapping(item)
+        if entry is not None and str(entry.get("modality", "")).upper() == modality:
+            total += _int(entry, "tokenCount", "token_count") or 0
+    return total
+
+
+def _refine(usage: Usage, d: Mapping[str, Any]) -> Usage:
+    """Add 1 h cache writes, audio/image tokens, web searches and the service
+    tier to a parsed usage, each clamped inside the count it is part of."""
+    pdet = _as_mapping(d.get("prompt_tokens_details")) or _as_mapping(
+        d.get("input_tokens_details")
+    )
+    cdet = _as_mapping(d.get("completion_tokens_details")) or _as_mapping(
+        d.get("output_tokens_details")
+    )
+    idet = _as_mapping(d.get("input_token_details"))  # LangChain
+    odet = _as_mapping(d.get("output_token_details"))
+    creation = _as_mapping(d.get("cache_creation"))  # Anthropic
+    tools = _as_mapping(d.get("server_tool_use"))
+    one_hour = _int(creation, "ephemeral_1h_input_tokens") or _int(
+        idet, "ephemeral_1h_input_tokens", "cache_creation_1h"
+    ) or 0
+    audio_in = (_int(pdet, "audio_tokens") or _int(idet, "audio") or 0) + _modality(
+        d.get("promptTokensDetails"), "AUDIO"
+    )
+    image_in = (_int(pdet, "image_tokens") or _int(idet, "image") or 0) + _modality(
+        d.get("promptTokensDetails"), "IMAGE"
+    )
+    audio_out = (_int(cdet, "audio_tokens") or _int(odet, "audio") or 0) + _modality(
+        d.get("candidatesTokensDetails"), "AUDIO"
+    )
+    image_out = (_int(cdet, "image_tokens") or _int(odet, "image") or 0) + _modality(
+        d.get("candidatesTokensDetails"), "IMAGE"
+    )
+    searches = _int(tools, "web_search_requests") or 0
+    tier = usage.service_tier or normalize_service_tier(d.get("service_tier"))
+    if not (one_hour or audio_in or image_in or audio_out or image_out or searches or tier):
+        return usage
+    audio_in = min(audio_in, usage.input_tokens)
+    image_in = min(image_in, usage.input_tokens - audio_in)
+    spare_out = usage.output_tokens - usage.reasoning_tokens
+    audio_out = min(audio_out, spare_out)
+    image_out = min(image_out, spare_out - audio_out)
+    return replace(
+        usage,
+        cache_write_1h_tokens=min(one_hour, usage.cache_write_tokens),
+        audio_input_tokens=audio_in,
+        image_input_tokens=image_in,
+        audio_output_tokens=audio_out,
+        image_output_tokens=image_out,
+        web_search_requests=searches,
+        service_tier=tier,
+    )
