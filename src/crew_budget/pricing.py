@@ -57,10 +57,12 @@ __all__ = [
     "SERVICE_TIERS",
     "Price",
     "PriceBook",
+    "candidates",
     "litellm_data_dir",
     "litellm_price_map_path",
     "normalize_provider",
     "normalize_service_tier",
+    "price_from_genai",
 ]
 
 PRICE_SOURCES = ("override", "genai-prices", "litellm")
@@ -568,30 +570,10 @@ class PriceBook:
             provider, info = snap.find_provider_model(name, None, provider_id, None)
         except (LookupError, ValueError):
             return None
-        now = datetime.now(tz=timezone.utc)
-        standard = info.get_prices(now)
-        if getattr(standard, "input_mtok", None) is None or getattr(
-            standard, "output_mtok", None
-        ) is None:
-            return None  # not a token-priced chat model (embeddings, audio by the hour)
         owner = next((p for p in snap.providers if any(m is info for m in p.models)), provider)
-        own = owner is provider
-        family = _FAMILY.get(owner.id, owner.id)
-        base_rates, base_tiers = _genai_rates(standard)
-        variants: dict[str, tuple[dict[str, Decimal], dict[int, dict[str, Decimal]]]] = {}
-        if own and info.price_variants:
-            for tier, context in (
-                ("priority", {"service_tier": "priority"}),
-                ("flex", {"service_tier": "flex"}),
-                ("batch", {"processing": "batch"}),
-            ):
-                resolved = info.get_prices(now, context)
-                if resolved != standard:
-                    variants[tier] = _genai_rates(resolved)
         max_out = self._max_output_from_map((name, info.id), provider_id)
-        return _assemble(
-            info.id, family, "genai-prices", base_rates, base_tiers, variants, max_out
-        )
+        return price_from_genai(info, owner, served_by_owner=owner is provider,
+                                max_output_tokens=max_out)
 
     def _max_output_from_map(self, names: tuple[str, ...], provider_id: str | None) -> int | None:
         """litellm's ``max_output_tokens`` for the model, where its map knows it:
@@ -627,6 +609,45 @@ _LITELLM_PREFIXES_FOR: dict[str, tuple[str, ...]] = {
     "novita": ("novita",),
     "moonshotai": ("moonshot",),
 }
+
+def price_from_genai(
+    info: Any,
+    owner: Any,
+    *,
+    served_by_owner: bool = True,
+    max_output_tokens: int | None = None,
+    when: datetime | None = None,
+) -> Price | None:
+    """A ``Price`` from a genai-prices ``ModelInfo`` (and the ``Provider`` whose
+    list holds it), at the prices in force ``when`` (default: now), or None
+    for a model not priced per input and output token.
+
+    Service tiers come from the model's price variants (``service_tier``
+    ``priority``/``flex``, ``processing`` ``batch``); genai-prices applies them
+    only when the model is served by the provider that lists it, and so do we.
+    """
+    now = when or datetime.now(tz=timezone.utc)
+    standard = info.get_prices(now)
+    if getattr(standard, "input_mtok", None) is None or getattr(
+        standard, "output_mtok", None
+    ) is None:
+        return None  # not a token-priced chat model (embeddings, audio by the hour)
+    base_rates, base_tiers = _genai_rates(standard)
+    variants: dict[str, tuple[dict[str, Decimal], dict[int, dict[str, Decimal]]]] = {}
+    if served_by_owner and info.price_variants:
+        for tier, context in (
+            ("priority", {"service_tier": "priority"}),
+            ("flex", {"service_tier": "flex"}),
+            ("batch", {"processing": "batch"}),
+        ):
+            resolved = info.get_prices(now, context)
+            if resolved != standard:
+                variants[tier] = _genai_rates(resolved)
+    return _assemble(
+        info.id, _FAMILY.get(owner.id, owner.id), "genai-prices", base_rates, base_tiers,
+        variants, max_output_tokens,
+    )
+
 
 # genai-prices price key -> Price field, and its unit.
 _GENAI_KEYS: tuple[tuple[str, str, Decimal], ...] = (
