@@ -34,10 +34,12 @@ from langchain_core.messages import AIMessage, BaseMessage
 from crew_budget.errors import BudgetExceeded, ConfigError
 from crew_budget.guard import Guard, Ticket
 from crew_budget.langchain._common import (
+    BASE_URL_FIELDS,
     ROLE_KEY,
     ConfigSource,
     close_failed,
     covered_by_middleware,
+    provider_hint,
     resolve_guard,
     settle_or_charge,
     to_openai_messages,
@@ -147,6 +149,11 @@ class BudgetMiddleware(AgentMiddleware):
         extra: dict[str, Any] = {}
         if isinstance(request.tool_choice, (str, dict)):
             extra["tool_choice"] = request.tool_choice
+        tier = settings.get("service_tier", getattr(model, "service_tier", None))
+        if isinstance(tier, str):
+            extra["service_tier"] = tier
+        fields = {k: getattr(model, k, None) for k in BASE_URL_FIELDS}
+        provider = provider_hint(ls.get("ls_provider"), fields, type(model).__name__)
         ticket = self.guard.preflight(
             self._role(request),
             model_name,
@@ -156,6 +163,7 @@ class BudgetMiddleware(AgentMiddleware):
             {"framework": "langchain-agent"},
             crew=self.crew,
             extra=extra or None,
+            provider=provider,
         )
         if ticket.max_tokens is not None:
             # No cap anywhere: send the reserved one, so the bill cannot exceed it.
