@@ -238,3 +238,27 @@ def test_malformed_usage_is_a_usage_error(raw: Any, needle: str) -> None:
 def test_usage_error_names_the_stream_fix() -> None:
     with pytest.raises(UsageError, match="include_usage"):
         parse_usage(None)
+
+
+def test_usage_is_a_frozen_value_with_or_without_the_extra_counts() -> None:
+    """The extra fields are stored only when set (see ``Usage``): equality,
+    hashing, pickling, ``replace``, ``+`` and immutability hold either way."""
+    import pickle
+    from dataclasses import FrozenInstanceError, fields, replace
+
+    plain = Usage(10, 2, 3, 40, 5)
+    extra = Usage(10, 2, 3, 40, 5, cache_write_1h_tokens=1, service_tier="flex")
+    assert [f.name for f in fields(Usage)][5:] == [
+        "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
+        "image_input_tokens", "image_output_tokens", "web_search_requests", "service_tier"]
+    assert (plain.has_extras, extra.has_extras) == (False, True)
+    assert Usage(1, service_tier="batch").has_extras is False  # a tier alone changes rates only
+    assert replace(plain, cache_write_1h_tokens=1, service_tier="flex") == extra
+    assert pickle.loads(pickle.dumps(extra)) == extra
+    assert pickle.loads(pickle.dumps(plain)) == plain
+    assert len({plain, extra, Usage(10, 2, 3, 40, 5)}) == 2
+    assert plain + extra == Usage(20, 4, 6, 80, 10, cache_write_1h_tokens=1)
+    with pytest.raises(FrozenInstanceError):
+        plain.input_tokens = 3  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        plain.audio_input_tokens = 3  # type: ignore[misc]

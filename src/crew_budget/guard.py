@@ -274,7 +274,7 @@ class Guard:
             inject = out_tokens = cap
         else:
             out_tokens = int(max_tokens)
-        if price.variable:  # context tiers / service tiers: the rates this call lands on
+        if price.variable and (price.tiers or extra):  # the tier this call lands in
             price = price.for_usage(
                 prompt_tokens, normalize_service_tier(extra.get("service_tier")) if extra else None
             )

@@ -128,12 +128,18 @@ class Price:
         init=False, default=None, repr=False, compare=False
     )
     # The other rates (``_EXTRA_RATES`` order, defaulted as billed) in whole
-    # atto-USD, or None when any is finer; ``has_extras`` says whether a
+    # atto-USD, or None when any is finer; ``Usage.has_extras`` says whether a
     # usage's audio/image/1 h/search counts can change the cost at all.
     atto_extra: tuple[int, int, int, int, int, int, int] | None = field(
         init=False, default=None, repr=False, compare=False
     )
     variable: bool = field(init=False, default=False, repr=False, compare=False)
+    # The settle fast path in one load: the five ``atto`` rates plus the
+    # per-request fee, when all rates are whole atto-USD (these are the
+    # standard rates: ``for_usage`` picks a tier's price first).
+    atto_flat: tuple[int, int, int, int, int, int] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         rates = (
@@ -149,7 +155,10 @@ class Price:
         extra = [atto_per_token(r) for r in self.extra_rates()]
         if all(a is not None for a in extra):
             object.__setattr__(self, "atto_extra", tuple(extra))
-        object.__setattr__(self, "variable", bool(self.tiers or self.service_tiers))
+        variable = bool(self.tiers or self.service_tiers)
+        object.__setattr__(self, "variable", variable)
+        if self.atto is not None and self.atto_extra is not None:
+            object.__setattr__(self, "atto_flat", (*self.atto, self.atto_extra[6]))
 
     def extra_rates(self) -> tuple[Decimal, ...]:
         """The ``_EXTRA_RATES`` with defaults filled in as the provider bills them."""

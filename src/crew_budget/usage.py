@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from crew_budget.errors import UsageError
 from crew_budget.money import atto_to_nano_round, to_nano_round
@@ -35,7 +35,7 @@ from crew_budget.pricing import Price, normalize_service_tier
 __all__ = ["Usage", "cost_nano_of", "cost_of", "parse_usage"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, init=False)
 class Usage:
     """Disjoint token counts of one call.
 
@@ -54,11 +54,24 @@ class Usage:
     ``"batch"`` or None (standard), as the response reported it.
     """
 
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
+    # One is built on every settle. The five counts every usage has are slots
+    # (as fast as the plain frozen dataclass this was); the rarely non-zero
+    # rest are class defaults, stored on the instance only when one is set, so
+    # a plain usage costs no more to build or read than before they existed.
+    __slots__ = (
+        "__dict__",
+        "cache_write_tokens",
+        "cached_input_tokens",
+        "input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+    )
+
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
     cache_write_1h_tokens: int = 0
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
@@ -66,24 +79,59 @@ class Usage:
     image_output_tokens: int = 0
     web_search_requests: int = 0
     service_tier: str | None = None
+    # Whether any count billed at its own rate (1 h writes, audio, images,
+    # searches) is non-zero: without one, the five-rate sum is the cost.
+    has_extras: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        input_tokens: int = 0,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        output_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        audio_input_tokens: int = 0,
+        audio_output_tokens: int = 0,
+        image_input_tokens: int = 0,
+        image_output_tokens: int = 0,
+        web_search_requests: int = 0,
+        service_tier: str | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "input_tokens", input_tokens)
+        put(self, "cached_input_tokens", cached_input_tokens)
+        put(self, "cache_write_tokens", cache_write_tokens)
+        put(self, "output_tokens", output_tokens)
+        put(self, "reasoning_tokens", reasoning_tokens)
+        if (cache_write_1h_tokens or audio_input_tokens or audio_output_tokens
+                or image_input_tokens or image_output_tokens or web_search_requests
+                or service_tier is not None):
+            put(self, "cache_write_1h_tokens", cache_write_1h_tokens)
+            put(self, "audio_input_tokens", audio_input_tokens)
+            put(self, "audio_output_tokens", audio_output_tokens)
+            put(self, "image_input_tokens", image_input_tokens)
+            put(self, "image_output_tokens", image_output_tokens)
+            put(self, "web_search_requests", web_search_requests)
+            put(self, "service_tier", service_tier)
+            put(self, "has_extras", bool(
+                cache_write_1h_tokens or audio_input_tokens or audio_output_tokens
+                or image_input_tokens or image_output_tokens or web_search_requests
+            ))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Frozen: unpickling must go through __init__, not setattr.
+        return (type(self), (
+            self.input_tokens, self.cached_input_tokens, self.cache_write_tokens,
+            self.output_tokens, self.reasoning_tokens, self.cache_write_1h_tokens,
+            self.audio_input_tokens, self.audio_output_tokens, self.image_input_tokens,
+            self.image_output_tokens, self.web_search_requests, self.service_tier,
+        ))
 
     @property
     def prompt_tokens(self) -> int:
         """Everything the provider read: uncached + cache reads + cache writes."""
         return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
-
-    @property
-    def has_extras(self) -> bool:
-        """Whether any count billed at its own rate (1 h writes, audio, images,
-        searches) is non-zero: without one, the five-rate sum is the cost."""
-        return bool(
-            self.cache_write_1h_tokens
-            or self.audio_input_tokens
-            or self.audio_output_tokens
-            or self.image_input_tokens
-            or self.image_output_tokens
-            or self.web_search_requests
-        )
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -150,35 +198,44 @@ def cost_nano_of(usage: Usage, price: Price) -> int:
     price has whole atto-USD rates (see ``Price.atto``), else ``Decimal``.
 
     The tier is picked from the cached ``Price`` (a tuple scan), so settling
-    a tiered model costs no more than a flat one.
+    a tiered model costs no more than a flat one; a flat price and a usage
+    with no specially billed parts take the shortest path.
     """
-    if price.variable:
+    if price.variable and (price.tiers or usage.service_tier is not None):
         price = price.for_usage(usage.prompt_tokens, usage.service_tier)
+    flat = price.atto_flat
+    if flat is not None and not usage.has_extras:
+        inp, out, cached, write, reasoning, fee = flat
+        r = usage.reasoning_tokens
+        return atto_to_nano_round(
+            usage.input_tokens * inp
+            + usage.cached_input_tokens * cached
+            + usage.cache_write_tokens * write
+            + (usage.output_tokens - r) * out
+            + r * reasoning
+            + fee
+        )
     atto = price.atto
     extra = price.atto_extra
     if atto is None or extra is None:
         return to_nano_round(cost_of(usage, price))
     inp, out, cached, write, reasoning = atto
+    w1h, ai, ao, ii, io, search, fee = extra
     r = usage.reasoning_tokens
-    total = (
+    return atto_to_nano_round(
         usage.input_tokens * inp
         + usage.cached_input_tokens * cached
         + usage.cache_write_tokens * write
         + (usage.output_tokens - r) * out
         + r * reasoning
-        + extra[6]
+        + fee
+        + usage.cache_write_1h_tokens * (w1h - write)
+        + usage.audio_input_tokens * (ai - inp)
+        + usage.image_input_tokens * (ii - inp)
+        + usage.audio_output_tokens * (ao - out)
+        + usage.image_output_tokens * (io - out)
+        + usage.web_search_requests * search
     )
-    if usage.has_extras:
-        w1h, ai, ao, ii, io, search, _fee = extra
-        total += (
-            usage.cache_write_1h_tokens * (w1h - write)
-            + usage.audio_input_tokens * (ai - inp)
-            + usage.image_input_tokens * (ii - inp)
-            + usage.audio_output_tokens * (ao - out)
-            + usage.image_output_tokens * (io - out)
-            + usage.web_search_requests * search
-        )
-    return atto_to_nano_round(total)
 
 
 def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
@@ -311,7 +368,7 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
 
 def _with_service_tier(usage: Usage, response: Mapping[str, Any]) -> Usage:
     """OpenAI reports ``service_tier`` on the response, beside ``usage``."""
-    if usage.service_tier is None:
+    if usage.service_tier is None and response.get("service_tier") is not None:
         tier = normalize_service_tier(response.get("service_tier"))
         if tier is not None:
             return replace(usage, service_tier=tier)
@@ -330,35 +387,66 @@ def _modality(details: Any, modality: str) -> int:
     return total
 
 
+# Where the parts billed at their own rates are reported: OpenAI chat
+# (prompt/completion_tokens_details), OpenAI Responses (input/output_tokens_
+# details), LangChain (input/output_token_details), Anthropic (cache_creation,
+# server_tool_use, service_tier) and Gemini (prompt/candidatesTokensDetails).
+def _has_extras(d: Mapping[str, Any]) -> bool:
+    """Whether ``d`` reports any part billed at its own rate (a non-zero one)."""
+    get = d.get
+    if (get("cache_creation") or get("server_tool_use") or get("service_tier") is not None
+            or "promptTokensDetails" in d or "candidatesTokensDetails" in d):
+        return True
+    det = get("prompt_tokens_details") or get("input_tokens_details") or get(
+        "input_token_details")
+    if det:
+        det = det if type(det) is dict else _as_mapping(det) or {}
+        g = det.get
+        if (g("audio_tokens") or g("audio") or g("image_tokens") or g("image")
+                or g("ephemeral_1h_input_tokens")):
+            return True
+    det = get("completion_tokens_details") or get("output_tokens_details") or get(
+        "output_token_details")
+    if det:
+        det = det if type(det) is dict else _as_mapping(det) or {}
+        g = det.get
+        if g("audio_tokens") or g("audio") or g("image_tokens") or g("image"):
+            return True
+    return False
+
+
 def _refine(usage: Usage, d: Mapping[str, Any]) -> Usage:
     """Add 1 h cache writes, audio/image tokens, web searches and the service
-    tier to a parsed usage, each clamped inside the count it is part of."""
-    pdet = _as_mapping(d.get("prompt_tokens_details")) or _as_mapping(
-        d.get("input_tokens_details")
-    )
-    cdet = _as_mapping(d.get("completion_tokens_details")) or _as_mapping(
-        d.get("output_tokens_details")
-    )
-    idet = _as_mapping(d.get("input_token_details"))  # LangChain
-    odet = _as_mapping(d.get("output_token_details"))
-    creation = _as_mapping(d.get("cache_creation"))  # Anthropic
-    tools = _as_mapping(d.get("server_tool_use"))
+    tier to a parsed usage, each clamped inside the count it is part of.
+
+    Most usages carry none of them (OpenAI's zero ``audio_tokens`` included):
+    a few dict lookups find that out before any parsing or copying.
+    """
+    if not _has_extras(d):
+        return usage
+    idet = _as_mapping(d.get("prompt_tokens_details") or d.get("input_tokens_details")
+                       or d.get("input_token_details"))
+    odet = _as_mapping(d.get("completion_tokens_details") or d.get("output_tokens_details")
+                       or d.get("output_token_details"))
+    creation = d.get("cache_creation")
+    tools = d.get("server_tool_use")
+    creation = _as_mapping(creation)
     one_hour = _int(creation, "ephemeral_1h_input_tokens") or _int(
-        idet, "ephemeral_1h_input_tokens", "cache_creation_1h"
+        idet, "ephemeral_1h_input_tokens"
     ) or 0
-    audio_in = (_int(pdet, "audio_tokens") or _int(idet, "audio") or 0) + _modality(
+    audio_in = (_int(idet, "audio_tokens", "audio") or 0) + _modality(
         d.get("promptTokensDetails"), "AUDIO"
     )
-    image_in = (_int(pdet, "image_tokens") or _int(idet, "image") or 0) + _modality(
+    image_in = (_int(idet, "image_tokens", "image") or 0) + _modality(
         d.get("promptTokensDetails"), "IMAGE"
     )
-    audio_out = (_int(cdet, "audio_tokens") or _int(odet, "audio") or 0) + _modality(
+    audio_out = (_int(odet, "audio_tokens", "audio") or 0) + _modality(
         d.get("candidatesTokensDetails"), "AUDIO"
     )
-    image_out = (_int(cdet, "image_tokens") or _int(odet, "image") or 0) + _modality(
+    image_out = (_int(odet, "image_tokens", "image") or 0) + _modality(
         d.get("candidatesTokensDetails"), "IMAGE"
     )
-    searches = _int(tools, "web_search_requests") or 0
+    searches = _int(_as_mapping(tools), "web_search_requests") or 0
     tier = usage.service_tier or normalize_service_tier(d.get("service_tier"))
     if not (one_hour or audio_in or image_in or audio_out or image_out or searches or tier):
         return usage
@@ -367,13 +455,17 @@ def _refine(usage: Usage, d: Mapping[str, Any]) -> Usage:
     spare_out = usage.output_tokens - usage.reasoning_tokens
     audio_out = min(audio_out, spare_out)
     image_out = min(image_out, spare_out - audio_out)
-    return replace(
-        usage,
-        cache_write_1h_tokens=min(one_hour, usage.cache_write_tokens),
-        audio_input_tokens=audio_in,
-        image_input_tokens=image_in,
-        audio_output_tokens=audio_out,
-        image_output_tokens=image_out,
-        web_search_requests=searches,
-        service_tier=tier,
+    return Usage(
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+        min(one_hour, usage.cache_write_tokens),
+        audio_in,
+        audio_out,
+        image_in,
+        image_out,
+        searches,
+        tier,
     )
