@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -246,6 +247,9 @@ def test_a_local_server_gives_no_provider_so_the_name_decides() -> None:
     ("anthropic-chat", "anthropic"), ("openai-chat", "openai"),
     ("chat-google-generative-ai", "google"), ("amazon_bedrock_converse_chat", "aws"),
     ("http://localhost:11434", None), ("ollama", None), (None, None),
+    ("ChatAnthropic", "anthropic"), ("AzureChatOpenAI", "azure"), ("ChatVertexAI", "google"),
+    ("ChatBedrockConverse", "aws"), ("ChatOllama", None),
+    ("huggingface_together", "huggingface_together"),  # genai-prices' own ids pass through
 ])
 def test_provider_hints(hint: str | None, expected: str | None) -> None:
     assert normalize_provider(hint) == expected
@@ -297,3 +301,28 @@ def test_import_is_lazy_and_lookups_never_touch_the_network() -> None:
         "genai-prices 0.00000125 True False",
         "['MainThread']",
     ]
+
+
+def test_a_yaml_override_can_price_1h_cache_writes(tmp_path: Any) -> None:
+    from crew_budget.config import load_config
+
+    cfg = tmp_path / "budgets.yaml"
+    cfg.write_text("prices:\n  my-claude: {input_per_million: 3, output_per_million: 15, "
+                   "cache_write_per_million: 3.75, cache_write_1h_per_million: 6, "
+                   "provider: anthropic}\n")
+    price = PriceBook(load_config(cfg).prices).get("my-claude")
+    assert (price.source, price.cache_write, price.cache_write_1h) == (
+        "override", Decimal("0.00000375"), Decimal("0.000006"))
+    usage = Usage(input_tokens=10, cache_write_tokens=3000, cache_write_1h_tokens=2000)
+    # 10 x 3/M + 1,000 x 3.75/M + 2,000 x 6/M
+    assert cost_of(usage, price) == Decimal("0.01578")
+
+
+def test_a_provider_only_genai_prices_knows_is_passed_through() -> None:
+    price = PriceBook().get("Qwen/Qwen2.5-7B-Instruct", provider="huggingface_together")
+    assert (price.source, price.model, price.provider) == (
+        "genai-prices", "Qwen/Qwen2.5-7B-Instruct", "huggingface_together")
+    with pytest.raises(UnknownModelError) as info:
+        PriceBook().get("Qwen/Qwen2.5-VL-7B-Instruct")
+    # A suggestion only another provider's list has says which provider.
+    assert any("(provider=" in s for s in info.value.suggestions)

@@ -329,6 +329,8 @@ def normalize_provider(provider: str | None) -> str | None:
     key = hint.lower().replace(" ", "_")
     if key in _PROVIDER_ALIASES:
         return _PROVIDER_ALIASES[key]
+    if "chat" not in key:
+        return key  # e.g. "huggingface_together": genai-prices' own ids pass through
     for alias, known in _PROVIDER_ALIASES.items():
         # LangChain _llm_type values such as "openai-chat", "anthropic-chat",
         # "chat-google-generative-ai", "amazon_bedrock_converse_chat".
@@ -565,10 +567,12 @@ class PriceBook:
             for m in provider.models:
                 if getattr(m.get_prices(now), "input_mtok", None) is None:
                     continue
-                if provider.id in _NAME_ALONE or prefix not in _PROVIDER_ALIASES:
+                if provider.id in _NAME_ALONE:
                     out.append((m.id, m.id))
-                else:
+                elif prefix in _PROVIDER_ALIASES:
                     out.append((m.id, f"{prefix}/{m.id}"))
+                else:
+                    out.append((m.id, f"{m.id} (provider={provider.id!r})"))
         return out
 
     def _from_genai(self, provider_id: str | None, name: str) -> Price | None:
