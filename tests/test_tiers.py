@@ -321,3 +321,33 @@ def test_integer_cost_equals_decimal_cost_for_every_genai_prices_model() -> None
                     model.id)
             checked += 1
     assert checked > 2000 and tiered > 100
+
+
+# -- prices that change with the date or the time of day ------------------------------
+
+
+def test_deepseek_off_peak_hours_and_the_cache_follows_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """genai-prices' deepseek-chat: $0.27 in / $1.10 out per million from 00:30
+    to 16:30 UTC, $0.135 / $0.55 outside it (DeepSeek's off-peak discount).
+    The cached price carries the moment it changes, and is looked up again then."""
+    book = PriceBook()
+    clock = [datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)]
+    monkeypatch.setattr(book, "_now", lambda: clock[0])
+    peak = book.get("deepseek-chat", provider="deepseek")
+    assert (peak.input * M, peak.output * M) == (D("0.27"), D("1.1"))
+    assert peak.expires_at == datetime(2026, 1, 5, 16, 30, tzinfo=timezone.utc).timestamp()
+    # That moment is long past on the real clock: the next get looks again.
+    clock[0] = datetime(2026, 1, 5, 20, 0, tzinfo=timezone.utc)
+    off_peak = book.get("deepseek-chat", provider="deepseek")
+    assert (off_peak.input * M, off_peak.output * M) == (D("0.135"), D("0.55"))
+    assert off_peak.expires_at == datetime(2026, 1, 6, 0, 30, tzinfo=timezone.utc).timestamp()
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert (cost_of(usage, peak), cost_of(usage, off_peak)) == (D("1.37"), D("0.685"))
+
+
+def test_a_price_without_dated_changes_is_cached_for_good() -> None:
+    book = PriceBook()
+    price = book.get("gpt-4o-mini")
+    assert price.expires_at is None
+    assert book.get("gpt-4o-mini") is price

@@ -41,9 +41,10 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,10 @@ class Price:
     per_request: Decimal | None = None
     tiers: tuple[tuple[int, Price], ...] = ()
     service_tiers: tuple[tuple[str, Price], ...] = ()
+    # When the data's prices change next (a new price's start date, the end
+    # of an off-peak window), as a Unix time; None: not before the next
+    # release of the data. ``PriceBook`` looks the model up again after it.
+    expires_at: float | None = field(default=None, compare=False)
     # The five token rates (input, output, cached input, cache write,
     # reasoning; the last three defaulted as billed) in whole atto-USD per
     # token, or None when one is finer than that: then Decimal is used.
@@ -466,11 +471,13 @@ class PriceBook:
         ``provider`` (optional) is what the caller knows about where the call
         goes: a provider id (``"anthropic"``, ``"openrouter"``), a litellm
         provider (``"bedrock"``, ``"vertex_ai"``) or a base URL. Cached per
-        (provider, model): genai-prices is consulted once for each.
+        (provider, model): genai-prices is consulted once for each, and again
+        only when the data says the price changes (``Price.expires_at``: a
+        dated price change, DeepSeek's off-peak hours).
         """
         key: Any = model if provider is None else (provider, model)
         cached = self._cache.get(key)
-        if cached is not None:
+        if cached is not None and (cached.expires_at is None or time.time() < cached.expires_at):
             return cached
         price = self._lookup(model, provider)
         self._cache[key] = price
@@ -586,7 +593,11 @@ class PriceBook:
         owner = next((p for p in snap.providers if any(m is info for m in p.models)), provider)
         max_out = self._max_output_from_map((name, info.id), provider_id)
         return price_from_genai(info, owner, served_by_owner=owner is provider,
-                                max_output_tokens=max_out)
+                                max_output_tokens=max_out, when=self._now())
+
+    def _now(self) -> datetime:
+        """The time prices are looked up at (a seam for tests of dated prices)."""
+        return datetime.now(tz=timezone.utc)
 
     def _max_output_from_map(self, names: tuple[str, ...], provider_id: str | None) -> int | None:
         """litellm's ``max_output_tokens`` for the model, where its map knows it:
@@ -656,10 +667,39 @@ def price_from_genai(
             resolved = info.get_prices(now, context)
             if resolved != standard:
                 variants[tier] = _genai_rates(resolved)
-    return _assemble(
+    price = _assemble(
         info.id, _FAMILY.get(owner.id, owner.id), "genai-prices", base_rates, base_tiers,
         variants, max_output_tokens,
     )
+    change = _next_price_change(info, now)
+    return price if change is None else replace(price, expires_at=change.timestamp())
+
+
+def _next_price_change(info: Any, now: datetime) -> datetime | None:
+    """The first moment after ``now`` at which one of the model's dated or
+    time-of-day constraints (``StartDateConstraint``: from a UTC date on;
+    ``TimeOfDateConstraint``: a daily UTC window) switches, or None."""
+    constraints = [getattr(c, "constraint", None) for c in info.prices] if isinstance(
+        info.prices, list) else []
+    constraints.extend(getattr(v, "constraint", None) for v in info.price_variants or ())
+    utc = now.astimezone(timezone.utc)
+    moments: list[datetime] = []
+    for constraint in constraints:
+        start_date = getattr(constraint, "start_date", None)
+        if start_date is not None:
+            moment = datetime(start_date.year, start_date.month, start_date.day,
+                              tzinfo=timezone.utc)
+            if moment > utc:
+                moments.append(moment)
+        for attr in ("start_time", "end_time"):
+            at = getattr(constraint, attr, None)
+            if at is None:
+                continue
+            if at.tzinfo is not None:  # as genai-prices compares them: in UTC
+                at = datetime.combine(utc.date(), at).astimezone(timezone.utc).timetz()
+            today = datetime.combine(utc.date(), at.replace(tzinfo=timezone.utc))
+            moments.append(today if today > utc else today + timedelta(days=1))
+    return min(moments) if moments else None
 
 
 # genai-prices price key -> Price field, and its unit.
