@@ -266,6 +266,12 @@ def test_a_per_request_fee_is_charged_once_per_call() -> None:
     # 1,000 x 3/M + 500 x 15/M + $14 / 1,000 requests
     assert cost_of(usage, price) == D("0.003") + D("0.0075") + D("0.014")
     assert cost_nano_of(usage, price) == 24_500_000
+    # The reservation includes the fee too, so the settle cannot exceed it.
+    guard = Guard({"roles": {"r": {"daily": 1}}}, "memory://")
+    ticket = guard.preflight("r", "sonar-pro", [{"role": "user", "content": "hi"}],
+                             max_tokens=500, provider="perplexity")
+    assert ticket.estimate == ticket.prompt_tokens * D("0.000003") + 500 * D("0.000015") + D(
+        "0.014")
 
 
 # -- litellm's map as the fallback also bills tiers ---------------------------------------

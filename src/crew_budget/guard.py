@@ -278,11 +278,12 @@ class Guard:
             price = price.for_usage(
                 prompt_tokens, normalize_service_tier(extra.get("service_tier")) if extra else None
             )
-        atto = price.atto
-        if atto is not None:
-            amount = atto_to_nano_ceil(prompt_tokens * atto[0] + out_tokens * atto[1])
+        flat = price.atto_flat  # input, output, ..., per-request fee (e.g. Perplexity's)
+        if flat is not None:
+            amount = atto_to_nano_ceil(prompt_tokens * flat[0] + out_tokens * flat[1] + flat[5])
         else:
-            amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
+            amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output
+                                  + (price.per_request or 0))
         return prompt_tokens, out_tokens, inject, amount
 
     def preflight(
