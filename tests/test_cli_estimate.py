@@ -2,9 +2,10 @@
 
 Expected prompt tokens come from the cookbook reference implementation in
 tests/test_estimate.py (not from the estimator); dollars are token counts
-times litellm's per-token prices (gpt-4o-mini input 1.5e-07, cached 7.5e-08,
-output 6e-07; claude-sonnet-4-5 input 3e-06, cache read 3e-07, cache write
-3.75e-06, output 1.5e-05), asserted against the price map below.
+times the per-token prices genai-prices ships (gpt-4o-mini input 1.5e-07,
+cached 7.5e-08, output 6e-07; claude-sonnet-4-5 input 3e-06, cache read
+3e-07, cache write 3.75e-06, output 1.5e-05; the same in litellm's map),
+asserted against the price book below.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
-def test_prices_are_litellms() -> None:
+def test_prices_are_genai_prices() -> None:
     book = PriceBook()
+    assert book.get("gpt-4o-mini").source == book.get("claude-sonnet-4-5").source == (
+        "genai-prices")
     mini, sonnet = book.get("gpt-4o-mini"), book.get("claude-sonnet-4-5")
     assert (mini.input, mini.cached_input, mini.output) == (MINI_IN, MINI_CACHED, MINI_OUT)
     assert (sonnet.input, sonnet.cached_input, sonnet.cache_write, sonnet.output) == (
@@ -75,6 +78,8 @@ def test_estimate_openai_request() -> None:
         "prompt_tokens": prompt,
         "output_tokens_reserved": 150,
         "estimated_usd": out["estimated_usd"],
+        "price_source": "genai-prices",
+        "priced_as": "gpt-4o-mini",
     }
     assert Decimal(out["estimated_usd"]) == prompt * MINI_IN + 150 * MINI_OUT
     assert "E" not in out["estimated_usd"]  # plain decimal string, not 1.2E-5
@@ -133,10 +138,9 @@ def test_estimate_responses_api_body() -> None:
         (json.dumps({**OPENAI_BODY, "max_tokens": -5}), 1, "positive integer"),
         (json.dumps([1, 2]), 1, "not an object"),
         ("   \n", 1, "stdin is empty"),
-        (json.dumps(OPENAI_BODY) + "\n{oops\n", 1, "line 2"),
     ],
     ids=["unknown-model", "malformed", "no-messages", "no-model", "bad-max-tokens", "array",
-         "empty", "bad-jsonl-line"],
+         "empty"],
 )
 def test_estimate_errors_are_one_clear_line(stdin: str, code: int, needle: str) -> None:
     result = run(["estimate"], stdin)
@@ -146,6 +150,63 @@ def test_estimate_errors_are_one_clear_line(stdin: str, code: int, needle: str) 
     assert len(err.splitlines()) == 1
     assert err.startswith("crew-budget estimate: error: ")
     assert needle in err
+
+
+def test_a_failing_json_lines_request_prints_an_error_in_its_place_and_the_batch_goes_on(
+) -> None:
+    """One bad line (bad JSON, no messages, an unpriced model) no longer loses
+    the batch: each prints {"error": ...} where its result would be."""
+    stdin = "\n".join([
+        json.dumps(OPENAI_BODY),
+        "{oops",
+        json.dumps({**OPENAI_BODY, "model": "gpt-nonexistent-9"}),
+        "",
+        json.dumps(ANTHROPIC_BODY),
+        json.dumps({"model": "gpt-4o-mini", "messages": []}),
+    ]) + "\n"
+    result = run(["estimate"], stdin)
+    assert result.exit_code == 1
+    out = lines(result.stdout)
+    assert len(out) == 5  # one per non-empty line, in order
+    assert out[0]["prompt_tokens"] == num_tokens_from_messages(MESSAGES, "gpt-4o-mini")
+    assert out[1]["line"] == 2 and "line 2 is not valid JSON" in out[1]["error"]
+    assert out[2]["line"] == 3 and "no price known for model 'gpt-nonexistent-9'" in (
+        out[2]["error"])
+    assert out[3]["output_tokens_reserved"] == 300 and out[3]["priced_as"] == "claude-sonnet-4-5"
+    assert out[4] == {"error": 'request on line 6 has no messages; it needs a non-empty '
+                               '"messages" list (OpenAI chat completions or Anthropic messages '
+                               'format)', "line": 6}
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("crew-budget estimate: error: 3 of 5 requests failed")
+    assert "first, line 2" in err
+
+
+def test_estimate_provider_and_base_url_hints() -> None:
+    """Names priced only by one provider's list need the hint; with it, that
+    list prices them (genai-prices groq llama-3.1-8b-instant: $0.05 / $0.08 per M)."""
+    body = {"model": "llama-3.1-8b-instant", "messages": MESSAGES, "max_tokens": 100}
+    bare = run(["estimate"], json.dumps(body))
+    assert bare.exit_code == 2
+    assert "groq/llama-3.1-8b-instant" in bare.stderr  # the suggestion says how to write it
+    for args in (["--provider", "groq"], ["--base-url", "https://api.groq.com/openai/v1"]):
+        result = run(["estimate", *args], json.dumps(body))
+        assert result.exit_code == 0, result.stderr
+        [out] = lines(result.stdout)
+        assert (out["price_source"], out["priced_as"]) == ("genai-prices", "llama-3.1-8b-instant")
+        assert Decimal(out["estimated_usd"]) == (
+            out["prompt_tokens"] * Decimal("5E-8") + 100 * Decimal("8E-8"))
+
+
+def test_estimate_request_service_tier_prices_the_reservation() -> None:
+    body = {"model": "gpt-5", "messages": MESSAGES, "max_completion_tokens": 1000}
+    [standard] = lines(run(["estimate"], json.dumps(body)).stdout)
+    [flex] = lines(run(["estimate"], json.dumps({**body, "service_tier": "flex"})).stdout)
+    # gpt-5 standard $1.25 in / $10 out per M; flex $0.625 / $5 (genai-prices).
+    assert Decimal(standard["estimated_usd"]) == (
+        standard["prompt_tokens"] * Decimal("0.00000125") + 1000 * Decimal("0.00001"))
+    assert Decimal(flex["estimated_usd"]) == (
+        flex["prompt_tokens"] * Decimal("0.000000625") + 1000 * Decimal("0.000005"))
 
 
 def test_estimate_unknown_model_names_the_fix() -> None:
@@ -173,7 +234,17 @@ def test_cost_openai_usage_with_cache() -> None:
     # 600 x 1.5e-07 + 400 x 7.5e-08 + 200 x 6e-07 = 0.00009 + 0.00003 + 0.00012
     assert out == {"model": "gpt-4o-mini", "cost_usd": "0.00024", "input_tokens": 600,
                    "cached_input_tokens": 400, "cache_write_tokens": 0, "output_tokens": 200,
-                   "reasoning_tokens": 0}
+                   "reasoning_tokens": 0, "price_source": "genai-prices",
+                   "priced_as": "gpt-4o-mini"}
+
+
+def test_cost_gemini_long_context_tier_and_provider_hint() -> None:
+    usage = {"promptTokenCount": 300_000, "candidatesTokenCount": 100}
+    [out] = lines(run(["cost", "-m", "gemini-2.5-pro"], json.dumps(usage)).stdout)
+    assert out["cost_usd"] == "0.7515"  # 300,000 x $2.50/M + 100 x $15/M (> 200k tier)
+    result = run(["cost", "-m", "llama-3.1-8b-instant", "--provider", "groq"],
+                 '{"prompt_tokens": 1000, "completion_tokens": 100}')
+    assert json.loads(result.stdout)["cost_usd"] == "0.000058"  # 1000 x 0.05/M + 100 x 0.08/M
 
 
 def test_cost_anthropic_response_takes_model_from_json() -> None:

@@ -141,7 +141,7 @@ def test_crew_limit_is_shared_by_every_role_and_blocks_all_or_nothing() -> None:
 def test_unknown_model_is_an_error_not_free_and_overrides_fix_it() -> None:
     guard = Guard({"roles": {"r": {"daily": 1}}}, "memory://")
     with pytest.raises(UnknownModelError) as info:
-        guard.preflight("r", "claude-3-5-haiku-20241022", MSG, max_tokens=10)
+        guard.preflight("r", "acme-private-llm-7b", MSG, max_tokens=10)
     assert "prices:" in str(info.value)
     assert guard.status()[0].reserved == 0
     with pytest.raises(UnknownModelError, match="Did you mean: gpt-4o-mini"):
@@ -150,7 +150,7 @@ def test_unknown_model_is_an_error_not_free_and_overrides_fix_it() -> None:
         {
             "roles": {"r": {"daily": 1}},
             "prices": {
-                "claude-3-5-haiku-20241022": {
+                "acme-private-llm-7b": {
                     "input_per_million": "0.80",
                     "output_per_million": 4,
                     "provider": "anthropic",
@@ -159,7 +159,7 @@ def test_unknown_model_is_an_error_not_free_and_overrides_fix_it() -> None:
         },
         "memory://",
     )
-    t = fixed.preflight("r", "claude-3-5-haiku-20241022", MSG, max_tokens=10)
+    t = fixed.preflight("r", "acme-private-llm-7b", MSG, max_tokens=10)
     cost = fixed.settle(t, {"input_tokens": 1000, "output_tokens": 100}).cost
     assert cost == Decimal("0.0012")  # 1000 x 0.80/M + 100 x 4/M
 

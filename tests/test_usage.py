@@ -1,8 +1,8 @@
 """Reading every provider's ``usage`` shape, and pricing it exactly.
 
 Every expected dollar amount is worked out by hand in the test from the
-per-token prices in litellm's bundled price map (asserted first, so a map
-change shows up here rather than as a wrong total):
+per-token prices genai-prices ships (asserted first, so a data change shows
+up here rather than as a wrong total):
 
 - gpt-4o-mini: input 1.5e-07, cached input 7.5e-08, output 6e-07
 - claude-sonnet-4-5: input 3e-06, cache read 3e-07, cache write 3.75e-06, output 1.5e-05
@@ -24,7 +24,7 @@ BOOK = PriceBook()
 D = Decimal
 
 
-def test_prices_from_litellms_map() -> None:
+def test_prices_from_genai_prices() -> None:
     mini = BOOK.get("gpt-4o-mini")
     assert (mini.input, mini.cached_input, mini.output, mini.cache_write, mini.reasoning) == (
         D("0.00000015"), D("0.000000075"), D("0.0000006"), None, None)
@@ -32,8 +32,10 @@ def test_prices_from_litellms_map() -> None:
     assert (sonnet.input, sonnet.cached_input, sonnet.cache_write, sonnet.output) == (
         D("0.000003"), D("0.0000003"), D("0.00000375"), D("0.000015"))
     flash = BOOK.get("gemini/gemini-2.5-flash")
+    # genai-prices has no separate reasoning rate: thoughts bill as output.
     assert (flash.input, flash.cached_input, flash.output, flash.reasoning) == (
-        D("0.0000003"), D("0.00000003"), D("0.0000025"), D("0.0000025"))
+        D("0.0000003"), D("0.00000003"), D("0.0000025"), None)
+    assert (mini.source, sonnet.source, flash.source) == ("genai-prices",) * 3
 
 
 # -- OpenAI chat completions ---------------------------------------------------
@@ -259,3 +261,27 @@ def test_gemini_cache_larger_than_the_prompt_never_goes_negative() -> None:
     assert usage == Usage(input_tokens=10, cached_input_tokens=100, output_tokens=5)
     assert cost_of(usage, BOOK.get("gemini/gemini-2.5-flash")) == (
         10 * D("0.0000003") + 100 * D("0.00000003") + 5 * D("0.0000025"))
+
+
+def test_usage_is_a_frozen_value_with_or_without_the_extra_counts() -> None:
+    """The extra fields are stored only when set (see ``Usage``): equality,
+    hashing, pickling, ``replace``, ``+`` and immutability hold either way."""
+    import pickle
+    from dataclasses import FrozenInstanceError, fields, replace
+
+    plain = Usage(10, 2, 3, 40, 5)
+    extra = Usage(10, 2, 3, 40, 5, cache_write_1h_tokens=1, service_tier="flex")
+    assert [f.name for f in fields(Usage)][5:] == [
+        "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
+        "image_input_tokens", "image_output_tokens", "web_search_requests", "service_tier"]
+    assert (plain.has_extras, extra.has_extras) == (False, True)
+    assert Usage(1, service_tier="batch").has_extras is False  # a tier alone changes rates only
+    assert replace(plain, cache_write_1h_tokens=1, service_tier="flex") == extra
+    assert pickle.loads(pickle.dumps(extra)) == extra
+    assert pickle.loads(pickle.dumps(plain)) == plain
+    assert len({plain, extra, Usage(10, 2, 3, 40, 5)}) == 2
+    assert plain + extra == Usage(20, 4, 6, 80, 10, cache_write_1h_tokens=1)
+    with pytest.raises(FrozenInstanceError):
+        plain.input_tokens = 3  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        plain.audio_input_tokens = 3  # type: ignore[misc]

@@ -252,14 +252,15 @@ class ModelPrice(_Model):
     """A price the user configures, in USD per million tokens.
 
     ``tokenizer`` picks the local token counter (``o200k_base``,
-    ``cl100k_base``, ``anthropic``, ``approx``) for models litellm's map does
-    not describe.
+    ``cl100k_base``, ``anthropic``, ``approx``) for models neither
+    genai-prices nor litellm's map describes.
     """
 
     input_per_million: PriceUSD
     output_per_million: PriceUSD
     cached_input_per_million: PriceUSD | None = None
     cache_write_per_million: PriceUSD | None = None
+    cache_write_1h_per_million: PriceUSD | None = None  # a 1-hour cache write (5-minute above)
     reasoning_per_million: PriceUSD | None = None
     provider: Literal["openai", "anthropic", "other"] = "other"
     tokenizer: str | None = None

@@ -67,9 +67,11 @@ class UnknownModelError(PricingError, LookupError):
         self.suggestions = suggestions
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
         super().__init__(
-            f"no price known for model {model!r}.{hint} Fix: use a model name from "
-            f"litellm's price map, or add it under `prices:` in your budget YAML "
-            f"(input_per_million / output_per_million in USD)."
+            f"no price known for model {model!r}.{hint} Fix: use a model name that "
+            f"genai-prices or litellm's price map knows (say which provider serves it: "
+            f"a prefix such as 'anthropic/' or 'bedrock/', or provider=...), or add it "
+            f"under `prices:` in your budget YAML (input_per_million / output_per_million "
+            f"in USD)."
         )
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -55,7 +55,7 @@ from crew_budget.money import (
     to_nano,
     to_nano_ceil,
 )
-from crew_budget.pricing import Price, PriceBook
+from crew_budget.pricing import Price, PriceBook, normalize_service_tier
 from crew_budget.usage import Usage, cost_nano_of, parse_usage
 from crew_budget.windows import WindowName, get_tz, span
 from crew_budget.wiring import run_guard_hooks
@@ -90,6 +90,10 @@ class Ticket:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     journal_id: str = ""
     """For a call fail_open let through: its entry in the local journal."""
+    # Where the call goes and at which service tier, so settle prices it
+    # exactly as preflight did (same provider's list, same tier).
+    provider: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +279,9 @@ class Guard:
 
     # -- the three steps ----------------------------------------------------
 
-    def price(self, model: str) -> Price:
-        return self.prices.get(model)
+    def price(self, model: str, provider: str | None = None) -> Price:
+        """The price of ``model`` (``Price.source`` says where it came from)."""
+        return self.prices.get(model, provider)
 
     def estimate(
         self,
@@ -288,6 +293,7 @@ class Guard:
         *,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
+        provider: str | None = None,
     ) -> Estimate:
         """What ``preflight`` would reserve for this call, without reserving it.
 
@@ -299,8 +305,11 @@ class Guard:
         The role is matched as ``preflight`` matches it; since an estimate
         reserves nothing, a role that matches no budget is estimated with the
         default cap instead of being refused (``preflight`` refuses it).
+        ``provider`` (an id, a litellm provider or a base URL) picks that
+        provider's prices; the estimate uses the context tier the prompt
+        lands in and the request's ``service_tier`` (in ``extra``).
         """
-        price = self.prices.get(model)
+        price = self.prices.get(model, provider)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
             self.config.match_role(role) or DEFAULT_ROLE if isinstance(role, str) else "",
             price, model, messages, tools, max_tokens, system, extra
@@ -334,11 +343,16 @@ class Guard:
             # n / best_of completions: each may use the whole cap, the prompt
             # is billed once (see COMPLETION_KEYS in estimate.py).
             out_tokens *= billed_completions(extra)
-        atto = price.atto
-        if atto is not None:
-            amount = atto_to_nano_ceil(prompt_tokens * atto[0] + out_tokens * atto[1])
+        if price.variable and (price.tiers or extra):  # the tier this call lands in
+            price = price.for_usage(
+                prompt_tokens, normalize_service_tier(extra.get("service_tier")) if extra else None
+            )
+        flat = price.atto_flat  # input, output, ..., per-request fee (e.g. Perplexity's)
+        if flat is not None:
+            amount = atto_to_nano_ceil(prompt_tokens * flat[0] + out_tokens * flat[1] + flat[5])
         else:
-            amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
+            amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output
+                                  + (price.per_request or 0))
         return prompt_tokens, out_tokens, inject, amount
 
     def preflight(
@@ -353,6 +367,7 @@ class Guard:
         crew: str | None = None,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
+        provider: str | None = None,
     ) -> Ticket:
         """Estimate the call, reserve it against every budget, or raise.
 
@@ -363,13 +378,17 @@ class Guard:
         (``" Researcher "`` is charged to ``researcher``); the ticket and the
         spend record carry the resolved name, and the name as given goes in
         the record's metadata as ``requested_role`` when it differs.
+        ``provider`` is what the adapter knows of where the call goes (see
+        ``PriceBook.get``); the ticket keeps it so settle uses the same price.
         """
         given = role
         resolved = self._role_names.get(role)
         role = resolved if resolved is not None else self._resolve_role(role)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
-            role, self.prices.get(model), model, messages, tools, max_tokens, system, extra
+            role, self.prices.get(model, provider), model, messages, tools, max_tokens, system,
+            extra
         )
+        tier = normalize_service_tier(extra.get("service_tier")) if extra else None
         crew_name = crew or self._crew_name
         meta = dict(metadata or {})
         if given != role:
@@ -418,7 +437,7 @@ class Guard:
                 self._journal_dirty = True
             ticket = Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
                             out_tokens, inject, 0.0, guarded=False, metadata=meta,
-                            journal_id=jid)
+                            journal_id=jid, provider=provider, service_tier=tier)
             if self._listeners:
                 self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                       ticket=ticket))
@@ -447,7 +466,8 @@ class Guard:
             # outage, book now rather than after the once-a-second pause.
             self._replay_journal(force=self._replay_blocked)
         ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
-                        inject, result.expires_at, metadata=meta)
+                        inject, result.expires_at, metadata=meta, provider=provider,
+                        service_tier=tier)
         if self._listeners:
             self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                   ticket=ticket))
@@ -524,9 +544,12 @@ class Guard:
         preflight) is not raised into the agent: the settlement's state is
         ``lost``, the error is logged and ``dropped_settles`` counts it.
         """
-        price = self.prices.get(ticket.model)
+        price = self.prices.get(ticket.model, ticket.provider)
         try:
             parsed = parse_usage(usage)
+            if parsed.service_tier is None and ticket.service_tier is not None:
+                # The response did not say; the request asked for this tier.
+                parsed = replace(parsed, service_tier=ticket.service_tier)
             cost_nano = cost_nano_of(parsed, price)
             if not 0 <= cost_nano < MAX_NANO:
                 raise UsageError(

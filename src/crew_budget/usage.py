@@ -25,31 +25,109 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from crew_budget.errors import UsageError
 from crew_budget.money import MAX_TOKENS, atto_to_nano_round, to_nano_round
-from crew_budget.pricing import Price
+from crew_budget.pricing import Price, normalize_service_tier
 
 __all__ = ["Usage", "check_usage", "cost_nano_of", "cost_of", "parse_usage"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, init=False)
 class Usage:
     """Disjoint token counts of one call.
 
     ``input_tokens`` is uncached input only; ``output_tokens`` includes
     ``reasoning_tokens`` (as both providers bill them at the output rate
     unless the model has a separate reasoning price).
+
+    The fields after ``reasoning_tokens`` refine those counts for the parts
+    billed at their own rates: ``cache_write_1h_tokens`` is the part of
+    ``cache_write_tokens`` written with a 1-hour TTL (Anthropic's
+    ``cache_creation.ephemeral_1h_input_tokens``); ``audio_input_tokens`` and
+    ``image_input_tokens`` are parts of ``input_tokens``, ``audio_output_tokens``
+    and ``image_output_tokens`` parts of ``output_tokens`` (beside
+    ``reasoning_tokens``); ``web_search_requests`` counts server-side searches
+    (billed per search); ``service_tier`` is ``"priority"``, ``"flex"``,
+    ``"batch"`` or None (standard), as the response reported it.
     """
 
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
+    # One is built on every settle. The five counts every usage has are slots
+    # (as fast as the plain frozen dataclass this was); the rarely non-zero
+    # rest are class defaults, stored on the instance only when one is set, so
+    # a plain usage costs no more to build or read than before they existed.
+    __slots__ = (
+        "__dict__",
+        "cache_write_tokens",
+        "cached_input_tokens",
+        "input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+    )
+
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    web_search_requests: int = 0
+    service_tier: str | None = None
+    # Whether any count billed at its own rate (1 h writes, audio, images,
+    # searches) is non-zero: without one, the five-rate sum is the cost.
+    has_extras: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        input_tokens: int = 0,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        output_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        audio_input_tokens: int = 0,
+        audio_output_tokens: int = 0,
+        image_input_tokens: int = 0,
+        image_output_tokens: int = 0,
+        web_search_requests: int = 0,
+        service_tier: str | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "input_tokens", input_tokens)
+        put(self, "cached_input_tokens", cached_input_tokens)
+        put(self, "cache_write_tokens", cache_write_tokens)
+        put(self, "output_tokens", output_tokens)
+        put(self, "reasoning_tokens", reasoning_tokens)
+        if (cache_write_1h_tokens or audio_input_tokens or audio_output_tokens
+                or image_input_tokens or image_output_tokens or web_search_requests
+                or service_tier is not None):
+            put(self, "cache_write_1h_tokens", cache_write_1h_tokens)
+            put(self, "audio_input_tokens", audio_input_tokens)
+            put(self, "audio_output_tokens", audio_output_tokens)
+            put(self, "image_input_tokens", image_input_tokens)
+            put(self, "image_output_tokens", image_output_tokens)
+            put(self, "web_search_requests", web_search_requests)
+            put(self, "service_tier", service_tier)
+            put(self, "has_extras", bool(
+                cache_write_1h_tokens or audio_input_tokens or audio_output_tokens
+                or image_input_tokens or image_output_tokens or web_search_requests
+            ))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Frozen: unpickling must go through __init__, not setattr.
+        return (type(self), (
+            self.input_tokens, self.cached_input_tokens, self.cache_write_tokens,
+            self.output_tokens, self.reasoning_tokens, self.cache_write_1h_tokens,
+            self.audio_input_tokens, self.audio_output_tokens, self.image_input_tokens,
+            self.image_output_tokens, self.web_search_requests, self.service_tier,
+        ))
 
     @property
     def prompt_tokens(self) -> int:
@@ -63,31 +141,87 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.audio_input_tokens + other.audio_input_tokens,
+            self.audio_output_tokens + other.audio_output_tokens,
+            self.image_input_tokens + other.image_input_tokens,
+            self.image_output_tokens + other.image_output_tokens,
+            self.web_search_requests + other.web_search_requests,
+            self.service_tier if self.service_tier == other.service_tier else None,
         )
 
 
+# How each rule below is billed (what the tests check, with their sources):
+# - context tiers: a prompt (uncached + cache reads + cache writes) over the
+#   tier's threshold bills *every* token at the tier's rates (Gemini 2.5 Pro
+#   "prompts > 200k tokens", ai.google.dev/gemini-api/docs/pricing);
+# - service tiers: the response's priority/flex/batch tier picks its own
+#   rates (platform.openai.com/docs/pricing, Anthropic's batch discount);
+# - cache writes: the 5-minute TTL at ``cache_write``, the 1-hour one at
+#   ``cache_write_1h`` (docs.anthropic.com prompt caching: 1.25x / 2x input);
+# - audio and image tokens at their own input/output rates;
+# - web searches per search, and a per-request fee once per call.
+
+
 def cost_of(usage: Usage, price: Price) -> Decimal:
-    """Exact dollar cost of ``usage`` at ``price``."""
+    """Exact dollar cost of ``usage`` at ``price`` (its tier chosen by the usage)."""
+    if price.variable:
+        price = price.for_usage(usage.prompt_tokens, usage.service_tier)
     cached = price.cached_input if price.cached_input is not None else price.input
     write = price.cache_write if price.cache_write is not None else price.input
     reasoning = price.reasoning if price.reasoning is not None else price.output
-    plain_output = usage.output_tokens - usage.reasoning_tokens
+    write_1h, in_audio, out_audio, in_image, out_image, search, fee = price.extra_rates()
+    plain_input = usage.input_tokens - usage.audio_input_tokens - usage.image_input_tokens
+    plain_output = (
+        usage.output_tokens
+        - usage.reasoning_tokens
+        - usage.audio_output_tokens
+        - usage.image_output_tokens
+    )
     return (
-        usage.input_tokens * price.input
+        plain_input * price.input
+        + usage.audio_input_tokens * in_audio
+        + usage.image_input_tokens * in_image
         + usage.cached_input_tokens * cached
-        + usage.cache_write_tokens * write
+        + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * write
+        + usage.cache_write_1h_tokens * write_1h
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning
+        + usage.audio_output_tokens * out_audio
+        + usage.image_output_tokens * out_image
+        + usage.web_search_requests * search
+        + fee
     )
 
 
 def cost_nano_of(usage: Usage, price: Price) -> int:
     """``cost_of`` in nano-USD, banker's rounding: integer arithmetic when the
-    price has whole atto-USD rates (see ``Price.atto``), else ``Decimal``."""
+    price has whole atto-USD rates (see ``Price.atto``), else ``Decimal``.
+
+    The tier is picked from the cached ``Price`` (a tuple scan), so settling
+    a tiered model costs no more than a flat one; a flat price and a usage
+    with no specially billed parts take the shortest path.
+    """
+    if price.variable and (price.tiers or usage.service_tier is not None):
+        price = price.for_usage(usage.prompt_tokens, usage.service_tier)
+    flat = price.atto_flat
+    if flat is not None and not usage.has_extras:
+        inp, out, cached, write, reasoning, fee = flat
+        r = usage.reasoning_tokens
+        return atto_to_nano_round(
+            usage.input_tokens * inp
+            + usage.cached_input_tokens * cached
+            + usage.cache_write_tokens * write
+            + (usage.output_tokens - r) * out
+            + r * reasoning
+            + fee
+        )
     atto = price.atto
-    if atto is None:
+    extra = price.atto_extra
+    if atto is None or extra is None:
         return to_nano_round(cost_of(usage, price))
     inp, out, cached, write, reasoning = atto
+    w1h, ai, ao, ii, io, search, fee = extra
     r = usage.reasoning_tokens
     return atto_to_nano_round(
         usage.input_tokens * inp
@@ -95,6 +229,13 @@ def cost_nano_of(usage: Usage, price: Price) -> int:
         + usage.cache_write_tokens * write
         + (usage.output_tokens - r) * out
         + r * reasoning
+        + fee
+        + usage.cache_write_1h_tokens * (w1h - write)
+        + usage.audio_input_tokens * (ai - inp)
+        + usage.image_input_tokens * (ii - inp)
+        + usage.audio_output_tokens * (ao - out)
+        + usage.image_output_tokens * (io - out)
+        + usage.web_search_requests * search
     )
 
 
@@ -224,7 +365,7 @@ def _parse(raw: Any, depth: int) -> Usage:
         if inner is not None and not isinstance(inner, (int, float)):
             if depth >= _MAX_DEPTH:
                 raise UsageError(f"usage nested more than {_MAX_DEPTH} levels deep")
-            return _parse(inner, depth + 1)
+            return _with_service_tier(_parse(inner, depth + 1), data)
     usage = _parse_flat(data)
     if usage is None:
         keys = ", ".join(sorted(map(str, data))) or "none"
@@ -240,7 +381,7 @@ def _parse(raw: Any, depth: int) -> Usage:
             f"usage reports {usage.reasoning_tokens} reasoning tokens but only "
             f"{usage.output_tokens} output tokens"
         )
-    return usage
+    return _refine(usage, data)
 
 
 def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
@@ -307,3 +448,111 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
     read = _int(d, "cache_read_input_tokens") or 0
     write = _int(d, "cache_creation_input_tokens") or 0
     return Usage(inp, read, write, out, 0)
+
+
+# -- the parts billed at their own rates (see ``Usage``) ---------------------------
+
+
+def _with_service_tier(usage: Usage, response: Mapping[str, Any]) -> Usage:
+    """OpenAI reports ``service_tier`` on the response, beside ``usage``."""
+    if usage.service_tier is None and response.get("service_tier") is not None:
+        tier = normalize_service_tier(response.get("service_tier"))
+        if tier is not None:
+            return replace(usage, service_tier=tier)
+    return usage
+
+
+def _modality(details: Any, modality: str) -> int:
+    """Gemini's ``[{"modality": "AUDIO", "tokenCount": n}, ...]`` for one modality."""
+    if not isinstance(details, list):
+        return 0
+    total = 0
+    for item in details:
+        entry = _as_mapping(item)
+        if entry is not None and str(entry.get("modality", "")).upper() == modality:
+            total += _int(entry, "tokenCount", "token_count") or 0
+    return total
+
+
+# Where the parts billed at their own rates are reported: OpenAI chat
+# (prompt/completion_tokens_details), OpenAI Responses (input/output_tokens_
+# details), LangChain (input/output_token_details), Anthropic (cache_creation,
+# server_tool_use, service_tier) and Gemini (prompt/candidatesTokensDetails).
+def _has_extras(d: Mapping[str, Any]) -> bool:
+    """Whether ``d`` reports any part billed at its own rate (a non-zero one)."""
+    get = d.get
+    if (get("cache_creation") or get("server_tool_use") or get("service_tier") is not None
+            or "promptTokensDetails" in d or "candidatesTokensDetails" in d):
+        return True
+    det = get("prompt_tokens_details") or get("input_tokens_details") or get(
+        "input_token_details")
+    if det:
+        det = det if type(det) is dict else _as_mapping(det) or {}
+        g = det.get
+        if (g("audio_tokens") or g("audio") or g("image_tokens") or g("image")
+                or g("ephemeral_1h_input_tokens")):
+            return True
+    det = get("completion_tokens_details") or get("output_tokens_details") or get(
+        "output_token_details")
+    if det:
+        det = det if type(det) is dict else _as_mapping(det) or {}
+        g = det.get
+        if g("audio_tokens") or g("audio") or g("image_tokens") or g("image"):
+            return True
+    return False
+
+
+def _refine(usage: Usage, d: Mapping[str, Any]) -> Usage:
+    """Add 1 h cache writes, audio/image tokens, web searches and the service
+    tier to a parsed usage, each clamped inside the count it is part of.
+
+    Most usages carry none of them (OpenAI's zero ``audio_tokens`` included):
+    a few dict lookups find that out before any parsing or copying.
+    """
+    if not _has_extras(d):
+        return usage
+    idet = _as_mapping(d.get("prompt_tokens_details") or d.get("input_tokens_details")
+                       or d.get("input_token_details"))
+    odet = _as_mapping(d.get("completion_tokens_details") or d.get("output_tokens_details")
+                       or d.get("output_token_details"))
+    creation = d.get("cache_creation")
+    tools = d.get("server_tool_use")
+    creation = _as_mapping(creation)
+    one_hour = _int(creation, "ephemeral_1h_input_tokens") or _int(
+        idet, "ephemeral_1h_input_tokens"
+    ) or 0
+    audio_in = (_int(idet, "audio_tokens", "audio") or 0) + _modality(
+        d.get("promptTokensDetails"), "AUDIO"
+    )
+    image_in = (_int(idet, "image_tokens", "image") or 0) + _modality(
+        d.get("promptTokensDetails"), "IMAGE"
+    )
+    audio_out = (_int(odet, "audio_tokens", "audio") or 0) + _modality(
+        d.get("candidatesTokensDetails"), "AUDIO"
+    )
+    image_out = (_int(odet, "image_tokens", "image") or 0) + _modality(
+        d.get("candidatesTokensDetails"), "IMAGE"
+    )
+    searches = _int(_as_mapping(tools), "web_search_requests") or 0
+    tier = usage.service_tier or normalize_service_tier(d.get("service_tier"))
+    if not (one_hour or audio_in or image_in or audio_out or image_out or searches or tier):
+        return usage
+    audio_in = min(audio_in, usage.input_tokens)
+    image_in = min(image_in, usage.input_tokens - audio_in)
+    spare_out = usage.output_tokens - usage.reasoning_tokens
+    audio_out = min(audio_out, spare_out)
+    image_out = min(image_out, spare_out - audio_out)
+    return Usage(
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+        min(one_hour, usage.cache_write_tokens),
+        audio_in,
+        audio_out,
+        image_in,
+        image_out,
+        searches,
+        tier,
+    )

@@ -14,8 +14,8 @@ from tests.fixtures.http_replay import CASSETTES
 
 LC = CASSETTES / "langchain"
 
-# gpt-4o-mini in litellm's bundled price map (the project's price source):
-# input_cost_per_token 1.5e-07, output_cost_per_token 6e-07, cache_read 7.5e-08,
+# gpt-4o-mini in genai-prices' bundled snapshot (the project's price source;
+# litellm's map has the same: input 1.5e-07, output 6e-07, cache read 7.5e-08),
 # i.e. OpenAI's list price of $0.15 / $0.60 / $0.075 per million tokens.
 IN = Decimal("0.00000015")
 OUT = Decimal("0.0000006")

@@ -10,6 +10,14 @@ Like the other commands: ``--config``, else ``./budgets.yaml``, else
 ``$CREW_BUDGET_CONFIG``; errors are one line on stderr; exit 1 when the input
 cannot be read (malformed JSON, no messages, no usage), 2 for a configuration
 problem (bad YAML, a model without a price).
+
+JSON Lines are a batch: a line that fails (bad JSON, no messages, a model
+without a price) prints ``{"error": ..., "line": n}`` in its place and the
+rest are still estimated, so one bad line never loses the batch; the exit
+status is then 1 and stderr says how many failed. Each result says which
+source priced the model and under what name (``price_source``,
+``priced_as``); ``--provider`` / ``--base-url`` say where the requests go,
+so that provider's prices apply (OpenRouter's, Bedrock's, ...).
 """
 
 from __future__ import annotations
@@ -39,7 +47,21 @@ ConfigOption = Annotated[
 EXIT_INPUT, EXIT_CONFIG = 1, 2
 
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
-               "thinking")
+               "thinking", "service_tier")
+
+ProviderOption = Annotated[
+    str | None,
+    typer.Option("--provider", "-p",
+                 help="Where the requests go (anthropic, openai, bedrock, vertex_ai, openrouter, "
+                      "groq, ...): that provider's prices apply."),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--base-url",
+                 help="The API base URL the requests are sent to (e.g. "
+                      "https://openrouter.ai/api/v1); picks the provider when --provider is not "
+                      "given."),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -56,39 +78,88 @@ def estimate(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model, when the request names none.")
     ] = None,
+    provider: ProviderOption = None,
+    base_url: BaseUrlOption = None,
 ) -> None:
     """Estimate a request read from stdin: prompt tokens, reserved output, dollars.
 
     Reads one OpenAI chat-completions or Anthropic messages request body, or
     JSON Lines of them, and prints one JSON result per request, in order.
     Output is reserved at the request's max_tokens / max_completion_tokens,
-    or else at the role's max_output_tokens from the config.
+    or else at the role's max_output_tokens from the config. In JSON Lines a
+    failing request prints {"error": ..., "line": n} in its place, the rest
+    go on, and the exit status is 1.
     """
     from crew_budget.guard import Guard
 
-    bodies = _read_requests("estimate")
+    text = _stdin("estimate")
     cfg = _config("estimate", config)
-    lines: list[str] = []
+    hint = provider or base_url
     try:
-        guard = Guard(cfg, "memory://")
-        for number, body in enumerate(bodies, 1):
-            where = f"request {number}" if len(bodies) > 1 else "the request"
-            request = _request(where, body, model)
-            est = guard.estimate(role, request["model"], request["messages"], request["tools"],
-                                 request["max_tokens"], system=request["system"],
-                                 extra=request["extra"])
-            lines.append(json.dumps({
-                "model": est.model,
-                "prompt_tokens": est.prompt_tokens,
-                "output_tokens_reserved": est.output_tokens_reserved,
-                "estimated_usd": _usd(est.amount),
-            }))
-    except _Bad as exc:
-        _fail("estimate", str(exc), EXIT_INPUT)
+        guard = Guard(cfg, "memory://", start_alerts=False)
     except CrewBudgetError as exc:
         _fail("estimate", str(exc), EXIT_CONFIG)
-    for line in lines:
-        typer.echo(line)
+    try:
+        single = json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    else:  # one request: its error is the command's error, as before
+        try:
+            line = _estimate_one(guard, role, model, hint, "the request", single)
+        except _Bad as exc:
+            _fail("estimate", str(exc), EXIT_INPUT)
+        except CrewBudgetError as exc:
+            _fail("estimate", str(exc), EXIT_CONFIG)
+        typer.echo(json.dumps(line))
+        return
+    rows = [(n, raw) for n, raw in enumerate(text.splitlines(), 1) if raw.strip()]
+    if len(rows) == 1:  # one request that is not JSON: the command's error
+        number, raw = rows[0]
+        try:
+            json.loads(raw)
+        except json.JSONDecodeError as exc:
+            _fail("estimate", f"stdin line {number} is not valid JSON (column {exc.colno}: "
+                              f"{exc.msg}); send one request body, or one per line (JSON Lines)",
+                  EXIT_INPUT)
+    failed: list[tuple[int, str]] = []
+    total = 0
+    for number, raw in rows:
+        total += 1
+        try:
+            try:
+                body = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise _Bad(f"stdin line {number} is not valid JSON (column {exc.colno}: "
+                           f"{exc.msg}); send one request body, or one per line (JSON Lines)"
+                           ) from None
+            result = _estimate_one(guard, role, model, hint, f"request on line {number}", body)
+        except CrewBudgetError as exc:
+            message = " ".join(str(exc).split())
+            failed.append((number, message))
+            result = {"error": message, "line": number}
+        typer.echo(json.dumps(result))
+    if failed:
+        first_line, first = failed[0]
+        _fail("estimate", f"{len(failed)} of {total} requests failed (each printed "
+                          f'{{"error": ...}} in its place); first, line {first_line}: {first}',
+              EXIT_INPUT)
+
+
+def _estimate_one(guard: Any, role: str, model: str | None, provider: str | None, where: str,
+                  body: Any) -> dict[str, Any]:
+    """One request's estimate as the JSON object printed for it."""
+    request = _request(where, body, model)
+    est = guard.estimate(role, request["model"], request["messages"], request["tools"],
+                         request["max_tokens"], system=request["system"],
+                         extra=request["extra"], provider=provider)
+    return {
+        "model": est.model,
+        "prompt_tokens": est.prompt_tokens,
+        "output_tokens_reserved": est.output_tokens_reserved,
+        "estimated_usd": _usd(est.amount),
+        "price_source": est.price.source,
+        "priced_as": est.price.model,
+    }
 
 
 def cost(
@@ -97,6 +168,8 @@ def cost(
         typer.Option("--model", "-m", help="Model whose price applies (default: JSON's model)."),
     ] = None,
     config: ConfigOption = None,
+    provider: ProviderOption = None,
+    base_url: BaseUrlOption = None,
 ) -> None:
     """Settled cost of a provider usage object (or whole response) read from stdin.
 
@@ -123,7 +196,7 @@ def cost(
     except CrewBudgetError as exc:
         _fail("cost", str(exc).split(". The call is charged")[0], EXIT_INPUT)
     try:
-        price = PriceBook(cfg.prices).get(name)
+        price = PriceBook(cfg.prices).get(name, provider or base_url)
     except PricingError as exc:
         _fail("cost", str(exc), EXIT_CONFIG)
     settled = from_nano(to_nano_round(cost_of(usage, price)))
@@ -135,6 +208,8 @@ def cost(
         "cache_write_tokens": usage.cache_write_tokens,
         "output_tokens": usage.output_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
+        "price_source": price.source,
+        "priced_as": price.model,
     }))
 
 
@@ -175,26 +250,6 @@ def _config(command: str, path: Path | None) -> BudgetConfig:
         return load_config(path)
     except CrewBudgetError as exc:
         _fail(command, str(exc), EXIT_CONFIG)
-
-
-def _read_requests(command: str) -> list[Any]:
-    """One JSON document, or JSON Lines (one request per non-empty line)."""
-    text = _stdin(command)
-    try:
-        return [json.loads(text)]
-    except json.JSONDecodeError:
-        pass
-    bodies: list[Any] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            bodies.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            _fail(command, f"stdin line {number} is not valid JSON (column {exc.colno}: "
-                           f"{exc.msg}); send one request body, or one per line (JSON Lines)",
-                  EXIT_INPUT)
-    return bodies
 
 
 def _request(where: str, body: Any, model: str | None) -> dict[str, Any]:

@@ -20,10 +20,12 @@ from crew_budget.ledger import Ledger
 from crew_budget.usage import Usage, parse_usage
 
 __all__ = [
+    "BASE_URL_FIELDS",
     "ROLE_KEY",
     "close_failed",
     "covered_by_middleware",
     "never_billed",
+    "provider_hint",
     "resolve_guard",
     "settle_or_charge",
     "to_openai_messages",
@@ -62,6 +64,36 @@ def resolve_guard(
             source="crew_budget.langchain",
         )
     return Guard.from_config(config, ledger)
+
+
+# Where chat model classes keep the URL they send to (ChatOpenAI's
+# openai_api_base, ChatAnthropic's anthropic_api_url, AzureChatOpenAI's
+# azure_endpoint, ...).
+BASE_URL_FIELDS = ("openai_api_base", "base_url", "anthropic_api_url", "azure_endpoint",
+                   "api_base", "groq_api_base", "endpoint_url", "endpoint")
+
+
+def provider_hint(
+    ls_provider: Any, fields: Mapping[str, Any] | None, class_name: Any
+) -> str | None:
+    """What a LangChain chat model says about where its calls go, for pricing.
+
+    A base URL wins (a ``ChatOpenAI`` pointed at OpenRouter or Groq is billed
+    by them, though LangChain still reports ``ls_provider="openai"``), then
+    ``ls_provider``, then the class name (``ChatAnthropic``,
+    ``ChatBedrockConverse``, ...). ``crew_budget.pricing.normalize_provider``
+    reads all three; a local server's URL names no provider, so the model
+    name decides.
+    """
+    for key in BASE_URL_FIELDS:
+        value = (fields or {}).get(key)
+        if isinstance(value, str) and "://" in value:
+            return value
+    if isinstance(ls_provider, str) and ls_provider:
+        return ls_provider
+    if isinstance(class_name, str) and class_name:
+        return class_name
+    return None
 
 
 def to_openai_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:

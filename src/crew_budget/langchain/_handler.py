@@ -65,6 +65,7 @@ from crew_budget.langchain._common import (
     ConfigSource,
     close_failed,
     covered_by_middleware,
+    provider_hint,
     resolve_guard,
     settle_or_charge,
     to_openai_messages,
@@ -80,7 +81,7 @@ __all__ = ["BudgetCallbackHandler"]
 log = logging.getLogger("crew_budget.langchain")
 
 _CAP_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "max_tokens_to_sample")
-_EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format")
+_EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "service_tier")
 
 
 @dataclass(slots=True)
@@ -234,9 +235,14 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # reserves that many (crew_budget.estimate.COMPLETION_KEYS).
         extra.update((k, params[k]) for k in COMPLETION_KEYS if isinstance(params.get(k), int))
         info: dict[str, Any] = {"framework": "langchain", "run_id": str(run_id)}
+        ids = serialized.get("id")
+        provider = provider_hint(
+            metadata.get("ls_provider"), serialized.get("kwargs"),
+            ids[-1] if isinstance(ids, list) and ids else params.get("_type"),
+        )
         ticket = self.guard.preflight(
             str(role), model, messages, tools if isinstance(tools, list) else None, cap, info,
-            crew=self.crew, extra=extra or None,
+            crew=self.crew, extra=extra or None, provider=provider,
         )
         if ticket.max_tokens is not None and model not in self._warned_uncapped:
             self._warned_uncapped.add(model)

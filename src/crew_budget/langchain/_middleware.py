@@ -35,10 +35,12 @@ from crew_budget.errors import BudgetExceeded, ConfigError
 from crew_budget.estimate import COMPLETION_KEYS
 from crew_budget.guard import Guard, Ticket
 from crew_budget.langchain._common import (
+    BASE_URL_FIELDS,
     ROLE_KEY,
     ConfigSource,
     close_failed,
     covered_by_middleware,
+    provider_hint,
     resolve_guard,
     settle_or_charge,
     to_openai_messages,
@@ -152,6 +154,11 @@ class BudgetMiddleware(AgentMiddleware):
             value = settings.get(key, getattr(model, key, None))
             if isinstance(value, int):
                 extra[key] = value
+        tier = settings.get("service_tier", getattr(model, "service_tier", None))
+        if isinstance(tier, str):
+            extra["service_tier"] = tier
+        fields = {k: getattr(model, k, None) for k in BASE_URL_FIELDS}
+        provider = provider_hint(ls.get("ls_provider"), fields, type(model).__name__)
         ticket = self.guard.preflight(
             self._role(request),
             model_name,
@@ -161,6 +168,7 @@ class BudgetMiddleware(AgentMiddleware):
             {"framework": "langchain-agent"},
             crew=self.crew,
             extra=extra or None,
+            provider=provider,
         )
         if ticket.max_tokens is not None:
             # No cap anywhere: send the reserved one, so the bill cannot exceed it.
