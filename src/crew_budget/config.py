@@ -127,6 +127,7 @@ class BudgetConfig(_Model):
     crew: CrewLimits | None = None
     roles: dict[str, RoleBudget] = Field(default_factory=dict)
     default_role: RoleBudget | None = None
+    crew_role: str | None = Field(default=None, min_length=1)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     alerts: AlertsConfig | None = None
 
