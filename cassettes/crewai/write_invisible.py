@@ -160,6 +160,20 @@ CASSETTES: dict[str, list[dict[str, Any]]] = {
         chat("chatcmpl-inv-t1", FACT, 84, 23),
         chat("chatcmpl-inv-t2", json.dumps({"quality": 9.0}), 452, 6),
     ],
+    # Crew memory (a callable embedder, local LanceDB): the answer, then memory's
+    # own LLM (a copy CrewAI makes of the one you give Memory) extracting and
+    # analysing what to remember, on its background save thread.
+    "invisible_memory": [
+        chat("chatcmpl-inv-m1", FACT, 448, 23),
+        chat("chatcmpl-inv-m2", json.dumps({"memories": [
+            "Sodium-ion cells cut cell material cost by roughly a third versus lithium-ion."]}),
+             560, 21),
+        chat("chatcmpl-inv-m3", json.dumps({
+            "suggested_scope": "/batteries/sodium-ion", "categories": ["chemistry", "cost"],
+            "importance": 0.6, "extracted_metadata": {
+                "entities": ["sodium-ion batteries"], "dates": [], "topics": ["battery cost"]}}),
+             243, 62),
+    ],
     # agent.kickoff() outside any crew.
     "invisible_agent_kickoff": [
         chat("chatcmpl-inv-a1", FACT, 52, 23),

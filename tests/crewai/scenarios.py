@@ -253,6 +253,20 @@ def planning_crew(llm: Any, planning_llm: Any) -> Crew:
                 planning_llm=planning_llm)
 
 
+def memory_crew(llm: Any, memory_llm: Any, path: str) -> Crew:
+    """``memory=Memory(...)``: a local LanceDB at ``path`` and a callable embedder."""
+    from crewai.memory.unified_memory import Memory
+
+    memory = Memory(llm=memory_llm, embedder=fixed_embeddings, storage=path)
+    researcher = researcher_agent(llm)
+    return Crew(agents=[researcher], tasks=[fact_task(researcher)], memory=memory)
+
+
+def fixed_embeddings(texts: list[str]) -> list[list[float]]:
+    """A local stand-in for an embedding API: 4 fixed dimensions per text."""
+    return [[0.1 * (i % 7), 0.2, 0.3, 0.4] for i, _ in enumerate(texts)]
+
+
 def single_crew(llm: Any) -> Crew:
     """One agent, one task: for ``crew.test()`` and ``agent.kickoff()``."""
     researcher = researcher_agent(llm)
@@ -284,6 +298,12 @@ def _invisible(name: str) -> Any:
         elif name == "invisible_test":
             budget.attach(single_crew(LLM(model="gpt-4o-mini"))).test(
                 n_iterations=1, eval_llm=LLM(model="gpt-4o-mini"))
+        elif name == "invisible_memory":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                budget.attach(memory_crew(LLM(model="gpt-4o-mini"), LLM(model="gpt-4o-mini"),
+                                          tmp)).kickoff()
         elif name == "invisible_agent_kickoff":
             agent = single_crew(LLM(model="gpt-4o-mini")).agents[0]
             budget.attach(agent).kickoff("State one fact about sodium-ion batteries.")
@@ -293,5 +313,5 @@ def _invisible(name: str) -> Any:
 
 for _name in ("invisible_stream", "invisible_responses", "invisible_hierarchical",
               "invisible_guardrail", "invisible_planning", "invisible_test",
-              "invisible_agent_kickoff"):
+              "invisible_agent_kickoff", "invisible_memory"):
     SCENARIOS[_name] = _invisible(_name)

@@ -22,6 +22,9 @@ litellm's map, pinned in ``conftest.py`` ($0.15/M input, $0.60/M output):
     researcher after planning (109 in, 23 out)           0.00003015
     crew.test() evaluator, crew role (452 in, 6 out)     0.0000714
     agent.kickoff() outside a crew (52 in, 23 out)       0.0000216
+    researcher with memory tools (448 in, 23 out)        0.000081
+    memory extracting, crew role (560 in, 21 out)        0.0000966
+    memory analysing, crew role (243 in, 62 out)         0.00007365
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from tests.crewai.scenarios import (
     Fact,
     guardrail_crew,
     hierarchical_pydantic_crew,
+    memory_crew,
     pair_crew,
     planning_crew,
     single_crew,
@@ -70,7 +74,7 @@ def cost(usage: dict[str, Any] | None) -> Decimal:
 def test_cassette_dollars_match_the_docstring() -> None:
     costs = {name: [cost(u) for u in cassette_usage(f"invisible_{name}")]
              for name in ("stream", "responses", "hierarchical", "guardrail", "planning",
-                          "test", "agent_kickoff")}
+                          "test", "agent_kickoff", "memory")}
     assert costs == {
         "stream": [Decimal("0.0000264")],
         "responses": [Decimal("0.0000264"), Decimal("0.00002475")],
@@ -80,6 +84,7 @@ def test_cassette_dollars_match_the_docstring() -> None:
         "planning": [Decimal("0.0001347"), Decimal("0.00003015")],
         "test": [Decimal("0.0000264"), Decimal("0.0000714")],
         "agent_kickoff": [Decimal("0.0000216")],
+        "memory": [Decimal("0.000081"), Decimal("0.0000966"), Decimal("0.00007365")],
     }
 
 
@@ -242,6 +247,20 @@ def test_crew_test_evaluator_is_charged(tmp_path: Path) -> None:
     assert budgeted.requests == 2
     # crew.test() runs a copy of the crew: the copy's agent still pays as itself.
     assert charged(budget) == expected("invisible_test", ["researcher", "evaluation"])
+
+
+def test_crew_memory_llm_is_charged(tmp_path: Path) -> None:
+    # Embeddings come from a local callable (no embedding API offline); the
+    # memory's own LLM calls (extract, analyse) are what this test drives.
+    def build(path: Path) -> Any:
+        return memory_crew(LLM(model="gpt-4o-mini"), LLM(model="gpt-4o-mini"), str(path))
+
+    plain = play("invisible_memory", lambda: build(tmp_path / "plain").kickoff())
+    budget = generous(tmp_path)
+    budgeted = play("invisible_memory", budget.attach(build(tmp_path / "budgeted")).kickoff)
+    assert_indistinguishable(plain, budgeted)
+    assert budgeted.requests == 3
+    assert charged(budget) == expected("invisible_memory", ["researcher", "crew", "crew"])
 
 
 def test_agent_kickoff_outside_a_crew(tmp_path: Path) -> None:
