@@ -41,7 +41,8 @@ from crewai import LLM
 from crewai.llms.base_llm import BaseLLM
 from crewai.llms.providers.openai.completion import OpenAICompletion
 
-from crew_budget.crewai import BudgetCallback, CrewBudgetExceeded
+from crew_budget.crewai import BudgetCallback, BudgetLLM, CrewBudgetExceeded
+from crew_budget.crewai._llm import _sent_cap, _user_cap
 from crew_budget.money import from_nano
 from tests.crewai.conftest import GPT_4O_MINI, openai_cost
 from tests.crewai.replay import cassette_usage, live_bodies, replay
@@ -344,3 +345,34 @@ def test_no_cap_reserves_the_models_maximum_and_a_role_cap_is_sent(tmp_path: Pat
     assert "max_completion_tokens" not in run.bodies[0]
     assert run.bodies[1]["max_completion_tokens"] == 200
     assert writer_llm.max_completion_tokens is None  # the cap was the call's, not kept
+
+
+def test_budget_llm_runs_on_the_llm_it_wraps(tmp_path: Path) -> None:
+    # An explicit BudgetLLM (inline limit) over an auto-chaining Responses LLM:
+    # the chain and the token counters stay on the wrapped LLM (no copy).
+    inner = LLM(model="gpt-4o-mini", api="responses", auto_chain=True)
+    wrapped = BudgetLLM(llm=inner, role="researcher", daily_usd=1,
+                        ledger=f"sqlite:///{tmp_path / 'own.db'}")
+    # Both agents share it; its role is fixed, so the writer's call pays as "researcher".
+    run = play("invisible_responses", pair_crew(wrapped, wrapped).kickoff)
+    assert run.result.raw == HEADLINE and run.requests == 2
+    assert run.bodies[1]["previous_response_id"] == "resp_inv_0001"
+    assert not {"max_output_tokens", "max_tokens"} & set(run.bodies[0])
+    assert inner.last_response_id == "resp_inv_0002"
+    assert inner.get_token_usage_summary().total_tokens == 107 + 129
+    records = wrapped.guard.ledger.records()
+    assert [(r.role, r.outcome, from_nano(r.cost_nano)) for r in records] == [
+        ("researcher", "settled", c) for _, c in expected(
+            "invisible_responses", ["researcher", "researcher"])]
+
+
+def test_concurrent_caps_on_one_llm_send_the_smallest_then_restore() -> None:
+    llm = LLM(model="gpt-4o-mini")
+    assert llm.max_completion_tokens is None
+    with _sent_cap(llm, 300):
+        assert llm.max_completion_tokens == 300
+        with _sent_cap(llm, 200):
+            assert llm.max_completion_tokens == 200
+            assert _user_cap(llm) is None  # our own cap is never read as the user's
+        assert llm.max_completion_tokens == 300
+    assert llm.max_completion_tokens is None

@@ -196,9 +196,10 @@ class BudgetCallback:
                     agents.append(manager)
                 for agent in agents:
                     self._attach_agent(agent)
-                manager_llm = getattr(crew, "manager_llm", None)
-                if isinstance(manager_llm, BudgetLLM):
-                    self._bind(manager_llm)
+                for attr in ("manager_llm", "planning_llm", "function_calling_llm"):
+                    llm = getattr(crew, attr, None)
+                    if isinstance(llm, BudgetLLM):
+                        self._bind(llm)
             else:
                 self._attach_agent(crew)
             if not any(c is crew for c in self._crews):

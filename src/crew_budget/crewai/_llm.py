@@ -5,14 +5,27 @@ factory returns native SDK classes (``OpenAICompletion``,
 ``AnthropicCompletion``, ...) or the litellm-backed ``LLM``, so the only
 shape that wraps all of them is a ``BaseLLM`` that delegates to an inner one.
 
-One call, in order (``call`` and ``acall`` alike)::
+One call, in order (``call`` and ``acall`` alike; ``guarded`` below is the
+same step for a plain LLM that ``BudgetCallback`` gates in place)::
 
-    guard.preflight(role, model, messages, tools, the request's own cap)
+    guard.preflight(role, model, messages, tools, the request's own cap,
+                    inject_cap=False)
       -> CrewBudgetExceeded (a HookAborted: CrewAI stops, no retry, no HTTP)
-    inner.call(...) on a copy of the inner LLM whose cap field holds
-      ticket.max_tokens when the request had no cap of its own
+    inner.call(...) on the inner LLM itself (never a copy), the request
+      unchanged; with no cap of its own the model's maximum output is
+      reserved, and only a role's configured max_output_tokens is sent
     guard.settle(ticket, the usage the provider reported for this call)
       or guard.release(ticket) when the provider never billed it
+
+Why no copy and no default cap: state a call writes (CrewAI's token
+counters, a Responses API ``last_response_id``, a custom class's own
+counters) must land on the user's object, and a request must go out as the
+user built it: an injected cap changes the body (caches and servers keyed
+on it see another request) and truncates models that need more (reasoning
+models spend thousands of output tokens thinking). The price is a larger
+reservation per call (gpt-4o-mini: 16,384 output tokens, about $0.0098)
+until the call settles at its actual cost; a role that sets
+``max_output_tokens`` gets smaller reservations and that cap sent.
 
 Where the actual usage comes from: every CrewAI provider (native OpenAI,
 Anthropic, Gemini, Azure, Bedrock, and the litellm ``LLM``) hands each
@@ -279,10 +292,10 @@ class BudgetLLM(BaseLLM):
     attached to the crew, the call goes through the callback's guard instead,
     with these inline limits merged in: one reservation per call, never two.
 
-    Configure the inner LLM before wrapping it; the wrapper never mutates it.
-    When the request has no output cap, the role's cap is sent through a
-    private copy of the inner LLM (one per cap value), so a shared LLM
-    object is left alone and concurrent calls cannot see each other's cap.
+    Calls run on the inner LLM itself, so its token counters and any state
+    it keeps are the user's. The request is sent as built; only a role's
+    configured ``max_output_tokens`` is sent as the cap (set on the inner
+    LLM's own cap field for the length of the call, then restored).
     """
 
     llm_type: str = "crew_budget"
