@@ -130,7 +130,22 @@ def unregister(callback: BudgetCallback) -> None:
                 del table[k]  # type: ignore[arg-type]
 
 
+def forget_all() -> None:
+    """Drop every attachment (what each callback's ``detach()`` does, at once)."""
+    with _LOCK:
+        for table in (_CREWS, _CREW_KEYS, _AGENTS):
+            table.clear()
+
+
 def crew_entry(crew: Any) -> _Entry | None:
+    """The attachment of ``crew``, or of the crew it was copied from.
+
+    ``crew.copy()`` (run by ``crew.test()`` and ``kickoff_for_each``) builds
+    a new crew with copied agents, tasks and LLMs; it is recognised by its
+    ``key`` (a hash of its agents' and tasks' definitions) and budgeted by
+    the original's callback. So is any other crew with the very same agents
+    and tasks: over-counted if anything, never let through unbudgeted.
+    """
     entry = _CREWS.get(id(crew))
     if entry is not None and entry.obj is crew:
         return entry
