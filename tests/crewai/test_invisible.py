@@ -41,7 +41,7 @@ from crewai import LLM
 from crewai.llms.base_llm import BaseLLM
 from crewai.llms.providers.openai.completion import OpenAICompletion
 
-from crew_budget.crewai import BudgetCallback, BudgetLLM, CrewBudgetExceeded
+from crew_budget.crewai import BudgetCallback, BudgetLLM, CrewBudgetExceeded, gate_llm_class
 from crew_budget.crewai._llm import _sent_cap, _user_cap
 from crew_budget.money import from_nano
 from tests.crewai.conftest import GPT_4O_MINI, openai_cost
@@ -376,3 +376,22 @@ def test_concurrent_caps_on_one_llm_send_the_smallest_then_restore() -> None:
             assert _user_cap(llm) is None  # our own cap is never read as the user's
         assert llm.max_completion_tokens == 300
     assert llm.max_completion_tokens is None
+
+
+def test_llm_class_defined_after_attach(tmp_path: Path) -> None:
+    agent = single_crew(LLM(model="gpt-4o-mini")).agents[0]
+    budget = generous(tmp_path)
+    budget.attach(agent)
+
+    class LateLLM(BaseLLM):
+        def call(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+            self._track_token_usage_internal({"prompt_tokens": 20, "completion_tokens": 5})
+            return FACT
+
+    late = LateLLM(model="gpt-4o-mini")
+    assert late.call("hi", from_agent=agent) == FACT
+    assert charged(budget) == []  # not gated yet: attach saw no such class
+    gate_llm_class(LateLLM)
+    assert late.call("hi", from_agent=agent) == FACT
+    # 20 x $0.15/M + 5 x $0.60/M
+    assert charged(budget) == [("researcher", Decimal("0.000006"))]

@@ -45,6 +45,7 @@ How the pieces fit CrewAI 1.x (checked against 1.15):
 from __future__ import annotations
 
 from crew_budget.crewai._callback import BudgetCallback, BudgetSummary, SpendRow
+from crew_budget.crewai._gate import gate_llm_class
 from crew_budget.crewai._llm import BudgetLLM, CrewBudgetExceeded, usage_from_crewai
 
 __all__ = [
@@ -53,5 +54,6 @@ __all__ = [
     "BudgetSummary",
     "CrewBudgetExceeded",
     "SpendRow",
+    "gate_llm_class",
     "usage_from_crewai",
 ]

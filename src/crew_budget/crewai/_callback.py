@@ -187,6 +187,8 @@ class BudgetCallback:
         its own, for ``agent.kickoff()`` outside a crew.
         """
         with self._lock:
+            # Up-front checks of the crew's roles belong here, before anything
+            # is registered (a role check, e.g. ``self._check_roles(crew)``).
             gate_everything()
             if hasattr(crew, "agents"):
                 register_crew(crew, self)

@@ -231,7 +231,13 @@ def _gate_acall(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def gate_llm_class(cls: type[Any]) -> None:
-    """Wrap ``call``/``acall`` wherever ``cls`` and its bases define them (once each)."""
+    """Put ``cls``'s calls behind crew-budget (``call``/``acall``, once each).
+
+    ``attach`` and each attached kickoff do this for every ``BaseLLM`` class
+    that exists then; call it yourself for an LLM class defined later and
+    used before the next kickoff (e.g. by an agent attached on its own).
+    Gated calls that belong to no attached crew or agent pass straight through.
+    """
     if not (isinstance(cls, type) and issubclass(cls, BaseLLM)):
         return
     with _LOCK:
