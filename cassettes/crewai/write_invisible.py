@@ -27,28 +27,29 @@ FACT = ("Sodium-ion batteries use abundant sodium instead of lithium, which cuts
         "cost by roughly a third.")
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, reasoning: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt, "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0,
                                       "rejected_prediction_tokens": 0},
     }
 
 
 def chat(rid: str, content: str | None, prompt: int, completion: int,
-         tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+         tool_calls: list[dict[str, Any]] | None = None, model: str = MODEL,
+         reasoning: int = 0) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None,
                                "annotations": []}
     if tool_calls:
         message["tool_calls"] = tool_calls
     body = {
-        "id": rid, "object": "chat.completion", "created": 1764064000, "model": MODEL,
+        "id": rid, "object": "chat.completion", "created": 1764064000, "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": "tool_calls" if tool_calls else "stop"}],
-        "usage": _usage(prompt, completion),
+        "usage": _usage(prompt, completion, reasoning),
         "service_tier": "default", "system_fingerprint": "fp_cbinv01",
     }
     return _interaction(CHAT, json.dumps(body, indent=2) + "\n", "application/json")
@@ -173,6 +174,11 @@ CASSETTES: dict[str, list[dict[str, Any]]] = {
             "importance": 0.6, "extracted_metadata": {
                 "entities": ["sodium-ion batteries"], "dates": [], "topics": ["battery cost"]}}),
              243, 62),
+    ],
+    # A reasoning model that thinks at length: 2,011 output tokens, 1,984 of them
+    # reasoning (the shape of a gpt-5-nano step seen in CrewAI's own suite).
+    "invisible_reasoning": [
+        chat("chatcmpl-inv-r1", FACT, 83, 2011, model="gpt-5-nano-2025-08-07", reasoning=1984),
     ],
     # agent.kickoff() outside any crew.
     "invisible_agent_kickoff": [

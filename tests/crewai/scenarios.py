@@ -304,6 +304,8 @@ def _invisible(name: str) -> Any:
             with tempfile.TemporaryDirectory() as tmp:
                 budget.attach(memory_crew(LLM(model="gpt-4o-mini"), LLM(model="gpt-4o-mini"),
                                           tmp)).kickoff()
+        elif name == "invisible_reasoning":
+            budget.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff()
         elif name == "invisible_agent_kickoff":
             agent = single_crew(LLM(model="gpt-4o-mini")).agents[0]
             budget.attach(agent).kickoff("State one fact about sodium-ion batteries.")
@@ -313,5 +315,5 @@ def _invisible(name: str) -> Any:
 
 for _name in ("invisible_stream", "invisible_responses", "invisible_hierarchical",
               "invisible_guardrail", "invisible_planning", "invisible_test",
-              "invisible_agent_kickoff", "invisible_memory"):
+              "invisible_agent_kickoff", "invisible_memory", "invisible_reasoning"):
     SCENARIOS[_name] = _invisible(_name)

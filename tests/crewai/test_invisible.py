@@ -395,3 +395,50 @@ def test_llm_class_defined_after_attach(tmp_path: Path) -> None:
     assert late.call("hi", from_agent=agent) == FACT
     # 20 x $0.15/M + 5 x $0.60/M
     assert charged(budget) == [("researcher", Decimal("0.000006"))]
+
+
+# gpt-5-nano in litellm's map: $0.05/M input, $0.40/M output, 128,000 output tokens at most.
+GPT_5_NANO = {"input": Decimal("0.00000005"), "output": Decimal("0.0000004"),
+              "cached": Decimal("0.000000005")}
+
+
+def test_reasoning_model_is_not_truncated_and_the_trade_off(tmp_path: Path) -> None:
+    usage = cassette_usage("invisible_reasoning")[0]
+    assert usage is not None
+    assert (usage["completion_tokens"], usage["completion_tokens_details"]["reasoning_tokens"]) \
+        == (2011, 1984)
+    actual = openai_cost(usage, GPT_5_NANO)  # 83 x 0.05 + 2,011 x 0.40 = $0.00080855
+    assert actual == Decimal("0.00080855")
+
+    plain = play("invisible_reasoning",
+                 lambda: single_crew(LLM(model="gpt-5-nano")).kickoff())
+    budget = generous(tmp_path)
+    price = budget.guard.price("gpt-5-nano")
+    assert (price.input, price.output, price.max_output_tokens) == (
+        GPT_5_NANO["input"], GPT_5_NANO["output"], 128000)
+    tickets: list[Any] = []
+    budget.guard.add_listener(lambda e: tickets.append(e.ticket) if e.ticket else None)
+    budgeted = play("invisible_reasoning",
+                    budget.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff)
+    # Nothing injected, so nothing truncated: the request is the plain one.
+    assert_indistinguishable(plain, budgeted)
+    # The price of that: the reservation covers the model's whole output...
+    assert (tickets[0].output_tokens_reserved, tickets[0].max_tokens) == (128000, None)
+    assert tickets[0].estimate > Decimal("0.0512")  # 128,000 x $0.40/M, plus the prompt
+    # ...until the call settles at what it cost.
+    assert charged(budget) == [("researcher", actual)]
+
+    # So a limit below one maximal answer refuses the call before any HTTP...
+    tight = BudgetCallback({"crew": {"name": "inv", "daily": "0.05"}},
+                           f"sqlite:///{tmp_path / 'tight.db'}")
+    with replay("invisible_reasoning") as cas, pytest.raises(CrewBudgetExceeded) as info:
+        tight.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff()
+    assert cas.play_count == 0 and info.value.scope == "crew:inv"
+    # ...unless the role sets max_output_tokens: then that cap is reserved and sent.
+    capped = BudgetCallback({"crew": {"name": "inv", "daily": "0.05"},
+                             "roles": {"researcher": {"max_output_tokens": 4096}}},
+                            f"sqlite:///{tmp_path / 'capped.db'}")
+    run = play("invisible_reasoning",
+               capped.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff)
+    assert run.bodies[0]["max_completion_tokens"] == 4096
+    assert charged(capped) == [("researcher", actual)]
