@@ -115,6 +115,12 @@ def charged(budget: BudgetCallback) -> list[tuple[str, Decimal]]:
     return [(r.role, from_nano(r.cost_nano)) for r in records]
 
 
+def assert_every_request_charged(run: Run, budget: BudgetCallback) -> None:
+    """One ledger record per HTTP request the crew sent: nothing escaped the budget."""
+    assert run.requests > 0
+    assert len(budget.guard.ledger.records()) == run.requests
+
+
 def assert_indistinguishable(plain: Run, budgeted: Run) -> None:
     # The same requests, byte for byte (no injected max_tokens, nothing dropped).
     assert budgeted.bodies == plain.bodies
@@ -147,6 +153,7 @@ def test_streaming_kickoff_keeps_token_usage(tmp_path: Path) -> None:
     budgeted = play("invisible_stream",
                     lambda: _streamed(budget.attach(stream_crew(LLM(model="gpt-4o-mini")))))
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     usage = budgeted.result.token_usage
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (84, 23, 107)
     assert budgeted.requests == 1
@@ -172,6 +179,7 @@ def test_custom_llm_counts_its_own_calls(tmp_path: Path) -> None:
     assert crew.agents[0].llm is llm and type(llm) is CountingLLM
     budgeted = play("pair_crew", crew.kickoff)
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert (plain_llm.calls, llm.calls) == (2, 2)
     assert llm.get_token_usage_summary().total_tokens == 107 + 129
     assert charged(budget) == expected("pair_crew", ["researcher", "writer"])
@@ -187,6 +195,7 @@ def test_responses_api_auto_chaining_stays_on_the_users_llm(tmp_path: Path) -> N
     budget = generous(tmp_path)
     budgeted = play("invisible_responses", budget.attach(pair_crew(llm, llm)).kickoff)
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.result.raw == HEADLINE
     # The second request chained on the first response: state kept on the user's LLM.
     assert budgeted.bodies[1]["previous_response_id"] == "resp_inv_0001"
@@ -203,6 +212,7 @@ def test_hierarchical_output_pydantic_charges_the_converter_to_the_crew(
     budget = generous(tmp_path)
     budgeted = play("invisible_hierarchical", budget.attach(build()).kickoff)
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.result.pydantic == Fact(fact=FACT, source="CATL 2025 cell data")
     assert budgeted.requests == 4
     assert charged(budget) == expected(
@@ -216,6 +226,7 @@ def test_text_guardrail_is_charged_to_the_crew(tmp_path: Path) -> None:
     budgeted = play("invisible_guardrail",
                     budget.attach(guardrail_crew(LLM(model="gpt-4o-mini"))).kickoff)
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.result.raw == FACT and budgeted.requests == 2
     assert charged(budget) == expected("invisible_guardrail", ["researcher", "crew"])
 
@@ -229,6 +240,7 @@ def test_planning_llm_is_charged_to_the_crew_role_named_in_yaml(tmp_path: Path) 
     budget = BudgetCallback(config, f"sqlite:///{tmp_path / 'ledger.db'}")
     budgeted = play("invisible_planning", budget.attach(build()).kickoff)
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.requests == 2
     assert charged(budget) == expected("invisible_planning", ["overhead", "researcher"])
     overhead = [s for s in budget.status() if s.scope == "role:overhead"]
@@ -245,6 +257,7 @@ def test_crew_test_evaluator_is_charged(tmp_path: Path) -> None:
     budgeted = play("invisible_test",
                     lambda: run(budget.attach(single_crew(LLM(model="gpt-4o-mini")))))
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.requests == 2
     # crew.test() runs a copy of the crew: the copy's agent still pays as itself.
     assert charged(budget) == expected("invisible_test", ["researcher", "evaluation"])
@@ -260,6 +273,7 @@ def test_crew_memory_llm_is_charged(tmp_path: Path) -> None:
     budget = generous(tmp_path)
     budgeted = play("invisible_memory", budget.attach(build(tmp_path / "budgeted")).kickoff)
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.requests == 3
     assert charged(budget) == expected("invisible_memory", ["researcher", "crew", "crew"])
 
@@ -273,6 +287,7 @@ def test_agent_kickoff_outside_a_crew(tmp_path: Path) -> None:
     assert budget.attach(agent) is agent
     budgeted = play("invisible_agent_kickoff", lambda: agent.kickoff(question))
     assert budgeted.bodies == plain.bodies
+    assert_every_request_charged(budgeted, budget)
     assert budgeted.result.raw == plain.result.raw == FACT
     assert budgeted.result.usage_metrics == plain.result.usage_metrics
     assert charged(budget) == expected("invisible_agent_kickoff", ["researcher"])
@@ -422,6 +437,7 @@ def test_reasoning_model_is_not_truncated_and_the_trade_off(tmp_path: Path) -> N
                     budget.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff)
     # Nothing injected, so nothing truncated: the request is the plain one.
     assert_indistinguishable(plain, budgeted)
+    assert_every_request_charged(budgeted, budget)
     # The price of that: the reservation covers the model's whole output...
     assert (tickets[0].output_tokens_reserved, tickets[0].max_tokens) == (128000, None)
     assert tickets[0].estimate > Decimal("0.0512")  # 128,000 x $0.40/M, plus the prompt
