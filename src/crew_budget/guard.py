@@ -220,6 +220,23 @@ class Guard:
     def price(self, model: str) -> Price:
         return self.prices.get(model)
 
+    def output_reservation(self, role: str, model: str) -> int | None:
+        """Output tokens to reserve for a request that must go out unchanged.
+
+        For adapters that do not add a cap to the caller's request: pass this
+        as ``preflight``'s ``max_tokens`` when the request has none, and the
+        call is reserved at the model's maximum output (the largest answer it
+        can bill; the configured default when the price book does not know
+        it) with nothing to inject. ``None`` when the role sets its own
+        ``max_output_tokens``: that is configuration asking for a cap, so
+        ``preflight`` reserves it and returns it to be sent, as usual.
+        """
+        budget = self.config.role_budget(role)
+        if budget is not None and budget.max_output_tokens is not None:
+            return None
+        maximum = self.prices.get(model).max_output_tokens
+        return maximum if maximum is not None else self.config.max_output_tokens(role)
+
     def estimate(
         self,
         role: str,
@@ -230,7 +247,6 @@ class Guard:
         *,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
-        inject_cap: bool = True,
     ) -> Estimate:
         """What ``preflight`` would reserve for this call, without reserving it.
 
@@ -239,7 +255,7 @@ class Guard:
         """
         price = self.prices.get(model)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
-            role, price, model, messages, tools, max_tokens, system, extra, inject_cap
+            role, price, model, messages, tools, max_tokens, system, extra
         )
         return Estimate(model, prompt_tokens, out_tokens, inject, from_nano(amount), price)
 
@@ -253,21 +269,13 @@ class Guard:
         max_tokens: int | None,
         system: Any,
         extra: Mapping[str, Any] | None,
-        inject_cap: bool = True,
     ) -> tuple[int, int, int | None, int]:
         """``estimate`` in integers: prompt tokens, output tokens, max_tokens to send, nano-USD."""
         prompt_tokens = self.estimator.count_prompt(
             model, price, messages, tools, system=system, extra=extra
         )
         inject: int | None = None
-        if max_tokens is None and not inject_cap and not self._role_sets_cap(role):
-            # Leave the request as it is: reserve the model's whole output
-            # instead (the largest answer it can bill), ask for no injection.
-            if price.max_output_tokens is not None:
-                out_tokens = price.max_output_tokens
-            else:
-                out_tokens = self.config.max_output_tokens(role)
-        elif max_tokens is None:
+        if max_tokens is None:
             cap = self.config.max_output_tokens(role)
             if price.max_output_tokens is not None:
                 cap = min(cap, price.max_output_tokens)
@@ -281,10 +289,6 @@ class Guard:
             amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output)
         return prompt_tokens, out_tokens, inject, amount
 
-    def _role_sets_cap(self, role: str) -> bool:
-        budget = self.config.role_budget(role)
-        return budget is not None and budget.max_output_tokens is not None
-
     def preflight(
         self,
         role: str,
@@ -297,21 +301,14 @@ class Guard:
         crew: str | None = None,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
-        inject_cap: bool = True,
     ) -> Ticket:
         """Estimate the call, reserve it against every budget, or raise.
-
-        ``inject_cap=False`` is for adapters that must not change the request:
-        a call with no ``max_tokens`` then reserves the model's maximum output
-        and ``ticket.max_tokens`` stays None, unless the role configures its
-        own ``max_output_tokens`` (then that cap is asked for, as by default).
 
         Raises ``BudgetExceeded`` (nothing was charged), ``UnknownModelError``
         (no price: never $0) or ``LedgerUnavailable`` (fail closed).
         """
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
-            role, self.prices.get(model), model, messages, tools, max_tokens, system, extra,
-            inject_cap,
+            role, self.prices.get(model), model, messages, tools, max_tokens, system, extra
         )
         crew_name = crew or self._crew_name
         meta = dict(metadata or {})

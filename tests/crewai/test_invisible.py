@@ -102,8 +102,13 @@ def play(cassette: str, run: Callable[[], Any]) -> Run:
     return Run(result, live_bodies(cas), cas.play_count)
 
 
+# Every role these crews use, listed (roles that match no budget are refused).
+ROLES = ("researcher", "writer", "Crew Manager", "crew")
+
+
 def generous(tmp_path: Path, **kwargs: Any) -> BudgetCallback:
-    config = {"crew": {"name": "inv", "daily": 5}, "roles": {}}
+    roles = {name: {"daily": 5} for name in (*ROLES, kwargs.get("crew_role") or "crew")}
+    config = {"crew": {"name": "inv", "daily": 5}, "roles": roles}
     return BudgetCallback(config, f"sqlite:///{tmp_path / 'ledger.db'}", **kwargs)
 
 
@@ -236,7 +241,7 @@ def test_planning_llm_is_charged_to_the_crew_role_named_in_yaml(tmp_path: Path) 
         return planning_crew(LLM(model="gpt-4o-mini"), LLM(model="gpt-4o-mini"))
 
     plain = play("invisible_planning", lambda: build().kickoff())
-    config = {"crew_role": "overhead", "roles": {"overhead": {"daily": 1}}}
+    config = {"crew_role": "overhead", "roles": {"overhead": {"daily": 1}, "researcher": {}}}
     budget = BudgetCallback(config, f"sqlite:///{tmp_path / 'ledger.db'}")
     budgeted = play("invisible_planning", budget.attach(build()).kickoff)
     assert_indistinguishable(plain, budgeted)
@@ -332,7 +337,7 @@ def test_attach_tolerates_test_doubles_and_odd_llms(tmp_path: Path) -> None:
 
 def test_crew_role_calls_are_stopped_before_http(tmp_path: Path) -> None:
     # The guardrail's call is made for the crew; its role's $0.00001 cannot hold it.
-    config = {"roles": {"crew": {"daily": "0.00001"}}}
+    config = {"roles": {"crew": {"daily": "0.00001"}, "researcher": {}}}
     budget = BudgetCallback(config, f"sqlite:///{tmp_path / 'ledger.db'}")
     crew = budget.attach(guardrail_crew(LLM(model="gpt-4o-mini")))
     with replay("invisible_guardrail") as cas, pytest.raises(CrewBudgetExceeded) as info:
@@ -346,7 +351,7 @@ def test_crew_role_calls_are_stopped_before_http(tmp_path: Path) -> None:
 
 
 def test_no_cap_reserves_the_models_maximum_and_a_role_cap_is_sent(tmp_path: Path) -> None:
-    budget = BudgetCallback({"roles": {"writer": {"max_output_tokens": 200}}},
+    budget = BudgetCallback({"roles": {"researcher": {}, "writer": {"max_output_tokens": 200}}},
                             f"sqlite:///{tmp_path / 'ledger.db'}")
     reserved: list[tuple[str, int, int | None]] = []
     budget.guard.add_listener(lambda e: reserved.append(
@@ -445,7 +450,8 @@ def test_reasoning_model_is_not_truncated_and_the_trade_off(tmp_path: Path) -> N
     assert charged(budget) == [("researcher", actual)]
 
     # So a limit below one maximal answer refuses the call before any HTTP...
-    tight = BudgetCallback({"crew": {"name": "inv", "daily": "0.05"}},
+    tight = BudgetCallback({"crew": {"name": "inv", "daily": "0.05"},
+                            "roles": {"researcher": {}}},
                            f"sqlite:///{tmp_path / 'tight.db'}")
     with replay("invisible_reasoning") as cas, pytest.raises(CrewBudgetExceeded) as info:
         tight.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff()

@@ -8,8 +8,8 @@ shape that wraps all of them is a ``BaseLLM`` that delegates to an inner one.
 One call, in order (``call`` and ``acall`` alike; ``guarded`` below is the
 same step for a plain LLM that ``BudgetCallback`` gates in place)::
 
-    guard.preflight(role, model, messages, tools, the request's own cap,
-                    inject_cap=False)
+    guard.preflight(role, model, messages, tools, the request's own cap
+                    or guard.output_reservation(role, model))
       -> CrewBudgetExceeded (a HookAborted: CrewAI stops, no retry, no HTTP)
     inner.call(...) on the inner LLM itself (never a copy), the request
       unchanged; with no cap of its own the model's maximum output is
@@ -571,10 +571,13 @@ def guarded(
     if task_name:
         metadata["task"] = str(task_name)
     model = str(llm.model)
+    cap = _user_cap(llm)
     try:
+        if cap is None:  # reserve the model's maximum; a role's own cap is still sent
+            cap = guard.output_reservation(role, model)
         ticket = guard.preflight(
-            role, model, _as_messages(messages), _as_tools(tools), _user_cap(llm), metadata,
-            extra=_extra(llm, response_model), inject_cap=False,
+            role, model, _as_messages(messages), _as_tools(tools), cap, metadata,
+            extra=_extra(llm, response_model),
         )
     except BudgetExceeded as exc:
         raise CrewBudgetExceeded.from_exceeded(exc) from None
