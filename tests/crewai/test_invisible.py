@@ -464,3 +464,14 @@ def test_reasoning_model_is_not_truncated_and_the_trade_off(tmp_path: Path) -> N
                capped.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff)
     assert run.bodies[0]["max_completion_tokens"] == 4096
     assert charged(capped) == [("researcher", actual)]
+
+
+async def test_native_async_kickoff_charges_crew_calls(tmp_path: Path) -> None:
+    # akickoff runs the crew as asyncio tasks: the guardrail's call still
+    # belongs to the running crew (crew role) and goes through acall's gate.
+    budget = generous(tmp_path)
+    crew = budget.attach(guardrail_crew(LLM(model="gpt-4o-mini")))
+    with replay("invisible_guardrail") as cas:
+        result = await crew.akickoff()
+    assert result.raw == FACT and cas.play_count == 2
+    assert charged(budget) == expected("invisible_guardrail", ["researcher", "crew"])
