@@ -290,3 +290,33 @@ def test_the_maximum_limit_reserves_and_settles_exactly(
     with pytest.raises(ConfigError, match=r"roles.researcher.daily: budget '1000000.000000001' "
                                           r"is above the maximum of \$1,000,000"):
         load_config({"roles": {"researcher": {"daily": "1000000.000000001"}}})
+
+
+def test_crew_role_without_its_own_budget_is_charged_to_the_crew_budget_only() -> None:
+    # Calls a crew makes for itself (planning, guardrails, the manager's
+    # converter) are charged to crew_role; with no roles.crew they use the
+    # crew's own budget: $0.03 a day here, so the fourth $0.01 call is refused.
+    cfg = {**ONE_ROLE, "crew": {"name": "team", "daily": "0.03"}}
+    guard = Guard(cfg, "memory://")
+    for _ in range(3):
+        call(guard, "Crew")  # matched like any role: case and spaces ignored
+    with pytest.raises(BudgetExceeded) as info:
+        call(guard, "crew")
+    assert info.value.scope == "crew:team"
+    assert spent(guard) == {"role:researcher": (Decimal(0), Decimal(0)),
+                            "crew:team": (3 * CALL, Decimal(0))}
+    assert {r.role for r in settled(guard)} == {"crew"}
+    # A crew_role renamed in the YAML works the same, and "crew" is then unknown.
+    renamed = Guard({**cfg, "crew_role": "overhead"}, "memory://")
+    call(renamed, "overhead")
+    with pytest.raises(UnknownRoleError):
+        call(renamed, "crew")
+    assert spent(renamed)["crew:team"] == (CALL, Decimal(0))
+
+
+def test_crew_role_with_no_crew_or_global_budget_is_refused() -> None:
+    # Nothing would cover such calls: refused, never unlimited (invariant 9).
+    guard = Guard(ONE_ROLE, "memory://")
+    with pytest.raises(UnknownRoleError, match="'crew'"):
+        call(guard, "crew")
+    assert settled(guard) == []

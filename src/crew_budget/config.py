@@ -107,6 +107,8 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000
 #: The role name ``default_role`` is charged under (scope ``role:default_role``).
 DEFAULT_ROLE = "default_role"
+DEFAULT_CREW_ROLE = "crew"
+"""The role charged for calls a crew makes for itself when ``crew_role`` is not set."""
 
 LEDGER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
 _WINDOW_FIELDS: dict[WindowName, str] = {"hour": "hourly", "day": "daily", "month": "monthly"}
@@ -351,6 +353,11 @@ class BudgetConfig(_Model):
     roles: dict[RoleName, RoleBudget] = Field(default_factory=dict)
     default_role: RoleLimits | None = None
     unknown_roles: Literal["refuse", "allow"] = "refuse"
+    # The role charged for LLM calls a CrewAI crew makes for itself rather
+    # than for one agent (manager converter, planning, guardrails, memory,
+    # crew.test()). None means "crew". With no budget of its own under roles:
+    # such calls are charged to the crew and global budgets only.
+    crew_role: str | None = Field(default=None, min_length=1)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     alerts: AlertsConfig | None = None
 
@@ -455,7 +462,9 @@ class BudgetConfig(_Model):
         """The role a call by ``name`` is charged to, or raise ``UnknownRoleError``.
 
         Returns the configured key (``" RESEARCHER "`` -> ``"researcher"``),
-        ``DEFAULT_ROLE`` when ``default_role`` covers it, or, with
+        the ``crew_role`` name itself when it has no budget of its own but a
+        ``crew:`` or ``global:`` budget exists (calls made for the crew are
+        charged to those), ``DEFAULT_ROLE`` when ``default_role`` covers it, or, with
         ``unknown_roles: allow``, the name itself (whitespace tidied), which
         then touches no role budget. A missing or blank name is always refused.
         """
@@ -464,6 +473,12 @@ class BudgetConfig(_Model):
         key = self.match_role(name)
         if key is not None:
             return key
+        crew_role = self.crew_role or DEFAULT_CREW_ROLE
+        if (normalize_role(name) == normalize_role(crew_role)
+                and (self.crew is not None or self.global_limits is not None)):
+            # Calls made for the crew itself: the crew's own budget covers
+            # them when crew_role has none of its own (issue 14).
+            return crew_role
         if self.default_role is not None:
             return DEFAULT_ROLE
         if self.unknown_roles == "allow":

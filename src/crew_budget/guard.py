@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from crew_budget.config import DEFAULT_ROLE, BudgetConfig, load_config
+from crew_budget.config import DEFAULT_CREW_ROLE, DEFAULT_ROLE, BudgetConfig, load_config
 from crew_budget.errors import (
     AmountError,
     BudgetExceeded,
@@ -283,6 +283,23 @@ class Guard:
         """The price of ``model`` (``Price.source`` says where it came from)."""
         return self.prices.get(model, provider)
 
+    def output_reservation(self, role: str, model: str) -> int | None:
+        """Output tokens to reserve for a request that must go out unchanged.
+
+        For adapters that do not add a cap to the caller's request: pass this
+        as ``preflight``'s ``max_tokens`` when the request has none, and the
+        call is reserved at the model's maximum output (the largest answer it
+        can bill; the configured default when the price book does not know
+        it) with nothing to inject. ``None`` when the role sets its own
+        ``max_output_tokens``: that is configuration asking for a cap, so
+        ``preflight`` reserves it and returns it to be sent, as usual.
+        """
+        budget = self.config.role_budget(role)
+        if budget is not None and budget.max_output_tokens is not None:
+            return None
+        maximum = self.prices.get(model).max_output_tokens
+        return maximum if maximum is not None else self.config.max_output_tokens(role)
+
     def estimate(
         self,
         role: str,
@@ -477,7 +494,11 @@ class Guard:
         """``config.resolve_role`` once per name (preflight is a hot path), logging opt-ins."""
         cfg = self.config
         resolved = cfg.resolve_role(name)  # raises UnknownRoleError
-        if resolved not in cfg.roles and resolved != DEFAULT_ROLE:
+        if resolved == (cfg.crew_role or DEFAULT_CREW_ROLE) and resolved not in cfg.roles:
+            log.info("crew-budget: calls made for the crew (role %r) are charged to the crew "
+                     "and global budgets: %r has no budget of its own under roles:", name,
+                     resolved)
+        elif resolved not in cfg.roles and resolved != DEFAULT_ROLE:
             log.warning(
                 "crew-budget: role %r matches no budget under roles:; unknown_roles: allow "
                 "charges its calls to the crew and global budgets only", name)

@@ -53,6 +53,16 @@ def _dummy_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _no_attachments_left() -> Iterator[None]:
+    """Each test starts with no crew attached: a plain run is really plain."""
+    from crew_budget.crewai._gate import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
+@pytest.fixture(autouse=True)
 def _quiet_crewai() -> Iterator[None]:
     # CrewAI logs a deliberate budget stop as a listener error; keep output readable.
     logger = logging.getLogger("crewai.flow.runtime")

@@ -204,3 +204,117 @@ for _name in ("openai_call", "openai_error", "openai_structured", "openai_tools"
               "openai_stop", "openai_stream", "openai_stream_no_usage", "anthropic_call",
               "anthropic_tools", "anthropic_stop", "anthropic_stream"):
     SCENARIOS[_name] = _direct(_name)
+
+
+# -- invisibility: CrewAI behaviours run plain and budgeted (test_invisible.py) --------
+
+
+class Fact(BaseModel):
+    """``output_pydantic`` of the hierarchical crew's task."""
+
+    fact: str
+    source: str
+
+
+def researcher_agent(llm: Any, **kwargs: Any) -> Agent:
+    return Agent(role="researcher", goal="Give one sourced fact",
+                 backstory="You answer from memory in one sentence.", llm=llm, **kwargs)
+
+
+def fact_task(agent: Agent | None, **kwargs: Any) -> Task:
+    return Task(description="State one fact about sodium-ion batteries.",
+                expected_output="One sentence", agent=agent, **kwargs)
+
+
+def stream_crew(llm: Any) -> Crew:
+    """One agent, ``Crew(stream=True)``: the answer arrives as SSE chunks."""
+    researcher = researcher_agent(llm)
+    return Crew(agents=[researcher], tasks=[fact_task(researcher)], stream=True)
+
+
+def hierarchical_pydantic_crew(manager_llm: Any, researcher_llm: Any) -> Crew:
+    """``hierarchical_crew`` whose task asks for ``output_pydantic=Fact``."""
+    researcher = researcher_agent(researcher_llm)
+    return Crew(agents=[researcher], tasks=[fact_task(None, output_pydantic=Fact)],
+                process=Process.hierarchical, manager_llm=manager_llm)
+
+
+def guardrail_crew(llm: Any) -> Crew:
+    """A text guardrail: CrewAI checks the answer with a "Guardrail Agent" of its own."""
+    researcher = researcher_agent(llm)
+    task = fact_task(researcher, guardrail="The answer must name a cost or a material.")
+    return Crew(agents=[researcher], tasks=[task])
+
+
+def planning_crew(llm: Any, planning_llm: Any) -> Crew:
+    """``planning=True``: CrewAI's "Task Execution Planner" plans before the task runs."""
+    researcher = researcher_agent(llm)
+    return Crew(agents=[researcher], tasks=[fact_task(researcher)], planning=True,
+                planning_llm=planning_llm)
+
+
+def memory_crew(llm: Any, memory_llm: Any, path: str) -> Crew:
+    """``memory=Memory(...)``: a local LanceDB at ``path`` and a callable embedder."""
+    from crewai.memory.unified_memory import Memory
+
+    memory = Memory(llm=memory_llm, embedder=fixed_embeddings, storage=path)
+    researcher = researcher_agent(llm)
+    return Crew(agents=[researcher], tasks=[fact_task(researcher)], memory=memory)
+
+
+def fixed_embeddings(texts: list[str]) -> list[list[float]]:
+    """A local stand-in for an embedding API: 4 fixed dimensions per text."""
+    return [[0.1 * (i % 7), 0.2, 0.3, 0.4] for i, _ in enumerate(texts)]
+
+
+def single_crew(llm: Any) -> Crew:
+    """One agent, one task: for ``crew.test()`` and ``agent.kickoff()``."""
+    researcher = researcher_agent(llm)
+    return Crew(agents=[researcher], tasks=[fact_task(researcher)])
+
+
+def _permissive() -> BudgetCallback:
+    roles = ("researcher", "writer", "Crew Manager", "crew")
+    return BudgetCallback({"roles": {name: {} for name in roles}}, "memory://")
+
+
+def _invisible(name: str) -> Any:
+    def run() -> None:
+        budget = _permissive()
+        if name == "invisible_stream":
+            out = budget.attach(stream_crew(LLM(model="gpt-4o-mini"))).kickoff()
+            for _chunk in out:
+                pass
+        elif name == "invisible_responses":
+            llm = LLM(model="gpt-4o-mini", api="responses", auto_chain=True)
+            budget.attach(pair_crew(llm, llm)).kickoff()
+        elif name == "invisible_hierarchical":
+            budget.attach(hierarchical_pydantic_crew(LLM(model="gpt-4o-mini"),
+                                                     LLM(model="gpt-4o-mini"))).kickoff()
+        elif name == "invisible_guardrail":
+            budget.attach(guardrail_crew(LLM(model="gpt-4o-mini"))).kickoff()
+        elif name == "invisible_planning":
+            budget.attach(planning_crew(LLM(model="gpt-4o-mini"),
+                                        LLM(model="gpt-4o-mini"))).kickoff()
+        elif name == "invisible_test":
+            budget.attach(single_crew(LLM(model="gpt-4o-mini"))).test(
+                n_iterations=1, eval_llm=LLM(model="gpt-4o-mini"))
+        elif name == "invisible_memory":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                budget.attach(memory_crew(LLM(model="gpt-4o-mini"), LLM(model="gpt-4o-mini"),
+                                          tmp)).kickoff()
+        elif name == "invisible_reasoning":
+            budget.attach(single_crew(LLM(model="gpt-5-nano"))).kickoff()
+        elif name == "invisible_agent_kickoff":
+            agent = single_crew(LLM(model="gpt-4o-mini")).agents[0]
+            budget.attach(agent).kickoff("State one fact about sodium-ion batteries.")
+
+    return run
+
+
+for _name in ("invisible_stream", "invisible_responses", "invisible_hierarchical",
+              "invisible_guardrail", "invisible_planning", "invisible_test",
+              "invisible_agent_kickoff", "invisible_memory", "invisible_reasoning"):
+    SCENARIOS[_name] = _invisible(_name)

@@ -110,7 +110,7 @@ def _load_example() -> Any:
 
 
 def _shape(crew: Any) -> list[Any]:
-    agents = [(a.role, a.goal, a.backstory, a.llm.model, a.llm.limits,
+    agents = [(a.role, a.goal, a.backstory, a.llm.model, getattr(a.llm, "limits", None),
                [t.name for t in a.tools or []]) for a in crew.agents]
     tasks = [(t.description, t.expected_output, t.agent.role) for t in crew.tasks]
     return [agents, tasks, crew.process]

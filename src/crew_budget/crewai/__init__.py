@@ -15,40 +15,37 @@
 
 How the pieces fit CrewAI 1.x (checked against 1.15):
 
-- **Wrapping.** ``LLM("gpt-4o-mini")`` returns a native SDK class, not
-  litellm, so litellm callbacks miss most CrewAI traffic. ``BudgetLLM`` is a
-  ``BaseLLM`` that delegates to any inner ``BaseLLM`` (composition) and runs
-  ``Guard.preflight`` / ``settle`` / ``release`` around each ``call`` and
-  ``acall``, streaming or not. Usage is read per call from the provider's
+- **Invisible.** ``BudgetCallback.attach(crew)`` changes nothing on the
+  crew: agents keep their own LLM objects (no wrapper, no copy), no
+  kickoff callback is added, and a request goes out exactly as CrewAI
+  built it. A call with no output cap reserves the model's maximum output
+  instead of injecting one; a role that sets ``max_output_tokens`` gets
+  that cap sent. ``_gate.py`` explains where calls are caught (CrewAI's
+  execution hooks tell which crew is running; a gate on every ``BaseLLM``
+  class's ``call``/``acall`` reserves, stops and settles each call).
+- **Every call.** Agents' calls are charged to their role; calls CrewAI
+  makes for the crew (the manager's converter, planning, guardrails,
+  memory, the ``crew.test()`` evaluator) to ``crew_role`` (``"crew"``
+  unless ``BudgetCallback(..., crew_role=...)`` or the YAML's
+  ``crew_role:`` names another).
+- **Explicit wrappers.** ``BudgetLLM`` still wraps any ``BaseLLM`` by
+  composition for code that wants inline limits on one LLM; it runs the
+  call on the LLM it wraps (never a copy). Under an attached callback it is
+  bound to the callback's guard (stricter limits win) and its call is
+  reserved once. Usage is read per call from the provider's
   ``_track_token_usage_internal`` (see ``_llm.py`` for why that source).
-- **Plain-LLM agents.** ``BudgetCallback.attach(crew)`` wraps each agent's
-  LLM (and the hierarchical manager's) in a ``BudgetLLM`` bound to the
-  callback's guard. We chose this over CrewAI's before/after-LLM-call hooks
-  and events: a before hook can abort with ``HookAborted`` before any HTTP,
-  but it cannot change the request's ``max_tokens`` without mutating a
-  shared LLM, after hooks are skipped for native tool-call responses and
-  for failed calls (so a reservation could not be settled or released at
-  the right moment), and ``LLMCallCompletedEvent`` is delivered later on a
-  thread pool. Wrapping gives a true pre-call block, the exact usage of that
-  same call, and a settle/release on every exit path.
-- **Charge once.** An agent that already has a ``BudgetLLM`` keeps it; the
-  callback binds it to its own guard and merges its inline limits into the
-  role (stricter wins). One guard, one reservation per call.
 - **Stopping.** A call that does not fit raises ``CrewBudgetExceeded``,
   which is both ``crew_budget.BudgetExceeded`` and CrewAI's
   ``HookAborted``: CrewAI's agents pass ``HookAborted`` through instead of
   retrying (``max_retry_limit``), so ``crew.kickoff()`` raises it after one
   attempt with role, scope, window, limit and spent on it. No HTTP request
   is sent for the blocked call.
-
-Not covered by ``attach``: LLM calls CrewAI makes outside the crew's agents
-(a task's string guardrail built before ``attach``, crew memory's own LLM,
-``planning_llm``). Wrap those LLMs with ``budget.wrap(llm, role=...)``.
 """
 
 from __future__ import annotations
 
 from crew_budget.crewai._callback import BudgetCallback, BudgetSummary, SpendRow
+from crew_budget.crewai._gate import gate_llm_class
 from crew_budget.crewai._llm import BudgetLLM, CrewBudgetExceeded, usage_from_crewai
 from crew_budget.crewai._roles import CrewUnknownRole
 
@@ -59,5 +56,6 @@ __all__ = [
     "CrewBudgetExceeded",
     "CrewUnknownRole",
     "SpendRow",
+    "gate_llm_class",
     "usage_from_crewai",
 ]

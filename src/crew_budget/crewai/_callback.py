@@ -1,13 +1,16 @@
 """``BudgetCallback``: one budget configuration enforced across a whole crew.
 
-``attach(crew)`` puts every LLM the crew's agents call behind the
-callback's guard: an agent whose ``llm`` is a plain CrewAI LLM gets a
-``BudgetLLM`` wrapped around it (role = the agent's role); an agent that
-already has a ``BudgetLLM`` keeps it, and that ``BudgetLLM`` is bound to the
-callback's guard with its inline limits merged in (the stricter wins). Every
-call is therefore reserved once, by one guard. A hierarchical crew's
-``manager_llm`` (or ``manager_agent``) is wrapped the same way; its role is
-the manager agent's (``"Crew Manager"`` unless you bring your own manager).
+``attach(crew)`` budgets every LLM call the crew makes without touching the
+crew: no LLM is replaced or copied, no callback is added (``_gate`` explains
+where the calls are caught). An agent's calls are charged to its role (a
+hierarchical crew's manager to ``"Crew Manager"`` unless you bring your own
+manager); calls made for the crew as a whole (the manager's converter,
+planning, guardrails, memory, the ``crew.test()`` evaluator) to
+``crew_role`` (``"crew"`` by default), which has its own limits when the
+YAML lists that role, and otherwise counts against the crew's and global
+limits. An agent that already has a ``BudgetLLM`` keeps it; that
+``BudgetLLM`` is bound to the callback's guard with its inline limits merged
+in (the stricter wins). Every call is reserved once, by one guard.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 from crewai.llms.base_llm import BaseLLM
 
-from crew_budget.config import BudgetConfig
+from crew_budget.config import DEFAULT_CREW_ROLE, BudgetConfig
+from crew_budget.crewai._gate import gate_everything, register_agent, register_crew, unregister
 from crew_budget.crewai._llm import BudgetLLM
 from crew_budget.crewai._roles import check_crew_roles
 from crew_budget.errors import ConfigError
@@ -34,6 +38,7 @@ from crew_budget.windows import get_tz, span
 __all__ = ["BudgetCallback", "BudgetSummary", "SpendRow"]
 
 _CHARGED = ("settled", "expired", "unguarded")
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,28 +147,48 @@ class BudgetCallback:
         ledger: Ledger | str | None = None,
         *,
         guard: Guard | None = None,
+        crew_role: str | None = None,
     ) -> None:
         if guard is not None and (config is not None or ledger is not None):
             raise ConfigError("BudgetCallback takes guard= or config=/ledger=, not both; "
                               "build the Guard from your config instead", source="BudgetCallback")
+        if crew_role is not None and (not isinstance(crew_role, str) or not crew_role.strip()):
+            raise ConfigError(f"crew_role must be a role name such as 'crew', got {crew_role!r}",
+                              source="BudgetCallback")
         self.guard = guard if guard is not None else Guard(config, ledger)
+        #: The role charged for calls made for the crew rather than for one
+        #: agent: the argument, else the YAML's ``crew_role``, else "crew".
+        self.crew_role: str = crew_role or self.guard.config.crew_role or DEFAULT_CREW_ROLE
+        if self.guard.config.crew_role != self.crew_role:
+            # The config is what the guard resolves roles by: it must know
+            # which name stands for the crew (see BudgetConfig.resolve_role).
+            self.guard.config = self.guard.config.model_copy(
+                update={"crew_role": self.crew_role})
         self._lock = threading.Lock()
-        self._undo: list[tuple[Any, str, Any]] = []
         self._bound: list[BudgetLLM] = []
         self._crews: list[Any] = []
         self._run_started = self.guard.ledger.now()
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], ledger: Ledger | str | None = None
+        cls, path: str | os.PathLike[str], ledger: Ledger | str | None = None,
+        *, crew_role: str | None = None,
     ) -> BudgetCallback:
         """Load the role map and crew limit from a budget YAML file."""
-        return cls(path, ledger)
+        return cls(path, ledger, crew_role=crew_role)
 
     # -- attaching -------------------------------------------------------------
 
     def attach(self, crew: Any) -> Any:
-        """Guard every LLM call of ``crew``'s agents (and manager); returns ``crew``.
+        """Budget every LLM call ``crew`` makes from now on; returns ``crew`` unchanged.
+
+        Nothing on the crew is replaced: agents keep their LLM objects, the
+        crew keeps its callbacks. Calls are caught where CrewAI makes them
+        (see ``_gate``): an agent's calls are charged to its role, calls made
+        for the crew (manager converter, planner, guardrails, memory, the
+        ``crew.test()`` evaluator) to ``crew_role``. Attaching again is a
+        no-op; each call is reserved once. An ``Agent`` may be attached on
+        its own, for ``agent.kickoff()`` outside a crew.
 
         Every agent's role is checked first: if any matches no budget (and
         there is no ``default_role`` / ``unknown_roles: allow``), this raises
@@ -171,72 +196,60 @@ class BudgetCallback:
         """
         check_crew_roles(self.guard.config, crew)
         with self._lock:
-            for agent in list(getattr(crew, "agents", []) or []):
-                self._guard_agent(agent)
-            manager = getattr(crew, "manager_agent", None)
-            if manager is not None:
-                self._guard_agent(manager)
-            if getattr(crew, "manager_llm", None) is not None:
-                # Role None: the manager agent CrewAI builds at kickoff names it.
-                self._swap(crew, "manager_llm", role=None)
-            callbacks = getattr(crew, "before_kickoff_callbacks", None)
-            if isinstance(callbacks, list) and self._on_kickoff not in callbacks:
-                callbacks.append(self._on_kickoff)
-            self._crews.append(crew)
+            gate_everything()
+            if hasattr(crew, "agents"):
+                register_crew(crew, self)
+                agents = list(getattr(crew, "agents", None) or [])
+                manager = getattr(crew, "manager_agent", None)
+                if manager is not None:
+                    agents.append(manager)
+                for agent in agents:
+                    self._attach_agent(agent)
+                for attr in ("manager_llm", "planning_llm", "function_calling_llm"):
+                    llm = getattr(crew, attr, None)
+                    if isinstance(llm, BudgetLLM):
+                        self._bind(llm)
+            else:
+                self._attach_agent(crew)
+            if not any(c is crew for c in self._crews):
+                self._crews.append(crew)
         return crew
+
+    def _attach_agent(self, agent: Any) -> None:
+        register_agent(agent, self)
+        for attr in ("llm", "function_calling_llm"):
+            llm = getattr(agent, attr, None)
+            if isinstance(llm, BudgetLLM):
+                # The user's own BudgetLLM keeps reserving its calls (once),
+                # through this callback's guard with its inline limits merged.
+                self._bind(llm)
+
+    def _bind(self, llm: BudgetLLM) -> None:
+        llm.bind(self.guard, self.crew_role)
+        if not any(b is llm for b in self._bound):
+            self._bound.append(llm)
 
     def wrap(self, llm: BaseLLM | str, role: str | None = None) -> BudgetLLM:
         """A ``BudgetLLM`` around ``llm`` that uses this callback's guard."""
         if isinstance(llm, BudgetLLM):
-            llm.bind(self.guard)
-            self._bound.append(llm)
+            self._bind(llm)
             return llm
-        return BudgetLLM(llm=llm, role=role, guard=self.guard)
+        wrapped = BudgetLLM(llm=llm, role=role, guard=self.guard)
+        wrapped.bind(self.guard, self.crew_role)
+        return wrapped
 
     def detach(self) -> None:
-        """Undo ``attach``: original LLMs back, inline-limit BudgetLLMs unbound."""
+        """Stop budgeting the attached crews; inline-limit BudgetLLMs unbound."""
         with self._lock:
-            for obj, attr, original in reversed(self._undo):
-                setattr(obj, attr, original)
+            unregister(self)
             for llm in self._bound:
                 llm.unbind()
-            for crew in self._crews:
-                callbacks = getattr(crew, "before_kickoff_callbacks", None)
-                if isinstance(callbacks, list) and self._on_kickoff in callbacks:
-                    callbacks.remove(self._on_kickoff)
-            self._undo.clear()
             self._bound.clear()
             self._crews.clear()
 
-    def _guard_agent(self, agent: Any) -> None:
-        role = str(agent.role)
-        self._swap(agent, "llm", role=role)
-        if getattr(agent, "function_calling_llm", None) is not None:
-            self._swap(agent, "function_calling_llm", role=role)
-
-    def _swap(self, obj: Any, attr: str, role: str | None) -> None:
-        current = getattr(obj, attr, None)
-        if isinstance(current, BudgetLLM):
-            current.bind(self.guard)
-            self._bound.append(current)
-            return
-        if current is None or isinstance(current, str):
-            from crewai.utilities.llm_utils import create_llm
-
-            current_llm = create_llm(current)
-        else:
-            current_llm = current
-        if not isinstance(current_llm, BaseLLM):
-            raise TypeError(
-                f"{type(obj).__name__}.{attr} is {type(current_llm).__name__}, not a CrewAI "
-                "BaseLLM; crew-budget can only guard CrewAI LLMs"
-            )
-        setattr(obj, attr, BudgetLLM(llm=current_llm, role=role, guard=self.guard))
-        self._undo.append((obj, attr, current))
-
-    def _on_kickoff(self, inputs: Any) -> Any:
+    def _run_began(self) -> None:
+        """An attached crew's kickoff started (CrewAI's EXECUTION_START hook)."""
         self._run_started = self.guard.ledger.now()
-        return inputs
 
     # -- reading -----------------------------------------------------------------
 

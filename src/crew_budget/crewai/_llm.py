@@ -5,14 +5,27 @@ factory returns native SDK classes (``OpenAICompletion``,
 ``AnthropicCompletion``, ...) or the litellm-backed ``LLM``, so the only
 shape that wraps all of them is a ``BaseLLM`` that delegates to an inner one.
 
-One call, in order (``call`` and ``acall`` alike)::
+One call, in order (``call`` and ``acall`` alike; ``guarded`` below is the
+same step for a plain LLM that ``BudgetCallback`` gates in place)::
 
-    guard.preflight(role, model, messages, tools, the request's own cap)
+    guard.preflight(role, model, messages, tools, the request's own cap
+                    or guard.output_reservation(role, model))
       -> CrewBudgetExceeded (a HookAborted: CrewAI stops, no retry, no HTTP)
-    inner.call(...) on a copy of the inner LLM whose cap field holds
-      ticket.max_tokens when the request had no cap of its own
+    inner.call(...) on the inner LLM itself (never a copy), the request
+      unchanged; with no cap of its own the model's maximum output is
+      reserved, and only a role's configured max_output_tokens is sent
     guard.settle(ticket, the usage the provider reported for this call)
       or guard.release(ticket) when the provider never billed it
+
+Why no copy and no default cap: state a call writes (CrewAI's token
+counters, a Responses API ``last_response_id``, a custom class's own
+counters) must land on the user's object, and a request must go out as the
+user built it: an injected cap changes the body (caches and servers keyed
+on it see another request) and truncates models that need more (reasoning
+models spend thousands of output tokens thinking). The price is a larger
+reservation per call (gpt-4o-mini: 16,384 output tokens, about $0.0098)
+until the call settles at its actual cost; a role that sets
+``max_output_tokens`` gets smaller reservations and that cap sent.
 
 Where the actual usage comes from: every CrewAI provider (native OpenAI,
 Anthropic, Gemini, Azure, Bedrock, and the litellm ``LLM``) hands each
@@ -203,6 +216,9 @@ def _user_cap(llm: BaseLLM) -> int | None:
     """
     for name in _CAP_FIELDS:
         value = getattr(llm, name, None) if name in type(llm).model_fields else None
+        overridden, original = _original_cap(llm, name)
+        if overridden:  # another call of ours is sending a cap through this field
+            value = original
         if value is None:
             value = llm.additional_params.get(name)
         if value is None:
@@ -276,10 +292,10 @@ class BudgetLLM(BaseLLM):
     attached to the crew, the call goes through the callback's guard instead,
     with these inline limits merged in: one reservation per call, never two.
 
-    Configure the inner LLM before wrapping it; the wrapper never mutates it.
-    When the request has no output cap, the role's cap is sent through a
-    private copy of the inner LLM (one per cap value), so a shared LLM
-    object is left alone and concurrent calls cannot see each other's cap.
+    Calls run on the inner LLM itself, so its token counters and any state
+    it keeps are the user's. The request is sent as built; only a role's
+    configured ``max_output_tokens`` is sent as the cap (set on the inner
+    LLM's own cap field for the length of the call, then restored).
     """
 
     llm_type: str = "crew_budget"
@@ -291,7 +307,7 @@ class BudgetLLM(BaseLLM):
     _guard_args: tuple[Any, Any] | None = PrivateAttr(default=None)
     _bound_guard: Guard | None = PrivateAttr(default=None)
     _limits: dict[str, Any] = PrivateAttr(default_factory=dict)
-    _variants: dict[tuple[str, int], BaseLLM] = PrivateAttr(default_factory=dict)
+    _crew_role: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
@@ -388,13 +404,19 @@ class BudgetLLM(BaseLLM):
         if self._limits and self.role:
             guard.limit_role(self.role, **self._limits)
 
-    def bind(self, guard: Guard) -> None:
-        """Route calls through ``guard`` (a ``BudgetCallback``'s), inline limits merged."""
+    def bind(self, guard: Guard, crew_role: str | None = None) -> None:
+        """Route calls through ``guard`` (a ``BudgetCallback``'s), inline limits merged.
+
+        ``crew_role`` names the role a role-less ``BudgetLLM`` is charged to when
+        CrewAI calls it without an agent (a manager's converter, a planner).
+        """
         self._apply_limits(guard)
         self._bound_guard = guard
+        self._crew_role = crew_role
 
     def unbind(self) -> None:
         self._bound_guard = None
+        self._crew_role = None
 
     # -- what CrewAI asks of an LLM ------------------------------------------
 
@@ -430,7 +452,7 @@ class BudgetLLM(BaseLLM):
         return self._inner.get_file_uploader()
 
     def get_token_usage_summary(self) -> UsageMetrics:
-        # The cap copies share the inner's counter dict, so this is the total.
+        # Every call runs on the inner LLM itself, so its counters are the total.
         return self._inner.get_token_usage_summary()
 
     def to_config_dict(self) -> dict[str, Any]:
@@ -467,8 +489,8 @@ class BudgetLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
-        with self._guarded(messages, tools, from_task, from_agent, response_model) as variant:
-            return variant.call(
+        with self._guarded(messages, tools, from_task, from_agent, response_model):
+            return self._inner.call(
                 messages, tools=tools, callbacks=callbacks,
                 available_functions=available_functions, from_task=from_task,
                 from_agent=from_agent, response_model=response_model,
@@ -484,105 +506,155 @@ class BudgetLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
-        with self._guarded(messages, tools, from_task, from_agent, response_model) as variant:
-            return await variant.acall(
+        with self._guarded(messages, tools, from_task, from_agent, response_model):
+            return await self._inner.acall(
                 messages, tools=tools, callbacks=callbacks,
                 available_functions=available_functions, from_task=from_task,
                 from_agent=from_agent, response_model=response_model,
             )
 
-    @contextlib.contextmanager
     def _guarded(
         self, messages: Any, tools: Any, from_task: Any, from_agent: Any, response_model: Any
-    ) -> Iterator[BaseLLM]:
-        """Reserve, run the inner call (sync or async) with usage capture, settle.
-
-        One body for ``call`` and ``acall``: the reservation is settled from the
-        captured usage, or released/charged on failure, on every exit path.
-        """
-        guard, ticket, variant = self._reserve(messages, tools, from_task, from_agent,
-                                               response_model)
-        capture = _Capture(variant)
-        token = _CAPTURE.set(capture)
-        try:
-            with self._overrides(variant), covering(ticket):
-                yield variant
-        except BaseException as exc:
-            _CAPTURE.reset(token)
-            _finish_failed(guard, ticket, capture, exc)
-            raise
-        _CAPTURE.reset(token)
-        _finish(guard, ticket, capture)
+    ) -> contextlib.AbstractContextManager[None]:
+        """Reserve, run the inner call in place, settle (see ``guarded``)."""
+        return guarded(
+            self._inner, self.guard, self._role_for(from_agent), messages, tools, from_task,
+            response_model, stop=list(self.stop_sequences), stream=self._effective_stream(),
+        )
 
     def _role_for(self, from_agent: Any) -> str:
-        role = self.role or getattr(from_agent, "role", None)
+        role = self.role or getattr(from_agent, "role", None) or self._crew_role
         if not role:
             raise ConfigError(
                 "this BudgetLLM has no role and was called without an agent; pass "
-                "BudgetLLM(role='researcher', ...) or use it as an Agent's llm",
+                "BudgetLLM(role='researcher', ...), use it as an Agent's llm, or attach a "
+                "BudgetCallback (its crew_role takes calls made for the whole crew)",
                 source="BudgetLLM",
             )
         return str(role)
 
-    def _reserve(
-        self, messages: Any, tools: Any, from_task: Any, from_agent: Any, response_model: Any
-    ) -> tuple[Guard, Ticket, BaseLLM]:
-        guard = self.guard
-        role = self._role_for(from_agent)
-        metadata: dict[str, Any] = {"framework": "crewai"}
-        task_name = getattr(from_task, "name", None)
-        if task_name:
-            metadata["task"] = str(task_name)
-        try:
-            ticket = guard.preflight(
-                role,
-                self.model,
-                _as_messages(messages),
-                _as_tools(tools),
-                _user_cap(self._inner),
-                metadata,
-                extra=_extra(self._inner, response_model),
-            )
-        except BudgetExceeded as exc:
-            raise CrewBudgetExceeded.from_exceeded(exc) from None
-        except UnknownRoleError as exc:  # a native stop too: not retried, nothing sent
-            from crew_budget.crewai._roles import CrewUnknownRole
 
-            raise CrewUnknownRole.from_error(exc) from None
-        try:
-            variant = self._variant(ticket.max_tokens)
-        except BaseException:
-            guard.release(ticket)
-            raise
-        return guard, ticket, variant
+# -- one guarded call, on the caller's own LLM -------------------------------------
 
-    def _variant(self, cap: int | None) -> BaseLLM:
-        """The inner LLM, or a copy of it that sends ``cap`` as its output limit."""
-        if cap is None:
-            return self._inner
-        key = (_cap_field(self._inner), int(cap))
-        variant = self._variants.get(key)
-        if variant is None:
-            with self._lock:
-                variant = self._variants.get(key)
-                if variant is None:
-                    # Shallow copy: shares the SDK clients and CrewAI's token
-                    # counters with the inner LLM; only the cap differs.
-                    variant = self._inner.model_copy(update={key[0]: key[1]})
-                    self._variants[key] = variant
-        return variant
+_COVERED: ContextVar[frozenset[int]] = ContextVar("crew_budget_crewai_covered",
+                                                  default=frozenset())
 
-    @contextlib.contextmanager
-    def _overrides(self, variant: BaseLLM) -> Iterator[None]:
-        """Forward the call-scoped stop words and streaming CrewAI set on us."""
+
+def is_covered(llm: Any) -> bool:
+    """Is a call of ``llm`` already reserved in this context (a nested/super() call)?"""
+    return id(llm) in _COVERED.get()
+
+
+@contextlib.contextmanager
+def guarded(
+    llm: BaseLLM,
+    guard: Guard,
+    role: str,
+    messages: Any,
+    tools: Any,
+    from_task: Any,
+    response_model: Any,
+    *,
+    stop: list[str] | None = None,
+    stream: bool | None = None,
+) -> Iterator[None]:
+    """Reserve one call of ``llm`` (the user's own object), run it, settle it.
+
+    Nothing about the call changes: the request goes out through ``llm``
+    itself, so everything it records (CrewAI's token counters, a Responses
+    API ``last_response_id``, a custom class's own counters) lands on the
+    user's object. With no output cap on the request, the guard reserves the
+    model's maximum output and nothing is injected; only a role that sets
+    ``max_output_tokens`` gets that cap sent (``_sent_cap``). The usage the
+    provider reports for this very call (the ``_track_token_usage_internal``
+    tap) settles the reservation; a failure releases it, or charges it when
+    the provider may have billed. ``stop``/``stream`` forward the call-scoped
+    overrides CrewAI set on a ``BudgetLLM`` to the LLM it wraps.
+    """
+    metadata: dict[str, Any] = {"framework": "crewai"}
+    task_name = getattr(from_task, "name", None)
+    if task_name:
+        metadata["task"] = str(task_name)
+    model = str(llm.model)
+    cap = _user_cap(llm)
+    try:
+        if cap is None:  # reserve the model's maximum; a role's own cap is still sent
+            cap = guard.output_reservation(role, model)
+        ticket = guard.preflight(
+            role, model, _as_messages(messages), _as_tools(tools), cap, metadata,
+            extra=_extra(llm, response_model), provider=_provider(llm),
+        )
+    except BudgetExceeded as exc:
+        raise CrewBudgetExceeded.from_exceeded(exc) from None
+    except UnknownRoleError as exc:  # a native stop too: not retried, nothing sent
+        from crew_budget.crewai._roles import CrewUnknownRole
+
+        raise CrewUnknownRole.from_error(exc) from None
+    _install_tap(type(llm))
+    capture = _Capture(llm)
+    token = _CAPTURE.set(capture)
+    covered = _COVERED.set(_COVERED.get() | {id(llm)})
+    try:
         with contextlib.ExitStack() as stack:
-            stops = self.stop_sequences
-            if stops or variant.stop:
-                stack.enter_context(call_stop_override(variant, list(stops)))
-            stream = self._effective_stream()
+            if ticket.max_tokens is not None:
+                stack.enter_context(_sent_cap(llm, int(ticket.max_tokens)))
+            if stop or (stop is not None and llm.stop):
+                stack.enter_context(call_stop_override(llm, list(stop)))
             if stream is not None:
-                stack.enter_context(call_stream_override(variant, bool(stream)))
+                stack.enter_context(call_stream_override(llm, bool(stream)))
+            stack.enter_context(covering(ticket))
             yield
+    except BaseException as exc:
+        _COVERED.reset(covered)
+        _CAPTURE.reset(token)
+        _finish_failed(guard, ticket, capture, exc)
+        raise
+    _COVERED.reset(covered)
+    _CAPTURE.reset(token)
+    _finish(guard, ticket, capture)
+
+
+# A configured cap is sent by setting the LLM's own cap field for the length
+# of the call, then restoring it: no copy of the user's LLM. Calls in flight
+# on one instance at once send the smallest of their caps (never more than
+# any of them reserved).
+_CAP_LOCK = threading.Lock()
+_CAP_STATE: dict[int, tuple[str, Any, list[int]]] = {}
+
+
+def _original_cap(llm: Any, name: str) -> tuple[bool, Any]:
+    with _CAP_LOCK:
+        state = _CAP_STATE.get(id(llm))
+    if state is not None and state[0] == name:
+        return True, state[1]
+    return False, None
+
+
+@contextlib.contextmanager
+def _sent_cap(llm: BaseLLM, cap: int) -> Iterator[None]:
+    name = _cap_field(llm)
+    if name not in type(llm).model_fields:
+        log.warning("crew-budget: %s has no output-cap field; the configured cap %d is "
+                    "reserved but cannot be sent", type(llm).__name__, cap)
+        yield
+        return
+    key = id(llm)
+    with _CAP_LOCK:
+        state = _CAP_STATE.get(key)
+        if state is None:
+            state = _CAP_STATE[key] = (name, getattr(llm, name), [])
+        state[2].append(cap)
+        setattr(llm, name, min(state[2]))
+    try:
+        yield
+    finally:
+        with _CAP_LOCK:
+            state[2].remove(cap)
+            if state[2]:
+                setattr(llm, name, min(state[2]))
+            else:
+                setattr(llm, name, state[1])
+                del _CAP_STATE[key]
 
 
 def _build_inner(llm: BaseLLM | str | None, model: str | None, kwargs: dict[str, Any]) -> BaseLLM:
@@ -632,14 +704,33 @@ def _as_tools(tools: Any) -> list[Mapping[str, Any]] | None:
 
 
 def _extra(inner: BaseLLM, response_model: Any) -> dict[str, Any] | None:
+    """Request parameters the price depends on: a structured-output schema
+    (prompt tokens), ``n`` completions (each may use the whole output cap) and
+    the service tier (priority/flex rates)."""
+    extra: dict[str, Any] = {}
+    n = getattr(inner, "n", None)
+    if type(n) is int and n > 1:
+        extra["n"] = n
+    tier = getattr(inner, "service_tier", None)
+    if isinstance(tier, str):
+        extra["service_tier"] = tier
     schema_source = response_model or getattr(inner, "response_format", None)
-    if schema_source is None:
-        return None
-    schema_fn: Callable[[], Any] | None = getattr(schema_source, "model_json_schema", None)
-    if callable(schema_fn):
-        return {"response_format": schema_fn()}
-    if isinstance(schema_source, Mapping):
-        return {"response_format": dict(schema_source)}
+    if schema_source is not None:
+        schema_fn: Callable[[], Any] | None = getattr(schema_source, "model_json_schema", None)
+        if callable(schema_fn):
+            extra["response_format"] = schema_fn()
+        elif isinstance(schema_source, Mapping):
+            extra["response_format"] = dict(schema_source)
+    return extra or None
+
+
+def _provider(inner: BaseLLM) -> str | None:
+    """Where the call goes, for the price list (an OpenAI-compatible host's
+    base URL beats the provider name: OpenRouter and Groq bill their own)."""
+    for attr in ("base_url", "api_base", "provider"):
+        value = getattr(inner, attr, None)
+        if isinstance(value, str) and value:
+            return value
     return None
 
 
