@@ -96,12 +96,9 @@ Calibration
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -109,13 +106,52 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from itertools import islice
 from operator import eq, is_
-from types import MappingProxyType
 from typing import Any
 
-from crew_budget import images, tokens
+from crew_budget import tokens
+from crew_budget.estimate import images
+from crew_budget.estimate.anthropic import (
+    _ANTHROPIC_FALLBACK_FACTOR,
+    _ANTHROPIC_TEXT_FACTOR,
+    _CLAUDE_47_TOKENIZER,
+    _CLAUDE_TOOL_PROMPT,
+    _CLAUDE_TOOL_PROMPT_UNKNOWN,
+    _PDF_PAGE_TOKENS,
+    _SERVER_TOOL_TOKENS,
+    _THINKING_PROMPT,
+    _UNKNOWN_DOCUMENT_TOKENS,
+    _claude_version,
+    _looks_anthropic,
+    _pdf_pages,
+    _thinking_enabled,
+)
+from crew_budget.estimate.compat import (
+    _APPROX_DEFAULT,
+    _APPROX_FAMILIES,
+    _APPROX_TOOL_PREAMBLE,
+    _TIKTOKEN_NAMES,
+)
+from crew_budget.estimate.memo import (
+    _CONVO_SIZE,
+    _MEMO_SIZE,
+    _NO_EXTRA,
+    _freeze,
+    _memoizable,
+    _Uncacheable,
+)
+from crew_budget.estimate.memo import (
+    _MEMO_CHARS as _MEMO_CHARS,  # re-exported for tests/test_estimate_memo.py
+)
+from crew_budget.estimate.openai import (
+    _args,
+    _as_function,
+    _is_openai_name,
+    _openai_encoding,
+    render_functions,
+)
 from crew_budget.pricing import Price
 
-__all__ = ["COMPLETION_KEYS", "Estimate", "Estimator", "billed_completions"]
+__all__ = ["COMPLETION_KEYS", "Estimate", "Estimator", "billed_completions", "render_functions"]
 
 # How many completions one request generates, and so bills output for:
 # - OpenAI chat ``n``: "How many chat completion choices to generate for each
@@ -156,76 +192,6 @@ def billed_completions(extra: Mapping[str, Any] | None) -> int:
 
 log = logging.getLogger("crew_budget")
 
-# -- model families ---------------------------------------------------------
-
-_ANTHROPIC_TEXT_FACTOR = 1.10
-_ANTHROPIC_FALLBACK_FACTOR = 1.25  # cl100k_base when `tokenizers` is missing
-_CLAUDE_47_TOKENIZER = 1.35  # Opus 4.7+: "1.0-1.35x as many tokens"
-
-# name substring -> (tiktoken encoding, factor). Documented approximations
-# (vocabulary size and family), corrected per model by calibration.
-_APPROX_FAMILIES: tuple[tuple[str, str, float], ...] = (
-    ("gpt-oss", "o200k_base", 1.05),  # o200k_harmony vocabulary
-    ("gemini", "o200k_base", 1.15),  # 256k SentencePiece vocabulary
-    ("gemma", "o200k_base", 1.15),
-    ("llama", "cl100k_base", 1.05),  # Llama 3: 128k tiktoken-style BPE
-    ("qwen", "cl100k_base", 1.05),
-    ("qwq", "cl100k_base", 1.05),
-    ("deepseek", "cl100k_base", 1.10),
-    ("mistral", "cl100k_base", 1.20),
-    ("mixtral", "cl100k_base", 1.20),
-    ("stral", "cl100k_base", 1.20),  # codestral, ministral, devstral, magistral
-    ("pixtral", "cl100k_base", 1.20),
-    ("command", "cl100k_base", 1.15),
-    ("grok", "cl100k_base", 1.15),
-)
-_APPROX_DEFAULT = ("cl100k_base", 1.25)
-_TIKTOKEN_NAMES = ("o200k_base", "cl100k_base", "o200k_harmony", "p50k_base", "r50k_base")
-
-# Anthropic "Tool use overview > Pricing": tool-use system prompt tokens for
-# (auto|none, any|tool). Keyed by (tier, major, minor); tier "" = any tier.
-_CLAUDE_TOOL_PROMPT: dict[tuple[str, int, int], tuple[int, int]] = {
-    ("opus", 5, 0): (286, 406),
-    ("sonnet", 5, 0): (354, 474),
-    ("opus", 4, 8): (290, 410),
-    ("opus", 4, 7): (675, 804),
-    ("", 4, 6): (497, 589),
-    ("", 4, 5): (496, 588),
-    ("opus", 4, 1): (346, 315),
-    ("", 4, 0): (346, 315),
-    ("", 3, 7): (346, 313),
-    ("", 3, 5): (346, 313),
-    ("haiku", 3, 5): (264, 355),
-    ("opus", 3, 0): (530, 281),
-    ("sonnet", 3, 0): (159, 235),
-    ("haiku", 3, 0): (264, 340),
-}
-_CLAUDE_TOOL_PROMPT_UNKNOWN = (675, 804)  # the largest documented: over, not under
-_SERVER_TOOL_TOKENS = 1000  # bash 245, text editor 700, computer 735 (+ system prompt)
-_PDF_PAGE_TOKENS = 3000
-_UNKNOWN_DOCUMENT_TOKENS = 10 * _PDF_PAGE_TOKENS
-_APPROX_TOOL_PREAMBLE = 60
-# Extended thinking adds hidden prompt text: Anthropic's token-counting docs
-# bill 88 tokens for a thinking-enabled request whose text is 40 tokens
-# (claude-opus-4); after framing that leaves ~30.
-_THINKING_PROMPT = 30
-
-_CLAUDE_RE = re.compile(
-    r"claude-(?:(?P<t1>opus|sonnet|haiku)-(?P<a1>\d+)(?:[-.](?P<b1>\d{1,2}))?(?!\d)"
-    r"|(?P<a2>\d+)(?:[-.](?P<b2>\d{1,2}))?-(?P<t2>opus|sonnet|haiku))"
-)
-
-
-def _claude_version(name: str) -> tuple[str, int, int] | None:
-    match = _CLAUDE_RE.search(name)
-    if match is None:
-        return None
-    tier = match.group("t1") or match.group("t2") or ""
-    major = int(match.group("a1") or match.group("a2"))
-    minor = int(match.group("b1") or match.group("b2") or 0)
-    return tier, major, minor
-
-
 @dataclass(frozen=True, slots=True)
 class _Scheme:
     """How one model is counted. ``key`` prefixes its cache entries."""
@@ -245,20 +211,6 @@ class _Scheme:
 def _bare(model: str) -> str:
     return model.lower().rsplit("/", 1)[-1]
 
-
-def _is_openai_name(name: str) -> bool:
-    if name.startswith("gpt-oss"):
-        return False
-    return name.startswith(("gpt-", "o1", "o3", "o4", "chatgpt-", "computer-use", "ft:gpt",
-                            "codex-"))
-
-
-def _openai_encoding(name: str) -> str:
-    if name.startswith(("gpt-3.5", "gpt-35")) or (
-        name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5"))
-    ):
-        return "cl100k_base"
-    return "o200k_base"
 
 
 def _make_scheme(model: str, price: Price) -> _Scheme:
@@ -315,59 +267,10 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
                    policy, 4, 3, generic=generic)
 
 
-# -- cache keys -------------------------------------------------------------
-
-_INLINE = 256
-_DICT = object()  # marks a frozen mapping, so {"a": 1} != [("a", 1)]
-
-
-class _Uncacheable(Exception):
-    pass
-
-
-_MEMO_SIZE = 512
-_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
-_CONVO_SIZE = 64
-_MEMO_CHARS = 16384
-
-
-def _memoizable(msg: dict[Any, Any]) -> bool:
-    """Only scalar values (a copy compares equal only while they are unchanged), small."""
-    size = 0
-    for v in msg.values():
-        kind = type(v)
-        if kind is str:
-            size += len(v)
-        elif v is not None and kind not in (int, float, bool):
-            return False
-    return size <= _MEMO_CHARS
-
-
 def _schema_format(extra: Mapping[str, Any]) -> bool:
     """Does the request carry a structured-output schema (which adds prompt tokens)?"""
     fmt = extra.get("response_format") or extra.get("output_format")
     return isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object")
-
-
-def _freeze(value: Any) -> Any:
-    kind = type(value)
-    if kind is str:
-        if len(value) <= _INLINE:
-            return value
-        return ("#", len(value), hash(value), value[:32], value[-32:])
-    # Fast paths for plain JSON-like data (ABC isinstance checks are slow).
-    if kind is dict:
-        return (_DICT, *[(k, v if type(v) is str and len(v) <= _INLINE else _freeze(v))
-                         for k, v in value.items()])
-    if kind is list:
-        return tuple([_freeze(v) for v in value])
-    if value is None or kind in (int, float, bool):
-        return value
-    if isinstance(value, Mapping):
-        return (_DICT, *[(k, _freeze(v)) for k, v in value.items()])
-    if isinstance(value, (list, tuple)):
-        return tuple([_freeze(v) for v in value])
-    raise _Uncacheable
 
 
 # -- the estimator ------------------------------------------------------------
@@ -950,12 +853,6 @@ def _as_message(message: Any) -> Mapping[str, Any]:
     return out
 
 
-def _args(fn: Mapping[str, Any]) -> str:
-    args = fn.get("arguments", fn.get("args", fn.get("input", "")))
-    if isinstance(args, str):
-        return args
-    return json.dumps(args, separators=(",", ":"), ensure_ascii=False, default=str)
-
 
 def _image_block_source(part: Mapping[str, Any]) -> str | None:
     source = part.get("source")
@@ -971,145 +868,8 @@ def _image_block_source(part: Mapping[str, Any]) -> str | None:
     return url if isinstance(url, str) and url.startswith("data:") else None
 
 
-_PAGE_RE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
-_COUNT_RE = re.compile(rb"/Count\s+(\d+)")
-
-
-def _pdf_pages(data: str) -> int:
-    """Pages of a base64 PDF (or data URL): ``/Type /Page`` objects, else ``/Count``."""
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        return 0
-    if not raw.startswith(b"%PDF"):
-        return 0
-    pages = len(_PAGE_RE.findall(raw))
-    if pages:
-        return pages
-    counts = [int(c) for c in _COUNT_RE.findall(raw)]
-    return max(counts) if counts else 0
-
-
-_ANTHROPIC_BLOCKS = frozenset({"tool_use", "tool_result", "image", "document", "thinking",
-                               "redacted_thinking"})
-
-
-def _looks_anthropic(messages: Sequence[Any], tools: Sequence[Any] | None, system: Any) -> bool:
-    """An Anthropic messages request: separate ``system``, ``input_schema`` tools
-    or Anthropic content blocks."""
-    if system:
-        return True
-    if any(isinstance(t, Mapping) and "input_schema" in t for t in tools or ()):
-        return True
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, Mapping) and block.get("type") in _ANTHROPIC_BLOCKS:
-                    return True
-    return False
-
-
-def _thinking_enabled(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        return value.get("type") not in (None, "disabled")
-    return bool(value)
-
 
 def _bytes_over_two(text: str) -> int:
     return len(text.encode("utf-8")) // 2 + 1
 
 
-# -- tool definitions as the model sees them --------------------------------
-
-
-def _as_function(tool: Any) -> dict[str, Any] | None:
-    """``{name, description, parameters}`` from an OpenAI tool, a legacy function
-    or an Anthropic tool; ``None`` for server tools (bash, computer use, ...)."""
-    if not isinstance(tool, Mapping):
-        name = getattr(tool, "name", None)
-        if isinstance(name, str):
-            schema = getattr(tool, "args_schema", None)
-            params: Any = {}
-            if schema is not None and hasattr(schema, "model_json_schema"):
-                params = schema.model_json_schema()
-            return {"name": name, "description": str(getattr(tool, "description", "") or ""),
-                    "parameters": params}
-        return {"name": str(tool), "description": "", "parameters": {}}
-    if isinstance(tool.get("function"), Mapping):
-        return dict(tool["function"])
-    if "input_schema" in tool:
-        return {"name": tool.get("name", ""), "description": tool.get("description", ""),
-                "parameters": tool.get("input_schema")}
-    if "parameters" in tool or ("name" in tool and tool.get("type") in (None, "function",
-                                                                          "custom")):
-        return {"name": tool.get("name", ""), "description": tool.get("description", ""),
-                "parameters": tool.get("parameters") or {}}
-    return None
-
-
-def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
-    """Function definitions in the TypeScript namespace OpenAI renders them as."""
-    lines = ["namespace functions {", ""]
-    for fn in functions:
-        description = str(fn.get("description") or "")
-        for line in description.splitlines() or ([description] if description else []):
-            lines.append(f"// {line}")
-        params = fn.get("parameters") or {}
-        properties = params.get("properties") if isinstance(params, Mapping) else None
-        name = fn.get("name", "")
-        if properties:
-            lines.append(f"type {name} = (_: {{")
-            lines.append(_ts_object(params, 0))
-            lines.append("}) => any;")
-        else:
-            lines.append(f"type {name} = () => any;")
-        lines.append("")
-    lines.append("} // namespace functions")
-    return "\n".join(lines)
-
-
-def _ts_object(schema: Mapping[str, Any], indent: int) -> str:
-    properties = schema.get("properties") or {}
-    required = schema.get("required") or ()
-    pad = " " * indent
-    lines: list[str] = []
-    for key, value in properties.items():
-        prop: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
-        description = prop.get("description")
-        if description:
-            lines.extend(f"{pad}// {line}" for line in str(description).splitlines())
-        optional = "" if key in required else "?"
-        lines.append(f"{pad}{key}{optional}: {_ts_type(prop, indent)},")
-    return "\n".join(lines)
-
-
-def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
-    if "enum" in prop:
-        return " | ".join(json.dumps(v, ensure_ascii=False) for v in prop["enum"])
-    if "const" in prop:
-        return json.dumps(prop["const"], ensure_ascii=False)
-    for union in ("anyOf", "oneOf"):
-        if isinstance(prop.get(union), list):
-            return " | ".join(_ts_type(p, indent) for p in prop[union] if isinstance(p, Mapping))
-    kind = prop.get("type")
-    if isinstance(kind, list):
-        return " | ".join(_ts_type({**prop, "type": k}, indent) for k in kind)
-    if kind == "string":
-        return "string"
-    if kind in ("integer", "number"):
-        return "number"
-    if kind == "boolean":
-        return "boolean"
-    if kind == "null":
-        return "null"
-    if kind == "array":
-        items = prop.get("items")
-        return f"{_ts_type(items, indent) if isinstance(items, Mapping) else 'any'}[]"
-    if kind == "object" or "properties" in prop:
-        if not prop.get("properties"):
-            return "object"
-        return "{\n" + _ts_object(prop, indent + 2) + "\n" + " " * indent + "}"
-    return "any"
