@@ -143,11 +143,15 @@ from crew_budget.estimate.memo import (
     _MEMO_CHARS as _MEMO_CHARS,  # re-exported for tests/test_estimate_memo.py
 )
 from crew_budget.estimate.openai import (
+    ASSISTANT_FRAMING,
     _args,
     _as_function,
     _is_openai_name,
     _openai_encoding,
     render_functions,
+    tool_calls_tokens,
+    tool_preamble,
+    uses_channels,
 )
 from crew_budget.pricing import Price
 
@@ -206,6 +210,7 @@ class _Scheme:
     reply: int
     tool_prompt: tuple[int, int] = (0, 0)
     generic: bool = False  # no provider, name or hint decided the format
+    channels: bool = False  # renders harmony channels around tool calls (gpt-5)
 
 
 def _bare(model: str) -> str:
@@ -251,8 +256,9 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
     ):
         encoding = hint if hint in _TIKTOKEN_NAMES else _openai_encoding(name)
         policy = images.openai_policy(name)
-        return _Scheme(("openai", encoding, policy.key), "openai", encoding, 1.0, True, policy,
-                       3, 3)
+        preamble = tool_preamble(name)
+        return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
+                       policy, 3, 3, (preamble, preamble), channels=uses_channels(name))
     encoding, factor = _APPROX_DEFAULT
     generic = hint is None and price.provider == "other"
     for fragment, enc, fam_factor in _APPROX_FAMILIES:
@@ -644,11 +650,17 @@ class Estimator:
                 fixed += f
             elif key == "role":
                 # Claude's per-message framing already includes the turn marker.
-                if scheme.kind != "anthropic":
+                if scheme.kind != "anthropic" and not (scheme.kind == "openai" and value == "tool"):
                     text += count(str(value))
             elif key == "name":
                 text += count(str(value))
                 fixed += 1
+            elif key == "tool_calls" and scheme.kind == "openai":
+                t, f = tool_calls_tokens(count, value, channels=scheme.channels)
+                text += t
+                fixed += f
+                if not msg.get("content"):
+                    fixed -= ASSISTANT_FRAMING
             elif key == "tool_calls":
                 for call in value or ():
                     if not isinstance(call, Mapping):
@@ -663,7 +675,8 @@ class Estimator:
                 text += count(str(value.get("name", ""))) + count(_args(value))
                 fixed += 3
             elif key == "tool_call_id":
-                text += count(str(value))
+                if scheme.kind != "openai":
+                    text += count(str(value))
             elif isinstance(value, str) and key not in _IGNORED_KEYS:
                 text += count(value)
         return text, fixed
@@ -792,11 +805,11 @@ class Estimator:
         if scheme.kind == "openai":
             if not has_tools:
                 return 0
-            adjust = -4 if has_system else 0
+            # tool_choice "required" bills nothing over "auto" (exact on recorded
+            # gpt-4o, gpt-4-1106 calls); "none" one token; a named function its name + 7.
+            adjust = (-4 if has_system else 0) + scheme.tool_prompt[0]
             if choice == "none":
                 adjust += 1
-            elif choice == "required":
-                adjust += 7
             elif isinstance(choice, Mapping):
                 name = choice.get("name") or (choice.get("function") or {}).get("name") or ""
                 counter = count or self._counter(scheme)

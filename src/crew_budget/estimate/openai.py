@@ -6,7 +6,7 @@ Sources are cited at each rule.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -82,17 +82,41 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _ts_object(schema: Mapping[str, Any], indent: int) -> str:
+    """The properties of an object schema, one per line, as harmony renders them.
+
+    Per the harmony renderer (openai/harmony, ``render_conversation`` of a
+    developer message with function tools; observed with openai-harmony 0.0.8):
+    a property's ``title`` becomes a ``// <title>`` comment line (harmony
+    follows it with an empty ``//`` line; gpt-4o and gpt-4o-mini bill exactly
+    one line, on recorded calls with pydantic-generated ``title`` fields), its
+    ``description`` lines become ``// <line>`` comments above it, a
+    ``default`` is appended after the comma as ``// default: <value>`` (JSON for
+    plain values, the bare value for an enum). Harmony indents a nested
+    object's properties by 4 spaces and its closing brace too; the
+    API-verified counts of openai-chat-tokens (hmarr/openai-chat-tokens,
+    ``tests/token-counts.test.ts``, the nested-object case: 103 tokens) fit
+    2 spaces and a closing brace at the outer indent, which is kept.
+    """
     properties = schema.get("properties") or {}
     required = schema.get("required") or ()
     pad = " " * indent
     lines: list[str] = []
     for key, value in properties.items():
         prop: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
+        title = prop.get("title")
+        if title:
+            lines.append(f"{pad}// {title}")
         description = prop.get("description")
         if description:
             lines.extend(f"{pad}// {line}" for line in str(description).splitlines())
         optional = "" if key in required else "?"
-        lines.append(f"{pad}{key}{optional}: {_ts_type(prop, indent)},")
+        line = f"{pad}{key}{optional}: {_ts_type(prop, indent)},"
+        if "default" in prop:
+            default = prop["default"]
+            shown = (str(default) if "enum" in prop and isinstance(default, str)
+                     else json.dumps(default, ensure_ascii=False, default=str))
+            line += f" // default: {shown}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -123,3 +147,93 @@ def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
             return "object"
         return "{\n" + _ts_object(prop, indent + 2) + "\n" + " " * indent + "}"
     return "any"
+
+
+# -- tool calls and results in the history -----------------------------------
+#
+# Harmony (github.com/openai/harmony, docs/format.md "Function calling"; and
+# openai-harmony 0.0.8's ``render_conversation``) renders an assistant's
+# function call as its own message addressed to the tool, and the result as a
+# message *from* the tool addressed back to the assistant:
+#
+#     <|start|>assistant to=functions.get_weather<|channel|>commentary json
+#         <|message|>{"location":"Paris"}<|call|>
+#     <|start|>functions.get_weather to=assistant<|channel|>commentary
+#         <|message|>{"t":20}<|end|>
+#
+# The call id is not rendered (``tool_call_id`` only links the result to its
+# call on the wire), nor is the ``tool`` role: the author is the function.
+# Chat-completions models (gpt-4o, 4.1, 5) bill the same shape with their
+# 3-token message framing and no channel: on recorded gpt-4o/4o-mini traffic
+# a single call plus its result costs exactly
+#     3 + "assistant to=functions.NAME" + arguments + "functions.NAME to=assistant" - 1
+# tokens on top of the result's own framing and content, and an assistant
+# message that carries only tool calls (no text) has no framing of its own.
+# Parallel calls (one assistant message with several ``tool_calls``) cost
+# more than the same calls made one by one: 2-4 tokens per call on recorded
+# gpt-4o/4o-mini traffic (they are wrapped, the way ChatGPT's published
+# ``multi_tool_use.parallel`` tool wraps them, though less than that
+# wrapper's full JSON); 4 per call is counted, the top of that range.
+_CALL_FRAMING = 2  # 3 framing tokens, less the one the measured total is below the rendering
+_PARALLEL_EXTRA = 4
+# Harmony's own example of a call (docs/format.md, "Receiving tool calls"):
+#     <|start|>assistant<|channel|>commentary to=functions.get_current_weather
+#         <|constrain|>json<|message|>{...}<|call|>
+# and of a result:
+#     <|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>...
+# Models that speak harmony (the gpt-5 family; gpt-oss) bill those channel
+# and constrain tokens too: <|channel|> twice and <|constrain|> once.
+_CHANNEL_SPECIALS = 3
+# Framing of an assistant message (3 + its role token) that holds only tool calls.
+ASSISTANT_FRAMING = 4
+
+
+def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
+                      channels: bool = False) -> tuple[int, int]:
+    """(text, fixed) tokens of an assistant message's ``tool_calls`` and their results'
+    author tags (so a ``tool`` message costs only its framing and content).
+
+    ``channels``: the model renders harmony channels (``uses_channels``), so
+    each call also carries ``<|channel|>commentary <|constrain|>json`` and
+    each result ``<|channel|>commentary``.
+    """
+    text = fixed = 0
+    functions: list[Mapping[str, Any]] = []
+    for call in calls or ():
+        if not isinstance(call, Mapping):
+            text += count(str(call))
+            continue
+        fn = call.get("function", call)
+        functions.append(fn if isinstance(fn, Mapping) else {})
+    per_call = _CALL_FRAMING + (_PARALLEL_EXTRA if len(functions) > 1 else 0)
+    for fn in functions:
+        name = str(fn.get("name", ""))
+        text += count(f"assistant to=functions.{name}") + count(_args(fn))
+        text += count(f"functions.{name} to=assistant")
+        fixed += per_call
+        if channels:
+            text += 2 * count("commentary") + count(" json")
+            fixed += _CHANNEL_SPECIALS
+    return text, fixed
+
+
+# -- the gpt-5 family's hidden tool preamble ---------------------------------
+#
+# gpt-5-family chat models bill a constant number of extra prompt tokens when
+# a request has tools, beyond the namespace rendering above: 84 (+-3) on every
+# recorded gpt-5.4 call with 1-3 tools, with or without tool history, and
+# about the same on gpt-5-mini. OpenAI does not publish this text; harmony's
+# system message for tools (the "# Valid channels ... Calls to these tools
+# must go to the commentary channel: 'functions'." block and the developer
+# message's "# Tools" header) is the visible part of such a preamble.
+GPT5_TOOL_PREAMBLE = 84
+
+
+def uses_channels(name: str) -> bool:
+    """Does this OpenAI model render tool calls in harmony channels? (gpt-5 family)"""
+    return name.startswith("gpt-5")
+
+
+def tool_preamble(name: str) -> int:
+    """Hidden prompt tokens a model adds when the request has tools."""
+    return GPT5_TOOL_PREAMBLE if name.startswith("gpt-5") else 0
