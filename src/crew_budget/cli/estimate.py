@@ -39,7 +39,7 @@ ConfigOption = Annotated[
 EXIT_INPUT, EXIT_CONFIG = 1, 2
 
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
-               "thinking")
+               "output_config", "thinking")
 
 
 def register(app: typer.Typer) -> None:

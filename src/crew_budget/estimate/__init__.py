@@ -111,19 +111,27 @@ from typing import Any
 from crew_budget import tokens
 from crew_budget.estimate import images
 from crew_budget.estimate.anthropic import (
-    _ANTHROPIC_FALLBACK_FACTOR,
-    _ANTHROPIC_TEXT_FACTOR,
-    _CLAUDE_47_TOKENIZER,
     _CLAUDE_TOOL_PROMPT,
     _CLAUDE_TOOL_PROMPT_UNKNOWN,
     _PDF_PAGE_TOKENS,
     _SERVER_TOOL_TOKENS,
     _THINKING_PROMPT,
     _UNKNOWN_DOCUMENT_TOKENS,
+    CLAUDE_ENCODING,
+    STRUCTURED_OUTPUT_PROMPT,
+    THINKING_BLOCKS,
+    TOOL_RESULT_WRAPPER,
+    TOOLS_WRAPPER,
     _claude_version,
     _looks_anthropic,
     _pdf_pages,
     _thinking_enabled,
+    anthropic_tool_text,
+    claude_text_factor,
+    native_format,
+    structured_output_text,
+    tool_use_text,
+    unbilled_thinking,
 )
 from crew_budget.estimate.compat import (
     _APPROX_DEFAULT,
@@ -232,14 +240,11 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
                 (tier, major, minor),
                 _CLAUDE_TOOL_PROMPT.get(("", major, minor), _CLAUDE_TOOL_PROMPT_UNKNOWN),
             )
-        if hint in _TIKTOKEN_NAMES:
-            tokenizer, factor = hint, _ANTHROPIC_FALLBACK_FACTOR
-        elif tokens.anthropic_is_native():
-            tokenizer, factor = "anthropic", _ANTHROPIC_TEXT_FACTOR
-        else:
-            tokenizer, factor = "cl100k_base", _ANTHROPIC_FALLBACK_FACTOR
-        if claude is None or (claude[1], claude[2]) >= (4, 7):
-            factor *= _CLAUDE_47_TOKENIZER
+        # Claude has no local tokenizer: tiktoken's count times the factor of
+        # its generation (anthropic.claude_text_factor); a configured
+        # tiktoken ``tokenizer`` hint picks the encoding.
+        tokenizer = hint if hint in _TIKTOKEN_NAMES else CLAUDE_ENCODING
+        factor = claude_text_factor(claude)
         policy = images.anthropic_policy(hires)
         return _Scheme(("anthropic", tokenizer, factor, policy.key, tool_prompt), "anthropic",
                        tokenizer, factor, False, policy, 4, 3, tool_prompt)
@@ -275,7 +280,7 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
 
 def _schema_format(extra: Mapping[str, Any]) -> bool:
     """Does the request carry a structured-output schema (which adds prompt tokens)?"""
-    fmt = extra.get("response_format") or extra.get("output_format")
+    fmt = extra.get("response_format") or native_format(extra)
     return isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object")
 
 
@@ -351,7 +356,7 @@ class Estimator:
         ``role``/``type`` and ``content``, such as LangChain messages);
         ``system`` is Anthropic's separate system prompt; ``extra`` may hold
         ``tool_choice``, ``functions``, ``function_call``, ``response_format``,
-        ``output_format`` and Anthropic's ``thinking``.
+        Anthropic's ``output_format`` / ``output_config`` and ``thinking``.
         """
         last = self._last  # one tuple: read and replaced atomically
         if last[0] is price and last[1] == model and last[2] is not None:
@@ -478,8 +483,12 @@ class Estimator:
         tool_list = list(tools or ()) + list(functions or ())
         if tool_list:
             items.append(("tools", tool_list))
-        fmt = extra.get("response_format") or extra.get("output_format")
-        if isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object"):
+        native = native_format(extra)
+        fmt = extra.get("response_format") or native
+        if native is not None and fmt is native and scheme.kind == "anthropic":
+            items.append(("native_format", native))
+            fmt = None  # Claude's structured outputs: no tool-use system prompt
+        elif isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object"):
             items.append(("format", fmt))
         else:
             fmt = None  # plain text / JSON mode: no schema in the prompt
@@ -634,6 +643,8 @@ class Estimator:
             return self._message(scheme, count, {"role": "system", "content": value})
         if kind == "tools":
             return self._tools(scheme, count, value)
+        if kind == "native_format":
+            return count(structured_output_text(value)), STRUCTURED_OUTPUT_PROMPT
         return self._format(scheme, count, value)
 
     # messages ----------------------------------------------------------------
@@ -690,12 +701,15 @@ class Estimator:
         if not isinstance(content, (list, tuple)):
             return count(str(content)), 0
         text = fixed = 0
+        skip_thinking = scheme.kind == "anthropic" and unbilled_thinking(content)
         for part in content:
             if isinstance(part, str):
                 text += count(part)
                 continue
             if not isinstance(part, Mapping):
                 text += count(str(part))
+                continue
+            if skip_thinking and part.get("type") in THINKING_BLOCKS:
                 continue
             t, f = self._part(scheme, count, part)
             text += t
@@ -716,6 +730,11 @@ class Estimator:
             return 0, self._image_tokens(scheme, ref if isinstance(ref, str) else None, detail)
         if ptype == "image":
             return 0, self._image_tokens(scheme, _image_block_source(part), "auto")
+        if ptype in ("tool_use", "server_tool_use") and scheme.kind == "anthropic":
+            return count(tool_use_text(part)), 0
+        if ptype == "tool_result" and scheme.kind == "anthropic":
+            text, fixed = self._content(scheme, count, part.get("content") or "")
+            return text + count(TOOL_RESULT_WRAPPER), fixed
         if ptype == "tool_use":
             body = json.dumps(part.get("input", {}), separators=(",", ":"), ensure_ascii=False,
                               default=str)
@@ -778,12 +797,17 @@ class Estimator:
             if function is None:
                 fixed += _SERVER_TOOL_TOKENS
                 continue
+            if scheme.kind == "anthropic":
+                text += count(anthropic_tool_text(function))
+                continue
             body = {"name": function.get("name", ""),
                     "description": function.get("description", ""),
                     "input_schema": function.get("parameters") or {}}
             text += count(json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str))
         if scheme.kind == "approx":
             fixed += _APPROX_TOOL_PREAMBLE
+        elif scheme.kind == "anthropic" and text:
+            text += count(TOOLS_WRAPPER)
         return text, fixed
 
     def _format(self, scheme: _Scheme, count: Callable[[str], int],
