@@ -909,7 +909,14 @@ def test_tokenizer_hint_and_provider_pick_the_format() -> None:
     # exact count with OpenAI framing
     assert est.count_prompt("my-finetune", hinted, msgs) == 3 + 1 + text + 3
     llama = Price("groq/llama-3.3-70b", "groq", Decimal("1e-6"), Decimal("2e-6"))
-    assert est.count_prompt("groq/llama-3.3-70b", llama, msgs) == math.ceil((1 + text) * 1.05) + 7
+    # Llama 3.x's chat template (meta-llama/Llama-3.1-8B-Instruct tokenizer_config.json)
+    # opens every prompt with a system block holding a knowledge-cutoff / date
+    # header: that text (x1.05) + 4 framing tokens a message + 9 (system block
+    # framing 5 + the assistant header 4).
+    date = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    header = math.ceil(len(_encoding("cl100k_base").encode(date)) * 1.05)
+    assert est.count_prompt("groq/llama-3.3-70b", llama, msgs) == (
+        math.ceil((1 + text) * 1.05) + 4 + 9 + header)
     custom = Price("x", "other", Decimal("1e-6"), Decimal("2e-6"), tokenizer="approx:2")
     assert est.count_prompt("x", custom, msgs) == math.ceil((1 + text) * 2) + 7
     # Claude on Bedrock: Claude's rules from the model name, whatever the provider.

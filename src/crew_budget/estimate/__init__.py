@@ -134,11 +134,12 @@ from crew_budget.estimate.anthropic import (
     unbilled_thinking,
 )
 from crew_budget.estimate.compat import (
-    _APPROX_DEFAULT,
-    _APPROX_FAMILIES,
-    _APPROX_TOOL_PREAMBLE,
     _TIKTOKEN_NAMES,
+    Family,
+    family_of,
+    tools_tokens,
 )
+from crew_budget.estimate.compat import DEFAULT as COMPAT_DEFAULT
 from crew_budget.estimate.memo import (
     _CONVO_SIZE,
     _MEMO_SIZE,
@@ -219,6 +220,7 @@ class _Scheme:
     tool_prompt: tuple[int, int] = (0, 0)
     generic: bool = False  # no provider, name or hint decided the format
     channels: bool = False  # renders harmony channels around tool calls (gpt-5)
+    family: Family | None = None  # a compatible host's model family (compat.py)
 
 
 def _bare(model: str) -> str:
@@ -255,7 +257,7 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
             approx_factor = float(value) if value else None
         except ValueError:
             approx_factor = None
-        approx_factor = approx_factor or _APPROX_DEFAULT[1]
+        approx_factor = approx_factor or COMPAT_DEFAULT.factor
     if approx_factor is None and (
         price.provider == "openai" or _is_openai_name(name) or hint in _TIKTOKEN_NAMES
     ):
@@ -264,18 +266,24 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         preamble = tool_preamble(name)
         return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
                        policy, 3, 3, (preamble, preamble), channels=uses_channels(name))
-    encoding, factor = _APPROX_DEFAULT
-    generic = hint is None and price.provider == "other"
-    for fragment, enc, fam_factor in _APPROX_FAMILIES:
-        if fragment in name:
-            encoding, factor = enc, fam_factor
-            generic = False
-            break
+    family = family_of(name)
+    generic = hint is None and price.provider == "other" and family is None
+    chosen = family or COMPAT_DEFAULT
+    encoding, factor = chosen.encoding, chosen.factor
     if approx_factor is not None:
         factor = approx_factor
     policy = images.gemini_policy(name) if "gemini" in name else images.anthropic_policy(False)
-    return _Scheme(("approx", encoding, factor, policy.key), "approx", encoding, factor, False,
-                   policy, 4, 3, generic=generic)
+    # The template's fixed text (a default system message, a date header) is
+    # billed once per request: counted into the reply priming.
+    reply = chosen.reply
+    if chosen.preamble:
+        try:
+            reply += math.ceil(tokens.count_function(encoding)(chosen.preamble) * factor)
+        except tokens.TokenizerUnavailable:
+            reply += len(chosen.preamble.encode("utf-8")) // 2 + 1
+    return _Scheme(("approx", encoding, factor, policy.key, chosen.fragment), "approx", encoding,
+                   factor, False, policy, chosen.per_message, reply, generic=generic,
+                   family=family)
 
 
 def _schema_format(extra: Mapping[str, Any]) -> bool:
@@ -792,6 +800,11 @@ class Estimator:
                 return 0, fixed
             return count(render_functions(custom)), fixed + 9
         text = fixed = 0
+        if scheme.kind == "approx":
+            found = [_as_function(t) for t in tools]
+            defined = [f for f in found if f is not None]
+            text, fixed = tools_tokens(scheme.family, count, defined) if defined else (0, 0)
+            return text, fixed + _SERVER_TOOL_TOKENS * (len(found) - len(defined))
         for tool in tools:
             function = _as_function(tool)
             if function is None:
@@ -804,9 +817,7 @@ class Estimator:
                     "description": function.get("description", ""),
                     "input_schema": function.get("parameters") or {}}
             text += count(json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str))
-        if scheme.kind == "approx":
-            fixed += _APPROX_TOOL_PREAMBLE
-        elif scheme.kind == "anthropic" and text:
+        if scheme.kind == "anthropic" and text:
             text += count(TOOLS_WRAPPER)
         return text, fixed
 
