@@ -725,8 +725,17 @@ def test_anthropic_pdf_document_is_priced_per_page() -> None:
         {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
                                         "data": base64.b64encode(pdf).decode()}}]}]
     price = PRICES.get("claude-sonnet-4-5")
-    # 3,000 tokens per page: the top of Anthropic's documented 1,500-3,000 range.
-    assert Estimator().count_prompt("claude-sonnet-4-5", price, msg) >= 3 * 3000
+    # Anthropic "PDF support": each page is billed as an image of the page
+    # plus its extracted text (none here). No /MediaBox: US Letter (612x792
+    # points), rendered large and scaled to Claude's 1568 px / 1,229,312 px
+    # limits (images.py), ceil(w*h/750) tokens a page; + 4 message framing
+    # + 3 reply priming. (Was 3,000 a page before the page-image rule; that
+    # is now used only when the PDF's bytes are not in the request.)
+    w, h = 612 * 4, 792 * 4
+    scale = min(1568 / max(w, h), math.sqrt(1_229_312 / (w * h)))
+    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9)
+    assert 1_500 <= page <= 1_650  # the low end of Anthropic's 1,500-3,000 a page
+    assert Estimator().count_prompt("claude-sonnet-4-5", price, msg) == 3 * page + 4 + 3
 
 
 # ---------------------------------------------------------------------------

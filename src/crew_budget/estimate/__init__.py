@@ -129,6 +129,7 @@ from crew_budget.estimate.anthropic import (
     anthropic_tool_text,
     claude_text_factor,
     native_format,
+    pdf_layout,
     structured_output_text,
     tool_use_text,
     unbilled_thinking,
@@ -782,6 +783,11 @@ class Estimator:
             if source.get("type") == "content":
                 return self._content(scheme, count, source.get("content") or "")
             data = source.get("data") or source.get("file_data") or ""
+            if isinstance(data, str) and data and scheme.kind == "anthropic":
+                layout = pdf_layout(data)
+                if layout is not None:
+                    page = scheme.images.tokens(layout.page_size)
+                    return count(layout.text), layout.pages * page
             if isinstance(data, str) and data:
                 pages = _pdf_pages(data)
                 if pages:

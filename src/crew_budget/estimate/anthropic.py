@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 # -- model families ---------------------------------------------------------
@@ -93,6 +96,83 @@ def _claude_version(name: str) -> tuple[str, int, int] | None:
 
 _PAGE_RE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 _COUNT_RE = re.compile(rb"/Count\s+(\d+)")
+
+
+# -- PDF documents -------------------------------------------------------------
+#
+# Anthropic, "PDF support" > "How PDF support works" / "Estimate your costs"
+# (docs.claude.com/en/docs/build-with-claude/pdf-support): each page is
+# converted into an image *and* its text is extracted; a page bills its text
+# tokens plus the image cost of the page ("Image token costs: each page is
+# converted into an image, and the same image-based cost calculations are
+# applied"). So a page costs the Vision formula for an image of the page's
+# shape at the largest size Claude reads (about 1,530 tokens for US Letter or
+# A4), plus the tokens of its text. The text is read from the PDF's content
+# streams (Flate-compressed or not: the strings shown by ``Tj``/``TJ``); a
+# page whose text cannot be read that way (other encodings, scanned pages)
+# still bills its image. Only when the bytes are absent (URL, file id) is the
+# top of the documented 1,500-3,000 tokens a page used, for an unknown count
+# of pages (``_UNKNOWN_DOCUMENT_TOKENS``).
+_STREAM_RE = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
+_SHOW_RE = re.compile(rb"\((?:[^()\\]|\\.)*\)\s*Tj|\[[^\]]*\]\s*TJ", re.S)
+_STRING_RE = re.compile(rb"\(((?:[^()\\]|\\.)*)\)", re.S)
+_MEDIABOX_RE = re.compile(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)")
+# Page images are rendered large and scaled down to the model's limits; a
+# point is rendered as several pixels, so only the page's shape matters.
+_PAGE_RENDER_SCALE = 4
+_LETTER = (612.0, 792.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PdfLayout:
+    """What a PDF's bytes say about its billed size."""
+
+    pages: int
+    page_size: tuple[int, int]  # rendered pixels of the first page
+    text: str
+
+
+def pdf_layout(data: str) -> PdfLayout | None:
+    """Pages, page shape and shown text of a base64 PDF (or data URL); None if not a PDF."""
+    raw = _pdf_bytes(data)
+    if raw is None:
+        return None
+    pages = _count_pages(raw)
+    if not pages:
+        return None
+    box = _MEDIABOX_RE.search(raw)
+    w, h = _LETTER
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box.groups())
+        if abs(x1 - x0) > 1 and abs(y1 - y0) > 1:
+            w, h = abs(x1 - x0), abs(y1 - y0)
+    shown: list[str] = []
+    for match in _STREAM_RE.finditer(raw):
+        body = match.group(1)
+        with contextlib.suppress(zlib.error):
+            body = zlib.decompress(body)
+        for op in _SHOW_RE.finditer(body):
+            shown.append(b"".join(_STRING_RE.findall(op.group(0))).decode("latin-1"))
+    size = (round(w * _PAGE_RENDER_SCALE), round(h * _PAGE_RENDER_SCALE))
+    return PdfLayout(pages, size, " ".join(shown))
+
+
+def _pdf_bytes(data: str) -> bytes | None:
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if raw.startswith(b"%PDF") else None
+
+
+def _count_pages(raw: bytes) -> int:
+    pages = len(_PAGE_RE.findall(raw))
+    if pages:
+        return pages
+    counts = [int(c) for c in _COUNT_RE.findall(raw)]
+    return max(counts) if counts else 0
 
 
 def _pdf_pages(data: str) -> int:
