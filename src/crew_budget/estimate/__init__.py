@@ -2,66 +2,37 @@
 
 The hard limit is only as good as this number: too low and a call can cross
 a budget, too high and calls are blocked needlessly. So the estimator counts
-what providers actually bill, not just the message text:
+what providers actually bill, not just the message text. The rules live in
+one module per provider family, each rule commented with its public source
+and, where a constant was measured, what it was measured on:
 
-OpenAI chat format (exact tiktoken encodings, see ``tokens.py``)
-    Per message 3 tokens of framing + the role + the content, +1 for a
-    ``name`` (+ its text); +3 to prime the reply. This is the OpenAI
-    cookbook's ``num_tokens_from_messages`` ("How to count tokens with
-    tiktoken"); it matches real ``usage.prompt_tokens`` for gpt-4o-mini and
-    gpt-4.1 in recorded traffic, and o-series models bill within a token of it.
-    Multi-part content counts its ``text`` parts and prices ``image_url``
-    parts by the documented image formula (``images.py``). OpenAI documents
-    no rule for tool calls in the history, so they are counted the way the
-    cookbook's loop counts every field, which errs high: each assistant
-    ``tool_calls`` entry costs its id + function name + arguments + 3, a
-    ``tool`` result its content + ``tool_call_id`` (at least as long as the
-    ``functions.<name>`` author tag it is rendered with). Tool definitions
-    (``tools`` and legacy ``functions``) are rendered the way the model sees
-    them, as a TypeScript namespace::
-
-        namespace functions {
-
-        // Get the weather
-        type get_weather = (_: {
-        // The city
-        location: string,
-        unit?: "c" | "f",
-        }) => any;
-
-        } // namespace functions
-
-    counted, +9, -4 when a system message is present, +1 for
-    ``tool_choice="none"``, +7 + the name for a forced function. This
-    reverse-engineered rendering comes from hmarr/openai-chat-tokens and
-    forestwanglin/openai-java (used by pamelafox/openai-messages-token-helper,
-    whose API-verified test counts it matches exactly or over by <= 3 tokens),
-    and matches a recorded gpt-4.1 call exactly. ``response_format`` JSON
-    schemas (in ``extra``) are counted as a ``# Response Formats`` section with
-    the compact schema (over by 1-6 tokens on recorded gpt-4.1-mini calls).
-
-Anthropic messages format (no public Claude 3+ tokenizer)
-    Text is counted with litellm's bundled Claude tokenizer and scaled by
-    1.10: on recorded Claude traffic it under-counts by 3-8 % (claude-3-5-haiku
-    billed 400 for 387 counted, claude-sonnet-4-5 1,220 for 1,133), so x1.10
-    keeps the estimate above the bill. Claude Opus 4.7 and later use a new
-    tokenizer that Anthropic says produces up to 1.35x the tokens: x1.35 more.
-    Framing: 4 per message, 1 for ``system``, 3 to prime the reply. Content
-    blocks ``text``, ``image`` (``(w*h)/750``), ``tool_use`` (name + JSON input
-    + 12), ``tool_result`` (content + 12), ``document`` (PDF: 3,000 tokens per
-    page, the top of Anthropic's 1,500-3,000 range). Tools add the documented
-    tool-use system prompt per model and ``tool_choice`` (Anthropic "Tool use
-    overview > Pricing"; e.g. 346 tokens for auto on Claude Sonnet 4, 496 on
-    Claude Sonnet 4.5; where revisions of that table differ the larger is
-    used) plus the JSON of each tool definition; ``thinking`` (in ``extra``)
-    adds 30. Thinking blocks in the history are counted although Claude
-    ignores those of earlier turns (errs high). On the examples in
-    Anthropic's token-counting docs (claude-opus-4: 14, 403 and 88 tokens)
-    this gives 16, 425 and 108.
-
-Other hosts (Gemini, Groq, Together, Mistral, DeepSeek, ...)
-    OpenAI-style framing with a tiktoken count scaled by a per-family factor
-    (``_APPROX_FAMILIES``), corrected by calibration.
+``openai.py`` (exact tiktoken encodings, see ``tokens.py``)
+    Messages: the OpenAI cookbook's ``num_tokens_from_messages`` (3 tokens a
+    message + role + content, +1 for a ``name``, +3 to prime the reply).
+    Tool definitions (``tools``, legacy ``functions``): the TypeScript
+    namespace the model sees (hmarr/openai-chat-tokens; titles and defaults
+    as openai/harmony renders them) + 9. Tool calls and results in the
+    history: as harmony renders them (``assistant to=functions.NAME``, the
+    result authored by ``functions.NAME``), so call ids and the ``tool`` role
+    are not billed; parallel calls cost 4 more each. The gpt-5 family adds a
+    hidden tool preamble and harmony's channel tokens. ``response_format``
+    schemas: a ``# Response Formats`` section with the compact schema.
+``anthropic.py`` (no public Claude 3+ tokenizer)
+    Text: ``cl100k_base`` times the factor of the Claude generation (1.13;
+    x1.35 more from Opus 4.7's new tokenizer). Framing: 4 a message, 3 to
+    prime the reply. Tools: the documented tool-use system prompt size per
+    model and ``tool_choice`` + each definition's JSON as that prompt holds
+    it. ``tool_use``/``tool_result`` blocks: the ``function_calls`` /
+    ``function_results`` XML Claude reads. Earlier turns' thinking blocks
+    are not billed. Native structured outputs: the schema + a format prompt.
+    PDFs: a page image plus the page's text; images: ``(w*h)/750``.
+``compat.py`` (OpenAI-compatible hosts: Llama, Qwen, DeepSeek, Mistral, ...)
+    A tiktoken count scaled per family, plus the family's chat template:
+    default system preambles, tool instructions, framing.
+``images.py``
+    The providers' image-token formulas from the image's own header bytes.
+``memo.py``
+    The per-message cache keys (below).
 
 Which rules apply comes from the price's ``provider`` (``openai``,
 ``anthropic``, others), then the model name (``claude-*`` on Bedrock or
