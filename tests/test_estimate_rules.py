@@ -125,11 +125,22 @@ def test_assistant_text_with_a_call_keeps_its_framing() -> None:
     assert Estimator().count_prompt("gpt-4o", GPT4O, messages) == expected
 
 
+def test_gpt5_answers_carry_the_final_channel() -> None:
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Bye"}]
+    # Harmony: <|start|>assistant<|channel|>final<|message|>...<|end|> is 2
+    # tokens more than the cookbook's assistant message; reply primed with 2.
+    cookbook = sum(3 + o200k(m["role"]) + o200k(m["content"]) for m in messages) + 3
+    assert Estimator().count_prompt("gpt-5.4", GPT5, messages) == cookbook + 2 - 1
+
+
 def test_gpt5_tools_add_the_preamble_and_harmony_channels() -> None:
     est = Estimator()
     plain = est.count_prompt("gpt-4o", GPT4O, [USER], [WEATHER])
-    # Same o200k encoding and framing; gpt-5 adds its 84-token tool preamble.
-    assert est.count_prompt("gpt-5.4", GPT5, [USER], [WEATHER]) == plain + 84
+    # Same o200k encoding and framing, but harmony primes the reply with
+    # "<|start|>assistant" (2 tokens, not 3) and gpt-5 adds its 85-token
+    # tool preamble.
+    assert est.count_prompt("gpt-5.4", GPT5, [USER], [WEATHER]) == plain - 1 + 85
     messages = [USER,
                 {"role": "assistant", "content": None, "tool_calls": [_call("a", "Oslo")]},
                 {"role": "tool", "tool_call_id": "a", "content": "7 C"}]
@@ -137,7 +148,7 @@ def test_gpt5_tools_add_the_preamble_and_harmony_channels() -> None:
     # result "<|channel|>commentary": 3 special tokens + those words.
     channels = 3 + 2 * o200k("commentary") + o200k(" json")
     assert (est.count_prompt("gpt-5.4", GPT5, messages, [WEATHER])
-            == est.count_prompt("gpt-4o", GPT4O, messages, [WEATHER]) + 84 + channels)
+            == est.count_prompt("gpt-4o", GPT4O, messages, [WEATHER]) - 1 + 85 + channels)
 
 
 # -- OpenAI: tool schemas -----------------------------------------------------

@@ -125,11 +125,13 @@ from crew_budget.estimate.memo import (
 )
 from crew_budget.estimate.openai import (
     ASSISTANT_FRAMING,
+    FINAL_CHANNEL,
     _args,
     _as_function,
     _is_openai_name,
     _openai_encoding,
     render_functions,
+    reply_priming,
     tool_calls_tokens,
     tool_preamble,
     uses_channels,
@@ -236,8 +238,9 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         encoding = hint if hint in _TIKTOKEN_NAMES else _openai_encoding(name)
         policy = images.openai_policy(name)
         preamble = tool_preamble(name)
+        channels = uses_channels(name)
         return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
-                       policy, 3, 3, (preamble, preamble), channels=uses_channels(name))
+                       policy, 3, reply_priming(name), (preamble, preamble), channels=channels)
     family = family_of(name)
     generic = hint is None and price.provider == "other" and family is None
     chosen = family or COMPAT_DEFAULT
@@ -639,6 +642,10 @@ class Estimator:
                 t, f = self._content(scheme, count, value)
                 text += t
                 fixed += f
+            elif key == "role" and scheme.channels and value == "assistant":
+                text += count(str(value))
+                if msg.get("content"):
+                    fixed += FINAL_CHANNEL
             elif key == "role":
                 # Claude's per-message framing already includes the turn marker.
                 if scheme.kind != "anthropic" and not (scheme.kind == "openai" and value == "tool"):

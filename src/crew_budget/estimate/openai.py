@@ -220,13 +220,31 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
 # -- the gpt-5 family's hidden tool preamble ---------------------------------
 #
 # gpt-5-family chat models bill a constant number of extra prompt tokens when
-# a request has tools, beyond the namespace rendering above: 84 (+-3) on every
+# a request has tools, beyond the namespace rendering above: 85 (+-3) on every
 # recorded gpt-5.4 call with 1-3 tools, with or without tool history, and
 # about the same on gpt-5-mini. OpenAI does not publish this text; harmony's
 # system message for tools (the "# Valid channels ... Calls to these tools
 # must go to the commentary channel: 'functions'." block and the developer
 # message's "# Tools" header) is the visible part of such a preamble.
-GPT5_TOOL_PREAMBLE = 84
+GPT5_TOOL_PREAMBLE = 85
+
+
+# -- harmony framing of reasoning models ------------------------------------------
+#
+# Harmony ends the prompt of a completion with ``<|start|>assistant`` (2
+# tokens; docs/format.md, and ``render_conversation_for_completion``), where
+# the cookbook's chat models are primed with 3 (``<|start|>assistant<|message|>``),
+# and an assistant answer in the history carries its channel
+# (``<|start|>assistant<|channel|>final<|message|>...<|end|>``: 2 tokens more).
+# Recorded gpt-5, gpt-5-mini/nano, o3-mini and o4-mini calls bill exactly that:
+# one token under the cookbook for a single message, and a 3-message
+# conversation with an assistant turn one over it.
+FINAL_CHANNEL = 2
+
+
+def reply_priming(name: str) -> int:
+    """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
+    return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
 
 
 def uses_channels(name: str) -> bool:
