@@ -339,3 +339,16 @@ def test_gemini_compat_bills_message_text_only() -> None:
     assert est.count_prompt("gemini-2.0-flash", gemini, msg) <= text + 1
     assert (est.count_prompt("gemini-2.0-flash", gemini, msg, [WEATHER])
             == est.count_prompt("gemini-2.0-flash", gemini, msg))
+
+
+def test_unknown_template_tools_are_spaced_json_plus_instructions() -> None:
+    grok = price("grok-2", "xai")
+    est = Estimator()
+    msg = [{"role": "user", "content": "Weather?"}]
+    # No public template: Hugging Face templates write tools with Jinja's
+    # ``tojson`` (json.dumps spacing) after some instructions (60 assumed);
+    # grok's text is cl100k_base x 1.15.
+    definition = json.dumps({"type": "function", "function": WEATHER["function"]})
+    assert (est.count_prompt("grok-2", grok, msg, [WEATHER])
+            - est.count_prompt("grok-2", grok, msg)) in (
+        math.ceil(cl100k(definition) * 1.15) + 60 + d for d in (-1, 0, 1))

@@ -155,10 +155,10 @@ def tools_tokens(family: Family | None, count: Callable[[str], int],
                  functions: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
     """(text, fixed) tokens of tool definitions for a compatible host's model."""
     if family is None or not (family.tool_intro or family.tool_json == "none"):
-        body = "".join(json.dumps({"name": fn.get("name", ""),
-                                   "description": fn.get("description", ""),
-                                   "input_schema": fn.get("parameters") or {}},
-                                  separators=(",", ":"), ensure_ascii=False, default=str)
-                       for fn in functions)
+        # Unknown template: Hugging Face chat templates write tools with
+        # Jinja's ``tojson`` (``json.dumps`` spacing), as the OpenAI tool
+        # objects they are given, after some instructions.
+        body = "".join(json.dumps({"type": "function", "function": dict(fn)},
+                                  ensure_ascii=False, default=str) for fn in functions)
         return count(body), _APPROX_TOOL_PREAMBLE
     return count(tools_text(family, functions)), 0
