@@ -153,7 +153,7 @@ def harmony_history_tokens(body: dict[str, Any]) -> int:
     and each result as ``<|start|>functions.NAME to=assistant ...<|message|>RESULT``:
     no call ids, no ``tool`` role. With chat-completions framing (3 tokens a
     message) a call plus its result's author tag costs 3 + those texts - 1
-    (as billed on recorded gpt-4o traffic), +4 per call when one message holds
+    (as billed on recorded gpt-4o traffic), +3 per call when one message holds
     several (parallel) calls; an assistant message holding only calls has no
     framing of its own; a result costs 3 + its content. Other messages: the
     cookbook rule. Written independently of the estimator.
@@ -174,7 +174,7 @@ def harmony_history_tokens(body: dict[str, Any]) -> int:
             continue
         if message.get("content"):
             total += 3 + n("assistant") + n(message["content"])
-        per_call = 2 + (4 if len(calls) > 1 else 0)
+        per_call = 2 + (3 if len(calls) > 1 else 0)
         for call in calls:
             name, args = call["function"]["name"], call["function"]["arguments"]
             total += per_call + n(f"assistant to=functions.{name}") + n(args)

@@ -76,10 +76,10 @@ def _namespace() -> str:
 def _harmony_call(city: str, *, parallel: bool) -> int:
     """Harmony renders a call as ``assistant to=functions.NAME`` + its JSON
     arguments and the result's author as ``functions.NAME to=assistant``; with
-    chat-completions framing that is 3 + those texts - 1, +4 per call when
+    chat-completions framing that is 3 + those texts - 1, +3 per call when
     one message holds several calls (openai.py)."""
     args = json.dumps({"city": city})
-    return (2 + (4 if parallel else 0) + o200k("assistant to=functions.get_weather")
+    return (2 + (3 if parallel else 0) + o200k("assistant to=functions.get_weather")
             + o200k(args) + o200k("functions.get_weather to=assistant"))
 
 
@@ -94,6 +94,15 @@ def test_single_tool_call_and_result_follow_harmony() -> None:
     assert Estimator().count_prompt("gpt-4o", GPT4O, messages) == expected
 
 
+def test_result_name_is_not_billed() -> None:
+    call = [USER, {"role": "assistant", "content": None, "tool_calls": [_call("a", "Oslo")]}]
+    plain = {"role": "tool", "tool_call_id": "a", "content": "7 C"}
+    named = {**plain, "name": "get_weather"}
+    # The result's author (functions.get_weather) is counted with the call.
+    assert (Estimator().count_prompt("gpt-4o", GPT4O, [*call, named])
+            == Estimator().count_prompt("gpt-4o", GPT4O, [*call, plain]))
+
+
 def test_call_ids_are_not_billed() -> None:
     def count(call_id: str) -> int:
         messages = [USER,
@@ -105,7 +114,7 @@ def test_call_ids_are_not_billed() -> None:
     assert count("c1") == count("call_Xq81LmPzT0aaVbQw92KdLmZZ")
 
 
-def test_parallel_calls_cost_four_more_each() -> None:
+def test_parallel_calls_cost_three_more_each() -> None:
     calls = [_call("a", "Oslo"), _call("b", "Bergen")]
     messages = [USER, {"role": "assistant", "content": "", "tool_calls": calls},
                 {"role": "tool", "tool_call_id": "a", "content": "7 C"},

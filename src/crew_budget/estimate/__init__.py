@@ -14,7 +14,7 @@ and, where a constant was measured, what it was measured on:
     as openai/harmony renders them) + 9. Tool calls and results in the
     history: as harmony renders them (``assistant to=functions.NAME``, the
     result authored by ``functions.NAME``), so call ids and the ``tool`` role
-    are not billed; parallel calls cost 4 more each. The gpt-5 family adds a
+    are not billed; parallel calls cost 3 more each. The gpt-5 family adds a
     hidden tool preamble and harmony's channel tokens. ``response_format``
     schemas: a ``# Response Formats`` section with the compact schema.
 ``anthropic.py`` (no public Claude 3+ tokenizer)
@@ -651,6 +651,8 @@ class Estimator:
                 if scheme.kind != "anthropic" and not (scheme.kind == "openai" and value == "tool"):
                     text += count(str(value))
             elif key == "name":
+                if scheme.kind == "openai" and msg.get("role") == "tool":
+                    continue  # the result's author is the function, counted with the call
                 text += count(str(value))
                 fixed += 1
             elif key == "tool_calls" and scheme.kind == "openai":

@@ -162,7 +162,8 @@ def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
 #         <|message|>{"t":20}<|end|>
 #
 # The call id is not rendered (``tool_call_id`` only links the result to its
-# call on the wire), nor is the ``tool`` role: the author is the function.
+# call on the wire), nor is the ``tool`` role or a ``name`` on the result
+# message: the author is the function.
 # Chat-completions models (gpt-4o, 4.1, 5) bill the same shape with their
 # 3-token message framing and no channel: on recorded gpt-4o/4o-mini traffic
 # a single call plus its result costs exactly
@@ -173,9 +174,9 @@ def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
 # more than the same calls made one by one: 2-4 tokens per call on recorded
 # gpt-4o/4o-mini traffic (they are wrapped, the way ChatGPT's published
 # ``multi_tool_use.parallel`` tool wraps them, though less than that
-# wrapper's full JSON); 4 per call is counted, the top of that range.
+# wrapper's full JSON); 3 per call is counted, the middle of that range.
 _CALL_FRAMING = 2  # 3 framing tokens, less the one the measured total is below the rendering
-_PARALLEL_EXTRA = 4
+_PARALLEL_EXTRA = 3
 # Harmony's own example of a call (docs/format.md, "Receiving tool calls"):
 #     <|start|>assistant<|channel|>commentary to=functions.get_current_weather
 #         <|constrain|>json<|message|>{...}<|call|>
