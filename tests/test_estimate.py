@@ -676,10 +676,13 @@ def test_openai_image_formulas(model: str, size: tuple[int, int], detail: str,
 
 @pytest.mark.parametrize(
     ("size", "tokens_"),
-    # Anthropic vision docs: 200x200 ~54, 1000x1000 ~1334, 1092x1092 ~1590.
-    [((200, 200), 54), ((1000, 1000), 1334), ((1092, 1092), 1590),
+    # Anthropic vision docs: 200x200 ~54, 1000x1000 ~1334, 1092x1092 ~1590
+    # (w*h/750). Recorded small-image bills are whole 28 px patches where that
+    # is more (200x200: 8*8 = 64), and every image block costs 3 more (its
+    # delimiters): see images.py.
+    [((200, 200), 64 + 3), ((1000, 1000), 1334 + 3), ((1092, 1092), 1590 + 3),
      # 3000x3000 is scaled down first: never more than the largest unresized size.
-     ((3000, 3000), math.ceil(1_229_312 / 750))],
+     ((3000, 3000), math.ceil(1_229_312 / 750) + 3)],
 )
 def test_anthropic_image_formula(size: tuple[int, int], tokens_: int) -> None:
     assert images.anthropic_policy(False).tokens(size) == tokens_
@@ -733,7 +736,7 @@ def test_anthropic_pdf_document_is_priced_per_page() -> None:
     # is now used only when the PDF's bytes are not in the request.)
     w, h = 612 * 4, 792 * 4
     scale = min(1568 / max(w, h), math.sqrt(1_229_312 / (w * h)))
-    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9)
+    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9) + 3  # + image delimiters
     assert 1_500 <= page <= 1_650  # the low end of Anthropic's 1,500-3,000 a page
     assert Estimator().count_prompt("claude-sonnet-4-5", price, msg) == 3 * page + 4 + 3
 

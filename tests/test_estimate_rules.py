@@ -301,7 +301,7 @@ def test_pdf_page_bills_its_image_and_its_text() -> None:
     # A4 (595x842 points): rendered large, scaled to 1568 px / 1,229,312 px.
     w, h = 595 * 4, 842 * 4
     scale = min(1568 / max(w, h), math.sqrt(1_229_312 / (w * h)))
-    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9)
+    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9) + 3  # + image delimiters
     text = math.ceil(cl100k("Quarterly revenue grew by twelve percent.") * 1.13 - 1e-9)
     for compress in (False, True):
         doc = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
@@ -361,3 +361,12 @@ def test_unknown_template_tools_are_spaced_json_plus_instructions() -> None:
     assert (est.count_prompt("grok-2", grok, msg, [WEATHER])
             - est.count_prompt("grok-2", grok, msg)) in (
         math.ceil(cl100k(definition) * 1.15) + 60 + d for d in (-1, 0, 1))
+
+
+def test_small_claude_image_bills_whole_28px_patches() -> None:
+    from crew_budget.estimate import images
+
+    # 100x100: w*h/750 says 14; whole 28 px patches 4*4 = 16; + 3 delimiters.
+    assert images.anthropic_policy(False).tokens((100, 100)) == 16 + 3
+    # 1092x1092 (Anthropic's example, ~1590): the documented formula is larger.
+    assert images.anthropic_policy(False).tokens((1092, 1092)) == math.ceil(1092 * 1092 / 750) + 3

@@ -234,9 +234,22 @@ def _patches(w: int, h: int, max_dim: int, budget: int) -> int:
     return min(math.ceil(rw / 32) * math.ceil(rh / 32), budget)
 
 
+# Claude's documented ``(w*h)/750`` is an approximation: 750 is about the
+# area of a 28 px square, and small images bill whole 28 px patches plus the
+# image block's delimiters. On recorded Claude 3 Haiku, 3.5 Sonnet, Sonnet 4,
+# 4.5 and Haiku 4.5 calls with 50x65 to 228x148 px images, the bill is
+# ceil(w/28) * ceil(h/28) + 3 (0-2 tokens off), where w*h/750 was 4-11 under;
+# large images keep the documented formula (never below it).
+_CLAUDE_PATCH = 28
+_CLAUDE_IMAGE_DELIMITERS = 3
+
+
 def _pixel_tokens(w: int, h: int, long_edge: int, max_pixels: int) -> int:
     scale = min(1.0, long_edge / max(w, h), math.sqrt(max_pixels / (w * h)))
-    return max(1, math.ceil((w * scale) * (h * scale) / 750 - 1e-9))
+    sw, sh = w * scale, h * scale
+    documented = max(1, math.ceil(sw * sh / 750 - 1e-9))
+    patches = math.ceil(sw / _CLAUDE_PATCH - 1e-9) * math.ceil(sh / _CLAUDE_PATCH - 1e-9)
+    return max(documented, patches) + _CLAUDE_IMAGE_DELIMITERS
 
 
 # -- per-model policies -------------------------------------------------------
