@@ -370,3 +370,14 @@ def test_small_claude_image_bills_whole_28px_patches() -> None:
     assert images.anthropic_policy(False).tokens((100, 100)) == 16 + 3
     # 1092x1092 (Anthropic's example, ~1590): the documented formula is larger.
     assert images.anthropic_policy(False).tokens((1092, 1092)) == math.ceil(1092 * 1092 / 750) + 3
+
+
+def test_claude_text_document_is_wrapped_with_its_title() -> None:
+    doc = {"type": "document", "title": "notes.txt",
+           "source": {"type": "text", "media_type": "text/plain", "data": "Buy milk.\nCall Ann."}}
+    msg = [{"role": "user", "content": [doc]}]
+    # Anthropic's long-context structure: <document>, <source>, <document_content>.
+    wrapped = ("<document>\n<source>notes.txt</source>\n<document_content>\n"
+               "Buy milk.\nCall Ann.\n</document_content>\n</document>\n")
+    assert (Estimator().count_prompt("claude-sonnet-4-0", SONNET4, msg)
+            == math.ceil(cl100k(wrapped) * 1.13 - 1e-9) + 7)

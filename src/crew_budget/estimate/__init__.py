@@ -99,6 +99,7 @@ from crew_budget.estimate.anthropic import (
     _thinking_enabled,
     anthropic_tool_text,
     claude_text_factor,
+    document_text,
     native_format,
     pdf_layout,
     structured_output_text,
@@ -759,6 +760,8 @@ class Estimator:
         source = part.get("source") or part.get("file") or part
         if isinstance(source, Mapping):
             if source.get("type") == "text" and isinstance(source.get("data"), str):
+                if scheme.kind == "anthropic":
+                    return count(document_text(part, source["data"])), 0
                 return count(source["data"]), 0
             if source.get("type") == "content":
                 return self._content(scheme, count, source.get("content") or "")
