@@ -3,11 +3,11 @@
 - OpenAI models: tiktoken ``o200k_base`` (gpt-4o, gpt-4.1, gpt-4.5, gpt-5,
   o-series) or ``cl100k_base`` (gpt-4, gpt-4-turbo, gpt-3.5). These are the
   providers' own encodings, so text counts are exact.
-- Claude: there is no public Claude 3+ tokenizer. litellm bundles the
-  Claude 2 tokenizer (``anthropic_tokenizer.json``), which loads offline with
-  the ``tokenizers`` package in ~0.15 s and is close to, but below, what
-  Claude 3+ bills; the estimator scales it up (see ``estimate.py``). Without
-  ``tokenizers`` we fall back to ``cl100k_base`` with a larger factor.
+- Claude: there is no public Claude 3+ tokenizer. The estimator counts
+  Claude text with ``cl100k_base`` times a per-generation factor (see
+  ``estimate/anthropic.py``). litellm bundles the Claude 2 tokenizer
+  (``anthropic_tokenizer.json``), which loads offline with the ``tokenizers``
+  package in ~0.15 s; it stays available here as ``anthropic``.
 - Everything else (Gemini, Llama, Mistral, Qwen, DeepSeek served by Groq,
   Together, Fireworks, ...): a tiktoken encoding scaled by a per-family factor.
 

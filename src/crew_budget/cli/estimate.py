@@ -47,7 +47,7 @@ ConfigOption = Annotated[
 EXIT_INPUT, EXIT_CONFIG = 1, 2
 
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
-               "thinking", "service_tier")
+               "output_config", "thinking", "service_tier")
 
 ProviderOption = Annotated[
     str | None,

@@ -2,66 +2,37 @@
 
 The hard limit is only as good as this number: too low and a call can cross
 a budget, too high and calls are blocked needlessly. So the estimator counts
-what providers actually bill, not just the message text:
+what providers actually bill, not just the message text. The rules live in
+one module per provider family, each rule commented with its public source
+and, where a constant was measured, what it was measured on:
 
-OpenAI chat format (exact tiktoken encodings, see ``tokens.py``)
-    Per message 3 tokens of framing + the role + the content, +1 for a
-    ``name`` (+ its text); +3 to prime the reply. This is the OpenAI
-    cookbook's ``num_tokens_from_messages`` ("How to count tokens with
-    tiktoken"); it matches real ``usage.prompt_tokens`` for gpt-4o-mini and
-    gpt-4.1 in recorded traffic, and o-series models bill within a token of it.
-    Multi-part content counts its ``text`` parts and prices ``image_url``
-    parts by the documented image formula (``images.py``). OpenAI documents
-    no rule for tool calls in the history, so they are counted the way the
-    cookbook's loop counts every field, which errs high: each assistant
-    ``tool_calls`` entry costs its id + function name + arguments + 3, a
-    ``tool`` result its content + ``tool_call_id`` (at least as long as the
-    ``functions.<name>`` author tag it is rendered with). Tool definitions
-    (``tools`` and legacy ``functions``) are rendered the way the model sees
-    them, as a TypeScript namespace::
-
-        namespace functions {
-
-        // Get the weather
-        type get_weather = (_: {
-        // The city
-        location: string,
-        unit?: "c" | "f",
-        }) => any;
-
-        } // namespace functions
-
-    counted, +9, -4 when a system message is present, +1 for
-    ``tool_choice="none"``, +7 + the name for a forced function. This
-    reverse-engineered rendering comes from hmarr/openai-chat-tokens and
-    forestwanglin/openai-java (used by pamelafox/openai-messages-token-helper,
-    whose API-verified test counts it matches exactly or over by <= 3 tokens),
-    and matches a recorded gpt-4.1 call exactly. ``response_format`` JSON
-    schemas (in ``extra``) are counted as a ``# Response Formats`` section with
-    the compact schema (over by 1-6 tokens on recorded gpt-4.1-mini calls).
-
-Anthropic messages format (no public Claude 3+ tokenizer)
-    Text is counted with litellm's bundled Claude tokenizer and scaled by
-    1.10: on recorded Claude traffic it under-counts by 3-8 % (claude-3-5-haiku
-    billed 400 for 387 counted, claude-sonnet-4-5 1,220 for 1,133), so x1.10
-    keeps the estimate above the bill. Claude Opus 4.7 and later use a new
-    tokenizer that Anthropic says produces up to 1.35x the tokens: x1.35 more.
-    Framing: 4 per message, 1 for ``system``, 3 to prime the reply. Content
-    blocks ``text``, ``image`` (``(w*h)/750``), ``tool_use`` (name + JSON input
-    + 12), ``tool_result`` (content + 12), ``document`` (PDF: 3,000 tokens per
-    page, the top of Anthropic's 1,500-3,000 range). Tools add the documented
-    tool-use system prompt per model and ``tool_choice`` (Anthropic "Tool use
-    overview > Pricing"; e.g. 346 tokens for auto on Claude Sonnet 4, 496 on
-    Claude Sonnet 4.5; where revisions of that table differ the larger is
-    used) plus the JSON of each tool definition; ``thinking`` (in ``extra``)
-    adds 30. Thinking blocks in the history are counted although Claude
-    ignores those of earlier turns (errs high). On the examples in
-    Anthropic's token-counting docs (claude-opus-4: 14, 403 and 88 tokens)
-    this gives 16, 425 and 108.
-
-Other hosts (Gemini, Groq, Together, Mistral, DeepSeek, ...)
-    OpenAI-style framing with a tiktoken count scaled by a per-family factor
-    (``_APPROX_FAMILIES``), corrected by calibration.
+``openai.py`` (exact tiktoken encodings, see ``tokens.py``)
+    Messages: the OpenAI cookbook's ``num_tokens_from_messages`` (3 tokens a
+    message + role + content, +1 for a ``name``, +3 to prime the reply).
+    Tool definitions (``tools``, legacy ``functions``): the TypeScript
+    namespace the model sees (hmarr/openai-chat-tokens; titles and defaults
+    as openai/harmony renders them) + 9. Tool calls and results in the
+    history: as harmony renders them (``assistant to=functions.NAME``, the
+    result authored by ``functions.NAME``), so call ids and the ``tool`` role
+    are not billed; parallel calls cost 3 more each. The gpt-5 family adds a
+    hidden tool preamble and harmony's channel tokens. ``response_format``
+    schemas: a ``# Response Formats`` section with the compact schema.
+``anthropic.py`` (no public Claude 3+ tokenizer)
+    Text: ``cl100k_base`` times the factor of the Claude generation (1.13;
+    x1.35 more from Opus 4.7's new tokenizer). Framing: 4 a message, 3 to
+    prime the reply. Tools: the documented tool-use system prompt size per
+    model and ``tool_choice`` + each definition's JSON as that prompt holds
+    it. ``tool_use``/``tool_result`` blocks: the ``function_calls`` /
+    ``function_results`` XML Claude reads. Earlier turns' thinking blocks
+    are not billed. Native structured outputs: the schema + a format prompt.
+    PDFs: a page image plus the page's text; images: ``(w*h)/750``.
+``compat.py`` (OpenAI-compatible hosts: Llama, Qwen, DeepSeek, Mistral, ...)
+    A tiktoken count scaled per family, plus the family's chat template:
+    default system preambles, tool instructions, framing.
+``images.py``
+    The providers' image-token formulas from the image's own header bytes.
+``memo.py``
+    The per-message cache keys (below).
 
 Which rules apply comes from the price's ``provider`` (``openai``,
 ``anthropic``, others), then the model name (``claude-*`` on Bedrock or
@@ -96,12 +67,9 @@ Calibration
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -109,13 +77,69 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from itertools import islice
 from operator import eq, is_
-from types import MappingProxyType
 from typing import Any
 
-from crew_budget import images, tokens
+from crew_budget import tokens
+from crew_budget.estimate import images
+from crew_budget.estimate.anthropic import (
+    _CLAUDE_TOOL_PROMPT,
+    _CLAUDE_TOOL_PROMPT_UNKNOWN,
+    _PDF_PAGE_TOKENS,
+    _SERVER_TOOL_TOKENS,
+    _THINKING_PROMPT,
+    _UNKNOWN_DOCUMENT_TOKENS,
+    CLAUDE_ENCODING,
+    STRUCTURED_OUTPUT_PROMPT,
+    THINKING_BLOCKS,
+    TOOL_RESULT_WRAPPER,
+    TOOLS_WRAPPER,
+    _claude_version,
+    _looks_anthropic,
+    _pdf_pages,
+    _thinking_enabled,
+    anthropic_tool_text,
+    claude_text_factor,
+    document_text,
+    native_format,
+    pdf_layout,
+    structured_output_text,
+    tool_use_text,
+    unbilled_thinking,
+)
+from crew_budget.estimate.compat import (
+    _TIKTOKEN_NAMES,
+    Family,
+    family_of,
+    tools_tokens,
+)
+from crew_budget.estimate.compat import DEFAULT as COMPAT_DEFAULT
+from crew_budget.estimate.memo import (
+    _CONVO_SIZE,
+    _MEMO_SIZE,
+    _NO_EXTRA,
+    _freeze,
+    _memoizable,
+    _Uncacheable,
+)
+from crew_budget.estimate.memo import (
+    _MEMO_CHARS as _MEMO_CHARS,  # re-exported for tests/test_estimate_memo.py
+)
+from crew_budget.estimate.openai import (
+    ASSISTANT_FRAMING,
+    FINAL_CHANNEL,
+    _args,
+    _as_function,
+    _is_openai_name,
+    _openai_encoding,
+    render_functions,
+    reply_priming,
+    tool_calls_tokens,
+    tool_preamble,
+    uses_channels,
+)
 from crew_budget.pricing import Price
 
-__all__ = ["COMPLETION_KEYS", "Estimate", "Estimator", "billed_completions"]
+__all__ = ["COMPLETION_KEYS", "Estimate", "Estimator", "billed_completions", "render_functions"]
 
 # How many completions one request generates, and so bills output for:
 # - OpenAI chat ``n``: "How many chat completion choices to generate for each
@@ -156,76 +180,6 @@ def billed_completions(extra: Mapping[str, Any] | None) -> int:
 
 log = logging.getLogger("crew_budget")
 
-# -- model families ---------------------------------------------------------
-
-_ANTHROPIC_TEXT_FACTOR = 1.10
-_ANTHROPIC_FALLBACK_FACTOR = 1.25  # cl100k_base when `tokenizers` is missing
-_CLAUDE_47_TOKENIZER = 1.35  # Opus 4.7+: "1.0-1.35x as many tokens"
-
-# name substring -> (tiktoken encoding, factor). Documented approximations
-# (vocabulary size and family), corrected per model by calibration.
-_APPROX_FAMILIES: tuple[tuple[str, str, float], ...] = (
-    ("gpt-oss", "o200k_base", 1.05),  # o200k_harmony vocabulary
-    ("gemini", "o200k_base", 1.15),  # 256k SentencePiece vocabulary
-    ("gemma", "o200k_base", 1.15),
-    ("llama", "cl100k_base", 1.05),  # Llama 3: 128k tiktoken-style BPE
-    ("qwen", "cl100k_base", 1.05),
-    ("qwq", "cl100k_base", 1.05),
-    ("deepseek", "cl100k_base", 1.10),
-    ("mistral", "cl100k_base", 1.20),
-    ("mixtral", "cl100k_base", 1.20),
-    ("stral", "cl100k_base", 1.20),  # codestral, ministral, devstral, magistral
-    ("pixtral", "cl100k_base", 1.20),
-    ("command", "cl100k_base", 1.15),
-    ("grok", "cl100k_base", 1.15),
-)
-_APPROX_DEFAULT = ("cl100k_base", 1.25)
-_TIKTOKEN_NAMES = ("o200k_base", "cl100k_base", "o200k_harmony", "p50k_base", "r50k_base")
-
-# Anthropic "Tool use overview > Pricing": tool-use system prompt tokens for
-# (auto|none, any|tool). Keyed by (tier, major, minor); tier "" = any tier.
-_CLAUDE_TOOL_PROMPT: dict[tuple[str, int, int], tuple[int, int]] = {
-    ("opus", 5, 0): (286, 406),
-    ("sonnet", 5, 0): (354, 474),
-    ("opus", 4, 8): (290, 410),
-    ("opus", 4, 7): (675, 804),
-    ("", 4, 6): (497, 589),
-    ("", 4, 5): (496, 588),
-    ("opus", 4, 1): (346, 315),
-    ("", 4, 0): (346, 315),
-    ("", 3, 7): (346, 313),
-    ("", 3, 5): (346, 313),
-    ("haiku", 3, 5): (264, 355),
-    ("opus", 3, 0): (530, 281),
-    ("sonnet", 3, 0): (159, 235),
-    ("haiku", 3, 0): (264, 340),
-}
-_CLAUDE_TOOL_PROMPT_UNKNOWN = (675, 804)  # the largest documented: over, not under
-_SERVER_TOOL_TOKENS = 1000  # bash 245, text editor 700, computer 735 (+ system prompt)
-_PDF_PAGE_TOKENS = 3000
-_UNKNOWN_DOCUMENT_TOKENS = 10 * _PDF_PAGE_TOKENS
-_APPROX_TOOL_PREAMBLE = 60
-# Extended thinking adds hidden prompt text: Anthropic's token-counting docs
-# bill 88 tokens for a thinking-enabled request whose text is 40 tokens
-# (claude-opus-4); after framing that leaves ~30.
-_THINKING_PROMPT = 30
-
-_CLAUDE_RE = re.compile(
-    r"claude-(?:(?P<t1>opus|sonnet|haiku)-(?P<a1>\d+)(?:[-.](?P<b1>\d{1,2}))?(?!\d)"
-    r"|(?P<a2>\d+)(?:[-.](?P<b2>\d{1,2}))?-(?P<t2>opus|sonnet|haiku))"
-)
-
-
-def _claude_version(name: str) -> tuple[str, int, int] | None:
-    match = _CLAUDE_RE.search(name)
-    if match is None:
-        return None
-    tier = match.group("t1") or match.group("t2") or ""
-    major = int(match.group("a1") or match.group("a2"))
-    minor = int(match.group("b1") or match.group("b2") or 0)
-    return tier, major, minor
-
-
 @dataclass(frozen=True, slots=True)
 class _Scheme:
     """How one model is counted. ``key`` prefixes its cache entries."""
@@ -240,25 +194,13 @@ class _Scheme:
     reply: int
     tool_prompt: tuple[int, int] = (0, 0)
     generic: bool = False  # no provider, name or hint decided the format
+    channels: bool = False  # renders harmony channels around tool calls (gpt-5)
+    family: Family | None = None  # a compatible host's model family (compat.py)
 
 
 def _bare(model: str) -> str:
     return model.lower().rsplit("/", 1)[-1]
 
-
-def _is_openai_name(name: str) -> bool:
-    if name.startswith("gpt-oss"):
-        return False
-    return name.startswith(("gpt-", "o1", "o3", "o4", "chatgpt-", "computer-use", "ft:gpt",
-                            "codex-"))
-
-
-def _openai_encoding(name: str) -> str:
-    if name.startswith(("gpt-3.5", "gpt-35")) or (
-        name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5"))
-    ):
-        return "cl100k_base"
-    return "o200k_base"
 
 
 def _make_scheme(model: str, price: Price) -> _Scheme:
@@ -275,14 +217,11 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
                 (tier, major, minor),
                 _CLAUDE_TOOL_PROMPT.get(("", major, minor), _CLAUDE_TOOL_PROMPT_UNKNOWN),
             )
-        if hint in _TIKTOKEN_NAMES:
-            tokenizer, factor = hint, _ANTHROPIC_FALLBACK_FACTOR
-        elif tokens.anthropic_is_native():
-            tokenizer, factor = "anthropic", _ANTHROPIC_TEXT_FACTOR
-        else:
-            tokenizer, factor = "cl100k_base", _ANTHROPIC_FALLBACK_FACTOR
-        if claude is None or (claude[1], claude[2]) >= (4, 7):
-            factor *= _CLAUDE_47_TOKENIZER
+        # Claude has no local tokenizer: tiktoken's count times the factor of
+        # its generation (anthropic.claude_text_factor); a configured
+        # tiktoken ``tokenizer`` hint picks the encoding.
+        tokenizer = hint if hint in _TIKTOKEN_NAMES else CLAUDE_ENCODING
+        factor = claude_text_factor(claude)
         policy = images.anthropic_policy(hires)
         return _Scheme(("anthropic", tokenizer, factor, policy.key, tool_prompt), "anthropic",
                        tokenizer, factor, False, policy, 4, 3, tool_prompt)
@@ -293,81 +232,40 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
             approx_factor = float(value) if value else None
         except ValueError:
             approx_factor = None
-        approx_factor = approx_factor or _APPROX_DEFAULT[1]
+        approx_factor = approx_factor or COMPAT_DEFAULT.factor
     if approx_factor is None and (
         price.provider == "openai" or _is_openai_name(name) or hint in _TIKTOKEN_NAMES
     ):
         encoding = hint if hint in _TIKTOKEN_NAMES else _openai_encoding(name)
         policy = images.openai_policy(name)
-        return _Scheme(("openai", encoding, policy.key), "openai", encoding, 1.0, True, policy,
-                       3, 3)
-    encoding, factor = _APPROX_DEFAULT
-    generic = hint is None and price.provider == "other"
-    for fragment, enc, fam_factor in _APPROX_FAMILIES:
-        if fragment in name:
-            encoding, factor = enc, fam_factor
-            generic = False
-            break
+        preamble = tool_preamble(name)
+        channels = uses_channels(name)
+        return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
+                       policy, 3, reply_priming(name), (preamble, preamble), channels=channels)
+    family = family_of(name)
+    generic = hint is None and price.provider == "other" and family is None
+    chosen = family or COMPAT_DEFAULT
+    encoding, factor = chosen.encoding, chosen.factor
     if approx_factor is not None:
         factor = approx_factor
     policy = images.gemini_policy(name) if "gemini" in name else images.anthropic_policy(False)
-    return _Scheme(("approx", encoding, factor, policy.key), "approx", encoding, factor, False,
-                   policy, 4, 3, generic=generic)
-
-
-# -- cache keys -------------------------------------------------------------
-
-_INLINE = 256
-_DICT = object()  # marks a frozen mapping, so {"a": 1} != [("a", 1)]
-
-
-class _Uncacheable(Exception):
-    pass
-
-
-_MEMO_SIZE = 512
-_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
-_CONVO_SIZE = 64
-_MEMO_CHARS = 16384
-
-
-def _memoizable(msg: dict[Any, Any]) -> bool:
-    """Only scalar values (a copy compares equal only while they are unchanged), small."""
-    size = 0
-    for v in msg.values():
-        kind = type(v)
-        if kind is str:
-            size += len(v)
-        elif v is not None and kind not in (int, float, bool):
-            return False
-    return size <= _MEMO_CHARS
+    # The template's fixed text (a default system message, a date header) is
+    # billed once per request: counted into the reply priming.
+    reply = chosen.reply
+    if chosen.preamble:
+        try:
+            reply += math.ceil(tokens.count_function(encoding)(chosen.preamble) * factor)
+        except tokens.TokenizerUnavailable:
+            reply += len(chosen.preamble.encode("utf-8")) // 2 + 1
+    return _Scheme(("approx", encoding, factor, policy.key, chosen.fragment), "approx", encoding,
+                   factor, False, policy, chosen.per_message, reply, generic=generic,
+                   family=family)
 
 
 def _schema_format(extra: Mapping[str, Any]) -> bool:
     """Does the request carry a structured-output schema (which adds prompt tokens)?"""
-    fmt = extra.get("response_format") or extra.get("output_format")
+    fmt = extra.get("response_format") or native_format(extra)
     return isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object")
-
-
-def _freeze(value: Any) -> Any:
-    kind = type(value)
-    if kind is str:
-        if len(value) <= _INLINE:
-            return value
-        return ("#", len(value), hash(value), value[:32], value[-32:])
-    # Fast paths for plain JSON-like data (ABC isinstance checks are slow).
-    if kind is dict:
-        return (_DICT, *[(k, v if type(v) is str and len(v) <= _INLINE else _freeze(v))
-                         for k, v in value.items()])
-    if kind is list:
-        return tuple([_freeze(v) for v in value])
-    if value is None or kind in (int, float, bool):
-        return value
-    if isinstance(value, Mapping):
-        return (_DICT, *[(k, _freeze(v)) for k, v in value.items()])
-    if isinstance(value, (list, tuple)):
-        return tuple([_freeze(v) for v in value])
-    raise _Uncacheable
 
 
 # -- the estimator ------------------------------------------------------------
@@ -442,7 +340,7 @@ class Estimator:
         ``role``/``type`` and ``content``, such as LangChain messages);
         ``system`` is Anthropic's separate system prompt; ``extra`` may hold
         ``tool_choice``, ``functions``, ``function_call``, ``response_format``,
-        ``output_format`` and Anthropic's ``thinking``.
+        Anthropic's ``output_format`` / ``output_config`` and ``thinking``.
         """
         last = self._last  # one tuple: read and replaced atomically
         if last[0] is price and last[1] == model and last[2] is not None:
@@ -569,8 +467,12 @@ class Estimator:
         tool_list = list(tools or ()) + list(functions or ())
         if tool_list:
             items.append(("tools", tool_list))
-        fmt = extra.get("response_format") or extra.get("output_format")
-        if isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object"):
+        native = native_format(extra)
+        fmt = extra.get("response_format") or native
+        if native is not None and fmt is native and scheme.kind == "anthropic":
+            items.append(("native_format", native))
+            fmt = None  # Claude's structured outputs: no tool-use system prompt
+        elif isinstance(fmt, Mapping) and fmt.get("type") not in (None, "text", "json_object"):
             items.append(("format", fmt))
         else:
             fmt = None  # plain text / JSON mode: no schema in the prompt
@@ -725,6 +627,8 @@ class Estimator:
             return self._message(scheme, count, {"role": "system", "content": value})
         if kind == "tools":
             return self._tools(scheme, count, value)
+        if kind == "native_format":
+            return count(structured_output_text(value)), STRUCTURED_OUTPUT_PROMPT
         return self._format(scheme, count, value)
 
     # messages ----------------------------------------------------------------
@@ -739,13 +643,25 @@ class Estimator:
                 t, f = self._content(scheme, count, value)
                 text += t
                 fixed += f
+            elif key == "role" and scheme.channels and value == "assistant":
+                text += count(str(value))
+                if msg.get("content"):
+                    fixed += FINAL_CHANNEL
             elif key == "role":
                 # Claude's per-message framing already includes the turn marker.
-                if scheme.kind != "anthropic":
+                if scheme.kind != "anthropic" and not (scheme.kind == "openai" and value == "tool"):
                     text += count(str(value))
             elif key == "name":
+                if scheme.kind == "openai" and msg.get("role") == "tool":
+                    continue  # the result's author is the function, counted with the call
                 text += count(str(value))
                 fixed += 1
+            elif key == "tool_calls" and scheme.kind == "openai":
+                t, f = tool_calls_tokens(count, value, channels=scheme.channels)
+                text += t
+                fixed += f
+                if not msg.get("content"):
+                    fixed -= ASSISTANT_FRAMING
             elif key == "tool_calls":
                 for call in value or ():
                     if not isinstance(call, Mapping):
@@ -760,7 +676,8 @@ class Estimator:
                 text += count(str(value.get("name", ""))) + count(_args(value))
                 fixed += 3
             elif key == "tool_call_id":
-                text += count(str(value))
+                if scheme.kind != "openai":
+                    text += count(str(value))
             elif isinstance(value, str) and key not in _IGNORED_KEYS:
                 text += count(value)
         return text, fixed
@@ -774,12 +691,15 @@ class Estimator:
         if not isinstance(content, (list, tuple)):
             return count(str(content)), 0
         text = fixed = 0
+        skip_thinking = scheme.kind == "anthropic" and unbilled_thinking(content)
         for part in content:
             if isinstance(part, str):
                 text += count(part)
                 continue
             if not isinstance(part, Mapping):
                 text += count(str(part))
+                continue
+            if skip_thinking and part.get("type") in THINKING_BLOCKS:
                 continue
             t, f = self._part(scheme, count, part)
             text += t
@@ -800,6 +720,11 @@ class Estimator:
             return 0, self._image_tokens(scheme, ref if isinstance(ref, str) else None, detail)
         if ptype == "image":
             return 0, self._image_tokens(scheme, _image_block_source(part), "auto")
+        if ptype in ("tool_use", "server_tool_use") and scheme.kind == "anthropic":
+            return count(tool_use_text(part)), 0
+        if ptype == "tool_result" and scheme.kind == "anthropic":
+            text, fixed = self._content(scheme, count, part.get("content") or "")
+            return text + count(TOOL_RESULT_WRAPPER), fixed
         if ptype == "tool_use":
             body = json.dumps(part.get("input", {}), separators=(",", ":"), ensure_ascii=False,
                               default=str)
@@ -835,10 +760,17 @@ class Estimator:
         source = part.get("source") or part.get("file") or part
         if isinstance(source, Mapping):
             if source.get("type") == "text" and isinstance(source.get("data"), str):
+                if scheme.kind == "anthropic":
+                    return count(document_text(part, source["data"])), 0
                 return count(source["data"]), 0
             if source.get("type") == "content":
                 return self._content(scheme, count, source.get("content") or "")
             data = source.get("data") or source.get("file_data") or ""
+            if isinstance(data, str) and data and scheme.kind == "anthropic":
+                layout = pdf_layout(data)
+                if layout is not None:
+                    page = scheme.images.tokens(layout.page_size)
+                    return count(layout.text), layout.pages * page
             if isinstance(data, str) and data:
                 pages = _pdf_pages(data)
                 if pages:
@@ -857,17 +789,25 @@ class Estimator:
                 return 0, fixed
             return count(render_functions(custom)), fixed + 9
         text = fixed = 0
+        if scheme.kind == "approx":
+            found = [_as_function(t) for t in tools]
+            defined = [f for f in found if f is not None]
+            text, fixed = tools_tokens(scheme.family, count, defined) if defined else (0, 0)
+            return text, fixed + _SERVER_TOOL_TOKENS * (len(found) - len(defined))
         for tool in tools:
             function = _as_function(tool)
             if function is None:
                 fixed += _SERVER_TOOL_TOKENS
                 continue
+            if scheme.kind == "anthropic":
+                text += count(anthropic_tool_text(function))
+                continue
             body = {"name": function.get("name", ""),
                     "description": function.get("description", ""),
                     "input_schema": function.get("parameters") or {}}
             text += count(json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str))
-        if scheme.kind == "approx":
-            fixed += _APPROX_TOOL_PREAMBLE
+        if scheme.kind == "anthropic" and text:
+            text += count(TOOLS_WRAPPER)
         return text, fixed
 
     def _format(self, scheme: _Scheme, count: Callable[[str], int],
@@ -889,11 +829,11 @@ class Estimator:
         if scheme.kind == "openai":
             if not has_tools:
                 return 0
-            adjust = -4 if has_system else 0
+            # tool_choice "required" bills nothing over "auto" (exact on recorded
+            # gpt-4o, gpt-4-1106 calls); "none" one token; a named function its name + 7.
+            adjust = (-4 if has_system else 0) + scheme.tool_prompt[0]
             if choice == "none":
                 adjust += 1
-            elif choice == "required":
-                adjust += 7
             elif isinstance(choice, Mapping):
                 name = choice.get("name") or (choice.get("function") or {}).get("name") or ""
                 counter = count or self._counter(scheme)
@@ -950,12 +890,6 @@ def _as_message(message: Any) -> Mapping[str, Any]:
     return out
 
 
-def _args(fn: Mapping[str, Any]) -> str:
-    args = fn.get("arguments", fn.get("args", fn.get("input", "")))
-    if isinstance(args, str):
-        return args
-    return json.dumps(args, separators=(",", ":"), ensure_ascii=False, default=str)
-
 
 def _image_block_source(part: Mapping[str, Any]) -> str | None:
     source = part.get("source")
@@ -971,145 +905,8 @@ def _image_block_source(part: Mapping[str, Any]) -> str | None:
     return url if isinstance(url, str) and url.startswith("data:") else None
 
 
-_PAGE_RE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
-_COUNT_RE = re.compile(rb"/Count\s+(\d+)")
-
-
-def _pdf_pages(data: str) -> int:
-    """Pages of a base64 PDF (or data URL): ``/Type /Page`` objects, else ``/Count``."""
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        return 0
-    if not raw.startswith(b"%PDF"):
-        return 0
-    pages = len(_PAGE_RE.findall(raw))
-    if pages:
-        return pages
-    counts = [int(c) for c in _COUNT_RE.findall(raw)]
-    return max(counts) if counts else 0
-
-
-_ANTHROPIC_BLOCKS = frozenset({"tool_use", "tool_result", "image", "document", "thinking",
-                               "redacted_thinking"})
-
-
-def _looks_anthropic(messages: Sequence[Any], tools: Sequence[Any] | None, system: Any) -> bool:
-    """An Anthropic messages request: separate ``system``, ``input_schema`` tools
-    or Anthropic content blocks."""
-    if system:
-        return True
-    if any(isinstance(t, Mapping) and "input_schema" in t for t in tools or ()):
-        return True
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, Mapping) and block.get("type") in _ANTHROPIC_BLOCKS:
-                    return True
-    return False
-
-
-def _thinking_enabled(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        return value.get("type") not in (None, "disabled")
-    return bool(value)
-
 
 def _bytes_over_two(text: str) -> int:
     return len(text.encode("utf-8")) // 2 + 1
 
 
-# -- tool definitions as the model sees them --------------------------------
-
-
-def _as_function(tool: Any) -> dict[str, Any] | None:
-    """``{name, description, parameters}`` from an OpenAI tool, a legacy function
-    or an Anthropic tool; ``None`` for server tools (bash, computer use, ...)."""
-    if not isinstance(tool, Mapping):
-        name = getattr(tool, "name", None)
-        if isinstance(name, str):
-            schema = getattr(tool, "args_schema", None)
-            params: Any = {}
-            if schema is not None and hasattr(schema, "model_json_schema"):
-                params = schema.model_json_schema()
-            return {"name": name, "description": str(getattr(tool, "description", "") or ""),
-                    "parameters": params}
-        return {"name": str(tool), "description": "", "parameters": {}}
-    if isinstance(tool.get("function"), Mapping):
-        return dict(tool["function"])
-    if "input_schema" in tool:
-        return {"name": tool.get("name", ""), "description": tool.get("description", ""),
-                "parameters": tool.get("input_schema")}
-    if "parameters" in tool or ("name" in tool and tool.get("type") in (None, "function",
-                                                                          "custom")):
-        return {"name": tool.get("name", ""), "description": tool.get("description", ""),
-                "parameters": tool.get("parameters") or {}}
-    return None
-
-
-def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
-    """Function definitions in the TypeScript namespace OpenAI renders them as."""
-    lines = ["namespace functions {", ""]
-    for fn in functions:
-        description = str(fn.get("description") or "")
-        for line in description.splitlines() or ([description] if description else []):
-            lines.append(f"// {line}")
-        params = fn.get("parameters") or {}
-        properties = params.get("properties") if isinstance(params, Mapping) else None
-        name = fn.get("name", "")
-        if properties:
-            lines.append(f"type {name} = (_: {{")
-            lines.append(_ts_object(params, 0))
-            lines.append("}) => any;")
-        else:
-            lines.append(f"type {name} = () => any;")
-        lines.append("")
-    lines.append("} // namespace functions")
-    return "\n".join(lines)
-
-
-def _ts_object(schema: Mapping[str, Any], indent: int) -> str:
-    properties = schema.get("properties") or {}
-    required = schema.get("required") or ()
-    pad = " " * indent
-    lines: list[str] = []
-    for key, value in properties.items():
-        prop: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
-        description = prop.get("description")
-        if description:
-            lines.extend(f"{pad}// {line}" for line in str(description).splitlines())
-        optional = "" if key in required else "?"
-        lines.append(f"{pad}{key}{optional}: {_ts_type(prop, indent)},")
-    return "\n".join(lines)
-
-
-def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
-    if "enum" in prop:
-        return " | ".join(json.dumps(v, ensure_ascii=False) for v in prop["enum"])
-    if "const" in prop:
-        return json.dumps(prop["const"], ensure_ascii=False)
-    for union in ("anyOf", "oneOf"):
-        if isinstance(prop.get(union), list):
-            return " | ".join(_ts_type(p, indent) for p in prop[union] if isinstance(p, Mapping))
-    kind = prop.get("type")
-    if isinstance(kind, list):
-        return " | ".join(_ts_type({**prop, "type": k}, indent) for k in kind)
-    if kind == "string":
-        return "string"
-    if kind in ("integer", "number"):
-        return "number"
-    if kind == "boolean":
-        return "boolean"
-    if kind == "null":
-        return "null"
-    if kind == "array":
-        items = prop.get("items")
-        return f"{_ts_type(items, indent) if isinstance(items, Mapping) else 'any'}[]"
-    if kind == "object" or "properties" in prop:
-        if not prop.get("properties"):
-            return "object"
-        return "{\n" + _ts_object(prop, indent + 2) + "\n" + " " * indent + "}"
-    return "any"

@@ -1,0 +1,164 @@
+"""OpenAI-compatible hosts serving other model families (Llama, Qwen, Mistral, ...).
+
+Groq, Together, Fireworks, OpenRouter, Hugging Face, Cloudflare, DeepSeek,
+Mistral, x.ai and Ollama take OpenAI's wire format but bill with the model's
+own tokenizer, after rendering the conversation with the model's *chat
+template*. No local tokenizer for those families ships with crew-budget, so
+text is a tiktoken count scaled by a per-family factor (corrected per model
+by calibration), and the template's fixed text (default system preambles,
+tool instructions) is counted from the template itself, which is public: it
+is the ``chat_template`` of the model's ``tokenizer_config.json`` on Hugging
+Face. Sources are cited at each family.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """How one model family's chat template bills a request.
+
+    ``preamble``: text every request carries (a default system message or
+    date header), counted once; ``tool_intro``/``tool_outro``: the fixed text
+    around tool definitions; ``tool_json``: how each definition is written
+    (``"indent4"``, ``"spaced"``, ``"deepseek"``, ``"none"``).
+    """
+
+    fragment: str
+    encoding: str
+    factor: float
+    preamble: str = ""
+    tool_intro: str = ""
+    tool_outro: str = ""
+    tool_json: str = "spaced"
+    per_message: int = 4
+    reply: int = 3
+
+
+# Llama 3.1 / 3.2 / 3.3 Instruct (meta-llama/Llama-3.1-8B-Instruct,
+# tokenizer_config.json "chat_template"): every prompt opens with a system
+# block holding "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul
+# 2024\n\n" (plus "Environment: ipython\n" with tools) before any system
+# text, and tools are put into the first user message as
+# ``tool | tojson(indent=4)`` after a fixed instruction. Framing: 4 special
+# tokens and "\n\n" around each message's role, the system block's own 5,
+# and 4 for the assistant header that primes the reply (reply = 9). Text: Llama 3 uses a
+# 128k-token tiktoken BPE (Meta, "Introducing Meta Llama 3": "a tokenizer
+# with a vocabulary of 128K tokens"), close to cl100k_base plus 28k tokens.
+_LLAMA_DATE = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+_LLAMA_TOOLS = ("Environment: ipython\n"
+                "Given the following functions, please respond with a JSON for a function "
+                "call with its proper arguments that best answers the given prompt.\n\n"
+                'Respond in the format {"name": function name, "parameters": dictionary of '
+                "argument name and its value}.Do not use variables.\n\n")
+
+# Qwen2.5 Instruct (Qwen/Qwen2.5-7B-Instruct, tokenizer_config.json): with no
+# system message the template adds "You are Qwen, created by Alibaba Cloud.
+# You are a helpful assistant." (Qwen2.5-VL: "You are a helpful assistant.";
+# Qwen3 adds none); tools go into the system message between this text and
+# ``<tools>`` tags, one ``tool | tojson`` per line. Framing (ChatML):
+# ``<|im_start|>role\n ... <|im_end|>\n`` is 4 tokens besides the role; the
+# reply is primed with ``<|im_start|>assistant\n`` (3), plus 5 for the
+# default system message's own framing where there is one (reply = 8).
+_QWEN_TOOLS = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+               "query.\n\nYou are provided with function signatures within <tools></tools> "
+               "XML tags:\n<tools>")
+_QWEN_TOOLS_END = ("\n</tools>\n\nFor each function call, return a json object with function "
+                   "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+                   '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+# DeepSeek V3.1 (deepseek-ai/DeepSeek-V3.1, tokenizer_config.json; the
+# template the deepseek-chat API serves): tools become "## Tools" with one
+# "### name / Description / Parameters" section each and a fixed block of
+# format instructions.
+_DEEPSEEK_TOOLS_END = (
+    "IMPORTANT: ALWAYS adhere to this exact format for tool use:\n"
+    "<\uff5ctool\u2581calls\u2581begin\uff5c><\uff5ctool\u2581call\u2581begin\uff5c>tool_call_name<\uff5ctool\u2581sep\uff5c>tool_call_arguments"
+    "<\uff5ctool\u2581call\u2581end\uff5c>{{additional_tool_calls}}<\uff5ctool\u2581calls\u2581end\uff5c>\n\nWhere:\n\n"
+    "- `tool_call_name` must be an exact match to one of the available tools\n"
+    "- `tool_call_arguments` must be valid JSON that strictly follows the tool's Parameters "
+    "Schema\n- For multiple tool calls, chain them directly without separators or spaces\n")
+
+# Mistral (mistralai/Mistral-Small-Instruct, tokenizer_config.json /
+# mistral-common): tools are written once as ``[AVAILABLE_TOOLS]<json list>
+# [/AVAILABLE_TOOLS]``; messages are ``[INST] ... [/INST]`` with no role
+# names. Mistral's Tekken tokenizer (131k vocabulary, tiktoken-based;
+# Mistral, "Mistral NeMo" announcement) counts English like o200k_base.
+#
+# Gemini's OpenAI-compatible endpoint reports only the text of the messages
+# (Google bills Gemini by its own count of the contents; a one-line prompt
+# with a forced tool is reported as 8 tokens): no framing, no tool text.
+FAMILIES: tuple[Family, ...] = (
+    Family("gpt-oss", "o200k_base", 1.0),  # o200k_harmony: OpenAI's rules apply
+    Family("gemini", "o200k_base", 1.15, tool_json="none", per_message=0, reply=0),
+    Family("gemma", "o200k_base", 1.15),
+    Family("llama", "cl100k_base", 1.05, preamble=_LLAMA_DATE, tool_intro=_LLAMA_TOOLS,
+           tool_json="indent4", per_message=4, reply=9),
+    Family("qwen2.5-vl", "cl100k_base", 1.05, preamble="You are a helpful assistant.",
+           tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8),
+    Family("qwen2", "cl100k_base", 1.05,
+           preamble="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+           tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8),
+    Family("qwen", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
+    Family("qwq", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
+    Family("deepseek", "cl100k_base", 1.10,
+           tool_intro="## Tools\nYou have access to the following tools:\n",
+           tool_outro=_DEEPSEEK_TOOLS_END, tool_json="deepseek"),
+    Family("mistral", "o200k_base", 1.0, tool_intro="[AVAILABLE_TOOLS]",
+           tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1),
+    Family("mixtral", "cl100k_base", 1.20, tool_intro="[AVAILABLE_TOOLS]",
+           tool_outro="[/AVAILABLE_TOOLS]"),
+    Family("stral", "o200k_base", 1.0, tool_intro="[AVAILABLE_TOOLS]",  # codestral, devstral...
+           tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1),
+    Family("command", "cl100k_base", 1.15),
+    Family("grok", "cl100k_base", 1.15),
+)
+DEFAULT = Family("", "cl100k_base", 1.25)
+_TIKTOKEN_NAMES = ("o200k_base", "cl100k_base", "o200k_harmony", "p50k_base", "r50k_base")
+# Tool instructions of a family whose template is unknown: a typical size.
+_APPROX_TOOL_PREAMBLE = 60
+
+
+def family_of(name: str) -> Family | None:
+    """The first family whose fragment is in the (lower-case, bare) model name."""
+    for family in FAMILIES:
+        if family.fragment in name:
+            return family
+    return None
+
+
+def tools_text(family: Family, functions: Sequence[Mapping[str, Any]]) -> str:
+    """The text a family's chat template adds for these tool definitions."""
+    if family.tool_json == "none":
+        return ""
+    parts = [family.tool_intro]
+    for fn in functions:
+        tool = {"type": "function", "function": dict(fn)}
+        if family.tool_json == "indent4":
+            parts.append(json.dumps(tool, indent=4, ensure_ascii=False, default=str) + "\n\n")
+        elif family.tool_json == "deepseek":
+            params = json.dumps(fn.get("parameters") or {}, ensure_ascii=False, default=str)
+            parts.append(f"\n### {fn.get('name', '')}\nDescription: {fn.get('description', '')}"
+                         f"\n\nParameters: {params}\n")
+        else:
+            parts.append("\n" + json.dumps(tool, ensure_ascii=False, default=str))
+    parts.append(family.tool_outro)
+    return "".join(parts)
+
+
+def tools_tokens(family: Family | None, count: Callable[[str], int],
+                 functions: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """(text, fixed) tokens of tool definitions for a compatible host's model."""
+    if family is None or not (family.tool_intro or family.tool_json == "none"):
+        # Unknown template: Hugging Face chat templates write tools with
+        # Jinja's ``tojson`` (``json.dumps`` spacing), as the OpenAI tool
+        # objects they are given, after some instructions.
+        body = "".join(json.dumps({"type": "function", "function": dict(fn)},
+                                  ensure_ascii=False, default=str) for fn in functions)
+        return count(body), _APPROX_TOOL_PREAMBLE
+    return count(tools_text(family, functions)), 0

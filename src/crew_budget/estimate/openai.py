@@ -1,0 +1,258 @@
+"""OpenAI chat-completions rules: encodings, tool definitions as the model sees them.
+
+Sources are cited at each rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+def _is_openai_name(name: str) -> bool:
+    if name.startswith("gpt-oss"):
+        return False
+    return name.startswith(("gpt-", "o1", "o3", "o4", "chatgpt-", "computer-use", "ft:gpt",
+                            "codex-"))
+
+
+def _openai_encoding(name: str) -> str:
+    if name.startswith(("gpt-3.5", "gpt-35")) or (
+        name.startswith("gpt-4") and not name.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5"))
+    ):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+def _args(fn: Mapping[str, Any]) -> str:
+    args = fn.get("arguments", fn.get("args", fn.get("input", "")))
+    if isinstance(args, str):
+        return args
+    return json.dumps(args, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# -- tool definitions as the model sees them --------------------------------
+
+
+def _as_function(tool: Any) -> dict[str, Any] | None:
+    """``{name, description, parameters}`` from an OpenAI tool, a legacy function
+    or an Anthropic tool; ``None`` for server tools (bash, computer use, ...)."""
+    if not isinstance(tool, Mapping):
+        name = getattr(tool, "name", None)
+        if isinstance(name, str):
+            schema = getattr(tool, "args_schema", None)
+            params: Any = {}
+            if schema is not None and hasattr(schema, "model_json_schema"):
+                params = schema.model_json_schema()
+            return {"name": name, "description": str(getattr(tool, "description", "") or ""),
+                    "parameters": params}
+        return {"name": str(tool), "description": "", "parameters": {}}
+    if isinstance(tool.get("function"), Mapping):
+        return dict(tool["function"])
+    if "input_schema" in tool:
+        return {"name": tool.get("name", ""), "description": tool.get("description", ""),
+                "parameters": tool.get("input_schema")}
+    if "parameters" in tool or ("name" in tool and tool.get("type") in (None, "function",
+                                                                          "custom")):
+        return {"name": tool.get("name", ""), "description": tool.get("description", ""),
+                "parameters": tool.get("parameters") or {}}
+    return None
+
+
+def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
+    """Function definitions in the TypeScript namespace OpenAI renders them as."""
+    lines = ["namespace functions {", ""]
+    for fn in functions:
+        description = str(fn.get("description") or "")
+        for line in description.splitlines() or ([description] if description else []):
+            lines.append(f"// {line}")
+        params = fn.get("parameters") or {}
+        properties = params.get("properties") if isinstance(params, Mapping) else None
+        name = fn.get("name", "")
+        if properties:
+            lines.append(f"type {name} = (_: {{")
+            lines.append(_ts_object(params, 0))
+            lines.append("}) => any;")
+        else:
+            lines.append(f"type {name} = () => any;")
+        lines.append("")
+    lines.append("} // namespace functions")
+    return "\n".join(lines)
+
+
+def _ts_object(schema: Mapping[str, Any], indent: int) -> str:
+    """The properties of an object schema, one per line, as harmony renders them.
+
+    Per the harmony renderer (openai/harmony, ``render_conversation`` of a
+    developer message with function tools; observed with openai-harmony 0.0.8):
+    a property's ``title`` becomes a ``// <title>`` comment line (harmony
+    follows it with an empty ``//`` line; gpt-4o and gpt-4o-mini bill exactly
+    one line, on recorded calls with pydantic-generated ``title`` fields), its
+    ``description`` lines become ``// <line>`` comments above it, a
+    ``default`` is appended after the comma as ``// default: <value>`` (JSON for
+    plain values, the bare value for an enum). Harmony indents a nested
+    object's properties by 4 spaces and its closing brace too; the
+    API-verified counts of openai-chat-tokens (hmarr/openai-chat-tokens,
+    ``tests/token-counts.test.ts``, the nested-object case: 103 tokens) fit
+    2 spaces and a closing brace at the outer indent, which is kept.
+    """
+    properties = schema.get("properties") or {}
+    required = schema.get("required") or ()
+    pad = " " * indent
+    lines: list[str] = []
+    for key, value in properties.items():
+        prop: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
+        title = prop.get("title")
+        if title:
+            lines.append(f"{pad}// {title}")
+        description = prop.get("description")
+        if description:
+            lines.extend(f"{pad}// {line}" for line in str(description).splitlines())
+        optional = "" if key in required else "?"
+        line = f"{pad}{key}{optional}: {_ts_type(prop, indent)},"
+        if "default" in prop:
+            default = prop["default"]
+            shown = (str(default) if "enum" in prop and isinstance(default, str)
+                     else json.dumps(default, ensure_ascii=False, default=str))
+            line += f" // default: {shown}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
+    if "enum" in prop:
+        return " | ".join(json.dumps(v, ensure_ascii=False) for v in prop["enum"])
+    if "const" in prop:
+        return json.dumps(prop["const"], ensure_ascii=False)
+    for union in ("anyOf", "oneOf"):
+        if isinstance(prop.get(union), list):
+            return " | ".join(_ts_type(p, indent) for p in prop[union] if isinstance(p, Mapping))
+    kind = prop.get("type")
+    if isinstance(kind, list):
+        return " | ".join(_ts_type({**prop, "type": k}, indent) for k in kind)
+    if kind == "string":
+        return "string"
+    if kind in ("integer", "number"):
+        return "number"
+    if kind == "boolean":
+        return "boolean"
+    if kind == "null":
+        return "null"
+    if kind == "array":
+        items = prop.get("items")
+        return f"{_ts_type(items, indent) if isinstance(items, Mapping) else 'any'}[]"
+    if kind == "object" or "properties" in prop:
+        if not prop.get("properties"):
+            return "object"
+        return "{\n" + _ts_object(prop, indent + 2) + "\n" + " " * indent + "}"
+    return "any"
+
+
+# -- tool calls and results in the history -----------------------------------
+#
+# Harmony (github.com/openai/harmony, docs/format.md "Function calling"; and
+# openai-harmony 0.0.8's ``render_conversation``) renders an assistant's
+# function call as its own message addressed to the tool, and the result as a
+# message *from* the tool addressed back to the assistant:
+#
+#     <|start|>assistant to=functions.get_weather<|channel|>commentary json
+#         <|message|>{"location":"Paris"}<|call|>
+#     <|start|>functions.get_weather to=assistant<|channel|>commentary
+#         <|message|>{"t":20}<|end|>
+#
+# The call id is not rendered (``tool_call_id`` only links the result to its
+# call on the wire), nor is the ``tool`` role or a ``name`` on the result
+# message: the author is the function.
+# Chat-completions models (gpt-4o, 4.1, 5) bill the same shape with their
+# 3-token message framing and no channel: on recorded gpt-4o/4o-mini traffic
+# a single call plus its result costs exactly
+#     3 + "assistant to=functions.NAME" + arguments + "functions.NAME to=assistant" - 1
+# tokens on top of the result's own framing and content, and an assistant
+# message that carries only tool calls (no text) has no framing of its own.
+# Parallel calls (one assistant message with several ``tool_calls``) cost
+# more than the same calls made one by one: 2-4 tokens per call on recorded
+# gpt-4o/4o-mini traffic (they are wrapped, the way ChatGPT's published
+# ``multi_tool_use.parallel`` tool wraps them, though less than that
+# wrapper's full JSON); 3 per call is counted, the middle of that range.
+_CALL_FRAMING = 2  # 3 framing tokens, less the one the measured total is below the rendering
+_PARALLEL_EXTRA = 3
+# Harmony's own example of a call (docs/format.md, "Receiving tool calls"):
+#     <|start|>assistant<|channel|>commentary to=functions.get_current_weather
+#         <|constrain|>json<|message|>{...}<|call|>
+# and of a result:
+#     <|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>...
+# Models that speak harmony (the gpt-5 family; gpt-oss) bill those channel
+# and constrain tokens too: <|channel|> twice and <|constrain|> once.
+_CHANNEL_SPECIALS = 3
+# Framing of an assistant message (3 + its role token) that holds only tool calls.
+ASSISTANT_FRAMING = 4
+
+
+def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
+                      channels: bool = False) -> tuple[int, int]:
+    """(text, fixed) tokens of an assistant message's ``tool_calls`` and their results'
+    author tags (so a ``tool`` message costs only its framing and content).
+
+    ``channels``: the model renders harmony channels (``uses_channels``), so
+    each call also carries ``<|channel|>commentary <|constrain|>json`` and
+    each result ``<|channel|>commentary``.
+    """
+    text = fixed = 0
+    functions: list[Mapping[str, Any]] = []
+    for call in calls or ():
+        if not isinstance(call, Mapping):
+            text += count(str(call))
+            continue
+        fn = call.get("function", call)
+        functions.append(fn if isinstance(fn, Mapping) else {})
+    per_call = _CALL_FRAMING + (_PARALLEL_EXTRA if len(functions) > 1 else 0)
+    for fn in functions:
+        name = str(fn.get("name", ""))
+        text += count(f"assistant to=functions.{name}") + count(_args(fn))
+        text += count(f"functions.{name} to=assistant")
+        fixed += per_call
+        if channels:
+            text += 2 * count("commentary") + count(" json")
+            fixed += _CHANNEL_SPECIALS
+    return text, fixed
+
+
+# -- the gpt-5 family's hidden tool preamble ---------------------------------
+#
+# gpt-5-family chat models bill a constant number of extra prompt tokens when
+# a request has tools, beyond the namespace rendering above: 85 (+-3) on every
+# recorded gpt-5.4 call with 1-3 tools, with or without tool history, and
+# about the same on gpt-5-mini. OpenAI does not publish this text; harmony's
+# system message for tools (the "# Valid channels ... Calls to these tools
+# must go to the commentary channel: 'functions'." block and the developer
+# message's "# Tools" header) is the visible part of such a preamble.
+GPT5_TOOL_PREAMBLE = 85
+
+
+# -- harmony framing of reasoning models ------------------------------------------
+#
+# Harmony ends the prompt of a completion with ``<|start|>assistant`` (2
+# tokens; docs/format.md, and ``render_conversation_for_completion``), where
+# the cookbook's chat models are primed with 3 (``<|start|>assistant<|message|>``),
+# and an assistant answer in the history carries its channel
+# (``<|start|>assistant<|channel|>final<|message|>...<|end|>``: 2 tokens more).
+# Recorded gpt-5, gpt-5-mini/nano, o3-mini and o4-mini calls bill exactly that:
+# one token under the cookbook for a single message, and a 3-message
+# conversation with an assistant turn one over it.
+FINAL_CHANNEL = 2
+
+
+def reply_priming(name: str) -> int:
+    """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
+    return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
+
+
+def uses_channels(name: str) -> bool:
+    """Does this OpenAI model render tool calls in harmony channels? (gpt-5 family)"""
+    return name.startswith("gpt-5")
+
+
+def tool_preamble(name: str) -> int:
+    """Hidden prompt tokens a model adds when the request has tools."""
+    return GPT5_TOOL_PREAMBLE if name.startswith("gpt-5") else 0
