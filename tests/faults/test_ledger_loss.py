@@ -251,7 +251,7 @@ def test_on_ledger_reset_continue_records_the_loss_and_goes_on(
 def test_a_frozen_server_fails_within_the_url_timeout_and_charges_nothing(
     server: RedisServer,
 ) -> None:
-    url = server.url + "?socket_timeout=0.5"
+    url = server.url + "?socket_timeout=0.3"
     guard = Guard(CONFIG, url)
     call(guard, 1_000_000)  # connection made, epoch known
     assert server.proc is not None
@@ -265,8 +265,9 @@ def test_a_frozen_server_fails_within_the_url_timeout_and_charges_nothing(
         os.kill(server.proc.pid, signal.SIGCONT)
     assert not isinstance(caught.value, LedgerReset)
     assert "Timeout" in caught.value.reason
-    # 0.5 s from the URL, not the 2 s default (one timeout, not retried).
-    assert 0.45 <= waited < 1.5
+    # 0.3 s from the URL, not the 2 s default (one timeout, not retried);
+    # the slack above 0.3 s is for a loaded machine, still short of 2 s.
+    assert 0.25 <= waited < 1.9
     # Nothing was charged. The frozen server did run the reserve once it was
     # thawed; the guard releases it with its next call instead of letting its
     # lease expire at the reserved amount.

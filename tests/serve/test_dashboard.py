@@ -4,7 +4,7 @@ The module runs ``crew-budget demo --ledger sqlite:///...`` once (the demo's
 numbers, from its cassette, are derived in ``tests/crewai/test_demo.py``):
 
     router      gpt-4o-mini  1 call            $0.0000174
-    researcher  gpt-4o       5 calls, 1 block  $0.010365  (blocked call estimated $0.0093775)
+    researcher  gpt-4o       5 calls, 1 block  $0.010365  (blocked call estimated $0.0092375)
     crew research-demo                         $0.0103824
 
 then starts ``crew-budget serve`` on that ledger (config: examples/budgets.yaml,
@@ -133,7 +133,7 @@ def test_snapshot_json_holds_the_demo_books(server: Server) -> None:
         ("gpt-4o", 5), ("gpt-4o-mini", 1)]
     assert sum(sum(s) for s in snap["spend"]["by_hour"].values()) == 10_382_400
     assert [(b["role"], b["model"], b["scope"], b["estimate_usd"]) for b in snap["blocked"]] == [
-        ("researcher", "gpt-4o", "role:researcher", "0.0093775")]
+        ("researcher", "gpt-4o", "role:researcher", "0.0092375")]
     assert snap["overruns"] == {"count": 0, "over_usd": "0", "calls": []}
     # No configured budget is at 50% (the refusal came from the BudgetLLM's inline
     # $0.018), so the feed holds exactly the one refusal.
@@ -200,7 +200,7 @@ def test_page_shows_the_demo_and_a_new_settle_within_2s(server: Server, demo_led
             assert page.locator("#total-spend").inner_text() == "$0.0103824"
             assert page.locator("#calls").inner_text() == "6"
             assert page.locator("#blocked-count").inner_text() == "1"
-            assert "$0.0093775" in page.locator("#blocked").inner_text()
+            assert "$0.0092375" in page.locator("#blocked").inner_text()
             assert page.locator("#live").inner_text() == "live"
             assert page.locator("#hourly canvas").count() == 1  # uPlot drew its chart
             writer = page.locator('.gauge[data-scope="role:writer"] .spent-usd')
