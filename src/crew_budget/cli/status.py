@@ -9,6 +9,7 @@ latest calls, every ``--interval`` seconds until Ctrl-C.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +28,7 @@ from crew_budget.cli.common import (
     fail,
     fmt_usd,
     ledger_name,
+    money_column,
     open_guard,
 )
 
@@ -83,16 +85,20 @@ def status_table(rows: list[BudgetStatus], now: float, title: str | None = None)
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name, justify in (("scope", "left"), ("window", "left"), ("period", "left"),
-                          ("limit", "right"), ("spent", "right"), ("reserved", "right"),
-                          ("remaining", "right"), ("used", "left"), ("resets", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for row in rows:
+    money = {name: [fmt_usd(getattr(r, name)) for r in rows]
+             for name in ("limit", "spent", "reserved", "remaining")}
+    table.add_column("scope", overflow="fold")
+    table.add_column("window", no_wrap=True)
+    table.add_column("period", overflow="fold")
+    for name, values in money.items():
+        money_column(table, name, values)
+    table.add_column("used", no_wrap=True, min_width=15)
+    table.add_column("resets", overflow="fold")
+    for i, row in enumerate(rows):
         used = _used(row)
         colour = "red" if used >= 1 else "yellow" if used >= Decimal("0.8") else "green"
         pct = f"{(used * 100).quantize(Decimal('1'))}%"
-        table.add_row(row.scope, row.window, row.period, fmt_usd(row.limit), fmt_usd(row.spent),
-                      fmt_usd(row.reserved), fmt_usd(row.remaining),
+        table.add_row(row.scope, row.window, row.period, *(v[i] for v in money.values()),
                       f"[{colour}]{bar(used)}[/{colour}] {pct:>4}", _resets_in(row, now))
     return table
 
@@ -143,13 +149,21 @@ def _recent_table(guard: Guard, now: float, limit: int = 10) -> Any:
 
     tz = get_tz(guard.config.timezone)
     records = [r for r in guard.ledger.records(since=now - 86400) if r.outcome != "reset"]
+    shown = records[-limit:][::-1]
+    costs = [fmt_usd(from_nano(r.cost_nano)) for r in shown]
     table = Table(title=f"latest {limit} calls (24h)", title_justify="left")
-    for name in ("time", "role", "model", "outcome", "cost"):
-        table.add_column(name, justify="right" if name == "cost" else "left")
-    for r in records[-limit:][::-1]:
+    table.add_column("time", no_wrap=True)
+    for name in ("role", "model", "outcome"):
+        table.add_column(name, overflow="fold")
+    money_column(table, "cost", costs)
+    for r, cost in zip(shown, costs, strict=True):
         table.add_row(datetime.fromtimestamp(r.ts, tz).strftime("%H:%M:%S"), r.role, r.model,
-                      r.outcome, fmt_usd(from_nano(r.cost_nano)))
+                      r.outcome, cost)
     return table
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: leave the refresh loop and print the last frame."""
 
 
 def watch(
@@ -176,17 +190,26 @@ def watch(
         title = f"crew-budget watch - {ledger_name(guard)} - {_stamp(now, guard)}"
         return Group(status_table(rows, now, title), _recent_table(guard, now))
 
+    def _terminate(*_: Any) -> None:
+        raise _Stop
+
+    # A supervisor (or `timeout`) stops watch with SIGTERM: exit 0 like
+    # Ctrl-C, and let Live print its last frame, which is all a pipe ever sees.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     count = 0
     try:
         with Live(frame(), console=out, auto_refresh=False,
                   transient=False) as live:
-            while iterations is None or count < iterations - 1:
-                time.sleep(interval)
-                try:
-                    live.update(frame(), refresh=True)
-                except LedgerUnavailable as exc:  # keep watching; say so on screen
-                    live.update(f"[red]ledger unreachable: {exc.reason}; retrying...[/red]",
-                                refresh=True)
-                count += 1
-    except KeyboardInterrupt:
-        pass
+            try:
+                while iterations is None or count < iterations - 1:
+                    time.sleep(interval)
+                    try:
+                        live.update(frame(), refresh=True)
+                    except LedgerUnavailable as exc:  # keep watching; say so on screen
+                        live.update(f"[red]ledger unreachable: {exc.reason}; retrying...[/red]",
+                                    refresh=True)
+                    count += 1
+            except (KeyboardInterrupt, _Stop):
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
