@@ -7,14 +7,18 @@ can branch on:
 ====  =========================================================
  0    success
  1    nothing to show (no spend records in the window, no budgets)
- 2    configuration error (bad YAML, unknown key, bad ledger URL, unknown role)
+ 2    usage or configuration error (bad option or input, bad YAML, unknown
+      key, bad ledger URL, unknown role)
  3    the ledger cannot be reached or opened, or does not exist
 ====  =========================================================
 
 No command but ``demo`` creates a ledger: a ``--ledger`` path with no
 ledger behind it is exit 3 naming the path, not a fresh empty ledger that
-reports $0.00. Nothing printed holds a secret: ledger URLs, other
-libraries' messages and config errors pass through ``crew_budget.redact``.
+reports $0.00. The budget file is found in one order, shared with the
+library and the LiteLLM proxy: ``--config``, then ``$CREW_BUDGET_CONFIG``,
+then ``./budgets.yaml`` (``crew_budget.config.find_config``). Nothing
+printed holds a secret: ledger URLs, other libraries' messages and config
+errors pass through ``crew_budget.redact``.
 """
 
 from __future__ import annotations

@@ -6,16 +6,16 @@ messages), or JSON Lines of them, using the same ``Guard.estimate`` that
 ``preflight`` uses. ``cost`` answers "what does this ``usage`` cost?" the way
 ``Guard.settle`` charges it. Neither touches a ledger or the network.
 
-Like the other commands: ``--config``, else ``./budgets.yaml``, else
-``$CREW_BUDGET_CONFIG``; errors are one line on stderr; exit 1 when the input
-cannot be read (malformed JSON, no messages, no usage), 2 for a configuration
-problem (bad YAML, a model without a price).
+Like the other commands: ``--config``, else ``$CREW_BUDGET_CONFIG``, else
+``./budgets.yaml``; errors are one line on stderr; exit 2 (a usage error, as
+for a bad option) when the input cannot be read (malformed JSON, no
+messages, no usage) or for a configuration problem (bad YAML, a model
+without a price).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping
 from decimal import Decimal
@@ -24,7 +24,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from crew_budget.config import BudgetConfig, load_config
+from crew_budget.config import BudgetConfig, find_config, load_config
 from crew_budget.errors import CrewBudgetError, PricingError
 from crew_budget.money import from_nano, to_nano_round
 
@@ -33,10 +33,10 @@ __all__ = ["register"]
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", dir_okay=False,
-                 help="Budget YAML (prices, output caps). Default: ./budgets.yaml if present, "
-                      "else $CREW_BUDGET_CONFIG, else built-in defaults."),
+                 help="Budget YAML (prices, output caps). Default: $CREW_BUDGET_CONFIG, else "
+                      "./budgets.yaml if present, else built-in defaults."),
 ]
-EXIT_INPUT, EXIT_CONFIG = 1, 2
+EXIT_INPUT, EXIT_CONFIG = 2, 2
 
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
                "thinking")
@@ -165,10 +165,7 @@ def _stdin(command: str) -> str:
 
 
 def _config(command: str, path: Path | None) -> BudgetConfig:
-    if path is None and Path("budgets.yaml").is_file():
-        path = Path("budgets.yaml")
-    if path is None and os.environ.get("CREW_BUDGET_CONFIG"):
-        path = Path(os.environ["CREW_BUDGET_CONFIG"])
+    path = find_config(path)
     if path is None:
         return BudgetConfig()
     try:

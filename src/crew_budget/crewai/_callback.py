@@ -22,7 +22,7 @@ from typing import Any
 
 from crewai.llms.base_llm import BaseLLM
 
-from crew_budget.config import BudgetConfig
+from crew_budget.config import BudgetConfig, find_config
 from crew_budget.crewai._llm import BudgetLLM
 from crew_budget.crewai._roles import check_crew_roles
 from crew_budget.errors import ConfigError
@@ -155,10 +155,16 @@ class BudgetCallback:
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], ledger: Ledger | str | None = None
+        cls, path: str | os.PathLike[str] | None = None, ledger: Ledger | str | None = None
     ) -> BudgetCallback:
-        """Load the role map and crew limit from a budget YAML file."""
-        return cls(path, ledger)
+        """Load the role map and crew limit from a budget YAML file: ``path``,
+        else ``$CREW_BUDGET_CONFIG``, else ``./budgets.yaml`` (``find_config``)."""
+        found = find_config(path)
+        if found is None:
+            raise ConfigError("no budget file: pass BudgetCallback.from_yaml('budgets.yaml'), "
+                              "set CREW_BUDGET_CONFIG, or put a budgets.yaml in the working "
+                              "directory", source="BudgetCallback.from_yaml")
+        return cls(found, ledger)
 
     # -- attaching -------------------------------------------------------------
 
