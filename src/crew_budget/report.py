@@ -27,7 +27,7 @@ from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, Literal
 
-from crew_budget.cli.common import fmt_usd, money_column
+from crew_budget.cli.common import fit_columns, fmt_usd, money_column
 from crew_budget.ledger.base import SpendRecord
 from crew_budget.money import from_nano
 
@@ -294,31 +294,48 @@ def time_series(
     return labels, series
 
 
-def render_table(report: Report, *, title: str | None = None, limit: int | None = None) -> Any:
-    """A ``rich.table.Table`` of the report (rich is imported here, lazily)."""
+def render_table(report: Report, *, title: str | None = None, limit: int | None = None,
+                 width: int | None = None) -> Any:
+    """A ``rich.table.Table`` of the report (rich is imported here, lazily).
+
+    With ``width`` (the terminal's), optional columns (tokens, avg/call,
+    blocked, calls) are left out until the table fits, so keys and money
+    are never cut.
+    """
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_footer=True)
     rows = report.rows if limit is None else report.rows[:limit]
-    for i, k in enumerate(report.by):
-        table.add_column(k, footer="total" if i == 0 else "", style="bold" if i == 0 else None,
-                         overflow="fold")
     t = report.total
-    for name, footer, values in (
-        ("calls", str(t.calls), [str(r.calls) for r in rows]),
-        ("blocked", str(t.blocked), [str(r.blocked) for r in rows]),
-        ("in tok", f"{t.input_tokens:,}", [f"{r.input_tokens:,}" for r in rows]),
-        ("out tok", f"{t.output_tokens:,}", [f"{r.output_tokens:,}" for r in rows]),
-        ("cost", fmt_usd(t.cost), [fmt_usd(r.cost) for r in rows]),
-        ("avg/call", fmt_usd(t.avg_cost), [fmt_usd(r.avg_cost) for r in rows]),
-        ("share", "100%" if t.cost_nano else "", [f"{report.share(r)}%" for r in rows]),
-    ):
-        money_column(table, name, [footer, *values], footer=footer,
-                     style="green" if name == "cost" else None)
-    for row in rows:
-        key = [short_hour(v) if k == "hour" else v for k, v in zip(report.by, row.key,
-                                                                   strict=True)]
-        table.add_row(*key, str(row.calls), str(row.blocked), f"{row.input_tokens:,}",
-                      f"{row.output_tokens:,}", fmt_usd(row.cost), fmt_usd(row.avg_cost),
-                      f"{report.share(row)}%")
+    cells: dict[str, list[str]] = {}
+    for i, k in enumerate(report.by):
+        first = ["total"] if i == 0 else []
+        cells[k] = first + [short_hour(r.key[i]) if k == "hour" else r.key[i] for r in rows]
+    stats = {
+        "calls": [str(t.calls), *(str(r.calls) for r in rows)],
+        "blocked": [str(t.blocked), *(str(r.blocked) for r in rows)],
+        "in tok": [f"{t.input_tokens:,}", *(f"{r.input_tokens:,}" for r in rows)],
+        "out tok": [f"{t.output_tokens:,}", *(f"{r.output_tokens:,}" for r in rows)],
+        "cost": [fmt_usd(t.cost), *(fmt_usd(r.cost) for r in rows)],
+        "avg/call": [fmt_usd(t.avg_cost), *(fmt_usd(r.avg_cost) for r in rows)],
+        "share": ["100%" if t.cost_nano else "", *(f"{report.share(r)}%" for r in rows)],
+    }
+    cells.update(stats)
+    shown = list(cells) if width is None else fit_columns(
+        cells, width, ["in tok", "out tok", "avg/call", "blocked", "calls"])
+    table = Table(title=title, title_justify="left", show_footer=True)
+    for name in shown:
+        values = cells[name]
+        if name in stats:
+            money_column(table, name, values, footer=values[0],
+                         style="green" if name == "cost" else None)
+        else:
+            footer = values[0] if name == report.by[0] else ""
+            body = values[1:] if name == report.by[0] else values
+            timed = name in ("hour", "day")  # names fold onto more lines; times never
+            table.add_column(name, footer=footer, no_wrap=timed, overflow="fold",
+                             min_width=len(values[-1]) if timed else None,
+                             style="bold" if name == report.by[0] else None)
+            cells[name] = [footer, *body]
+    for i in range(len(rows)):
+        table.add_row(*(cells[name][i + 1] for name in shown))
     return table

@@ -49,6 +49,7 @@ __all__ = [
     "bar",
     "console",
     "fail",
+    "fit_columns",
     "fmt_usd",
     "ledger_name",
     "load_cli_config",
@@ -62,7 +63,7 @@ EXIT_EMPTY, EXIT_CONFIG, EXIT_LEDGER = 1, 2, 3
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", dir_okay=False,
+        "--config", "-c", dir_okay=False, metavar="PATH",
         help="Budget YAML. Default: $CREW_BUDGET_CONFIG, else ./budgets.yaml if present, "
              "else no budgets.",
     ),
@@ -70,7 +71,7 @@ ConfigOption = Annotated[
 LedgerOption = Annotated[
     str | None,
     typer.Option(
-        "--ledger", "-l",
+        "--ledger", "-l", metavar="URL",
         help="Ledger URL (memory://, sqlite:///path.db, redis://host:6379/0). Default: "
              "$CREW_BUDGET_LEDGER, else the config's ledger:, else the embedded SQLite file.",
     ),
@@ -268,6 +269,24 @@ def fmt_usd(amount: Decimal | None) -> str:
     if decimals < 2:
         text = f"{rounded.quantize(_CENT):f}"
     return f"{sign}${text}"
+
+
+def fit_columns(columns: dict[str, list[str]], width: int, drop_order: list[str]) -> list[str]:
+    """The column names to show in ``width`` terminal columns.
+
+    Each column needs its widest cell (header included) plus rich's padding
+    and border (3 characters). Optional columns are dropped in
+    ``drop_order`` until the table fits; what remains is never squeezed, so
+    a role name, an hour or an amount is never cut into pieces.
+    """
+    need = {name: max(len(name), *(len(v) for v in values)) + 3
+            for name, values in columns.items()}
+    shown = list(columns)
+    for name in drop_order:
+        if sum(need[n] for n in shown) + 1 <= width:
+            break
+        shown.remove(name)
+    return shown
 
 
 def money_column(table: Any, name: str, values: list[str], **kwargs: Any) -> None:

@@ -108,4 +108,5 @@ def report(
         typer.echo(result.to_json())
     else:
         title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(guard)}"
-        console().print(render_table(result, title=title))
+        out = console()
+        out.print(render_table(result, title=title, width=out.width))

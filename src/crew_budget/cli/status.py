@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-import time
+import threading
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,6 +26,7 @@ from crew_budget.cli.common import (
     bar,
     console,
     fail,
+    fit_columns,
     fmt_usd,
     ledger_name,
     money_column,
@@ -81,26 +82,54 @@ def _used(row: BudgetStatus) -> Decimal:
     return (row.spent + row.reserved) / row.limit
 
 
-def status_table(rows: list[BudgetStatus], now: float, title: str | None = None) -> Any:
+def status_table(rows: list[BudgetStatus], now: float, title: str | None = None,
+                 width: int = 200) -> Any:
+    """The status table, fitted to ``width`` columns.
+
+    In a narrow terminal the less essential columns go first (period,
+    resets, reserved, the bar); scope, window and the money columns always
+    stay, whole: a cut ``$1…`` is worse than a missing column.
+    """
     from rich.table import Table
 
+    cells: dict[str, list[str]] = {
+        "scope": [r.scope for r in rows],
+        "window": [r.window for r in rows],
+        "period": [r.period for r in rows],
+        "limit": [fmt_usd(r.limit) for r in rows],
+        "spent": [fmt_usd(r.spent) for r in rows],
+        "reserved": [fmt_usd(r.reserved) for r in rows],
+        "remaining": [fmt_usd(r.remaining) for r in rows],
+        "used": [f"{bar(_used(r))} {_pct(r):>4}" for r in rows],
+        "resets": [_resets_in(r, now) for r in rows],
+    }
+    shown = fit_columns(cells, width, ["period", "resets", "reserved", "used"])
+    if "used" not in shown:  # keep the percentage, drop the bar
+        cells["used"] = [_pct(r) for r in rows]
+        shown.append("used")
     table = Table(title=title, title_justify="left")
-    money = {name: [fmt_usd(getattr(r, name)) for r in rows]
-             for name in ("limit", "spent", "reserved", "remaining")}
-    table.add_column("scope", overflow="fold")
-    table.add_column("window", no_wrap=True)
-    table.add_column("period", overflow="fold")
-    for name, values in money.items():
-        money_column(table, name, values)
-    table.add_column("used", no_wrap=True, min_width=15)
-    table.add_column("resets", overflow="fold")
+    for name in shown:
+        if name in ("limit", "spent", "reserved", "remaining"):
+            money_column(table, name, cells[name])
+        elif name in ("scope", "period", "resets"):  # may fold onto a second line
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True, min_width=len(name))
     for i, row in enumerate(rows):
         used = _used(row)
         colour = "red" if used >= 1 else "yellow" if used >= Decimal("0.8") else "green"
-        pct = f"{(used * 100).quantize(Decimal('1'))}%"
-        table.add_row(row.scope, row.window, row.period, *(v[i] for v in money.values()),
-                      f"[{colour}]{bar(used)}[/{colour}] {pct:>4}", _resets_in(row, now))
+        values = []
+        for name in shown:
+            value = cells[name][i]
+            if name == "used":
+                value = f"[{colour}]{value}[/{colour}]"
+            values.append(value)
+        table.add_row(*values)
     return table
+
+
+def _pct(row: BudgetStatus) -> str:
+    return f"{(_used(row) * 100).quantize(Decimal('1'))}%"
 
 
 def _json(rows: list[BudgetStatus]) -> str:
@@ -131,7 +160,8 @@ def status(
         return
     now = guard.ledger.now()
     title = f"crew-budget status - {ledger_name(guard)} - {_stamp(now, guard)}"
-    console().print(status_table(rows, now, title))
+    out = console()
+    out.print(status_table(rows, now, title, out.width))
 
 
 def _stamp(now: float, guard: Guard) -> str:
@@ -162,10 +192,6 @@ def _recent_table(guard: Guard, now: float, limit: int = 10) -> Any:
     return table
 
 
-class _Stop(Exception):
-    """SIGTERM arrived: leave the refresh loop and print the last frame."""
-
-
 def watch(
     config: ConfigOption = None,
     ledger: LedgerOption = None,
@@ -188,28 +214,33 @@ def watch(
         now = guard.ledger.now()
         rows = _rows(guard, role, "watch", source)
         title = f"crew-budget watch - {ledger_name(guard)} - {_stamp(now, guard)}"
-        return Group(status_table(rows, now, title), _recent_table(guard, now))
+        return Group(status_table(rows, now, title, out.width), _recent_table(guard, now))
+
+    stop = threading.Event()
 
     def _terminate(*_: Any) -> None:
-        raise _Stop
+        stop.set()
 
     # A supervisor (or `timeout`) stops watch with SIGTERM: exit 0 like
     # Ctrl-C, and let Live print its last frame, which is all a pipe ever sees.
     previous = signal.signal(signal.SIGTERM, _terminate)
+    if not out.is_terminal:  # a pipe sees only the last frame; say that it is running
+        typer.echo(f"crew-budget watch: refreshing every {interval:g}s; the last frame is "
+                   "printed when stopped (Ctrl-C or SIGTERM)", err=True)
     count = 0
     try:
         with Live(frame(), console=out, auto_refresh=False,
                   transient=False) as live:
             try:
-                while iterations is None or count < iterations - 1:
-                    time.sleep(interval)
+                while (iterations is None or count < iterations - 1) and not stop.wait(
+                        interval):
                     try:
                         live.update(frame(), refresh=True)
                     except LedgerUnavailable as exc:  # keep watching; say so on screen
                         live.update(f"[red]ledger unreachable: {exc.reason}; retrying...[/red]",
                                     refresh=True)
                     count += 1
-            except (KeyboardInterrupt, _Stop):
+            except KeyboardInterrupt:
                 pass
     finally:
         signal.signal(signal.SIGTERM, previous)
