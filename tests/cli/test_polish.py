@@ -150,3 +150,26 @@ def test_watch_in_a_pipe_prints_its_last_frame_on_sigterm(spent: Setup) -> None:
     day = next(line for line in out.splitlines() if "role:researcher" in line and "day" in line)
     assert "$1.00" in day and "$0.14" in day and "$0.86" in day
     assert err == ""
+
+
+def test_status_lists_every_role_that_spent_so_roles_add_up_to_the_crew(
+    runner: CliRunner, setup: Setup
+) -> None:
+    setup.config.write_text(setup.config.read_text() + "unknown_roles: allow\n")
+    guard = setup.guard()
+    spend(guard, "researcher", 1)   # $0.007
+    spend(guard, "intern", 2)       # $0.014, no role budget: crew only
+    spend(guard, "auditor", 1)      # $0.007
+    guard.close()
+    result = runner.invoke(app, ["status", "--ledger", setup.url, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    day = {r["scope"]: r for r in __import__("json").loads(result.stdout) if r["window"] == "day"}
+    assert {k: v["spent_usd"] for k, v in day.items()} == {
+        "role:researcher": "0.007", "role:writer": "0", "crew:team": "0.028",
+        "role:auditor (no budget)": "0.007", "role:intern (no budget)": "0.014"}
+    assert day["role:intern (no budget)"]["limit_usd"] is None
+    roles = sum(Decimal(v["spent_usd"]) for k, v in day.items() if k.startswith("role:"))
+    assert roles == Decimal(day["crew:team"]["spent_usd"])
+    table = runner.invoke(app, ["status", "--ledger", setup.url]).stdout
+    intern = next(line for line in table.splitlines() if "role:intern (no budget)" in line)
+    assert "$0.014" in intern and " - " in intern

@@ -59,12 +59,40 @@ def _rows(guard: Guard, role: str | None, command: str, source: str) -> list[Bud
              "check the spelling or add it under roles:", EXIT_CONFIG)
     try:
         rows = guard.status(role)
+        if role is None and guard.config.unknown_roles == "allow":
+            rows += _unbudgeted(guard)
     except LedgerUnavailable as exc:
         fail(command, f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     if not rows:
         fail(command, f"no budgets configured in {source}; add limits under roles:, crew: or "
              "global: (see `crew-budget validate`)", EXIT_EMPTY)
     return rows
+
+
+def _unbudgeted(guard: Guard) -> list[BudgetStatus]:
+    """Today's spend of roles with no role budget (``unknown_roles: allow``).
+
+    They are charged to the crew and global budgets only, so no role bucket
+    holds their spend; without these rows the listed roles would not add up
+    to the crew's total. Read from today's spend records (this setting is an
+    explicit opt-in, so the read is only paid for by those who chose it).
+    """
+    from crew_budget.config import DEFAULT_ROLE
+    from crew_budget.guard import BudgetStatus
+    from crew_budget.money import from_nano
+    from crew_budget.windows import get_tz, span
+
+    tz = get_tz(guard.config.timezone)
+    day = span("day", guard.ledger.now(), tz)
+    spent: dict[str, int] = {}
+    for r in guard.ledger.records(since=day.starts_at, until=day.ends_at):
+        if r.outcome in ("settled", "expired", "unguarded") and r.role != DEFAULT_ROLE \
+                and r.role not in guard.config.roles:
+            spent[r.role] = spent.get(r.role, 0) + r.cost_nano
+    return [BudgetStatus(scope=f"role:{name} (no budget)", window="day", period=day.period,
+                         limit=None, spent=from_nano(nano), reserved=Decimal(0), remaining=None,
+                         resets_at=datetime.fromtimestamp(day.ends_at, tz))
+            for name, nano in sorted(spent.items())]
 
 
 def _resets_in(row: BudgetStatus, now: float) -> str:
