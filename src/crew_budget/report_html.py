@@ -79,8 +79,8 @@ def nice_scale(peak_nano: int, ticks: int = 4) -> list[int]:
 
 #: Marker colour for blocked calls (in no chart palette, so it never reads as spend).
 BLOCKED_COLOR = "#000000"
-#: Colour of the dashed budget line.
-LIMIT_COLOR = "#e11d48"
+#: Colour of the dashed budget line (dark slate: no role bar is drawn in it).
+LIMIT_COLOR = "#334155"
 
 
 def _bar_chart(labels: Sequence[str], values: Sequence[int], color: str, title: str,
