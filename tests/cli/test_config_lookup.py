@@ -90,3 +90,24 @@ def test_crewai_from_yaml_and_the_proxy_logger_use_the_same_order(
     with pytest.raises(ConfigError, match="CREW_BUDGET_CONFIG is not set and there is no "
                                           r"\./budgets\.yaml"):
         BudgetLogger.from_env()
+
+
+def test_langchain_and_litellm_sdk_adapters_without_config_use_the_same_order(
+    setup: Setup, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crew_budget.langchain import BudgetCallbackHandler
+    from crew_budget.litellm import BudgetLogger
+
+    monkeypatch.setenv("CREW_BUDGET_LEDGER", "memory://")
+    assert BudgetCallbackHandler(role="researcher").guard.config.roles[
+        "researcher"].daily == Decimal(7)
+    assert BudgetLogger(role="researcher").guard.config.roles["researcher"].daily == Decimal(7)
+    monkeypatch.delenv("CREW_BUDGET_CONFIG")               # ./budgets.yaml: $1
+    assert BudgetCallbackHandler(role="researcher").guard.config.roles[
+        "researcher"].daily == Decimal(1)
+    monkeypatch.chdir(setup.dir / "deploy")                 # neither
+    (setup.dir / "deploy" / "budgets.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"no budget given: .* set CREW_BUDGET_CONFIG"):
+        BudgetCallbackHandler(role="researcher")
+    with pytest.raises(ConfigError, match=r"no budget given: .* set CREW_BUDGET_CONFIG"):
+        BudgetLogger(role="researcher")

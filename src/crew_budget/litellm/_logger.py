@@ -206,9 +206,12 @@ class BudgetLogger(CustomLogger):
                               "ledger=...), not both", source="crew_budget.litellm")
         if guard is None:
             if config is None:
+                config = find_config()  # $CREW_BUDGET_CONFIG, else ./budgets.yaml
+            if config is None:
                 raise ConfigError(
                     "no budget given: pass BudgetLogger(config='budgets.yaml') (or a dict / "
-                    "BudgetConfig), or guard=Guard.from_config(...)",
+                    "BudgetConfig), set CREW_BUDGET_CONFIG, or pass "
+                    "guard=Guard.from_config(...)",
                     source="crew_budget.litellm",
                 )
             guard = Guard.from_config(config, ledger)
