@@ -133,7 +133,7 @@ def status_table(rows: list[BudgetStatus], now: float, title: str | None = None,
     }
     shown = fit_columns(cells, width, ["period", "resets", "reserved", "used"])
     if "used" not in shown:  # keep the percentage, drop the bar
-        cells["used"] = [_pct(r) for r in rows]
+        cells["used"] = [f"{_pct(r):>4}" for r in rows]
         shown.append("used")
     table = Table(title=title, title_justify="left")
     for name in shown:
