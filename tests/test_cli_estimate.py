@@ -132,12 +132,12 @@ def test_estimate_responses_api_body() -> None:
     ("stdin", "code", "needle"),
     [
         (json.dumps({**OPENAI_BODY, "model": "gpt-nonexistent-9"}), 2, "gpt-nonexistent-9"),
-        ('{"model": "gpt-4o-mini", "messages": [', 1, "not valid JSON"),
-        (json.dumps({"model": "gpt-4o-mini", "messages": []}), 1, "no messages"),
-        (json.dumps({"messages": MESSAGES}), 1, "names no model"),
-        (json.dumps({**OPENAI_BODY, "max_tokens": -5}), 1, "positive integer"),
-        (json.dumps([1, 2]), 1, "not an object"),
-        ("   \n", 1, "stdin is empty"),
+        ('{"model": "gpt-4o-mini", "messages": [', 2, "not valid JSON"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": []}), 2, "no messages"),
+        (json.dumps({"messages": MESSAGES}), 2, "names no model"),
+        (json.dumps({**OPENAI_BODY, "max_tokens": -5}), 2, "positive integer"),
+        (json.dumps([1, 2]), 2, "not an object"),
+        ("   \n", 2, "stdin is empty"),
     ],
     ids=["unknown-model", "malformed", "no-messages", "no-model", "bad-max-tokens", "array",
          "empty"],
@@ -262,12 +262,12 @@ def test_cost_anthropic_response_takes_model_from_json() -> None:
 @pytest.mark.parametrize(
     ("args", "stdin", "code", "needle"),
     [
-        (["--model", "gpt-4o-mini"], '{"foo": 1}', 1, "no token counts"),
-        (["--model", "gpt-4o-mini"], "{nope", 1, "not valid JSON"),
+        (["--model", "gpt-4o-mini"], '{"foo": 1}', 2, "no token counts"),
+        (["--model", "gpt-4o-mini"], "{nope", 2, "not valid JSON"),
         (["--model", "gpt-nonexistent-9"], '{"prompt_tokens": 5, "completion_tokens": 1}', 2,
          "gpt-nonexistent-9"),
-        ([], '{"prompt_tokens": 5}', 1, "--model"),
-        (["--model", "gpt-4o-mini"], '{"prompt_tokens": -3}', 1, "non-negative"),
+        ([], '{"prompt_tokens": 5}', 2, "--model"),
+        (["--model", "gpt-4o-mini"], '{"prompt_tokens": -3}', 2, "non-negative"),
     ],
     ids=["no-counts", "malformed", "unknown-model", "no-model", "negative"],
 )
@@ -306,6 +306,6 @@ def test_console_script_estimate_and_cost() -> None:
 
 def test_console_script_error_exit_code_and_stderr() -> None:
     proc = _script(["estimate"], '{"model": "gpt-4o-mini"}')
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "no messages" in proc.stderr

@@ -52,15 +52,14 @@ def test_gauges_counters_and_histogram_from_this_process_calls() -> None:
     with pytest.raises(BudgetExceeded):
         call(guard)                                  # $0.025 + $0.01 > $0.03
     got = samples(registry)
-    role_day = (("period", "2026-11-18"), ("scope", "role:researcher"), ("window", "day"))
+    role_day = (("scope", "role:researcher"), ("window", "day"))
     assert got[("crew_budget_limit_usd", role_day)] == 0.03
     assert got[("crew_budget_spent_usd", role_day)] == 0.025
     assert got[("crew_budget_reserved_usd", role_day)] == 0.0
     assert got[("crew_budget_remaining_usd", role_day)] == 0.005
-    crew_day = (("period", "2026-11-18"), ("scope", "crew:team"), ("window", "day"))
+    crew_day = (("scope", "crew:team"), ("window", "day"))
     assert got[("crew_budget_limit_usd", crew_day)] == 5.0
-    role_hour = (("period", "2026-11-18T08+0000"), ("scope", "role:researcher"),
-                 ("window", "hour"))
+    role_hour = (("scope", "role:researcher"), ("window", "hour"))
     assert got[("crew_budget_spent_usd", role_hour)] == 0.025
     assert got[("crew_budget_ledger_up", ())] == 1.0
     allowed = (("outcome", "allowed"), ("role", "researcher"))
@@ -113,7 +112,8 @@ def test_ledger_source_counts_calls_made_by_other_guards(tmp_path: Any) -> None:
     assert got[("crew_budget_calls_total", (("outcome", "blocked"), ("role", "researcher")))] == 1
     assert got[("crew_budget_actual_to_estimate_ratio_sum", ())] == 2.5
     day = next(s for s in worker.status() if s.window == "day" and s.scope == "role:researcher")
-    assert got[("crew_budget_spent_usd", (("period", day.period), ("scope", "role:researcher"),
+    assert day.period  # the period is not a label: one series per scope and window
+    assert got[("crew_budget_spent_usd", (("scope", "role:researcher"),
                                           ("window", "day")))] == 0.025
 
 
@@ -142,3 +142,45 @@ def test_registering_twice_in_one_registry_is_refused() -> None:
     register_metrics(guard, registry)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         register_metrics(guard, registry)
+
+
+def test_windows_are_one_series_across_periods_and_counters_start_at_zero() -> None:
+    """The hour turns: the same {scope, window} series drops back to 0 (no new
+    series per period), and every configured role has call counters at 0
+    before its first call, default_role included."""
+    now = [T0]
+    cfg = {**CONFIG, "default_role": {"daily": 1}}
+    guard = Guard(cfg, MemoryLedger(clock=lambda: now[0]), clock=lambda: now[0])
+    registry = CollectorRegistry()
+    register_metrics(guard, registry)
+    first = samples(registry)
+    for role in ("researcher", "default_role"):
+        for outcome in ("allowed", "blocked", "expired"):
+            assert first[("crew_budget_calls_total", (("outcome", outcome), ("role", role)))] == 0
+    assert first[("crew_budget_usage_errors_total", ())] == 0
+    call(guard)
+    ticket = guard.preflight("intern", "m", MSG, max_tokens=1000)   # -> default_role
+    guard.settle(ticket, {"prompt_tokens": 2, "completion_tokens": 500})
+    hour = (("scope", "role:researcher"), ("window", "hour"))
+    got = samples(registry)
+    assert got[("crew_budget_spent_usd", hour)] == 0.005
+    assert got[("crew_budget_spent_usd", (("scope", "role:default_role"), ("window", "day")))] \
+        == 0.005
+    assert got[("crew_budget_calls_total", (("outcome", "allowed"), ("role", "default_role")))] \
+        == 1
+    assert got[("crew_budget_window_end_timestamp_seconds", hour)] == T0 - 3200 + 3600  # 09:00
+    now[0] += 3600                                    # the next hour
+    later = samples(registry)
+    assert later[("crew_budget_spent_usd", hour)] == 0.0
+    assert later[("crew_budget_window_end_timestamp_seconds", hour)] == T0 + 400 + 3600
+    series = [k for k in later if k[0] == "crew_budget_spent_usd"]
+    assert len(series) == len(set(series)) == 4   # researcher hour/day, default_role, crew
+    assert not any("period" in dict(labels) for _, labels in later)
+    # Conventional names: counters end in _total, money in _usd, time in _seconds.
+    names = {name for name, _ in later}
+    assert {"crew_budget_calls_total", "crew_budget_cost_usd_total",
+            "crew_budget_usage_errors_total", "crew_budget_ledger_up",
+            "crew_budget_actual_to_estimate_ratio_count"} <= names
+    text = generate_latest(registry).decode()
+    assert "# TYPE crew_budget_overruns_total counter" in text
+    assert "# TYPE crew_budget_cost_usd_total counter" in text

@@ -72,13 +72,13 @@ def history() -> list[SpendRecord]:
 def test_by_role_model_hour_answers_who_cost_the_most_on_what_when() -> None:
     report = build_report(history(), "role,model,hour", since=DAY, until=DAY + 86400)
     assert [(r.key, r.cost, r.calls) for r in report.rows] == [
-        (("researcher", "gpt-4o", "2026-11-24 14:00"), Decimal("1.50"), 3),
-        (("researcher", "gpt-4o", "2026-11-24 16:00"), Decimal("0.40"), 1),
-        (("writer", "gpt-4o-mini", "2026-11-24 14:00"), Decimal("0.20"), 4),
-        (("researcher", "gpt-4o-mini", "2026-11-24 09:00"), Decimal("0.10"), 10),
+        (("researcher", "gpt-4o", "2026-11-24T14:00:00+00:00"), Decimal("1.50"), 3),
+        (("researcher", "gpt-4o", "2026-11-24T16:00:00+00:00"), Decimal("0.40"), 1),
+        (("writer", "gpt-4o-mini", "2026-11-24T14:00:00+00:00"), Decimal("0.20"), 4),
+        (("researcher", "gpt-4o-mini", "2026-11-24T09:00:00+00:00"), Decimal("0.10"), 10),
         # no cost: ties sort by key
-        (("researcher", "gpt-4o", "2026-11-24 15:00"), Decimal(0), 0),   # released
-        (("writer", "gpt-4o-mini", "2026-11-24 15:00"), Decimal(0), 0),  # blocked
+        (("researcher", "gpt-4o", "2026-11-24T15:00:00+00:00"), Decimal(0), 0),   # released
+        (("writer", "gpt-4o-mini", "2026-11-24T15:00:00+00:00"), Decimal(0), 0),  # blocked
     ]
     t = report.total
     assert (t.cost, t.calls, t.blocked, t.released, t.expired) == (Decimal("2.20"), 18, 1, 1, 1)
@@ -96,12 +96,13 @@ def test_group_by_role_and_by_day_in_a_local_time_zone() -> None:
     # 14:05 UTC is 15:05 in Berlin (CET, UTC+1 in November).
     berlin = build_report(history(), "hour", since=DAY, until=DAY + 86400,
                           tz=ZoneInfo("Europe/Berlin"))
-    assert berlin.rows[0].key == ("2026-11-24 15:00",)
+    assert berlin.rows[0].key == ("2026-11-24T15:00:00+01:00",)
     # Kathmandu is UTC+05:45: 00:10 UTC is 05:55 local, 00:20 UTC is 06:05 local.
     nepal = build_report([rec(at(0, 10), "r", "m", "1"), rec(at(0, 20), "r", "m", "2")],
                          "hour", tz=ZoneInfo("Asia/Kathmandu"), sort="key")
     assert [(r.key, r.cost) for r in nepal.rows] == [
-        (("2026-11-24 05:00",), Decimal(1)), (("2026-11-24 06:00",), Decimal(2))]
+        (("2026-11-24T05:00:00+05:45",), Decimal(1)),
+        (("2026-11-24T06:00:00+05:45",), Decimal(2))]
     by_outcome = build_report(history(), "outcome", since=DAY, until=DAY + 86400, sort="key")
     assert [(r.key[0], r.calls, r.blocked, r.released) for r in by_outcome.rows] == [
         ("blocked", 0, 1, 0), ("expired", 1, 0, 0), ("released", 0, 0, 1),
@@ -133,7 +134,7 @@ def test_parse_by_rejects_unknown_keys_with_the_list_of_known_ones() -> None:
 
 def test_time_series_has_a_zero_for_every_quiet_hour() -> None:
     labels, series = time_series(history(), since=DAY, until=DAY + 86400, step="hour")
-    assert len(labels) == 24 and labels[0] == "2026-11-24 00:00"
+    assert len(labels) == 24 and labels[0] == "2026-11-24T00:00:00+00:00"
     assert series["researcher"][14] == 1_500_000_000
     assert series["researcher"][16] == 400_000_000
     assert series["researcher"][9] == 100_000_000
@@ -214,3 +215,101 @@ def test_html_report_renders_its_charts_in_headless_chromium(tmp_path: Path) -> 
     narrow = max(image.rows_with(_hex(MODEL_COLORS[1])).values())
     assert wide > 250  # the widest bar spans the plot (280 px)
     assert abs(narrow - wide * 0.30 / 1.90) <= 2  # pixels
+
+
+LIMITS = {"roles": {"researcher": {"hourly": "2", "daily": 5},
+                    "writer": {"hourly": "0.25", "daily": 1}}}
+
+
+def test_html_charts_share_round_money_ticks_a_budget_line_and_blocked_markers() -> None:
+    from crew_budget.config import load_config
+    from crew_budget.report_html import nice_scale
+
+    # Ticks are round amounts; integer nano-USD all the way.
+    assert nice_scale(960_300_000) == [0, 250_000_000, 500_000_000, 750_000_000, 1_000_000_000]
+    assert nice_scale(1_500_000_000) == [0, 500_000_000, 1_000_000_000, 1_500_000_000]
+    assert nice_scale(61_200) == [0, 20_000, 40_000, 60_000, 80_000]
+    assert nice_scale(0) == [0, 10_000_000]
+    page = render_html(history(), since=DAY, until=DAY + 86400, config=load_config(LIMITS))
+    charts = page.split('<figure data-role="')[1:]
+    assert len(charts) == 2
+    ticks = ">$0.00<", ">$0.50<", ">$1.00<", ">$1.50<", ">$2.00<"
+    for chart in charts:  # one shared scale: the researcher's $2.00/hour limit is its top
+        assert all(t in chart for t in ticks), chart
+        assert ">$0.9603<" not in chart
+    assert 'data-limit="2000000000"' in charts[0] and 'data-limit="250000000"' in charts[1]
+    assert "hourly limit $2.00 (dashed line)" in charts[0]
+    assert "hourly limit $0.25 (dashed line); 1 blocked" in charts[1]
+    assert charts[1].count('data-blocked="1"') == 1 and "data-blocked" not in charts[0]
+    # A $1,000/hour limit would flatten every bar: named in the caption, not drawn.
+    big = load_config({"roles": {"researcher": {"hourly": 1000}}})
+    page = render_html(history(), since=DAY, until=DAY + 86400, config=big)
+    assert "hourly limit $1,000.00 (above this scale)" in page and "data-limit" not in page
+
+
+def test_html_hourly_bars_over_a_week_when_asked() -> None:
+    week = render_html(history(), since=DAY - 6 * 86400, until=DAY + 86400, step="hour")
+    assert "Spend over time per role (per hour)" in week
+    researcher = week.split('<figure data-role="researcher"')[1].split("</figure>")[0]
+    assert researcher.count("<rect") == 3  # 09h, 14h, 16h of the last day: hours, not days
+    assert "2026-11-24 14:00: $1.50" in researcher
+    daily = render_html(history(), since=DAY - 6 * 86400, until=DAY + 86400)
+    assert "(per day)" in daily
+    assert daily.split('<figure data-role="researcher"')[1].split("</figure>")[0].count(
+        "<rect") == 1
+
+
+def _screenshot(tmp_path: Path, page_html: str) -> Path:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is required (apt-get install chromium)"
+    page = tmp_path / "report.html"
+    page.write_text(page_html)
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--force-device-scale-factor=1", "--hide-scrollbars", f"--screenshot={shot}",
+         "--window-size=1200,1000", f"file://{page}"],
+        check=True, capture_output=True, timeout=120,
+    )
+    return shot
+
+
+def _rows_in(image: object, rgb: tuple[int, int, int], x0: int, x1: int) -> dict[int, int]:
+    """y -> pixels of exactly ``rgb`` with x0 <= x < x1."""
+    out: dict[int, int] = {}
+    for y in range(image.height):  # type: ignore[attr-defined]
+        n = sum(1 for x in range(x0, x1) if image.pixel(x, y) == rgb)  # type: ignore[attr-defined]
+        if n:
+            out[y] = n
+    return out
+
+
+def test_html_shared_scale_budget_line_and_markers_in_headless_chromium(tmp_path: Path) -> None:
+    from crew_budget.config import load_config
+    from crew_budget.report_html import BLOCKED_COLOR, LIMIT_COLOR
+
+    page = render_html(history(), since=DAY, until=DAY + 86400, config=load_config(LIMITS))
+    image = read_png(_screenshot(tmp_path, page))
+    blue, red = _hex(ROLE_COLORS[0]), _hex(ROLE_COLORS[1])
+    researcher = _runs(image.columns(blue))
+    assert len(researcher) == 3, researcher
+    peak = researcher[1]                               # $1.50 at 14h
+    # Shared scale: the writer's $0.20 bar is drawn against the same $2.00 top.
+    (writer,) = _runs(image.columns(red))
+    assert abs(writer - peak * 0.20 / 1.50) <= 2, (writer, peak)
+    # The dashed limit lines sit at $2.00 and $0.25 above each chart's base.
+    half = image.width // 2
+    base_left = max(image.rows_with(blue))
+    base_right = max(y for y, n in _rows_in(image, red, half, image.width).items() if n)
+    left = [y for y, n in _rows_in(image, _hex(LIMIT_COLOR), 0, half).items() if n > 100]
+    right = [y for y, n in _rows_in(image, _hex(LIMIT_COLOR), half, image.width).items()
+             if n > 100]
+    assert left and right, (left, right)
+    assert abs((base_left - min(left)) - peak * 2.00 / 1.50) <= 3
+    assert abs((base_right - min(right)) - peak * 0.25 / 1.50) <= 3
+    # One black triangle under the writer's chart, below its base line.
+    marker = _rows_in(image, _hex(BLOCKED_COLOR), half, image.width)
+    assert marker and min(marker) >= base_right and max(marker) <= base_right + 12, marker
+    assert not _rows_in(image, _hex(BLOCKED_COLOR), 0, half)

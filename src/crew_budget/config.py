@@ -80,6 +80,7 @@ __all__ = [
     "budgets_json_schema",
     "check_code_limits",
     "default_ledger_url",
+    "find_config",
     "load_config",
     "normalize_role",
 ]
@@ -602,6 +603,32 @@ def default_ledger_url() -> str:
     """The embedded SQLite ledger under the user's state directory."""
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return f"sqlite:///{Path(state) / 'crew-budget' / 'ledger.db'}"
+
+
+#: The environment variable naming the budget YAML (second in the lookup order).
+CONFIG_ENV = "CREW_BUDGET_CONFIG"
+#: The file looked for in the working directory (last in the lookup order).
+CONFIG_FILE = "budgets.yaml"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The budget YAML to use: ``explicit``, else ``$CREW_BUDGET_CONFIG``, else
+    ``./budgets.yaml`` if it exists, else ``None``.
+
+    One order for the library, the CLI and the LiteLLM proxy, so that
+    ``crew-budget status`` shows the limits the proxy enforces: the variable
+    is what a deployment sets on purpose, a ``budgets.yaml`` in whatever
+    directory a shell happens to be in is a guess. A path that is named
+    (argument or variable) is returned even if it does not exist, so loading
+    it fails naming it rather than silently falling back to another file.
+    """
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path(CONFIG_FILE)
+    return local if local.is_file() else None
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | BudgetConfig) -> BudgetConfig:

@@ -10,14 +10,23 @@ estimate-error histogram come from one of two sources:
 - ``source="ledger"``: every process's calls, by reading new spend records
   from the ledger at each scrape. ``crew-budget metrics --port N`` uses this.
 
+Names follow the Prometheus conventions: ``_total`` for counters, base
+units (seconds), ``_usd`` for money. A window is a gauge labelled by scope
+and window only, not by period: the series ``{scope="role:researcher",
+window="day"}`` continues across midnight (it drops back to 0 when the day
+turns) instead of a new series starting every hour and day.
+
 Metrics (USD values are floats only at the exposition edge)::
 
-    crew_budget_limit_usd{scope,window,period}
-    crew_budget_spent_usd{scope,window,period}
-    crew_budget_reserved_usd{scope,window,period}
-    crew_budget_remaining_usd{scope,window,period}
+    crew_budget_limit_usd{scope,window}         the current window of each budget
+    crew_budget_spent_usd{scope,window}
+    crew_budget_reserved_usd{scope,window}
+    crew_budget_remaining_usd{scope,window}
+    crew_budget_window_end_timestamp_seconds{scope,window}   when it resets
     crew_budget_ledger_up
-    crew_budget_calls_total{role,outcome}       outcome: allowed | blocked | expired
+    crew_budget_calls_total{role,outcome}       outcome: allowed | blocked | expired;
+                                                0 from the start for every configured
+                                                role (default_role included)
     crew_budget_cost_usd_total{role,model}
     crew_budget_actual_to_estimate_ratio        actual / estimate (1 = exact; the
                                                 error is ratio - 1; above 1 is an
@@ -37,6 +46,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+from crew_budget.config import DEFAULT_ROLE
 from crew_budget.errors import CrewBudgetError
 from crew_budget.ledger.base import SpendRecord
 
@@ -54,6 +64,7 @@ log = logging.getLogger("crew_budget.metrics")
 ERROR_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5,
                                     2.0, float("inf"))
 _NANO = Decimal(10**9)
+_OUTCOMES = ("allowed", "blocked", "expired")
 _TAIL_OVERLAP = 120.0  # seconds re-read each scrape: other processes' clocks differ a little
 
 
@@ -93,6 +104,14 @@ class BudgetMetrics:
         self._seen: dict[tuple[float, str, str, str], float] = {}  # (ts, id, outcome, role)
         if source == "calls":
             self._remove = guard.add_listener(self.observe)
+        # Every configured role's call counters exist from the first scrape,
+        # at 0: rate() and alerts need a series before the first call, and a
+        # role that never called is then visibly 0, not missing.
+        cfg = guard.config
+        roles = [*cfg.roles, *([DEFAULT_ROLE] if cfg.default_role is not None else [])]
+        for role in roles:
+            for outcome in _OUTCOMES:
+                self._calls[(role, outcome)] = 0
 
     def close(self) -> None:
         if self._remove is not None:
@@ -188,7 +207,7 @@ class BudgetMetrics:
 
     def _families(self, *, with_samples: bool) -> Iterator[Any]:
         core = _prometheus().metrics_core
-        labels = ["scope", "window", "period"]
+        labels = ["scope", "window"]
         limit = core.GaugeMetricFamily("crew_budget_limit_usd",
                                        "Budget limit per scope and window (USD).", labels=labels)
         spent = core.GaugeMetricFamily("crew_budget_spent_usd",
@@ -199,6 +218,10 @@ class BudgetMetrics:
                                           labels=labels)
         remaining = core.GaugeMetricFamily("crew_budget_remaining_usd",
                                            "Limit minus spent and reserved (USD).", labels=labels)
+        ends = core.GaugeMetricFamily(
+            "crew_budget_window_end_timestamp_seconds",
+            "When the current window of each budget ends and its spend starts again at 0 "
+            "(Unix time).", labels=labels)
         up = core.GaugeMetricFamily("crew_budget_ledger_up",
                                     "1 if the ledger answered this scrape, else 0.")
         calls = core.CounterMetricFamily("crew_budget_calls",
@@ -230,7 +253,8 @@ class BudgetMetrics:
                 ok, states = False, []
             for st in states:
                 b = st.bucket
-                values = [b.scope, b.window, b.period]
+                values = [b.scope, b.window]
+                ends.add_metric(values, float(b.ends_at))
                 if b.limit_nano is not None:
                     limit.add_metric(values, float(Decimal(b.limit_nano) / _NANO))
                     remaining.add_metric(values, float(Decimal(st.remaining_nano or 0) / _NANO))
@@ -251,7 +275,7 @@ class BudgetMetrics:
                 for (role, model), n in sorted(self._overruns.items()):
                     overruns.add_metric([role, model], float(n))
             usage_errors.add_metric([], float(self.guard.counters.get("usage_errors", 0)))
-        yield from (limit, spent, reserved, remaining, up, calls, cost, hist, overruns,
+        yield from (limit, spent, reserved, remaining, ends, up, calls, cost, hist, overruns,
                     usage_errors)
 
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, Literal
 
-from crew_budget.alerts.events import fmt_usd
+from crew_budget.cli.common import fit_columns, fmt_usd, money_column
 from crew_budget.ledger.base import SpendRecord
 from crew_budget.money import from_nano
 
@@ -39,6 +39,7 @@ __all__ = [
     "fmt_usd",
     "parse_by",
     "render_table",
+    "short_hour",
     "time_series",
 ]
 
@@ -64,25 +65,37 @@ def parse_by(text: str | Sequence[str]) -> tuple[str, ...]:
 class _TimeLabels:
     """Local hour/day labels, cached per 15-minute slot of UTC.
 
-    Every time zone's offset and DST switch is a multiple of 15 minutes, so
-    all instants of one slot share their local hour and day; formatting a
-    ``datetime`` per record would dominate a 100k-record report otherwise.
+    An hour is labelled by its ISO start with the UTC offset
+    (``2026-11-24T14:00:00+01:00``): a CSV or JSON row then names one
+    instant, and the two 01:00 hours of a DST fall-back stay two rows. A day
+    is its ISO date. Every time zone's offset and DST switch is a multiple of
+    15 minutes, so all instants of one slot share their local hour and day;
+    formatting a ``datetime`` per record would dominate a 100k-record report
+    otherwise.
     """
 
-    def __init__(self, tz: tzinfo, fmt: str) -> None:
-        self.tz, self.fmt = tz, fmt
+    def __init__(self, tz: tzinfo, step: Literal["hour", "day"]) -> None:
+        self.tz, self.step = tz, step
         self._cache: dict[int, str] = {}
 
     def __call__(self, ts: float) -> str:
         slot = int(ts // 900)
         label = self._cache.get(slot)
         if label is None:
-            label = self._cache[slot] = datetime.fromtimestamp(slot * 900, self.tz).strftime(
-                self.fmt)
+            label = self._cache[slot] = _time_label(slot * 900, self.tz, self.step)
         return label
 
 
-_HOUR, _DAY = "%Y-%m-%d %H:00", "%Y-%m-%d"
+def _time_label(ts: float, tz: tzinfo, step: Literal["hour", "day"]) -> str:
+    local = datetime.fromtimestamp(ts, tz)
+    if step == "day":
+        return local.date().isoformat()
+    return local.replace(minute=0, second=0, microsecond=0).isoformat()
+
+
+def short_hour(label: str) -> str:
+    """``2026-11-24T14:00:00+01:00`` -> ``2026-11-24 14:00`` (tables, charts)."""
+    return label[:16].replace("T", " ") if "T" in label else label
 
 
 def _label(record: SpendRecord, key: str, labels: dict[str, _TimeLabels]) -> str:
@@ -215,7 +228,7 @@ def build_report(
 ) -> Report:
     """Group records in ``[since, until)`` by ``by`` (see ``GROUP_KEYS``)."""
     keys = parse_by(by)
-    labels = {"hour": _TimeLabels(tz, _HOUR), "day": _TimeLabels(tz, _DAY)}
+    labels = {"hour": _TimeLabels(tz, "hour"), "day": _TimeLabels(tz, "day")}
     groups: dict[tuple[str, ...], ReportRow] = {}
     total = ReportRow(())
     resets: list[SpendRecord] = []
@@ -255,18 +268,17 @@ def time_series(
     Returns the bucket labels (oldest first) and, per role (or model), one
     integer per bucket: what a spend-over-time chart draws.
     """
-    fmt = _HOUR if step == "hour" else _DAY
-    label_of = _TimeLabels(tz, fmt)
+    label_of = _TimeLabels(tz, step)
     labels: list[str] = []
     index: dict[str, int] = {}
     t = since
     while t < until:
-        label = datetime.fromtimestamp(t, tz).strftime(fmt)
+        label = _time_label(t, tz, step)
         if label not in index:
             index[label] = len(labels)
             labels.append(label)
-        t += 3600
-    last = datetime.fromtimestamp(until - 1e-6, tz).strftime(fmt)
+        t += 900 if step == "hour" else 3600
+    last = _time_label(until - 1e-6, tz, step)
     if until > since and last not in index:
         index[last] = len(labels)
         labels.append(last)
@@ -282,24 +294,48 @@ def time_series(
     return labels, series
 
 
-def render_table(report: Report, *, title: str | None = None, limit: int | None = None) -> Any:
-    """A ``rich.table.Table`` of the report (rich is imported here, lazily)."""
+def render_table(report: Report, *, title: str | None = None, limit: int | None = None,
+                 width: int | None = None) -> Any:
+    """A ``rich.table.Table`` of the report (rich is imported here, lazily).
+
+    With ``width`` (the terminal's), optional columns (tokens, avg/call,
+    blocked, calls) are left out until the table fits, so keys and money
+    are never cut.
+    """
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", show_footer=True)
-    for i, k in enumerate(report.by):
-        table.add_column(k, footer="total" if i == 0 else "", style="bold" if i == 0 else None)
-    t = report.total
-    table.add_column("calls", justify="right", footer=str(t.calls))
-    table.add_column("blocked", justify="right", footer=str(t.blocked))
-    table.add_column("in tok", justify="right", footer=f"{t.input_tokens:,}")
-    table.add_column("out tok", justify="right", footer=f"{t.output_tokens:,}")
-    table.add_column("cost", justify="right", footer=fmt_usd(t.cost), style="green")
-    table.add_column("avg/call", justify="right", footer=fmt_usd(t.avg_cost))
-    table.add_column("share", justify="right", footer="100%" if t.cost_nano else "")
     rows = report.rows if limit is None else report.rows[:limit]
-    for row in rows:
-        table.add_row(*row.key, str(row.calls), str(row.blocked), f"{row.input_tokens:,}",
-                      f"{row.output_tokens:,}", fmt_usd(row.cost), fmt_usd(row.avg_cost),
-                      f"{report.share(row)}%")
+    t = report.total
+    cells: dict[str, list[str]] = {}
+    for i, k in enumerate(report.by):
+        first = ["total"] if i == 0 else []
+        cells[k] = first + [short_hour(r.key[i]) if k == "hour" else r.key[i] for r in rows]
+    stats = {
+        "calls": [str(t.calls), *(str(r.calls) for r in rows)],
+        "blocked": [str(t.blocked), *(str(r.blocked) for r in rows)],
+        "in tok": [f"{t.input_tokens:,}", *(f"{r.input_tokens:,}" for r in rows)],
+        "out tok": [f"{t.output_tokens:,}", *(f"{r.output_tokens:,}" for r in rows)],
+        "cost": [fmt_usd(t.cost), *(fmt_usd(r.cost) for r in rows)],
+        "avg/call": [fmt_usd(t.avg_cost), *(fmt_usd(r.avg_cost) for r in rows)],
+        "share": ["100%" if t.cost_nano else "", *(f"{report.share(r)}%" for r in rows)],
+    }
+    cells.update(stats)
+    shown = list(cells) if width is None else fit_columns(
+        cells, width, ["in tok", "out tok", "avg/call", "blocked", "calls"])
+    table = Table(title=title, title_justify="left", show_footer=True)
+    for name in shown:
+        values = cells[name]
+        if name in stats:
+            money_column(table, name, values, footer=values[0],
+                         style="green" if name == "cost" else None)
+        else:
+            footer = values[0] if name == report.by[0] else ""
+            body = values[1:] if name == report.by[0] else values
+            timed = name in ("hour", "day")  # names fold onto more lines; times never
+            table.add_column(name, footer=footer, no_wrap=timed, overflow="fold",
+                             min_width=len(values[-1]) if timed else None,
+                             style="bold" if name == report.by[0] else None)
+            cells[name] = [footer, *body]
+    for i in range(len(rows)):
+        table.add_row(*(cells[name][i + 1] for name in shown))
     return table

@@ -76,5 +76,5 @@ def cli_executable() -> list[str]:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREW_BUDGET_")}
-    env.update(COLUMNS="200", **extra)
+    env.update({"COLUMNS": "200", **extra})
     return env

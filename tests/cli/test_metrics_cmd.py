@@ -45,8 +45,12 @@ def test_metrics_server_serves_budgets_and_counts_new_calls(spent: Setup) -> Non
                      and ("scope", "crew:team") in k[1]]
         assert [first[k] for k in spent_key] == [0.21]
         assert first[("crew_budget_ledger_up", ())] == 1.0
-        # Counters start when the server starts: the fixture's 30 calls came before.
-        assert not any(k[0] == "crew_budget_calls_total" for k in first)
+        # Counters start when the server starts, at 0 for every configured role:
+        # the fixture's 30 calls came before.
+        assert {k: v for k, v in first.items() if k[0] == "crew_budget_calls_total"} == {
+            ("crew_budget_calls_total", (("outcome", outcome), ("role", role))): 0.0
+            for role in ("researcher", "writer") for outcome in ("allowed", "blocked", "expired")}
+        assert not any("period" in dict(labels) for _, labels in first)
         spend(spent.guard(), "writer", 2)          # two more calls, $0.014
         with urllib.request.urlopen(url, timeout=5) as resp:
             second = parse(resp.read().decode())

@@ -121,3 +121,28 @@ def test_report_as_a_subprocess(spent: Setup) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1].startswith("researcher,20,0,0,0,60,14000,0.14,")
+
+
+def test_html_by_hour_over_the_default_week_draws_hourly_bars_with_limits(
+    runner: CliRunner, spent: Setup
+) -> None:
+    target = spent.dir / "hourly.html"
+    result = runner.invoke(app, ["report", "--ledger", spent.url, "--by", "role,hour",
+                                 "--html", str(target), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    page = target.read_text()
+    assert "Spend over time per role (per hour)" in page
+    researcher = page.split('<figure data-role="researcher"')[1].split("</figure>")[0]
+    # $0.14 in one hour against a $0.50/hour limit: named, but off the $0.14 scale.
+    assert "$0.14 in 20 calls; hourly limit $0.50 (above this scale)" in researcher
+    assert researcher.count("<rect") == 1
+    hour = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:00")
+    assert f"<title>{hour}: $0.14</title>" in researcher
+    writer = page.split('<figure data-role="writer"')[1].split("</figure>")[0]
+    assert "limit" not in writer  # the writer has a daily budget only
+    daily = runner.invoke(app, ["report", "--ledger", spent.url, "--by", "role,day",
+                                "--html", str(target), "--format", "json"])
+    assert daily.exit_code == 0, daily.output
+    page = target.read_text()
+    assert "(per day)" in page and 'data-limit="1000000000"' not in page
+    assert "daily limit $1.00 (above this scale)" in page

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
 def validate(
     path: Annotated[Path | None, typer.Argument(
         dir_okay=False, show_default=False,
-        help="Budget YAML (default: ./budgets.yaml, else $CREW_BUDGET_CONFIG).")] = None,
+        help="Budget YAML (default: $CREW_BUDGET_CONFIG, else ./budgets.yaml).")] = None,
     crew: Annotated[str | None, typer.Option(
         "--crew", metavar="MODULE:ATTR",
         help="Also check a CrewAI crew (or a function returning one), e.g. myapp.crew:crew: "
@@ -60,7 +60,8 @@ def validate(
 
     resolved = config_path(path)
     if resolved is None:
-        fail("validate", "no budget file given and no ./budgets.yaml; run "
+        fail("validate", "no budget file given, CREW_BUDGET_CONFIG is not set and there is "
+             "no ./budgets.yaml; run "
              "`crew-budget validate path/to/budgets.yaml`", EXIT_CONFIG)
     cfg, source = load_cli_config("validate", resolved)
     if not cfg.has_limits():

@@ -7,14 +7,18 @@ can branch on:
 ====  =========================================================
  0    success
  1    nothing to show (no spend records in the window, no budgets)
- 2    configuration error (bad YAML, unknown key, bad ledger URL, unknown role)
+ 2    usage or configuration error (bad option or input, bad YAML, unknown
+      key, bad ledger URL, unknown role)
  3    the ledger cannot be reached or opened, or does not exist
 ====  =========================================================
 
 No command but ``demo`` creates a ledger: a ``--ledger`` path with no
 ledger behind it is exit 3 naming the path, not a fresh empty ledger that
-reports $0.00. Nothing printed holds a secret: ledger URLs, other
-libraries' messages and config errors pass through ``crew_budget.redact``.
+reports $0.00. The budget file is found in one order, shared with the
+library and the LiteLLM proxy: ``--config``, then ``$CREW_BUDGET_CONFIG``,
+then ``./budgets.yaml`` (``crew_budget.config.find_config``). Nothing
+printed holds a secret: ledger URLs, other libraries' messages and config
+errors pass through ``crew_budget.redact``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -45,9 +49,11 @@ __all__ = [
     "bar",
     "console",
     "fail",
+    "fit_columns",
     "fmt_usd",
     "ledger_name",
     "load_cli_config",
+    "money_column",
     "open_guard",
     "parse_span",
 ]
@@ -57,15 +63,15 @@ EXIT_EMPTY, EXIT_CONFIG, EXIT_LEDGER = 1, 2, 3
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", dir_okay=False,
-        help="Budget YAML. Default: ./budgets.yaml if present, else $CREW_BUDGET_CONFIG, "
+        "--config", "-c", dir_okay=False, metavar="PATH",
+        help="Budget YAML. Default: $CREW_BUDGET_CONFIG, else ./budgets.yaml if present, "
              "else no budgets.",
     ),
 ]
 LedgerOption = Annotated[
     str | None,
     typer.Option(
-        "--ledger", "-l",
+        "--ledger", "-l", metavar="URL",
         help="Ledger URL (memory://, sqlite:///path.db, redis://host:6379/0). Default: "
              "$CREW_BUDGET_LEDGER, else the config's ledger:, else the embedded SQLite file.",
     ),
@@ -87,14 +93,14 @@ def fail(command: str, message: str, code: int) -> NoReturn:
 
 
 def config_path(path: Path | None) -> Path | None:
-    """``--config``, else ``./budgets.yaml`` if present, else ``$CREW_BUDGET_CONFIG``."""
-    if path is not None:
-        return path
-    local = Path("budgets.yaml")
-    if local.is_file():
-        return local
-    env = os.environ.get("CREW_BUDGET_CONFIG")
-    return Path(env) if env else None
+    """``--config``, else ``$CREW_BUDGET_CONFIG``, else ``./budgets.yaml`` if present.
+
+    The one lookup order of ``crew_budget.config.find_config``, shared with the
+    library and the LiteLLM proxy, so the CLI shows the limits they enforce.
+    """
+    from crew_budget.config import find_config
+
+    return find_config(path)
 
 
 def load_cli_config(command: str, path: Path | None) -> tuple[BudgetConfig, str]:
@@ -233,12 +239,65 @@ def _instant(text: str, tz: tzinfo, option: str) -> float:
     return value.timestamp()
 
 
+_CENT = Decimal("0.01")
+
+
 def fmt_usd(amount: Decimal | None) -> str:
+    """The CLI's one money format: ``$1,234.56`` (cents) at a dollar and above,
+    four significant digits below (``$0.9603``, ``$0.0000612``), ``$0.00`` for
+    zero, ``-`` for no value.
+
+    Every command prints money through here, so one column never mixes
+    ``$1.74`` with ``$0.9603`` styles by accident. Rounding is for display
+    only (``ROUND_HALF_EVEN`` on a ``Decimal``); JSON and CSV carry the
+    exact amounts.
+    """
     if amount is None:
         return "-"
-    from crew_budget.alerts.events import fmt_usd as _fmt
+    if amount == 0:
+        return "$0.00"
+    sign = "-" if amount < 0 else ""
+    a = abs(amount)
+    if a.quantize(_CENT) >= 1:
+        return f"{sign}${a.quantize(_CENT):,}"
+    # Four significant digits: the exponent of the 4th digit is adjusted() - 3.
+    rounded = a.quantize(Decimal(1).scaleb(a.adjusted() - 3))
+    if rounded >= 1:  # 0.99996 rounds up to a dollar
+        return f"{sign}${rounded.quantize(_CENT):,}"
+    text = f"{rounded.normalize():f}"
+    decimals = len(text.partition(".")[2])
+    if decimals < 2:
+        text = f"{rounded.quantize(_CENT):f}"
+    return f"{sign}${text}"
 
-    return _fmt(amount)
+
+def fit_columns(columns: dict[str, list[str]], width: int, drop_order: list[str]) -> list[str]:
+    """The column names to show in ``width`` terminal columns.
+
+    Each column needs its widest cell (header included) plus rich's padding
+    and border (3 characters). Optional columns are dropped in
+    ``drop_order`` until the table fits; what remains is never squeezed, so
+    a role name, an hour or an amount is never cut into pieces.
+    """
+    need = {name: max(len(name), *(len(v) for v in values)) + 3
+            for name, values in columns.items()}
+    shown = list(columns)
+    for name in drop_order:
+        if sum(need[n] for n in shown) + 1 <= width:
+            break
+        shown.remove(name)
+    return shown
+
+
+def money_column(table: Any, name: str, values: list[str], **kwargs: Any) -> None:
+    """Add a right-aligned column that a narrow terminal may not cut.
+
+    rich shrinks the widest columns first and cuts them with an ellipsis;
+    a ``$1…`` is worse than a wrapped title, so a money column is as wide
+    as its longest amount, always.
+    """
+    width = max([len(name), *(len(v) for v in values)])
+    table.add_column(name, justify="right", no_wrap=True, min_width=width, **kwargs)
 
 
 def bar(fraction: Decimal, width: int = 10) -> str:
@@ -249,10 +308,15 @@ def bar(fraction: Decimal, width: int = 10) -> str:
 
 
 def console(stderr: bool = False) -> Console:
-    """A rich console at least 120 columns wide (tables must not be cut in CI logs)."""
+    """A rich console for tables.
+
+    Piped output (CI logs, ``| less``) is at least 120 columns wide so tables
+    are not cut, unless ``$COLUMNS`` says otherwise: a width the user set is
+    honoured, and money columns never shrink (see ``money_column``).
+    """
     from rich.console import Console
 
     out = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not out.is_terminal and out.width < 120:
+    if not out.is_terminal and out.width < 120 and not os.environ.get("COLUMNS"):
         out.width = 120
     return out

@@ -6,6 +6,11 @@ fresh embedded SQLite ledger in a temporary directory, so every run tells the
 same story and the demo never adds made-up spend to your real ledger. With
 ``--live`` (and ``OPENAI_API_KEY`` set) the same crew calls OpenAI for real
 and records real spend in your default ledger (or ``--ledger``).
+
+``--keep`` keeps the offline run's ledger and budgets in
+``./crew-budget-demo/`` (a ``budgets.yaml`` whose ``ledger:`` names the kept
+``ledger.db``), so ``CREW_BUDGET_CONFIG=crew-budget-demo/budgets.yaml
+crew-budget status`` (or ``report``) shows what the demo spent.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["register"]
+__all__ = ["KEEP_DIR", "register"]
+
+#: Where ``demo --keep`` leaves its ledger and budgets (in the working directory).
+KEEP_DIR = "crew-budget-demo"
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +48,9 @@ def demo(
                      "your default ledger with --live)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show CrewAI's own output.")] = False,
+    keep: Annotated[bool, typer.Option(
+        "--keep", help=f"Keep the demo's ledger and budgets in ./{KEEP_DIR}/, so that "
+        "`crew-budget status` and `report` can show them afterwards.")] = False,
 ) -> None:
     """Run a router/researcher/writer crew whose looping researcher hits its budget."""
     from rich.console import Console
@@ -61,15 +72,46 @@ def demo(
             check_ledger_url(ledger)
         except ValueError as exc:
             fail("demo", str(exc), EXIT_CONFIG)
+    if keep and ledger is not None:
+        fail("demo", "--keep keeps the demo's own ledger; with --ledger the spend already "
+             "stays in that ledger: pass one or the other", EXIT_CONFIG)
+    kept = _keep_dir(console) if keep else None
     _quiet_environment(verbose)
     with tempfile.TemporaryDirectory(prefix="crew-budget-demo-") as tmp:
-        url = ledger or (None if live else f"sqlite:///{Path(tmp) / 'ledger.db'}")
+        url = ledger or (None if live and kept is None else
+                         f"sqlite:///{(kept or Path(tmp)).resolve() / 'ledger.db'}")
         try:
             code = _run(console, live=live, ledger_url=url, verbose=verbose)
         except LedgerUnavailable as exc:
             fail("demo", f"ledger {redact_url(exc.url)} is unreachable ({exc.reason}); start "
                  "it, or drop --ledger to use a fresh temporary ledger", EXIT_LEDGER)
+    if kept is not None:
+        config = kept / "budgets.yaml"
+        console.print(f"\nKept: {config} and {kept / 'ledger.db'}. Try:\n"
+                      f"  CREW_BUDGET_CONFIG={config} crew-budget status\n"
+                      f"  CREW_BUDGET_CONFIG={config} crew-budget report --by role,model")
     raise typer.Exit(code)
+
+
+def _keep_dir(console: Any) -> Path:
+    """``./crew-budget-demo/`` with the demo's budgets.yaml (naming its ledger).
+
+    A fresh directory each time: an earlier run's spend would exhaust the
+    researcher's budget before the first call and spoil the story.
+    """
+    from crew_budget.cli.common import EXIT_CONFIG, fail
+    from crew_budget.crewai.demo import BUDGETS_YAML
+
+    target = Path(KEEP_DIR)
+    if target.exists():
+        fail("demo", f"./{KEEP_DIR} exists from an earlier run; delete it (rm -r {KEEP_DIR}) "
+             "or run the demo from another directory", EXIT_CONFIG)
+    target.mkdir()
+    ledger = (target / "ledger.db").resolve()
+    (target / "budgets.yaml").write_text(
+        f"# crew-budget demo budgets (kept by `crew-budget demo --keep`)\n{BUDGETS_YAML}"
+        f"ledger: sqlite:///{ledger}\n", encoding="utf-8")
+    return target
 
 
 def _quiet_environment(verbose: bool) -> None:

@@ -6,10 +6,11 @@ messages), or JSON Lines of them, using the same ``Guard.estimate`` that
 ``preflight`` uses. ``cost`` answers "what does this ``usage`` cost?" the way
 ``Guard.settle`` charges it. Neither touches a ledger or the network.
 
-Like the other commands: ``--config``, else ``./budgets.yaml``, else
-``$CREW_BUDGET_CONFIG``; errors are one line on stderr; exit 1 when the input
-cannot be read (malformed JSON, no messages, no usage), 2 for a configuration
-problem (bad YAML, a model without a price).
+Like the other commands: ``--config``, else ``$CREW_BUDGET_CONFIG``, else
+``./budgets.yaml``; errors are one line on stderr; exit 2 (a usage error, as
+for a bad option) when the input cannot be read (malformed JSON, no
+messages, no usage) or for a configuration problem (bad YAML, a model
+without a price).
 
 JSON Lines are a batch: a line that fails (bad JSON, no messages, a model
 without a price) prints ``{"error": ..., "line": n}`` in its place and the
@@ -23,7 +24,6 @@ so that provider's prices apply (OpenRouter's, Bedrock's, ...).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping
 from decimal import Decimal
@@ -32,7 +32,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from crew_budget.config import BudgetConfig, load_config
+from crew_budget.config import BudgetConfig, find_config, load_config
 from crew_budget.errors import CrewBudgetError, PricingError
 from crew_budget.money import from_nano, to_nano_round
 
@@ -41,10 +41,13 @@ __all__ = ["register"]
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", dir_okay=False,
-                 help="Budget YAML (prices, output caps). Default: ./budgets.yaml if present, "
-                      "else $CREW_BUDGET_CONFIG, else built-in defaults."),
+                 help="Budget YAML (prices, output caps). Default: $CREW_BUDGET_CONFIG, else "
+                      "./budgets.yaml if present, else built-in defaults."),
 ]
-EXIT_INPUT, EXIT_CONFIG = 1, 2
+EXIT_INPUT, EXIT_CONFIG = 2, 2
+#: A JSON Lines batch in which some requests failed (each printed in place):
+#: not a usage error, the rest of the batch was answered.
+EXIT_PARTIAL = 1
 
 _EXTRA_KEYS = ("tool_choice", "functions", "function_call", "response_format", "output_format",
                "output_config", "thinking", "service_tier")
@@ -142,7 +145,7 @@ def estimate(
         first_line, first = failed[0]
         _fail("estimate", f"{len(failed)} of {total} requests failed (each printed "
                           f'{{"error": ...}} in its place); first, line {first_line}: {first}',
-              EXIT_INPUT)
+              EXIT_PARTIAL)
 
 
 def _estimate_one(guard: Any, role: str, model: str | None, provider: str | None, where: str,
@@ -240,10 +243,7 @@ def _stdin(command: str) -> str:
 
 
 def _config(command: str, path: Path | None) -> BudgetConfig:
-    if path is None and Path("budgets.yaml").is_file():
-        path = Path("budgets.yaml")
-    if path is None and os.environ.get("CREW_BUDGET_CONFIG"):
-        path = Path(os.environ["CREW_BUDGET_CONFIG"])
+    path = find_config(path)
     if path is None:
         return BudgetConfig()
     try:

@@ -9,7 +9,7 @@ Output: a table (default), ``--format csv|json`` for scripts, and/or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -95,8 +95,10 @@ def report(
         from crew_budget.report_html import render_html
 
         try:
-            html.write_text(render_html(records, since=span.since, until=span.until, tz=tz),
-                            encoding="utf-8")
+            step: Literal["hour", "day"] | None = (
+                "hour" if "hour" in keys else "day" if "day" in keys else None)
+            html.write_text(render_html(records, since=span.since, until=span.until, tz=tz,
+                                        step=step, config=guard.config), encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
         typer.echo(f"crew-budget report: wrote {html} ({len(records)} spend records)", err=True)
@@ -106,4 +108,5 @@ def report(
         typer.echo(result.to_json())
     else:
         title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(guard)}"
-        console().print(render_table(result, title=title))
+        out = console()
+        out.print(render_table(result, title=title, width=out.width))

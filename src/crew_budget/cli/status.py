@@ -9,7 +9,8 @@ latest calls, every ``--interval`` seconds until Ctrl-C.
 from __future__ import annotations
 
 import json
-import time
+import signal
+import threading
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,8 +26,10 @@ from crew_budget.cli.common import (
     bar,
     console,
     fail,
+    fit_columns,
     fmt_usd,
     ledger_name,
+    money_column,
     open_guard,
 )
 
@@ -56,12 +59,40 @@ def _rows(guard: Guard, role: str | None, command: str, source: str) -> list[Bud
              "check the spelling or add it under roles:", EXIT_CONFIG)
     try:
         rows = guard.status(role)
+        if role is None and guard.config.unknown_roles == "allow":
+            rows += _unbudgeted(guard)
     except LedgerUnavailable as exc:
         fail(command, f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     if not rows:
         fail(command, f"no budgets configured in {source}; add limits under roles:, crew: or "
              "global: (see `crew-budget validate`)", EXIT_EMPTY)
     return rows
+
+
+def _unbudgeted(guard: Guard) -> list[BudgetStatus]:
+    """Today's spend of roles with no role budget (``unknown_roles: allow``).
+
+    They are charged to the crew and global budgets only, so no role bucket
+    holds their spend; without these rows the listed roles would not add up
+    to the crew's total. Read from today's spend records (this setting is an
+    explicit opt-in, so the read is only paid for by those who chose it).
+    """
+    from crew_budget.config import DEFAULT_ROLE
+    from crew_budget.guard import BudgetStatus
+    from crew_budget.money import from_nano
+    from crew_budget.windows import get_tz, span
+
+    tz = get_tz(guard.config.timezone)
+    day = span("day", guard.ledger.now(), tz)
+    spent: dict[str, int] = {}
+    for r in guard.ledger.records(since=day.starts_at, until=day.ends_at):
+        if r.outcome in ("settled", "expired", "unguarded") and r.role != DEFAULT_ROLE \
+                and r.role not in guard.config.roles:
+            spent[r.role] = spent.get(r.role, 0) + r.cost_nano
+    return [BudgetStatus(scope=f"role:{name} (no budget)", window="day", period=day.period,
+                         limit=None, spent=from_nano(nano), reserved=Decimal(0), remaining=None,
+                         resets_at=datetime.fromtimestamp(day.ends_at, tz))
+            for name, nano in sorted(spent.items())]
 
 
 def _resets_in(row: BudgetStatus, now: float) -> str:
@@ -79,22 +110,54 @@ def _used(row: BudgetStatus) -> Decimal:
     return (row.spent + row.reserved) / row.limit
 
 
-def status_table(rows: list[BudgetStatus], now: float, title: str | None = None) -> Any:
+def status_table(rows: list[BudgetStatus], now: float, title: str | None = None,
+                 width: int = 200) -> Any:
+    """The status table, fitted to ``width`` columns.
+
+    In a narrow terminal the less essential columns go first (period,
+    resets, reserved, the bar); scope, window and the money columns always
+    stay, whole: a cut ``$1…`` is worse than a missing column.
+    """
     from rich.table import Table
 
+    cells: dict[str, list[str]] = {
+        "scope": [r.scope for r in rows],
+        "window": [r.window for r in rows],
+        "period": [r.period for r in rows],
+        "limit": [fmt_usd(r.limit) for r in rows],
+        "spent": [fmt_usd(r.spent) for r in rows],
+        "reserved": [fmt_usd(r.reserved) for r in rows],
+        "remaining": [fmt_usd(r.remaining) for r in rows],
+        "used": [f"{bar(_used(r))} {_pct(r):>4}" for r in rows],
+        "resets": [_resets_in(r, now) for r in rows],
+    }
+    shown = fit_columns(cells, width, ["period", "resets", "reserved", "used"])
+    if "used" not in shown:  # keep the percentage, drop the bar
+        cells["used"] = [f"{_pct(r):>4}" for r in rows]
+        shown.append("used")
     table = Table(title=title, title_justify="left")
-    for name, justify in (("scope", "left"), ("window", "left"), ("period", "left"),
-                          ("limit", "right"), ("spent", "right"), ("reserved", "right"),
-                          ("remaining", "right"), ("used", "left"), ("resets", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for row in rows:
+    for name in shown:
+        if name in ("limit", "spent", "reserved", "remaining"):
+            money_column(table, name, cells[name])
+        elif name in ("scope", "period", "resets"):  # may fold onto a second line
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True, min_width=len(name))
+    for i, row in enumerate(rows):
         used = _used(row)
         colour = "red" if used >= 1 else "yellow" if used >= Decimal("0.8") else "green"
-        pct = f"{(used * 100).quantize(Decimal('1'))}%"
-        table.add_row(row.scope, row.window, row.period, fmt_usd(row.limit), fmt_usd(row.spent),
-                      fmt_usd(row.reserved), fmt_usd(row.remaining),
-                      f"[{colour}]{bar(used)}[/{colour}] {pct:>4}", _resets_in(row, now))
+        values = []
+        for name in shown:
+            value = cells[name][i]
+            if name == "used":
+                value = f"[{colour}]{value}[/{colour}]"
+            values.append(value)
+        table.add_row(*values)
     return table
+
+
+def _pct(row: BudgetStatus) -> str:
+    return f"{(_used(row) * 100).quantize(Decimal('1'))}%"
 
 
 def _json(rows: list[BudgetStatus]) -> str:
@@ -125,7 +188,8 @@ def status(
         return
     now = guard.ledger.now()
     title = f"crew-budget status - {ledger_name(guard)} - {_stamp(now, guard)}"
-    console().print(status_table(rows, now, title))
+    out = console()
+    out.print(status_table(rows, now, title, out.width))
 
 
 def _stamp(now: float, guard: Guard) -> str:
@@ -143,12 +207,16 @@ def _recent_table(guard: Guard, now: float, limit: int = 10) -> Any:
 
     tz = get_tz(guard.config.timezone)
     records = [r for r in guard.ledger.records(since=now - 86400) if r.outcome != "reset"]
+    shown = records[-limit:][::-1]
+    costs = [fmt_usd(from_nano(r.cost_nano)) for r in shown]
     table = Table(title=f"latest {limit} calls (24h)", title_justify="left")
-    for name in ("time", "role", "model", "outcome", "cost"):
-        table.add_column(name, justify="right" if name == "cost" else "left")
-    for r in records[-limit:][::-1]:
+    table.add_column("time", no_wrap=True)
+    for name in ("role", "model", "outcome"):
+        table.add_column(name, overflow="fold")
+    money_column(table, "cost", costs)
+    for r, cost in zip(shown, costs, strict=True):
         table.add_row(datetime.fromtimestamp(r.ts, tz).strftime("%H:%M:%S"), r.role, r.model,
-                      r.outcome, fmt_usd(from_nano(r.cost_nano)))
+                      r.outcome, cost)
     return table
 
 
@@ -174,19 +242,33 @@ def watch(
         now = guard.ledger.now()
         rows = _rows(guard, role, "watch", source)
         title = f"crew-budget watch - {ledger_name(guard)} - {_stamp(now, guard)}"
-        return Group(status_table(rows, now, title), _recent_table(guard, now))
+        return Group(status_table(rows, now, title, out.width), _recent_table(guard, now))
 
+    stop = threading.Event()
+
+    def _terminate(*_: Any) -> None:
+        stop.set()
+
+    # A supervisor (or `timeout`) stops watch with SIGTERM: exit 0 like
+    # Ctrl-C, and let Live print its last frame, which is all a pipe ever sees.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    if not out.is_terminal:  # a pipe sees only the last frame; say that it is running
+        typer.echo(f"crew-budget watch: refreshing every {interval:g}s; the last frame is "
+                   "printed when stopped (Ctrl-C or SIGTERM)", err=True)
     count = 0
     try:
         with Live(frame(), console=out, auto_refresh=False,
                   transient=False) as live:
-            while iterations is None or count < iterations - 1:
-                time.sleep(interval)
-                try:
-                    live.update(frame(), refresh=True)
-                except LedgerUnavailable as exc:  # keep watching; say so on screen
-                    live.update(f"[red]ledger unreachable: {exc.reason}; retrying...[/red]",
-                                refresh=True)
-                count += 1
-    except KeyboardInterrupt:
-        pass
+            try:
+                while (iterations is None or count < iterations - 1) and not stop.wait(
+                        interval):
+                    try:
+                        live.update(frame(), refresh=True)
+                    except LedgerUnavailable as exc:  # keep watching; say so on screen
+                        live.update(f"[red]ledger unreachable: {exc.reason}; retrying...[/red]",
+                                    refresh=True)
+                    count += 1
+            except KeyboardInterrupt:
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -25,7 +25,7 @@ from typing import Any
 
 from crewai.llms.base_llm import BaseLLM
 
-from crew_budget.config import DEFAULT_CREW_ROLE, BudgetConfig
+from crew_budget.config import DEFAULT_CREW_ROLE, BudgetConfig, find_config
 from crew_budget.crewai._gate import gate_everything, register_agent, register_crew, unregister
 from crew_budget.crewai._llm import BudgetLLM
 from crew_budget.crewai._roles import check_crew_roles
@@ -171,11 +171,17 @@ class BudgetCallback:
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], ledger: Ledger | str | None = None,
+        cls, path: str | os.PathLike[str] | None = None, ledger: Ledger | str | None = None,
         *, crew_role: str | None = None,
     ) -> BudgetCallback:
-        """Load the role map and crew limit from a budget YAML file."""
-        return cls(path, ledger, crew_role=crew_role)
+        """Load the role map and crew limit from a budget YAML file: ``path``,
+        else ``$CREW_BUDGET_CONFIG``, else ``./budgets.yaml`` (``find_config``)."""
+        found = find_config(path)
+        if found is None:
+            raise ConfigError("no budget file: pass BudgetCallback.from_yaml('budgets.yaml'), "
+                              "set CREW_BUDGET_CONFIG, or put a budgets.yaml in the working "
+                              "directory", source="BudgetCallback.from_yaml")
+        return cls(found, ledger, crew_role=crew_role)
 
     # -- attaching -------------------------------------------------------------
 

@@ -182,7 +182,7 @@ def replay(cassette: Path | None = None) -> Iterator[Any]:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "the offline demo replays recorded traffic with vcrpy; install it with "
-            "`pip install 'crew-budget[crewai]'` (or `pip install vcrpy`)"
+            "`pip install 'crew-budget[demo]'` (or `pip install vcrpy`)"
         ) from exc
     path = cassette or find_cassette()
     added_key = "OPENAI_API_KEY" not in os.environ

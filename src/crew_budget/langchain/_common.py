@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from crew_budget.config import BudgetConfig
+from crew_budget.config import BudgetConfig, find_config
 from crew_budget.errors import ConfigError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
@@ -58,9 +58,12 @@ def resolve_guard(
             )
         return guard
     if config is None:
+        config = find_config()  # $CREW_BUDGET_CONFIG, else ./budgets.yaml (the CLI's order)
+    if config is None:
         raise ConfigError(
-            "no budget given: pass config='budgets.yaml' (or a dict / BudgetConfig), or "
-            "guard=Guard.from_config(...) to share one guard between handlers",
+            "no budget given: pass config='budgets.yaml' (or a dict / BudgetConfig), set "
+            "CREW_BUDGET_CONFIG, or pass guard=Guard.from_config(...) to share one guard "
+            "between handlers",
             source="crew_budget.langchain",
         )
     return Guard.from_config(config, ledger)

@@ -73,7 +73,7 @@ import litellm
 from litellm.exceptions import BudgetExceededError as _LiteLLMBudgetExceededError
 from litellm.integrations.custom_logger import CustomLogger
 
-from crew_budget.config import BudgetConfig
+from crew_budget.config import BudgetConfig, find_config
 from crew_budget.errors import BudgetExceeded, ConfigError, UsageError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
@@ -206,9 +206,12 @@ class BudgetLogger(CustomLogger):
                               "ledger=...), not both", source="crew_budget.litellm")
         if guard is None:
             if config is None:
+                config = find_config()  # $CREW_BUDGET_CONFIG, else ./budgets.yaml
+            if config is None:
                 raise ConfigError(
                     "no budget given: pass BudgetLogger(config='budgets.yaml') (or a dict / "
-                    "BudgetConfig), or guard=Guard.from_config(...)",
+                    "BudgetConfig), set CREW_BUDGET_CONFIG, or pass "
+                    "guard=Guard.from_config(...)",
                     source="crew_budget.litellm",
                 )
             guard = Guard.from_config(config, ledger)
@@ -231,17 +234,18 @@ class BudgetLogger(CustomLogger):
 
     @classmethod
     def from_env(cls) -> BudgetLogger:
-        """The proxy's logger: ``CREW_BUDGET_CONFIG`` (YAML path, required),
+        """The proxy's logger: ``CREW_BUDGET_CONFIG`` (YAML path; else ``./budgets.yaml``),
         ``CREW_BUDGET_LEDGER`` (optional, beats the YAML's ``ledger:``),
         ``CREW_BUDGET_DEFAULT_ROLE``, ``CREW_BUDGET_ROLE_HEADER``,
         ``CREW_BUDGET_HEADER_ROLES`` (``researcher,writer`` or ``*``),
         ``CREW_BUDGET_MASTER_KEY_NAMES_ROLES=1`` and
         ``CREW_BUDGET_ALLOW_UNBUDGETED_ROUTES=1`` (optional)."""
-        path = os.environ.get("CREW_BUDGET_CONFIG")
-        if not path:
+        path = find_config()  # $CREW_BUDGET_CONFIG, else ./budgets.yaml: the CLI's order
+        if path is None:
             raise ConfigError(
-                "CREW_BUDGET_CONFIG is not set; point it at your budgets YAML before starting "
-                "the proxy (e.g. CREW_BUDGET_CONFIG=budgets.yaml litellm --config config.yaml)",
+                "CREW_BUDGET_CONFIG is not set and there is no ./budgets.yaml; point it at your "
+                "budgets YAML before starting the proxy (e.g. CREW_BUDGET_CONFIG=budgets.yaml "
+                "litellm --config config.yaml)",
                 source="crew_budget.litellm",
             )
         return cls(
