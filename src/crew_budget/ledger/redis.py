@@ -408,8 +408,25 @@ class RedisLedger(Ledger):
 
     def _call(self, script: str, keys: list[str], args: list[str], *, idempotent: bool = True
               ) -> Any:
-        return self._run(lambda c: self._lua[script](keys=keys, args=args, client=c),
-                         idempotent=idempotent)
+        """Run one of ``lua/*.lua``: ``EVALSHA``, and ``SCRIPT LOAD`` first when
+        the server answers ``NOSCRIPT`` (it restarted, or its scripts were
+        flushed).
+
+        What ``Script.__call__`` does, called on the client directly: it
+        saves ~8 µs per call (measured, bench/README.md), and reserve and
+        settle are on every LLM call's path. On Redis Cluster the client
+        routes by the keys (one hash tag, one slot) and loads the script
+        where it is missing.
+        """
+        def op(c: Any) -> Any:
+            lua = self._lua[script]  # made with the client
+            try:
+                return c.evalsha(lua.sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:
+                c.script_load(lua.script)
+                return c.evalsha(lua.sha, len(keys), *keys, *args)
+
+        return self._run(op, idempotent=idempotent)
 
     def _bkey(self, bucket: Bucket) -> str:
         return self.prefix + "b:" + bucket.key
