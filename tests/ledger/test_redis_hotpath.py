@@ -263,3 +263,30 @@ def test_the_calls_are_what_redis_py_sends_for_the_same_evalsha(redis_url: str) 
                      for r in ledger.records())
     assert records == [(False, 1000, 1, 4), (True, 1000, 1, 4)]
     ledger.close()
+
+
+def test_without_hiredis_installed_the_ledger_runs_on_redis_py_alone(redis_url: str) -> None:
+    """hiredis is optional (an extra of redis-py): with it unimportable, a
+    fresh process reserves and settles exactly, on the pure-Python parser."""
+    code = (
+        "import sys; sys.modules['hiredis'] = None\n"
+        "import redis.utils\n"
+        "from crew_budget.ledger import Bucket, RecordDraft, ReserveRequest\n"
+        "from crew_budget.ledger.redis import RedisLedger\n"
+        "from crew_budget.usage import Usage\n"
+        f"led = RedisLedger({redis_url!r}, namespace='nohiredis')\n"
+        "now = led.now()\n"
+        "b = Bucket('role:r', 'day', 'p', 5000, now - 60, now + 60)\n"
+        "res = led.reserve(ReserveRequest('rid1', (b,), 1200, 60.0, RecordDraft('r', 'm')))\n"
+        "out = led.settle('rid1', 700, Usage(7, 0, 0, 3, 0))\n"
+        "(st,) = led.status([b])\n"
+        "print(redis.utils.HIREDIS_AVAILABLE, out.state, out.cost_nano, st.spent_nano,\n"
+        "      st.reserved_nano, 'hiredis' in sys.modules and sys.modules['hiredis'] is not None)\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "settled", "700", "700", "0", "False"]
