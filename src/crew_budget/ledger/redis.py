@@ -14,12 +14,16 @@ after a restart), on a plain ``redis.Redis`` (or ``RedisCluster``) client.
 
 No private redis-py attribute is used, and no request is built by hand:
 every operation, the per-call reserve/settle/release included, goes
-through redis-py's public API, so a redis-py release cannot silently route
-around it. Install ``hiredis`` (``pip install 'crew-budget[redis]'`` does)
-and redis-py parses replies with it: measured here, that public path with
-hiredis was faster in absolute terms than the hand-built frames it
-replaced (bench/README.md). Forked processes are safe: redis-py's
-connection pool notices the new pid and opens its own connections.
+through redis-py's public client (``evalsha``, ``script_load``), so a
+redis-py release cannot silently route around it. That costs client CPU:
+redis-py's generic command path took ~40 µs per command more than the
+hand-built frames this module used before (with hiredis; ~60 µs with
+redis-py's pure-Python parser; measured side by side, bench/README.md),
+paid twice per guarded call. ``hiredis`` (``pip install
+'crew-budget[redis]'`` brings it) makes redis-py parse replies in C,
+~35-40 µs less per guarded call than its pure-Python parser. Forked processes are
+safe: redis-py's connection pool notices the new pid and opens its own
+connections.
 
 Every key of a namespace starts with ``cb:{<namespace>}:``: the braces are a
 Redis Cluster hash tag, so all keys live in one slot and every script is
