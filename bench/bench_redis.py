@@ -1,6 +1,6 @@
 """Redis ledger: guard overhead vs bare round trips, and reservations per second.
 
-    python bench/bench_redis.py [calls] [seconds] [processes]
+    python bench/bench_redis.py [calls] [seconds] [processes] [--compare OLD/redis.py]
 
 Starts its own redis-server on a free loopback port, then measures in ONE run:
 
@@ -11,8 +11,9 @@ Starts its own redis-server on a free loopback port, then measures in ONE run:
     as an agent loop does (role hourly + daily, crew daily: three buckets).
 
 1. The target: (a) and (b) alone, interleaved call by call (which runs first
-   alternates), so machine noise hits both alike; the ratio of medians is
-   the design target (<= 1.5x), also given per fifth of the run.
+   alternates), so machine noise hits both alike; the difference of medians
+   is the design target (<= +100 µs p50), the ratio is given per fifth of
+   the run.
 2. The split: (a), (b), two EVALSHA of a trivial script and the ledger's
    reserve + settle alone, all four interleaved call by call, plus what the
    server spends per call: ``INFO commandstats`` EVALSHA usec_per_call and
@@ -155,12 +156,95 @@ def overhead(url: str, calls: int) -> tuple[
             {name: summary(s) for name, s in samples.items()}, tokens, server)
 
 
-def _worker(url: str, mode: str, seconds: float, ready: Any, go: Any, out: Any) -> None:
+def _load_ledger_class(path: str) -> Any:
+    """``RedisLedger`` from another ``ledger/redis.py`` (same package, same Lua)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crew_budget.ledger._bench_compare", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.RedisLedger
+
+
+def per_parser(url: str, calls: int, compare: str | None
+               ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """0. (a) and (b) per reply parser (and (b) on ``compare``'s ledger), interleaved.
+
+    Returns the summaries and, per (b) case, its p50 minus its parser's (a)
+    p50 per fifth of the run (µs). The parser is picked with redis-py's
+    ``parser_class`` connection option (its classes are private to redis-py:
+    fine for a benchmark, never done by the library).
+    """
+    import redis
+    import redis.utils
+    from redis._parsers import _HiredisParser, _RESP2Parser
+
+    from crew_budget import Guard
+    from crew_budget.ledger.redis import RedisLedger
+
+    if not redis.utils.HIREDIS_AVAILABLE:
+        raise SystemExit("hiredis is not installed: pip install 'crew-budget[redis]'")
+    parsers = {"hiredis": _HiredisParser, "python": _RESP2Parser}
+    base = agent_history(turns=20)
+    cases: dict[str, Any] = {}
+    closers: list[Any] = []
+    ledgers: list[tuple[str, Any]] = [("this", RedisLedger)]
+    if compare:
+        ledgers.append(("compared", _load_ledger_class(compare)))
+    for pname, pclass in parsers.items():
+        client = redis.Redis.from_url(url, parser_class=pclass)
+        closers.append(client)
+
+        def bare(_h: list[dict[str, Any]], c: Any = client) -> None:
+            c.get("bench:bare")
+            c.incrby("bench:bare:n", 1)
+
+        cases[f"(a) bare GET + INCRBY, {pname} parser"] = bare
+        for lname, cls in ledgers:
+            ledger = cls(url)
+            ledger._options["parser_class"] = pclass  # before its client is made
+            guard = Guard(CONFIG, ledger)
+            closers.append(guard)
+
+            def guarded(history: list[dict[str, Any]], g: Any = guard) -> None:
+                g.settle(g.preflight("researcher", MODEL, history, max_tokens=512), USAGE)
+
+            cases[f"(b) guard, {lname} RedisLedger, {pname} parser"] = guarded
+    for i in range(50):
+        for fn in cases.values():
+            fn([*base, {"role": "user", "content": f"warm up {i}"}])
+    got: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases)
+    for i in range(calls):
+        history = [*base, {"role": "user", "content": f"step {i}: continue with the next source"}]
+        order.reverse()
+        for name in order:
+            t0 = time.perf_counter()
+            cases[name](history)
+            got[name].append(time.perf_counter() - t0)
+    for c in closers:
+        c.close()
+    fifth = calls // 5
+    parts: dict[str, list[float]] = {}
+    for name in cases:
+        if name.startswith("(b)"):
+            bare_name = f"(a) bare GET + INCRBY, {name.rsplit(', ', 1)[1]}"
+            parts[name] = [
+                (statistics.median(got[name][k * fifth:(k + 1) * fifth])
+                 - statistics.median(got[bare_name][k * fifth:(k + 1) * fifth])) * 1e6
+                for k in range(5)]
+    return {name: summary(s) for name, s in got.items()}, parts
+
+
+def _worker(url: str, mode: str, seconds: float, ready: Any, go: Any, out: Any,
+            compare: str | None = None) -> None:
     from crew_budget import Guard
     from crew_budget.ledger import RecordDraft, ReserveRequest, new_reservation_id
     from crew_budget.usage import Usage
 
-    guard = Guard(CONFIG, url)
+    guard = Guard(CONFIG, _load_ledger_class(compare)(url) if compare else url)
     ledger = guard.ledger
     history = agent_history(turns=20)
     draft = RecordDraft(role="researcher", model=MODEL, estimate_nano=1000)
@@ -188,11 +272,13 @@ def _worker(url: str, mode: str, seconds: float, ready: Any, go: Any, out: Any) 
     guard.close()
 
 
-def throughput(url: str, mode: str, processes: int, seconds: float) -> float:
-    """(c): reserve+settle pairs per second, summed over ``processes`` processes."""
+def throughput(url: str, mode: str, processes: int, seconds: float,
+               compare: str | None = None) -> float:
+    """(c): reserve+settle pairs per second, summed over ``processes`` processes
+    (on ``compare``'s ``RedisLedger`` if given)."""
     ctx = mp.get_context("spawn")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(url, mode, seconds, ready, go, out))
+    procs = [ctx.Process(target=_worker, args=(url, mode, seconds, ready, go, out, compare))
              for _ in range(processes)]
     for p in procs:
         p.start()
@@ -206,10 +292,30 @@ def throughput(url: str, mode: str, processes: int, seconds: float) -> float:
 
 
 def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
-    processes = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    argv = list(sys.argv[1:])
+    compare = None
+    if "--compare" in argv:
+        at = argv.index("--compare")
+        compare = argv[at + 1]
+        del argv[at:at + 2]
+    calls = int(argv[0]) if len(argv) > 0 else 2000
+    seconds = float(argv[1]) if len(argv) > 1 else 5.0
+    processes = int(argv[2]) if len(argv) > 2 else 8
     with redis_server() as url:
+        matrix, deltas = per_parser(url, calls, compare)
+        print("0. The target per reply parser, all interleaved call by call\n")
+        print("| case | p50 µs | p99 µs | mean µs | p50 minus its parser's (a) "
+              "| same, per fifth of the run |")
+        print("|---|---:|---:|---:|---:|---|")
+        for name, st in matrix.items():
+            if name.startswith("(a)"):
+                print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | - | - |")
+                continue
+            bare_p50 = matrix[f"(a) bare GET + INCRBY, {name.rsplit(', ', 1)[1]}"]["p50"]
+            print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | "
+                  f"+{st['p50'] - bare_p50:.0f} µs | "
+                  f"{', '.join(f'+{d:.0f}' for d in deltas[name])} |")
+        print("\ntarget: (b) - (a) <= +100 µs p50, for each parser\n")
         head, parts, stats, tokens, server = overhead(url, calls)
         print(f"History: 21 messages, {tokens} prompt tokens estimated; {calls} calls per case; "
               f"{os.cpu_count()} cores\n")
@@ -219,8 +325,9 @@ def main() -> None:
         for name, st in head.items():
             print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | "
                   f"{st['p50'] / head[A]['p50']:.2f}x |")
-        print(f"\nratio (b)/(a): p50 {head[B]['p50'] / head[A]['p50']:.2f}x, "
-              f"p99 {head[B]['p99'] / head[A]['p99']:.2f}x (target: <= 1.5x); "
+        print(f"\n(b) - (a): p50 +{head[B]['p50'] - head[A]['p50']:.0f} µs (target: <= +100 µs); "
+              f"ratio (b)/(a): p50 {head[B]['p50'] / head[A]['p50']:.2f}x, "
+              f"p99 {head[B]['p99'] / head[A]['p99']:.2f}x; "
               f"p50 ratio per fifth of the run: {', '.join(f'{r:.2f}x' for r in parts)}\n")
         bare = stats[A]
         print("2. The split: four cases interleaved call by call\n")
@@ -239,6 +346,11 @@ def main() -> None:
         print("|---|---:|")
         print(f"| RedisLedger.reserve + settle | {ledger_rate:,.0f} |")
         print(f"| Guard.preflight + settle (20-turn history) | {guard_rate:,.0f} |")
+        if compare:
+            rates = [(throughput(url, "ledger", processes, seconds, compare),
+                      throughput(url, "ledger", processes, seconds)) for _ in range(2)]
+            print(f"| compared RedisLedger.reserve + settle, then this one, twice | "
+                  f"{', '.join(f'{a:,.0f} vs {b:,.0f}' for a, b in rates)} |")
 
 
 if __name__ == "__main__":

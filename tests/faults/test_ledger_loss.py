@@ -455,7 +455,7 @@ def test_a_client_that_sends_no_epoch_is_served_as_new(server: RedisServer) -> N
             _sources()["reserve"], 4, ledger.prefix + "leases", ledger.prefix + "records",
             ledger.prefix + "r:old1", *plan.keys, "old1", '"old1"', "1000", "60000",
             "86400000", '"role":"researcher","model":"m","crew":null,"estimate_nano":1000,'
-            '"metadata":{}', *plan.fixed_args.raw)
+            '"metadata":{}', *plan.fixed_args)
     finally:
         client.close()
     assert reply[0] == b"ok" and len(reply) == 3  # granted, told the epoch in force

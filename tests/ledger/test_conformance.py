@@ -28,8 +28,11 @@ from crew_budget.ledger import (
     open_ledger,
 )
 from crew_budget.usage import Usage
+from tests.ledger._parsers import redis_ledger, used_parser
 
-BACKENDS = ["memory", "sqlite", "redis"]
+# Redis twice: redis-py parsing replies with hiredis, and with its pure-Python
+# parser (see tests/ledger/_parsers.py).
+BACKENDS = ["memory", "sqlite", "redis", "redis-python-parser"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -39,7 +42,12 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
     else:
-        url = request.getfixturevalue("redis_url")
+        parser = "python" if request.param == "redis-python-parser" else "hiredis"
+        led = redis_ledger(request.getfixturevalue("redis_url"), parser)
+        yield led
+        assert used_parser(led) == parser
+        led.close()
+        return
     led = open_ledger(url)
     yield led
     led.close()

@@ -1,11 +1,13 @@
-"""The Redis ledger's per-call fast path, against a real redis-server.
+"""The Redis ledger's per-call path, against a real redis-server.
 
-reserve/settle/release send pre-encoded ``EVALSHA`` on connections the
-ledger keeps, and finish cuts the counter keys out of a reservation by their
-byte spans instead of decoding its JSON (see ``lua/_common.lua``). Here:
-keys that JSON escapes (the decode fallback), multi-byte keys (byte, not
-character, offsets), values written by crew-budget 0.1.0 (no spans), kept
-connections that the server closed, and a forked child.
+reserve/settle/release are redis-py ``Script`` calls on a plain client, run
+here with both of redis-py's reply parsers (hiredis and pure Python, see
+``tests/ledger/_parsers.py``). finish cuts the counter keys out of a
+reservation by their byte spans instead of decoding its JSON (see
+``lua/_common.lua``). Here: keys that JSON escapes (the decode fallback),
+multi-byte keys (byte, not character, offsets), values written by
+crew-budget 0.1.0 (no spans), pooled connections that the server closed,
+a forked child, and the same calls through redis-py's generic EVALSHA.
 
 Amounts are plain integers chosen here; the expected counters are their
 sums and differences.
@@ -30,6 +32,7 @@ from crew_budget.ledger.redis import RedisLedger
 from crew_budget.usage import Usage
 from crew_budget.windows import span
 from tests.fixtures.redis_server import RedisServer
+from tests.ledger._parsers import PARSERS, redis_ledger, used_parser
 
 UTC = timezone.utc
 
@@ -71,10 +74,11 @@ def stored(url: str, ledger: RedisLedger, rid: str) -> list[str]:
         (["role:Senior Researcher\n", 'role:the "analyst"', "global"], False),
     ],
 )
+@pytest.mark.parametrize("parser", PARSERS)
 def test_settle_moves_exactly_the_buckets_charged_whatever_their_keys(
-    redis_url: str, scopes: list[str], spans: bool
+    redis_url: str, scopes: list[str], spans: bool, parser: str
 ) -> None:
-    ledger = RedisLedger(redis_url, namespace="keys")
+    ledger = redis_ledger(redis_url, parser, namespace="keys")
     buckets = [day_bucket(ledger, scope, 10_000) for scope in scopes]
     res = reserve(ledger, buckets, 1000)
     field = stored(redis_url, ledger, res.reservation_id)
@@ -96,6 +100,7 @@ def test_settle_moves_exactly_the_buckets_charged_whatever_their_keys(
     res2 = reserve(ledger, buckets, 300)
     assert ledger.release(res2.reservation_id).state == "released"
     assert counters(ledger, buckets) == [(700, 0)] * len(buckets)
+    assert used_parser(ledger) == parser
     ledger.close()
 
 
@@ -128,18 +133,21 @@ def test_reservations_written_by_0_1_0_settle_and_expire(redis_url: str) -> None
     ledger.close()
 
 
-def test_kept_connections_the_server_closed_are_replaced_unnoticed(tmp_path: Path) -> None:
-    # Redis closes connections idle for `timeout` seconds; the kept ones
+@pytest.mark.parametrize("parser", PARSERS)
+def test_pooled_connections_the_server_closed_are_replaced_unnoticed(
+    tmp_path: Path, parser: str
+) -> None:
+    # Redis closes connections idle for `timeout` seconds; the pooled ones
     # must reconnect instead of failing the call.
     server = RedisServer(directory=tmp_path / "idle", extra_args=("--timeout", "1"))
     server.directory.mkdir()
     server.start()
     try:
-        ledger = RedisLedger(server.url, namespace="idle")
+        ledger = redis_ledger(server.url, parser, namespace="idle")
         b = day_bucket(ledger, "role:researcher", 100_000)
         done: list[str] = []
 
-        def work() -> None:  # several threads: several kept connections
+        def work() -> None:  # several threads: several pooled connections
             for _ in range(20):
                 res = reserve(ledger, [b], 10)
                 ledger.settle(res.reservation_id, 10, Usage(1, 0, 0, 0, 0))
@@ -151,11 +159,12 @@ def test_kept_connections_the_server_closed_are_replaced_unnoticed(tmp_path: Pat
         for t in threads:
             t.join()
         assert done == ["ok"] * 4
-        time.sleep(2.5)  # every kept connection is closed by the server now
+        time.sleep(2.5)  # every pooled connection is closed by the server now
         for _ in range(6):
             res = reserve(ledger, [b], 10)
             assert ledger.settle(res.reservation_id, 10, Usage(1, 0, 0, 0, 0)).applied is True
         assert counters(ledger, [b]) == [(86 * 10, 0)]
+        assert used_parser(ledger) == parser
         ledger.close()
     finally:
         server.stop()
@@ -173,10 +182,14 @@ def fork() -> Iterator[Any]:
     yield mp.get_context("fork")
 
 
-def test_a_forked_child_takes_its_own_connections(redis_url: str, fork: Any) -> None:
-    ledger = RedisLedger(redis_url, namespace="fork")
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_forked_child_takes_its_own_connections(redis_url: str, fork: Any, parser: str
+                                                  ) -> None:
+    """redis-py's pool sees the child's new pid and opens new connections:
+    parent and children never share a socket (replies would cross)."""
+    ledger = redis_ledger(redis_url, parser, namespace="fork")
     b = day_bucket(ledger, "role:researcher", 100_000)
-    first = reserve(ledger, [b], 100)  # the parent now keeps a connection
+    first = reserve(ledger, [b], 100)  # the parent now has a pooled connection
     out = fork.Queue()
     children = [fork.Process(target=_child, args=(redis_url, b, ledger, out)) for _ in range(3)]
     for c in children:
@@ -185,80 +198,10 @@ def test_a_forked_child_takes_its_own_connections(redis_url: str, fork: Any) -> 
     for c in children:
         c.join(timeout=30)
         assert c.exitcode == 0
-    # The parent's kept connection was not shared: it still works.
+    # The parent's pooled connection was not shared: it still works.
     assert ledger.settle(first.reservation_id, 100, Usage(1, 0, 0, 0, 0)).applied is True
     assert counters(ledger, [b]) == [(115, 0)]
     ledger.close()
-
-
-# -- the reply reader (RESP read straight from the socket) ----------------------
-
-RESP_CASES = [
-    # (bytes as Redis sends them, what redis-py's parser returns with
-    # decode_responses=True); shapes from the Redis protocol spec.
-    (b"*2\r\n$2\r\nok\r\n$13\r\n1764000000123\r\n", ["ok", "1764000000123"]),
-    (b"*3\r\n$7\r\nsettled\r\n:1\r\n$3\r\n900\r\n", ["settled", 1, "900"]),
-    (b"*1\r\n$7\r\nunknown\r\n", ["unknown"]),
-    (b"*4\r\n$4\r\ndeny\r\n:2\r\n$1\r\n0\r\n$0\r\n\r\n", ["deny", 2, "0", ""]),
-    (b"*2\r\n$3\r\ndup\r\n$9\r\nr\xc3\xa9serv\xc3\xa9\r\n", ["dup", "réservé"]),  # UTF-8
-    (b"*2\r\n$-1\r\n_\r\n", [None, None]),  # RESP2 and RESP3 nil
-    (b":-7\r\n", -7),
-    (b"+OK\r\n", "OK"),
-]
-
-
-@pytest.mark.parametrize(("wire", "value"), RESP_CASES)
-def test_reply_parser_reads_every_shape_and_waits_for_the_whole_reply(
-    wire: bytes, value: Any
-) -> None:
-    from crew_budget.ledger.redis import _Incomplete, _parse
-
-    assert _parse(wire, 0) == (value, len(wire))
-    for cut in range(len(wire)):  # any prefix is incomplete, never a wrong value
-        with pytest.raises(_Incomplete):
-            _parse(wire[:cut], 0)
-
-
-def test_reply_reader_matches_redis_py_on_real_replies_and_errors(redis_url: str) -> None:
-    """Every reply shape our scripts return, read by ours and by redis-py."""
-    from crew_budget.ledger.redis import _read_reply
-
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.set("cb:plain", "x")
-    scripts = [
-        "return {'ok', '1764000000123'}",
-        "return {'settled', 1, '900'}",
-        "return {'dup', ARGV[1]}",
-        "return {'deny', 2, false, ''}",
-        "return redis.call('GET', 'cb:plain')",
-        "return 42",
-    ]
-    long_value = "é" * 40_000  # 80 kB: more than one recv
-    for source in scripts:
-        sha = client.script_load(source)
-        conn: Any = client.connection_pool.get_connection()
-        try:
-            for reader in (_read_reply, lambda c: c.read_response()):
-                conn.send_command("EVALSHA", sha, 0, long_value)
-                ours = reader(conn)
-                conn.send_command("EVALSHA", sha, 0, long_value)
-                assert ours == conn.read_response()
-        finally:
-            client.connection_pool.release(conn)
-    conn2: Any = client.connection_pool.get_connection()
-    conn = conn2
-    try:
-        conn.send_command("EVALSHA", "0" * 40, 0)
-        with pytest.raises(redis.exceptions.NoScriptError):
-            _read_reply(conn)
-        conn.send_command("EVAL", "return redis.call('HGET', 'cb:plain', 'f')", 0)
-        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-            _read_reply(conn)
-        conn.send_command("PING")  # the connection is still in step after both
-        assert _read_reply(conn) == "PONG"
-    finally:
-        client.connection_pool.release(conn)
-    client.close()
 
 
 def test_settle_leaves_other_leases_to_reserve_which_still_reaps_them(redis_url: str) -> None:
@@ -286,73 +229,64 @@ def test_settle_leaves_other_leases_to_reserve_which_still_reaps_them(redis_url:
     ledger.close()
 
 
-def test_reply_reader_leaves_parsers_without_a_python_buffer_to_redis_py(redis_url: str) -> None:
-    """E.g. hiredis keeps its own buffer (no ``unread_bytes``): redis-py reads the reply."""
-    from crew_budget.ledger.redis import _read_reply
-
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    conn: Any = client.connection_pool.get_connection()
-    real_read, real_buffer = conn.read_response, conn._parser._buffer
-    calls: list[int] = []
-
-    def read_response() -> Any:
-        calls.append(1)
-        conn._parser._buffer = real_buffer  # so redis-py can read
-        return real_read()
-
-    conn.read_response = read_response
-    try:
-        conn.send_command("PING")
-        assert _read_reply(conn) == "PONG" and calls == []  # ours
-        conn._parser._buffer = bytearray(16)  # what the hiredis parser holds
-        conn.send_command("ECHO", "x")
-        assert _read_reply(conn) == "x" and calls == [1]  # redis-py's
-    finally:
-        conn._parser._buffer = real_buffer
-        client.connection_pool.release(conn)
-        client.close()
-
-
-@pytest.mark.parametrize("namespace", ["fast", "Etat-Général"])
-def test_the_fast_frames_are_byte_for_byte_the_generic_request(
-    redis_url: str, namespace: str
-) -> None:
-    """reserve/settle build their request from bytes encoded once per set of
-    buckets; it must be exactly what the generic encoder makes of the same
-    arguments (multi-byte namespace, metadata and lease changes included)."""
-    from crew_budget.ledger import redis as lr
-
-    ledger = RedisLedger(redis_url, namespace=namespace)
+def test_the_calls_are_what_redis_py_sends_for_the_same_evalsha(redis_url: str) -> None:
+    """The ledger's reserve and settle are the scripts' EVALSHA with the
+    arguments documented in lua/reserve.lua and lua/settle.lua: the same
+    request sent by hand through redis-py's generic ``evalsha`` on another
+    client moves the counters exactly as the ledger's own calls do."""
+    ledger = RedisLedger(redis_url, namespace="same")
     buckets = [day_bucket(ledger, "role:研究員", 10_000), day_bucket(ledger, "global", None)]
-    sent: list[bytes] = []
-    original = lr._Wire.call
-
-    def spy(self: Any, frame: bytes, script: Any, fresh: bool) -> Any:
-        sent.append(frame)
-        return original(self, frame, script, fresh)
-
-    with pytest.MonkeyPatch.context() as mp_:
-        mp_.setattr(lr._Wire, "call", spy)
-        for lease, meta in ((600.0, {}), (5.5, {"task": "Zusammenfassung ü", "n": 3})):
-            draft = RecordDraft(role="researcher", model="test-model", crew="crew é",
-                                estimate_nano=1234, metadata=meta)
-            rid = new_reservation_id()
-            seen = ledger.epoch  # "" on the first reserve, then the epoch it adopted
-            res = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1234, lease, draft))
-            assert isinstance(res, Reservation)
-            ledger.settle(rid, 1000, Usage(1, 2, 3, 4, 0))
-            plan = ledger._plans[tuple(buckets)]
-            lease_ms = int(lease * 1000)
-            expected_reserve = lr._frame(ledger._heads["reserve"], [
-                str(3 + len(buckets)), ledger._lsr, ledger.prefix + "r:" + rid, plan.fixed_keys,
-                rid, f'"{rid}"', "1234", str(lease_ms), str(lease_ms + lr._DAY_MS),
-                lr._tail("researcher", "test-model", "crew é", 1234, meta), plan.fixed_args,
-                seen])
-            fragment = ('"input_tokens":1,"cached_input_tokens":2,"cache_write_tokens":3,'
-                        '"output_tokens":4,"reasoning_tokens":0')
-            expected_settle = lr._frame(ledger._heads["settle"], [
-                "3", ledger._lsr, ledger.prefix + "r:" + rid, rid, "1000", fragment,
-                str(ledger.retention_ms)])
-            assert sent[-2:] == [expected_reserve, expected_settle]
-    assert counters(ledger, buckets) == [(2000, 0), (2000, 0)]
+    res = reserve(ledger, buckets, 1234)
+    assert ledger.settle(res.reservation_id, 1000, Usage(1, 2, 3, 4, 0)).applied is True
+    plan = ledger._plan(tuple(buckets))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        rid = new_reservation_id()
+        reply = client.evalsha(
+            ledger._lua["reserve"].sha, 3 + len(buckets), ledger.prefix + "leases",
+            ledger.prefix + "records", ledger.prefix + "r:" + rid, *plan.keys, rid, f'"{rid}"',
+            "1234", "600000", str(600_000 + 86_400_000),
+            '"role":"researcher","model":"test-model","crew":null,"estimate_nano":1234,'
+            '"metadata":{}', *plan.fixed_args, ledger.epoch)
+        assert reply[0] == "ok"
+        assert counters(ledger, buckets) == [(1000, 1234)] * 2
+        reply = client.evalsha(
+            ledger._lua["settle"].sha, 3, ledger.prefix + "leases", ledger.prefix + "records",
+            ledger.prefix + "r:" + rid, rid, "1000",
+            '"input_tokens":1,"cached_input_tokens":2,"cache_write_tokens":3,'
+            '"output_tokens":4,"reasoning_tokens":0', str(ledger.retention_ms))
+        assert reply == ["settled", 1, "1000"]
+    finally:
+        client.close()
+    assert counters(ledger, buckets) == [(2000, 0)] * 2
+    records = sorted((r.reservation_id == rid, r.cost_nano, r.input_tokens, r.output_tokens)
+                     for r in ledger.records())
+    assert records == [(False, 1000, 1, 4), (True, 1000, 1, 4)]
     ledger.close()
+
+
+def test_without_hiredis_installed_the_ledger_runs_on_redis_py_alone(redis_url: str) -> None:
+    """hiredis is optional (an extra of redis-py): with it unimportable, a
+    fresh process reserves and settles exactly, on the pure-Python parser."""
+    code = (
+        "import sys; sys.modules['hiredis'] = None\n"
+        "import redis.utils\n"
+        "from crew_budget.ledger import Bucket, RecordDraft, ReserveRequest\n"
+        "from crew_budget.ledger.redis import RedisLedger\n"
+        "from crew_budget.usage import Usage\n"
+        f"led = RedisLedger({redis_url!r}, namespace='nohiredis')\n"
+        "now = led.now()\n"
+        "b = Bucket('role:r', 'day', 'p', 5000, now - 60, now + 60)\n"
+        "res = led.reserve(ReserveRequest('rid1', (b,), 1200, 60.0, RecordDraft('r', 'm')))\n"
+        "out = led.settle('rid1', 700, Usage(7, 0, 0, 3, 0))\n"
+        "(st,) = led.status([b])\n"
+        "print(redis.utils.HIREDIS_AVAILABLE, out.state, out.cost_nano, st.spent_nano,\n"
+        "      st.reserved_nano, 'hiredis' in sys.modules and sys.modules['hiredis'] is not None)\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "settled", "700", "700", "0", "False"]

@@ -48,6 +48,7 @@ from crew_budget.money import to_nano
 from crew_budget.usage import Usage
 from crew_budget.windows import span
 from tests.fixtures.redis_server import RedisServer, free_port
+from tests.ledger._parsers import PARSERS, redis_ledger, used_parser
 
 CONFIG: dict[str, Any] = {
     "roles": {"researcher": {"daily": "1.00"}},
@@ -221,10 +222,11 @@ def test_settle_during_outage_is_retried_after_restart_and_charged_once(
     ]
 
 
+@pytest.mark.parametrize("parser", PARSERS)
 def test_restart_flushes_scripts_and_drops_connections_yet_calls_succeed(
-    aof_server: RedisServer,
+    aof_server: RedisServer, parser: str
 ) -> None:
-    ledger = RedisLedger(aof_server.url, namespace="noscript")
+    ledger = redis_ledger(aof_server.url, parser, namespace="noscript")
     b = day_bucket(ledger, "role:researcher", 10_000)
     r1 = reserve(ledger, [b], 1000)
     assert isinstance(r1, Reservation)
@@ -239,6 +241,7 @@ def test_restart_flushes_scripts_and_drops_connections_yet_calls_succeed(
     r2 = reserve(ledger, [b], 1000)
     assert isinstance(r2, Reservation)
     assert spent_reserved(ledger, b) == (700, 1000)
+    assert used_parser(ledger) == parser
 
 
 # -- keys: one hash tag, one slot, bounded storage -------------------------------
@@ -548,24 +551,21 @@ def test_a_hung_server_times_out_instead_of_hanging_the_agent(tmp_path: Path) ->
     assert 1.9 <= waited < 3.5
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts: Linux only")
-def test_a_server_that_hangs_between_calls_times_out_on_the_kept_connection(
-    tmp_path: Path,
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_server_that_hangs_between_calls_times_out_on_the_pooled_connection(
+    tmp_path: Path, parser: str
 ) -> None:
-    """The per-call path leaves timeouts to the kernel (SO_RCVTIMEO, no poll
-    before each read): a server that stops answering after a call still
-    fails the next one within the operation timeout, as a timeout."""
+    """A server that stops answering after a call fails the next one, on the
+    connection redis-py kept in its pool, within the operation timeout and
+    as a timeout, with either reply parser; the call after it reconnects."""
     with RedisServer(directory=tmp_path) as server:
-        ledger = RedisLedger(server.url, op_timeout=1.0)
+        ledger = redis_ledger(server.url, parser, op_timeout=1.0)
         b = day_bucket(ledger, "global", None)
-        assert isinstance(reserve(ledger, [b], 1), Reservation)  # connection made, tuned
-        assert ledger._wire is not None
-        (conn,) = ledger._wire.free
-        assert conn._sock.gettimeout() is None  # blocking: the kernel times out
+        assert isinstance(reserve(ledger, [b], 1), Reservation)  # connection made, pooled
         waited = seconds_to_fail_while_hung(server, ledger, b)
         assert 0.9 <= waited < 2.5  # one timeout, not retried
-        # The timed-out connection was dropped; the next call gets a new one.
         assert isinstance(reserve(ledger, [b], 2), Reservation)
+        assert used_parser(ledger) == parser
         ledger.close()
 
 
