@@ -178,7 +178,7 @@ PriceUSD = Annotated[
     WithJsonSchema(_money_schema(MAX_PRICE_PER_MILLION_USD, _PRICE_PATTERN)),
 ]
 OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
-ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^\S+$")]
+ModelName = Annotated[str, Field(max_length=200)]  # blank or spaced: _check_models says why
 
 
 def normalize_role(name: str) -> str:
@@ -409,7 +409,20 @@ class BudgetConfig(_Model):
                       "budget) or unknown_roles: allow (crew/global budgets only), not both")
         if self.alerts is not None:
             self._check_alert_scopes(self.alerts)
+        self._check_models()
         return self
+
+    def _check_models(self) -> None:
+        # A model name with a space can never match a call's model: the
+        # budget would silently never apply.
+        places: list[tuple[tuple[str, ...], dict[str, Limits]]] = [(("models",), self.models)]
+        places += [(("roles", k, "models"), b.models) for k, b in self.roles.items()]
+        for loc, models in places:
+            for key in models:
+                if not key.strip() or key != "".join(key.split()):
+                    raise _at((*loc, key), f"model name {key!r} is blank or contains "
+                              "whitespace, so it would match no call; write the model as "
+                              "your code names it, e.g. gpt-4o or openai/gpt-4o")
 
     def _check_alert_scopes(self, alerts: AlertsConfig) -> None:
         # A threshold above 100 % never fires (spend stops at the limit); a
@@ -829,7 +842,8 @@ def _plain_message(err: Mapping[str, Any]) -> str | None:
     if value is None and kind in ("model_type", "dict_type", "model_attributes_type"):
         return "is empty; give it settings such as {daily: 5}, or {} for no limits of its own"
     if kind == "dict_type":
-        example = "researcher: {daily: 5}" if loc == ("roles",) else "key: value"
+        example = ("researcher: {daily: 5}" if loc == ("roles",) else "gpt-4o: {daily: 10}"
+                   if loc[-1:] == ("models",) else "key: value")
         return f"{msg}; write it as a mapping ({example}), not {type(value).__name__}"
     if isinstance(value, (Mapping, list)):
         return msg  # a whole section: the message names the keys involved
