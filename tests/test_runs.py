@@ -249,3 +249,35 @@ def test_run_buckets_on_persistent_ledgers(kind: str, tmp_path: Any,
             assert 3 * 86400 - 120 <= ttl <= 3 * 86400 + 1
     finally:
         guard.close()
+
+
+def test_cli_report_by_run_and_task(tmp_path: Any) -> None:
+    import json
+    import subprocess
+
+    from tests.cli.conftest import cli_executable, subprocess_env
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    guard = make_guard(url)
+    try:
+        with run("nightly") as a:
+            call(guard)
+            ticket = guard.preflight("w", "m", MSG, max_tokens=10, metadata={"task": "write"})
+            guard.settle(ticket, USAGE)
+        with run("nightly") as b:
+            call(guard)
+        call(guard)  # outside any run
+    finally:
+        guard.close()
+    proc = subprocess.run([*cli_executable(), "report", "--ledger", url, "--by", "run",
+                           "--format", "json", "--sort", "key"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["run"]: (r["calls"], r["cost_usd"]) for r in json.loads(proc.stdout)["rows"]}
+    assert rows == {"": (1, "0.000021"), a.run_id: (2, "0.000042"), b.run_id: (1, "0.000021")}
+    proc = subprocess.run([*cli_executable(), "report", "--ledger", url, "--by", "task,role",
+                           "--format", "csv", "--sort", "key"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(",")[:4] for line in proc.stdout.splitlines()] == [
+        ["task", "role", "calls", "blocked"], ["", "r", "3", "0"], ["write", "w", "1", "0"]]
