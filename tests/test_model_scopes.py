@@ -148,3 +148,4 @@ def test_litellm_completion_in_a_run_with_a_model_budget(monkeypatch: pytest.Mon
     assert rows == {("run", "run"): cost(usages[0]), ("model:gpt-4o-mini", "run"): cost(usages[0])}
     assert {s.scope: s.spent for s in second.status(guard)} == {
         "run": cost(usages[1]), "model:gpt-4o-mini": cost(usages[1])}
+

@@ -281,3 +281,34 @@ def test_cli_report_by_run_and_task(tmp_path: Any) -> None:
     assert proc.returncode == 0, proc.stderr
     assert [line.split(",")[:4] for line in proc.stdout.splitlines()] == [
         ["task", "role", "calls", "blocked"], ["", "r", "3", "0"], ["write", "w", "1", "0"]]
+
+
+def test_fail_open_calls_of_a_run_are_booked_into_its_buckets_after_an_outage(
+    tmp_path: Any,
+) -> None:
+    from tests.fixtures.redis_server import RedisServer
+
+    config = {"roles": {"r": {"daily": 1}}, "crew": {"name": "team", "per_run": 1},
+              "models": {"m": {"daily": 1}}, "fail_open": True,
+              "journal": str(tmp_path / "journal.jsonl")}
+    (tmp_path / "redis").mkdir()
+    with RedisServer(directory=tmp_path / "redis", appendonly=True) as server:
+        guard = make_guard(server.url, **config)
+        try:
+            with run("outage") as r:
+                assert call(guard) == COST
+                server.stop()  # killed: the next calls are let through and journaled
+                for _ in range(2):
+                    ticket = guard.preflight("r", "m", MSG, max_tokens=10)
+                    assert ticket.guarded is False
+                    assert guard.settle(ticket, USAGE).state == "unguarded"
+                server.start()
+                assert call(guard) == COST  # books the journal first
+            assert {s.scope: (s.spent, s.reserved) for s in r.status(guard)} == {
+                "run": (4 * COST, 0), "crew:team": (4 * COST, 0)}
+            assert {(s.scope, s.window): s.spent for s in guard.status()} == {
+                ("role:r", "day"): 4 * COST, ("model:m", "day"): 4 * COST}
+            booked = [x for x in guard.ledger.records() if x.outcome == "unguarded"]
+            assert [x.metadata["run"] for x in booked] == [r.run_id] * 2
+        finally:
+            guard.close()
