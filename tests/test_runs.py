@@ -242,7 +242,8 @@ def test_run_buckets_on_persistent_ledgers(kind: str, tmp_path: Any,
             assert call(guard) == COST
         assert run_spent(guard, r2, "crew:team") == COST
         if kind == "redis":
-            # The run counter expires like the others: its horizon (a day) plus retention.
+            # The run counter expires like the others: a day after its first call
+            # (the run's horizon) plus retention.
             server = request.getfixturevalue("redis_server")
             key = f"cb:{{default}}:b:crew:team|run|{r.run_id}"
             ttl = int(server.command("TTL", key).split(b"\r\n")[0][1:])

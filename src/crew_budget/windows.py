@@ -84,11 +84,11 @@ def run_span(run_id: str, now: float) -> WindowSpan:
     """The bounds of run ``run_id``'s bucket for a call made at ``now``.
 
     ``[0, now + RUN_HORIZON_SECONDS)``: the ledger's clock check always
-    passes (unless the ledger's clock is a day off ours), and a counter
-    written now is kept until a day after, plus retention; the Redis ledger
-    pushes that expiry forward with each call of the run, SQLite and memory
-    keep the first call's (runs are expected to last less than the
-    ``retention_days``).
+    passes (unless the ledger's clock is a day off ours). Ledgers give a
+    counter its expiry when it is created, so a run's counters are kept
+    until a day after its first call plus ``retention_days``: a run is
+    expected to end well within that (a run that outlives it starts again
+    from $0 in its run buckets; its calendar buckets are unaffected).
     """
     return WindowSpan(RUN_WINDOW, run_id, 0.0, now + RUN_HORIZON_SECONDS)
 
