@@ -313,3 +313,20 @@ def test_fail_open_calls_of_a_run_are_booked_into_its_buckets_after_an_outage(
             assert [x.metadata["run"] for x in booked] == [r.run_id] * 2
         finally:
             guard.close()
+
+
+def test_run_as_a_decorator_makes_each_call_a_new_run() -> None:
+    guard = make_guard()
+
+    @run("cron", usd="0.00005")
+    def job() -> str:
+        r = current_run()
+        assert r is not None
+        assert call(guard) == COST  # one call fits each run
+        with pytest.raises(BudgetExceeded):
+            call(guard)
+        return r.run_id
+
+    first, second = job(), job()
+    assert first != second and current_run() is None
+    assert [x.metadata["run"] for x in guard.ledger.records()] == [first] * 2 + [second] * 2

@@ -367,6 +367,10 @@ class Guard:
         (``" Researcher "`` is charged to ``researcher``); the ticket and the
         spend record carry the resolved name, and the name as given goes in
         the record's metadata as ``requested_role`` when it differs.
+        Inside ``crew_budget.run(...)`` the call is also reserved against the
+        run's buckets, and the record's metadata ``run`` (and ``runs``, when
+        runs nest) names it; those two keys are the guard's: given in
+        ``metadata`` they are dropped.
         """
         given = role
         resolved = self._role_names.get(role)

@@ -147,6 +147,10 @@ def run(name: str, usd: object = None) -> Iterator[Run]:
     ``BudgetExceeded`` with ``scope="run"`` and ``window="run"``, nothing
     charged anywhere. ``ConfigError`` for a blank or unusable name or a bad
     amount. Yields the ``Run`` (its ``run_id`` is in each spend record).
+
+    Also a decorator for plain functions (``@crew_budget.run("nightly",
+    usd=2)``): each call is a new run. Not for ``async def`` functions (the
+    block would end before the coroutine runs): use ``with`` inside them.
     """
     label = _check_name(name)
     limit = _check_usd(usd)
