@@ -28,6 +28,7 @@ PUBLIC = [
     "PricingError",
     "ReservationError",
     "RoleBudget",
+    "Run",
     "Settlement",
     "SpendRecord",
     "Ticket",
@@ -37,9 +38,11 @@ PUBLIC = [
     "UsageError",
     "__version__",
     "cost_of",
+    "current_run",
     "load_config",
     "open_ledger",
     "parse_usage",
+    "run",
 ]
 
 

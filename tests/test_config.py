@@ -60,7 +60,7 @@ def test_money_spellings_are_the_same_five_dollars(tmp_path: Path, spelling: str
         ("roles: {r: {daily: -1}}", "roles.r.daily", "is negative"),
         ("roles: {r: {daily: lots}}", "roles.r.daily", "is not a dollar amount (write e.g. 5"),
         ("roles: {r: {weekly: 5}}", "roles.r.weekly", "hourly, daily, monthly"),
-        ("crew: {daily: 5, yearly: 9}", "crew.yearly", "use hourly, daily or monthly"),
+        ("crew: {daily: 5, yearly: 9}", "crew.yearly", "use hourly, daily, monthly or per_run"),
         ("budgets: {}", "budgets", "known keys"),
         ("ledger: postgres://x/y", "ledger", "memory://, sqlite:///"),
         ("ledger: 'sqlite://'", "ledger", "names no file"),

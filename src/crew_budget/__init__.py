@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from crew_budget.guard import BudgetStatus, Guard, Settlement, Ticket
     from crew_budget.ledger import Ledger, SpendRecord, open_ledger
     from crew_budget.pricing import Price, PriceBook
+    from crew_budget.runs import Run, current_run, run
     from crew_budget.usage import Usage, cost_of, parse_usage
 
 # Public name -> defining module. Imported on first attribute access
@@ -76,6 +77,9 @@ _LAZY: dict[str, str] = {
     "open_ledger": "ledger",
     "Price": "pricing",
     "PriceBook": "pricing",
+    "Run": "runs",
+    "current_run": "runs",
+    "run": "runs",
     "Usage": "usage",
     "cost_of": "usage",
     "parse_usage": "usage",
@@ -124,6 +128,7 @@ __all__ = [
     "PricingError",
     "ReservationError",
     "RoleBudget",
+    "Run",
     "Settlement",
     "SpendRecord",
     "Ticket",
@@ -133,7 +138,9 @@ __all__ = [
     "UsageError",
     "__version__",
     "cost_of",
+    "current_run",
     "load_config",
     "open_ledger",
     "parse_usage",
+    "run",
 ]

@@ -18,6 +18,17 @@ Example::
     prices:
       my-finetune: {input_per_million: 0.3, output_per_million: 1.2}
 
+Runs. ``per_run:`` (beside ``hourly``/``daily``/``monthly`` in the crew,
+``global``, each role, ``default_role`` and each model budget) caps what one
+run may spend: a ``with crew_budget.run("name"):`` block, e.g. around a
+CrewAI ``kickoff()``. Calls made outside any run are not limited by it.
+
+Models. ``models: {gpt-4o: {daily: 10}}`` limits one model across all
+roles (scope ``model:gpt-4o``); ``roles.<r>.models.<m>`` limits it for one
+role (scope ``model:<m>@role:<r>``). A key matches a call's model exactly,
+or the model with its provider prefix removed (``openai/gpt-4o`` matches
+``gpt-4o``; the key ``openai/gpt-4o`` matches only ``openai/gpt-4o``).
+
 Roles (invariant 9: every call is budgeted). A call's role matches a key
 under ``roles:`` exactly, or ignoring case and extra whitespace (``"
 RESEARCHER "`` is ``researcher``), or through the role's ``aliases:``
@@ -112,7 +123,8 @@ DEFAULT_CREW_ROLE = "crew"
 """The role charged for calls a crew makes for itself when ``crew_role`` is not set."""
 
 LEDGER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
-_WINDOW_FIELDS: dict[WindowName, str] = {"hour": "hourly", "day": "daily", "month": "monthly"}
+_WINDOW_FIELDS: dict[WindowName, str] = {"hour": "hourly", "day": "daily", "month": "monthly",
+                                         "run": "per_run"}
 
 
 def _amount(value: object, *, maximum: Decimal, what: str, fix: str) -> Decimal:
@@ -169,6 +181,7 @@ PriceUSD = Annotated[
     WithJsonSchema(_money_schema(MAX_PRICE_PER_MILLION_USD, _PRICE_PATTERN)),
 ]
 OutputTokens = Annotated[int, Field(ge=1, le=MAX_OUTPUT_TOKENS)]
+ModelName = Annotated[str, Field(max_length=200)]  # blank or spaced: _check_models says why
 
 
 def normalize_role(name: str) -> str:
@@ -181,17 +194,25 @@ class _Model(BaseModel):
 
 
 class Limits(_Model):
-    """Dollar limits per window; ``None`` means no limit for that window."""
+    """Dollar limits per window; ``None`` means no limit for that window.
+
+    ``per_run`` caps each run (``crew_budget.run``); it is not compared with
+    the calendar limits, since a run may span hours or days.
+    """
 
     hourly: USD | None = None
     daily: USD | None = None
     monthly: USD | None = None
+    per_run: USD | None = Field(
+        default=None, description="USD cap per run (a `crew_budget.run()` block, e.g. one CrewAI "
+        "kickoff); calls outside any run are not limited by it")
 
     def limit_for(self, window: WindowName) -> Decimal | None:
         value: Decimal | None = getattr(self, _WINDOW_FIELDS[window])
         return value
 
     def windows(self) -> tuple[WindowName, ...]:
+        """The calendar windows with a limit (``per_run`` is not one of them)."""
         return tuple(w for w in WINDOWS if self.limit_for(w) is not None)
 
     @model_validator(mode="after")
@@ -225,6 +246,9 @@ class RoleBudget(RoleLimits):
     """
 
     aliases: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ()
+    models: dict[ModelName, Limits] = Field(
+        default_factory=dict, description="limits on this role's calls to one model (scope "
+        "model:<m>@role:<r>); a key matches the model exactly or without its provider prefix")
 
     @field_validator("aliases", mode="before")
     @classmethod
@@ -360,6 +384,9 @@ class BudgetConfig(_Model):
     # such calls are charged to the crew and global budgets only.
     crew_role: str | None = Field(default=None, min_length=1)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    models: dict[ModelName, Limits] = Field(
+        default_factory=dict, description="limits on one model across all roles (scope "
+        "model:<m>); a key matches the model exactly or without its provider prefix")
     alerts: AlertsConfig | None = None
 
     @model_validator(mode="after")
@@ -391,7 +418,20 @@ class BudgetConfig(_Model):
                       "budget) or unknown_roles: allow (crew/global budgets only), not both")
         if self.alerts is not None:
             self._check_alert_scopes(self.alerts)
+        self._check_models()
         return self
+
+    def _check_models(self) -> None:
+        # A model name with a space can never match a call's model: the
+        # budget would silently never apply.
+        places: list[tuple[tuple[str, ...], dict[str, Limits]]] = [(("models",), self.models)]
+        places += [(("roles", k, "models"), b.models) for k, b in self.roles.items()]
+        for loc, models in places:
+            for key in models:
+                if not key.strip() or key != "".join(key.split()):
+                    raise _at((*loc, key), f"model name {key!r} is blank or contains "
+                              "whitespace, so it would match no call; write the model as "
+                              "your code names it, e.g. gpt-4o or openai/gpt-4o")
 
     def _check_alert_scopes(self, alerts: AlertsConfig) -> None:
         # A threshold above 100 % never fires (spend stops at the limit); a
@@ -523,7 +563,30 @@ class BudgetConfig(_Model):
 
     def has_limits(self) -> bool:
         """Whether any budget is configured at all (else every call is allowed)."""
-        return bool(self.roles or self.default_role or self.crew or self.global_limits)
+        return bool(self.roles or self.default_role or self.crew or self.global_limits
+                    or self.models)
+
+    def model_scopes(self, role: str | None, model: str | None) -> list[tuple[str, Limits]]:
+        """The model budgets a call by ``role`` (resolved) to ``model`` touches.
+
+        ``model:<key>`` from ``models:`` and ``model:<key>@role:<role>`` from
+        the role's ``models:``; a key matches as ``model_matches`` says. With
+        ``model`` None, every one of them (for ``status``); with ``role``
+        None, every role's.
+        """
+        out: list[tuple[str, Limits]] = []
+        for key, limits in self.models.items():
+            if model is None or model_matches(key, model):
+                out.append((f"model:{key}", limits))
+        budgets: list[tuple[str, RoleBudget | None]] = (
+            list(self.roles.items()) if role is None else [(role, self.roles.get(role))])
+        for name, budget in budgets:
+            if budget is None:
+                continue
+            for key, limits in budget.models.items():
+                if model is None or model_matches(key, model):
+                    out.append((f"model:{key}@role:{name}", limits))
+        return out
 
     def ledger_url(self) -> str:
         """``CREW_BUDGET_LEDGER`` beats the file, which beats the default."""
@@ -575,6 +638,17 @@ class BudgetConfig(_Model):
             err = exc.errors()[0]
             raise ConfigError(_explain(err), source="limits set in code", path=role) from None
         return self.model_copy(update={"roles": roles})
+
+
+def model_matches(key: str, model: str) -> bool:
+    """Whether the ``models:`` key ``key`` names the call's ``model``.
+
+    Exactly, or after removing the call's provider prefix (the text up to
+    the first ``/``): ``gpt-4o`` matches ``gpt-4o`` and ``openai/gpt-4o``;
+    ``openai/gpt-4o`` matches only ``openai/gpt-4o``. Case matters, as it
+    does for prices.
+    """
+    return key == model or ("/" in model and model.split("/", 1)[1] == key)
 
 
 def check_ledger_url(url: str) -> None:
@@ -811,7 +885,8 @@ def _plain_message(err: Mapping[str, Any]) -> str | None:
     if value is None and kind in ("model_type", "dict_type", "model_attributes_type"):
         return "is empty; give it settings such as {daily: 5}, or {} for no limits of its own"
     if kind == "dict_type":
-        example = "researcher: {daily: 5}" if loc == ("roles",) else "key: value"
+        example = ("researcher: {daily: 5}" if loc == ("roles",) else "gpt-4o: {daily: 10}"
+                   if loc[-1:] == ("models",) else "key: value")
         return f"{msg}; write it as a mapping ({example}), not {type(value).__name__}"
     if isinstance(value, (Mapping, list)):
         return msg  # a whole section: the message names the keys involved
@@ -831,14 +906,17 @@ def _explain(err: Mapping[str, Any]) -> str:
         known = {
             "": "version, timezone, ledger, namespace, fail_open, on_ledger_reset, journal, "
             "lease_seconds, retention_days, default_max_output_tokens, global, crew, roles, "
-            "default_role, unknown_roles, prices, alerts",
+            "default_role, unknown_roles, crew_role, prices, models, alerts",
         }
-        if parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
-            hint = "a role takes hourly, daily, monthly, max_output_tokens and aliases"
+        if len(loc) > 2 and loc[-3] == "models":
+            hint = "a model budget takes hourly, daily, monthly and per_run"
+        elif parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
+            hint = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases "
+                    "and models")
         elif parent == "default_role":
-            hint = "default_role takes hourly, daily, monthly and max_output_tokens"
+            hint = "default_role takes hourly, daily, monthly, per_run and max_output_tokens"
         elif parent in ("crew", "global"):
-            hint = "use hourly, daily or monthly (crew also takes name)"
+            hint = "use hourly, daily, monthly or per_run (crew also takes name)"
         elif loc and loc[0] == "alerts":
             hint = alerts_key_hint(loc)
         elif len(loc) > 2 and loc[-3] == "prices":

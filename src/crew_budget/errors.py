@@ -239,8 +239,9 @@ class BudgetExceeded(CrewBudgetError):
     """The call would cross a budget, so it was not sent.
 
     Attributes: ``role``, ``scope`` (e.g. ``"role:researcher"`` or
-    ``"crew:research"``), ``window`` (``hour``/``day``/``month``),
-    ``period`` (the window instance, e.g. ``"2026-11-25"``), ``limit``,
+    ``"crew:research"``), ``window`` (``hour``/``day``/``month``, or ``run``
+    for a per-run budget), ``period`` (the window instance, e.g.
+    ``"2026-11-25"``, or the run's id), ``limit``,
     ``spent``, ``reserved`` and ``estimate`` in ``Decimal`` USD, and
     ``model``.
     """
@@ -270,9 +271,14 @@ class BudgetExceeded(CrewBudgetError):
         self.model = model
         if message is None:
             remaining = limit - spent - reserved
+            if window == "run":  # crew_budget.run: the period is the run's id
+                what = "run" if scope == "run" else f"{scope} per-run"
+                budget = f"{what} budget ${_fmt(limit)} (run {period})"
+            else:
+                budget = f"{scope} {window} budget ${_fmt(limit)} ({period})"
             message = (
-                f"budget exceeded for role {role!r}: {scope} {window} budget "
-                f"${_fmt(limit)} ({period}) has ${_fmt(spent)} spent and ${_fmt(reserved)} "
+                f"budget exceeded for role {role!r}: {budget} "
+                f"has ${_fmt(spent)} spent and ${_fmt(reserved)} "
                 f"reserved (${_fmt(max(remaining, Decimal(0)))} left); this {model or 'LLM'} "
                 f"call is estimated at ${_fmt(estimate)}, so it was not sent."
             )

@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from crew_budget.config import DEFAULT_CREW_ROLE, DEFAULT_ROLE, BudgetConfig, load_config
+from crew_budget.config import DEFAULT_CREW_ROLE, DEFAULT_ROLE, BudgetConfig, Limits, load_config
 from crew_budget.errors import (
     AmountError,
     BudgetExceeded,
@@ -56,13 +56,17 @@ from crew_budget.money import (
     to_nano_ceil,
 )
 from crew_budget.pricing import Price, PriceBook, normalize_service_tier
+from crew_budget.runs import Run, current_run
 from crew_budget.usage import Usage, cost_nano_of, parse_usage
-from crew_budget.windows import WindowName, get_tz, span
+from crew_budget.windows import RUN_WINDOW, WindowName, get_tz, run_span, span
 from crew_budget.wiring import run_guard_hooks
 
 __all__ = ["BudgetStatus", "Guard", "GuardEvent", "Settlement", "Ticket"]
 
 log = logging.getLogger("crew_budget")
+
+RunChain = tuple[tuple[str, int | None], ...]
+"""The runs a call is inside, innermost first: (run id, its ``usd`` cap in nano-USD)."""
 
 _RELEASE_IF_RESERVED = -2
 """A pending entry's cost for a reserve that timed out: release it if it landed."""
@@ -397,6 +401,10 @@ class Guard:
         the record's metadata as ``requested_role`` when it differs.
         ``provider`` is what the adapter knows of where the call goes (see
         ``PriceBook.get``); the ticket keeps it so settle uses the same price.
+        Inside ``crew_budget.run(...)`` the call is also reserved against the
+        run's buckets, and the record's metadata ``run`` (and ``runs``, when
+        runs nest) names it; those two keys are the guard's: given in
+        ``metadata`` they are dropped.
         """
         given = role
         resolved = self._role_names.get(role)
@@ -410,6 +418,17 @@ class Guard:
         meta = dict(metadata or {})
         if given != role:
             meta["requested_role"] = given
+        # The run comes from the caller's context, never from its metadata
+        # (invariant 8): a "run" key passed in is replaced or dropped.
+        meta.pop("run", None)
+        meta.pop("runs", None)
+        active = current_run()
+        chain: RunChain = ()
+        if active is not None:
+            chain = tuple((r.run_id, r.limit_nano) for r in active.chain())
+            meta["run"] = active.run_id
+            if len(chain) > 1:
+                meta["runs"] = [rid for rid, _ in chain]
         draft = RecordDraft(
             role=role,
             model=model,
@@ -422,12 +441,12 @@ class Guard:
         rid = new_reservation_id()
         try:
             try:
-                result = self._reserve(role, rid, amount, draft)
+                result = self._reserve(role, rid, amount, draft, model, chain)
             except LedgerReset as reset:
                 if self.config.on_ledger_reset != "continue":
                     raise
                 self._accept_reset(reset)
-                result = self._reserve(role, rid, amount, draft)
+                result = self._reserve(role, rid, amount, draft, model, chain)
         except LedgerReset:
             raise  # the ledger answers, but its books are gone: fail_open does not apply
         except LedgerUnavailable as exc:
@@ -536,10 +555,14 @@ class Guard:
                             reason=f"on_ledger_reset: continue ({reset.detail})")
         self._drop_pending("the ledger lost its state")
 
-    def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft) -> Any:
+    def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft, model: str,
+                 chain: RunChain) -> Any:
         now = self._clock() + self._offset
         for _attempt in range(3):
-            req = ReserveRequest(rid, self._buckets(role, now), amount, self._lease, draft)
+            buckets = self._buckets(role, now, model)
+            if chain:
+                buckets += self._run_buckets(role, model, chain, now)
+            req = ReserveRequest(rid, buckets, amount, self._lease, draft)
             try:
                 return self.ledger.reserve(req)
             except ClockSkew as skew:
@@ -714,8 +737,14 @@ class Guard:
         record = SpendRecord.build(ts=ts, reservation_id=call["id"], outcome="unguarded",
                                    draft=draft, cost_nano=cost_nano,
                                    usage=None if usage is None else Usage(**usage))
+        buckets = self._buckets(call["role"], ts, call["model"])
+        meta = call.get("metadata") or {}
+        run_ids = meta.get("runs") or ([meta["run"]] if meta.get("run") else [])
+        if run_ids:  # a charge books the cost whatever the limits: none are needed
+            buckets += self._run_buckets(call["role"], call["model"],
+                                         tuple((str(r), None) for r in run_ids), ts)
         try:
-            self.ledger.charge(call["id"], self._buckets(call["role"], ts), cost_nano, record)
+            self.ledger.charge(call["id"], buckets, cost_nano, record)
         except LedgerUnavailable:
             self._replay_blocked = True
             raise
@@ -768,39 +797,107 @@ class Guard:
     @config.setter
     def config(self, value: BudgetConfig) -> None:
         self._config = value
-        self._bucket_cache: dict[str | None, tuple[float, float, tuple[Bucket, ...]]] = {}
+        self._bucket_cache: dict[tuple[str | None, str | None],
+                                 tuple[float, float, tuple[Bucket, ...]]] = {}
+        self._scope_cache: dict[tuple[str | None, str | None],
+                                tuple[tuple[str, Limits], ...]] = {}
         self._role_names: dict[Any, str] = {}
         self._lease = float(value.lease_seconds)
         self._crew_name = value.crew.name if value.crew else None
 
-    def buckets(self, role: str | None = None, now: float | None = None) -> list[Bucket]:
-        """The buckets a call by ``role`` touches (all configured ones if None).
+    def buckets(self, role: str | None = None, now: float | None = None,
+                model: str | None = None) -> list[Bucket]:
+        """The calendar buckets a call by ``role`` to ``model`` touches.
 
-        ``role`` is resolved as ``preflight`` resolves it (``UnknownRoleError``
-        for a name that matches no budget). Cached until the earliest window
-        among them ends: every call of an agent loop would otherwise redo the
-        same calendar arithmetic.
+        ``role`` None means every configured role; ``model`` None means every
+        model budget (of the role, and ``models:``). ``role`` is resolved as
+        ``preflight`` resolves it (``UnknownRoleError`` for a name that
+        matches no budget). Cached until the earliest window among them
+        ends: every call of an agent loop would otherwise redo the same
+        calendar arithmetic. Run buckets are not included: see ``run_status``.
         """
         if role is not None:
             resolved = self._role_names.get(role)
             role = resolved if resolved is not None else self._resolve_role(role)
-        return list(self._buckets(role, (self._clock() + self._offset) if now is None else now))
+        return list(self._buckets(role, (self._clock() + self._offset) if now is None else now,
+                                  model))
 
-    def _buckets(self, role: str | None, t: float) -> tuple[Bucket, ...]:
-        cached = self._bucket_cache.get(role)
+    def _buckets(self, role: str | None, t: float, model: str | None = None
+                 ) -> tuple[Bucket, ...]:
+        key = (role, model)
+        cached = self._bucket_cache.get(key)
         if cached is not None and cached[0] <= t < cached[1]:
             return cached[2]
-        out = tuple(self._compute_buckets(role, t))
+        out = tuple(self._compute_buckets(role, t, model))
         if out:
             valid_from = max(b.starts_at for b in out)
             valid_until = min(b.ends_at for b in out)
-            self._bucket_cache[role] = (valid_from, valid_until, out)
+            if len(self._bucket_cache) >= 4096:  # bounded: model names come from callers
+                self._bucket_cache.clear()
+            self._bucket_cache[key] = (valid_from, valid_until, out)
         return out
 
-    def _compute_buckets(self, role: str | None, t: float) -> list[Bucket]:
+    def _run_buckets(self, role: str | None, model: str | None, chain: RunChain,
+                     t: float) -> tuple[Bucket, ...]:
+        """The run buckets of a call inside ``chain`` (innermost run first).
+
+        Scope ``run`` for every run of the chain (limited by its ``usd`` or
+        not limited: then it only counts), and each scope of the call with a
+        ``per_run`` limit, for the innermost run. Window ``run``, period the
+        run id; never cached (run ids are unique).
+        """
         out: list[Bucket] = []
+        for run_id, limit_nano in chain:
+            s = run_span(run_id, t)
+            out.append(Bucket("run", RUN_WINDOW, run_id, limit_nano, s.starts_at, s.ends_at))
+        s = run_span(chain[0][0], t)
+        for scope, limits in self._scopes(role, model):
+            if limits.per_run is not None:
+                out.append(Bucket(scope, RUN_WINDOW, chain[0][0], to_nano(limits.per_run),
+                                  s.starts_at, s.ends_at))
+        return tuple(out)
+
+    def run_status(self, run: Run, role: str | None = None) -> list[BudgetStatus]:
+        """What ``run`` has spent and reserved in each of its buckets.
+
+        The ``run`` scope, then each ``per_run`` scope of ``role`` (resolved
+        as ``preflight`` does; every role if None), the crew, global and
+        model budgets. ``resets_at`` of a run bucket is meaningless (runs do
+        not roll over): it is the bucket's current horizon.
+        """
+        if role is not None:
+            resolved = self._role_names.get(role)
+            role = resolved if resolved is not None else self._resolve_role(role)
+        buckets = self._run_buckets(role, None, ((run.run_id, run.limit_nano),),
+                                    self._clock() + self._offset)
+        return self._status(list(buckets))
+
+    def _scopes(self, role: str | None, model: str | None) -> tuple[tuple[str, Limits], ...]:
+        """Every (scope, limits) a call by ``role`` to ``model`` touches; cached."""
+        key = (role, model)
+        cached = self._scope_cache.get(key)
+        if cached is not None:
+            return cached
+        out = tuple(self._compute_scopes(role, model))
+        if len(self._scope_cache) >= 4096:
+            self._scope_cache.clear()
+        self._scope_cache[key] = out
+        return out
+
+    def _compute_buckets(self, role: str | None, t: float, model: str | None = None
+                         ) -> list[Bucket]:
+        out: list[Bucket] = []
+        for scope, limits in self._scopes(role, model):
+            for window in limits.windows():
+                s = span(window, t, self._tz)
+                limit = limits.limit_for(window)
+                nano = None if limit is None else to_nano(limit)
+                out.append(Bucket(scope, window, s.period, nano, s.starts_at, s.ends_at))
+        return out
+
+    def _compute_scopes(self, role: str | None, model: str | None) -> list[tuple[str, Limits]]:
         cfg = self.config
-        scopes: list[tuple[str, Any]] = []
+        scopes: list[tuple[str, Limits]] = []
         # ``role`` is resolved: a configured key, DEFAULT_ROLE, or a name that
         # unknown_roles: allow lets through with no role budget.
         if role is None:
@@ -815,16 +912,15 @@ class Guard:
             scopes.append((f"crew:{cfg.crew.name}", cfg.crew))
         if cfg.global_limits is not None:
             scopes.append(("global", cfg.global_limits))
-        for scope, limits in scopes:
-            for window in limits.windows():
-                s = span(window, t, self._tz)
-                limit = limits.limit_for(window)
-                out.append(Bucket(scope, window, s.period, to_nano(limit), s.starts_at, s.ends_at))
-        return out
+        scopes.extend(cfg.model_scopes(role, model))
+        return scopes
 
     def status(self, role: str | None = None) -> list[BudgetStatus]:
         """Every configured scope and window: limit, spent, reserved, remaining."""
-        states: list[BucketState] = self.ledger.status(self.buckets(role))
+        return self._status(self.buckets(role))
+
+    def _status(self, buckets: list[Bucket]) -> list[BudgetStatus]:
+        states: list[BucketState] = self.ledger.status(buckets)
         return [
             BudgetStatus(
                 scope=s.bucket.scope,

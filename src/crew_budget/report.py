@@ -14,6 +14,10 @@ What counts:
   the provider); ``blocked`` and ``released`` are counted in their own
   columns;
 - ``reset`` records are administrative, not spend: listed separately.
+
+Grouping keys beyond the record's fields come from its metadata: ``run``
+(the ``crew_budget.run`` id, ``name#hex``) and ``task`` (the CrewAI task, or
+else the LangChain run name); a record without one is grouped under ``""``.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ __all__ = [
     "time_series",
 ]
 
-GROUP_KEYS = ("role", "model", "crew", "hour", "day", "outcome", "scope")
+GROUP_KEYS = ("role", "model", "crew", "hour", "day", "outcome", "scope", "run", "task")
 _CHARGED = frozenset({"settled", "expired", "unguarded"})
 
 
@@ -105,6 +109,11 @@ def _label(record: SpendRecord, key: str, labels: dict[str, _TimeLabels]) -> str
         return record.crew or ""
     if key == "scope":
         return record.scope or ""
+    if key == "run":
+        return str(record.metadata.get("run") or "")
+    if key == "task":
+        meta = record.metadata
+        return str(meta.get("task") or meta.get("run_name") or "")
     return str(getattr(record, key))
 
 

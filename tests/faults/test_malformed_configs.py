@@ -36,6 +36,10 @@ OVER_MAX = ("is above the maximum of $1,000,000; limits are kept in nano-dollars
             "budgets across roles or windows)")
 NOT_AMOUNT = 'write a dollar amount such as 5 or "5.00"'
 NEVER_FIRES = "spend stops at the limit, so it would never fire; use e.g. [50, 80, 100]"
+ROLE_KEYS = "a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases and models"
+MODEL_KEYS = "a model budget takes hourly, daily, monthly and per_run"
+SPACED_MODEL = ("is blank or contains whitespace, so it would match no call; write the model as "
+                "your code names it, e.g. gpt-4o or openai/gpt-4o")
 COLLIDE = "(roles match ignoring case and extra whitespace); give each role distinct names"
 
 
@@ -185,10 +189,9 @@ CASES = [
     Case("role-without-s", "role:\n  r: {daily: 1}\n", "role",
          "unknown key 'role'; known keys: version, timezone, ledger, namespace, fail_open, "
          "on_ledger_reset, journal, lease_seconds, retention_days, default_max_output_tokens, "
-         "global, crew, roles, default_role, unknown_roles, prices, alerts"),
+         "global, crew, roles, default_role, unknown_roles, crew_role, prices, models, alerts"),
     Case("weekly-window", "roles: {r: {weekly: 5}}\n", "roles.r.weekly",
-         "unknown key 'weekly'; a role takes hourly, daily, monthly, max_output_tokens and "
-         "aliases"),
+         f"unknown key 'weekly'; {ROLE_KEYS}"),
     Case("alias-names-another-role", "roles:\n  researcher: {daily: 1}\n"
          "  analyst: {daily: 1, aliases: [Researcher]}\n", "roles.analyst",
          f"alias 'Researcher' matches role 'researcher' too {COLLIDE}", schema=False),
@@ -215,7 +218,7 @@ CASES = [
          "aliases is a list of names; write aliases: ['Senior Researcher']"),
     Case("aliases-on-default-role", "roles: {r: {}}\ndefault_role: {daily: 1, aliases: [x]}\n",
          "default_role.aliases", "unknown key 'aliases'; default_role takes hourly, daily, "
-         "monthly and max_output_tokens"),
+         "monthly, per_run and max_output_tokens"),
     Case("default-role-and-allow", "roles: {r: {}}\ndefault_role: {daily: 1}\n"
          "unknown_roles: allow\n", "unknown_roles",
          "unknown_roles: allow and default_role: both say what happens to roles not listed; "
@@ -269,6 +272,37 @@ CASES = [
          "the crew name is empty; name the crew, e.g. name: research (got '')"),
     Case("crew-name-with-space", "crew: {name: \" team\", daily: 1}\nroles: {r: {}}\n",
          "crew.name", "crew name ' team' starts or ends with whitespace; write 'team'"),
+    # -- per-run budgets and model budgets (issue 12) ---------------------------------
+    Case("per-run-negative", "crew: {name: t, per_run: -2}\nroles: {r: {}}\n", "crew.per_run",
+         "budget -2 is negative; use 0 to block all calls or a positive amount"),
+    Case("per-run-with-dash", "roles: {r: {per-run: 1}}\n", "roles.r.per-run",
+         f"unknown key 'per-run'; {ROLE_KEYS}"),
+    Case("per-run-not-money", "default_role: {per_run: x1}\n", "default_role.per_run",
+         "'x1' is not a dollar amount (write e.g. 5 or \"5.00\")"),
+    Case("per-run-over-max", "global: {per_run: 2000000}\nroles: {r: {}}\n", "global.per_run",
+         f"budget 2000000 {OVER_MAX}"),
+    Case("per-run-on-crew-typo", "crew: {name: t, run: 2}\nroles: {r: {}}\n", "crew.run",
+         "unknown key 'run'; use hourly, daily, monthly or per_run (crew also takes name)"),
+    Case("models-as-list", "models: [gpt-4o]\nroles: {r: {}}\n", "models",
+         "Input should be a valid dictionary; write it as a mapping (gpt-4o: {daily: 10}), "
+         "not list"),
+    Case("role-models-as-word", "roles: {r: {models: gpt-4o}}\n", "roles.r.models",
+         "Input should be a valid dictionary; write it as a mapping (gpt-4o: {daily: 10}), "
+         "not str"),
+    Case("model-weekly", "models: {gpt-4o: {weekly: 5}}\nroles: {r: {}}\n",
+         "models.gpt-4o.weekly", f"unknown key 'weekly'; {MODEL_KEYS}"),
+    Case("role-model-output-cap", "roles: {r: {models: {gpt-4o: {max_output_tokens: 5}}}}\n",
+         "roles.r.models.gpt-4o.max_output_tokens",
+         f"unknown key 'max_output_tokens'; {MODEL_KEYS}"),
+    Case("model-hourly-over-daily", "models: {gpt-4o: {hourly: 5, daily: 1}}\nroles: {r: {}}\n",
+         "models.gpt-4o", "hourly $5 is more than daily $1, so the hourly limit could never "
+         "apply; lower hourly to at most 1 or raise daily", schema=False),
+    Case("model-per-run-not-money", "models: {gpt-4o: {per_run: lots}}\nroles: {r: {}}\n",
+         "models.gpt-4o.per_run", "'lots' is not a dollar amount (write e.g. 5 or \"5.00\")"),
+    Case("model-name-with-space", "models: {\"gpt 4o\": {daily: 1}}\nroles: {r: {}}\n",
+         "models.gpt 4o", f"model name 'gpt 4o' {SPACED_MODEL}", schema=False),
+    Case("role-model-blank-name", "roles: {r: {models: {\" \": {daily: 1}}}}\n",
+         "roles.r.models. ", f"model name ' ' {SPACED_MODEL}", schema=False),
     Case("fail-open-maybe", "roles: {r: {}}\nfail_open: maybe\n", "fail_open",
          "Input should be a valid boolean, unable to interpret input (got 'maybe')"),
 ]
@@ -333,7 +367,10 @@ def test_the_schema_accepts_the_boundaries_the_validator_accepts() -> None:
             "default_role": {"daily": 0}, "lease_seconds": 86_400, "retention_days": 3_650,
             "default_max_output_tokens": 1, "unknown_roles": "refuse",
             "prices": {"m": {"input_per_million": "10000", "output_per_million": 0.000000001}},
-            "alerts": {"thresholds": [1, 100]}}
+            "alerts": {"thresholds": [1, 100]},
+            "crew": {"name": "c", "per_run": 1_000_000},
+            "models": {"openai/gpt-4o": {"per_run": "0.000000001", "daily": 5}}}
+    good["roles"]["r"]["models"] = {"gpt-4o": {"hourly": 1, "per_run": 0}}
     assert not _schema_rejects(good)
     assert load_config(good).roles["r"].daily == 1_000_000
     schema = json.loads(SCHEMA.read_text())

@@ -44,7 +44,7 @@ def report(
         "--until", help="End (exclusive), ISO date/time. Default: now.")] = None,
     by: Annotated[str, typer.Option(
         "--by", "-b", help="Group by a comma-separated list of role, model, crew, hour, day, "
-        "outcome, scope.")] = "role,model",
+        "outcome, scope, run, task.")] = "role,model",
     format: Annotated[str, typer.Option(
         "--format", "-f", help="table, csv or json (to stdout).")] = "table",
     html: Annotated[Path | None, typer.Option(

@@ -21,6 +21,7 @@ from crew_budget.usage import Usage, parse_usage
 
 __all__ = [
     "BASE_URL_FIELDS",
+    "attribution",
     "ROLE_KEY",
     "close_failed",
     "covered_by_middleware",
@@ -43,6 +44,31 @@ ROLE_KEY = "crew_budget_role"
 covered_by_middleware: ContextVar[bool] = ContextVar("crew_budget_lc_covered", default=False)
 
 ConfigSource = BudgetConfig | Mapping[str, Any] | str | os.PathLike[str]
+
+
+_MAX_TAGS = 20
+_MAX_LABEL = 200
+
+
+def attribution(run_name: Any, tags: Any, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Spend-record metadata naming what a call was for (``report --by task``).
+
+    ``run_name`` (the LangChain run's ``name``, e.g. ``config={"run_name":
+    "summarize"}``), ``tags`` (the run's tags) and ``task`` (a ``"task"`` key
+    in the run's metadata), each only when set. Bounded (200 characters
+    each, 20 tags) since every record carries them.
+    """
+    out: dict[str, Any] = {}
+    if isinstance(run_name, str) and run_name:
+        out["run_name"] = run_name[:_MAX_LABEL]
+    if isinstance(tags, (list, tuple)):
+        clean = [t[:_MAX_LABEL] for t in tags if isinstance(t, str) and t][:_MAX_TAGS]
+        if clean:
+            out["tags"] = clean
+    task = (metadata or {}).get("task")
+    if isinstance(task, str) and task:
+        out["task"] = task[:_MAX_LABEL]
+    return out
 
 
 def resolve_guard(

@@ -63,6 +63,7 @@ from crew_budget.guard import Guard, Ticket
 from crew_budget.langchain._common import (
     ROLE_KEY,
     ConfigSource,
+    attribution,
     close_failed,
     covered_by_middleware,
     provider_hint,
@@ -157,7 +158,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, parent_run_id, metadata, kwargs, serialized,
+        self._start(run_id, parent_run_id, metadata, {**kwargs, "tags": tags}, serialized,
                     lambda: to_openai_messages(messages[0] if messages else []))
 
     def on_llm_start(
@@ -172,7 +173,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         text = prompts[0] if prompts else ""
-        self._start(run_id, parent_run_id, metadata, kwargs, serialized,
+        self._start(run_id, parent_run_id, metadata, {**kwargs, "tags": tags}, serialized,
                     lambda: [{"role": "user", "content": text}])
 
     def _start(
@@ -234,7 +235,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # n / best_of completions are each billed up to the cap: the guard
         # reserves that many (crew_budget.estimate.COMPLETION_KEYS).
         extra.update((k, params[k]) for k in COMPLETION_KEYS if isinstance(params.get(k), int))
-        info: dict[str, Any] = {"framework": "langchain", "run_id": str(run_id)}
+        info: dict[str, Any] = {"framework": "langchain", "run_id": str(run_id),
+                                **attribution(kwargs.get("name"), kwargs.get("tags"), metadata)}
         ids = serialized.get("id")
         provider = provider_hint(
             metadata.get("ls_provider"), serialized.get("kwargs"),

@@ -38,6 +38,7 @@ from crew_budget.langchain._common import (
     BASE_URL_FIELDS,
     ROLE_KEY,
     ConfigSource,
+    attribution,
     close_failed,
     covered_by_middleware,
     provider_hint,
@@ -165,7 +166,7 @@ class BudgetMiddleware(AgentMiddleware):
             to_openai_messages(history),
             to_openai_tools(request.tools),
             cap,
-            {"framework": "langchain-agent"},
+            {"framework": "langchain-agent", **_attribution()},
             crew=self.crew,
             extra=extra or None,
             provider=provider,
@@ -261,3 +262,17 @@ def _cap(model: Any, settings: Mapping[str, Any], ls: Mapping[str, Any]) -> int 
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def _attribution() -> dict[str, Any]:
+    """``run_name``, ``tags`` and ``task`` of the run config the model call is made in.
+
+    The agent's model node runs with a child of the config passed to
+    ``agent.invoke(..., config=...)``: tags and metadata are inherited (the
+    ``run_name`` only where LangChain hands it down).
+    """
+    from langchain_core.runnables import ensure_config
+
+    config = ensure_config()
+    return attribution(config.get("run_name"), config.get("tags"), config.get("metadata"))
+
