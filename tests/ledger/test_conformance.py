@@ -16,6 +16,7 @@ import pytest
 
 from crew_budget.errors import ReservationError
 from crew_budget.ledger import (
+    ROLLUP_METRICS,
     Bucket,
     ClockSkew,
     Denial,
@@ -24,6 +25,7 @@ from crew_budget.ledger import (
     Reservation,
     ReserveRequest,
     SpendRecord,
+    fold_rollups,
     new_reservation_id,
     open_ledger,
 )
@@ -288,3 +290,132 @@ def test_reset_zeroes_spend_and_is_recorded(ledger: Ledger) -> None:
     assert isinstance(reserve(ledger, [b], 200), Reservation)
     (rec,) = [r for r in ledger.records() if r.outcome == "reset"]
     assert (rec.scope, rec.role, rec.cost_nano) == ("role:r", "r", -900)
+
+
+# -- rollups: the hourly aggregates reports read ---------------------------------
+
+
+def _mixed_traffic(led: Ledger) -> None:
+    """Settles, a release, a block, an expiry, an unguarded record and a reset."""
+    role = bucket(led, "role:r", 10_000)
+    for cost, tokens in ((1_234, 10), (2_345, 20), (3_456, 30)):
+        res = reserve(led, [role], 1_000)
+        assert isinstance(res, Reservation)
+        led.settle(res.reservation_id, cost, Usage(input_tokens=tokens, cached_input_tokens=2,
+                                                    cache_write_tokens=1, output_tokens=5,
+                                                    reasoning_tokens=3))
+    released = reserve(led, [role], 500)
+    assert isinstance(released, Reservation)
+    led.release(released.reservation_id)
+    assert isinstance(reserve(led, [role], 9_999), Denial)  # blocked: 7,035 spent
+    abandoned = reserve(led, [role], 700, lease=0.05)
+    assert isinstance(abandoned, Reservation)
+    time.sleep(0.1)
+    assert led.reap() == 1
+    led.append_record(SpendRecord(
+        ts=led.now(), reservation_id="u1", outcome="unguarded", role="other", model="m2",
+        input_tokens=7, output_tokens=1, cost_nano=11, estimate_nano=13))
+    led.reset(role, reason="test")
+
+
+def test_rollups_equal_the_records_to_the_nano_dollar(ledger: Ledger) -> None:
+    # Contract: every settle, release, expiry, block and unguarded record
+    # adds to its hourly rollup in the same atomic step (resets do not).
+    since = ledger.now() - 1
+    _mixed_traffic(ledger)
+    records = ledger.records(since=since)
+    assert [r.outcome for r in records].count("reset") == 1
+    rollups = ledger.rollups(since=since)
+    assert rollups == fold_rollups(records)
+    total = {m: sum(getattr(r, m) for r in rollups) for m in ROLLUP_METRICS}
+    assert total == {
+        "calls": 5, "blocked": 1, "released": 1, "expired": 1,
+        "input_tokens": 10 + 20 + 30 + 7, "cached_input_tokens": 6, "cache_write_tokens": 3,
+        "output_tokens": 16, "reasoning_tokens": 9,
+        "cost_nano": 1_234 + 2_345 + 3_456 + 700 + 11,
+        "estimate_nano": 3 * 1_000 + 700 + 13,
+    }
+    blocked = [r for r in rollups if r.blocked]
+    assert [(r.scope, r.role, r.model, r.crew) for r in blocked] == [
+        ("role:r", "researcher", "gpt-4o-mini", "c")]
+    assert {r.role for r in rollups} == {"researcher", "other"}
+    hour = rollups[0].hour
+    assert hour % 3600 == 0 and hour <= ledger.now() < hour + 3600
+    # The span selects whole hours: one that ended before, or starts after, is empty.
+    assert ledger.rollups(since=hour + 3600) == []
+    assert ledger.rollups(until=hour) == []
+    assert ledger.rollups(since=hour + 10, until=hour + 20) == rollups
+
+
+def test_rollups_count_every_call_with_no_records_kept(
+        request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    # records_retention_days=0: no raw record is stored, yet the rollups
+    # hold every call, exactly.
+    if backend == "memory":
+        led = open_ledger("memory://", records_retention_days=0)
+    elif backend == "sqlite":
+        led = open_ledger(f"sqlite:///{tmp_path / 'l.db'}", records_retention_days=0)
+    else:
+        led = redis_ledger(request.getfixturevalue("redis_url"), "hiredis",
+                           records_retention_days=0)
+    with led:
+        since = led.now() - 1
+        _mixed_traffic(led)
+        assert led.records(since=since) == []
+        rollups = led.rollups(since=since)
+        assert sum(r.cost_nano for r in rollups) == 1_234 + 2_345 + 3_456 + 700 + 11
+        assert sum(r.calls for r in rollups) == 5
+        assert sum(r.blocked for r in rollups) == 1
+        assert sum(r.expired for r in rollups) == 1
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+_KILLED_WORKER = """
+import os, sys, time
+from crew_budget.ledger import Bucket, RecordDraft, ReserveRequest, open_ledger
+led = open_ledger(sys.argv[1])
+now = led.now()
+b = Bucket("role:r", "day", "p1", 10_000, now - 3600, now + 3600)
+for i in range(3):
+    led.reserve(ReserveRequest("killed%d" % i, (b,), 1_000 + i, 0.2,
+                               RecordDraft("researcher", "gpt-4o-mini", "c", 1_000 + i)))
+print("reserved", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_rollups_count_reservations_of_a_sigkilled_process(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    # A worker reserves three calls and is SIGKILLed before settling: the
+    # reaper expires them at their reserved amounts, and the rollups show
+    # exactly that money, as the records do.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    url = (f"sqlite:///{tmp_path / 'k.db'}" if kind == "sqlite"
+           else request.getfixturevalue("redis_url"))
+    led = open_ledger(url)
+    since = led.now() - 1
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, url],
+                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "reserved"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(0.3)
+    assert led.reap() == 3
+    rollups = led.rollups(since=since)
+    assert rollups == fold_rollups(led.records(since=since))
+    assert sum(r.cost_nano for r in rollups) == 1_000 + 1_001 + 1_002
+    assert sum(r.expired for r in rollups) == 3
+    led.close()

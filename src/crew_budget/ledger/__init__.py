@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from crew_budget.errors import ConfigError
 from crew_budget.ledger.base import (
+    ROLLUP_METRICS,
+    ROLLUP_RETENTION_DAYS,
     Bucket,
     BucketState,
     ClockSkew,
@@ -25,12 +27,16 @@ from crew_budget.ledger.base import (
     RecordDraft,
     Reservation,
     ReserveRequest,
+    Rollup,
     SettleResult,
     SpendRecord,
+    fold_rollups,
     new_reservation_id,
 )
 
 __all__ = [
+    "ROLLUP_METRICS",
+    "ROLLUP_RETENTION_DAYS",
     "Bucket",
     "BucketState",
     "ClockSkew",
@@ -40,8 +46,10 @@ __all__ = [
     "RecordDraft",
     "Reservation",
     "ReserveRequest",
+    "Rollup",
     "SettleResult",
     "SpendRecord",
+    "fold_rollups",
     "new_reservation_id",
     "open_ledger",
 ]
@@ -52,6 +60,7 @@ def open_ledger(
     *,
     namespace: str = "default",
     retention_days: int = 90,
+    records_retention_days: int | None = None,
     clock: Callable[[], float] | None = None,
     create: bool = True,
 ) -> Ledger:
@@ -62,20 +71,27 @@ def open_ledger(
     and nothing is created on disk. The read-only CLI commands use it, so a
     typo'd path is an error instead of a fresh empty ledger reporting $0.00.
     Memory and Redis ledgers have nothing to create up front.
+
+    ``records_retention_days`` is how long raw spend records are kept (0:
+    none; None: ``retention_days``, or 7 days on Redis); hourly rollups,
+    which reports read, are kept 400 days on every backend.
     """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from crew_budget.ledger.memory import MemoryLedger
 
-        return MemoryLedger(url, clock=clock, retention_days=retention_days)
+        return MemoryLedger(url, clock=clock, retention_days=retention_days,
+                            records_retention_days=records_retention_days)
     if scheme == "sqlite":
         from crew_budget.ledger.sqlite import SQLiteLedger
 
-        return SQLiteLedger(url, clock=clock, retention_days=retention_days, create=create)
+        return SQLiteLedger(url, clock=clock, retention_days=retention_days,
+                            records_retention_days=records_retention_days, create=create)
     if scheme.startswith("redis"):
         from crew_budget.ledger.redis import RedisLedger
 
-        return RedisLedger(url, namespace=namespace, retention_days=retention_days)
+        return RedisLedger(url, namespace=namespace, retention_days=retention_days,
+                           records_retention_days=records_retention_days)
     from crew_budget.redact import redact_url
 
     raise ConfigError(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +49,12 @@ __all__ = [
     "ReserveRequest",
     "SettleResult",
     "SpendRecord",
+    "ROLLUP_METRICS",
+    "ROLLUP_RETENTION_DAYS",
+    "Rollup",
+    "fold_rollups",
     "new_reservation_id",
+    "rollup_counts",
 ]
 
 Outcome = Literal["reserved", "settled", "released", "expired", "blocked", "unguarded", "reset"]
@@ -211,6 +216,121 @@ class SettleResult:
     cost_nano: int
 
 
+# -- rollups ------------------------------------------------------------------
+#
+# Reports must cost what roles x models x hours cost, not what calls cost:
+# every record a reservation produces (settled, expired, released, blocked)
+# and every ``unguarded`` one also adds its counts to an hourly aggregate per
+# (scope, role, model, crew), in the same atomic step as the record. Raw
+# records then become optional detail with their own (shorter) retention;
+# rollups are kept ROLLUP_RETENTION_DAYS. ``reset`` records are
+# administrative and are not rolled up.
+
+ROLLUP_RETENTION_DAYS = 400
+"""How long hourly rollups are kept, on every backend (Redis: the key expiry)."""
+
+ROLLUP_METRICS = (
+    "calls", "blocked", "released", "expired", "input_tokens", "cached_input_tokens",
+    "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_nano", "estimate_nano",
+)
+"""The counts of a rollup, in the order every backend stores them."""
+
+_CHARGED_OUTCOMES = frozenset({"settled", "expired", "unguarded"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One UTC hour's totals for one (scope, role, model, crew).
+
+    ``hour`` is the Unix time the hour starts at. ``calls`` counts the
+    charged outcomes (settled, expired, unguarded), which alone add tokens,
+    ``cost_nano`` and ``estimate_nano``; ``blocked`` and ``released`` count
+    their own. ``scope`` is set only on blocked calls (the budget that
+    refused them), as on their records.
+    """
+
+    hour: float
+    scope: str | None
+    role: str
+    model: str
+    crew: str | None
+    calls: int = 0
+    blocked: int = 0
+    released: int = 0
+    expired: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_nano: int = 0
+    estimate_nano: int = 0
+
+    @property
+    def group(self) -> tuple[str | None, str, str, str | None]:
+        return (self.scope, self.role, self.model, self.crew)
+
+    def counts(self) -> tuple[int, ...]:
+        return tuple(getattr(self, m) for m in ROLLUP_METRICS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rollup_counts(record: SpendRecord) -> tuple[int, ...] | None:
+    """What ``record`` adds to its rollup (ROLLUP_METRICS order), or None (a reset)."""
+    o = record.outcome
+    if o in _CHARGED_OUTCOMES:
+        return (1, 0, 0, 1 if o == "expired" else 0, record.input_tokens,
+                record.cached_input_tokens, record.cache_write_tokens, record.output_tokens,
+                record.reasoning_tokens, record.cost_nano, record.estimate_nano)
+    if o == "blocked":
+        return (0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    if o == "released":
+        return (0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+    return None
+
+
+def rollup_hour(ts: float) -> float:
+    """The start of the UTC hour holding ``ts``."""
+    return float(int(ts // 3600) * 3600)
+
+
+RollupKey = tuple[float, str | None, str, str, str | None]
+
+
+def add_rollup(acc: dict[RollupKey, list[int]], key: RollupKey, counts: Sequence[int]) -> None:
+    """Add ``counts`` into ``acc[key]`` (integers: exact)."""
+    row = acc.get(key)
+    if row is None:
+        acc[key] = list(counts)
+    else:
+        for i, x in enumerate(counts):
+            row[i] += x
+
+
+def rollups_from(acc: Mapping[RollupKey, Sequence[int]]) -> list[Rollup]:
+    """Accumulated counts as Rollups, sorted by hour then group."""
+    out = [Rollup(*key, *counts) for key, counts in acc.items()]
+    out.sort(key=lambda r: (r.hour, r.scope or "", r.role, r.model, r.crew or ""))
+    return out
+
+
+def fold_rollups(records: Iterable[SpendRecord]) -> list[Rollup]:
+    """The rollups ``records`` add up to: what every ledger must store."""
+    acc: dict[RollupKey, list[int]] = {}
+    for r in records:
+        counts = rollup_counts(r)
+        if counts is not None:
+            add_rollup(acc, (rollup_hour(r.ts), r.scope, r.role, r.model, r.crew), counts)
+    return rollups_from(acc)
+
+
+def in_span(hour: float, since: float | None, until: float | None) -> bool:
+    """Whether the hour starting at ``hour`` overlaps ``[since, until)``."""
+    return (since is None or hour + 3600 > since) and (until is None or hour < until)
+
+
 class ClockSkew(Exception):
     """The request's window periods do not contain the ledger's clock."""
 
@@ -259,6 +379,16 @@ class Ledger(ABC):
     @abstractmethod
     def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
         """Spend records with ``since <= ts < until``, oldest first."""
+
+    def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
+        """Hourly rollups of the hours overlapping ``[since, until)``, oldest first.
+
+        Built-in ledgers keep them as they write (see ``Rollup``); this
+        default, for a third-party ledger written before rollups existed,
+        folds its records (as slow as records, but exact).
+        """
+        lo = None if since is None else rollup_hour(since)
+        return [r for r in fold_rollups(self.records(lo, until)) if in_span(r.hour, since, until)]
 
     @abstractmethod
     def claim(self, marker: str, ttl_seconds: float) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from crew_budget.errors import ReservationError
 from crew_budget.ledger.base import (
+    ROLLUP_RETENTION_DAYS,
     Bucket,
     BucketState,
     ClockSkew,
@@ -22,9 +23,16 @@ from crew_budget.ledger.base import (
     RecordDraft,
     Reservation,
     ReserveRequest,
+    Rollup,
+    RollupKey,
     SettleResult,
     SpendRecord,
+    add_rollup,
+    in_span,
     new_reservation_id,
+    rollup_counts,
+    rollup_hour,
+    rollups_from,
 )
 from crew_budget.money import check_nano
 from crew_budget.usage import Usage, check_usage
@@ -55,10 +63,15 @@ class MemoryLedger(Ledger):
         *,
         clock: Callable[[], float] | None = None,
         retention_days: int = 90,
+        records_retention_days: int | None = None,
     ) -> None:
         self.url = url
         self._clock = clock or time.time
-        self._retention = retention_days * 86400.0
+        # Raw records have their own retention (None: retention_days; 0: none
+        # kept); the hourly rollups are kept ROLLUP_RETENTION_DAYS.
+        self._retention = (retention_days if records_retention_days is None
+                           else records_retention_days) * 86400.0
+        self._rollups: dict[RollupKey, list[int]] = {}
         self._lock = threading.Lock()
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
@@ -91,7 +104,7 @@ class MemoryLedger(Ledger):
                 spent = self._spent.get(b.key, 0)
                 reserved = self._reserved.get(b.key, 0)
                 if spent + reserved + amount > b.limit_nano:
-                    self._records.append(
+                    self._add_locked(
                         SpendRecord.build(
                             ts=now,
                             reservation_id=request.reservation_id,
@@ -125,7 +138,7 @@ class MemoryLedger(Ledger):
         res.state = state
         res.cost = cost
         self._finished.append((now, rid))
-        self._records.append(
+        self._add_locked(
             SpendRecord.build(
                 ts=now,
                 reservation_id=rid,
@@ -136,6 +149,23 @@ class MemoryLedger(Ledger):
             )
         )
         return SettleResult(state, True, cost)
+
+    def _add_locked(self, record: SpendRecord) -> None:
+        """Append a record and add it to its hourly rollup: one step under the lock."""
+        counts = rollup_counts(record)
+        if counts is not None:
+            key = (rollup_hour(record.ts), record.scope, record.role, record.model, record.crew)
+            add_rollup(self._rollups, key, counts)
+        if self._retention > 0:
+            self._records.append(record)
+
+    def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
+        with self._lock:
+            cutoff = rollup_hour(self._clock()) - ROLLUP_RETENTION_DAYS * 86400.0
+            for key in [k for k in self._rollups if k[0] < cutoff]:
+                del self._rollups[key]
+            return rollups_from({k: v for k, v in self._rollups.items()
+                                 if in_span(k[0], since, until)})
 
     def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
         check_nano("a settled cost", cost_nano)
@@ -196,7 +226,7 @@ class MemoryLedger(Ledger):
                 self._spent[b.key] = self._spent.get(b.key, 0) + cost_nano
             self._res[charge_id] = _Res(0, now, (), RecordDraft("", ""), "unguarded", cost_nano)
             self._finished.append((now, charge_id))
-            self._records.append(record)
+            self._add_locked(record)
             return True
 
     def oldest_lease(self) -> float | None:
@@ -206,7 +236,7 @@ class MemoryLedger(Ledger):
 
     def append_record(self, record: SpendRecord) -> None:
         with self._lock:
-            self._records.append(record)
+            self._add_locked(record)
 
     def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
         with self._lock:
@@ -230,7 +260,7 @@ class MemoryLedger(Ledger):
             now = self._clock()
             old = self._spent.get(bucket.key, 0)
             self._spent[bucket.key] = 0
-            self._records.append(_reset_record(now, bucket, old, reason))
+            self._add_locked(_reset_record(now, bucket, old, reason))
             return BucketState(bucket, 0, self._reserved.get(bucket.key, 0))
 
     # -- the alert outbox (see Ledger.outbox_put) ------------------------------

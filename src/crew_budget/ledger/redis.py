@@ -86,6 +86,7 @@ from crew_budget.errors import (
     ReservationError,
 )
 from crew_budget.ledger.base import (
+    ROLLUP_RETENTION_DAYS,
     Bucket,
     BucketState,
     ClockSkew,
@@ -96,8 +97,13 @@ from crew_budget.ledger.base import (
     Outcome,
     Reservation,
     ReserveRequest,
+    Rollup,
+    RollupKey,
     SettleResult,
     SpendRecord,
+    add_rollup,
+    rollup_hour,
+    rollups_from,
 )
 from crew_budget.money import MAX_NANO, check_nano
 from crew_budget.usage import Usage, check_usage
@@ -124,6 +130,8 @@ T = TypeVar("T")
 # The bound is money.MAX_NANO, the same on every backend (kept importable here).
 
 _DAY_MS = 86_400_000
+REDIS_RECORDS_RETENTION_DAYS = 7
+"""Default retention of raw records on Redis (rollups are kept 400 days)."""
 _ODD_MS = 3_600_000
 """Records appended with a ts further than this from Redis TIME go to the odd set."""
 _SCAN_SLACK_S = 86_400.0
@@ -289,6 +297,7 @@ class RedisLedger(Ledger):
         *,
         namespace: str = "default",
         retention_days: int = 90,
+        records_retention_days: int | None = None,
         reap_limit: int = 100,
         connect_timeout: float = 1.0,
         op_timeout: float = 2.0,
@@ -305,7 +314,14 @@ class RedisLedger(Ledger):
         self.retention_ms = int(retention_days) * _DAY_MS
         self._retention_s = int(retention_days) * 86_400
         self.reap_limit = int(reap_limit)
-        self._retention_str = str(self.retention_ms)
+        # Raw records have their own, shorter retention (every call is in the
+        # hourly rollups anyway, kept ROLLUP_RETENTION_DAYS): a record is
+        # ~600 bytes of RAM, a rollup field a few per group-hour. None:
+        # REDIS_RECORDS_RETENTION_DAYS (at most retention_days); 0: none.
+        if records_retention_days is None:
+            records_retention_days = min(REDIS_RECORDS_RETENTION_DAYS, int(retention_days))
+        self.records_retention_ms = int(records_retention_days) * _DAY_MS
+        self._retention_str = str(self.records_retention_ms)
         self._reap_str = str(self.reap_limit)
         self._plans: dict[tuple[Bucket, ...], _Plan] = {}
         self._last_plan: tuple[tuple[Bucket, ...], _Plan] | None = None
@@ -677,7 +693,7 @@ class RedisLedger(Ledger):
 
     def append_record(self, record: SpendRecord) -> None:
         keys = [self._stream, self._odd, self._oddseq]
-        args = [repr(float(record.ts)), record.to_json(), str(self.retention_ms), str(_ODD_MS)]
+        args = [repr(float(record.ts)), record.to_json(), self._retention_str, str(_ODD_MS)]
         # Not repeated after a dropped connection: the first try may have landed.
         self._call("append_record", keys, args, idempotent=False)
 
@@ -709,6 +725,33 @@ class RedisLedger(Ledger):
         ]
         out.sort(key=lambda r: r.ts)  # stable: records of one instant keep their order
         return out
+
+    def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
+        """Read the hour hashes of the span (see ROLLUPS in lua/_common.lua).
+
+        One pipelined HGETALL per hour: ~720 for 30 days, whatever the
+        number of calls. Without ``since``, the whole rollup retention.
+        """
+        now = self.now()
+        first = rollup_hour(now - ROLLUP_RETENTION_DAYS * 86400.0 if since is None else since)
+        last = rollup_hour(now + 3600 if until is None else until)
+        if until is not None and last == until:
+            last -= 3600  # until is exclusive
+        hours = [int(first) + 3600 * i for i in range(int((last - first) // 3600) + 1)]
+        acc: dict[RollupKey, list[int]] = {}
+
+        def read(c: Any) -> list[Any]:
+            pipe = c.pipeline(transaction=False)
+            for h in hours:
+                pipe.hgetall(f"{self.prefix}ru:{h}")
+            return cast(list[Any], pipe.execute())
+
+        for h, fields in zip(hours, self._run(read), strict=True):
+            for group, value in fields.items():
+                g = json.loads(group)
+                add_rollup(acc, (float(h), g.get("scope"), g["role"], g["model"], g.get("crew")),
+                           [int(x) for x in value.split()])
+        return rollups_from(acc)
 
     def claim(self, marker: str, ttl_seconds: float) -> bool:
         key = self.prefix + "claim:" + marker

@@ -34,6 +34,8 @@ from urllib.parse import unquote, urlsplit
 
 from crew_budget.errors import LedgerNotFound, LedgerReset, LedgerUnavailable, ReservationError
 from crew_budget.ledger.base import (
+    ROLLUP_METRICS,
+    ROLLUP_RETENTION_DAYS,
     Bucket,
     BucketState,
     ClockSkew,
@@ -45,9 +47,15 @@ from crew_budget.ledger.base import (
     RecordDraft,
     Reservation,
     ReserveRequest,
+    Rollup,
+    RollupKey,
     SettleResult,
     SpendRecord,
+    add_rollup,
     new_reservation_id,
+    rollup_counts,
+    rollup_hour,
+    rollups_from,
 )
 from crew_budget.money import check_nano
 from crew_budget.redact import redact_url
@@ -55,7 +63,20 @@ from crew_budget.usage import Usage, check_usage
 
 __all__ = ["SQLiteLedger"]
 
-_SCHEMA = """
+_ROLLUP_TABLE = """
+CREATE TABLE IF NOT EXISTS rollups (
+    hour  INTEGER NOT NULL,
+    grp   TEXT NOT NULL,
+    calls INTEGER NOT NULL, blocked INTEGER NOT NULL, released INTEGER NOT NULL,
+    expired INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+    cached_input_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
+    cost_nano INTEGER NOT NULL, estimate_nano INTEGER NOT NULL,
+    PRIMARY KEY (hour, grp)
+) WITHOUT ROWID;
+"""
+
+_SCHEMA = _ROLLUP_TABLE + """
 CREATE TABLE IF NOT EXISTS buckets (
     key        TEXT PRIMARY KEY,
     spent      INTEGER NOT NULL DEFAULT 0,
@@ -104,6 +125,7 @@ class SQLiteLedger(Ledger):
         *,
         clock: Callable[[], float] | None = None,
         retention_days: int = 90,
+        records_retention_days: int | None = None,
         busy_timeout_s: float = 30.0,
         create: bool = True,
     ) -> None:
@@ -111,6 +133,10 @@ class SQLiteLedger(Ledger):
         self.path = _path_from_url(url)
         self._clock = clock or time.time
         self._retention = retention_days * 86400.0
+        # Raw records have their own retention (None: retention_days; 0: none
+        # kept); hourly rollups are kept ROLLUP_RETENTION_DAYS.
+        self._records_retention = (retention_days if records_retention_days is None
+                                   else records_retention_days) * 86400.0
         self._busy_timeout = busy_timeout_s
         self._gen = 0  # bumped when the file is switched (recover, adoption)
         self._local = threading.local()
@@ -120,6 +146,7 @@ class SQLiteLedger(Ledger):
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._backfill_rollups()
             self._conn().executescript(_SCHEMA)
             self._arm(self._conn())
         except sqlite3.Error as exc:
@@ -233,7 +260,7 @@ class SQLiteLedger(Ledger):
                         continue
                     spent, reserved = _bucket_row(db, b.key)
                     if spent + reserved + amount > b.limit_nano:
-                        _insert_record(
+                        self._insert(
                             db,
                             SpendRecord.build(
                                 ts=now,
@@ -298,7 +325,7 @@ class SQLiteLedger(Ledger):
             "UPDATE reservations SET state = ?, cost = ?, finished_at = ? WHERE id = ?",
             (state, charged, now, rid),
         )
-        _insert_record(
+        self._insert(
             db,
             SpendRecord.build(
                 ts=now,
@@ -356,9 +383,48 @@ class SQLiteLedger(Ledger):
         )
         return None if row is None else cast(Outcome, row[0])
 
+    def _insert(self, db: sqlite3.Connection, record: SpendRecord) -> None:
+        """Append a record and add it to its hourly rollup, in the caller's transaction."""
+        _add_rollup(db, record)
+        if self._records_retention > 0:
+            db.execute("INSERT INTO records (ts, data) VALUES (?, ?)",
+                       (record.ts, record.to_json()))
+
+    def _backfill_rollups(self) -> None:
+        """A file made before rollups existed: roll up the records it holds, once.
+
+        Under the write lock, so of several processes opening an old file
+        only the first (which creates the table) backfills it.
+        """
+        with self._tx() as db:
+            tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+            if "records" not in tables or "rollups" in tables:
+                return
+            db.execute(_ROLLUP_TABLE.rstrip().rstrip(";"))
+            for (data,) in db.execute("SELECT data FROM records ORDER BY seq").fetchall():
+                _add_rollup(db, SpendRecord.from_json(data))
+
+    def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
+        sql, args = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups WHERE 1=1", []
+        if since is not None:
+            sql += " AND hour > ?"
+            args.append(since - 3600)
+        if until is not None:
+            sql += " AND hour < ?"
+            args.append(until)
+        try:
+            rows = self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        acc: dict[RollupKey, list[int]] = {}
+        for hour, grp, *counts in rows:
+            scope, role, model, crew = json.loads(grp)
+            add_rollup(acc, (float(hour), scope, role, model, crew), counts)
+        return rollups_from(acc)
+
     def append_record(self, record: SpendRecord) -> None:
         with self._tx() as db:
-            _insert_record(db, record)
+            self._insert(db, record)
 
     def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
         sql, args = "SELECT data FROM records WHERE 1=1", []
@@ -392,7 +458,7 @@ class SQLiteLedger(Ledger):
             spent, reserved = _bucket_row(db, bucket.key)
             db.execute("UPDATE buckets SET spent = 0 WHERE key = ?", (bucket.key,))
             role = bucket.scope.split(":", 1)[1] if bucket.scope.startswith("role:") else ""
-            _insert_record(
+            self._insert(
                 db,
                 SpendRecord(
                     ts=now,
@@ -492,7 +558,7 @@ class SQLiteLedger(Ledger):
                 row = tx.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
                 old = "" if row is None else str(row[0])
                 tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (new,))
-                _insert_record(tx, SpendRecord(
+                self._insert(tx, SpendRecord(
                     ts=self._clock(), reservation_id="", outcome="reset", role="", model="",
                     metadata={"event": "ledger_recovered", "who": who, "reason": reason,
                               "replaced_epoch": old, "epoch": new}))
@@ -526,7 +592,7 @@ class SQLiteLedger(Ledger):
                 "finished_at) VALUES (?, 0, ?, '[]', '{}', 'unguarded', ?, ?)",
                 (charge_id, now, cost_nano, now),
             )
-            _insert_record(db, record)
+            self._insert(db, record)
             return True
 
     # -- storage stays bounded -------------------------------------------------
@@ -545,7 +611,9 @@ class SQLiteLedger(Ledger):
                 "DELETE FROM reservations WHERE state != 'reserved' AND finished_at < ?",
                 (t - _TOMBSTONE_SECONDS,),
             )
-            db.execute("DELETE FROM records WHERE ts < ?", (t - self._retention,))
+            db.execute("DELETE FROM records WHERE ts < ?", (t - self._records_retention,))
+            db.execute("DELETE FROM rollups WHERE hour < ?",
+                       (int(t) - ROLLUP_RETENTION_DAYS * 86400 - 3600,))
             db.execute("DELETE FROM claims WHERE expires_at < ?", (t,))
 
     # -- the alert outbox (see Ledger.outbox_put) ------------------------------
@@ -683,8 +751,19 @@ def _bucket_row(db: sqlite3.Connection, key: str) -> tuple[int, int]:
     return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
 
-def _insert_record(db: sqlite3.Connection, record: SpendRecord) -> None:
-    db.execute("INSERT INTO records (ts, data) VALUES (?, ?)", (record.ts, record.to_json()))
+def _add_rollup(db: sqlite3.Connection, record: SpendRecord) -> None:
+    counts = rollup_counts(record)
+    if counts is None:
+        return
+    grp = json.dumps([record.scope, record.role, record.model, record.crew])
+    db.execute(_UPSERT_ROLLUP, (int(rollup_hour(record.ts)), grp, *counts))
+
+
+_UPSERT_ROLLUP = (
+    f"INSERT INTO rollups (hour, grp, {', '.join(ROLLUP_METRICS)}) "
+    f"VALUES (?, ?{', ?' * len(ROLLUP_METRICS)}) ON CONFLICT (hour, grp) DO UPDATE SET "
+    + ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_METRICS)
+)
 
 
 def _path_from_url(url: str) -> Path:

@@ -13,16 +13,20 @@
 -- ARGV[3]   - how long the tombstone stays, ms
 -- ARGV[4]   - the record's ts (Unix s)
 -- ARGV[5]   - the record as JSON
--- ARGV[6]   - retention of records, ms
+-- ARGV[6]   - retention of records, ms (0: no record kept, only its rollup)
 -- ARGV[6+i] - bucket i's counter expiry (Unix s: window end + retention)
 --
 -- Returns 1 if charged now, 0 if this id was charged before (nothing done).
 --
--- Invariants: counters and the record change in one atomic step; a repeat
+-- Invariants: counters, the record and its hourly rollup (see ROLLUPS in
+-- _common.lua) change in one atomic step; a repeat
 -- (a journal replayed twice, e.g. after a crash between the charge and the
 -- journal's note of it) changes nothing while the tombstone lives.
 
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+-- ROLLUPS (see _common.lua): the call counts in its record's hour. First:
+-- the decode is the one step that can fail on a malformed record.
+rollup_record(string.sub(KEYS[1], 1, -8), ARGV[5])
 local _, now, now_ms = ledger_clock()
 local retention_ms = tonumber(ARGV[6])
 local cost = ARGV[2]
@@ -45,7 +49,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
   '(' .. string.format('%.3f', now - retention_ms / 1000))
 if math.abs(t * 1000 - now_ms) <= 3600000 then
   append(KEYS[1], now_ms, retention_ms, ARGV[5])
-else
+elseif retention_ms > 0 then
   local n = redis.call('INCR', KEYS[3])
   redis.call('ZADD', KEYS[2], ARGV[4], n .. ':' .. ARGV[5])
 end

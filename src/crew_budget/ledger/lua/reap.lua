@@ -4,7 +4,7 @@
 --           the reservations P.."r:"..rid and their counters from P and
 --           the ids: same tag, same slot)
 -- KEYS[2] - P.."records"  (STREAM of spend records)
--- ARGV[1] - retention of records, ms
+-- ARGV[1] - retention of records, ms (0: none kept; rollups still count)
 -- ARGV[2] - most reservations to expire in this call (bounds the script's run)
 --
 -- Returns the number of reservations expired.

@@ -6,7 +6,7 @@
 -- ARGV[1] - the new epoch, "recovered:<id>"
 -- ARGV[2] - the audit record as JSON (who, why, and the epoch the client
 --           read before, in its metadata)
--- ARGV[3] - retention of records, ms
+-- ARGV[3] - retention of records, ms (0: none kept; rollups still count)
 --
 -- Returns the epoch replaced ("" if there was none).
 --

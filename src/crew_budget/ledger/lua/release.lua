@@ -6,7 +6,7 @@
 -- KEYS[3] - P.."r:"..rid  (the reservation; the counter keys P.."b:"..key
 --           it charged are read from it: same tag, same slot)
 -- ARGV[1] - reservation id
--- ARGV[2] - retention of records, ms
+-- ARGV[2] - retention of records, ms (0: none kept; rollups still count)
 -- ARGV[3] - most expired leases to reap first
 --
 -- Returns {"unknown"} if the id was never reserved here (or its tombstone

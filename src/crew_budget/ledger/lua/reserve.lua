@@ -10,7 +10,7 @@
 -- ARGV[4]      - lease, ms
 -- ARGV[5]      - tombstone, ms: how long a finished reservation stays readable
 -- ARGV[6]      - record tail JSON (role, model, crew, estimate_nano, metadata)
--- ARGV[7]      - retention of records, ms
+-- ARGV[7]      - retention of records, ms (0: none kept; rollups still count)
 -- ARGV[8]      - most expired leases to reap first
 -- ARGV[9]      - the buckets JSON of the RESERVATION value (see _common.lua)
 -- ARGV[10]     - latest window start, ARGV[11] - earliest window end (Unix s):
@@ -39,7 +39,8 @@
 --                       nothing charged again
 --   {"deny", i, spent, reserved}
 --                       bucket i would overflow: nothing charged, one
---                       "blocked" record appended
+--                       "blocked" record appended and counted in its
+--                       hour's rollup (see ROLLUPS in _common.lua)
 --
 -- Invariants: the clock check comes before any write; all or nothing across
 -- every bucket (one script is one atomic step); after a grant every limited
@@ -113,6 +114,8 @@ for i = 1, nb do
     if tonumber(spent) + tonumber(reserved) + need > tonumber(limit) then
       append(KEYS[2], now_ms, retention_ms,
         record_json(ts, rid_json, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail))
+      -- ROLLUPS (see _common.lua): the blocked call counts in its hour.
+      rollup_tail(prefix, now, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail)
       return {'deny', i, spent, reserved}
     end
     fresh[i] = not (c[1] or c[2])

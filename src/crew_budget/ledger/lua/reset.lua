@@ -3,7 +3,7 @@
 -- KEYS[1] - P.."b:"..key  (the bucket's counter hash)
 -- KEYS[2] - P.."records"  (STREAM of spend records)
 -- ARGV[1] - counter expiry (Unix s: window end + retention)
--- ARGV[2] - retention of records, ms
+-- ARGV[2] - retention of records, ms (0: none kept; rollups still count)
 -- ARGV[3] - the bucket's scope as JSON
 -- ARGV[4] - record tail JSON (role, model, crew, estimate_nano, metadata)
 --

@@ -7,7 +7,7 @@
 -- ARGV[1] - reservation id
 -- ARGV[2] - actual cost, nano-USD (decimal string)
 -- ARGV[3] - usage as a JSON fragment ("input_tokens":N,... five fields)
--- ARGV[4] - retention of records, ms
+-- ARGV[4] - retention of records, ms (0: none kept; rollups still count)
 --
 -- No reaping here: settle is on every call's path, and reserve (and release,
 -- status, reap) already expire leases that ran out, before they charge or
@@ -18,7 +18,8 @@
 -- it; 0 when it had already ended (settled, released or expired): then
 -- nothing changed and cost is what it was charged.
 --
--- Invariants: a reservation ends exactly once; only the buckets it charged
+-- Invariants: a reservation ends exactly once, and its record and hourly
+-- rollup (see ROLLUPS in _common.lua) are written in the same step; only the buckets it charged
 -- move (reserved -= amount, spent += cost), even if their windows have ended
 -- since, so money lands in the period it was spent in; the spend record is
 -- appended in the same atomic step. A lease that ran out is expired (charged

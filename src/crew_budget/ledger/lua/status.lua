@@ -3,7 +3,7 @@
 -- KEYS[1]   - P.."leases"   (ZSET of lease expiry; P is derived from it)
 -- KEYS[2]   - P.."records"  (STREAM of spend records)
 -- KEYS[2+i] - P.."b:"..key  (bucket i's counter hash), i = 1..n
--- ARGV[1]   - retention of records, ms
+-- ARGV[1]   - retention of records, ms (0: none kept; rollups still count)
 -- ARGV[2]   - most expired leases to reap first
 --
 -- Returns {spent1, reserved1, spent2, reserved2, ...}, nano-USD as decimal
