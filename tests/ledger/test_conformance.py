@@ -345,6 +345,10 @@ def test_rollups_equal_the_records_to_the_nano_dollar(ledger: Ledger) -> None:
     assert ledger.rollups(since=hour + 3600) == []
     assert ledger.rollups(until=hour) == []
     assert ledger.rollups(since=hour + 10, until=hour + 20) == rollups
+    # Resets are not rolled up; they are kept as records of their own.
+    (reset,) = ledger.resets(since=since)
+    assert (reset.scope, reset.cost_nano) == ("role:r", -(1_234 + 2_345 + 3_456 + 700))
+    assert reset.metadata["reason"] == "test"
 
 
 def test_rollups_count_every_call_with_no_records_kept(
@@ -367,6 +371,8 @@ def test_rollups_count_every_call_with_no_records_kept(
         assert sum(r.calls for r in rollups) == 5
         assert sum(r.blocked for r in rollups) == 1
         assert sum(r.expired for r in rollups) == 1
+        assert [r.cost_nano for r in led.resets(since=since)] == [-(1_234 + 2_345 + 3_456 + 700)]
+        assert led.records_retention_days == 0
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

@@ -278,7 +278,7 @@ def test_every_key_of_a_namespace_shares_one_hash_tag(redis_url: str) -> None:
     assert len(mine) + len(theirs) == len(keys)  # nothing outside a namespace
     # Every kind of key was made (the leases ZSET is empty again, so gone).
     assert {k.split(":")[2] for k in mine} == {"records", "odd", "oddseq", "r", "b", "claim",
-                                               "epoch"}
+                                               "epoch", "ru", "resets"}
     assert len({key_slot(k.encode()) for k in mine}) == 1
     assert key_slot(mine[0].encode()) == key_slot(b"{tagged}")
     assert key_slot(theirs[0].encode()) != key_slot(mine[0].encode())

@@ -390,6 +390,20 @@ class Ledger(ABC):
         lo = None if since is None else rollup_hour(since)
         return [r for r in fold_rollups(self.records(lo, until)) if in_span(r.hour, since, until)]
 
+    def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        """The ``reset`` records with ``since <= ts < until``, oldest first.
+
+        Built-in ledgers keep them as long as rollups (they are the audit of
+        who zeroed a budget), whatever the raw records' retention; this
+        default filters the records.
+        """
+        return [r for r in self.records(since, until) if r.outcome == "reset"]
+
+    @property
+    def records_retention_days(self) -> float | None:
+        """How long raw records are kept (0: none), or None if unknown."""
+        return None
+
     @abstractmethod
     def claim(self, marker: str, ttl_seconds: float) -> bool:
         """Atomically claim ``marker`` once (True for the first caller only).

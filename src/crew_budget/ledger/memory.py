@@ -72,6 +72,7 @@ class MemoryLedger(Ledger):
         self._retention = (retention_days if records_retention_days is None
                            else records_retention_days) * 86400.0
         self._rollups: dict[RollupKey, list[int]] = {}
+        self._resets: list[SpendRecord] = []
         self._lock = threading.Lock()
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
@@ -156,6 +157,8 @@ class MemoryLedger(Ledger):
         if counts is not None:
             key = (rollup_hour(record.ts), record.scope, record.role, record.model, record.crew)
             add_rollup(self._rollups, key, counts)
+        elif record.outcome == "reset":
+            self._resets.append(record)
         if self._retention > 0:
             self._records.append(record)
 
@@ -164,8 +167,18 @@ class MemoryLedger(Ledger):
             cutoff = rollup_hour(self._clock()) - ROLLUP_RETENTION_DAYS * 86400.0
             for key in [k for k in self._rollups if k[0] < cutoff]:
                 del self._rollups[key]
+            self._resets = [r for r in self._resets if r.ts >= cutoff]
             return rollups_from({k: v for k, v in self._rollups.items()
                                  if in_span(k[0], since, until)})
+
+    def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        with self._lock:
+            return [r for r in self._resets
+                    if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+
+    @property
+    def records_retention_days(self) -> float:
+        return self._retention / 86400.0
 
     def settle(self, reservation_id: str, cost_nano: int, usage: Usage) -> SettleResult:
         check_nano("a settled cost", cost_nano)

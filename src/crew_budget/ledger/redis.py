@@ -753,6 +753,18 @@ class RedisLedger(Ledger):
                            [int(x) for x in value.split()])
         return rollups_from(acc)
 
+    def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        lo = "-inf" if since is None else repr(float(since))
+        hi = "+inf" if until is None else "(" + repr(float(until))
+        found = self._run(lambda c: c.zrangebyscore(self.prefix + "resets", lo, hi))
+        out = [SpendRecord.from_json(m) for m in found]
+        return [r for r in out
+                if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+
+    @property
+    def records_retention_days(self) -> float:
+        return self.records_retention_ms / _DAY_MS
+
     def claim(self, marker: str, ttl_seconds: float) -> bool:
         key = self.prefix + "claim:" + marker
         ttl_ms = max(1, math.ceil(ttl_seconds * 1000))

@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS rollups (
     cost_nano INTEGER NOT NULL, estimate_nano INTEGER NOT NULL,
     PRIMARY KEY (hour, grp)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resets (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts   REAL NOT NULL,
+    data TEXT NOT NULL
+);
 """
 
 _SCHEMA = _ROLLUP_TABLE + """
@@ -386,6 +391,8 @@ class SQLiteLedger(Ledger):
     def _insert(self, db: sqlite3.Connection, record: SpendRecord) -> None:
         """Append a record and add it to its hourly rollup, in the caller's transaction."""
         _add_rollup(db, record)
+        if record.outcome == "reset":
+            db.execute("INSERT INTO resets (ts, data) VALUES (?, ?)", (record.ts, record.to_json()))
         if self._records_retention > 0:
             db.execute("INSERT INTO records (ts, data) VALUES (?, ?)",
                        (record.ts, record.to_json()))
@@ -400,9 +407,14 @@ class SQLiteLedger(Ledger):
             tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
             if "records" not in tables or "rollups" in tables:
                 return
-            db.execute(_ROLLUP_TABLE.rstrip().rstrip(";"))
-            for (data,) in db.execute("SELECT data FROM records ORDER BY seq").fetchall():
-                _add_rollup(db, SpendRecord.from_json(data))
+            # One statement at a time: executescript would commit mid-transaction.
+            for statement in _ROLLUP_TABLE.split(";")[:2]:
+                db.execute(statement)
+            for ts, data in db.execute("SELECT ts, data FROM records ORDER BY seq").fetchall():
+                record = SpendRecord.from_json(data)
+                _add_rollup(db, record)
+                if record.outcome == "reset":
+                    db.execute("INSERT INTO resets (ts, data) VALUES (?, ?)", (ts, data))
 
     def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
         sql, args = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups WHERE 1=1", []
@@ -421,6 +433,24 @@ class SQLiteLedger(Ledger):
             scope, role, model, crew = json.loads(grp)
             add_rollup(acc, (float(hour), scope, role, model, crew), counts)
         return rollups_from(acc)
+
+    def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
+        sql, args = "SELECT data FROM resets WHERE 1=1", []
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        try:
+            rows = self._conn().execute(sql + " ORDER BY seq", args).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        return [SpendRecord.from_json(r[0]) for r in rows]
+
+    @property
+    def records_retention_days(self) -> float:
+        return self._records_retention / 86400.0
 
     def append_record(self, record: SpendRecord) -> None:
         with self._tx() as db:
@@ -614,6 +644,7 @@ class SQLiteLedger(Ledger):
             db.execute("DELETE FROM records WHERE ts < ?", (t - self._records_retention,))
             db.execute("DELETE FROM rollups WHERE hour < ?",
                        (int(t) - ROLLUP_RETENTION_DAYS * 86400 - 3600,))
+            db.execute("DELETE FROM resets WHERE ts < ?", (t - ROLLUP_RETENTION_DAYS * 86400,))
             db.execute("DELETE FROM claims WHERE expires_at < ?", (t,))
 
     # -- the alert outbox (see Ledger.outbox_put) ------------------------------

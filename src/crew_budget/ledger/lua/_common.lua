@@ -17,6 +17,8 @@
 --   P.."claim:"..marker STRING  exactly-once markers (SET NX PX, no script)
 --   P.."epoch"          STRING  the ledger's EPOCH (below); never expires
 --   P.."ru:"..hour      HASH    the ROLLUPS of one UTC hour (below)
+--   P.."resets"         ZSET    "reset" records (JSON, score = ts), kept as
+--                               long as rollups, whatever the records' retention
 --
 -- Keys DERIVED inside scripts rather than passed in KEYS: reap builds
 -- P.."r:"..rid from the ids in the leases ZSET, and finish reads the counter
@@ -203,6 +205,16 @@ local function rollup(prefix, t, group, d)
   for i = 1, 11 do d[i] = int_str(d[i]) end
   redis.call('HSET', key, group, table.concat(d, ' '))
   if not old then redis.call('EXPIREAT', key, int_str(hour + ROLLUP_KEEP_S)) end
+end
+
+-- A "reset" record (an operator zeroed a budget, or accepted a loss) is an
+-- audit fact that rollups do not hold: it also goes into P.."resets",
+-- trimmed to the rollup retention, so reports list resets without reading
+-- raw records.
+local function keep_reset(prefix, now, json)
+  local key = prefix .. 'resets'
+  redis.call('ZADD', key, string.format('%.6f', now), json)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int_str(now - ROLLUP_KEEP_S))
 end
 
 -- The rollup of a record the scripts built from a record tail (see

@@ -10,11 +10,13 @@
 --
 -- Returns the epoch replaced ("" if there was none).
 --
--- Invariants: the new epoch has no expiry; the audit record is appended in
--- the same atomic step.
+-- Invariants: the new epoch has no expiry; the audit record is appended
+-- (and kept in P.."resets", see keep_reset in _common.lua) in the same
+-- atomic step.
 
-local _, _, now_ms = ledger_clock()
+local _, now, now_ms = ledger_clock()
 local old = redis.call('GET', KEYS[1]) or ''
 redis.call('SET', KEYS[1], ARGV[1])
 append(KEYS[2], now_ms, tonumber(ARGV[3]), ARGV[2])
+keep_reset(string.sub(KEYS[2], 1, -8), now, ARGV[2])  -- the audit record, kept 400 days
 return old
