@@ -42,7 +42,8 @@ Bounds, checked at load and wherever code sets a limit: each limit is at
 most $1,000,000 (``MAX_LIMIT_USD``; the Redis ledger compares nano-dollars
 as doubles, exact only below 2**53), prices at most $10,000 per million
 tokens, token caps at most 1,000,000, ``lease_seconds`` 1..86400 and
-``retention_days`` 1..3650. Within one budget, hourly <= daily <= monthly.
+``retention_days`` 1..3650 (``records_retention_days`` 0..3650). Within
+one budget, hourly <= daily <= monthly.
 The file itself must be UTF-8 text of at most 1 MiB with no duplicate keys.
 """
 
@@ -372,6 +373,10 @@ class BudgetConfig(_Model):
     journal: str | None = None
     lease_seconds: int = Field(default=600, ge=1, le=MAX_LEASE_SECONDS)
     retention_days: int = Field(default=90, ge=1, le=MAX_RETENTION_DAYS)
+    # How long raw spend records (one per call) are kept, apart from the
+    # hourly rollups reports read (kept 400 days). None: retention_days on
+    # memory/SQLite, 7 days on Redis (a record is ~600 bytes of RAM); 0: none.
+    records_retention_days: int | None = Field(default=None, ge=0, le=MAX_RETENTION_DAYS)
     default_max_output_tokens: OutputTokens = 4096
     global_limits: Limits | None = Field(default=None, alias="global")
     crew: CrewLimits | None = None
@@ -905,8 +910,8 @@ def _explain(err: Mapping[str, Any]) -> str:
         parent = loc[-2] if len(loc) > 1 else ""
         known = {
             "": "version, timezone, ledger, namespace, fail_open, on_ledger_reset, journal, "
-            "lease_seconds, retention_days, default_max_output_tokens, global, crew, roles, "
-            "default_role, unknown_roles, crew_role, prices, models, alerts",
+            "lease_seconds, retention_days, records_retention_days, default_max_output_tokens, "
+            "global, crew, roles, default_role, unknown_roles, crew_role, prices, models, alerts",
         }
         if len(loc) > 2 and loc[-3] == "models":
             hint = "a model budget takes hourly, daily, monthly and per_run"

@@ -193,6 +193,7 @@ class Guard:
                 url,
                 namespace=self.config.namespace,
                 retention_days=self.config.retention_days,
+                records_retention_days=self.config.records_retention_days,
                 clock=clock,
             )
         self.prices = prices or PriceBook(self.config.prices)

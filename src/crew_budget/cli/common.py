@@ -159,7 +159,7 @@ def open_guard(
         origin = "the default ledger (set --ledger or CREW_BUDGET_LEDGER)"
     try:
         opened = open_ledger(url, namespace=cfg.namespace, retention_days=cfg.retention_days,
-                             create=create)
+                             records_retention_days=cfg.records_retention_days, create=create)
         guard = Guard(cfg, opened, start_alerts=False)
         guard.ledger.records(since=4e9)  # one cheap read: is it there, is it ours?
     except LedgerNotFound as exc:
