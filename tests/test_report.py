@@ -313,3 +313,46 @@ def test_html_shared_scale_budget_line_and_markers_in_headless_chromium(tmp_path
     marker = _rows_in(image, _hex(BLOCKED_COLOR), half, image.width)
     assert marker and min(marker) >= base_right and max(marker) <= base_right + 12, marker
     assert not _rows_in(image, _hex(BLOCKED_COLOR), 0, half)
+
+
+# -- reports from hourly rollups --------------------------------------------------
+
+
+def test_rollups_give_the_same_report_as_records() -> None:
+    # Every key rollups hold, in UTC and Berlin: rows and totals identical to
+    # the records' to the nano-dollar; run/task/outcome need records.
+    from crew_budget.ledger import fold_rollups
+
+    records = history()
+    rollups = fold_rollups(records)
+    resets = [r for r in records if r.outcome == "reset"]
+    # 4 charged role/model/hours, the blocked, the released, the day before and after
+    assert len(rollups) == 8
+    for by in ("role,model,hour", "role", "model,crew", "day,role", "scope", "hour"):
+        for tz in (timezone.utc, ZoneInfo("Europe/Berlin")):
+            want = build_report(records, by, since=DAY, until=DAY + 86400, tz=tz)
+            got = build_report(rollups, by, since=DAY, until=DAY + 86400, tz=tz, resets=resets)
+            assert [(r.key, r.calls, r.blocked, r.released, r.expired, r.cost_nano,
+                     r.estimate_nano, r.input_tokens, r.output_tokens) for r in got.rows] == [
+                (r.key, r.calls, r.blocked, r.released, r.expired, r.cost_nano,
+                 r.estimate_nano, r.input_tokens, r.output_tokens) for r in want.rows]
+            assert got.total.cost_nano == want.total.cost_nano == 2_200_000_000
+            assert got.records == want.records == 21
+            assert got.resets == want.resets
+            assert (got.source, want.source) == ("rollups", "records")
+    with pytest.raises(ValueError, match="rollups cannot be grouped by 'run'"):
+        build_report(rollups, "role,run")
+    labels, series = time_series(records, since=DAY, until=DAY + 86400, step="hour")
+    assert time_series(rollups, since=DAY, until=DAY + 86400, step="hour") == (labels, series)
+    days = time_series(records, since=DAY - 86400, until=DAY + 2 * 86400, step="day")
+    assert time_series(rollups, since=DAY - 86400, until=DAY + 2 * 86400, step="day") == days
+
+
+def test_rollup_hours_are_labelled_by_their_local_start() -> None:
+    # Kathmandu is UTC+05:45: the UTC hour 14:00 starts at 19:45 local.
+    from crew_budget.ledger import fold_rollups
+
+    nepal = build_report(fold_rollups([rec(at(14, 5), "r", "m", "1")]), "hour",
+                         tz=ZoneInfo("Asia/Kathmandu"))
+    assert [row.key for row in nepal.rows] == [("2026-11-24T19:45:00+05:45",)]
+    assert nepal.to_dict()["source"] == "rollups"

@@ -18,6 +18,15 @@ What counts:
 Grouping keys beyond the record's fields come from its metadata: ``run``
 (the ``crew_budget.run`` id, ``name#hex``) and ``task`` (the CrewAI task, or
 else the LangChain run name); a record without one is grouped under ``""``.
+
+Rollups: ``build_report`` and ``time_series`` also take the ledger's hourly
+``Rollup``s (``Ledger.rollups``) instead of records, and then cost what
+roles x models x hours cost, however many calls there were. A rollup
+covers a whole UTC hour, so a span selects the hours it overlaps, and its
+hour label is the local time that hour starts at (``14:30+05:30`` in a
+half-hour zone). Keys only records carry (``RECORD_KEYS``: ``outcome``,
+``run``, ``task``) need records, which ledgers keep for
+``records_retention_days`` only.
 """
 
 from __future__ import annotations
@@ -32,15 +41,17 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from crew_budget.cli.common import fit_columns, fmt_usd, money_column
-from crew_budget.ledger.base import SpendRecord
+from crew_budget.ledger.base import Rollup, SpendRecord, in_span
 from crew_budget.money import from_nano
 
 __all__ = [
     "GROUP_KEYS",
+    "RECORD_KEYS",
     "Report",
     "ReportRow",
     "build_report",
     "fmt_usd",
+    "needs_records",
     "parse_by",
     "render_table",
     "short_hour",
@@ -48,7 +59,14 @@ __all__ = [
 ]
 
 GROUP_KEYS = ("role", "model", "crew", "hour", "day", "outcome", "scope", "run", "task")
+RECORD_KEYS = ("outcome", "run", "task")
+"""Grouping keys that rollups do not hold: a report by one of them reads records."""
 _CHARGED = frozenset({"settled", "expired", "unguarded"})
+
+
+def needs_records(by: Sequence[str]) -> tuple[str, ...]:
+    """The keys of ``by`` that only raw records can answer (see ``RECORD_KEYS``)."""
+    return tuple(k for k in by if k in RECORD_KEYS)
 
 
 def parse_by(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -95,6 +113,31 @@ def _time_label(ts: float, tz: tzinfo, step: Literal["hour", "day"]) -> str:
     if step == "day":
         return local.date().isoformat()
     return local.replace(minute=0, second=0, microsecond=0).isoformat()
+
+
+class _HourLabels:
+    """Labels of rollup hours (UTC hour starts), cached per hour."""
+
+    def __init__(self, tz: tzinfo, step: Literal["hour", "day"]) -> None:
+        self.tz, self.step = tz, step
+        self._cache: dict[float, str] = {}
+
+    def __call__(self, hour: float) -> str:
+        label = self._cache.get(hour)
+        if label is None:
+            local = datetime.fromtimestamp(hour, self.tz)
+            label = local.date().isoformat() if self.step == "day" else local.isoformat()
+            self._cache[hour] = label
+        return label
+
+
+def _rollup_label(r: Rollup, key: str, labels: dict[str, _HourLabels]) -> str:
+    if key in labels:
+        return labels[key](r.hour)
+    if key in RECORD_KEYS:
+        raise ValueError(f"rollups cannot be grouped by {key!r}: read records for it")
+    value = getattr(r, key)
+    return "" if value is None else str(value)
 
 
 def short_hour(label: str) -> str:
@@ -146,6 +189,16 @@ class ReportRow:
             return Decimal(0)
         return from_nano(int((Decimal(self.cost_nano) / self.calls).to_integral_value()))
 
+    def add_rollup(self, r: Rollup) -> None:
+        self.calls += r.calls
+        self.blocked += r.blocked
+        self.released += r.released
+        self.expired += r.expired
+        self.input_tokens += r.input_tokens + r.cached_input_tokens + r.cache_write_tokens
+        self.output_tokens += r.output_tokens
+        self.cost_nano += r.cost_nano
+        self.estimate_nano += r.estimate_nano
+
     def add(self, r: SpendRecord) -> None:
         if r.outcome in _CHARGED:
             self.calls += 1
@@ -173,6 +226,8 @@ class Report:
     total: ReportRow
     resets: list[SpendRecord] = field(default_factory=list)
     records: int = 0
+    source: Literal["records", "rollups"] = "records"
+    records_retention_days: float | None = None
 
     def share(self, row: ReportRow) -> Decimal:
         """The row's share of total cost, in percent (one decimal)."""
@@ -202,6 +257,9 @@ class Report:
             "timezone": str(self.tz),
             "by": list(self.by),
             "records": self.records,
+            "source": self.source,
+            **({"records_retention_days": self.records_retention_days}
+               if self.records_retention_days is not None else {}),
             "rows": [self.row_dict(r) for r in self.rows],
             "total": {k: v for k, v in total.items() if k not in self.by},
             "resets": [
@@ -227,27 +285,49 @@ class Report:
 
 
 def build_report(
-    records: Iterable[SpendRecord],
+    records: Iterable[SpendRecord] | Iterable[Rollup],
     by: Sequence[str] = ("role", "model"),
     *,
     since: float | None = None,
     until: float | None = None,
     tz: tzinfo = timezone.utc,
     sort: Literal["cost", "key"] = "cost",
+    resets: Iterable[SpendRecord] = (),
 ) -> Report:
-    """Group records in ``[since, until)`` by ``by`` (see ``GROUP_KEYS``)."""
+    """Group records (or rollups) in ``[since, until)`` by ``by`` (see ``GROUP_KEYS``).
+
+    Given rollups, ``resets`` lists the reset records to show (rollups hold
+    none; ``Ledger.resets``), ``records`` counts the calls the rollups stand
+    for, and a key of ``RECORD_KEYS`` raises ``ValueError``.
+    """
     keys = parse_by(by)
     labels = {"hour": _TimeLabels(tz, "hour"), "day": _TimeLabels(tz, "day")}
+    hour_labels = {"hour": _HourLabels(tz, "hour"), "day": _HourLabels(tz, "day")}
     groups: dict[tuple[str, ...], ReportRow] = {}
     total = ReportRow(())
-    resets: list[SpendRecord] = []
-    count = 0
+    reset_list: list[SpendRecord] = [
+        r for r in resets
+        if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+    count = len(reset_list)
+    source: Literal["records", "rollups"] = "records"
     for r in records:
+        if isinstance(r, Rollup):
+            source = "rollups"
+            if not in_span(r.hour, since, until):
+                continue
+            count += r.calls + r.blocked + r.released
+            key = tuple(_rollup_label(r, k, hour_labels) for k in keys)
+            row = groups.get(key)
+            if row is None:
+                row = groups[key] = ReportRow(key)
+            row.add_rollup(r)
+            total.add_rollup(r)
+            continue
         if (since is not None and r.ts < since) or (until is not None and r.ts >= until):
             continue
         count += 1
         if r.outcome == "reset":
-            resets.append(r)
+            reset_list.append(r)
             continue
         key = tuple(_label(r, k, labels) for k in keys)
         row = groups.get(key)
@@ -260,11 +340,11 @@ def build_report(
         rows.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
     else:
         rows.sort(key=lambda row: row.key)
-    return Report(keys, since, until, tz, rows, total, resets, count)
+    return Report(keys, since, until, tz, rows, total, reset_list, count, source)
 
 
 def time_series(
-    records: Iterable[SpendRecord],
+    records: Iterable[SpendRecord] | Iterable[Rollup],
     *,
     since: float,
     until: float,
@@ -275,7 +355,8 @@ def time_series(
     """Cost in nano-USD per ``step`` and per ``key`` value, zeros included.
 
     Returns the bucket labels (oldest first) and, per role (or model), one
-    integer per bucket: what a spend-over-time chart draws.
+    integer per bucket: what a spend-over-time chart draws. Given rollups,
+    the hour that holds ``since`` counts in the first bucket.
     """
     label_of = _TimeLabels(tz, step)
     labels: list[str] = []
@@ -293,6 +374,17 @@ def time_series(
         labels.append(last)
     series: dict[str, list[int]] = {}
     for r in records:
+        if isinstance(r, Rollup):
+            if not in_span(r.hour, since, until) or not r.cost_nano:
+                continue
+            # The hour's local label; an hour of a half-hour zone counts in
+            # the bucket its start falls in.
+            i = index.get(label_of(max(r.hour, since)))
+            if i is None:
+                continue
+            name = str(getattr(r, key) or "")
+            series.setdefault(name, [0] * len(labels))[i] += r.cost_nano
+            continue
         if r.outcome not in _CHARGED or not since <= r.ts < until:
             continue
         i = index.get(label_of(r.ts))

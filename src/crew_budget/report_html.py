@@ -14,7 +14,7 @@ from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
-from crew_budget.ledger.base import SpendRecord
+from crew_budget.ledger.base import Rollup, SpendRecord, in_span
 from crew_budget.report import build_report, fmt_usd, short_hour, time_series
 
 if TYPE_CHECKING:
@@ -169,8 +169,8 @@ def _hbar_chart(items: Sequence[tuple[str, int]], colors: Sequence[str], title: 
     return "".join(parts)
 
 
-def _blocked_series(records: Sequence[SpendRecord], labels: Sequence[str], *, since: float,
-                    until: float, step: Literal["hour", "day"],
+def _blocked_series(records: Sequence[SpendRecord] | Sequence[Rollup], labels: Sequence[str],
+                    *, since: float, until: float, step: Literal["hour", "day"],
                     tz: tzinfo) -> dict[str, list[int]]:
     """Blocked calls per role and bucket (the markers under the bars)."""
     from crew_budget.report import _TimeLabels
@@ -179,6 +179,12 @@ def _blocked_series(records: Sequence[SpendRecord], labels: Sequence[str], *, si
     label_of = _TimeLabels(tz, step)
     out: dict[str, list[int]] = {}
     for r in records:
+        if isinstance(r, Rollup):  # hourly rollups (see crew_budget.report)
+            if r.blocked and in_span(r.hour, since, until):
+                i = index.get(label_of(max(r.hour, since)))
+                if i is not None:
+                    out.setdefault(r.role, [0] * len(labels))[i] += r.blocked
+            continue
         if r.outcome != "blocked" or not since <= r.ts < until:
             continue
         i = index.get(label_of(r.ts))
@@ -203,7 +209,7 @@ def _role_limit(config: BudgetConfig | None, role: str,
 
 
 def render_html(
-    records: Sequence[SpendRecord],
+    records: Sequence[SpendRecord] | Sequence[Rollup],
     *,
     since: float,
     until: float,
@@ -213,6 +219,9 @@ def render_html(
     config: BudgetConfig | None = None,
 ) -> str:
     """The whole page as one string (UTF-8, no external resources).
+
+    ``records`` may be the ledger's hourly rollups (``Ledger.rollups``)
+    instead: the page then costs what hours x roles x models cost.
 
     ``step`` is the bar width of the spend-over-time charts (default: hours
     for up to three days, else days). All role charts share one y scale, so

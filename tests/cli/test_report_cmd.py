@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from crew_budget import Guard
 from crew_budget.cli import app
 from crew_budget.ledger import SpendRecord
-from tests.cli.conftest import Setup, cli_executable, subprocess_env
+from tests.cli.conftest import Setup, cli_executable, spend, subprocess_env
 
 
 def test_table_by_role_model_hour_puts_the_costliest_first(
@@ -146,3 +146,42 @@ def test_html_by_hour_over_the_default_week_draws_hourly_bars_with_limits(
     page = target.read_text()
     assert "(per day)" in page and 'data-limit="1000000000"' not in page
     assert "daily limit $1.00 (above this scale)" in page
+
+
+def test_report_reads_rollups_with_no_records_kept(runner: CliRunner, setup: Setup) -> None:
+    # records_retention_days: 0 keeps no raw record; the report, by role,
+    # model and hour, still shows every call and every nano-dollar.
+    setup.config.write_text(setup.config.read_text() + "records_retention_days: 0\n")
+    guard = setup.guard()
+    spend(guard, "researcher", 20)
+    spend(guard, "writer", 10)
+    assert guard.ledger.records() == []
+    guard.close()
+    result = runner.invoke(app, ["report", "--config", str(setup.config), "--ledger", setup.url,
+                                 "--by", "role,model,hour", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["source"] == "rollups" and data["records"] == 30
+    assert [(r["role"], r["calls"], r["cost_usd"]) for r in data["rows"]] == [
+        ("researcher", 20, "0.14"), ("writer", 10, "0.07")]
+    assert data["total"]["cost_usd"] == "0.21"
+    by_run = runner.invoke(app, ["report", "--config", str(setup.config), "--ledger", setup.url,
+                                 "--by", "run"])
+    assert by_run.exit_code == 2
+    assert ("--by run needs raw spend records, and ledger" in by_run.stderr
+            and "keeps none (records_retention_days: 0); group by role, model, crew, scope, "
+            "hour or day (hourly rollups), or set records_retention_days"
+            in " ".join(by_run.stderr.split()))
+
+
+def test_report_by_run_says_it_reads_records(runner: CliRunner, spent: Setup) -> None:
+    result = runner.invoke(app, ["report", "--config", str(spent.config), "--ledger", spent.url,
+                                 "--by", "run,role", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert ("crew-budget report: --by run reads raw spend records, which this ledger keeps "
+            "90 days (other keys read hourly rollups, kept 400 days)") in " ".join(
+                result.stderr.split())
+    data = json.loads(result.stdout)
+    assert data["source"] == "records" and data["records_retention_days"] == 90
+    assert [(r["role"], r["cost_usd"]) for r in data["rows"]] == [
+        ("researcher", "0.14"), ("writer", "0.07")]

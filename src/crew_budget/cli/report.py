@@ -1,7 +1,11 @@
 """``crew-budget report``: who spent what, on which model, when.
 
-Reads the ledger's spend records for a window (``--since 7d``, ``today``,
-``yesterday``, an ISO date) and groups them (``--by role,model,hour``).
+Reads the ledger's hourly rollups for a window (``--since 7d``, ``today``,
+``yesterday``, an ISO date) and groups them (``--by role,model,hour``): the
+cost grows with roles x models x hours, not with calls, and a window
+selects the whole hours it overlaps. Grouping by ``outcome``, ``run`` or
+``task`` needs the raw spend records instead, which the ledger keeps only
+``records_retention_days`` (7 by default on Redis): the report says so.
 Output: a table (default), ``--format csv|json`` for scripts, and/or
 ``--html report.html``, a self-contained page with charts.
 """
@@ -57,7 +61,8 @@ def report(
 ) -> None:
     """Spend by role, model, hour, ...: table, CSV, JSON and an HTML page with charts."""
     from crew_budget.errors import LedgerUnavailable
-    from crew_budget.report import build_report, parse_by, render_table
+    from crew_budget.ledger.base import Rollup, SpendRecord
+    from crew_budget.report import build_report, needs_records, parse_by, render_table
     from crew_budget.windows import get_tz
 
     if format not in ("table", "csv", "json"):
@@ -74,21 +79,41 @@ def report(
     if span.until <= span.since:
         fail("report", f"the window {span.label} is empty (--until is not after --since)",
              EXIT_CONFIG)
+    record_keys = needs_records(keys)
+    kept = guard.ledger.records_retention_days
+    if record_keys and kept == 0:
+        fail("report", f"--by {','.join(record_keys)} needs raw spend records, and ledger "
+             f"{ledger_name(guard)} keeps none (records_retention_days: 0); group by role, "
+             "model, crew, scope, hour or day (hourly rollups), or set records_retention_days",
+             EXIT_CONFIG)
+    data: list[SpendRecord] | list[Rollup]
     try:
-        records = guard.ledger.records(since=span.since, until=span.until)
+        if record_keys:
+            data = guard.ledger.records(since=span.since, until=span.until)
+            resets: list[SpendRecord] = []
+        else:
+            data = guard.ledger.rollups(since=span.since, until=span.until)
+            resets = guard.ledger.resets(since=span.since, until=span.until)
     except LedgerUnavailable as exc:
         fail("report", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     if role is not None:
-        records = [r for r in records if r.role == role]
+        data = [r for r in data if r.role == role]  # type: ignore[assignment]
+        resets = [r for r in resets if r.role == role]
     if model is not None:
-        records = [r for r in records if r.model == model]
-    if not records:
+        data = [r for r in data if r.model == model]  # type: ignore[assignment]
+        resets = [r for r in resets if r.model == model]
+    if not data and not resets:
         what = "".join(f" for {k} {v!r}" for k, v in (("role", role), ("model", model)) if v)
         fail("report", f"no spend records{what} in {span.label} in ledger {ledger_name(guard)}; "
              "widen --since, or check --ledger points at the ledger your agents use",
              EXIT_EMPTY)
-    result = build_report(records, keys, since=span.since, until=span.until, tz=tz,
-                          sort="cost" if sort == "cost" else "key")
+    result = build_report(data, keys, since=span.since, until=span.until, tz=tz,
+                          sort="cost" if sort == "cost" else "key", resets=resets)
+    if record_keys:
+        result.records_retention_days = kept
+        how_long = "" if kept is None else f", which this ledger keeps {kept:g} days"
+        typer.echo(f"crew-budget report: --by {','.join(record_keys)} reads raw spend records"
+                   f"{how_long} (other keys read hourly rollups, kept 400 days)", err=True)
     if top is not None:
         result.rows = result.rows[:top]
     if html is not None:
@@ -97,11 +122,12 @@ def report(
         try:
             step: Literal["hour", "day"] | None = (
                 "hour" if "hour" in keys else "day" if "day" in keys else None)
-            html.write_text(render_html(records, since=span.since, until=span.until, tz=tz,
+            html.write_text(render_html(data, since=span.since, until=span.until, tz=tz,
                                         step=step, config=guard.config), encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
-        typer.echo(f"crew-budget report: wrote {html} ({len(records)} spend records)", err=True)
+        typer.echo(f"crew-budget report: wrote {html} ({result.records} spend records)",
+                   err=True)
     if format == "csv":
         typer.echo(result.to_csv(), nl=False)
     elif format == "json":
