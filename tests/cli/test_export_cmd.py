@@ -241,11 +241,10 @@ def test_bad_options_name_the_fix(runner: CliRunner, spent: Setup) -> None:
     bad_format = runner.invoke(app, ["export", "--since", "1h", "-f", "xml", "-l", spent.url])
     assert bad_format.exit_code == 2
     assert "'xml' is not a format; use jsonl or csv" in bad_format.output
-    rollups = runner.invoke(app, ["export", "--since", "1h", "--kind", "rollups",
-                                  "-l", spent.url])
-    assert rollups.exit_code == 2
-    assert "'rollups' cannot be exported (hourly rollups are not kept by this version of " \
-        "the ledger); use records" in " ".join(rollups.output.replace("│", " ").split())
+    kind = runner.invoke(app, ["export", "--since", "1h", "--kind", "hours", "-l", spent.url])
+    assert kind.exit_code == 2
+    assert "'hours' cannot be exported; use records or rollups" in " ".join(
+        kind.output.replace("│", " ").split())
     missing = runner.invoke(app, ["export", "--since", "1h", "-l",
                                   f"sqlite:///{spent.dir / 'nope.db'}"])
     assert missing.exit_code == 3
@@ -271,3 +270,30 @@ def test_the_installed_command_pipes_csv(spent: Setup, tmp_path: Path) -> None:
     assert len(rows) == 30
     assert sum(int(r["cost_nano"]) for r in rows) == 210_000_000
     assert {r["role"] for r in rows} == {"researcher", "writer"}
+
+
+def test_rollups_export_one_row_per_hour_and_group(runner: CliRunner, spent: Setup) -> None:
+    # 20 researcher and 10 writer calls of $0.007 in this hour: two rows,
+    # exact money, the hour's start in UTC; CSV has the pinned header.
+    from crew_budget.cli.export import ROLLUP_COLUMNS
+
+    result = runner.invoke(app, ["export", "--since", "2h", "--kind", "rollups",
+                                 "-l", spent.url])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    if len(rows) == 2:  # (the fixture did not straddle an hour boundary)
+        assert [(r["role"], r["calls"], r["cost_usd"], r["cost_nano"], r["output_tokens"])
+                for r in sorted(rows, key=lambda r: r["role"])] == [
+            ("researcher", 20, "0.140000000", 140_000_000, 14_000),
+            ("writer", 10, "0.070000000", 70_000_000, 7_000)]
+    totals = {role: sum(r["cost_nano"] for r in rows if r["role"] == role)
+              for role in ("researcher", "writer")}
+    assert totals == {"researcher": 140_000_000, "writer": 70_000_000}
+    assert {r["hour"][13:] for r in rows} == {":00:00.000000+00:00"}
+    assert list(rows[0]) == list(ROLLUP_COLUMNS)
+    assert f"crew-budget export: wrote {len(rows)} hourly rollups" in result.stderr
+    as_csv = runner.invoke(app, ["export", "--since", "2h", "--kind", "rollups", "-f", "csv",
+                                 "-l", spent.url])
+    assert as_csv.exit_code == 0, as_csv.output
+    lines = as_csv.stdout.splitlines()
+    assert lines[0] == ",".join(ROLLUP_COLUMNS) and len(lines) == 1 + len(rows)

@@ -1,4 +1,4 @@
-"""``crew-budget export``: raw spend records for warehouses, as JSON Lines or CSV.
+"""``crew-budget export``: spend records or hourly rollups for warehouses, as JSONL or CSV.
 
 One row per spend record (settled, released, expired, blocked, unguarded,
 reset), with a column set that is part of the contract (``RECORD_COLUMNS``:
@@ -22,9 +22,13 @@ directory never picks up half an export. An empty window is not an error
 (exit 0, a header-only CSV or an empty JSONL file): scheduled exports of a
 quiet hour must not fail.
 
-``--kind`` names what is exported; today only ``records``. Hourly rollups
-will be ``--kind rollups`` with their own column set, beside
-``RECORD_COLUMNS``, once the ledger keeps them.
+``--kind`` names what is exported: ``records`` (above; kept by the ledger
+for ``records_retention_days``) or ``rollups``, one row per UTC hour and
+(scope, role, model, crew), with their own pinned column set
+(``ROLLUP_COLUMNS``: ``hour`` is the hour's start, ISO UTC, then the counts
+and money as for records). Rollups are kept 400 days and read in one call
+(their number grows with hours x groups, not calls); a window selects the
+hours it overlaps.
 """
 
 from __future__ import annotations
@@ -53,10 +57,10 @@ from crew_budget.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from crew_budget.ledger import Ledger, SpendRecord
+    from crew_budget.ledger import Ledger, Rollup, SpendRecord
 
-__all__ = ["FORMATS", "KINDS", "RECORD_COLUMNS", "iter_records", "record_row", "register",
-           "write_records"]
+__all__ = ["FORMATS", "KINDS", "RECORD_COLUMNS", "ROLLUP_COLUMNS", "iter_records", "record_row",
+           "register", "rollup_row", "write_records", "write_rollups"]
 
 #: The columns of ``--kind records``, in order. Append only: loaders depend on them.
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -79,7 +83,29 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "metadata",
 )
 FORMATS = ("jsonl", "csv")
-KINDS = ("records",)  # "rollups" joins once hourly rollups exist
+KINDS = ("records", "rollups")
+
+#: The columns of ``--kind rollups``, in order. Append only, as RECORD_COLUMNS.
+ROLLUP_COLUMNS: tuple[str, ...] = (
+    "hour",
+    "scope",
+    "role",
+    "model",
+    "crew",
+    "calls",
+    "blocked",
+    "released",
+    "expired",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "estimate_usd",
+    "estimate_nano",
+    "cost_usd",
+    "cost_nano",
+)
 
 _FIRST_STEP = 3600.0       # seconds per slice to start with
 _MIN_STEP = 0.001          # Redis keys its record stream by the millisecond
@@ -117,6 +143,20 @@ def record_row(r: SpendRecord) -> dict[str, Any]:
         "cost_usd": _usd(r.cost_nano),
         "cost_nano": r.cost_nano,
         "metadata": dict(r.metadata),
+    }
+
+
+def rollup_row(r: Rollup) -> dict[str, Any]:
+    """One hourly rollup as ``ROLLUP_COLUMNS`` -> value."""
+    return {
+        "hour": datetime.fromtimestamp(r.hour, timezone.utc).isoformat(timespec="microseconds"),
+        "scope": r.scope, "role": r.role, "model": r.model, "crew": r.crew,
+        "calls": r.calls, "blocked": r.blocked, "released": r.released, "expired": r.expired,
+        "input_tokens": r.input_tokens, "cached_input_tokens": r.cached_input_tokens,
+        "cache_write_tokens": r.cache_write_tokens, "output_tokens": r.output_tokens,
+        "reasoning_tokens": r.reasoning_tokens,
+        "estimate_usd": _usd(r.estimate_nano), "estimate_nano": r.estimate_nano,
+        "cost_usd": _usd(r.cost_nano), "cost_nano": r.cost_nano,
     }
 
 
@@ -158,15 +198,17 @@ def _jsonl(out: TextIO) -> Callable[[Mapping[str, Any]], None]:
     return write
 
 
-def _csv(out: TextIO) -> Callable[[Mapping[str, Any]], None]:
+def _csv(out: TextIO, columns: tuple[str, ...] = RECORD_COLUMNS
+         ) -> Callable[[Mapping[str, Any]], None]:
     writer = csv.writer(out)
-    writer.writerow(RECORD_COLUMNS)
+    writer.writerow(columns)
 
     def write(row: Mapping[str, Any]) -> None:
         values = dict(row)
-        values["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, sort_keys=True,
-                                        separators=(",", ":"), default=str)
-        writer.writerow(["" if values[c] is None else values[c] for c in RECORD_COLUMNS])
+        if "metadata" in values:
+            values["metadata"] = json.dumps(row["metadata"], ensure_ascii=False,
+                                            sort_keys=True, separators=(",", ":"), default=str)
+        writer.writerow(["" if values[c] is None else values[c] for c in columns])
 
     return write
 
@@ -177,6 +219,16 @@ def write_records(records: Iterator[SpendRecord], out: TextIO, fmt: str) -> int:
     n = 0
     for r in records:
         write(record_row(r))
+        n += 1
+    return n
+
+
+def write_rollups(rollups: Iterator[Rollup], out: TextIO, fmt: str) -> int:
+    """Write ``rollups`` to ``out`` as ``jsonl`` or ``csv``; returns how many."""
+    write = _csv(out, ROLLUP_COLUMNS) if fmt == "csv" else _jsonl(out)
+    n = 0
+    for r in rollups:
+        write(rollup_row(r))
         n += 1
     return n
 
@@ -194,11 +246,12 @@ def export(
         "--output", "-o", dir_okay=False,
         help="Write here (replaced atomically when done). Default: stdout.")] = None,
     kind: Annotated[str, typer.Option(
-        "--kind", help="What to export: records (one row per spend record).")] = "records",
+        "--kind", help="What to export: records (one row per spend record) or rollups (one "
+        "row per UTC hour and scope, role, model, crew).")] = "records",
     config: ConfigOption = None,
     ledger: LedgerOption = None,
 ) -> None:
-    """Raw spend records for a warehouse: JSONL or CSV, exact dollars, UTC timestamps."""
+    """Spend records or hourly rollups for a warehouse: JSONL or CSV, exact dollars, UTC."""
     from crew_budget.errors import LedgerUnavailable
     from crew_budget.windows import get_tz
 
@@ -206,10 +259,9 @@ def export(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"{format!r} is not a format; use jsonl or csv",
                                  param_hint="--format")
-    if kind.strip().lower() not in KINDS:
-        hint = (" (hourly rollups are not kept by this version of the ledger)"
-                if kind.strip().lower() == "rollups" else "")
-        raise typer.BadParameter(f"{kind!r} cannot be exported{hint}; use records",
+    what = kind.strip().lower()
+    if what not in KINDS:
+        raise typer.BadParameter(f"{kind!r} cannot be exported; use records or rollups",
                                  param_hint="--kind")
     guard, _source = open_guard("export", config, ledger)
     try:
@@ -217,28 +269,39 @@ def export(
         if span.until <= span.since:
             fail("export", f"the window {span.label} is empty (--until is not after --since)",
                  EXIT_CONFIG)
-        records = iter_records(guard.ledger, span.since, span.until)
+        write: Callable[[Iterator[Any], TextIO, str], int] = write_records
+        rows: Iterator[Any]
+        if what == "rollups":
+            write = write_rollups
+            try:
+                rows = iter(guard.ledger.rollups(since=span.since, until=span.until))
+            except LedgerUnavailable as exc:
+                fail("export", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})",
+                     EXIT_LEDGER)
+        else:
+            rows = iter_records(guard.ledger, span.since, span.until)
         try:
-            n = (_write_stdout(records, fmt) if output is None
-                 else _write_file(output, records, fmt))
+            n = (_write_stdout(rows, fmt, write) if output is None
+                 else _write_file(output, rows, fmt, write))
         except LedgerUnavailable as exc:
             what = ("the output above is incomplete" if output is None
                     else f"{output} was not written")
             fail("export", f"ledger {ledger_name(guard)} became unreachable during the export "
                  f"({exc.reason}); {what}; run the export again", EXIT_LEDGER)
         where = "stdout" if output is None else str(output)
-        noun = "spend record" if n == 1 else "spend records"
+        noun = ("hourly rollup" if what == "rollups" else "spend record") + ("" if n == 1 else "s")
         typer.echo(f"crew-budget export: wrote {n} {noun} ({span.label}) from "
                    f"{ledger_name(guard)} to {where}", err=True)
     finally:
         guard.close()
 
 
-def _write_stdout(records: Iterator[SpendRecord], fmt: str) -> int:
+def _write_stdout(records: Iterator[Any], fmt: str,
+                  write: Callable[[Iterator[Any], TextIO, str], int] = write_records) -> int:
     import sys
 
     try:
-        n = write_records(records, sys.stdout, fmt)
+        n = write(records, sys.stdout, fmt)
         sys.stdout.flush()
     except BrokenPipeError:
         # `crew-budget export ... | head`: the reader has all it wants.
@@ -248,7 +311,8 @@ def _write_stdout(records: Iterator[SpendRecord], fmt: str) -> int:
     return n
 
 
-def _write_file(path: Path, records: Iterator[SpendRecord], fmt: str) -> int:
+def _write_file(path: Path, records: Iterator[Any], fmt: str,
+                write: Callable[[Iterator[Any], TextIO, str], int] = write_records) -> int:
     """Write to a temporary file beside ``path``, then rename it over ``path``."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
@@ -258,7 +322,7 @@ def _write_file(path: Path, records: Iterator[SpendRecord], fmt: str) -> int:
              "--output", EXIT_CONFIG)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            n = write_records(records, out, fmt)
+            n = write(records, out, fmt)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the loader's user
