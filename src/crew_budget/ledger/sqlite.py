@@ -429,9 +429,12 @@ class SQLiteLedger(Ledger):
         except sqlite3.Error as exc:
             raise LedgerUnavailable(self.url, str(exc)) from exc
         acc: dict[RollupKey, list[int]] = {}
+        groups: dict[str, tuple[str | None, str, str, str | None]] = {}  # few: decode once
         for hour, grp, *counts in rows:
-            scope, role, model, crew = json.loads(grp)
-            add_rollup(acc, (float(hour), scope, role, model, crew), counts)
+            g = groups.get(grp)
+            if g is None:
+                g = groups[grp] = tuple(json.loads(grp))
+            add_rollup(acc, (float(hour), *g), counts)
         return rollups_from(acc)
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
