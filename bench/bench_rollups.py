@@ -12,7 +12,9 @@ in bulk (SQLite: the ledger's insert, which adds the record and upserts its
 rollup, many per transaction; Redis: the ``append_record`` script, which
 rolls the record up in the same script, pipelined), then times the real CLI,
 ``crew-budget report --since 30d --by role,model,hour --format json``, in a
-child process and reads its peak RSS (``wait4``). Each size runs on a fresh
+child process and reads its peak RSS (``wait4``); then the same work in
+process (``Ledger.rollups`` + ``build_report`` + ``to_json``), which is the
+part that could grow with calls (the CLI's start-up is a constant). Each size runs on a fresh
 ledger, so the growth from the smaller to the larger N is what calls cost.
 
 ``memory``: makes N real guarded calls on Redis (``RedisLedger.reserve`` +
@@ -113,6 +115,20 @@ def time_report(url: str, config: Path) -> tuple[float, float, int]:
     return wall, usage.ru_maxrss / 1024, calls
 
 
+def in_process(url: str) -> float:
+    """Seconds for the report's own work: read rollups, group, render JSON (no CLI start)."""
+    from crew_budget.report import build_report
+
+    led = open_ledger(url)
+    now = led.now()
+    t0 = time.perf_counter()
+    rollups = led.rollups(since=now - SPAN, until=now)
+    build_report(rollups, "role,model,hour", since=now - SPAN, until=now).to_json()
+    wall = time.perf_counter() - t0
+    led.close()
+    return wall
+
+
 def bench_report(kind: str, sizes: list[int]) -> None:
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -125,23 +141,27 @@ def bench_report(kind: str, sizes: list[int]) -> None:
                 fill = time.perf_counter() - t0
                 size = Path(tmp, "ledger.db").stat().st_size / 1e6
                 runs = [time_report(url, config) for _ in range(3)]
-                _print(kind, n, fill, runs, f"file {size:.0f} MB")
+                inner = min(in_process(url) for _ in range(3))
+                _print(kind, n, fill, runs, f"file {size:.0f} MB", inner)
             else:
                 with redis_server() as url:
                     t0 = time.perf_counter()
                     fill_redis(url, n)
                     fill = time.perf_counter() - t0
                     runs = [time_report(url, config) for _ in range(3)]
-                    _print(kind, n, fill, runs, f"used_memory {_used(url) / 1e6:.0f} MB")
+                    inner = min(in_process(url) for _ in range(3))
+                    _print(kind, n, fill, runs, f"used_memory {_used(url) / 1e6:.0f} MB", inner)
 
 
 def _print(kind: str, n: int, fill: float, runs: list[tuple[float, float, int]],
-           extra: str) -> None:
+           extra: str, inner: float) -> None:
     assert all(r[2] == n for r in runs), runs  # every call is in the report
     walls = ", ".join(f"{w:.2f}" for w, _, _ in runs)
     rss = max(r for _, r, _ in runs)
     print(f"{kind:6} {n:>9,} calls (filled in {fill:.0f} s, {extra}): report "
-          f"--since 30d --by role,model,hour: {walls} s, peak RSS {rss:.0f} MB", flush=True)
+          f"--since 30d --by role,model,hour: {walls} s, peak RSS {rss:.0f} MB; in-process "
+          f"(rollups + group + JSON, no CLI start) {inner:.2f} s; load {os.getloadavg()[0]:.1f}",
+          flush=True)
 
 
 def _used(url: str) -> int:

@@ -74,8 +74,8 @@ def _unbudgeted(guard: Guard) -> list[BudgetStatus]:
 
     They are charged to the crew and global budgets only, so no role bucket
     holds their spend; without these rows the listed roles would not add up
-    to the crew's total. Read from today's spend records (this setting is an
-    explicit opt-in, so the read is only paid for by those who chose it).
+    to the crew's total. Read from today's hourly rollups (the hours the day
+    overlaps), so the cost does not grow with the number of calls.
     """
     from crew_budget.config import DEFAULT_ROLE
     from crew_budget.guard import BudgetStatus
@@ -85,9 +85,8 @@ def _unbudgeted(guard: Guard) -> list[BudgetStatus]:
     tz = get_tz(guard.config.timezone)
     day = span("day", guard.ledger.now(), tz)
     spent: dict[str, int] = {}
-    for r in guard.ledger.records(since=day.starts_at, until=day.ends_at):
-        if r.outcome in ("settled", "expired", "unguarded") and r.role != DEFAULT_ROLE \
-                and r.role not in guard.config.roles:
+    for r in guard.ledger.rollups(since=day.starts_at, until=day.ends_at):
+        if r.cost_nano and r.role != DEFAULT_ROLE and r.role not in guard.config.roles:
             spent[r.role] = spent.get(r.role, 0) + r.cost_nano
     return [BudgetStatus(scope=f"role:{name} (no budget)", window="day", period=day.period,
                          limit=None, spent=from_nano(nano), reserved=Decimal(0), remaining=None,
@@ -206,10 +205,17 @@ def _recent_table(guard: Guard, now: float, limit: int = 10) -> Any:
     from crew_budget.windows import get_tz
 
     tz = get_tz(guard.config.timezone)
-    records = [r for r in guard.ledger.records(since=now - 86400) if r.outcome != "reset"]
+    # The last hour first: a busy ledger has its latest calls there, and a
+    # day of raw records can be a million of them.
+    records = [r for r in guard.ledger.records(since=now - 3600) if r.outcome != "reset"]
+    if len(records) < limit:
+        records = [r for r in guard.ledger.records(since=now - 86400) if r.outcome != "reset"]
     shown = records[-limit:][::-1]
     costs = [fmt_usd(from_nano(r.cost_nano)) for r in shown]
-    table = Table(title=f"latest {limit} calls (24h)", title_justify="left")
+    title = f"latest {limit} calls (24h)"
+    if guard.ledger.records_retention_days == 0:
+        title += " - none shown: this ledger keeps no raw records (records_retention_days: 0)"
+    table = Table(title=title, title_justify="left")
     table.add_column("time", no_wrap=True)
     for name in ("role", "model", "outcome"):
         table.add_column(name, overflow="fold")

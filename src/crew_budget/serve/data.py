@@ -1,10 +1,10 @@
 """Everything the dashboard shows, read through the public Guard/Ledger API.
 
-This is the one module that touches the ledger. Today the only history a
-ledger keeps is its spend records, so the per-role, per-model and per-hour
-views fold ``ledger.records(since, until)`` over the last 24 hours; when the
-ledger grows hourly rollups, only :func:`spend_breakdown` has to switch to
-them (cost then grows with roles x models x hours, not with calls).
+This is the one module that touches the ledger. The spend-per-hour chart
+reads the ledger's hourly rollups (``ledger.rollups``: 24 hours cost 24
+hours, however many calls, and survive ``records_retention_days: 0``); the
+per-role and per-model tables and the lists fold ``ledger.records(since,
+until)`` over the last 24 hours.
 
 Nothing here writes: budgets come from ``guard.status()`` and the records
 from ``ledger.records()`` (read incrementally by ``RecordWindow``); the alert
@@ -29,7 +29,7 @@ from crew_budget.money import from_nano
 
 if TYPE_CHECKING:
     from crew_budget.guard import Guard
-    from crew_budget.ledger.base import SpendRecord
+    from crew_budget.ledger.base import Rollup, SpendRecord
 
 __all__ = ["HOUR", "RecordWindow", "Snapshot", "snapshot"]
 
@@ -84,11 +84,14 @@ def gauges(guard: Guard) -> list[dict[str, Any]]:
     return out
 
 
-def spend_breakdown(records: Iterable[SpendRecord], now: float) -> dict[str, Any]:
+def spend_breakdown(records: Iterable[SpendRecord], now: float,
+                    rollups: Iterable[Rollup] | None = None) -> dict[str, Any]:
     """Spend per role, per model and per hour of the last 24 hours.
 
     The hours are whole UTC-aligned hours (time zones with half-hour offsets
     still see 24 comparable bars); the newest bar is the hour in progress.
+    With ``rollups`` (the ledger's, for those hours) the bars come from them
+    instead of the records.
     """
     by_role: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # nano, calls, blocked
     by_model: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -109,9 +112,14 @@ def spend_breakdown(records: Iterable[SpendRecord], now: float) -> dict[str, Any
             table[key][0] += r.cost_nano
             table[key][1] += 1
         slot = int(r.ts // HOUR) * HOUR
-        if first_hour <= slot <= last_hour:
+        if rollups is None and first_hour <= slot <= last_hour:
             series = per_hour.setdefault(r.role, [0] * 24)
             series[(slot - first_hour) // HOUR] += r.cost_nano
+    for ro in rollups or ():
+        slot = int(ro.hour)
+        if ro.cost_nano and first_hour <= slot <= last_hour:
+            series = per_hour.setdefault(ro.role, [0] * 24)
+            series[(slot - first_hour) // HOUR] += ro.cost_nano
 
     def rows(table: dict[str, list[int]], name: str) -> list[dict[str, Any]]:
         return [
@@ -270,7 +278,8 @@ def snapshot(guard: Guard, window: RecordWindow | None = None) -> Snapshot:
         "ledger": redact_url(guard.ledger.url),
         "timezone": guard.config.timezone,
         "gauges": gauges(guard),
-        "spend": spend_breakdown(records, now),
+        "spend": spend_breakdown(records, now, guard.ledger.rollups(
+            since=int(now // HOUR) * HOUR - 23 * HOUR, until=now + 1)),
         "blocked": blocked_calls(records),
         "overruns": overruns(records),
         "alerts": alert_feed(guard, records, now),
