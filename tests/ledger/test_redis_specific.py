@@ -609,3 +609,24 @@ def test_foreign_data_under_our_keys_is_a_clear_ledger_error_not_an_outage(
     assert "namespace" in str(info.value)
     client.close()
     guard.close()
+
+
+def test_rollup_keys_expire_after_400_days_and_records_default_to_7(redis_url: str) -> None:
+    # Raw records are kept 7 days by default on Redis (at most retention_days);
+    # each hour's rollup hash expires 400 days after the hour starts.
+    assert RedisLedger(redis_url).records_retention_days == 7
+    assert RedisLedger(redis_url, retention_days=3).records_retention_days == 3
+    assert RedisLedger(redis_url, records_retention_days=0).records_retention_days == 0
+    ledger = RedisLedger(redis_url, namespace="rollttl")
+    now = ledger.now()
+    b = Bucket("role:r", "day", "p", 1000, now - 60, now + 3600)
+    res = ledger.reserve(ReserveRequest("rid1", (b,), 100, 60, RecordDraft("r", "m")))
+    assert isinstance(res, Reservation)
+    ledger.settle("rid1", 70, Usage(5, 0, 0, 2, 0))
+    (rollup,) = ledger.rollups(since=now - 1)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = f"cb:{{rollttl}}:ru:{int(rollup.hour)}"
+    assert client.hgetall(key) == {
+        '{"scope":null,"role":"r","model":"m","crew":null}': "1 0 0 0 5 0 0 2 0 70 0"}
+    assert client.expiretime(key) == int(rollup.hour) + 400 * 86400
+    ledger.close()
