@@ -188,7 +188,8 @@ CASES = [
     # -- roles -----------------------------------------------------------------------
     Case("role-without-s", "role:\n  r: {daily: 1}\n", "role",
          "unknown key 'role'; known keys: version, timezone, ledger, namespace, fail_open, "
-         "on_ledger_reset, journal, lease_seconds, retention_days, default_max_output_tokens, "
+         "on_ledger_reset, journal, lease_seconds, retention_days, records_retention_days, "
+         "default_max_output_tokens, "
          "global, crew, roles, default_role, unknown_roles, crew_role, prices, models, alerts"),
     Case("weekly-window", "roles: {r: {weekly: 5}}\n", "roles.r.weekly",
          f"unknown key 'weekly'; {ROLE_KEYS}"),
