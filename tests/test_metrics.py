@@ -9,6 +9,7 @@ so each settled call's actual/estimate ratio is 0.005 / 0.01 = 0.5 exactly
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -184,3 +185,19 @@ def test_windows_are_one_series_across_periods_and_counters_start_at_zero() -> N
     text = generate_latest(registry).decode()
     assert "# TYPE crew_budget_overruns_total counter" in text
     assert "# TYPE crew_budget_cost_usd_total counter" in text
+
+
+def test_ledger_source_warns_when_the_ledger_keeps_no_records(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # records_retention_days: 0 leaves source="ledger" nothing to count: one
+    # warning names the setting and the fix instead of silent zeros.
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    guard = Guard({"roles": {"r": {"daily": 1}}, "records_retention_days": 0}, url)
+    with caplog.at_level("WARNING", logger="crew_budget.metrics"):
+        register_metrics(guard, CollectorRegistry(), source="ledger")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"crew-budget metrics: source='ledger' counts calls from the ledger's spend records, "
+        f"and {url} keeps none (records_retention_days: 0): the call, cost and overrun "
+        "counters stay at 0. Fix: set records_retention_days to 1 or more, or use "
+        "source='calls' in each process"]
+    guard.close()

@@ -104,6 +104,14 @@ class BudgetMetrics:
         self._seen: dict[tuple[float, str, str, str], float] = {}  # (ts, id, outcome, role)
         if source == "calls":
             self._remove = guard.add_listener(self.observe)
+        elif guard.ledger.records_retention_days == 0:
+            # The counters are read from raw records, which this ledger does
+            # not keep: say so once rather than export zeros as if all were quiet.
+            log.warning("crew-budget metrics: source='ledger' counts calls from the ledger's "
+                        "spend records, and %s keeps none (records_retention_days: 0): the "
+                        "call, cost and overrun counters stay at 0. Fix: set "
+                        "records_retention_days to 1 or more, or use source='calls' in each "
+                        "process", guard.ledger.url)
         # Every configured role's call counters exist from the first scrape,
         # at 0: rate() and alerts need a series before the first call, and a
         # role that never called is then visibly 0, not missing.
