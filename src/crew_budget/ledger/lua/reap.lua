@@ -11,8 +11,9 @@
 --
 -- Invariants: an expired reservation is charged at its reserved amount on
 -- exactly the buckets it charged (reserved -= amount, spent += amount), is
--- marked "expired" and gets one "expired" record: a crash between reserve
--- and settle over-counts, never under-counts.
+-- marked "expired" and gets one "expired" record, counted in its hour's
+-- rollup in the same step (see ROLLUPS in _common.lua): a crash between
+-- reserve and settle over-counts, never under-counts.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
 if #KEYS < 2 or #ARGV < 2 then
