@@ -20,9 +20,9 @@
 --
 -- Invariants: a reservation ends exactly once, and its record and hourly
 -- rollup (see ROLLUPS in _common.lua) are written in the same step; only
--- the buckets it charged move (reserved -= amount, spent += cost), even if their windows have ended
--- since, so money lands in the period it was spent in; the spend record is
--- appended in the same atomic step. A lease that ran out is expired (charged
+-- the buckets it charged move (reserved -= amount, spent += cost), even if
+-- their windows have ended since, so money lands in the period it was spent
+-- in. A lease that ran out is expired (charged
 -- at its reserved amount), not settled.
 
 -- VALIDATION (before any write; see VALIDATION in _common.lua) ----------
