@@ -187,20 +187,7 @@ def _runs(columns: dict[int, int]) -> list[int]:
 
 
 def test_html_report_renders_its_charts_in_headless_chromium(tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is required (apt-get install chromium)"
-    page = tmp_path / "report.html"
-    page.write_text(render_html(history(), since=DAY, until=DAY + 86400))
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--force-device-scale-factor=1", "--hide-scrollbars", f"--screenshot={shot}",
-         "--window-size=1200,1000", f"file://{page}"],
-        check=True, capture_output=True, timeout=120,
-    )
-    image = read_png(shot)
+    image = read_png(_screenshot(tmp_path, render_html(history(), since=DAY, until=DAY + 86400)))
     assert (image.width, image.height) == (1200, 1000)
     # Researcher's chart: three bars whose heights follow its spend per hour
     # ($0.10 at 09h, $1.50 at 14h, $0.40 at 16h), left to right.
