@@ -98,6 +98,13 @@ def test_example_script_offline() -> None:
     assert "Stopped by budget (researcher, role:researcher)" in out
     assert re.search(rf"researcher +gpt-4o +5 +1 +3726 +105 +{RESEARCHER}\n", out)
     assert re.search(rf"router +gpt-4o-mini +1 +0 +112 +1 +{ROUTER}\n", out)
+    # Only the example's own output: the stop line, then the two spend tables
+    # and the limits. CrewAI's console chatter, its ERROR log of the stop and
+    # its event-bus warnings stay out (they show with --verbose).
+    assert out.startswith("\nStopped by budget (researcher, role:researcher)"), out[:300]
+    assert proc.stderr == "", proc.stderr[-2000:]
+    for noise in ("ERROR", "[CrewAIEventsBus]", "approximate input token count", "Crew: "):
+        assert noise not in out
 
 
 def _load_example() -> Any:
