@@ -1031,8 +1031,9 @@ class Guard:
                 return Denial(BucketState(b, 0, 0), granted.amount_nano)
         return granted
 
-    def _configured_role(self, role: str) -> str:
-        """The role an override targets: one with a budget of its own (or default_role)."""
+    def live_role(self, role: str) -> str:
+        """The role live limits of ``role`` apply to: resolved as ``preflight`` does,
+        and one with a budget of its own (or ``default_role``), else ``ConfigError``."""
         resolved = self._resolve_role(role)
         cfg = self.config
         if resolved in cfg.roles or (resolved == DEFAULT_ROLE and cfg.default_role is not None):
@@ -1073,9 +1074,13 @@ class Guard:
         ``override`` record (``who``: default user@host). Every guard on the
         ledger applies it on its next call. Returns the new version.
         """
-        resolved = self._configured_role(role)
-        amounts = check_code_limits(resolved, hourly=hourly_usd, daily=daily_usd,
-                                    monthly=monthly_usd)
+        resolved = self.live_role(role)
+        try:
+            amounts = check_code_limits(resolved, hourly=hourly_usd, daily=daily_usd,
+                                        monthly=monthly_usd)
+        except ConfigError as exc:  # the YAML's bounds; named as live limits, not code
+            raise ConfigError(exc.detail.replace("_usd: ", ": ", 1), source="live limits",
+                              path=resolved) from None
         if not amounts:
             raise ConfigError("set which limit? give hourly_usd, daily_usd or monthly_usd",
                               source="live limits", path=resolved)
@@ -1089,7 +1094,7 @@ class Guard:
 
     def clear_limits(self, role: str, *, who: str | None = None, reason: str = "") -> int:
         """Drop ``role``'s live window limits: the YAML's apply again (a pause stays)."""
-        resolved = self._configured_role(role)
+        resolved = self.live_role(role)
         now = self.ledger.now()
         kinds: tuple[OverrideKind, ...] = ("hourly", "daily", "monthly")
         return self._write_overrides(resolved, "clear", [], [f"{resolved}|{k}" for k in kinds],
@@ -1099,7 +1104,7 @@ class Guard:
               reason: str = "") -> int:
         """Refuse every call of ``role`` (``RolePaused``) in every process until resumed
         (or ``until``, Unix seconds). Audited like ``set_limits``."""
-        resolved = self._configured_role(role)
+        resolved = self.live_role(role)
         now = self.ledger.now()
         end = self._check_until(until, now)
         who = who or _operator()
@@ -1108,7 +1113,7 @@ class Guard:
 
     def resume(self, role: str, *, who: str | None = None, reason: str = "") -> int:
         """Lift a pause of ``role``; its calls run again on their next try."""
-        resolved = self._configured_role(role)
+        resolved = self.live_role(role)
         now = self.ledger.now()
         return self._write_overrides(resolved, "resume", [], [f"{resolved}|paused"], now,
                                      who or _operator(), reason, None, {})
