@@ -309,3 +309,23 @@ def test_cli_set_pause_resume_and_status(tmp_path: Path) -> None:
     events = [line for line in export.stdout.splitlines() if '"override"' in line]
     assert len(events) == 4  # set, pause, resume, clear
     agent.close()
+
+
+def test_redis_refuses_a_bad_version_argument_before_any_write(redis_url: str) -> None:
+    from crew_budget.errors import AmountError
+    from crew_budget.ledger import RecordDraft
+
+    guard = Guard(CONFIG, redis_url)
+    call(guard)
+    led = guard.ledger
+    buckets = tuple(guard.buckets("researcher"))
+    before = (len(led.records()), led.status(buckets))
+    req = ReserveRequest("bad-version", buckets, 1_000, 60.0, RecordDraft("researcher", "m"),
+                         overrides_version=-1)
+    with pytest.raises(AmountError) as caught:
+        led.reserve(req)
+    assert 'the live-limits version must be a whole number from 0 to 9007199254740991, got ' \
+        '"-1"' in str(caught.value)
+    assert (len(led.records()), led.status(buckets)) == before
+    assert led.reservation_state("bad-version") is None
+    guard.close()

@@ -576,10 +576,11 @@ class Guard:
         for _attempt in range(4):
             if now >= self._ov_expiry:  # a live limit's --until passed
                 self._activate_overrides(now)
-            buckets = self._buckets(role, now, model)
+            with self._ov_lock:  # the buckets and the overrides version they were built with
+                buckets, version = self._cached_buckets(role, now, model), self._ov_version
             if chain:
                 buckets += self._run_buckets(role, model, chain, now)
-            req = ReserveRequest(rid, buckets, amount, self._lease, draft, self._ov_version)
+            req = ReserveRequest(rid, buckets, amount, self._lease, draft, version)
             try:
                 result = self.ledger.reserve(req)
             except ClockSkew as skew:
@@ -592,7 +593,8 @@ class Guard:
             if self._ov_active and isinstance(result, Reservation):
                 return self._refuse_if_paused(role, result)
             return result
-        raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds")
+        raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds"
+                                " (or live limits keep changing)")
 
     def settle(self, ticket: Ticket, usage: Any) -> Settlement:
         """Charge the actual cost from the provider's ``usage`` (idempotent).
@@ -848,6 +850,13 @@ class Guard:
 
     def _buckets(self, role: str | None, t: float, model: str | None = None
                  ) -> tuple[Bucket, ...]:
+        # Under the live-limits lock: a bucket computed from old overrides
+        # must never be cached after a refresh cleared the cache.
+        with self._ov_lock:
+            return self._cached_buckets(role, t, model)
+
+    def _cached_buckets(self, role: str | None, t: float, model: str | None
+                        ) -> tuple[Bucket, ...]:
         key = (role, model)
         cached = self._bucket_cache.get(key)
         if cached is not None and cached[0] <= t < cached[1]:
@@ -902,10 +911,11 @@ class Guard:
         cached = self._scope_cache.get(key)
         if cached is not None:
             return cached
-        out = tuple(self._compute_scopes(role, model))
-        if len(self._scope_cache) >= 4096:
-            self._scope_cache.clear()
-        self._scope_cache[key] = out
+        with self._ov_lock:  # see _buckets
+            out = tuple(self._compute_scopes(role, model))
+            if len(self._scope_cache) >= 4096:
+                self._scope_cache.clear()
+            self._scope_cache[key] = out
         return out
 
     def _compute_buckets(self, role: str | None, t: float, model: str | None = None
@@ -978,12 +988,15 @@ class Guard:
         self._ov_loaded: tuple[Override, ...] = ()
         self._ov_active: dict[str, dict[str, Override]] = {}
         self._ov_expiry = math.inf
+        self._ov_lock = threading.RLock()
 
     def refresh_overrides(self) -> list[Override]:
         """Read the live limits from the ledger now; returns those in force."""
         version, stored = self.ledger.overrides_state()
-        self._ov_version, self._ov_loaded = version, stored
-        self._activate_overrides(self._clock() + self._offset)
+        with self._ov_lock:
+            if version >= self._ov_version:  # a slower concurrent read never goes back
+                self._ov_version, self._ov_loaded = version, stored
+            self._activate_overrides(self._clock() + self._offset)
         return self.overrides()
 
     def overrides(self) -> list[Override]:
@@ -999,9 +1012,10 @@ class Guard:
                 active.setdefault(o.role, {})[o.kind] = o
                 if o.until is not None:
                     expiry = min(expiry, o.until)
-        self._ov_active, self._ov_expiry = active, expiry
-        self._scope_cache.clear()
-        self._bucket_cache.clear()
+        with self._ov_lock:
+            self._ov_active, self._ov_expiry = active, expiry
+            self._scope_cache.clear()
+            self._bucket_cache.clear()
 
     def _apply_overrides(self, scopes: list[tuple[str, Limits]]) -> list[tuple[str, Limits]]:
         if not self._ov_active:
