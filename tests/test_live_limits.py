@@ -329,3 +329,59 @@ def test_redis_refuses_a_bad_version_argument_before_any_write(redis_url: str) -
     assert (len(led.records()), led.status(buckets)) == before
     assert led.reservation_state("bad-version") is None
     guard.close()
+
+
+def test_threads_of_one_guard_all_obey_a_change_made_while_they_run(
+    guards: tuple[Guard, Guard],
+) -> None:
+    """Four threads share the agent's guard and call in a loop: every call made
+    wholly after ``pause`` returned is refused, every one after ``resume`` runs."""
+    import threading
+
+    op, agent = guards
+    phase = ["open"]  # read by each thread before it starts a call
+    seen: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            started_in = phase[0]
+            try:
+                call(agent)
+                outcome = "ok"
+            except RolePaused:
+                outcome = "paused"
+            if phase[0] == started_in:  # not one that straddled a change
+                with lock:
+                    seen.append((started_in, outcome))
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    wait_for(8)
+    phase[0] = "changing"  # calls that overlap a write are not judged
+    op.pause("researcher", who=WHO)
+    phase[0] = "paused"
+    mark = len(seen)
+    wait_for(mark + 8)
+    phase[0] = "changing"
+    op.resume("researcher", who=WHO)
+    phase[0] = "resumed"
+    mark = len(seen)
+    wait_for(mark + 8)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    after_pause = [o for p, o in seen if p == "paused"]
+    after_resume = [o for p, o in seen if p == "resumed"]
+    assert len(after_pause) >= 8 and set(after_pause) == {"paused"}
+    assert len(after_resume) >= 8 and set(after_resume) == {"ok"}
+    ok = [r for r in agent.ledger.records() if r.outcome == "settled"]
+    assert spent(op) == (Decimal("0.01") * len(ok), 0)
