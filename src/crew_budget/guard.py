@@ -1073,8 +1073,12 @@ class Guard:
         if until is None:
             return None
         if not math.isfinite(until) or until <= now:
-            raise ConfigError(f"until={until!r} is not in the future (the ledger's clock reads "
-                              f"{now:.0f}); give a later time", source="live limits")
+            def utc(ts: float) -> str:
+                return datetime.fromtimestamp(ts, self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+            shown = utc(until) if math.isfinite(until) else repr(until)
+            raise ConfigError(f"until {shown} is not in the future (the ledger's clock reads "
+                              f"{utc(now)}); give a later time", source="live limits")
         return float(until)
 
     def set_limits(self, role: str, *, hourly_usd: object = None, daily_usd: object = None,

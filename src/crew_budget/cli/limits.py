@@ -17,6 +17,7 @@ the ledger cannot be reached.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated
 
@@ -95,12 +96,11 @@ def _guard(command: str, config: ConfigOption, ledger: LedgerOption) -> Guard:
     return guard
 
 
-def _apply(command: str, guard: Guard, action: object) -> None:
+def _apply(command: str, guard: Guard, action: Callable[[], object]) -> None:
     """Run one write, turning our errors into the CLI's exit codes."""
     from crew_budget.errors import ConfigError, LedgerError, LedgerUnavailable, UnknownRoleError
 
     try:
-        assert callable(action)
         action()
     except (ConfigError, UnknownRoleError) as exc:
         fail(command, str(exc), EXIT_CONFIG)
