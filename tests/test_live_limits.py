@@ -9,6 +9,7 @@ tokens and $2 per million output tokens, so ``usage(10_000)`` is exactly $0.01.
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import time
@@ -308,6 +309,17 @@ def test_cli_set_pause_resume_and_status(tmp_path: Path) -> None:
     assert export.returncode == 0, export.stderr
     events = [line for line in export.stdout.splitlines() if '"override"' in line]
     assert len(events) == 4  # set, pause, resume, clear
+    report = _cli("report", "--since", "1d", "--format", "json", *common)
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert [(o["role"], o["event"], o.get("limits")) for o in data["overrides"]] == [
+        ("researcher", "set", {"daily": "10"}), ("writer", "pause", None),
+        ("writer", "resume", None), ("researcher", "clear", None)]
+    assert data["overrides"][0]["reason"] == "deadline"
+    assert data["overrides"][0]["until"].endswith("+00:00")
+    # Not calls: the rows hold the 4 calls only ($0.01 + $5.00 + $0.01 + $0.01).
+    assert [(r["role"], r["calls"]) for r in data["rows"]] == [("researcher", 2), ("writer", 1)]
+    assert data["total"]["cost_usd"] == "5.02"
     agent.close()
 
 
