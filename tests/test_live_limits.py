@@ -135,7 +135,9 @@ def test_until_expires_the_override_without_another_write(guards: tuple[Guard, G
     assert caught.value.until == until
     assert "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until)) in str(
         caught.value)
+    assert agent.status("researcher")[0].limit == 0
     time.sleep(max(0.0, until - op.ledger.now()) + 0.05)
+    assert agent.status("researcher")[0].limit == Decimal("4")  # the YAML's, by itself
     writes = len(op.ledger.records())
     assert call(agent) == Decimal("0.01")  # expired: runs, nothing rewritten to get there
     assert [r.outcome for r in op.ledger.records()[writes:]] == ["settled"]

@@ -853,6 +853,8 @@ class Guard:
         # Under the live-limits lock: a bucket computed from old overrides
         # must never be cached after a refresh cleared the cache.
         with self._ov_lock:
+            if t >= self._ov_expiry:  # a live limit's --until passed (status, journal)
+                self._activate_overrides(t)
             return self._cached_buckets(role, t, model)
 
     def _cached_buckets(self, role: str | None, t: float, model: str | None
