@@ -48,13 +48,14 @@ def register(app: typer.Typer) -> None:
     app.command("resume")(resume)
 
 
-RoleArg = Annotated[str, typer.Option("--role", "-r", help="The role (as in roles: of the YAML).")]
+RoleArg = Annotated[str, typer.Option("--role", "-r", metavar="ROLE",
+                                      help="The role (as in roles: of the YAML).")]
 UntilOption = Annotated[str | None, typer.Option(
     "--until", metavar="TIME",
     help="When the override ends: a duration from now (30m, 2h, 1d, 1w) or an ISO time "
          "(2026-12-01T18:00, in the config's timezone unless it says). Default: until changed.")]
 ReasonOption = Annotated[str, typer.Option(
-    "--reason", help="Why (kept in the ledger with who and when).")]
+    "--reason", metavar="TEXT", help="Why (kept in the ledger with who and when).")]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -143,9 +144,12 @@ def _until(guard: Guard, until: str | None) -> float | None:
 
 def set_limits(
     role: RoleArg,
-    hourly: Annotated[str | None, typer.Option("--hourly", help="USD per hour.")] = None,
-    daily: Annotated[str | None, typer.Option("--daily", help="USD per day.")] = None,
-    monthly: Annotated[str | None, typer.Option("--monthly", help="USD per month.")] = None,
+    hourly: Annotated[str | None, typer.Option("--hourly", metavar="USD",
+                                               help="USD per hour.")] = None,
+    daily: Annotated[str | None, typer.Option("--daily", metavar="USD",
+                                               help="USD per day.")] = None,
+    monthly: Annotated[str | None, typer.Option("--monthly", metavar="USD",
+                                               help="USD per month.")] = None,
     until: UntilOption = None,
     reason: ReasonOption = "",
     clear: Annotated[bool, typer.Option(
