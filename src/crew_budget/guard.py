@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -21,16 +22,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from crew_budget.config import DEFAULT_CREW_ROLE, DEFAULT_ROLE, BudgetConfig, Limits, load_config
+from crew_budget.config import (
+    DEFAULT_CREW_ROLE,
+    DEFAULT_ROLE,
+    BudgetConfig,
+    Limits,
+    check_code_limits,
+    load_config,
+)
 from crew_budget.errors import (
     AmountError,
     BudgetExceeded,
+    ConfigError,
     LedgerError,
     LedgerReset,
     LedgerUnavailable,
     ReservationError,
+    RolePaused,
     UsageError,
 )
 from crew_budget.estimate import Estimate, Estimator, billed_completions
@@ -41,12 +51,16 @@ from crew_budget.ledger import (
     ClockSkew,
     Denial,
     Ledger,
+    Override,
     RecordDraft,
+    Reservation,
     ReserveRequest,
     SpendRecord,
+    StaleOverrides,
     new_reservation_id,
     open_ledger,
 )
+from crew_budget.ledger.base import OverrideKind
 from crew_budget.money import (
     MAX_NANO,
     MAX_TOKENS,
@@ -199,6 +213,7 @@ class Guard:
         self.estimator = estimator or Estimator()
         self._tz = get_tz(self.config.timezone)
         self._offset = 0.0  # ledger clock minus ours, learned from ClockSkew
+        self._init_overrides()
         self._lock = threading.Lock()
         self._pending: collections.deque[tuple[Ticket, Usage | None, int]] = collections.deque(
             maxlen=10_000
@@ -487,7 +502,7 @@ class Guard:
                 "spent": from_nano(st.spent_nano), "reserved": from_nano(st.reserved_nano),
                 "estimate": from_nano(amount), "model": model,
             }
-            exceeded = BudgetExceeded(**fields)
+            exceeded = self._paused_error(role, st, fields) or BudgetExceeded(**fields)
             if st.reserved_nano and st.spent_nano + amount <= st.bucket.limit_nano:
                 note = self._lease_note(st.reserved_nano)
                 exceeded = BudgetExceeded(**fields, message=f"{exceeded} {note}")
@@ -558,17 +573,28 @@ class Guard:
     def _reserve(self, role: str, rid: str, amount: int, draft: RecordDraft, model: str,
                  chain: RunChain) -> Any:
         now = self._clock() + self._offset
-        for _attempt in range(3):
-            buckets = self._buckets(role, now, model)
+        for _attempt in range(4):
+            if now >= self._ov_expiry:  # a live limit's --until passed
+                self._activate_overrides(now)
+            with self._ov_lock:  # the buckets and the overrides version they were built with
+                buckets, version = self._cached_buckets(role, now, model), self._ov_version
             if chain:
                 buckets += self._run_buckets(role, model, chain, now)
-            req = ReserveRequest(rid, buckets, amount, self._lease, draft)
+            req = ReserveRequest(rid, buckets, amount, self._lease, draft, version)
             try:
-                return self.ledger.reserve(req)
+                result = self.ledger.reserve(req)
             except ClockSkew as skew:
                 self._offset = skew.ledger_now - self._clock()
                 now = skew.ledger_now
-        raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds")
+                continue
+            except StaleOverrides:  # an operator changed live limits: re-read, rebuild
+                self.refresh_overrides()
+                continue
+            if self._ov_active and isinstance(result, Reservation):
+                return self._refuse_if_paused(role, result)
+            return result
+        raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds"
+                                " (or live limits keep changing)")
 
     def settle(self, ticket: Ticket, usage: Any) -> Settlement:
         """Charge the actual cost from the provider's ``usage`` (idempotent).
@@ -824,6 +850,15 @@ class Guard:
 
     def _buckets(self, role: str | None, t: float, model: str | None = None
                  ) -> tuple[Bucket, ...]:
+        # Under the live-limits lock: a bucket computed from old overrides
+        # must never be cached after a refresh cleared the cache.
+        with self._ov_lock:
+            if t >= self._ov_expiry:  # a live limit's --until passed (status, journal)
+                self._activate_overrides(t)
+            return self._cached_buckets(role, t, model)
+
+    def _cached_buckets(self, role: str | None, t: float, model: str | None
+                        ) -> tuple[Bucket, ...]:
         key = (role, model)
         cached = self._bucket_cache.get(key)
         if cached is not None and cached[0] <= t < cached[1]:
@@ -878,10 +913,11 @@ class Guard:
         cached = self._scope_cache.get(key)
         if cached is not None:
             return cached
-        out = tuple(self._compute_scopes(role, model))
-        if len(self._scope_cache) >= 4096:
-            self._scope_cache.clear()
-        self._scope_cache[key] = out
+        with self._ov_lock:  # see _buckets
+            out = tuple(self._compute_scopes(role, model))
+            if len(self._scope_cache) >= 4096:
+                self._scope_cache.clear()
+            self._scope_cache[key] = out
         return out
 
     def _compute_buckets(self, role: str | None, t: float, model: str | None = None
@@ -896,6 +932,10 @@ class Guard:
         return out
 
     def _compute_scopes(self, role: str | None, model: str | None) -> list[tuple[str, Limits]]:
+        return self._apply_overrides(self._configured_scopes(role, model))
+
+    def _configured_scopes(self, role: str | None, model: str | None
+                           ) -> list[tuple[str, Limits]]:
         cfg = self.config
         scopes: list[tuple[str, Limits]] = []
         # ``role`` is resolved: a configured key, DEFAULT_ROLE, or a name that
@@ -935,6 +975,169 @@ class Guard:
             for s in states
         ]
 
+    # -- live limits (crew-budget set / pause / resume) ----------------------
+    #
+    # Overrides live in the ledger (invariant 8: an operator's command or
+    # this API writes them, never a request). The guard keeps the version it
+    # built its buckets with and sends it with every reserve; the ledger
+    # answers StaleOverrides when it changed, and only then are they read
+    # again. An override replaces the YAML's limit of one window of one role
+    # (looser or tighter); a pause makes that role's limits $0 and turns the
+    # refusal into RolePaused. ``until`` is checked on the ledger's clock.
+
+    def _init_overrides(self) -> None:
+        self._ov_version = 0
+        self._ov_loaded: tuple[Override, ...] = ()
+        self._ov_active: dict[str, dict[str, Override]] = {}
+        self._ov_expiry = math.inf
+        self._ov_lock = threading.RLock()
+
+    def refresh_overrides(self) -> list[Override]:
+        """Read the live limits from the ledger now; returns those in force."""
+        version, stored = self.ledger.overrides_state()
+        with self._ov_lock:
+            if version >= self._ov_version:  # a slower concurrent read never goes back
+                self._ov_version, self._ov_loaded = version, stored
+            self._activate_overrides(self._clock() + self._offset)
+        return self.overrides()
+
+    def overrides(self) -> list[Override]:
+        """The live limits in force as this guard last read them (role, kind order)."""
+        return sorted((o for kinds in self._ov_active.values() for o in kinds.values()),
+                      key=lambda o: (o.role, o.kind))
+
+    def _activate_overrides(self, now: float) -> None:
+        active: dict[str, dict[str, Override]] = {}
+        expiry = math.inf
+        for o in self._ov_loaded:
+            if o.active(now):
+                active.setdefault(o.role, {})[o.kind] = o
+                if o.until is not None:
+                    expiry = min(expiry, o.until)
+        with self._ov_lock:
+            self._ov_active, self._ov_expiry = active, expiry
+            self._scope_cache.clear()
+            self._bucket_cache.clear()
+
+    def _apply_overrides(self, scopes: list[tuple[str, Limits]]) -> list[tuple[str, Limits]]:
+        if not self._ov_active:
+            return scopes
+        out = []
+        for scope, limits in scopes:
+            kinds = self._ov_active.get(scope[5:]) if scope.startswith("role:") else None
+            out.append((scope, limits if not kinds else _overridden(limits, kinds)))
+        return out
+
+    def _paused_error(self, role: str, state: BucketState, fields: dict[str, Any]
+                      ) -> RolePaused | None:
+        pause = self._ov_active.get(role, {}).get("paused")
+        if pause is None or state.bucket.scope != f"role:{role}":
+            return None
+        return RolePaused(paused_by=pause.who, reason=pause.reason, paused_at=pause.set_at,
+                          until=pause.until, **fields)
+
+    def _refuse_if_paused(self, role: str, granted: Reservation) -> Reservation | Denial:
+        """A paused role whose call was granted anyway (it cost $0 against a $0
+        limit): take the reservation back and refuse it like any other."""
+        if "paused" not in self._ov_active.get(role, {}):
+            return granted
+        for b in granted.buckets:
+            if b.scope == f"role:{role}":
+                self.ledger.release(granted.reservation_id)
+                return Denial(BucketState(b, 0, 0), granted.amount_nano)
+        return granted
+
+    def live_role(self, role: str) -> str:
+        """The role live limits of ``role`` apply to: resolved as ``preflight`` does,
+        and one with a budget of its own (or ``default_role``), else ``ConfigError``."""
+        resolved = self._resolve_role(role)
+        cfg = self.config
+        if resolved in cfg.roles or (resolved == DEFAULT_ROLE and cfg.default_role is not None):
+            return resolved
+        known = ", ".join(sorted(cfg.roles)) or "none"
+        raise ConfigError(f"role {role!r} has no budget of its own under roles: (known roles: "
+                          f"{known}), so there is no limit to change; add it to the YAML first",
+                          source="live limits", path=str(role))
+
+    def _write_overrides(self, role: str, event: str, put: list[Override], drop: list[str],
+                         now: float, who: str, reason: str, until: float | None,
+                         detail: Mapping[str, Any]) -> int:
+        record = SpendRecord(
+            ts=now, reservation_id="", outcome="override", role=role, model="",
+            scope=f"role:{role}",
+            metadata={"event": event, "who": who, "reason": reason, "until": until, **detail},
+        )
+        self.ledger.write_overrides(put, drop, record)
+        self.refresh_overrides()
+        return self._ov_version
+
+    def _check_until(self, until: float | None, now: float) -> float | None:
+        if until is None:
+            return None
+        if not math.isfinite(until) or until <= now:
+            def utc(ts: float) -> str:
+                return datetime.fromtimestamp(ts, self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+            shown = utc(until) if math.isfinite(until) else repr(until)
+            raise ConfigError(f"until {shown} is not in the future (the ledger's clock reads "
+                              f"{utc(now)}); give a later time", source="live limits")
+        return float(until)
+
+    def set_limits(self, role: str, *, hourly_usd: object = None, daily_usd: object = None,
+                   monthly_usd: object = None, until: float | None = None,
+                   who: str | None = None, reason: str = "") -> int:
+        """Replace ``role``'s YAML limits for the given windows, in every process.
+
+        Looser or tighter than the YAML (which stays the baseline: ``clear_limits``
+        goes back to it), with the YAML's bounds (0 .. ``MAX_LIMIT_USD``).
+        ``until`` (Unix seconds) ends it. Audited in the ledger as an
+        ``override`` record (``who``: default user@host). Every guard on the
+        ledger applies it on its next call. Returns the new version.
+        """
+        resolved = self.live_role(role)
+        try:
+            amounts = check_code_limits(resolved, hourly=hourly_usd, daily=daily_usd,
+                                        monthly=monthly_usd)
+        except ConfigError as exc:  # the YAML's bounds; named as live limits, not code
+            raise ConfigError(exc.detail.replace("_usd: ", ": ", 1), source="live limits",
+                              path=resolved) from None
+        if not amounts:
+            raise ConfigError("set which limit? give hourly_usd, daily_usd or monthly_usd",
+                              source="live limits", path=resolved)
+        now = self.ledger.now()
+        end = self._check_until(until, now)
+        who = who or _operator()
+        put = [Override(resolved, cast(OverrideKind, kind), to_nano(value), who, reason, now,
+                        end) for kind, value in amounts.items()]
+        return self._write_overrides(resolved, "set", put, [], now, who, reason, end,
+                                     {"limits": {k: str(v) for k, v in amounts.items()}})
+
+    def clear_limits(self, role: str, *, who: str | None = None, reason: str = "") -> int:
+        """Drop ``role``'s live window limits: the YAML's apply again (a pause stays)."""
+        resolved = self.live_role(role)
+        now = self.ledger.now()
+        kinds: tuple[OverrideKind, ...] = ("hourly", "daily", "monthly")
+        return self._write_overrides(resolved, "clear", [], [f"{resolved}|{k}" for k in kinds],
+                                     now, who or _operator(), reason, None, {})
+
+    def pause(self, role: str, *, until: float | None = None, who: str | None = None,
+              reason: str = "") -> int:
+        """Refuse every call of ``role`` (``RolePaused``) in every process until resumed
+        (or ``until``, Unix seconds). Audited like ``set_limits``."""
+        resolved = self.live_role(role)
+        now = self.ledger.now()
+        end = self._check_until(until, now)
+        who = who or _operator()
+        put = [Override(resolved, "paused", None, who, reason, now, end)]
+        return self._write_overrides(resolved, "pause", put, [], now, who, reason, end, {})
+
+    def resume(self, role: str, *, who: str | None = None, reason: str = "") -> int:
+        """Lift a pause of ``role``; its calls run again on their next try."""
+        resolved = self.live_role(role)
+        now = self.ledger.now()
+        return self._write_overrides(resolved, "resume", [], [f"{resolved}|paused"], now,
+                                     who or _operator(), reason, None, {})
+
     @property
     def pending_settles(self) -> int:
         """Settles waiting for the ledger to come back (retried on the next call)."""
@@ -962,6 +1165,33 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _overridden(limits: Limits, kinds: Mapping[str, Override]) -> Limits:
+    """``limits`` with live limits applied: a window's override replaces its
+    limit; a pause makes every limited window $0 (the day, if none is)."""
+    update: dict[str, Any] = {
+        k: from_nano(o.limit_nano) for k, o in kinds.items()
+        if k != "paused" and o.limit_nano is not None
+    }
+    if "paused" in kinds:
+        windows = [k for k in ("hourly", "daily", "monthly")
+                   if update.get(k, getattr(limits, k)) is not None] or ["daily"]
+        update.update(dict.fromkeys(windows, Decimal(0)))
+    # Not validated again: an operator may set a day above the month, say.
+    return limits.model_copy(update=update)
+
+
+def _operator() -> str:
+    """user@host of whoever runs this process: the default ``who`` of live limits."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown user"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _default_journal(namespace: str, url: str) -> str:

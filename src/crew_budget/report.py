@@ -173,6 +173,8 @@ class Report:
     total: ReportRow
     resets: list[SpendRecord] = field(default_factory=list)
     records: int = 0
+    overrides: list[SpendRecord] = field(default_factory=list)
+    """Live-limit changes (crew-budget set/pause/resume) in the span: not calls."""
 
     def share(self, row: ReportRow) -> Decimal:
         """The row's share of total cost, in percent (one decimal)."""
@@ -210,6 +212,11 @@ class Report:
                  "reason": str(r.metadata.get("reason", ""))}
                 for r in self.resets
             ],
+            "overrides": [
+                {**dict(r.metadata), "time": self._iso(r.ts), "role": r.role,
+                 "until": self._iso(r.metadata.get("until"))}
+                for r in self.overrides
+            ],
         }
 
     def to_json(self) -> str:
@@ -241,6 +248,7 @@ def build_report(
     groups: dict[tuple[str, ...], ReportRow] = {}
     total = ReportRow(())
     resets: list[SpendRecord] = []
+    overrides: list[SpendRecord] = []
     count = 0
     for r in records:
         if (since is not None and r.ts < since) or (until is not None and r.ts >= until):
@@ -248,6 +256,9 @@ def build_report(
         count += 1
         if r.outcome == "reset":
             resets.append(r)
+            continue
+        if r.outcome == "override":  # a live-limit change (crew-budget set/pause): not a call
+            overrides.append(r)
             continue
         key = tuple(_label(r, k, labels) for k in keys)
         row = groups.get(key)
@@ -260,7 +271,7 @@ def build_report(
         rows.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
     else:
         rows.sort(key=lambda row: row.key)
-    return Report(keys, since, until, tz, rows, total, resets, count)
+    return Report(keys, since, until, tz, rows, total, resets, count, overrides)
 
 
 def time_series(

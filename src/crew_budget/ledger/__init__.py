@@ -22,11 +22,13 @@ from crew_budget.ledger.base import (
     Denial,
     Ledger,
     Outcome,
+    Override,
     RecordDraft,
     Reservation,
     ReserveRequest,
     SettleResult,
     SpendRecord,
+    StaleOverrides,
     new_reservation_id,
 )
 
@@ -37,11 +39,13 @@ __all__ = [
     "Denial",
     "Ledger",
     "Outcome",
+    "Override",
     "RecordDraft",
     "Reservation",
     "ReserveRequest",
     "SettleResult",
     "SpendRecord",
+    "StaleOverrides",
     "new_reservation_id",
     "open_ledger",
 ]

@@ -94,10 +94,12 @@ from crew_budget.ledger.base import (
     OutboxEntry,
     OutboxState,
     Outcome,
+    Override,
     Reservation,
     ReserveRequest,
     SettleResult,
     SpendRecord,
+    StaleOverrides,
 )
 from crew_budget.money import MAX_NANO, check_nano
 from crew_budget.usage import Usage, check_usage
@@ -501,6 +503,7 @@ class RedisLedger(Ledger):
         reply = self._call("reserve", [self._leases, self._stream, rkey, *plan.keys], [
             rid, rid_json, amount_s, str(lease_ms), str(lease_ms + _DAY_MS), tail,
             *plan.fixed_args, epoch,
+            *(() if request.overrides_version is None else (str(request.overrides_version),)),
         ])
         kind = reply[0]
         if kind == "ok":
@@ -516,6 +519,8 @@ class RedisLedger(Ledger):
             raise ClockSkew(float(reply[1]))
         if kind == "dup":
             return self._existing(rid, reply[1], request)
+        if kind == "stale":
+            raise StaleOverrides(int(reply[1]))
         raise AssertionError(f"reserve script returned {reply!r}")  # pragma: no cover
 
     # -- integrity (see EPOCH in lua/_common.lua) --------------------------------
@@ -794,6 +799,42 @@ class RedisLedger(Ledger):
         name = self.prefix + "ob:e:" + key
         fields = self._run(lambda c: c.hgetall(name))
         return _outbox_entry(fields) if fields else None
+
+    # -- live limits (see Ledger.write_overrides and lua/overrides_*.lua) -----
+    # Keys: P.."ov" (HASH "role|kind" -> Override JSON), P.."ov:version"
+    # (STRING, compared by every reserve). Registered on first use, per client.
+
+    def _overrides_call(self, name: str, keys: list[str], args: list[str], *,
+                        idempotent: bool = True) -> Any:
+        client = self._conn()
+        made: tuple[Any, dict[str, Script]] | None = getattr(self, "_ov_lua", None)
+        if made is None or made[0] is not client:
+            lua = resources.files("crew_budget.ledger") / "lua"
+            common = (lua / "_common.lua").read_text(encoding="utf-8")
+            made = (client, {n: cast(Script, client.register_script(
+                (common + "\n" if n == "overrides_write" else "")
+                + (lua / f"{n}.lua").read_text(encoding="utf-8")))
+                for n in ("overrides_read", "overrides_write")})
+            self._ov_lua = made
+        script = made[1][name]
+        return self._run(lambda c: script(keys=keys, args=args, client=c), idempotent=idempotent)
+
+    def overrides_state(self) -> tuple[int, tuple[Override, ...]]:
+        version, values = self._overrides_call(
+            "overrides_read", [self.prefix + "ov", self.prefix + "ov:version"], [])
+        return int(version), tuple(sorted((Override.from_json(v) for v in values),
+                                          key=lambda o: o.key))
+
+    def write_overrides(self, put: Sequence[Override], drop: Sequence[str],
+                        record: SpendRecord) -> int:
+        args = [self._retention_str, record.to_json(), str(len(put))]
+        for o in put:
+            args += [o.key, o.to_json()]
+        args += list(drop)
+        # Not repeated: a second run would append a second audit record.
+        return int(self._overrides_call(
+            "overrides_write", [self.prefix + "ov", self.prefix + "ov:version", self._stream],
+            args, idempotent=False))
 
 
 @lru_cache(maxsize=1)
