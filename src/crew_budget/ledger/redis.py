@@ -70,6 +70,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -144,8 +145,34 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.TryAgainError,
     rexc.NoPermissionError,
     rexc.SlotNotCoveredError,  # part of the cluster is down
+    rexc.RedisClusterException,  # no node reachable, slots not covered (not a RedisError)
     OSError,
 )
+# Redis Cluster failover: what a call may wait through, within the URL's
+# ``cluster_retry_seconds``. A killed master first drops connections, then
+# the whole cluster answers CLUSTERDOWN (with the default
+# ``cluster-require-full-coverage yes``) until its replica is promoted.
+_FAILOVER: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterError,  # CLUSTERDOWN, MASTERDOWN
+    rexc.TryAgainError,
+    rexc.ReadOnlyError,
+    rexc.RedisClusterException,
+    OSError,
+)
+# Replies that say the command never ran: safe to send again even when the
+# operation is not idempotent (append_record, reset, claim).
+_NOT_RUN: tuple[type[BaseException], ...] = (
+    rexc.ClusterError,
+    rexc.TryAgainError,
+    rexc.ReadOnlyError,
+    rexc.SlotNotCoveredError,
+)
+_CLUSTER_RETRY_S = 5.0
+"""Default ``cluster_retry_seconds``: long enough for a replica promotion with
+``cluster-node-timeout`` up to ~3 s; set it above yours (see _url_cluster_retry)."""
+_RETRY_PAUSE_S = 0.05
 _STATES: dict[str, Outcome] = {
     "reserved": "reserved",
     "settled": "settled",
@@ -215,6 +242,45 @@ def _url_timeouts(url: str, shown: str, connect: float, op: float) -> tuple[floa
             )
         found[key] = seconds
     return found["socket_connect_timeout"], found["socket_timeout"]
+
+
+def _url_cluster_retry(url: str, shown: str) -> float:
+    """``?cluster_retry_seconds=`` from a cluster URL (default 5; 0 turns it off).
+
+    How long one call keeps retrying while Redis Cluster fails over (a master
+    died and its replica is not promoted yet), instead of failing with
+    ``LedgerUnavailable`` at once. Promotion takes ``cluster-node-timeout``
+    plus an election (~0.5-1 s), so set it above that. Only cluster URLs take
+    it: a plain Redis has no replica that takes over by itself.
+    """
+    parts = urlsplit(url)
+    values = [v for k, v in parse_qsl(parts.query) if k == "cluster_retry_seconds"]
+    if not values:
+        return _CLUSTER_RETRY_S if parts.scheme.endswith("+cluster") else 0.0
+    if not parts.scheme.endswith("+cluster"):
+        raise ConfigError(
+            f"cluster_retry_seconds in the ledger URL {shown} applies to Redis Cluster only; "
+            f"use a redis+cluster:// URL, or drop the option",
+            source="ledger",
+        )
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 600:
+        raise ConfigError(
+            f"cluster_retry_seconds={values[-1]!r} in the ledger URL {shown} is not a retry "
+            "window; write seconds from 0 (no waiting) to 600, e.g. ?cluster_retry_seconds=5",
+            source="ledger",
+        )
+    return seconds
+
+
+def _without(url: str, key: str) -> str:
+    """``url`` without the query option ``key`` (redis-py refuses options it does not know)."""
+    parts = urlsplit(url)
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
 
 
 def _loss(marker: str) -> str:
@@ -323,7 +389,8 @@ class RedisLedger(Ledger):
                 "rediss://, redis+cluster:// or rediss+cluster://",
                 source="ledger",
             )
-        self._raw_url = url
+        self.cluster_retry_seconds = _url_cluster_retry(url, self.url)
+        self._raw_url = _without(url, "cluster_retry_seconds")
         connect_timeout, op_timeout = _url_timeouts(url, self.url, connect_timeout, op_timeout)
         self.connect_timeout, self.op_timeout = connect_timeout, op_timeout
         self._options: dict[str, Any] = {
@@ -345,6 +412,14 @@ class RedisLedger(Ledger):
         ledger that is down when the guard starts must fail each call (closed,
         or open if configured), not the guard's construction.
         """
+        try:
+            return self._connect()
+        except rexc.RedisClusterException as exc:  # "cannot be connected"
+            raise self._unavailable(exc) from exc
+
+    def _connect(self) -> Any:
+        """``_conn`` without the translation: a cluster client that cannot be made
+        raises ``RedisClusterException`` (``_run`` may wait through it)."""
         client = self._client
         if client is None:
             with self._lock:
@@ -354,10 +429,7 @@ class RedisLedger(Ledger):
                         from redis.cluster import RedisCluster
 
                         plain = parts._replace(scheme=parts.scheme.removesuffix("+cluster"))
-                        try:
-                            made: Any = RedisCluster.from_url(urlunsplit(plain), **self._options)
-                        except rexc.RedisClusterException as exc:  # "cannot be connected"
-                            raise self._unavailable(exc) from exc
+                        made: Any = RedisCluster.from_url(urlunsplit(plain), **self._options)
                     else:
                         made = redis.Redis.from_url(self._raw_url, **self._options)
                     self._lua = {
@@ -377,22 +449,49 @@ class RedisLedger(Ledger):
         return LedgerUnavailable(self.url, reason)
 
     def _run(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:
-        """Run ``op(client)``; once more after a dropped connection if safe."""
-        try:
-            return op(self._conn())
-        except rexc.ConnectionError as exc:
-            if not idempotent:
-                raise self._unavailable(exc) from exc
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except rexc.RedisError as exc:
-            raise self._rejected(exc) from exc
-        try:  # e.g. Redis restarted and the pooled connection died
-            return op(self._conn())
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except rexc.RedisError as exc:
-            raise self._rejected(exc) from exc
+        """Run ``op(client)``; once more after a dropped connection if safe; on
+        Redis Cluster, again and again through a failover for up to
+        ``cluster_retry_seconds`` (see ``_again``)."""
+        tries = 0
+        started = 0.0
+        while True:
+            try:
+                client = self._connect()
+            except rexc.RedisClusterException as exc:  # no node reachable: nothing sent
+                if not self._again(exc, True, tries, started):
+                    raise self._unavailable(exc) from exc
+            else:
+                try:
+                    return op(client)
+                except _UNAVAILABLE as exc:
+                    if not self._again(exc, idempotent, tries, started):
+                        raise self._unavailable(exc) from exc
+                except rexc.RedisError as exc:
+                    raise self._rejected(exc) from exc
+            if tries == 0:
+                started = time.monotonic()
+            else:
+                time.sleep(_RETRY_PAUSE_S)
+            tries += 1
+
+    def _again(self, exc: BaseException, idempotent: bool, tries: int, started: float) -> bool:
+        """Whether ``_run`` tries once more after ``exc`` (its ``tries``-th failure).
+
+        Only what is safe to send twice: an idempotent operation, or a reply
+        saying the command never ran (CLUSTERDOWN, TRYAGAIN, READONLY). A plain
+        Redis: one retry after a dropped connection (e.g. Redis restarted and
+        the pooled connection died). A cluster: every failover symptom, until
+        ``cluster_retry_seconds`` have passed since the first failure.
+        """
+        if not idempotent and not isinstance(exc, _NOT_RUN):
+            return False
+        if isinstance(exc, rexc.AuthenticationError):
+            return False
+        if self.cluster_retry_seconds <= 0:
+            return tries == 0 and isinstance(exc, rexc.ConnectionError)
+        if not isinstance(exc, _FAILOVER):
+            return False
+        return tries == 0 or time.monotonic() - started < self.cluster_retry_seconds
 
     def _rejected(self, exc: BaseException) -> LedgerError | AmountError:
         """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage; or a
@@ -570,7 +669,6 @@ class RedisLedger(Ledger):
         """Server facts ``crew-budget doctor`` judges: INFO fields, CONFIG values
         (``config:<name>``, absent where CONFIG is not allowed), the clock skew
         (``clock_skew_s``: Redis TIME minus this machine's) and the epoch."""
-        import time
 
         def one(reply: Any) -> dict[str, Any]:
             # Redis Cluster answers per node ({node: reply}): judge the first.
