@@ -442,8 +442,12 @@ class RedisLedger(Ledger):
 
     # -- plumbing -------------------------------------------------------------
 
-    def _unavailable(self, exc: BaseException) -> LedgerUnavailable:
+    def _unavailable(self, exc: BaseException, waited: float = 0.0) -> LedgerUnavailable:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if waited:
+            reason += (f"; still failing after {waited:.1f} s of retries "
+                       f"(cluster_retry_seconds={self.cluster_retry_seconds:g}: raise it "
+                       "above your cluster's failover time, cluster-node-timeout + ~1 s)")
         for secret in self._secrets:
             reason = reason.replace(secret, "***")
         return LedgerUnavailable(self.url, reason)
@@ -459,13 +463,13 @@ class RedisLedger(Ledger):
                 client = self._connect()
             except rexc.RedisClusterException as exc:  # no node reachable: nothing sent
                 if not self._again(exc, True, tries, started):
-                    raise self._unavailable(exc) from exc
+                    raise self._unavailable(exc, self._waited(tries, started)) from exc
             else:
                 try:
                     return op(client)
                 except _UNAVAILABLE as exc:
                     if not self._again(exc, idempotent, tries, started):
-                        raise self._unavailable(exc) from exc
+                        raise self._unavailable(exc, self._waited(tries, started)) from exc
                 except rexc.RedisError as exc:
                     raise self._rejected(exc) from exc
             if tries == 0:
@@ -473,6 +477,12 @@ class RedisLedger(Ledger):
             else:
                 time.sleep(_RETRY_PAUSE_S)
             tries += 1
+
+    def _waited(self, tries: int, started: float) -> float:
+        """Seconds spent retrying through a cluster failover (0: none)."""
+        if tries < 2 or self.cluster_retry_seconds <= 0:
+            return 0.0
+        return max(time.monotonic() - started, 0.05)
 
     def _again(self, exc: BaseException, idempotent: bool, tries: int, started: float) -> bool:
         """Whether ``_run`` tries once more after ``exc`` (its ``tries``-th failure).

@@ -1,0 +1,164 @@
+"""The Redis ledger on a real 3-master Redis Cluster (one replica each).
+
+The cluster is ``tests/fixtures/redis_cluster.py``'s. What is checked here
+beyond the conformance suite (which runs on it too):
+
+- a namespace lives in ONE slot (every key carries the hash tag ``{ns}``),
+  so on one master; different namespaces (crews, tenants) spread over all
+  masters;
+- the scripts reach the node that owns the keys: ``EVALSHA`` routes by its
+  first key, and after ``SCRIPT FLUSH`` (or a promoted replica that never
+  loaded them) ``NOSCRIPT`` loads them again;
+- ``?cluster_retry_seconds=``: a call made right after a master died waits
+  for its replica's promotion (default 5 s); with 0 it fails at once with
+  ``LedgerUnavailable`` and charges nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from crew_budget.errors import ConfigError, LedgerUnavailable
+from crew_budget.ledger import Bucket, RecordDraft, Reservation, ReserveRequest
+from crew_budget.ledger.redis import RedisLedger
+from crew_budget.usage import Usage
+from tests.fixtures.redis_cluster import RedisCluster
+
+
+def day_bucket(led: RedisLedger, scope: str, limit: int | None) -> Bucket:
+    now = led.now()
+    return Bucket(scope, "day", "p1", limit, now - 3600, now + 3600)
+
+
+def reserve(led: RedisLedger, buckets: list[Bucket], amount: int, rid: str) -> object:
+    draft = RecordDraft(role="r", model="m", crew="c", estimate_nano=amount, metadata={})
+    return led.reserve(ReserveRequest(rid, tuple(buckets), amount, 600.0, draft))
+
+
+def led_usage() -> Usage:
+    return Usage(10, 0, 0, 10, 0)
+
+
+def keys_on(cluster: RedisCluster, port: int, namespace: str) -> list[str]:
+    return sorted(cluster.cli(port, "KEYS", f"cb:{{{namespace}}}:*").split())
+
+
+def test_each_namespace_lives_on_one_master_and_namespaces_spread_over_all_three(
+    redis_cluster: RedisCluster,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    namespaces = [f"tenant-{run}-{i}" for i in range(24)]
+    masters = redis_cluster.masters()
+    assert len(masters) == 3
+    homes: dict[str, int] = {}
+    for ns in namespaces:
+        led = RedisLedger(redis_cluster.url, namespace=ns)
+        crew, role = day_bucket(led, "crew:c", 10_000), day_bucket(led, "role:r", 5_000)
+        a = reserve(led, [role, crew], 1_200, "a")
+        assert isinstance(a, Reservation)
+        led.settle("a", 1_000, led_usage())
+        held = {port: keys_on(redis_cluster, port, ns) for port in masters}
+        # Every key of the namespace on exactly one master: the one serving {ns}'s slot.
+        (home,) = [port for port, found in held.items() if found]
+        assert home == redis_cluster.master_of(f"{{{ns}}}")
+        p = f"cb:{{{ns}}}:"
+        assert held[home] == sorted([p + "b:crew:c|day|p1", p + "b:role:r|day|p1", p + "epoch",
+                                     p + "r:a", p + "records"])  # leases: empty, so gone
+        assert [(s.spent_nano, s.reserved_nano) for s in led.status([role, crew])] == [
+            (1_000, 0), (1_000, 0)]
+        homes[ns] = home
+        led.close()
+    per_master = {port: sum(1 for h in homes.values() if h == port) for port in masters}
+    assert set(homes.values()) == set(masters)  # all 3 masters carry namespaces
+    assert sum(per_master.values()) == 24
+    assert min(per_master.values()) >= 3  # CRC16 spreads them, roughly a third each
+
+
+def test_scripts_are_loaded_again_on_the_node_that_owns_the_keys(
+    redis_cluster: RedisCluster,
+) -> None:
+    ns = "scripts-" + uuid.uuid4().hex[:8]
+    led = RedisLedger(redis_cluster.url, namespace=ns)
+    b = day_bucket(led, "role:r", 1_000)
+    assert isinstance(reserve(led, [b], 100, "one"), Reservation)
+    for port in redis_cluster.masters():
+        assert redis_cluster.cli(port, "SCRIPT", "FLUSH").strip() == "OK"
+    # NOSCRIPT on the owner: loaded again (SCRIPT LOAD goes to every master), then run.
+    assert isinstance(reserve(led, [b], 200, "two"), Reservation)
+    home = redis_cluster.master_of(f"{{{ns}}}")
+    sha = led._lua["reserve"].sha  # the test reads which script to look for
+    assert redis_cluster.cli(home, "SCRIPT", "EXISTS", sha).split() == ["1"]
+    assert [(s.spent_nano, s.reserved_nano) for s in led.status([b])] == [(0, 300)]
+    led.close()
+
+
+def test_cluster_retry_seconds_is_read_checked_and_cluster_only() -> None:
+    assert RedisLedger("redis+cluster://127.0.0.1:7000").cluster_retry_seconds == 5.0
+    assert RedisLedger("redis://127.0.0.1:7000/0").cluster_retry_seconds == 0.0
+    led = RedisLedger("redis+cluster://127.0.0.1:7000?cluster_retry_seconds=12.5")
+    assert led.cluster_retry_seconds == 12.5
+    assert "cluster_retry_seconds" not in led._raw_url  # redis-py is not handed it
+    assert RedisLedger("rediss+cluster://h:7000?cluster_retry_seconds=0").cluster_retry_seconds \
+        == 0.0
+    with pytest.raises(ConfigError) as bad:
+        RedisLedger("redis+cluster://127.0.0.1:7000?cluster_retry_seconds=soon")
+    assert str(bad.value) == (
+        "ledger: cluster_retry_seconds='soon' in the ledger URL "
+        "redis+cluster://127.0.0.1:7000?cluster_retry_seconds=soon is not a retry window; "
+        "write seconds from 0 (no waiting) to 600, e.g. ?cluster_retry_seconds=5")
+    with pytest.raises(ConfigError) as plain:
+        RedisLedger("redis://127.0.0.1:6379/0?cluster_retry_seconds=5")
+    assert str(plain.value) == (
+        "ledger: cluster_retry_seconds in the ledger URL "
+        "redis://127.0.0.1:6379/0?cluster_retry_seconds=5 applies to Redis Cluster only; "
+        "use a redis+cluster:// URL, or drop the option")
+
+
+def test_a_call_made_right_after_a_master_died_waits_for_the_promotion(
+    redis_cluster: RedisCluster,
+) -> None:
+    ns = "late-" + uuid.uuid4().hex[:8]
+    master = redis_cluster.master_of(f"{{{ns}}}")
+    replica = redis_cluster.replica_of(master)
+    survivor = next(p for p in redis_cluster.masters() if p != master)
+    url = f"redis+cluster://127.0.0.1:{survivor}"
+    setup = RedisLedger(url, namespace=ns)
+    b = day_bucket(setup, "role:r", 1_000)
+    assert isinstance(reserve(setup, [b], 100, "before"), Reservation)
+    redis_cluster.cli(master, "WAIT", "1", "2000")  # replicated, so the books survive
+    setup.close()
+
+    redis_cluster.kill(master)
+    # No waiting: the dead master's slot fails the call at once, and nothing is charged.
+    impatient = RedisLedger(url + "?cluster_retry_seconds=0", namespace=ns)
+    with pytest.raises(LedgerUnavailable) as caught:
+        reserve(impatient, [b], 100, "impatient")
+    assert caught.value.url == url + "?cluster_retry_seconds=0"
+    impatient.close()
+    # The default window: a new client's first call waits for the promotion.
+    patient = RedisLedger(url, namespace=ns)
+    assert isinstance(reserve(patient, [b], 250, "after"), Reservation)
+    assert redis_cluster.master_of(f"{{{ns}}}") == replica
+    assert patient.reservation_state("impatient") is None
+    assert patient.reservation_state("before") == "reserved"
+    assert [(s.spent_nano, s.reserved_nano) for s in patient.status([b])] == [(0, 350)]
+    assert patient.settle("after", 200, led_usage()).cost_nano == 200
+    assert [(s.spent_nano, s.reserved_nano) for s in patient.status([b])] == [(200, 100)]
+    patient.close()
+
+
+def test_a_window_that_runs_out_says_what_it_waited_for_and_how_to_widen_it() -> None:
+    from tests.fixtures.redis_server import free_port
+
+    url = f"redis+cluster://127.0.0.1:{free_port()}?cluster_retry_seconds=0.3"
+    led = RedisLedger(url, namespace="nobody")
+    with pytest.raises(LedgerUnavailable) as caught:
+        led.now()
+    reason = caught.value.reason
+    assert reason.startswith("RedisClusterException: Redis Cluster cannot be connected.")
+    assert re.search(r"; still failing after 0\.\d s of retries \(cluster_retry_seconds=0\.3: "
+                     r"raise it above your cluster's failover time, cluster-node-timeout "
+                     r"\+ ~1 s\)$", reason), reason
