@@ -17,11 +17,12 @@ beyond the conformance suite (which runs on it too):
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import pytest
 
-from crew_budget.errors import ConfigError, LedgerUnavailable
+from crew_budget.errors import ConfigError, LedgerReset, LedgerUnavailable
 from crew_budget.ledger import Bucket, RecordDraft, Reservation, ReserveRequest
 from crew_budget.ledger.redis import RedisLedger
 from crew_budget.usage import Usage
@@ -162,3 +163,80 @@ def test_a_window_that_runs_out_says_what_it_waited_for_and_how_to_widen_it() ->
     assert re.search(r"; still failing after 0\.\d s of retries \(cluster_retry_seconds=0\.3: "
                      r"raise it above your cluster's failover time, cluster-node-timeout "
                      r"\+ ~1 s\)$", reason), reason
+
+
+def test_a_replica_promoted_without_the_namespace_is_a_detected_loss_until_recovered(
+    redis_cluster: RedisCluster,
+) -> None:
+    """Async replication's worst case: the promoted replica lacks the namespace.
+
+    Made certain rather than waited for: after the promotion (and before any
+    client reaches the new master) the namespace's keys are deleted there, the
+    state a replica that never received them would be promoted in. The empty
+    ledger is refused (invariant 10), not taken for a new one."""
+    ns = "gone-" + uuid.uuid4().hex[:8]
+    master = redis_cluster.master_of(f"{{{ns}}}")
+    replica = redis_cluster.replica_of(master)
+    url = f"redis+cluster://127.0.0.1:{next(p for p in redis_cluster.masters() if p != master)}"
+    led = RedisLedger(url, namespace=ns)
+    b = day_bucket(led, "role:r", 1_000)
+    assert isinstance(reserve(led, [b], 400, "kept"), Reservation)
+    assert led.settle("kept", 300, led_usage()).cost_nano == 300
+    redis_cluster.kill(master)
+    deadline = time.monotonic() + 15
+    while replica not in redis_cluster.masters():
+        assert time.monotonic() < deadline, "the replica was never promoted"
+        time.sleep(0.05)
+    keys = sorted(redis_cluster.cli(replica, "KEYS", f"cb:{{{ns}}}:*").split())
+    p = f"cb:{{{ns}}}:"
+    assert keys == [p + "b:role:r|day|p1", p + "epoch", p + "r:kept", p + "records"]
+    assert redis_cluster.cli(replica, "DEL", *keys).strip() == str(len(keys))
+
+    with pytest.raises(LedgerReset) as caught:
+        reserve(led, [b], 100, "after")  # this client saw the epoch: it knows
+    assert "lost its state" in str(caught.value)
+    assert redis_cluster.master_of(f"{{{ns}}}") == replica
+    assert led.reservation_state("after") is None
+    fresh = RedisLedger(url, namespace=ns)  # a client started after the loss is refused too
+    with pytest.raises(LedgerReset):
+        reserve(fresh, [b], 100, "fresh")
+    led.recover(who="test", reason="failover to a replica without the writes")
+    assert isinstance(reserve(fresh, [b], 100, "fresh"), Reservation)
+    assert [(s.spent_nano, s.reserved_nano) for s in fresh.status([b])] == [(0, 100)]
+    led.close()
+    fresh.close()
+
+
+def test_doctor_judges_replicas_and_the_failover_window(redis_cluster: RedisCluster) -> None:
+    from typer.testing import CliRunner
+
+    from crew_budget.cli import app
+
+    def doctor(url: str) -> list[str]:
+        result = CliRunner().invoke(app, ["doctor", "--ledger", url])
+        assert result.stdout.splitlines()[0] == f"ledger {url}"
+        return result.stdout.splitlines()
+
+    lines = doctor(redis_cluster.url)
+    assert "  OK   cluster: cluster_state ok" in lines
+    assert "  OK   replicas: every master has a replica" in lines
+    assert ("  OK   failover: calls wait up to 5 s (cluster_retry_seconds) for a promotion "
+            "taking ~2 s (cluster-node-timeout 1 s + election)") in lines
+    short = doctor(redis_cluster.url + "?cluster_retry_seconds=1.5")
+    assert ("  WARN failover: a promotion takes ~2 s (cluster-node-timeout 1 s + election) "
+            "but calls wait only 1.5 s: during a failover they fail with LedgerUnavailable. "
+            "Fix: ?cluster_retry_seconds=3 in the ledger URL, or a lower "
+            "cluster-node-timeout") in short
+    # A master whose replica died: its namespaces have no one to take over.
+    master = next(iter(redis_cluster.masters()))
+    redis_cluster.kill(redis_cluster.replica_of(master))
+    deadline = time.monotonic() + 15
+    while True:
+        lines = doctor(redis_cluster.url)
+        if any("replicas:" in line and "WARN" in line for line in lines) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert ("  WARN replicas: 1 master(s) without a healthy replica: if one dies, the budgets "
+            "of its namespaces are unreachable until it is back. Fix: one replica per master "
+            "(redis-cli --cluster add-node ... --cluster-slave)") in lines

@@ -283,6 +283,19 @@ def _without(url: str, key: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(pairs)))
 
 
+def _lonely(nodes: Mapping[str, Mapping[str, Any]]) -> int:
+    """How many slot-serving masters have no healthy replica (``CLUSTER NODES``,
+    as redis-py parses it): their namespaces are down until they come back."""
+    def healthy(flags: str) -> bool:
+        return not {"fail", "fail?", "noaddr", "handshake"} & set(flags.split(","))
+
+    masters = {n["node_id"] for n in nodes.values()
+               if "master" in n["flags"].split(",") and n.get("slots") and healthy(n["flags"])}
+    covered = {n["master_id"] for n in nodes.values()
+               if "slave" in n["flags"].split(",") and healthy(n["flags"])}
+    return len(masters - covered)
+
+
 def _loss(marker: str) -> str:
     """The readable part of a ``lost:<ts>:<what>`` epoch."""
     _lost, _, rest = marker.partition(":")
@@ -692,7 +705,8 @@ class RedisLedger(Ledger):
             for section in ("server", "persistence", "memory", "cluster", "replication"):
                 for k, v in one(c.info(section)).items():
                     facts[str(k)] = str(v)
-            for name in ("maxmemory-policy", "appendonly", "appendfsync", "save", "maxmemory"):
+            for name in ("maxmemory-policy", "appendonly", "appendfsync", "save", "maxmemory",
+                         "cluster-node-timeout"):
                 try:
                     got = one(c.config_get(name))
                 except rexc.ResponseError:  # CONFIG renamed or forbidden (managed Redis)
@@ -708,6 +722,9 @@ class RedisLedger(Ledger):
                         raw = dict(line.split(":", 1) for line in raw.splitlines()
                                    if ":" in line)
                     facts.update({str(k): str(v).strip() for k, v in one(raw).items()})
+                facts["ledger:cluster_retry_seconds"] = f"{self.cluster_retry_seconds:g}"
+                with contextlib.suppress(rexc.RedisError, KeyError, TypeError, AttributeError):
+                    facts["cluster_masters_without_replica"] = str(_lonely(c.cluster_nodes()))
             before = time.time()
             sec, usec = c.time()
             facts["clock_skew_s"] = repr(int(sec) + int(usec) / 1e6 - (before + time.time()) / 2)
