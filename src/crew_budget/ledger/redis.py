@@ -29,6 +29,43 @@ Every key of a namespace starts with ``cb:{<namespace>}:``: the braces are a
 Redis Cluster hash tag, so all keys live in one slot and every script is
 single-slot.
 
+Redis Cluster (``redis+cluster://host:port``; one node is enough, the client
+learns the others and follows MOVED). A namespace (give each tenant or crew
+fleet its own ``namespace:``) lives in one slot, so on one master; different
+namespaces spread over the masters by CRC16 (tests/ledger/test_cluster.py:
+24 namespaces land on all 3 masters). One namespace is never faster than one
+master: a cluster scales by namespaces. ``EVALSHA`` is routed by its first
+key; after ``NOSCRIPT`` (a promoted replica, ``SCRIPT FLUSH``) the script is
+loaded on every master and run again.
+
+Failover: when a master dies, its slots (and, with the default
+``cluster-require-full-coverage yes``, the whole cluster) are down until its
+replica is promoted, ``cluster-node-timeout`` plus an election (~1 s) later.
+Calls wait through it: on a cluster URL every operation retries the failover
+symptoms (dropped connection, timeout, CLUSTERDOWN, TRYAGAIN, READONLY,
+uncovered slots) for up to ``?cluster_retry_seconds=`` (default 5; 0 turns
+it off), then fails with ``LedgerUnavailable`` saying how long it waited.
+Only what is safe to send twice is re-sent: reserve (its id makes a repeat
+answer "dup"), settle, release, reads; ``append_record``, ``reset``,
+``recover`` and ``claim`` only after a reply saying the command never ran.
+``crew-budget doctor`` warns when the window is shorter than
+``cluster-node-timeout`` + 1 s or a master has no healthy replica.
+
+Replication is asynchronous: a write the dying master acknowledged but had
+not sent to its replica yet dies with it. For the books: a lost settle
+leaves its reservation held, charged at its reserved amount when the lease
+ends (an over-count); a lost reserve makes its settle ``lost`` (counted in
+``Guard.counters["dropped_settles"]``, logged): that call's cost is not
+counted, the one under-count; a lost epoch (a namespace's very first
+reserve) or a replica promoted without the namespace reads as a loss
+(``LedgerReset``) until ``crew-budget recover --accept-loss``. At most the
+writes in flight at the crash are lost; tests/faults/test_cluster_failover.py
+saw none in its runs (~650 racing calls, a master SIGKILLed after 100).
+``WAIT 1 <ms>`` after each write would close the gap for ~+27 µs p50 per
+write on loopback (bench/bench_cluster.py), but it only covers writes made
+on its own connection, and redis-py's public cluster API routes a keyless
+command like WAIT to a node, not to the connection that wrote: not done.
+
 The ledger clock is Redis ``TIME``, read inside the scripts: ``reserve``
 refuses (``ClockSkew``) buckets whose window does not contain it, so a client
 with a wrong clock cannot charge the wrong day.
@@ -60,7 +97,8 @@ that: ``crew-budget doctor`` fails such a policy; the epoch has no expiry, so
 Connection failures become ``LedgerUnavailable`` naming the URL without its
 password. Operations that are safe to repeat (reserve, by its id; settle,
 release, reap, status and reads) are retried once after a dropped
-connection; ``append_record``, ``reset`` and ``claim`` are not.
+connection (on Redis Cluster: through a failover, see above);
+``append_record``, ``reset`` and ``claim`` are not.
 """
 
 from __future__ import annotations
@@ -544,8 +582,9 @@ class RedisLedger(Ledger):
         What ``Script.__call__`` does, called on the client directly: it
         saves ~8 µs per call (measured, bench/README.md), and reserve and
         settle are on every LLM call's path. On Redis Cluster the client
-        routes by the keys (one hash tag, one slot) and loads the script
-        where it is missing.
+        routes ``EVALSHA`` by its first key (one hash tag, one slot), and
+        ``SCRIPT LOAD`` goes to every master, the one owning the keys
+        included (tests/ledger/test_cluster.py flushes the scripts to check).
         """
         def op(c: Any) -> Any:
             lua = self._lua[script]  # made with the client
