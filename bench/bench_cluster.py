@@ -13,8 +13,9 @@ needs redis-server and redis-cli), one after the other:
 On each, ``processes`` processes loop ``RedisLedger.reserve`` + ``settle``
 for ``seconds`` seconds, each call on the next of ``namespaces`` namespaces
 (crews or tenants: one hash tag each, so one slot each, spread over the
-masters by CRC16). Printed: reservations per second in all, and how the
-namespaces spread over the masters.
+masters by CRC16). Printed: reservations per second in all, how the
+namespaces spread over the masters, and (first, one process, one namespace)
+the p50 of one reserve + settle: what the cluster client costs per call.
 
 Then the price of synchronous replication: ``WAIT 1 100`` sent after each
 write on the same connection (the only way it means anything), against the
@@ -88,6 +89,29 @@ def throughput(url: str, processes: int, seconds: float, namespaces: list[str]) 
     return total / seconds
 
 
+def latency(url: str, calls: int = 1000) -> float:
+    """p50 µs of one reserve + settle, one process, one namespace (the client's cost)."""
+    from crew_budget.ledger import Bucket, RecordDraft, ReserveRequest, new_reservation_id
+    from crew_budget.ledger.redis import RedisLedger
+    from crew_budget.usage import Usage
+
+    led = RedisLedger(url, namespace="latency")
+    now = led.now()
+    buckets = (Bucket("role:r", "day", "p", 10**15, now - 3600, now + 86_400),
+               Bucket("crew:c", "day", "p", None, now - 3600, now + 86_400))
+    draft = RecordDraft(role="r", model="m", crew="c", estimate_nano=1000, metadata={})
+    usage = Usage(10, 0, 0, 10, 0)
+    samples = []
+    for _ in range(calls):
+        rid = new_reservation_id()
+        t = time.perf_counter()
+        led.reserve(ReserveRequest(rid, buckets, 1000, 600.0, draft))
+        led.settle(rid, 900, usage)
+        samples.append(time.perf_counter() - t)
+    led.close()
+    return statistics.median(samples) * 1e6
+
+
 def spread(cluster: RedisCluster, namespaces: list[str]) -> str:
     masters = cluster.masters()
     counts = dict.fromkeys(masters, 0)
@@ -127,17 +151,18 @@ def main() -> None:
     processes = int(sys.argv[2]) if len(sys.argv) > 2 else 4
     n_ns = int(sys.argv[3]) if len(sys.argv) > 3 else 48
     namespaces = [f"crew-{i}" for i in range(n_ns)]
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, float, float, str]] = []
     with redis_server() as url:
-        rows.append(("plain `redis://` (reference)", throughput(url, processes, seconds,
-                                                               namespaces), "-"))
+        rows.append(("plain `redis://` (reference)", latency(url),
+                     throughput(url, processes, seconds, namespaces), "-"))
     wait = (0.0, 0.0)
     for label, masters, replicas in (("1 master", 1, 0), ("3 masters", 3, 0),
                                      ("3 masters + 1 replica each", 3, 1)):
         cluster = RedisCluster(masters=masters, replicas=replicas)
         cluster.start()
         try:
-            rows.append((label, throughput(cluster.url, processes, seconds, namespaces),
+            rows.append((label, latency(cluster.url),
+                         throughput(cluster.url, processes, seconds, namespaces),
                          spread(cluster, namespaces)))
             if replicas:
                 wait = wait_cost(cluster)
@@ -145,10 +170,11 @@ def main() -> None:
             cluster.stop()
     print(f"\n{processes} processes, {seconds:g} s each, {n_ns} namespaces, "
           "RedisLedger.reserve + settle\n")
-    print("| ledger | reservations/s | namespaces per master |")
-    print("|---|---:|---|")
-    for label, rate, where in rows:
-        print(f"| {label} | {rate:,.0f} | {where} |")
+    print("| ledger | reserve + settle p50 µs, 1 process | reservations/s | "
+          "namespaces per master |")
+    print("|---|---:|---:|---|")
+    for label, p50, rate, where in rows:
+        print(f"| {label} | {p50:.0f} | {rate:,.0f} | {where} |")
     print("\nSynchronous replication, one connection to a master, p50 µs:\n")
     print("| write | p50 µs |")
     print("|---|---:|")
