@@ -465,12 +465,13 @@ class RedisLedger(Ledger):
         """
         try:
             return self._connect()
-        except rexc.RedisClusterException as exc:  # "cannot be connected"
+        except _UNAVAILABLE as exc:  # "cannot be connected", a node refusing
             raise self._unavailable(exc) from exc
 
     def _connect(self) -> Any:
         """``_conn`` without the translation: a cluster client that cannot be made
-        raises ``RedisClusterException`` (``_run`` may wait through it)."""
+        raises ``RedisClusterException`` or, when a node it learnt of refuses,
+        ``ConnectionError`` (``_run`` may wait through either)."""
         client = self._client
         if client is None:
             with self._lock:
@@ -512,7 +513,7 @@ class RedisLedger(Ledger):
         while True:
             try:
                 client = self._connect()
-            except rexc.RedisClusterException as exc:  # no node reachable: nothing sent
+            except _UNAVAILABLE as exc:  # the cluster client cannot be made: nothing sent
                 if not self._again(exc, True, tries, started):
                     raise self._unavailable(exc, self._waited(tries, started)) from exc
             else:
