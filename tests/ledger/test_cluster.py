@@ -11,14 +11,19 @@ beyond the conformance suite (which runs on it too):
   loaded them) ``NOSCRIPT`` loads them again;
 - ``?cluster_retry_seconds=``: a call made right after a master died waits
   for its replica's promotion (default 5 s); with 0 it fails at once with
-  ``LedgerUnavailable`` and charges nothing.
+  ``LedgerUnavailable`` and charges nothing; an operation that must not
+  repeat (``claim``) waits only through replies saying it never ran;
+- a replica promoted without the namespace is a detected loss (LedgerReset);
+- ``crew-budget doctor`` judges the replicas and the failover window.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +247,34 @@ def test_doctor_judges_replicas_and_the_failover_window(redis_cluster: RedisClus
     assert ("  WARN replicas: 1 master(s) without a healthy replica: if one dies, the budgets "
             "of its namespaces are unreachable until it is back. Fix: one replica per master "
             "(redis-cli --cluster add-node ... --cluster-slave)") in lines
+
+
+def test_an_operation_that_must_not_repeat_waits_only_while_the_cluster_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """``claim`` (SET NX: a repeat that landed would answer False) is re-sent only
+    on replies saying it never ran. A one-node cluster whose slots are taken
+    away answers CLUSTERDOWN: the claim waits until the slots are back, then
+    lands exactly once."""
+    cluster = RedisCluster(tmp_path, masters=1, replicas=0)
+    cluster.start()
+    try:
+        (port,) = cluster.nodes
+        led = RedisLedger(cluster.url + "?cluster_retry_seconds=10", namespace="once")
+        assert led.claim("warm", 60) is True  # the client knows the topology
+        assert cluster.cli(port, "CLUSTER", "DELSLOTSRANGE", "0", "16383").strip() == "OK"
+
+        def give_back() -> None:
+            time.sleep(0.5)
+            cluster.cli(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+
+        helper = threading.Thread(target=give_back)
+        helper.start()
+        assert led.claim("m", 60) is True
+        helper.join()
+        assert led.claim("m", 60) is False  # landed once: the marker is there
+        assert sorted(cluster.cli(port, "KEYS", "cb:{once}:claim:*").split()) == [
+            "cb:{once}:claim:m", "cb:{once}:claim:warm"]
+        led.close()
+    finally:
+        cluster.stop()
