@@ -189,3 +189,35 @@ def test_end_task_and_stop_raise_in_the_core() -> None:
             g.preflight("r", "big", MESSAGES, max_tokens=100)
         assert [e.outcome for e in events] == ["blocked"]
         assert g.config.policy_for("r") == policy
+
+
+# -- shadow alerts ----------------------------------------------------------------------
+
+def test_shadow_blocks_raise_one_alert_per_budget_window_and_nothing_is_blocked() -> None:
+    from crew_budget.alerts import Alert, AlertManager
+    from crew_budget.alerts.events import fmt_usd
+
+    t0 = 1_795_000_000.0  # 2026-11-18 08:53 UTC
+    got: list[Alert] = []
+    g = Guard({"prices": PRICES, "mode": "shadow", "roles": {"researcher": {"daily": "0.45"}},
+               "alerts": {"sinks": [], "anomalies": {"enabled": False}}}, "memory://",
+              clock=lambda: t0, start_alerts=False)
+    with AlertManager(g, sinks=[got.append]) as manager:
+        for _ in range(5):  # calls 4 and 5 would have been blocked (see above)
+            g.settle(g.preflight("researcher", "big", MESSAGES, max_tokens=100), USAGE)
+        assert manager.flush()
+    shadow = [a for a in got if a.kind == "shadow_blocked"]
+    assert [a.key for a in shadow] == ["shadow_blocked:role:researcher|day|2026-11-18"]
+    assert [a.kind for a in got].count("exhausted") == 0
+    (alert,) = shadow
+    assert alert.severity == "warning"
+    assert alert.values["spent_usd"] == Decimal("0.42")
+    assert alert.title == ("role 'researcher' day budget would block calls (shadow mode: "
+                           "they were sent)")
+    estimate = fmt_usd(g.estimate("researcher", "big", MESSAGES, max_tokens=100).amount)
+    assert alert.message == (
+        "role 'researcher' day budget $0.45 (2026-11-18) would have blocked a big call by "
+        f"role 'researcher' estimated at {estimate} ($0.42 spent, $0.00 reserved). Shadow mode "
+        "sent it and charged it; enforced, further calls would be blocked until the window "
+        "resets at 2026-11-19 00:00 UTC.")
+    g.close()
