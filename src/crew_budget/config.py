@@ -29,6 +29,22 @@ role (scope ``model:<m>@role:<r>``). A key matches a call's model exactly,
 or the model with its provider prefix removed (``openai/gpt-4o`` matches
 ``gpt-4o``; the key ``openai/gpt-4o`` matches only ``openai/gpt-4o``).
 
+On-exceed policies: what a call that does not fit its budget does.
+``roles.<r>.on_exceed`` (also on ``default_role``), else the top-level
+``on_exceed``, is one of ``stop`` (raise ``BudgetExceeded``, the default),
+``end_task`` (CrewAI: the agent's task ends with a "budget exhausted" final
+answer and the crew goes on; other adapters stop as usual), ``shadow`` (never
+block: the call is charged and its record says ``shadow_blocked``) or
+``{downgrade: [gpt-4o-mini, ...]}`` (priced at each listed model in turn and
+sent to the first that fits; stopped when none does). ``mode: shadow``
+makes every role shadow, to roll budgets out without blocking anyone::
+
+    mode: shadow                           # or enforce (the default)
+    on_exceed: stop
+    roles:
+      writer: {daily: 2, on_exceed: {downgrade: [gpt-4o-mini]}}
+      researcher: {daily: 5, on_exceed: end_task}
+
 Roles (invariant 9: every call is budgeted). A call's role matches a key
 under ``roles:`` exactly, or ignoring case and extra whitespace (``"
 RESEARCHER "`` is ``researcher``), or through the role's ``aliases:``

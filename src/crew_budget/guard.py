@@ -141,7 +141,9 @@ class GuardEvent:
 
     ``outcome`` after preflight: ``allowed`` (``ticket.guarded`` is False if
     fail_open let it through unreserved) or ``blocked`` (``error`` says
-    where); after settle/release, the final state: ``settled``, ``released``,
+    where), preceded by ``shadow_blocked`` (``error`` says where) when
+    shadow mode lets through a call the limits would have blocked; after
+    settle/release, the final state: ``settled``, ``released``,
     ``expired`` (the lease ran out first), ``pending`` (ledger down, will
     retry), ``lost`` (the ledger no longer knows the reservation: it lost its
     state) or ``unguarded``. ``applied`` is False for a repeat that changed
