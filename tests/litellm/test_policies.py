@@ -4,22 +4,30 @@
 ``acompletion``) and the logger's own async hook send a call that does not fit
 at its model to the first listed model it fits at; the request body that went
 over the wire names that model. ``shadow``: nothing is blocked, would-be
-blocks are flagged. Dollars: the cassette's usage x gpt-4o-mini's list price.
+blocks are flagged. The proxy test starts a real LiteLLM proxy (as
+``test_proxy.py`` does) serving gpt-4o and gpt-4o-mini from a loopback
+upstream, and checks the model the upstream received. Dollars: the recorded
+usage x gpt-4o-mini's list price.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import litellm
+import openai
 import pytest
+import yaml
 
 from crew_budget import Guard
 from crew_budget.litellm import BudgetLogger, CrewBudgetExceededError, acompletion, completion
-from tests.fixtures.http_replay import live_bodies, recorded_usage, replay
-from tests.fixtures.waiting import await_for
+from tests.fixtures.http_replay import ReplayUpstream, live_bodies, recorded_usage, replay
+from tests.fixtures.litellm_proxy import start_proxy
+from tests.fixtures.waiting import await_for, wait_for
 from tests.litellm.conftest import LL, cost, outcomes, spent, unregister
 
 FR = [{"role": "user", "content": "Name the capital of France in one word."}]
@@ -103,3 +111,58 @@ def test_shadow_mode_sends_both_calls_and_flags_them(policy_logger: BudgetLogger
     assert [(r.outcome, r.metadata["shadow_blocked"]) for r in records] == [
         ("settled", "role:researcher|day")] * 2
     assert events.count("shadow_blocked") == 2
+
+
+# -- the LiteLLM proxy: a real proxy process, a loopback upstream ------------------------
+
+PROXY_SYSTEM = "You are the research agent of a travel crew."
+
+
+@pytest.mark.slow
+def test_proxy_sends_a_downgraded_request_to_the_cheaper_route(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The proxy serves gpt-4o and gpt-4o-mini; the researcher asks for gpt-4o,
+    which does not fit its $0.001 day, and the upstream receives gpt-4o-mini."""
+    work = tmp_path_factory.mktemp("litellm-proxy-policies")
+    ledger_url = f"sqlite:///{work / 'ledger.db'}"
+    budgets = work / "budgets.yaml"
+    budgets.write_text(yaml.safe_dump(DOWNGRADE))
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "examples" / "litellm_proxy" / "config.yaml").read_text())
+    route = config["model_list"][0]
+    config["model_list"].append({"model_name": "gpt-4o", "litellm_params": {
+        **route["litellm_params"], "model": "openai/gpt-4o"}})
+    config["general_settings"]["custom_auth"] = "proxy_auth.user_api_key_auth"
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(Path(__file__).with_name("proxy_auth.py"), work / "proxy_auth.py")
+    with ReplayUpstream(LL / "proxy_upstream.yaml") as upstream:
+        proxy = start_proxy(work / "config.yaml", {
+            "CREW_BUDGET_CONFIG": str(budgets), "CREW_BUDGET_LEDGER": ledger_url,
+            "LITELLM_MASTER_KEY": "sk-master-test", "CREW_BUDGET_HEADER_ROLES": "researcher",
+            "OPENAI_API_KEY": "sk-upstream-test", "OPENAI_API_BASE": upstream.base_url,
+        }, work)
+        guard = Guard(budgets, ledger_url)
+        try:
+            client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-agent-open",
+                                   max_retries=0, timeout=60)
+            reply = client.chat.completions.create(
+                model="gpt-4o", messages=[
+                    {"role": "system", "content": PROXY_SYSTEM},
+                    {"role": "user", "content": "List two sights in Porto."}],
+                extra_headers={"x-crew-budget-role": "researcher"})
+            assert reply.choices[0].message.content == (
+                "The Ribeira district and the Livraria Lello.")
+            assert upstream.count == 1
+            assert upstream.requests[0]["model"] == "gpt-4o-mini"
+            usage = upstream.usage_served(0)
+            assert usage is not None
+            # The proxy settles after it has answered (litellm's success callback).
+            wait_for(lambda: any(r.outcome == "settled" for r in guard.ledger.records()),
+                     timeout=20)
+            settled = [r for r in guard.ledger.records() if r.outcome == "settled"]
+            assert [(r.model, r.metadata["downgraded_from"]) for r in settled] == [
+                ("gpt-4o-mini", "gpt-4o")]
+            assert spent(guard, "role:researcher") == cost(usage) == Decimal("0.00001095")
+        finally:
+            proxy.stop()
+            guard.close()
