@@ -221,3 +221,41 @@ def test_shadow_blocks_raise_one_alert_per_budget_window_and_nothing_is_blocked(
         "sent it and charged it; enforced, further calls would be blocked until the window "
         "resets at 2026-11-19 00:00 UTC.")
     g.close()
+
+
+# -- configuration ---------------------------------------------------------------------
+
+POLICY_YAML = """\
+mode: shadow
+on_exceed: stop
+roles:
+  writer: {daily: 2, on_exceed: {downgrade: [gpt-4o-mini, openai/gpt-4.1-nano]}}
+  researcher: {daily: 5, on_exceed: end_task}
+  scout: {daily: 1, on_exceed: shadow}
+default_role: {daily: 1, on_exceed: {downgrade: [gpt-4o-mini]}}
+"""
+
+
+def test_the_policy_keys_load_and_the_shipped_schema_accepts_them(tmp_path: Any) -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "src" / "crew_budget"
+                         / "budgets.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(POLICY_YAML), schema)
+    (tmp_path / "b.yaml").write_text(POLICY_YAML)
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg.mode == "shadow" and cfg.on_exceed == "stop"
+    assert cfg.roles["writer"].on_exceed == Downgrade(
+        downgrade=("gpt-4o-mini", "openai/gpt-4.1-nano"))
+    assert cfg.roles["researcher"].on_exceed == "end_task"
+    enforced = cfg.model_copy(update={"mode": "enforce"})
+    assert [enforced.policy_for(r) for r in ("writer", "researcher", "scout", "default_role",
+                                             "unlisted")] == [
+        Downgrade(downgrade=("gpt-4o-mini", "openai/gpt-4.1-nano")), "end_task", "shadow",
+        Downgrade(downgrade=("gpt-4o-mini",)), "stop"]
+    for role in ("writer", "researcher", "scout", "default_role"):
+        assert cfg.policy_for(role) == "shadow"

@@ -659,7 +659,11 @@ class BudgetConfig(_Model):
         top-level ``on_exceed``."""
         if self.mode == "shadow":
             return "shadow"
-        budget = self.role_budget(role)
+        # ``role`` is resolved (a key, DEFAULT_ROLE, or a name with no role
+        # budget): two dict lookups, no name matching, on every preflight.
+        budget: RoleLimits | None = self.roles.get(role)
+        if budget is None and role == DEFAULT_ROLE:
+            budget = self.default_role
         if budget is not None and budget.on_exceed is not None:
             return budget.on_exceed
         return self.on_exceed
