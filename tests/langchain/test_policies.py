@@ -59,14 +59,17 @@ def test_downgrade_sends_both_model_calls_to_the_cheaper_model() -> None:
     guard.close()
 
 
-def test_end_task_is_the_agents_end_exit() -> None:
+def test_end_task_is_the_agents_end_exit_even_when_stops_raise() -> None:
     guard = Guard({"roles": {"researcher": {"daily": 0, "on_exceed": "end_task"}}}, "memory://")
     chat = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0)
+    mw = BudgetMiddleware(role="researcher", guard=guard, exit_behavior="error")
     with replay(LC / "agent_tools.yaml") as cassette:
-        result = _agent(BudgetMiddleware(role="researcher", guard=guard), chat).invoke(ASK)
+        result = _agent(mw, chat).invoke(ASK)
     assert cassette.play_count == 0
     assert str(result["messages"][-1].content).startswith(
         "Stopped by crew-budget: budget exceeded for role 'researcher'")
+    assert result["messages"][-1].response_metadata["crew_budget"]["blocked"] is True
+    assert [r.outcome for r in guard.ledger.records()] == ["blocked"]
     guard.close()
 
 

@@ -18,8 +18,9 @@ with ``exit_behavior`` (as in LangChain's ``ModelCallLimitMiddleware``):
 
 A role with ``on_exceed: {downgrade: [...]}`` whose call fits only at a
 cheaper model has that request sent there (``request.override(model=...)``
-with a copy of the agent's model under the other name); ``end_task`` is the
-``"end"`` exit above; ``shadow`` never blocks.
+with a copy of the agent's model under the other name); ``end_task`` always
+takes the ``"end"`` exit above, even with ``exit_behavior="error"``;
+``shadow`` never blocks.
 
 A ``BudgetCallbackHandler`` on the same model sees that the middleware
 already reserved the call and does not reserve it again; nor does
@@ -217,7 +218,9 @@ class BudgetMiddleware(AgentMiddleware):
                          "usage_metadata")
 
     def _blocked(self, exc: BudgetExceeded) -> AIMessage:
-        if self.exit_behavior == "error":
+        # The role's on_exceed: end_task asks for the agent's own end exit,
+        # whatever exit_behavior says for plain stops.
+        if self.exit_behavior == "error" and self.guard.config.policy_for(exc.role) != "end_task":
             raise exc
         log.warning("crew-budget: agent stopped: %s", exc)
         return AIMessage(
