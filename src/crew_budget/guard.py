@@ -28,6 +28,7 @@ from crew_budget.config import (
     DEFAULT_CREW_ROLE,
     DEFAULT_ROLE,
     BudgetConfig,
+    Downgrade,
     Limits,
     check_code_limits,
     load_config,
@@ -112,6 +113,9 @@ class Ticket:
     # exactly as preflight did (same provider's list, same tier).
     provider: str | None = None
     service_tier: str | None = None
+    downgraded_from: str | None = None
+    """Set when ``on_exceed: {downgrade: [...]}`` moved the call: the model the
+    caller asked for. ``model`` is then the model to send the request to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +148,9 @@ class GuardEvent:
 
     ``outcome`` after preflight: ``allowed`` (``ticket.guarded`` is False if
     fail_open let it through unreserved) or ``blocked`` (``error`` says
-    where); after settle/release, the final state: ``settled``, ``released``,
+    where), preceded by ``shadow_blocked`` (``error`` says where) when
+    shadow mode lets through a call the limits would have blocked; after
+    settle/release, the final state: ``settled``, ``released``,
     ``expired`` (the lease ran out first), ``pending`` (ledger down, will
     retry), ``lost`` (the ledger no longer knows the reservation: it lost its
     state) or ``unguarded``. ``applied`` is False for a repeat that changed
@@ -420,6 +426,17 @@ class Guard:
         run's buckets, and the record's metadata ``run`` (and ``runs``, when
         runs nest) names it; those two keys are the guard's: given in
         ``metadata`` they are dropped.
+
+        What a call that does not fit does is the role's ``on_exceed``
+        (``BudgetConfig.policy_for``): ``stop`` and ``end_task`` raise
+        (``end_task`` is for the CrewAI adapter to turn into a final
+        answer); ``downgrade`` returns a ticket for the first listed model
+        that fits, with ``ticket.model`` that model (send the request there)
+        and ``ticket.downgraded_from`` (and the record's metadata
+        ``downgraded_from``) the model asked for; ``shadow`` never raises
+        ``BudgetExceeded``: the call is charged, its record's metadata says
+        ``shadow_blocked`` (``"scope|window"``) and a ``shadow_blocked``
+        event precedes the ``allowed`` one.
         """
         given = role
         resolved = self._role_names.get(role)
@@ -454,14 +471,16 @@ class Guard:
             metadata=meta,
         )
         rid = new_reservation_id()
+        policy = self.config.policy_for(role)
+        reserve = self._reserve_shadow if policy == "shadow" else self._reserve
         try:
             try:
-                result = self._reserve(role, rid, amount, draft, model, chain)
+                result = reserve(role, rid, amount, draft, model, chain)
             except LedgerReset as reset:
                 if self.config.on_ledger_reset != "continue":
                     raise
                 self._accept_reset(reset)
-                result = self._reserve(role, rid, amount, draft, model, chain)
+                result = reserve(role, rid, amount, draft, model, chain)
         except LedgerReset:
             raise  # the ledger answers, but its books are gone: fail_open does not apply
         except LedgerUnavailable as exc:
@@ -506,10 +525,18 @@ class Guard:
             if st.reserved_nano and st.spent_nano + amount <= st.bucket.limit_nano:
                 note = self._lease_note(st.reserved_nano)
                 exceeded = BudgetExceeded(**fields, message=f"{exceeded} {note}")
+            if isinstance(policy, Downgrade):
+                moved = self._downgrade(policy, role, model, messages, tools, max_tokens, draft,
+                                        chain, system, extra, provider)
+                if moved is not None:
+                    return moved
             if self._listeners:
                 self._emit(GuardEvent("blocked", role, model, crew_name, from_nano(amount),
                                       error=exceeded))
             raise exceeded
+        if isinstance(result, _ShadowGrant):
+            meta = dict(result.draft.metadata)
+            result = self._shadow_blocked(result, role, model, crew_name, amount)
         if self._pending:
             self._flush_pending_quietly()
         if self._journal_dirty:
@@ -595,6 +622,101 @@ class Guard:
             return result
         raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds"
                                 " (or live limits keep changing)")
+
+    # -- on-exceed policies (issue 12): softer ways out than stopping ----------
+
+    def _reserve_shadow(self, role: str, rid: str, amount: int, draft: RecordDraft, model: str,
+                        chain: RunChain) -> Reservation | _ShadowGrant:
+        """``shadow``: reserve without any limit, noting the bucket that would have refused.
+
+        The would-be refusal is read from ``status`` just before an unlimited
+        reserve, so the ledger writes no ``blocked`` record (nothing was
+        blocked) and the call is charged like any other. Two calls racing at
+        the edge of a limit may both pass unflagged: shadow mode measures,
+        it does not enforce, so it does not pay for the atomic check.
+        """
+        now = self._clock() + self._offset
+        for _attempt in range(3):
+            buckets = self._buckets(role, now, model)
+            if chain:
+                buckets += self._run_buckets(role, model, chain, now)
+            over = next((st for st in self.ledger.status(list(buckets))
+                         if st.bucket.limit_nano is not None
+                         and st.spent_nano + st.reserved_nano + amount > st.bucket.limit_nano),
+                        None)
+            if over is None:
+                req = ReserveRequest(rid, buckets, amount, self._lease, draft)
+            else:
+                meta = {**draft.metadata,
+                        "shadow_blocked": f"{over.bucket.scope}|{over.bucket.window}"}
+                req = ReserveRequest(rid, tuple(replace(b, limit_nano=None) for b in buckets),
+                                     amount, self._lease, replace(draft, metadata=meta))
+            try:
+                granted = self.ledger.reserve(req)
+            except ClockSkew as skew:
+                self._offset = skew.ledger_now - self._clock()
+                now = skew.ledger_now
+                continue
+            assert isinstance(granted, Reservation)  # no bucket is limited, or none overflows
+            return granted if over is None else _ShadowGrant(granted, over, req.draft)
+        raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds")
+
+    def _shadow_blocked(self, grant: _ShadowGrant, role: str, model: str, crew: str | None,
+                        amount: int) -> Reservation:
+        """Say out loud that a shadow call would have been blocked (log + event)."""
+        st = grant.state
+        assert st.bucket.limit_nano is not None
+        would = BudgetExceeded(
+            role=role, scope=st.bucket.scope, window=st.bucket.window, period=st.bucket.period,
+            limit=from_nano(st.bucket.limit_nano), spent=from_nano(st.spent_nano),
+            reserved=from_nano(st.reserved_nano), estimate=from_nano(amount), model=model)
+        log.warning("crew-budget: SHADOW: role %r: %s %s budget $%s has $%s spent and $%s "
+                    "reserved; this %s call (estimated $%s) would have been blocked and was "
+                    "sent anyway (on_exceed/mode: shadow)", role, st.bucket.scope,
+                    st.bucket.window, would.limit, would.spent, would.reserved, model,
+                    would.estimate)
+        self._bump("shadow_blocked")
+        if self._listeners:
+            self._emit(GuardEvent("shadow_blocked", role, model, crew, from_nano(amount),
+                                  error=would))
+        return grant.reservation
+
+    def _downgrade(self, policy: Downgrade, role: str, model: str, messages: Sequence[Any],
+                   tools: Sequence[Mapping[str, Any]] | None, max_tokens: int | None,
+                   draft: RecordDraft, chain: RunChain, system: Any,
+                   extra: Mapping[str, Any] | None, provider: str | None) -> Ticket | None:
+        """``downgrade``: price the refused call at each listed model in turn and
+        reserve the first that fits; ``None`` if none does (the caller stops it).
+
+        Each model is priced from scratch (its own tokenizer, prices and output
+        cap), so the reservation is as true an upper bound as the original.
+        A refusal at a listed model leaves its ``blocked`` record, like any.
+        """
+        for cheaper in policy.downgrade:
+            if cheaper == model:
+                continue
+            price = self.prices.get(cheaper, provider)
+            prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
+                role, price, cheaper, messages, tools, max_tokens, system, extra)
+            meta = {**draft.metadata, "downgraded_from": model}
+            moved = replace(draft, model=cheaper, estimate_nano=amount,
+                            prompt_tokens_estimate=prompt_tokens,
+                            output_tokens_reserved=out_tokens, metadata=meta)
+            rid = new_reservation_id()
+            result = self._reserve(role, rid, amount, moved, cheaper, chain)
+            if isinstance(result, Denial):
+                continue
+            log.info("crew-budget: role %s: %s did not fit its budget; sent to %s instead "
+                     "(on_exceed: downgrade)", role, model, cheaper)
+            tier = normalize_service_tier(extra.get("service_tier")) if extra else None
+            ticket = Ticket(rid, role, cheaper, draft.crew, from_nano(amount), prompt_tokens,
+                            out_tokens, inject, result.expires_at, metadata=meta,
+                            provider=provider, service_tier=tier, downgraded_from=model)
+            if self._listeners:
+                self._emit(GuardEvent("allowed", role, cheaper, draft.crew, ticket.estimate,
+                                      ticket=ticket))
+            return ticket
+        return None
 
     def settle(self, ticket: Ticket, usage: Any) -> Settlement:
         """Charge the actual cost from the provider's ``usage`` (idempotent).
@@ -1192,6 +1314,15 @@ def _operator() -> str:
     except Exception:
         user = "unknown user"
     return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True, slots=True)
+class _ShadowGrant:
+    """A shadow-mode reservation that the limits would have refused (``state``)."""
+
+    reservation: Reservation
+    state: BucketState
+    draft: RecordDraft
 
 
 def _default_journal(namespace: str, url: str) -> str:

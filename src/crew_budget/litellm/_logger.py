@@ -298,8 +298,9 @@ class BudgetLogger(CustomLogger):
         by_caller: bool = False,
     ) -> Ticket:
         """Reserve one chat call and adjust ``kwargs`` in place (``max_tokens``,
-        ``stream_options``, and the reservation's key in its metadata); raises
-        ``CrewBudgetExceededError`` when over budget.
+        ``stream_options``, ``model`` when the role's ``on_exceed: downgrade``
+        moved the call to a cheaper model, and the reservation's key in its
+        metadata); raises ``CrewBudgetExceededError`` when over budget.
 
         ``call_id`` (litellm's) is only recorded; the reservation is keyed by
         a fresh id (``RESERVATION_KEY``), so equal call ids never collide.
@@ -326,6 +327,13 @@ class BudgetLogger(CustomLogger):
                                           crew=self.crew, extra=extra or None)
         except BudgetExceeded as exc:
             raise CrewBudgetExceededError.from_exceeded(exc) from None
+        if ticket.downgraded_from is not None:
+            # on_exceed: downgrade. The request goes to the model it was
+            # reserved at: the SDK wrappers send these kwargs, and on the
+            # proxy the hook's data["model"] picks the route (so the listed
+            # names must be model names the proxy serves).
+            kwargs["model"] = ticket.model
+            model_name = ticket.model
         if ticket.max_tokens is not None:
             kwargs["max_tokens"] = ticket.max_tokens
         if self.inject_stream_usage and kwargs.get("stream") and not kwargs.get("stream_options") \
