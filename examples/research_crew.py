@@ -12,6 +12,9 @@ limit, and the stricter of the two wins. `crew-budget demo` runs this crew.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import sys
 from pathlib import Path
@@ -83,22 +86,33 @@ def main() -> int:
     parser.add_argument("--ledger", help="ledger URL (offline default: memory://, so replayed "
                         "spend never lands in your real ledger; live default: the embedded "
                         "SQLite ledger or CREW_BUDGET_LEDGER)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show CrewAI's own console output and logs")
     args = parser.parse_args()
     if args.live and not os.environ.get("OPENAI_API_KEY"):
         print("--live needs OPENAI_API_KEY", file=sys.stderr)
         return 2
     ledger = args.ledger or (None if args.live else "memory://")
 
+    if not args.verbose:
+        # CrewAI prints its progress to the console and logs the budget's
+        # deliberate stop as a listener error; this example prints what the
+        # budget did instead (--verbose shows both).
+        logging.getLogger("crewai").setLevel(logging.CRITICAL)
+    chatter = (contextlib.nullcontext() if args.verbose
+               else contextlib.redirect_stdout(io.StringIO()))
+
     budget = BudgetCallback.from_yaml(HERE / "budgets.yaml", ledger=ledger)
     crew = budget.attach(build_crew())
     try:
-        if args.live:
-            result = crew.kickoff(inputs={"question": QUESTION})
-        else:
-            from crew_budget.crewai.demo import replay  # vcrpy: replays the recorded run
-
-            with replay(CASSETTE):
+        with chatter:
+            if args.live:
                 result = crew.kickoff(inputs={"question": QUESTION})
+            else:
+                from crew_budget.crewai.demo import replay  # vcrpy: replays the recorded run
+
+                with replay(CASSETTE):
+                    result = crew.kickoff(inputs={"question": QUESTION})
         print(result.raw)
     except CrewBudgetExceeded as exc:
         print(f"\nStopped by budget ({exc.role}, {exc.scope}): {exc}\n")

@@ -20,7 +20,7 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 
-pytest_plugins = ["tests.fixtures.redis_server"]
+pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.redis_cluster"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CASSETTES = ROOT / "cassettes"

@@ -28,6 +28,7 @@ PUBLIC = [
     "PricingError",
     "ReservationError",
     "RoleBudget",
+    "RolePaused",
     "Run",
     "Settlement",
     "SpendRecord",

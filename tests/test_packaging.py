@@ -77,7 +77,8 @@ def test_build_check_install_the_wheel_and_run_the_demo_from_it(tmp_path: Path) 
         meta = Parser().parsestr(zf.read(f"crew_budget-{version}.dist-info/METADATA").decode())
     for packaged in ("crew_budget/py.typed", "crew_budget/budgets.schema.json",
                      "crew_budget/ledger/lua/reserve.lua",
-                     "crew_budget/crewai/cassettes/research_crew.yaml"):
+                     "crew_budget/crewai/cassettes/research_crew.yaml",
+                     "crew_budget/crewai/cassettes/research_crew_end_task.yaml"):
         assert packaged in names
     assert meta["Requires-Python"] == ">=3.11"
     assert "Programming Language :: Python :: 3.11" in meta.get_all("Classifier")
@@ -112,9 +113,10 @@ def test_build_check_install_the_wheel_and_run_the_demo_from_it(tmp_path: Path) 
     demo = subprocess.run([str(script), "demo"], capture_output=True, text=True, env=offline,
                           cwd=tmp_path, timeout=300, check=False)
     assert demo.returncode == 0, demo.stderr[-3000:]
-    out = demo.stdout
+    out, soft = demo.stdout.split("Softer:")  # the hard stop, then on_exceed: end_task
     assert "offline replay, no API key needed" in out
     assert len(re.findall(r"researcher +gpt-4o +call", out)) == 5
     assert re.search(r"researcher +gpt-4o +BLOCKED .*no request", out)
     assert "Stopped: crew.kickoff() raised CrewBudgetExceeded" in out
     assert re.search(r"│ total +│.*│ +0\.0103824 │", out), out
+    assert re.search(r"│ total +│.*│ +0\.01049955 │", soft), soft  # the writer ran too

@@ -29,6 +29,22 @@ role (scope ``model:<m>@role:<r>``). A key matches a call's model exactly,
 or the model with its provider prefix removed (``openai/gpt-4o`` matches
 ``gpt-4o``; the key ``openai/gpt-4o`` matches only ``openai/gpt-4o``).
 
+On-exceed policies: what a call that does not fit its budget does.
+``roles.<r>.on_exceed`` (also on ``default_role``), else the top-level
+``on_exceed``, is one of ``stop`` (raise ``BudgetExceeded``, the default),
+``end_task`` (CrewAI: the agent's task ends with a "budget exhausted" final
+answer and the crew goes on; other adapters stop as usual), ``shadow`` (never
+block: the call is charged and its record says ``shadow_blocked``) or
+``{downgrade: [gpt-4o-mini, ...]}`` (priced at each listed model in turn and
+sent to the first that fits; stopped when none does). ``mode: shadow``
+makes every role shadow, to roll budgets out without blocking anyone::
+
+    mode: shadow                           # or enforce (the default)
+    on_exceed: stop
+    roles:
+      writer: {daily: 2, on_exceed: {downgrade: [gpt-4o-mini]}}
+      researcher: {daily: 5, on_exceed: end_task}
+
 Roles (invariant 9: every call is budgeted). A call's role matches a key
 under ``roles:`` exactly, or ignoring case and extra whitespace (``"
 RESEARCHER "`` is ``researcher``), or through the role's ``aliases:``
@@ -83,8 +99,10 @@ __all__ = [
     "MAX_OUTPUT_TOKENS",
     "MAX_PRICE_PER_MILLION_USD",
     "MAX_RETENTION_DAYS",
+    "POLICY_NAMES",
     "BudgetConfig",
     "CrewLimits",
+    "Downgrade",
     "Limits",
     "ModelPrice",
     "RoleBudget",
@@ -194,6 +212,77 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+# -- on-exceed policies (issue 12) ---------------------------------------------
+
+#: The policies named by one word; ``{downgrade: [...]}`` is the fourth.
+POLICY_NAMES = ("stop", "end_task", "shadow")
+_POLICY_FIX = ("write stop, end_task, shadow, or {downgrade: [gpt-4o-mini]} (cheaper models "
+               "to try in order)")
+
+
+class Downgrade(_Model):
+    """``on_exceed: {downgrade: [gpt-4o-mini, ...]}``: a call that does not fit
+    at its model is priced at each listed model in turn and sent to the first
+    that fits; only when none fits is it stopped."""
+
+    downgrade: tuple[ModelName, ...] = Field(min_length=1, max_length=20)
+
+
+def _on_exceed(value: object) -> object:
+    """Say what a policy looks like, instead of pydantic's union error dump."""
+    if isinstance(value, str):
+        if value in POLICY_NAMES:
+            return value
+        if value.strip().casefold() == "downgrade":
+            raise ValueError(f"on_exceed {value!r} needs the models to try; write on_exceed: "
+                             "{downgrade: [gpt-4o-mini]}")
+        close = difflib.get_close_matches(value.strip().casefold(), POLICY_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown on_exceed policy {value!r}; {hint}{_POLICY_FIX}")
+    if isinstance(value, Mapping):
+        if set(value) != {"downgrade"}:
+            extra = sorted(str(k) for k in value if k != "downgrade")
+            raise ValueError(f"on_exceed as a mapping takes only downgrade, not "
+                             f"{', '.join(extra) or 'nothing'}; {_POLICY_FIX}")
+        models = value["downgrade"]
+        if isinstance(models, str):
+            raise ValueError(f"downgrade is a list of models; write downgrade: [{models}]")
+        if not isinstance(models, (list, tuple)) or not models:
+            raise ValueError("downgrade needs at least one model to try; write downgrade: "
+                             "[gpt-4o-mini]")
+        for m in models:
+            if not isinstance(m, str) or not m.strip() or m != "".join(m.split()):
+                raise ValueError(f"downgrade model {m!r} is not a model name (blank, spaced "
+                                 "or not text); write the model as your code names it, "
+                                 "e.g. gpt-4o-mini")
+        if len(set(models)) != len(models):
+            raise ValueError(f"downgrade lists a model twice ({list(models)}); list each "
+                             "model once, dearest first")
+        return Downgrade(downgrade=tuple(models))
+    if isinstance(value, Downgrade):
+        return value
+    raise ValueError(f"on_exceed is {type(value).__name__}, not a policy; {_POLICY_FIX}")
+
+
+_POLICY_SCHEMA: dict[str, Any] = {
+    "description": "what a call that does not fit its budget does: stop (raise, the "
+    "default), end_task (CrewAI: the agent's task ends with a 'budget exhausted' final "
+    "answer and the crew goes on), shadow (never block: charge it and record it as "
+    "shadow_blocked), or {downgrade: [models]} (send it to the first listed model it fits at)",
+    "anyOf": [
+        {"type": "string", "enum": list(POLICY_NAMES)},
+        {"type": "object", "additionalProperties": False, "required": ["downgrade"],
+         "properties": {"downgrade": {
+             "type": "array", "minItems": 1, "maxItems": 20, "uniqueItems": True,
+             "items": {"type": "string", "pattern": r"^\S+$", "maxLength": 200}}}},
+    ],
+}
+OnExceed = Annotated[
+    Literal["stop", "end_task", "shadow"] | Downgrade, BeforeValidator(_on_exceed),
+    WithJsonSchema(_POLICY_SCHEMA),
+]
+
+
 class Limits(_Model):
     """Dollar limits per window; ``None`` means no limit for that window.
 
@@ -233,9 +322,12 @@ class Limits(_Model):
 
 
 class RoleLimits(Limits):
-    """A role's limits plus its cap on reserved output tokens (``default_role``)."""
+    """A role's limits plus its cap on reserved output tokens (``default_role``),
+    and what its calls do when they do not fit (``on_exceed``; None: the
+    top-level ``on_exceed``)."""
 
     max_output_tokens: OutputTokens | None = None
+    on_exceed: OnExceed | None = None
 
 
 class RoleBudget(RoleLimits):
@@ -383,6 +475,12 @@ class BudgetConfig(_Model):
     roles: dict[RoleName, RoleBudget] = Field(default_factory=dict)
     default_role: RoleLimits | None = None
     unknown_roles: Literal["refuse", "allow"] = "refuse"
+    # What a call that does not fit does, for roles that do not say
+    # (roles.<r>.on_exceed); `mode: shadow` makes every role shadow.
+    on_exceed: OnExceed = "stop"
+    mode: Literal["enforce", "shadow"] = Field(
+        default="enforce", description="shadow: never block any call; calls that would have "
+        "been blocked are charged and recorded as shadow_blocked (roll budgets out safely)")
     # The role charged for LLM calls a CrewAI crew makes for itself rather
     # than for one agent (manager converter, planning, guardrails, memory,
     # crew.test()). None means "crew". With no budget of its own under roles:
@@ -559,6 +657,21 @@ class BudgetConfig(_Model):
             if key is not None:
                 return self.roles[key]
         return self.default_role
+
+    def policy_for(self, role: str) -> str | Downgrade:
+        """The on-exceed policy of a call by ``role`` (resolved): ``mode: shadow``
+        first, then the role's (or ``default_role``'s) ``on_exceed``, then the
+        top-level ``on_exceed``."""
+        if self.mode == "shadow":
+            return "shadow"
+        # ``role`` is resolved (a key, DEFAULT_ROLE, or a name with no role
+        # budget): two dict lookups, no name matching, on every preflight.
+        budget: RoleLimits | None = self.roles.get(role)
+        if budget is None and role == DEFAULT_ROLE:
+            budget = self.default_role
+        if budget is not None and budget.on_exceed is not None:
+            return budget.on_exceed
+        return self.on_exceed
 
     def max_output_tokens(self, role: str) -> int:
         budget = self.role_budget(role)
@@ -911,15 +1024,17 @@ def _explain(err: Mapping[str, Any]) -> str:
         known = {
             "": "version, timezone, ledger, namespace, fail_open, on_ledger_reset, journal, "
             "lease_seconds, retention_days, records_retention_days, default_max_output_tokens, "
-            "global, crew, roles, default_role, unknown_roles, crew_role, prices, models, alerts",
+            "global, crew, roles, default_role, unknown_roles, crew_role, on_exceed, mode, "
+            "prices, models, alerts",
         }
         if len(loc) > 2 and loc[-3] == "models":
             hint = "a model budget takes hourly, daily, monthly and per_run"
         elif parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
-            hint = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases "
-                    "and models")
+            hint = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, "
+                    "models and on_exceed")
         elif parent == "default_role":
-            hint = "default_role takes hourly, daily, monthly, per_run and max_output_tokens"
+            hint = ("default_role takes hourly, daily, monthly, per_run, max_output_tokens and "
+                    "on_exceed")
         elif parent in ("crew", "global"):
             hint = "use hourly, daily, monthly or per_run (crew also takes name)"
         elif loc and loc[0] == "alerts":

@@ -17,6 +17,7 @@ narrow class per problem so they can catch exactly one thing::
     │   │                      restart without persistence, empty replica)
     │   └── ReservationError   unknown or foreign reservation id
     └── BudgetExceeded         a call would cross a budget: it was not sent
+        └── RolePaused         an operator paused the role (crew-budget pause)
 
 Every error carries its facts as attributes, and its message names the
 problem *and* the fix, because the person reading it is usually looking at
@@ -300,6 +301,44 @@ class BudgetExceeded(CrewBudgetError):
             "estimate": self.estimate,
             "model": self.model,
         }
+
+
+class RolePaused(BudgetExceeded):
+    """An operator paused the role (``crew-budget pause``): every call is refused.
+
+    A ``BudgetExceeded`` so every adapter stops the agent as it does at a
+    spent budget. Besides the budget's facts (the paused window's limit is
+    $0), ``paused_by`` (user@host), ``reason``, ``paused_at`` and ``until``
+    (Unix seconds, None for until resumed) say who paused it and for how long.
+    """
+
+    def __init__(self, *, paused_by: str = "", reason: str = "", paused_at: float = 0.0,
+                 until: float | None = None, message: str | None = None,
+                 **fields: object) -> None:
+        self.paused_by = paused_by
+        self.reason = reason
+        self.paused_at = paused_at
+        self.until = until
+        if message is None:
+            why = f" ({reason})" if reason else ""
+            end = (f" until {_utc(until)}" if until is not None else " until resumed")
+            message = (
+                f"role {fields.get('role')!r} is paused by {paused_by or 'an operator'} since "
+                f"{_utc(paused_at)}{why}{end}, so this {fields.get('model') or 'LLM'} call "
+                f"was not sent. Fix: `crew-budget resume --role {fields.get('role')}` when "
+                "its calls may run again"
+            )
+        super().__init__(message=message, **fields)  # type: ignore[arg-type]
+
+    def _fields(self) -> dict[str, object]:
+        return {**super()._fields(), "paused_by": self.paused_by, "reason": self.reason,
+                "paused_at": self.paused_at, "until": self.until}
+
+
+def _utc(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _rebuild_budget_exceeded(

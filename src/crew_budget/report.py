@@ -228,6 +228,8 @@ class Report:
     records: int = 0
     source: Literal["records", "rollups"] = "records"
     records_retention_days: float | None = None
+    overrides: list[SpendRecord] = field(default_factory=list)
+    """Live-limit changes (crew-budget set/pause/resume) in the span: not calls."""
 
     def share(self, row: ReportRow) -> Decimal:
         """The row's share of total cost, in percent (one decimal)."""
@@ -267,6 +269,11 @@ class Report:
                  "cleared_usd": str(from_nano(-r.cost_nano)),
                  "reason": str(r.metadata.get("reason", ""))}
                 for r in self.resets
+            ],
+            "overrides": [
+                {**dict(r.metadata), "time": self._iso(r.ts), "role": r.role,
+                 "until": self._iso(r.metadata.get("until"))}
+                for r in self.overrides
             ],
         }
 
@@ -324,6 +331,7 @@ def build_report(
         if (since is None or r.ts >= since) and (until is None or r.ts < until)]
     count = len(reset_list)
     source: Literal["records", "rollups"] = "records"
+    overrides: list[SpendRecord] = []
     for r in records:
         if isinstance(r, Rollup):
             source = "rollups"
@@ -343,6 +351,9 @@ def build_report(
         if r.outcome == "reset":
             reset_list.append(r)
             continue
+        if r.outcome == "override":  # a live-limit change (crew-budget set/pause): not a call
+            overrides.append(r)
+            continue
         key = tuple(_label(r, k, labels) for k in keys)
         row = groups.get(key)
         if row is None:
@@ -354,7 +365,8 @@ def build_report(
         rows.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
     else:
         rows.sort(key=lambda row: row.key)
-    return Report(keys, since, until, tz, rows, total, reset_list, count, source)
+    return Report(keys, since, until, tz, rows, total, reset_list, count, source,
+                  overrides=overrides)
 
 
 def time_series(

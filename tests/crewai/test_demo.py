@@ -19,6 +19,14 @@ each of its calls reserves 512 output tokens ($0.00512) plus its prompt. Call
 by more than 84%; call 6 ($0.010365 spent, prompt $0.0038725) is refused
 unless underestimated by more than 36%. So the demo shows 5 calls, then the
 block.
+
+The demo then runs the same crew again with ``roles.researcher.on_exceed:
+end_task`` on a fresh ledger (``research_crew_end_task.yaml``: the same
+router and five researcher answers, then the writer's, hand-written with its
+usage counted by tiktoken o200k_base): the sixth researcher call ends the
+researcher's task instead of the crew, and the writer runs:
+
+    writer      201 in, 145 out 0.00003015 + 0.000087          = 0.00011715
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ pytestmark = pytest.mark.slow
 
 ROUTER = Decimal("0.0000174")
 RESEARCHER = Decimal("0.010365")
+WRITER = Decimal("0.00011715")
 
 
 def offline_env() -> dict[str, str]:
@@ -68,13 +77,20 @@ def test_expected_dollars_come_from_the_cassette() -> None:
     assert len(usage) == 9  # 8 scripted researcher answers: the block, not the script, ends it
 
 
+def test_soft_run_dollars_come_from_its_cassette() -> None:
+    usage = cassette_usage("research_crew_end_task")
+    assert len(usage) == 7  # router, 5 researcher calls, writer: nothing after the writer
+    assert usage[:6] == cassette_usage("research_crew")[:6]
+    assert openai_cost(usage[6], GPT_4O_MINI) == WRITER  # type: ignore[arg-type]
+
+
 def test_demo_command_offline() -> None:
     # The installed console script, exactly what the README tells users to run.
     script = Path(sys.executable).with_name("crew-budget")
     assert script.exists(), "crew-budget console script not installed next to python"
     proc = run(str(script), "demo")
-    out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out, soft = proc.stdout.split("Softer:")
     assert "offline replay, no API key needed" in out
     assert "ledger: sqlite:///" in out  # the embedded SQLite ledger, no Redis
     # The researcher loops, then is stopped before the call that does not fit.
@@ -90,6 +106,24 @@ def test_demo_command_offline() -> None:
     assert re.search(rf"│ total +│.*│ +{ROUTER + RESEARCHER} │", out)
     assert re.search(rf"│ crew:research-demo +│ +0.1 │ +{ROUTER + RESEARCHER} │", out)
 
+    # The softer run: the same five researcher calls, its task ended instead of
+    # the crew, and the writer's one call.
+    assert "roles.researcher.on_exceed: end_task" in soft
+    assert len(re.findall(r"researcher +gpt-4o +call", soft)) == 5
+    assert re.search(r"researcher +gpt-4o +TASK ENDED +needs ~\$[\d.]+, role:researcher has "
+                     r"\$0.007635 left", soft)
+    assert "BLOCKED" not in soft and "Stopped" not in soft
+    assert len(re.findall(r"writer +gpt-4o-mini +call", soft)) == 1
+    assert "The crew finished: the writer's brief (117 words) begins: 'Solid-state" in soft
+    rows = {m[0]: m[1:] for m in re.findall(
+        r"│ (\w+) +│ ([\w.-]+) +│ +(\d+) │ +(\d+) │ +(\d+) │ +(\d+) │ +([\d.]+) │", soft)}
+    assert rows["researcher"] == ("gpt-4o", "5", "1", "3726", "105", str(RESEARCHER))
+    assert rows["router"] == ("gpt-4o-mini", "1", "0", "112", "1", str(ROUTER))
+    assert rows["writer"] == ("gpt-4o-mini", "1", "0", "201", "145", str(WRITER))
+    total = ROUTER + RESEARCHER + WRITER
+    assert re.search(rf"│ total +│.*│ +{total} │", soft)
+    assert re.search(rf"│ crew:research-demo +│ +0.1 │ +{total} │", soft)
+
 
 def test_example_script_offline() -> None:
     proc = run(sys.executable, "examples/research_crew.py")
@@ -98,6 +132,13 @@ def test_example_script_offline() -> None:
     assert "Stopped by budget (researcher, role:researcher)" in out
     assert re.search(rf"researcher +gpt-4o +5 +1 +3726 +105 +{RESEARCHER}\n", out)
     assert re.search(rf"router +gpt-4o-mini +1 +0 +112 +1 +{ROUTER}\n", out)
+    # Only the example's own output: the stop line, then the two spend tables
+    # and the limits. CrewAI's console chatter, its ERROR log of the stop and
+    # its event-bus warnings stay out (they show with --verbose).
+    assert out.startswith("\nStopped by budget (researcher, role:researcher)"), out[:300]
+    assert proc.stderr == "", proc.stderr[-2000:]
+    for noise in ("ERROR", "[CrewAIEventsBus]", "approximate input token count", "Crew: "):
+        assert noise not in out
 
 
 def _load_example() -> Any:

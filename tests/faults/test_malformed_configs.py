@@ -36,10 +36,13 @@ OVER_MAX = ("is above the maximum of $1,000,000; limits are kept in nano-dollars
             "budgets across roles or windows)")
 NOT_AMOUNT = 'write a dollar amount such as 5 or "5.00"'
 NEVER_FIRES = "spend stops at the limit, so it would never fire; use e.g. [50, 80, 100]"
-ROLE_KEYS = "a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases and models"
+ROLE_KEYS = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, models "
+             "and on_exceed")
 MODEL_KEYS = "a model budget takes hourly, daily, monthly and per_run"
 SPACED_MODEL = ("is blank or contains whitespace, so it would match no call; write the model as "
                 "your code names it, e.g. gpt-4o or openai/gpt-4o")
+POLICY_FIX = ("write stop, end_task, shadow, or {downgrade: [gpt-4o-mini]} (cheaper models to "
+              "try in order)")
 COLLIDE = "(roles match ignoring case and extra whitespace); give each role distinct names"
 
 
@@ -189,8 +192,8 @@ CASES = [
     Case("role-without-s", "role:\n  r: {daily: 1}\n", "role",
          "unknown key 'role'; known keys: version, timezone, ledger, namespace, fail_open, "
          "on_ledger_reset, journal, lease_seconds, retention_days, records_retention_days, "
-         "default_max_output_tokens, "
-         "global, crew, roles, default_role, unknown_roles, crew_role, prices, models, alerts"),
+         "default_max_output_tokens, global, crew, roles, default_role, unknown_roles, "
+         "crew_role, on_exceed, mode, prices, models, alerts"),
     Case("weekly-window", "roles: {r: {weekly: 5}}\n", "roles.r.weekly",
          f"unknown key 'weekly'; {ROLE_KEYS}"),
     Case("alias-names-another-role", "roles:\n  researcher: {daily: 1}\n"
@@ -219,7 +222,7 @@ CASES = [
          "aliases is a list of names; write aliases: ['Senior Researcher']"),
     Case("aliases-on-default-role", "roles: {r: {}}\ndefault_role: {daily: 1, aliases: [x]}\n",
          "default_role.aliases", "unknown key 'aliases'; default_role takes hourly, daily, "
-         "monthly, per_run and max_output_tokens"),
+         "monthly, per_run, max_output_tokens and on_exceed"),
     Case("default-role-and-allow", "roles: {r: {}}\ndefault_role: {daily: 1}\n"
          "unknown_roles: allow\n", "unknown_roles",
          "unknown_roles: allow and default_role: both say what happens to roles not listed; "
@@ -284,6 +287,34 @@ CASES = [
          f"budget 2000000 {OVER_MAX}"),
     Case("per-run-on-crew-typo", "crew: {name: t, run: 2}\nroles: {r: {}}\n", "crew.run",
          "unknown key 'run'; use hourly, daily, monthly or per_run (crew also takes name)"),
+    # -- on-exceed policies (issue 12 part 5) -----------------------------------------
+    Case("on-exceed-typo", "roles: {r: {on_exceed: end-task}}\n", "roles.r.on_exceed",
+         f"unknown on_exceed policy 'end-task'; did you mean 'end_task'? {POLICY_FIX}"),
+    Case("on-exceed-unknown", "on_exceed: retry\nroles: {r: {}}\n", "on_exceed",
+         f"unknown on_exceed policy 'retry'; {POLICY_FIX}"),
+    Case("downgrade-as-word", "roles: {r: {on_exceed: downgrade}}\n", "roles.r.on_exceed",
+         "on_exceed 'downgrade' needs the models to try; write on_exceed: {downgrade: "
+         "[gpt-4o-mini]}"),
+    Case("downgrade-model-as-word", "roles: {r: {on_exceed: {downgrade: gpt-4o-mini}}}\n",
+         "roles.r.on_exceed", "downgrade is a list of models; write downgrade: [gpt-4o-mini]"),
+    Case("downgrade-empty", "roles: {r: {on_exceed: {downgrade: []}}}\n", "roles.r.on_exceed",
+         "downgrade needs at least one model to try; write downgrade: [gpt-4o-mini]"),
+    Case("downgrade-spaced-model", "roles: {r: {on_exceed: {downgrade: [gpt 4o mini]}}}\n",
+         "roles.r.on_exceed", "downgrade model 'gpt 4o mini' is not a model name (blank, "
+         "spaced or not text); write the model as your code names it, e.g. gpt-4o-mini"),
+    Case("downgrade-twice", "roles: {r: {on_exceed: {downgrade: [a, a]}}}\n",
+         "roles.r.on_exceed", "downgrade lists a model twice (['a', 'a']); list each model "
+         "once, dearest first"),
+    Case("on-exceed-extra-key", "roles: {r: {on_exceed: {downgrade: [a], to: b}}}\n",
+         "roles.r.on_exceed", f"on_exceed as a mapping takes only downgrade, not to; "
+         f"{POLICY_FIX}"),
+    Case("on-exceed-list", "roles: {r: {on_exceed: [stop]}}\n", "roles.r.on_exceed",
+         f"on_exceed is list, not a policy; {POLICY_FIX}"),
+    Case("mode-typo", "mode: shadowed\nroles: {r: {}}\n", "mode",
+         "Input should be 'enforce' or 'shadow' (got 'shadowed')"),
+    Case("on-exceed-on-crew", "crew: {name: t, on_exceed: stop}\nroles: {r: {}}\n",
+         "crew.on_exceed",
+         "unknown key 'on_exceed'; use hourly, daily, monthly or per_run (crew also takes name)"),
     Case("models-as-list", "models: [gpt-4o]\nroles: {r: {}}\n", "models",
          "Input should be a valid dictionary; write it as a mapping (gpt-4o: {daily: 10}), "
          "not list"),

@@ -9,6 +9,7 @@ a second.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +30,15 @@ from crew_budget.ledger import (
     new_reservation_id,
     open_ledger,
 )
+from crew_budget.ledger.redis import RedisLedger
 from crew_budget.usage import Usage
 from tests.ledger._parsers import redis_ledger, used_parser
 
 # Redis twice: redis-py parsing replies with hiredis, and with its pure-Python
-# parser (see tests/ledger/_parsers.py).
-BACKENDS = ["memory", "sqlite", "redis", "redis-python-parser"]
+# parser (see tests/ledger/_parsers.py); and a real 3-master Redis Cluster
+# with one replica each (tests/fixtures/redis_cluster.py), a fresh namespace
+# (its own hash tag, so its own slot) per test.
+BACKENDS = ["memory", "sqlite", "redis", "redis-python-parser", "redis-cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -43,6 +47,12 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    elif request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        led = RedisLedger(cluster.url, namespace="conf-" + uuid.uuid4().hex[:12])
+        yield led
+        led.close()
+        return
     else:
         parser = "python" if request.param == "redis-python-parser" else "hiredis"
         led = redis_ledger(request.getfixturevalue("redis_url"), parser)

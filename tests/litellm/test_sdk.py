@@ -139,6 +139,27 @@ def test_completion_wrapper_settles_exact_cost(guard: Guard, logger: BudgetLogge
     assert logger.in_flight == 0
 
 
+@pytest.mark.parametrize("by_caller", [True, False])
+def test_litellm_success_hook_leaves_calls_the_wrapper_settles(
+    guard: Guard, logger: BudgetLogger, by_caller: bool
+) -> None:
+    # litellm runs a sync call's success hook on its thread pool, possibly
+    # before the wrapper settles: if the hook took the call and was slow to
+    # settle, the reservation outlived the call and the next call could be
+    # refused (seen in a loaded CI run of examples/litellm_sdk.py). A call the
+    # wrapper settles (non-streaming) is left to it; a stream is the hook's.
+    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "messages": FR, **role("researcher")}
+    logger.reserve("call-1", "researcher", kwargs, "sdk", by_caller=by_caller)
+    usage = {"prompt_tokens": 14, "completion_tokens": 2}
+    logger.log_success_event(kwargs, {"usage": usage}, None, None)  # the hook comes first
+    assert (logger.in_flight, spent(guard, "role:researcher")) == (
+        (1, Decimal(0)) if by_caller else (0, cost(usage)))
+    logger.settle_call("call-1", {"usage": usage}, kwargs)  # then the wrapper
+    assert logger.in_flight == 0
+    assert spent(guard, "role:researcher") == cost(usage)  # $0.0000033, charged once
+    assert outcomes(guard) == ["settled"]
+
+
 def test_completion_wrapper_blocks_before_http(guard: Guard, logger: BudgetLogger) -> None:
     with replay(LL / "completion.yaml") as cassette, pytest.raises(CrewBudgetExceededError):
         completion("gpt-4o-mini", FR, **KEY, **role("broke"))

@@ -46,7 +46,7 @@ __all__ = ["SinkDelivery", "SinkStats", "decode_alert", "encode_alert", "outbox_
 
 log = logging.getLogger("crew_budget.alerts")
 
-_BUCKET_KINDS = frozenset({"threshold", "exhausted"})
+_BUCKET_KINDS = frozenset({"threshold", "exhausted", "shadow_blocked"})
 
 
 def outbox_group(alert: Alert) -> str:

@@ -12,7 +12,8 @@ from typing import Any, Literal
 __all__ = ["Alert", "AlertKind", "Severity", "fmt_pct", "fmt_usd"]
 
 AlertKind = Literal[
-    "threshold", "exhausted", "burn_rate", "spend_spike", "new_model", "cost_per_call"
+    "threshold", "exhausted", "burn_rate", "spend_spike", "new_model", "cost_per_call",
+    "shadow_blocked",
 ]
 Severity = Literal["info", "warning", "critical"]
 

@@ -46,6 +46,7 @@ from crew_budget.alerts.rules import (
     cost_per_call,
     exhausted,
     new_model,
+    shadow_blocked,
     spend_spike,
     thresholds,
 )
@@ -210,7 +211,7 @@ class AlertManager:
     # -- the hot path: one put_nowait ------------------------------------------
 
     def _on_event(self, event: GuardEvent) -> None:
-        if not event.applied or event.outcome not in (*_SPEND, "blocked"):
+        if not event.applied or event.outcome not in (*_SPEND, "blocked", "shadow_blocked"):
             return
         try:
             self._events.put_nowait(event)
@@ -273,14 +274,18 @@ class AlertManager:
             return  # a put failed: "exhausted" waits for the next refused call
         for e in blocked:
             self._exhausted(e, now)
+        for e in events:  # shadow mode: what enforcing would have blocked (sent anyway)
+            if e.outcome == "shadow_blocked" and e.error is not None:
+                self._exhausted(e, now, rule=shadow_blocked)
 
-    def _exhausted(self, event: GuardEvent, now: float) -> None:
+    def _exhausted(self, event: GuardEvent, now: float,
+                   rule: Callable[..., Alert] | None = None) -> None:
         err = event.error
         assert err is not None
         ends = next((b.ends_at for b in self.guard.buckets(err.role, now)
                      if b.scope == err.scope and b.window == err.window
                      and b.period == err.period), None)
-        self.emit(exhausted(Exhaustion(
+        self.emit((rule or exhausted)(Exhaustion(
             role=err.role, model=err.model, scope=err.scope, window=err.window,
             period=err.period, limit=err.limit, spent=err.spent, reserved=err.reserved,
             estimate=err.estimate, resets_at=ends,

@@ -198,6 +198,35 @@ def exhausted(event: Exhaustion, now: float, tz: tzinfo = timezone.utc) -> Alert
     )
 
 
+def shadow_blocked(event: Exhaustion, now: float, tz: tzinfo = timezone.utc) -> Alert:
+    """The first call of a bucket's window that shadow mode let through but the
+    limit would have blocked: what enforcing this budget would do, said before
+    anyone enforces it (``mode: shadow`` / ``on_exceed: shadow``)."""
+    who = describe_scope(event.scope)
+    reset = f" until the window resets at {_when(event.resets_at, tz)}" if event.resets_at else ""
+    return Alert(
+        kind="shadow_blocked",
+        key=f"shadow_blocked:{event.scope}|{event.window}|{event.period}",
+        title=f"{who} {event.window} budget would block calls (shadow mode: they were sent)",
+        message=(
+            f"{who} {event.window} budget {fmt_usd(event.limit)} ({event.period}) would have "
+            f"blocked a {event.model or 'LLM'} call by role {event.role!r} estimated at "
+            f"{fmt_usd(event.estimate)} ({fmt_usd(event.spent)} spent, "
+            f"{fmt_usd(event.reserved)} reserved). Shadow mode sent it and charged it; "
+            f"enforced, further calls would be blocked{reset}."
+        ),
+        severity="warning",
+        ts=now,
+        scope=event.scope,
+        role=event.role,
+        window=event.window,
+        period=event.period,
+        values={"limit_usd": event.limit, "spent_usd": event.spent,
+                "reserved_usd": event.reserved, "estimate_usd": event.estimate,
+                "model": event.model},
+    )
+
+
 # -- anomaly rules --------------------------------------------------------------
 
 

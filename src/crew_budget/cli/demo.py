@@ -52,7 +52,8 @@ def demo(
         "--keep", help=f"Keep the demo's ledger and budgets in ./{KEEP_DIR}/, so that "
         "`crew-budget status` and `report` can show them afterwards.")] = False,
 ) -> None:
-    """Run a router/researcher/writer crew whose looping researcher hits its budget."""
+    """Run a router/researcher/writer crew whose looping researcher hits its budget,
+    then the same crew with a softer policy (on_exceed: end_task) for the researcher."""
     from rich.console import Console
 
     # Our own output goes to the real stdout; CrewAI's console chatter is muted
@@ -133,7 +134,6 @@ def _quiet_environment(verbose: bool) -> None:
 
 def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> int:
     import yaml
-    from rich.table import Table
 
     from crew_budget.config import load_config
     from crew_budget.crewai import BudgetCallback, CrewBudgetExceeded
@@ -144,7 +144,6 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
         build_crew,
         replay,
     )
-    from crew_budget.guard import GuardEvent
     from crew_budget.redact import redact_url
 
     config = load_config(yaml.safe_load(BUDGETS_YAML))
@@ -159,20 +158,7 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
     ) + f", crew ${config.crew.daily if config.crew else '-'}/day; the researcher's "
         f"BudgetLLM also says ${RESEARCHER_DAILY_USD}/day (the stricter wins)\n")
 
-    calls: dict[str, int] = {}
-
-    def show(event: GuardEvent) -> None:
-        if event.outcome == "settled":
-            calls[event.role] = calls.get(event.role, 0) + 1
-            console.print(f"  {event.role:<10} {event.model:<12} call {calls[event.role]:>2}  "
-                          f"reserved ${event.estimate:<10f} charged ${event.cost:f}")
-        elif event.outcome == "blocked" and event.error is not None:
-            err = event.error
-            console.print(f"  {event.role:<10} {event.model:<12} [bold red]BLOCKED[/bold red]  "
-                          f"needs ~${err.estimate:f}, {err.scope} has ${err.limit - err.spent:f} "
-                          "left: no request sent")
-
-    budget.guard.add_listener(show)
+    budget.guard.add_listener(_show_calls(console))
     crew = build_crew(budget, verbose=verbose)
     stopped: CrewBudgetExceeded | None = None
     chatter = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -196,6 +182,85 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
         console.print("[bold]The crew finished within its budgets.[/bold]")
 
     summary = budget.summary()
+    _tables(console, summary, config)
+    budget.guard.close()
+    _soft_run(console, live=live, ledger_url=ledger_url, verbose=verbose)
+    return 0
+
+
+def _show_calls(console: Any, *, soft: bool = False) -> Any:
+    """A guard listener printing each settled call and each block as it happens."""
+    from crew_budget.guard import GuardEvent
+
+    calls: dict[str, int] = {}
+    ended = {role for role, policy in _soft_policy().items() if policy == "end_task"}
+
+    def show(event: GuardEvent) -> None:
+        if event.outcome == "settled":
+            calls[event.role] = calls.get(event.role, 0) + 1
+            console.print(f"  {event.role:<10} {event.model:<12} call {calls[event.role]:>2}  "
+                          f"reserved ${event.estimate:<10f} charged ${event.cost:f}")
+        elif event.outcome == "blocked" and event.error is not None:
+            err = event.error
+            what = ("[bold yellow]TASK ENDED[/bold yellow]" if soft and event.role in ended
+                    else "[bold red]BLOCKED[/bold red]")
+            console.print(f"  {event.role:<10} {event.model:<12} {what}  "
+                          f"needs ~${err.estimate:f}, {err.scope} has ${err.limit - err.spent:f} "
+                          "left: no request sent")
+
+    return show
+
+
+def _soft_policy() -> dict[str, str]:
+    from crew_budget.crewai.demo import SOFT_POLICY
+
+    return SOFT_POLICY
+
+
+def _soft_run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> None:
+    """The same crew again, with ``on_exceed: end_task`` for the researcher.
+
+    Offline it starts from a fresh in-memory ledger, so it tells the same
+    story every time; ``--live`` keeps using the ledger of the first run
+    (where the researcher's budget is already spent: its task ends sooner).
+    """
+    from crew_budget.config import load_config
+    from crew_budget.crewai import BudgetCallback
+    from crew_budget.crewai.demo import (
+        QUESTION,
+        SOFT_CASSETTE,
+        build_crew,
+        find_cassette,
+        replay,
+        soft_budgets,
+    )
+
+    config = load_config(soft_budgets())
+    policies = ", ".join(f"roles.{r}.on_exceed: {p}" for r, p in _soft_policy().items())
+    console.print(f"\n[bold]Softer:[/bold] the same crew again with `{policies}` "
+                  f"({'the same ledger' if live else 'a fresh in-memory ledger'}): the "
+                  "researcher's task ends with a 'budget exhausted' answer, and the crew goes "
+                  "on to the writer\n")
+    budget = BudgetCallback(config, ledger_url if live else "memory://")
+    budget.guard.add_listener(_show_calls(console, soft=True))
+    crew = build_crew(budget, verbose=verbose)
+    chatter = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with chatter:
+        if live:
+            output = crew.kickoff(inputs={"question": QUESTION})
+        else:
+            with replay(find_cassette(SOFT_CASSETTE)):
+                output = crew.kickoff(inputs={"question": QUESTION})
+    brief = str(output.raw).strip()
+    console.print(f"\n[bold]The crew finished[/bold]: the writer's brief "
+                  f"({len(brief.split())} words) begins: {brief[:120]!r}")
+    _tables(console, budget.summary(), config)
+    budget.guard.close()
+
+
+def _tables(console: Any, summary: Any, config: Any) -> None:
+    from rich.table import Table
+
     limits = Table(title="Budgets today")
     for column in ("scope", "limit", "spent", "left"):
         limits.add_column(column, justify="left" if column == "scope" else "right")
@@ -217,9 +282,6 @@ def _run(console: Any, *, live: bool, ledger_url: str | None, verbose: bool) -> 
             table.add_row(role, "-", "0", "0", "0", "0", "0")
     table.add_row("total", "", "", "", "", "", f"{summary.total('run'):f}", style="bold")
     console.print(table)
-
-    budget.guard.close()
-    return 0
 
 
 def _usd(value: Decimal | None) -> str:

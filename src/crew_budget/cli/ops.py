@@ -173,6 +173,7 @@ def judge_redis(facts: dict[str, str]) -> list[Check]:
         out.append(Check("ok" if state == "ok" else "fail", "cluster",
                          f"cluster_state {state}" + ("" if state == "ok" else
                                                      ": some slots are not served")))
+        out.extend(_judge_failover(facts))
     if facts.get("role") == "slave":
         out.append(Check("fail", "replication", "this is a read-only replica: every reserve "
                          "fails. Fix: point the ledger URL at the primary"))
@@ -187,6 +188,42 @@ def judge_redis(facts: dict[str, str]) -> list[Check]:
     else:
         out.append(Check("ok", "clock", f"within {abs(skew):.2f} s of this machine"))
     out.append(_epoch_check(facts.get("epoch") or None))
+    return out
+
+
+def _judge_failover(facts: dict[str, str]) -> list[Check]:
+    """Redis Cluster: can a master die without failing calls?
+
+    Each master needs a replica to take over, and a guard waits through the
+    promotion only for ``cluster_retry_seconds`` (ledger URL, default 5):
+    the promotion takes ``cluster-node-timeout`` plus an election (~1 s).
+    """
+    out: list[Check] = []
+    lonely = facts.get("cluster_masters_without_replica")
+    if lonely is not None:
+        if lonely == "0":
+            out.append(Check("ok", "replicas", "every master has a replica"))
+        else:
+            out.append(Check("warn", "replicas", f"{lonely} master(s) without a healthy "
+                             "replica: if one dies, the budgets of its namespaces are "
+                             "unreachable until it is back. Fix: one replica per master "
+                             "(redis-cli --cluster add-node ... --cluster-slave)"))
+    try:
+        timeout_s = int(facts["config:cluster-node-timeout"]) / 1000
+        window = float(facts["ledger:cluster_retry_seconds"])
+    except (KeyError, ValueError):
+        return out
+    needed = timeout_s + 1.0
+    if window >= needed:
+        out.append(Check("ok", "failover", f"calls wait up to {window:g} s "
+                         f"(cluster_retry_seconds) for a promotion taking ~{needed:g} s "
+                         f"(cluster-node-timeout {timeout_s:g} s + election)"))
+    else:
+        out.append(Check("warn", "failover", f"a promotion takes ~{needed:g} s "
+                         f"(cluster-node-timeout {timeout_s:g} s + election) but calls wait "
+                         f"only {window:g} s: during a failover they fail with "
+                         f"LedgerUnavailable. Fix: ?cluster_retry_seconds={needed + 1:g} in "
+                         "the ledger URL, or a lower cluster-node-timeout"))
     return out
 
 

@@ -58,6 +58,7 @@ def _rows(guard: Guard, role: str | None, command: str, source: str) -> list[Bud
         fail(command, f"role {role!r} has no budget in {source} (known roles: {known}); "
              "check the spelling or add it under roles:", EXIT_CONFIG)
     try:
+        guard.refresh_overrides()  # live limits (crew-budget set/pause): the limits in force
         rows = guard.status(role)
         if role is None and guard.config.unknown_roles == "allow":
             rows += _unbudgeted(guard)
@@ -189,6 +190,35 @@ def status(
     title = f"crew-budget status - {ledger_name(guard)} - {_stamp(now, guard)}"
     out = console()
     out.print(status_table(rows, now, title, out.width))
+    live = _overrides_table(guard, role)
+    if live is not None:
+        out.print(live)
+
+
+def _overrides_table(guard: Guard, role: str | None) -> Any:
+    """The live limits in force (crew-budget set/pause), who set them and why; or None."""
+    from rich.table import Table
+
+    from crew_budget.cli.limits import describe
+
+    shown = [o for o in guard.overrides()
+             if role is None or o.role == guard.config.match_role(role)]
+    if not shown:
+        return None
+    table = Table(title="live limits (crew-budget set/pause; the YAML is the baseline)",
+                  title_justify="left")
+    for name in ("role", "override", "set by", "at", "until", "reason"):
+        table.add_column(name, overflow="fold")
+    for o in shown:
+        table.add_row(o.role, describe(o), o.who, _utc(o.set_at),
+                      "-" if o.until is None else _utc(o.until), o.reason or "-")
+    return table
+
+
+def _utc(ts: float) -> str:
+    from datetime import timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _stamp(now: float, guard: Guard) -> str:

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from crewai.hooks.dispatch import InterceptionPoint, register
 from crewai.llms.base_llm import BaseLLM
 
-from crew_budget.crewai._llm import BudgetLLM, guarded, is_covered
+from crew_budget.crewai._llm import BudgetLLM, TaskEnded, guarded, is_covered
 
 if TYPE_CHECKING:
     from crew_budget.crewai._callback import BudgetCallback
@@ -203,10 +203,13 @@ def _gate_call(method: Callable[..., Any]) -> Callable[..., Any]:
         if routed is None:
             return method(self, *args, **kwargs)
         callback, role = routed
-        with guarded(self, callback.guard, role, _arg(args, kwargs, "messages", 0),
-                     _arg(args, kwargs, "tools", 1), _arg(args, kwargs, "from_task", 4),
-                     _arg(args, kwargs, "response_model", 6)):
-            return method(self, *args, **kwargs)
+        try:
+            with guarded(self, callback.guard, role, _arg(args, kwargs, "messages", 0),
+                         _arg(args, kwargs, "tools", 1), _arg(args, kwargs, "from_task", 4),
+                         _arg(args, kwargs, "response_model", 6)):
+                return method(self, *args, **kwargs)
+        except TaskEnded as ended:  # on_exceed: end_task, nothing was sent
+            return ended.answer
 
     setattr(gated, _GATE_MARK, True)
     return gated
@@ -221,10 +224,13 @@ def _gate_acall(method: Callable[..., Any]) -> Callable[..., Any]:
         if routed is None:
             return await method(self, *args, **kwargs)
         callback, role = routed
-        with guarded(self, callback.guard, role, _arg(args, kwargs, "messages", 0),
-                     _arg(args, kwargs, "tools", 1), _arg(args, kwargs, "from_task", 4),
-                     _arg(args, kwargs, "response_model", 6)):
-            return await method(self, *args, **kwargs)
+        try:
+            with guarded(self, callback.guard, role, _arg(args, kwargs, "messages", 0),
+                         _arg(args, kwargs, "tools", 1), _arg(args, kwargs, "from_task", 4),
+                         _arg(args, kwargs, "response_model", 6)):
+                return await method(self, *args, **kwargs)
+        except TaskEnded as ended:  # on_exceed: end_task, nothing was sent
+            return ended.answer
 
     setattr(gated, _GATE_MARK, True)
     return gated

@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from crew_budget.config import BudgetConfig
     from crew_budget.ledger import Ledger
 
-__all__ = ["BudgetLLM", "CrewBudgetExceeded", "usage_from_crewai"]
+__all__ = ["BudgetLLM", "CrewBudgetExceeded", "TaskEnded", "end_task_answer", "usage_from_crewai"]
 
 log = logging.getLogger("crew_budget.crewai")
 
@@ -105,6 +105,33 @@ class CrewBudgetExceeded(BudgetExceeded, HookAborted):
         if isinstance(exc, cls):
             return exc
         return cls(**exc._fields(), message=str(exc))
+
+
+class TaskEnded(Exception):
+    """``on_exceed: end_task``: the call was not sent; return ``answer`` instead.
+
+    Raised by ``guarded()`` before anything is sent and caught by the call
+    sites (``BudgetLLM.call``/``acall``, the gate), which return the text as
+    the LLM's answer, so CrewAI's own loop ends the task with it and the
+    crew goes on with its other tasks. Never reaches the user.
+    """
+
+    def __init__(self, answer: str) -> None:
+        super().__init__(answer)
+        self.answer = answer
+
+
+def end_task_answer(exc: BudgetExceeded, *, native_tools: bool) -> str:
+    """The final answer an ``end_task`` role's agent gives when its budget is used up.
+
+    CrewAI ends a ReAct loop on text containing ``Final Answer:`` (1.15's
+    ``agents/parser.py``); with native tool calling any plain text is final,
+    so the marker is left out there. The text says what happened, so the
+    next task (and a person reading the output) knows this one is incomplete.
+    """
+    text = (f"Budget exhausted for role {exc.role!r}: this task ended early, without "
+            f"a complete answer (on_exceed: end_task). {exc}")
+    return text if native_tools else f"Final Answer: {text}"
 
 
 # -- usage tap ---------------------------------------------------------------
@@ -489,12 +516,15 @@ class BudgetLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
-        with self._guarded(messages, tools, from_task, from_agent, response_model):
-            return self._inner.call(
-                messages, tools=tools, callbacks=callbacks,
-                available_functions=available_functions, from_task=from_task,
-                from_agent=from_agent, response_model=response_model,
-            )
+        try:
+            with self._guarded(messages, tools, from_task, from_agent, response_model):
+                return self._inner.call(
+                    messages, tools=tools, callbacks=callbacks,
+                    available_functions=available_functions, from_task=from_task,
+                    from_agent=from_agent, response_model=response_model,
+                )
+        except TaskEnded as ended:
+            return ended.answer
 
     async def acall(
         self,
@@ -506,12 +536,15 @@ class BudgetLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> Any:
-        with self._guarded(messages, tools, from_task, from_agent, response_model):
-            return await self._inner.acall(
-                messages, tools=tools, callbacks=callbacks,
-                available_functions=available_functions, from_task=from_task,
-                from_agent=from_agent, response_model=response_model,
-            )
+        try:
+            with self._guarded(messages, tools, from_task, from_agent, response_model):
+                return await self._inner.acall(
+                    messages, tools=tools, callbacks=callbacks,
+                    available_functions=available_functions, from_task=from_task,
+                    from_agent=from_agent, response_model=response_model,
+                )
+        except TaskEnded as ended:
+            return ended.answer
 
     def _guarded(
         self, messages: Any, tools: Any, from_task: Any, from_agent: Any, response_model: Any
@@ -570,6 +603,12 @@ def guarded(
     tap) settles the reservation; a failure releases it, or charges it when
     the provider may have billed. ``stop``/``stream`` forward the call-scoped
     overrides CrewAI set on a ``BudgetLLM`` to the LLM it wraps.
+
+    On-exceed policies (issue 12): a ticket downgraded to a cheaper model
+    sends this one call there (``_sent_model``: the LLM's own ``model``
+    field, set for the call and restored, like the cap); a role with
+    ``on_exceed: end_task`` that does not fit raises ``TaskEnded``, whose
+    answer the call sites return in place of the LLM's.
     """
     metadata: dict[str, Any] = {"framework": "crewai"}
     task_name = getattr(from_task, "name", None)
@@ -585,6 +624,11 @@ def guarded(
             extra=_extra(llm, response_model), provider=_provider(llm),
         )
     except BudgetExceeded as exc:
+        if guard.config.policy_for(exc.role) == "end_task":
+            log.warning("crew-budget: role %r is out of budget; its task ends with a "
+                        "'budget exhausted' answer and the crew goes on (on_exceed: "
+                        "end_task): %s", exc.role, exc)
+            raise TaskEnded(end_task_answer(exc, native_tools=bool(tools))) from None
         raise CrewBudgetExceeded.from_exceeded(exc) from None
     except UnknownRoleError as exc:  # a native stop too: not retried, nothing sent
         from crew_budget.crewai._roles import CrewUnknownRole
@@ -596,6 +640,8 @@ def guarded(
     covered = _COVERED.set(_COVERED.get() | {id(llm)})
     try:
         with contextlib.ExitStack() as stack:
+            if ticket.downgraded_from is not None and ticket.model != model:
+                stack.enter_context(_sent_model(llm, _model_to_send(model, ticket.model)))
             if ticket.max_tokens is not None:
                 stack.enter_context(_sent_cap(llm, int(ticket.max_tokens)))
             if stop or (stop is not None and llm.stop):
@@ -655,6 +701,45 @@ def _sent_cap(llm: BaseLLM, cap: int) -> Iterator[None]:
             else:
                 setattr(llm, name, state[1])
                 del _CAP_STATE[key]
+
+
+def _model_to_send(asked: str, chosen: str) -> str:
+    """The name to put on the LLM for a downgraded call: a native provider
+    class holds the bare name (``gpt-4o``), so ``openai/gpt-4o-mini`` from the
+    YAML goes out as ``gpt-4o-mini``; a litellm-style ``LLM`` keeps the prefix."""
+    if "/" in chosen and "/" not in asked:
+        return chosen.split("/", 1)[1]
+    return chosen
+
+
+# A downgraded call goes to its cheaper model by setting the LLM's own
+# ``model`` for the length of the call, then restoring it: no copy of the
+# user's LLM. Calls in flight on one instance at once share the field: the
+# latest downgrade wins until it ends, and a call that was not downgraded
+# may go to the cheaper model meanwhile (cheaper than it reserved for, so
+# the budget holds); the original comes back when the last one ends.
+_MODEL_STATE: dict[int, tuple[Any, list[str]]] = {}
+
+
+@contextlib.contextmanager
+def _sent_model(llm: BaseLLM, model: str) -> Iterator[None]:
+    key = id(llm)
+    with _CAP_LOCK:
+        state = _MODEL_STATE.get(key)
+        if state is None:
+            state = _MODEL_STATE[key] = (llm.model, [])
+        state[1].append(model)
+        llm.model = model
+    try:
+        yield
+    finally:
+        with _CAP_LOCK:
+            state[1].remove(model)
+            if state[1]:
+                llm.model = state[1][-1]
+            else:
+                llm.model = state[0]
+                del _MODEL_STATE[key]
 
 
 def _build_inner(llm: BaseLLM | str | None, model: str | None, kwargs: dict[str, Any]) -> BaseLLM:

@@ -5,7 +5,10 @@ drafts the brief. Offline, the OpenAI traffic is replayed from the VCR.py
 cassette ``cassettes/crewai/research_crew.yaml``, in which the researcher
 keeps asking for one more search (the classic stuck agent): its budget stops
 it, no request is sent for the blocked call, and the spend table shows what
-each role cost, priced from the cassette's ``usage``.
+each role cost, priced from the cassette's ``usage``. A second run gives the
+researcher ``on_exceed: end_task`` (``SOFT_POLICY``): its task ends with a
+"budget exhausted" answer instead, and the writer still writes the brief
+(``cassettes/crewai/research_crew_end_task.yaml``).
 
 ``examples/research_crew.py`` is the same crew written out as user code.
 """
@@ -26,9 +29,12 @@ __all__ = [
     "BUDGETS_YAML",
     "CREW_NAME",
     "QUESTION",
+    "SOFT_CASSETTE",
+    "SOFT_POLICY",
     "build_crew",
     "find_cassette",
     "replay",
+    "soft_budgets",
     "web_search_results",
 ]
 
@@ -46,6 +52,24 @@ roles:
 
 # Inline limit on the researcher's BudgetLLM; stricter than the YAML's 0.05.
 RESEARCHER_DAILY_USD = "0.018"
+
+#: The softer way out the demo's second run shows beside the hard stop: the
+#: researcher's task ends with a "budget exhausted" answer and the writer
+#: still writes the brief (``roles.researcher.on_exceed: end_task``).
+SOFT_POLICY = {"researcher": "end_task"}
+#: The second run's traffic: the first run's router and researcher calls,
+#: then the writer's (hand-written; usage counted with tiktoken o200k_base).
+SOFT_CASSETTE = "research_crew_end_task.yaml"
+
+
+def soft_budgets() -> dict[str, Any]:
+    """``BUDGETS_YAML`` with ``SOFT_POLICY`` as each role's ``on_exceed``."""
+    import yaml
+
+    config: dict[str, Any] = yaml.safe_load(BUDGETS_YAML)
+    for role, policy in SOFT_POLICY.items():
+        config["roles"][role]["on_exceed"] = policy
+    return config
 
 _SNIPPETS = (
     "Sulfide electrolytes such as Li6PS5Cl reach ionic conductivities above 10 mS/cm at room "

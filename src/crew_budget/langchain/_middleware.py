@@ -16,6 +16,12 @@ with ``exit_behavior`` (as in LangChain's ``ModelCallLimitMiddleware``):
 ``"error"``
     ``crew_budget.BudgetExceeded`` propagates out of ``agent.invoke``.
 
+A role with ``on_exceed: {downgrade: [...]}`` whose call fits only at a
+cheaper model has that request sent there (``request.override(model=...)``
+with a copy of the agent's model under the other name); ``end_task`` always
+takes the ``"end"`` exit above, even with ``exit_behavior="error"``;
+``shadow`` never blocks.
+
 A ``BudgetCallbackHandler`` on the same model sees that the middleware
 already reserved the call and does not reserve it again; nor does
 ``crew_budget.litellm.BudgetLogger`` when the model calls litellm (the model
@@ -171,6 +177,13 @@ class BudgetMiddleware(AgentMiddleware):
             extra=extra or None,
             provider=provider,
         )
+        if ticket.downgraded_from is not None:
+            try:
+                request = request.override(model=_with_model_name(model, model_name,
+                                                                  ticket.model))
+            except BaseException:
+                self.guard.release(ticket)  # nothing was sent
+                raise
         if ticket.max_tokens is not None:
             # No cap anywhere: send the reserved one, so the bill cannot exceed it.
             settings["max_tokens"] = ticket.max_tokens
@@ -205,7 +218,9 @@ class BudgetMiddleware(AgentMiddleware):
                          "usage_metadata")
 
     def _blocked(self, exc: BudgetExceeded) -> AIMessage:
-        if self.exit_behavior == "error":
+        # The role's on_exceed: end_task asks for the agent's own end exit,
+        # whatever exit_behavior says for plain stops.
+        if self.exit_behavior == "error" and self.guard.config.policy_for(exc.role) != "end_task":
             raise exc
         log.warning("crew-budget: agent stopped: %s", exc)
         return AIMessage(
@@ -225,6 +240,30 @@ class BudgetMiddleware(AgentMiddleware):
                 }
             },
         )
+
+
+def _with_model_name(model: Any, current: str, cheaper: str) -> Any:
+    """``model`` calling ``cheaper`` instead (``on_exceed: downgrade``), for one request.
+
+    A shallow pydantic copy with the name field changed: the copy shares the
+    user's clients and settings (LangChain chat models send their model name
+    in each request), and the user's own model object is left untouched. The
+    field is whichever of ``model_name``/``model``/``model_id`` holds the
+    name; a provider prefix in the YAML (``openai/gpt-4o-mini``) is dropped
+    when the model's own name has none.
+    """
+    if "/" in cheaper and "/" not in current:
+        cheaper = cheaper.split("/", 1)[1]
+    fields = getattr(type(model), "model_fields", {})
+    for name in ("model_name", "model", "model_id"):
+        if name in fields and getattr(model, name, None) == current:
+            return model.model_copy(update={name: cheaper})
+    raise ConfigError(
+        f"on_exceed: downgrade chose {cheaper} for this call, but {type(model).__name__} "
+        f"has no model-name field holding {current!r} to change, so it cannot be sent "
+        "there; it was not sent. Fix: use a chat model with model=..., or another on_exceed",
+        source="crew_budget.langchain.BudgetMiddleware",
+    )
 
 
 def _ls_params(model: Any, settings: Mapping[str, Any]) -> Mapping[str, Any]:

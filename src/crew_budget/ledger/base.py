@@ -44,6 +44,8 @@ __all__ = [
     "Denial",
     "Ledger",
     "Outcome",
+    "Override",
+    "OverrideKind",
     "RecordDraft",
     "Reservation",
     "ReserveRequest",
@@ -52,12 +54,14 @@ __all__ = [
     "ROLLUP_METRICS",
     "ROLLUP_RETENTION_DAYS",
     "Rollup",
+    "StaleOverrides",
     "fold_rollups",
     "new_reservation_id",
     "rollup_counts",
 ]
 
-Outcome = Literal["reserved", "settled", "released", "expired", "blocked", "unguarded", "reset"]
+Outcome = Literal["reserved", "settled", "released", "expired", "blocked", "unguarded", "reset",
+                  "override"]
 
 
 def new_reservation_id() -> str:
@@ -187,6 +191,9 @@ class ReserveRequest:
     amount_nano: int
     lease_seconds: float
     draft: RecordDraft
+    overrides_version: int | None = None
+    """The live-limits version the client built its buckets with (see
+    ``Ledger.write_overrides``); None: do not check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +344,58 @@ class ClockSkew(Exception):
     def __init__(self, ledger_now: float) -> None:
         self.ledger_now = ledger_now
         super().__init__(f"ledger clock is {ledger_now}")
+
+
+class StaleOverrides(Exception):
+    """The request was built with an old live-limits version: nothing was done.
+
+    Raised by ``reserve`` (before any write) when the request's
+    ``overrides_version`` differs from the ledger's; the guard reads the
+    overrides again (``Ledger.overrides_state``), rebuilds its buckets and
+    retries. Like ``ClockSkew``, internal to the guard-ledger conversation.
+    """
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(f"live limits are at version {version}")
+
+
+OverrideKind = Literal["hourly", "daily", "monthly", "paused"]
+OVERRIDE_KINDS: tuple[OverrideKind, ...] = ("hourly", "daily", "monthly", "paused")
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One live limit an operator set on a role (``crew-budget set/pause``).
+
+    ``kind`` is a window whose limit ``limit_nano`` replaces the YAML's, or
+    ``paused`` (every call of the role refused; ``limit_nano`` None).
+    ``who``/``reason``/``set_at`` are the audit trail; ``until`` (ledger
+    clock, Unix s) is when it stops applying, None for never. Overrides live
+    in the ledger, never in a request (invariant 8).
+    """
+
+    role: str
+    kind: OverrideKind
+    limit_nano: int | None
+    who: str
+    reason: str
+    set_at: float
+    until: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}|{self.kind}"
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Override:
+        return cls(**json.loads(text))
 
 
 class Ledger(ABC):
@@ -513,6 +572,33 @@ class Ledger(ABC):
     def outbox_get(self, key: str) -> OutboxEntry | None:
         """The entry ``key`` as stored (token included), or None."""
         raise _no_outbox(self)
+
+    # -- live limits (crew-budget set / pause / resume) -------------------------
+    #
+    # Operators change a role's limits without a restart: the overrides live
+    # in the ledger with a version number (an integer that only grows, never
+    # expires). Every reserve carries the version its buckets were built
+    # with and the ledger compares it, before any write, with its own: a
+    # mismatch raises ``StaleOverrides`` and the guard re-reads them. So the
+    # hot path pays one integer comparison, and the round trip to read the
+    # overrides only happens when they changed. Not abstract: a ledger that
+    # does not implement them ignores the version and has no live limits.
+
+    def overrides_state(self) -> tuple[int, tuple[Override, ...]]:
+        """The live-limits version and every stored override (expired ones too)."""
+        return 0, ()
+
+    def write_overrides(self, put: Sequence[Override], drop: Sequence[str],
+                        record: SpendRecord) -> int:
+        """Store ``put``, delete the overrides keyed ``drop`` (``role|kind``),
+        bump the version and append the audit ``record``, in one atomic step.
+
+        Returns the new version.
+        """
+        raise LedgerError(
+            f"{type(self).__name__} has no live limits. Fix: use a memory://, sqlite:/// "
+            "or redis:// ledger, or implement Ledger.write_overrides"
+        )
 
 
 OutboxState = Literal["pending", "claimed", "delivered", "failed"]

@@ -20,6 +20,7 @@ from crew_budget.ledger.base import (
     OutboxEntry,
     OutboxState,
     Outcome,
+    Override,
     RecordDraft,
     Reservation,
     ReserveRequest,
@@ -27,6 +28,7 @@ from crew_budget.ledger.base import (
     RollupKey,
     SettleResult,
     SpendRecord,
+    StaleOverrides,
     add_rollup,
     in_span,
     new_reservation_id,
@@ -92,6 +94,10 @@ class MemoryLedger(Ledger):
             for b in request.buckets:
                 if not b.starts_at <= now < b.ends_at:
                     raise ClockSkew(now)
+            # Live limits: the client's version must be ours (before any write).
+            seen = request.overrides_version
+            if seen is not None and seen != getattr(self, "_ov_version", 0):
+                raise StaleOverrides(getattr(self, "_ov_version", 0))
             self._reap_locked(now, 1000)
             existing = self._res.get(request.reservation_id)
             if existing is not None:  # a retried reserve with the same token
@@ -356,6 +362,27 @@ class MemoryLedger(Ledger):
         with self._lock:
             e = self._outbox().get(key)
             return None if e is None or e.expires_at <= self._clock() else e.entry()
+
+    # -- live limits (see Ledger.write_overrides) ------------------------------
+    # Made on first use, like the outbox.
+
+    def overrides_state(self) -> tuple[int, tuple[Override, ...]]:
+        with self._lock:
+            stored: dict[str, Override] = getattr(self, "_ov", {})
+            return getattr(self, "_ov_version", 0), tuple(stored.values())
+
+    def write_overrides(self, put: Sequence[Override], drop: Sequence[str],
+                        record: SpendRecord) -> int:
+        with self._lock:
+            stored: dict[str, Override] = getattr(self, "_ov", {})
+            self._ov = stored
+            for key in drop:
+                stored.pop(key, None)
+            for o in put:
+                stored[o.key] = o
+            self._ov_version: int = getattr(self, "_ov_version", 0) + 1
+            self._records.append(record)
+            return self._ov_version
 
 
 _LIVE = ("pending", "claimed")

@@ -29,6 +29,43 @@ Every key of a namespace starts with ``cb:{<namespace>}:``: the braces are a
 Redis Cluster hash tag, so all keys live in one slot and every script is
 single-slot.
 
+Redis Cluster (``redis+cluster://host:port``; one node is enough, the client
+learns the others and follows MOVED). A namespace (give each tenant or crew
+fleet its own ``namespace:``) lives in one slot, so on one master; different
+namespaces spread over the masters by CRC16 (tests/ledger/test_cluster.py:
+24 namespaces land on all 3 masters). One namespace is never faster than one
+master: a cluster scales by namespaces. ``EVALSHA`` is routed by its first
+key; after ``NOSCRIPT`` (a promoted replica, ``SCRIPT FLUSH``) the script is
+loaded on every master and run again.
+
+Failover: when a master dies, its slots (and, with the default
+``cluster-require-full-coverage yes``, the whole cluster) are down until its
+replica is promoted, ``cluster-node-timeout`` plus an election (~1 s) later.
+Calls wait through it: on a cluster URL every operation retries the failover
+symptoms (dropped connection, timeout, CLUSTERDOWN, TRYAGAIN, READONLY,
+uncovered slots) for up to ``?cluster_retry_seconds=`` (default 5; 0 turns
+it off), then fails with ``LedgerUnavailable`` saying how long it waited.
+Only what is safe to send twice is re-sent: reserve (its id makes a repeat
+answer "dup"), settle, release, reads; ``append_record``, ``reset``,
+``recover`` and ``claim`` only after a reply saying the command never ran.
+``crew-budget doctor`` warns when the window is shorter than
+``cluster-node-timeout`` + 1 s or a master has no healthy replica.
+
+Replication is asynchronous: a write the dying master acknowledged but had
+not sent to its replica yet dies with it. For the books: a lost settle
+leaves its reservation held, charged at its reserved amount when the lease
+ends (an over-count); a lost reserve makes its settle ``lost`` (counted in
+``Guard.counters["dropped_settles"]``, logged): that call's cost is not
+counted, the one under-count; a lost epoch (a namespace's very first
+reserve) or a replica promoted without the namespace reads as a loss
+(``LedgerReset``) until ``crew-budget recover --accept-loss``. At most the
+writes in flight at the crash are lost; tests/faults/test_cluster_failover.py
+saw none in its runs (~650 racing calls, a master SIGKILLed after 100).
+``WAIT 1 <ms>`` after each write would close the gap for ~+30 µs p50 per
+write on loopback (bench/bench_cluster.py), but it only covers writes made
+on its own connection, and redis-py's public cluster API routes a keyless
+command like WAIT to a node, not to the connection that wrote: not done.
+
 The ledger clock is Redis ``TIME``, read inside the scripts: ``reserve``
 refuses (``ClockSkew``) buckets whose window does not contain it, so a client
 with a wrong clock cannot charge the wrong day.
@@ -60,7 +97,8 @@ that: ``crew-budget doctor`` fails such a policy; the epoch has no expiry, so
 Connection failures become ``LedgerUnavailable`` naming the URL without its
 password. Operations that are safe to repeat (reserve, by its id; settle,
 release, reap, status and reads) are retried once after a dropped
-connection; ``append_record``, ``reset`` and ``claim`` are not.
+connection (on Redis Cluster: through a failover, see above);
+``append_record``, ``reset`` and ``claim`` are not.
 """
 
 from __future__ import annotations
@@ -70,6 +108,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -95,12 +134,14 @@ from crew_budget.ledger.base import (
     OutboxEntry,
     OutboxState,
     Outcome,
+    Override,
     Reservation,
     ReserveRequest,
     Rollup,
     RollupKey,
     SettleResult,
     SpendRecord,
+    StaleOverrides,
     add_rollup,
     rollup_hour,
     rollups_from,
@@ -152,8 +193,34 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.TryAgainError,
     rexc.NoPermissionError,
     rexc.SlotNotCoveredError,  # part of the cluster is down
+    rexc.RedisClusterException,  # no node reachable, slots not covered (not a RedisError)
     OSError,
 )
+# Redis Cluster failover: what a call may wait through, within the URL's
+# ``cluster_retry_seconds``. A killed master first drops connections, then
+# the whole cluster answers CLUSTERDOWN (with the default
+# ``cluster-require-full-coverage yes``) until its replica is promoted.
+_FAILOVER: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterError,  # CLUSTERDOWN, MASTERDOWN
+    rexc.TryAgainError,
+    rexc.ReadOnlyError,
+    rexc.RedisClusterException,
+    OSError,
+)
+# Replies that say the command never ran: safe to send again even when the
+# operation is not idempotent (append_record, reset, claim).
+_NOT_RUN: tuple[type[BaseException], ...] = (
+    rexc.ClusterError,
+    rexc.TryAgainError,
+    rexc.ReadOnlyError,
+    rexc.SlotNotCoveredError,
+)
+_CLUSTER_RETRY_S = 5.0
+"""Default ``cluster_retry_seconds``: long enough for a replica promotion with
+``cluster-node-timeout`` up to ~3 s; set it above yours (see _url_cluster_retry)."""
+_RETRY_PAUSE_S = 0.05
 _STATES: dict[str, Outcome] = {
     "reserved": "reserved",
     "settled": "settled",
@@ -223,6 +290,58 @@ def _url_timeouts(url: str, shown: str, connect: float, op: float) -> tuple[floa
             )
         found[key] = seconds
     return found["socket_connect_timeout"], found["socket_timeout"]
+
+
+def _url_cluster_retry(url: str, shown: str) -> float:
+    """``?cluster_retry_seconds=`` from a cluster URL (default 5; 0 turns it off).
+
+    How long one call keeps retrying while Redis Cluster fails over (a master
+    died and its replica is not promoted yet), instead of failing with
+    ``LedgerUnavailable`` at once. Promotion takes ``cluster-node-timeout``
+    plus an election (~0.5-1 s), so set it above that. Only cluster URLs take
+    it: a plain Redis has no replica that takes over by itself.
+    """
+    parts = urlsplit(url)
+    values = [v for k, v in parse_qsl(parts.query) if k == "cluster_retry_seconds"]
+    if not values:
+        return _CLUSTER_RETRY_S if parts.scheme.endswith("+cluster") else 0.0
+    if not parts.scheme.endswith("+cluster"):
+        raise ConfigError(
+            f"cluster_retry_seconds in the ledger URL {shown} applies to Redis Cluster only; "
+            f"use a redis+cluster:// URL, or drop the option",
+            source="ledger",
+        )
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 600:
+        raise ConfigError(
+            f"cluster_retry_seconds={values[-1]!r} in the ledger URL {shown} is not a retry "
+            "window; write seconds from 0 (no waiting) to 600, e.g. ?cluster_retry_seconds=5",
+            source="ledger",
+        )
+    return seconds
+
+
+def _without(url: str, key: str) -> str:
+    """``url`` without the query option ``key`` (redis-py refuses options it does not know)."""
+    parts = urlsplit(url)
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
+
+
+def _lonely(nodes: Mapping[str, Mapping[str, Any]]) -> int:
+    """How many slot-serving masters have no healthy replica (``CLUSTER NODES``,
+    as redis-py parses it): their namespaces are down until they come back."""
+    def healthy(flags: str) -> bool:
+        return not {"fail", "fail?", "noaddr", "handshake"} & set(flags.split(","))
+
+    masters = {n["node_id"] for n in nodes.values()
+               if "master" in n["flags"].split(",") and n.get("slots") and healthy(n["flags"])}
+    covered = {n["master_id"] for n in nodes.values()
+               if "slave" in n["flags"].split(",") and healthy(n["flags"])}
+    return len(masters - covered)
 
 
 def _loss(marker: str) -> str:
@@ -339,7 +458,8 @@ class RedisLedger(Ledger):
                 "rediss://, redis+cluster:// or rediss+cluster://",
                 source="ledger",
             )
-        self._raw_url = url
+        self.cluster_retry_seconds = _url_cluster_retry(url, self.url)
+        self._raw_url = _without(url, "cluster_retry_seconds")
         connect_timeout, op_timeout = _url_timeouts(url, self.url, connect_timeout, op_timeout)
         self.connect_timeout, self.op_timeout = connect_timeout, op_timeout
         self._options: dict[str, Any] = {
@@ -361,6 +481,15 @@ class RedisLedger(Ledger):
         ledger that is down when the guard starts must fail each call (closed,
         or open if configured), not the guard's construction.
         """
+        try:
+            return self._connect()
+        except _UNAVAILABLE as exc:  # "cannot be connected", a node refusing
+            raise self._unavailable(exc) from exc
+
+    def _connect(self) -> Any:
+        """``_conn`` without the translation: a cluster client that cannot be made
+        raises ``RedisClusterException`` or, when a node it learnt of refuses,
+        ``ConnectionError`` (``_run`` may wait through either)."""
         client = self._client
         if client is None:
             with self._lock:
@@ -370,10 +499,7 @@ class RedisLedger(Ledger):
                         from redis.cluster import RedisCluster
 
                         plain = parts._replace(scheme=parts.scheme.removesuffix("+cluster"))
-                        try:
-                            made: Any = RedisCluster.from_url(urlunsplit(plain), **self._options)
-                        except rexc.RedisClusterException as exc:  # "cannot be connected"
-                            raise self._unavailable(exc) from exc
+                        made: Any = RedisCluster.from_url(urlunsplit(plain), **self._options)
                     else:
                         made = redis.Redis.from_url(self._raw_url, **self._options)
                     self._lua = {
@@ -386,29 +512,70 @@ class RedisLedger(Ledger):
 
     # -- plumbing -------------------------------------------------------------
 
-    def _unavailable(self, exc: BaseException) -> LedgerUnavailable:
+    def _unavailable(self, exc: BaseException, waited: float = 0.0) -> LedgerUnavailable:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if waited:
+            reason += (f"; still failing after {waited:.1f} s of retries "
+                       f"(cluster_retry_seconds={self.cluster_retry_seconds:g}: raise it "
+                       "above your cluster's failover time, cluster-node-timeout + ~1 s)")
         for secret in self._secrets:
             reason = reason.replace(secret, "***")
         return LedgerUnavailable(self.url, reason)
 
     def _run(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:
-        """Run ``op(client)``; once more after a dropped connection if safe."""
-        try:
-            return op(self._conn())
-        except rexc.ConnectionError as exc:
-            if not idempotent:
-                raise self._unavailable(exc) from exc
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except rexc.RedisError as exc:
-            raise self._rejected(exc) from exc
-        try:  # e.g. Redis restarted and the pooled connection died
-            return op(self._conn())
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except rexc.RedisError as exc:
-            raise self._rejected(exc) from exc
+        """Run ``op(client)``; once more after a dropped connection if safe; on
+        Redis Cluster, again and again through a failover for up to
+        ``cluster_retry_seconds`` (see ``_again``)."""
+        tries = 0
+        started = 0.0
+        while True:
+            try:
+                client = self._connect()
+            except _UNAVAILABLE as exc:  # the cluster client cannot be made: nothing sent
+                if not self._again(exc, True, tries, started):
+                    raise self._unavailable(exc, self._waited(tries, started)) from exc
+            else:
+                try:
+                    return op(client)
+                except _UNAVAILABLE as exc:
+                    if not self._again(exc, idempotent, tries, started):
+                        raise self._unavailable(exc, self._waited(tries, started)) from exc
+                except rexc.RedisError as exc:
+                    raise self._rejected(exc) from exc
+            if tries == 0:
+                started = time.monotonic()
+            else:
+                time.sleep(_RETRY_PAUSE_S)
+            tries += 1
+
+    def _waited(self, tries: int, started: float) -> float:
+        """Seconds spent retrying through a cluster failover (0: none)."""
+        if tries < 2 or self.cluster_retry_seconds <= 0:
+            return 0.0
+        return max(time.monotonic() - started, 0.05)
+
+    def _again(self, exc: BaseException, idempotent: bool, tries: int, started: float) -> bool:
+        """Whether ``_run`` tries once more after ``exc`` (its ``tries``-th failure).
+
+        Only what is safe to send twice: an idempotent operation, or a reply
+        saying the command never ran (CLUSTERDOWN, TRYAGAIN, READONLY). A plain
+        Redis: one retry after a dropped connection (e.g. Redis restarted and
+        the pooled connection died). A cluster: every failover symptom, until
+        ``cluster_retry_seconds`` have passed since the first failure.
+        """
+        # redis-py answers CLUSTERDOWN by re-reading the topology, which may
+        # raise in turn: the reply it was handling still says "never ran".
+        never_ran = isinstance(exc, _NOT_RUN) or (
+            isinstance(exc, rexc.RedisClusterException) and isinstance(exc.__context__, _NOT_RUN))
+        if not idempotent and not never_ran:
+            return False
+        if isinstance(exc, rexc.AuthenticationError):
+            return False
+        if self.cluster_retry_seconds <= 0:
+            return tries == 0 and isinstance(exc, rexc.ConnectionError)
+        if not isinstance(exc, _FAILOVER):
+            return False
+        return tries == 0 or time.monotonic() - started < self.cluster_retry_seconds
 
     def _rejected(self, exc: BaseException) -> LedgerError | AmountError:
         """A reply Redis refused (e.g. WRONGTYPE): a fault, not an outage; or a
@@ -438,8 +605,9 @@ class RedisLedger(Ledger):
         What ``Script.__call__`` does, called on the client directly: it
         saves ~8 µs per call (measured, bench/README.md), and reserve and
         settle are on every LLM call's path. On Redis Cluster the client
-        routes by the keys (one hash tag, one slot) and loads the script
-        where it is missing.
+        routes ``EVALSHA`` by its first key (one hash tag, one slot), and
+        ``SCRIPT LOAD`` goes to every master, the one owning the keys
+        included (tests/ledger/test_cluster.py flushes the scripts to check).
         """
         def op(c: Any) -> Any:
             lua = self._lua[script]  # made with the client
@@ -517,6 +685,7 @@ class RedisLedger(Ledger):
         reply = self._call("reserve", [self._leases, self._stream, rkey, *plan.keys], [
             rid, rid_json, amount_s, str(lease_ms), str(lease_ms + _DAY_MS), tail,
             *plan.fixed_args, epoch,
+            *(() if request.overrides_version is None else (str(request.overrides_version),)),
         ])
         kind = reply[0]
         if kind == "ok":
@@ -532,6 +701,8 @@ class RedisLedger(Ledger):
             raise ClockSkew(float(reply[1]))
         if kind == "dup":
             return self._existing(rid, reply[1], request)
+        if kind == "stale":
+            raise StaleOverrides(int(reply[1]))
         raise AssertionError(f"reserve script returned {reply!r}")  # pragma: no cover
 
     # -- integrity (see EPOCH in lua/_common.lua) --------------------------------
@@ -586,7 +757,6 @@ class RedisLedger(Ledger):
         """Server facts ``crew-budget doctor`` judges: INFO fields, CONFIG values
         (``config:<name>``, absent where CONFIG is not allowed), the clock skew
         (``clock_skew_s``: Redis TIME minus this machine's) and the epoch."""
-        import time
 
         def one(reply: Any) -> dict[str, Any]:
             # Redis Cluster answers per node ({node: reply}): judge the first.
@@ -600,7 +770,8 @@ class RedisLedger(Ledger):
             for section in ("server", "persistence", "memory", "cluster", "replication"):
                 for k, v in one(c.info(section)).items():
                     facts[str(k)] = str(v)
-            for name in ("maxmemory-policy", "appendonly", "appendfsync", "save", "maxmemory"):
+            for name in ("maxmemory-policy", "appendonly", "appendfsync", "save", "maxmemory",
+                         "cluster-node-timeout"):
                 try:
                     got = one(c.config_get(name))
                 except rexc.ResponseError:  # CONFIG renamed or forbidden (managed Redis)
@@ -616,6 +787,9 @@ class RedisLedger(Ledger):
                         raw = dict(line.split(":", 1) for line in raw.splitlines()
                                    if ":" in line)
                     facts.update({str(k): str(v).strip() for k, v in one(raw).items()})
+                facts["ledger:cluster_retry_seconds"] = f"{self.cluster_retry_seconds:g}"
+                with contextlib.suppress(rexc.RedisError, KeyError, TypeError, AttributeError):
+                    facts["cluster_masters_without_replica"] = str(_lonely(c.cluster_nodes()))
             before = time.time()
             sec, usec = c.time()
             facts["clock_skew_s"] = repr(int(sec) + int(usec) / 1e6 - (before + time.time()) / 2)
@@ -849,6 +1023,42 @@ class RedisLedger(Ledger):
         name = self.prefix + "ob:e:" + key
         fields = self._run(lambda c: c.hgetall(name))
         return _outbox_entry(fields) if fields else None
+
+    # -- live limits (see Ledger.write_overrides and lua/overrides_*.lua) -----
+    # Keys: P.."ov" (HASH "role|kind" -> Override JSON), P.."ov:version"
+    # (STRING, compared by every reserve). Registered on first use, per client.
+
+    def _overrides_call(self, name: str, keys: list[str], args: list[str], *,
+                        idempotent: bool = True) -> Any:
+        client = self._conn()
+        made: tuple[Any, dict[str, Script]] | None = getattr(self, "_ov_lua", None)
+        if made is None or made[0] is not client:
+            lua = resources.files("crew_budget.ledger") / "lua"
+            common = (lua / "_common.lua").read_text(encoding="utf-8")
+            made = (client, {n: cast(Script, client.register_script(
+                (common + "\n" if n == "overrides_write" else "")
+                + (lua / f"{n}.lua").read_text(encoding="utf-8")))
+                for n in ("overrides_read", "overrides_write")})
+            self._ov_lua = made
+        script = made[1][name]
+        return self._run(lambda c: script(keys=keys, args=args, client=c), idempotent=idempotent)
+
+    def overrides_state(self) -> tuple[int, tuple[Override, ...]]:
+        version, values = self._overrides_call(
+            "overrides_read", [self.prefix + "ov", self.prefix + "ov:version"], [])
+        return int(version), tuple(sorted((Override.from_json(v) for v in values),
+                                          key=lambda o: o.key))
+
+    def write_overrides(self, put: Sequence[Override], drop: Sequence[str],
+                        record: SpendRecord) -> int:
+        args = [self._retention_str, record.to_json(), str(len(put))]
+        for o in put:
+            args += [o.key, o.to_json()]
+        args += list(drop)
+        # Not repeated: a second run would append a second audit record.
+        return int(self._overrides_call(
+            "overrides_write", [self.prefix + "ov", self.prefix + "ov:version", self._stream],
+            args, idempotent=False))
 
 
 @lru_cache(maxsize=1)

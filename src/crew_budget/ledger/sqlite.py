@@ -44,6 +44,7 @@ from crew_budget.ledger.base import (
     OutboxEntry,
     OutboxState,
     Outcome,
+    Override,
     RecordDraft,
     Reservation,
     ReserveRequest,
@@ -51,6 +52,7 @@ from crew_budget.ledger.base import (
     RollupKey,
     SettleResult,
     SpendRecord,
+    StaleOverrides,
     add_rollup,
     new_reservation_id,
     rollup_counts,
@@ -112,6 +114,10 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS overrides (
+    key  TEXT PRIMARY KEY,
+    data TEXT NOT NULL
 );
 """
 
@@ -252,6 +258,12 @@ class SQLiteLedger(Ledger):
         with self._tx() as db:
             lost = self._epoch_verdict(db)
             if lost is None:
+                # Live limits: the client's version must be ours; raising
+                # here rolls back, and nothing was written yet.
+                if request.overrides_version is not None:
+                    version = _overrides_version(db)
+                    if version != request.overrides_version:
+                        raise StaleOverrides(version)
                 self._reap(db, now, 100)
                 row = db.execute(
                     "SELECT amount, expires_at FROM reservations WHERE id = ?",
@@ -745,6 +757,40 @@ class SQLiteLedger(Ledger):
             return _outbox_entry(self._outbox_db(), key, self._clock())
         except sqlite3.Error as exc:
             raise LedgerUnavailable(self.url, str(exc)) from exc
+
+    # -- live limits (see Ledger.write_overrides) ------------------------------
+    # The version is meta row 'overrides_version' (absent = 0); reserve reads
+    # it inside its BEGIN IMMEDIATE transaction, so a change made by another
+    # process is seen by the very next reserve.
+
+    def overrides_state(self) -> tuple[int, tuple[Override, ...]]:
+        try:
+            db = self._conn()
+            with self._tx():  # one consistent read of version and rows
+                version = _overrides_version(db)
+                rows = db.execute("SELECT data FROM overrides ORDER BY key").fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        return version, tuple(Override.from_json(r[0]) for r in rows)
+
+    def write_overrides(self, put: Sequence[Override], drop: Sequence[str],
+                        record: SpendRecord) -> int:
+        with self._tx() as db:
+            for key in drop:
+                db.execute("DELETE FROM overrides WHERE key = ?", (key,))
+            for o in put:
+                db.execute("INSERT OR REPLACE INTO overrides (key, data) VALUES (?, ?)",
+                           (o.key, o.to_json()))
+            version = _overrides_version(db) + 1
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('overrides_version', ?)",
+                       (str(version),))
+            self._insert(db, record)
+            return version
+
+
+def _overrides_version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'overrides_version'").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 _OUTBOX_SCHEMA = """

@@ -93,7 +93,10 @@ def _reserve_here(logger: BudgetLogger, kwargs: dict[str, Any]) -> str:
     call_id = kwargs.get("litellm_call_id")
     if not isinstance(call_id, str) or not call_id:
         call_id = kwargs["litellm_call_id"] = str(uuid.uuid4())
-    logger.reserve(call_id, logger._sdk_role(kwargs), kwargs, "sdk")
+    # A non-streaming call is settled by the wrapper as soon as it returns;
+    # a stream when litellm reports it finished (its success hook).
+    logger.reserve(call_id, logger._sdk_role(kwargs), kwargs, "sdk",
+                   by_caller=not kwargs.get("stream"))
     return call_id
 
 

@@ -166,6 +166,11 @@ class _Call:
     origin: Origin
     call_id: str
     started: float = field(default_factory=time.monotonic)
+    # Settled by the caller (our completion/acompletion wrappers) right after
+    # the call returns: litellm's success/failure hooks, which run later on
+    # its thread pool, leave it alone, so the reservation is never held past
+    # the call's return by a slow background thread.
+    by_caller: bool = False
 
 
 class BudgetLogger(CustomLogger):
@@ -290,10 +295,12 @@ class BudgetLogger(CustomLogger):
     def reserve(
         self, call_id: str, role: str, kwargs: dict[str, Any], origin: Origin,
         *, model: str | None = None, messages: Sequence[Any] | None = None,
+        by_caller: bool = False,
     ) -> Ticket:
         """Reserve one chat call and adjust ``kwargs`` in place (``max_tokens``,
-        ``stream_options``, and the reservation's key in its metadata); raises
-        ``CrewBudgetExceededError`` when over budget.
+        ``stream_options``, ``model`` when the role's ``on_exceed: downgrade``
+        moved the call to a cheaper model, and the reservation's key in its
+        metadata); raises ``CrewBudgetExceededError`` when over budget.
 
         ``call_id`` (litellm's) is only recorded; the reservation is keyed by
         a fresh id (``RESERVATION_KEY``), so equal call ids never collide.
@@ -320,6 +327,13 @@ class BudgetLogger(CustomLogger):
                                           crew=self.crew, extra=extra or None)
         except BudgetExceeded as exc:
             raise CrewBudgetExceededError.from_exceeded(exc) from None
+        if ticket.downgraded_from is not None:
+            # on_exceed: downgrade. The request goes to the model it was
+            # reserved at: the SDK wrappers send these kwargs, and on the
+            # proxy the hook's data["model"] picks the route (so the listed
+            # names must be model names the proxy serves).
+            kwargs["model"] = ticket.model
+            model_name = ticket.model
         if ticket.max_tokens is not None:
             kwargs["max_tokens"] = ticket.max_tokens
         if self.inject_stream_usage and kwargs.get("stream") and not kwargs.get("stream_options") \
@@ -328,7 +342,7 @@ class BudgetLogger(CustomLogger):
         key = uuid.uuid4().hex
         _put_key(kwargs, key, in_place=origin == "proxy")
         with self._lock:
-            self._calls[key] = _Call(ticket, origin, call_id)
+            self._calls[key] = _Call(ticket, origin, call_id, by_caller=by_caller)
             self._prune_locked()
         return ticket
 
@@ -346,6 +360,11 @@ class BudgetLogger(CustomLogger):
         horizon = time.monotonic() - float(self.guard.config.lease_seconds)
         for key in [k for k, c in self._calls.items() if c.started < horizon]:
             del self._calls[key]
+
+    def _left_to_caller(self, key: str | None) -> bool:
+        with self._lock:
+            call = self._calls.get(key) if key is not None else None
+            return call is not None and call.by_caller
 
     def _take(self, key: str | None, *, origin: Origin | None = None) -> _Call | None:
         if key is None:
@@ -389,10 +408,14 @@ class BudgetLogger(CustomLogger):
 
     # -- closing ---------------------------------------------------------------------
 
-    def settle_call(self, call_id: str | None, response: Any, kwargs: Mapping[str, Any]) -> None:
+    def settle_call(self, call_id: str | None, response: Any, kwargs: Mapping[str, Any],
+                    *, from_hook: bool = False) -> None:
         """Settle the call reserved for ``kwargs`` (request or litellm's logging kwargs)
-        from ``response``'s usage; a call reserved by no one is booked unreserved."""
+        from ``response``'s usage; a call reserved by no one is booked unreserved.
+        ``from_hook``: litellm's success hook, which leaves calls its caller settles."""
         key = reservation_key(kwargs)
+        if from_hook and self._left_to_caller(key):
+            return
         call = self._take(key)
         if call is None:
             # An outer adapter's call is settled by that adapter: never book it twice.
@@ -417,9 +440,12 @@ class BudgetLogger(CustomLogger):
                           call.ticket.reservation_id)
 
     def fail_call(self, call_id: str | None, exc: BaseException | None,
-                  *, origin: Origin | None = None, kwargs: Any = None) -> None:
+                  *, origin: Origin | None = None, kwargs: Any = None,
+                  from_hook: bool = False) -> None:
         """Close the call reserved for ``kwargs`` after a failure: released when the
         provider never billed, charged at its reservation otherwise."""
+        if from_hook and self._left_to_caller(reservation_key(kwargs)):
+            return
         call = self._take(reservation_key(kwargs), origin=origin)
         if call is None:
             self._uncover(call_id)  # an outer adapter's call: that adapter closes it
@@ -517,19 +543,21 @@ class BudgetLogger(CustomLogger):
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self.settle_call(_call_id(kwargs), response_obj, kwargs)
+        self.settle_call(_call_id(kwargs), response_obj, kwargs, from_hook=True)
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                                       end_time: Any) -> None:
-        self.settle_call(_call_id(kwargs), response_obj, kwargs)
+        self.settle_call(_call_id(kwargs), response_obj, kwargs, from_hook=True)
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk", kwargs=kwargs)
+        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk", kwargs=kwargs,
+                       from_hook=True)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                                       end_time: Any) -> None:
-        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk", kwargs=kwargs)
+        self.fail_call(_call_id(kwargs), _exception(kwargs), origin="sdk", kwargs=kwargs,
+                       from_hook=True)
 
     # -- litellm hooks: proxy --------------------------------------------------------------
     # Defined on this class itself: the proxy only calls an async_pre_call_hook

@@ -24,12 +24,16 @@
 -- ARGV[13+2n+i] - bucket i's scope as JSON (for a "blocked" record)
 -- ARGV[14+3n]  - the ledger epoch this client last saw, or "" (see EPOCH in
 --                _common.lua); optional (absent = "")
+-- ARGV[15+3n]  - the live-limits version this client built its buckets with
+--                (see overrides_write.lua); optional (absent = no check)
 -- ARGV[1..6] change with every call; the rest is fixed per ledger and set of
 -- buckets, so the client sends it pre-encoded.
 --
 -- Returns one of
 --   {"reset", epoch}    the ledger lost its state (see EPOCH in _common.lua):
 --                       nothing charged; epoch is the "lost:..." marker
+--   {"stale", version}  the client's live-limits version is not P.."ov:version"
+--                       (version): nothing done; it re-reads the overrides
 --   {"skew", now}       the ledger clock ``now`` (Unix s text) is outside a
 --                       bucket's [starts_at, ends_at): nothing done
 --   {"ok", now_ms}      reserved; the lease ends at now_ms + lease
@@ -78,6 +82,7 @@ do
     arg_int('a counter expiry (s)', ARGV[n + i], MAX_NANO)
     arg_text('a bucket scope', ARGV[2 * n + i], 34, 34)
   end
+  if ARGV[15 + 3 * n] then arg_count('the live-limits version', ARGV[15 + 3 * n], MAX_NANO) end
 end
 -- -------------------------------------------------------------------------
 
@@ -98,6 +103,16 @@ local seen = ARGV[14 + 3 * nb] or ''
 local epoch = check_epoch(prefix, seen, rid, ts)
 if string.sub(epoch, 1, 5) == 'lost:' then return {'reset', epoch} end
 -- end of the EPOCH check
+
+-- LIVE LIMITS check (see overrides_write.lua): before any write of this
+-- call. The client's buckets carry the overrides of the version it sent; if
+-- an operator changed them since, it must re-read them and rebuild first.
+local ov_seen = ARGV[15 + 3 * nb]
+if ov_seen then
+  local ov = redis.call('GET', prefix .. 'ov:version') or '0'
+  if ov ~= ov_seen then return {'stale', ov} end
+end
+-- end of the LIVE LIMITS check
 
 reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[8]), ts, now_ms, retention_ms)
 
