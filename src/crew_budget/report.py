@@ -326,12 +326,14 @@ def build_report(
     hour_labels = {"hour": _HourLabels(tz, "hour"), "day": _HourLabels(tz, "day")}
     groups: dict[tuple[str, ...], ReportRow] = {}
     total = ReportRow(())
-    reset_list: list[SpendRecord] = [
-        r for r in resets
-        if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+    # Audit records kept beside the rollups (Ledger.resets): resets and
+    # live-limit changes, neither of them a call.
+    audit = [r for r in resets
+             if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+    reset_list = [r for r in audit if r.outcome == "reset"]
+    overrides = [r for r in audit if r.outcome == "override"]
     count = len(reset_list)
     source: Literal["records", "rollups"] = "records"
-    overrides: list[SpendRecord] = []
     for r in records:
         if isinstance(r, Rollup):
             source = "rollups"

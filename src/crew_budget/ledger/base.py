@@ -284,6 +284,11 @@ class Rollup:
         return asdict(self)
 
 
+#: Record outcomes that are audit facts, not calls: rollups hold none of
+#: them, so every ledger keeps them beside the rollups (``Ledger.resets``).
+AUDIT_OUTCOMES = frozenset({"reset", "override"})
+
+
 def rollup_counts(record: SpendRecord) -> tuple[int, ...] | None:
     """What ``record`` adds to its rollup (ROLLUP_METRICS order), or None (a reset)."""
     o = record.outcome
@@ -450,13 +455,14 @@ class Ledger(ABC):
         return [r for r in fold_rollups(self.records(lo, until)) if in_span(r.hour, since, until)]
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
-        """The ``reset`` records with ``since <= ts < until``, oldest first.
+        """The audit records (``AUDIT_OUTCOMES``: resets and live-limit
+        overrides) with ``since <= ts < until``, oldest first.
 
         Built-in ledgers keep them as long as rollups (they are the audit of
-        who zeroed a budget), whatever the raw records' retention; this
-        default filters the records.
+        who zeroed a budget or changed a limit), whatever the raw records'
+        retention; this default filters the records.
         """
-        return [r for r in self.records(since, until) if r.outcome == "reset"]
+        return [r for r in self.records(since, until) if r.outcome in AUDIT_OUTCOMES]
 
     @property
     def records_retention_days(self) -> float | None:

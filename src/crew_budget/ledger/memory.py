@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from crew_budget.errors import ReservationError
 from crew_budget.ledger.base import (
+    AUDIT_OUTCOMES,
     ROLLUP_RETENTION_DAYS,
     Bucket,
     BucketState,
@@ -163,7 +164,7 @@ class MemoryLedger(Ledger):
         if counts is not None:
             key = (rollup_hour(record.ts), record.scope, record.role, record.model, record.crew)
             add_rollup(self._rollups, key, counts)
-        elif record.outcome == "reset":
+        elif record.outcome in AUDIT_OUTCOMES:
             self._resets.append(record)
         if self._retention > 0:
             self._records.append(record)
@@ -381,7 +382,7 @@ class MemoryLedger(Ledger):
             for o in put:
                 stored[o.key] = o
             self._ov_version: int = getattr(self, "_ov_version", 0) + 1
-            self._records.append(record)
+            self._add_locked(record)
             return self._ov_version
 
 

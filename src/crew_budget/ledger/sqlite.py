@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 from crew_budget.errors import LedgerNotFound, LedgerReset, LedgerUnavailable, ReservationError
 from crew_budget.ledger.base import (
+    AUDIT_OUTCOMES,
     ROLLUP_METRICS,
     ROLLUP_RETENTION_DAYS,
     Bucket,
@@ -403,7 +404,7 @@ class SQLiteLedger(Ledger):
     def _insert(self, db: sqlite3.Connection, record: SpendRecord) -> None:
         """Append a record and add it to its hourly rollup, in the caller's transaction."""
         _add_rollup(db, record)
-        if record.outcome == "reset":
+        if record.outcome in AUDIT_OUTCOMES:
             db.execute("INSERT INTO resets (ts, data) VALUES (?, ?)", (record.ts, record.to_json()))
         if self._records_retention > 0:
             db.execute("INSERT INTO records (ts, data) VALUES (?, ?)",

@@ -5,6 +5,8 @@
 -- KEYS[1]      - P.."ov"          (HASH "role|kind" -> Override JSON)
 -- KEYS[2]      - P.."ov:version"  (STRING integer; never expires)
 -- KEYS[3]      - P.."records"     (STREAM of spend records)
+-- (derived)    - P.."resets"      (ZSET of audit records, see keep_reset in
+--                _common.lua: the override's audit record is kept there too)
 -- ARGV[1]      - retention of records, ms
 -- ARGV[2]      - the audit record JSON (outcome "override")
 -- ARGV[3]      - n, how many overrides to store
@@ -47,4 +49,6 @@ for i = 1, n do
 end
 local version = redis.call('INCR', KEYS[2])
 append(KEYS[3], now_ms, tonumber(ARGV[1]), ARGV[2])
+-- An audit fact rollups do not hold: kept beside the resets (see keep_reset).
+keep_reset(string.sub(KEYS[1], 1, -3), now_ms / 1000, ARGV[2])
 return version
