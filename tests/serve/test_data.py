@@ -119,3 +119,34 @@ def test_the_incremental_record_window_matches_a_full_read_even_for_a_late_recor
     assert incremental["spend"]["total_nano"] == 4 * 156_000  # type: ignore[index]
     assert same(incremental, snapshot(guard).to_dict())
     assert calls(snapshot(guard, window).to_dict()) == 4  # nothing counted twice
+
+
+def test_snapshot_shows_runs_tasks_and_live_limits(guard: Guard) -> None:
+    # Two calls in one run (tasks "draft" and "review"), one outside any run;
+    # each settles 100,000 prompt tokens = $0.015 exactly. Then an operator
+    # sets a's daily limit to $0.20 and pauses b: the page re-reads both from
+    # the ledger, and a's gauge shows the live limit, not the YAML's $1.00.
+    import crew_budget
+
+    def call(task: str) -> None:
+        t = guard.preflight(role="a", model="gpt-4o-mini", messages=MSG, metadata={"task": task})
+        guard.settle(t, {"prompt_tokens": 100_000, "completion_tokens": 0})
+
+    with crew_budget.run("nightly") as run:
+        call("draft")
+        call("review")
+    call("draft")
+    guard.set_limits("a", daily_usd="0.20", who="ops@host", reason="cost review")
+    guard.pause("b", who="ops@host", reason="runaway loop")
+
+    snap = snapshot(guard).to_dict()
+    assert snap["runs"]["by_run"] == [{"run": run.run_id, "spent_nano": 30_000_000,
+                                       "spent_usd": "0.03", "calls": 2, "blocked": 0}]
+    assert [(r["task"], r["spent_nano"], r["calls"]) for r in snap["runs"]["by_task"]] == [
+        ("draft", 30_000_000, 2), ("review", 15_000_000, 1)]
+    assert [(o["role"], o["kind"], o["limit_usd"], o["who"], o["reason"])
+            for o in snap["live_limits"]] == [
+        ("a", "daily", "0.2", "ops@host", "cost review"),
+        ("b", "paused", None, "ops@host", "runaway loop")]
+    gauges = {g["scope"]: g for g in snap["gauges"]}
+    assert (gauges["role:a"]["limit_usd"], gauges["role:a"]["spent_usd"]) == ("0.2", "0.045")

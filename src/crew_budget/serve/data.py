@@ -255,6 +255,44 @@ class RecordWindow:
         return list(self._items)
 
 
+def runs_and_tasks(records: Iterable[SpendRecord]) -> dict[str, list[dict[str, Any]]]:
+    """Spend per run (``crew_budget.run``) and per task (CrewAI task name,
+    LangChain ``task`` metadata or run name) over the records' span, costliest
+    first: what ``report --by run`` / ``--by task`` show, live."""
+    tables: dict[str, dict[str, list[int]]] = {"run": {}, "task": {}}
+    for r in records:
+        meta = r.metadata or {}
+        names = {"run": meta.get("run"), "task": meta.get("task") or meta.get("run_name")}
+        for kind, name in names.items():
+            if not isinstance(name, str) or not name:
+                continue
+            row = tables[kind].setdefault(name, [0, 0, 0])  # nano, calls, blocked
+            if r.outcome == "blocked":
+                row[2] += 1
+            elif r.outcome in ("settled", "expired", "unguarded"):
+                row[0] += r.cost_nano
+                row[1] += 1
+    return {
+        f"by_{kind}": [
+            {kind: name, "spent_nano": v[0], "spent_usd": _usd(v[0]), "calls": v[1],
+             "blocked": v[2]}
+            for name, v in sorted(table.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        ]
+        for kind, table in tables.items()
+    }
+
+
+def live_limits(guard: Guard) -> list[dict[str, Any]]:
+    """The live limits in force (``crew-budget set/pause``), re-read from the
+    ledger so the page shows what every process applies on its next call."""
+    return [
+        {"role": o.role, "kind": o.kind,
+         "limit_usd": None if o.limit_nano is None else _usd(o.limit_nano),
+         "who": o.who, "reason": o.reason, "set_at": o.set_at, "until": o.until}
+        for o in guard.refresh_overrides()
+    ]
+
+
 def _key(r: SpendRecord) -> tuple[float, str, str, str, str, int]:
     return (r.ts, r.reservation_id, r.outcome, r.role, r.model, r.cost_nano)
 
@@ -267,6 +305,7 @@ def snapshot(guard: Guard, window: RecordWindow | None = None) -> Snapshot:
     from crew_budget.redact import redact_url
 
     now = guard.ledger.now()
+    limits = live_limits(guard)  # first: the gauges then show the limits in force
     if window is None:
         records = guard.ledger.records(since=now - HISTORY_SECONDS, until=now + 1)
         records.sort(key=lambda r: r.ts)  # ledger order is commit order; lists go by time
@@ -283,4 +322,6 @@ def snapshot(guard: Guard, window: RecordWindow | None = None) -> Snapshot:
         "blocked": blocked_calls(records),
         "overruns": overruns(records),
         "alerts": alert_feed(guard, records, now),
+        "runs": runs_and_tasks(records),
+        "live_limits": limits,
     })

@@ -80,12 +80,12 @@ function table(id, head, rows, empty) {
   for (const r of rows) t.append(el("tr", {}, ...r.map((c, i) => el("td", { class: head[i][1] ? "num" : "" }, c))));
 }
 
-function breakdown(id, rows, key, total) {
+function breakdown(id, rows, key, total, empty = "no calls in the last 24 hours") {
   table(id, [[key, false], ["spent", true], ["", false], ["calls", true], ["blocked", true]],
     rows.map((r) => [r[key], usd(r.spent_usd),
       el("span", { class: "mini", style: `width:${total ? Math.round((r.spent_nano / total) * 120) : 0}px` }),
       r.calls, r.blocked]),
-    "no calls in the last 24 hours");
+    empty);
 }
 
 const PALETTE = ["#2e7dd7", "#2e9d5b", "#d9961a", "#8e55c9", "#d2413a", "#1aa3a3", "#7a8797"];
@@ -152,6 +152,12 @@ function render(snap) {
   table("overruns", [["time", false], ["role", false], ["model", false], ["what", false], ["reserved", true], ["cost", true], ["over", true]],
     snap.overruns.calls.map((o) => [timeOf(o.ts), o.role, o.model, o.kind, usd(o.estimate_usd), usd(o.cost_usd), usd(o.over_usd)]),
     "none: every call cost at most what was reserved for it");
+  breakdown("by-run", snap.runs.by_run, "run", total, "no run in the last 24 hours");
+  breakdown("by-task", snap.runs.by_task, "task", total, "no named task in the last 24 hours");
+  table("live-limits", [["role", false], ["limit", false], ["set by", false], ["reason", false], ["until", false]],
+    snap.live_limits.map((o) => [o.role, o.kind === "paused" ? "paused" : `${o.kind} ${usd(o.limit_usd)}`,
+      o.who, o.reason || "", o.until ? timeOf(o.until) : "until lifted"]),
+    "none: every role runs on its YAML limits");
   const feed = $("alerts");
   feed.replaceChildren();
   if (!snap.alerts.length) feed.append(el("li", { class: "empty" }, "no alert: every budget is below its first threshold"));
