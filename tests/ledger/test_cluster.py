@@ -29,6 +29,7 @@ import pytest
 
 from crew_budget.errors import ConfigError, LedgerReset, LedgerUnavailable
 from crew_budget.ledger import Bucket, RecordDraft, Reservation, ReserveRequest
+from crew_budget.ledger.base import rollup_hour
 from crew_budget.ledger.redis import RedisLedger
 from crew_budget.usage import Usage
 from tests.fixtures.redis_cluster import RedisCluster
@@ -73,8 +74,10 @@ def test_each_namespace_lives_on_one_master_and_namespaces_spread_over_all_three
         (home,) = [port for port, found in held.items() if found]
         assert home == redis_cluster.master_of(f"{{{ns}}}")
         p = f"cb:{{{ns}}}:"
+        hour = int(rollup_hour(led.records()[-1].ts))  # the settle's hourly rollup
         assert held[home] == sorted([p + "b:crew:c|day|p1", p + "b:role:r|day|p1", p + "epoch",
-                                     p + "r:a", p + "records"])  # leases: empty, so gone
+                                     p + "r:a", p + "records", p + f"ru:{hour}"])
+        # (leases: empty, so gone)
         assert [(s.spent_nano, s.reserved_nano) for s in led.status([role, crew])] == [
             (1_000, 0), (1_000, 0)]
         homes[ns] = home
@@ -196,7 +199,10 @@ def test_a_replica_promoted_without_the_namespace_is_a_detected_loss_until_recov
         time.sleep(0.05)
     keys = sorted(redis_cluster.cli(replica, "KEYS", f"cb:{{{ns}}}:*").split())
     p = f"cb:{{{ns}}}:"
-    assert keys == [p + "b:role:r|day|p1", p + "epoch", p + "r:kept", p + "records"]
+    rollups = [k for k in keys if k.startswith(p + "ru:")]
+    assert len(rollups) == 1  # the settle's hourly rollup, replicated with it
+    assert keys == sorted([p + "b:role:r|day|p1", p + "epoch", p + "r:kept", p + "records",
+                           *rollups])
     assert redis_cluster.cli(replica, "DEL", *keys).strip() == str(len(keys))
 
     with pytest.raises(LedgerReset) as caught:
