@@ -366,9 +366,14 @@ def test_threads_of_one_guard_all_obey_a_change_made_while_they_run(
                 outcome = "ok"
             except RolePaused:
                 outcome = "paused"
+            except BudgetExceeded:  # the $4.00 day ran out: a failure, said plainly
+                outcome = "exhausted"
             if phase[0] == started_in:  # not one that straddled a change
                 with lock:
                     seen.append((started_in, outcome))
+            # Paced: unpaced threads on the memory ledger made 400 calls while
+            # the test thread waited for the GIL and used up the day's $4.00.
+            stop.wait(0.02)
 
     threads = [threading.Thread(target=loop) for _ in range(4)]
     for t in threads:
