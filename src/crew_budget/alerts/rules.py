@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
+from typing import Any
 
 from crew_budget.alerts.config import (
     AnomalyConfig,
@@ -187,14 +188,7 @@ def exhausted(event: Exhaustion, now: float, tz: tzinfo = timezone.utc) -> Alert
             f"{fmt_usd(event.reserved)} reserved). Further calls are blocked{reset}."
         ),
         severity="critical",
-        ts=now,
-        scope=event.scope,
-        role=event.role,
-        window=event.window,
-        period=event.period,
-        values={"limit_usd": event.limit, "spent_usd": event.spent,
-                "reserved_usd": event.reserved, "estimate_usd": event.estimate,
-                "model": event.model},
+        **_exhaustion_facts(event, now),
     )
 
 
@@ -216,15 +210,19 @@ def shadow_blocked(event: Exhaustion, now: float, tz: tzinfo = timezone.utc) -> 
             f"enforced, further calls would be blocked{reset}."
         ),
         severity="warning",
-        ts=now,
-        scope=event.scope,
-        role=event.role,
-        window=event.window,
-        period=event.period,
-        values={"limit_usd": event.limit, "spent_usd": event.spent,
-                "reserved_usd": event.reserved, "estimate_usd": event.estimate,
-                "model": event.model},
+        **_exhaustion_facts(event, now),
     )
+
+
+def _exhaustion_facts(event: Exhaustion, now: float) -> dict[str, Any]:
+    """The fields an exhausted and a shadow-blocked alert share: where, when, the money."""
+    return {
+        "ts": now, "scope": event.scope, "role": event.role, "window": event.window,
+        "period": event.period,
+        "values": {"limit_usd": event.limit, "spent_usd": event.spent,
+                   "reserved_usd": event.reserved, "estimate_usd": event.estimate,
+                   "model": event.model},
+    }
 
 
 # -- anomaly rules --------------------------------------------------------------

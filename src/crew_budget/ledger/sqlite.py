@@ -451,7 +451,12 @@ class SQLiteLedger(Ledger):
         return rollups_from(acc)
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
-        sql, args = "SELECT data FROM resets WHERE 1=1", []
+        return self._span("resets", since, until)
+
+    def _span(self, table: str, since: float | None, until: float | None) -> list[SpendRecord]:
+        """The records of ``table`` (records or resets) with ``since <= ts < until``, in
+        commit order."""
+        sql, args = f"SELECT data FROM {table} WHERE 1=1", []
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
@@ -473,18 +478,7 @@ class SQLiteLedger(Ledger):
             self._insert(db, record)
 
     def records(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
-        sql, args = "SELECT data FROM records WHERE 1=1", []
-        if since is not None:
-            sql += " AND ts >= ?"
-            args.append(since)
-        if until is not None:
-            sql += " AND ts < ?"
-            args.append(until)
-        try:
-            rows = self._conn().execute(sql + " ORDER BY seq", args).fetchall()
-        except sqlite3.Error as exc:
-            raise LedgerUnavailable(self.url, str(exc)) from exc
-        return [SpendRecord.from_json(r[0]) for r in rows]
+        return self._span("records", since, until)
 
     def claim(self, marker: str, ttl_seconds: float) -> bool:
         now = self._clock()
