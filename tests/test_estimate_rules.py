@@ -221,14 +221,14 @@ def test_claude_tools_add_the_documented_prompt_and_their_json() -> None:
     msg = [{"role": "user", "content": "Weather in Oslo?"}]
     definitions = _claude_tool_definitions(WEATHER) + "<functions>\n</functions>\n"
     base = cl100k("Weather in Oslo?") + cl100k(definitions)
-    # Anthropic's tool-use pricing table, Claude Sonnet 4: 346 tokens for
-    # tool_choice auto, 313 for any/tool... where revisions differ the larger (315).
+    # Anthropic's tool-use pricing table (current version), Claude Sonnet 4:
+    # 313 tokens for tool_choice auto/none, 315 for any/tool.
     est = Estimator()
     auto = est.count_prompt("claude-sonnet-4-0", SONNET4, msg, [WEATHER])
-    assert auto == math.ceil(base * 1.13 - 1e-9) + 7 + 346
+    assert auto == math.ceil(base * 1.13 - 1e-9) + 7 + 313
     forced = est.count_prompt("claude-sonnet-4-0", SONNET4, msg, [WEATHER],
                               extra={"tool_choice": {"type": "any"}})
-    assert forced == auto - 346 + 315
+    assert forced == auto - 313 + 315
 
 
 def test_tool_use_and_result_blocks_render_as_function_calls() -> None:

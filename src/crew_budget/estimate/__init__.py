@@ -100,6 +100,7 @@ from crew_budget.estimate.anthropic import (
     anthropic_tool_text,
     claude_text_factor,
     document_text,
+    forced_tool_name,
     native_format,
     pdf_layout,
     structured_output_text,
@@ -840,6 +841,7 @@ class Estimator:
                 adjust += 7 + counter(str(name))
             return adjust
         if scheme.kind == "anthropic":
+            named = forced_tool_name(choice)
             if isinstance(choice, Mapping):
                 choice = choice.get("type")
             if fmt is not None:
@@ -847,7 +849,11 @@ class Estimator:
                 # native structured output has its own prompt: take the larger.
                 return max(scheme.tool_prompt)
             forced = choice in ("any", "tool", "required")
-            return scheme.tool_prompt[1] if forced else scheme.tool_prompt[0]
+            adjust = scheme.tool_prompt[1] if forced else scheme.tool_prompt[0]
+            if named is not None:
+                counter = count or self._counter(scheme)
+                adjust += math.ceil(counter(named) * scheme.factor - 1e-9)
+            return adjust
         return 0
 
 

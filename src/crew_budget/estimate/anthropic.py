@@ -51,8 +51,14 @@ def claude_text_factor(version: tuple[str, int, int] | None) -> float:
     return _CLAUDE_TEXT_FACTORS[-1][1]
 
 
-# Anthropic "Tool use overview > Pricing": tool-use system prompt tokens for
-# (auto|none, any|tool). Keyed by (tier, major, minor); tier "" = any tier.
+# Anthropic "Tool use overview > Pricing" (platform.claude.com/docs/en/agents-
+# and-tools/tool-use/overview#pricing, current version): tool-use system
+# prompt tokens for (auto|none, any|tool). Keyed by (tier, major, minor); tier
+# "" = any tier. Claude Sonnet 4, Opus 4 and 4.1 are 313 / 315 there (an
+# earlier version of the page listed 346 / 313 for every Claude 4 model; the
+# recorded Sonnet 4 traffic agrees with the current table, not the earlier
+# one). Claude 3.7 / 3.5 Sonnet, retired and gone from the current table,
+# keep the earlier page's 346 / 313.
 _CLAUDE_TOOL_PROMPT: dict[tuple[str, int, int], tuple[int, int]] = {
     ("opus", 5, 0): (286, 406),
     ("sonnet", 5, 0): (354, 474),
@@ -60,8 +66,8 @@ _CLAUDE_TOOL_PROMPT: dict[tuple[str, int, int], tuple[int, int]] = {
     ("opus", 4, 7): (675, 804),
     ("", 4, 6): (497, 589),
     ("", 4, 5): (496, 588),
-    ("opus", 4, 1): (346, 315),
-    ("", 4, 0): (346, 315),
+    ("opus", 4, 1): (313, 315),
+    ("", 4, 0): (313, 315),
     ("", 3, 7): (346, 313),
     ("", 3, 5): (346, 313),
     ("haiku", 3, 5): (264, 355),
@@ -245,6 +251,23 @@ def anthropic_tool_text(function: Mapping[str, Any]) -> str:
     body = {"description": function.get("description", ""), "name": function.get("name", ""),
             "parameters": function.get("parameters") or {}}
     return "<function>" + json.dumps(body, ensure_ascii=False, default=str) + "</function>\n"
+
+
+def forced_tool_name(choice: Any) -> str | None:
+    """The tool a ``tool_choice`` forces by name (``{"type": "tool", "name": ...}``).
+
+    Anthropic, "How to implement tool use" > "Tool use system prompt": the
+    prompt ends with a ``{{ TOOL CONFIGURATION }}`` section that carries the
+    ``tool_choice``; the pricing table's ``any, tool`` count is the fixed
+    text, so a forced tool's name, written into that section, is billed on
+    top of it (as OpenAI bills a named function's name with its
+    ``tool_choice``). On recorded Claude 3 Haiku calls forcing a one-tool
+    choice this turns 2.3-2.5 % under-estimates into 1.3-1.4 % ones.
+    """
+    if isinstance(choice, Mapping) and choice.get("type") == "tool":
+        name = choice.get("name")
+        return name if isinstance(name, str) and name else None
+    return None
 
 
 def _param_value(value: Any) -> str:
