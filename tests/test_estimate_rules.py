@@ -278,11 +278,12 @@ def test_claude_structured_output_counts_its_schema_and_format_prompt() -> None:
               "required": ["name"], "additionalProperties": False}
     msg = [{"role": "user", "content": "Name a dog."}]
     extra = {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
-    text = cl100k("Name a dog.") + cl100k(json.dumps(schema))
-    # Schema JSON x text factor + 135 of format instructions; no tool prompt.
+    text = cl100k("Name a dog.") + cl100k(json.dumps(schema, indent=2))
+    # Pretty-printed schema JSON x text factor + 100 of format instructions
+    # (estimate/anthropic.py STRUCTURED_OUTPUT_PROMPT); no tool prompt.
     assert (Estimator().count_prompt("claude-sonnet-4-5", price("claude-sonnet-4-5", "anthropic"),
                                      msg, extra=extra)
-            == math.ceil(text * 1.13 - 1e-9) + 7 + 135)
+            == math.ceil(text * 1.13 - 1e-9) + 7 + 100)
 
 
 def _pdf(content: bytes, *, compress: bool) -> str:
