@@ -99,6 +99,7 @@ from crew_budget.estimate.anthropic import (
     _thinking_enabled,
     anthropic_tool_text,
     claude_text_factor,
+    claude_text_tokens,
     document_text,
     forced_tool_name,
     native_format,
@@ -686,6 +687,8 @@ class Estimator:
     def _content(self, scheme: _Scheme, count: Callable[[str], int],
                  content: Any) -> tuple[int, int]:
         if isinstance(content, str):
+            if scheme.kind == "anthropic":
+                return claude_text_tokens(count(content), content), 0
             return count(content), 0
         if isinstance(content, Mapping):
             content = [content]
@@ -711,7 +714,10 @@ class Estimator:
               part: Mapping[str, Any]) -> tuple[int, int]:
         ptype = part.get("type")
         if ptype in ("text", "input_text", "output_text") or (ptype is None and "text" in part):
-            return count(str(part.get("text", ""))), 0
+            value = str(part.get("text", ""))
+            if scheme.kind == "anthropic":
+                return claude_text_tokens(count(value), value), 0
+            return count(value), 0
         if ptype in ("image_url", "input_image"):
             ref = part.get("image_url")
             detail = str(part.get("detail") or "auto")

@@ -9,6 +9,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -27,16 +28,17 @@ from typing import Any
 # cl100k_base count for Claude 3 Opus, Sonnet 4 and Haiku 4.5 alike, far
 # steadier than litellm's Claude 2 tokenizer (1.03-1.15x), so:
 CLAUDE_ENCODING = "cl100k_base"
+_PROSE_FACTOR = 1.13
 # (major, minor) the factor applies from -> factor, newest first.
 _CLAUDE_TEXT_FACTORS: tuple[tuple[tuple[int, int], float], ...] = (
     # Claude Opus 4.7 introduced a new tokenizer that "may use roughly
     # 1.0-1.35x as many tokens" for the same text (Anthropic, "What's new in
     # Claude Opus 4.7", docs.claude.com/en/docs/about-claude/models/whats-new-claude-4-7):
     # the top of that range.
-    ((4, 7), 1.13 * 1.35),
+    ((4, 7), _PROSE_FACTOR * 1.35),
     # Claude 3, 3.5, 3.7, 4, 4.1, 4.5, 4.6 share a tokenizer (Anthropic
     # announced no change until 4.7; recorded 3-opus, 4 and 4.5 traffic agrees).
-    ((3, 0), 1.13),
+    ((3, 0), _PROSE_FACTOR),
 )
 _CLAUDE_UNKNOWN_FACTOR = _CLAUDE_TEXT_FACTORS[0][1]  # an unknown Claude: the newest, highest
 
@@ -49,6 +51,36 @@ def claude_text_factor(version: tuple[str, int, int] | None) -> float:
         if (version[1], version[2]) >= since:
             return factor
     return _CLAUDE_TEXT_FACTORS[-1][1]
+
+
+# Dense text. Claude's tokenizer has a vocabulary of about 65k entries
+# (Anthropic's public Claude 2 tokenizer, ``@anthropic-ai/tokenizer``; Rando &
+# Tramer, "The Worst (But Only) Claude 3 Tokenizer", 2024, found Claude 3's of
+# similar size), against ``cl100k_base``'s 100k, whose extra entries go to
+# code, whitespace runs, JSON punctuation and number chunks. So where
+# ``cl100k_base`` packs text tightly, Claude needs relatively more tokens than
+# on prose. Measured in aggregate on the recorded Claude 3-4.6 traffic:
+# prose, where ``cl100k_base`` averages 4.2-5.3 characters a token, bills
+# 1.11-1.13x its count; pretty-printed JSON, number tables and identifier
+# strings, under 4 characters a token, 1.17-1.20x. Text the user sends (a
+# message or system text block, a tool result) of at least
+# ``_DENSE_MIN_TOKENS`` tokens and under ``_DENSE_CHARS_PER_TOKEN`` characters
+# a token is therefore counted at ``_DENSE_FACTOR`` instead of the
+# generation's prose factor (a ratio, so Opus 4.7's new tokenizer scales the
+# same way). Short strings are left alone: a few-word prompt has few
+# characters a token without being dense, and bills about its
+# ``cl100k_base`` count.
+_DENSE_CHARS_PER_TOKEN = 4.0
+_DENSE_MIN_TOKENS = 20
+_DENSE_FACTOR = 1.18
+
+
+def claude_text_tokens(n: int, text: str) -> int:
+    """``cl100k_base`` tokens ``n`` of user ``text``, raised for dense text
+    so that the prose factor applied later yields ``_DENSE_FACTOR``."""
+    if n >= _DENSE_MIN_TOKENS and len(text) < _DENSE_CHARS_PER_TOKEN * n:
+        return math.ceil(n * _DENSE_FACTOR / _PROSE_FACTOR - 1e-9)
+    return n
 
 
 # Anthropic "Tool use overview > Pricing" (platform.claude.com/docs/en/agents-
