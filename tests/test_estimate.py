@@ -681,8 +681,9 @@ def test_openai_image_formulas(model: str, size: tuple[int, int], detail: str,
     # is more (200x200: 8*8 = 64), and every image block costs 3 more (its
     # delimiters): see images.py.
     [((200, 200), 64 + 3), ((1000, 1000), 1334 + 3), ((1092, 1092), 1590 + 3),
-     # 3000x3000 is scaled down first: never more than the largest unresized size.
-     ((3000, 3000), math.ceil(1_229_312 / 750) + 3)],
+     # 3000x3000 is scaled down first, to the Vision docs' largest unresized
+     # image the long edge does not bind (951x1268).
+     ((3000, 3000), math.ceil(951 * 1268 / 750) + 3)],
 )
 def test_anthropic_image_formula(size: tuple[int, int], tokens_: int) -> None:
     assert images.anthropic_policy(False).tokens(size) == tokens_
@@ -698,7 +699,8 @@ def test_unknown_image_size_reserves_the_model_maximum() -> None:
     claude = [{"role": "user", "content": [{"type": "image", "source": {"type": "url",
                                                                         "url": url}}]}]
     tokens_ = est.count_prompt("claude-sonnet-4-5", PRICES.get("claude-sonnet-4-5"), claude)
-    assert tokens_ >= math.ceil(1_229_312 / 750)
+    # The largest unresized image of any shape: 784x1568 (Vision docs, 1:2).
+    assert tokens_ >= math.ceil(784 * 1568 / 750)
 
 
 def test_image_sizes_from_data_urls() -> None:
@@ -730,12 +732,12 @@ def test_anthropic_pdf_document_is_priced_per_page() -> None:
     price = PRICES.get("claude-sonnet-4-5")
     # Anthropic "PDF support": each page is billed as an image of the page
     # plus its extracted text (none here). No /MediaBox: US Letter (612x792
-    # points), rendered large and scaled to Claude's 1568 px / 1,229,312 px
+    # points), rendered large and scaled to Claude's 1568 px / 951x1268 px
     # limits (images.py), ceil(w*h/750) tokens a page; + 4 message framing
     # + 3 reply priming. (Was 3,000 a page before the page-image rule; that
     # is now used only when the PDF's bytes are not in the request.)
     w, h = 612 * 4, 792 * 4
-    scale = min(1568 / max(w, h), math.sqrt(1_229_312 / (w * h)))
+    scale = min(1568 / max(w, h), math.sqrt(951 * 1268 / (w * h)))
     page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9) + 3  # + image delimiters
     assert 1_500 <= page <= 1_650  # the low end of Anthropic's 1,500-3,000 a page
     assert Estimator().count_prompt("claude-sonnet-4-5", price, msg) == 3 * page + 4 + 3

@@ -299,9 +299,9 @@ def _pdf(content: bytes, *, compress: bool) -> str:
 def test_pdf_page_bills_its_image_and_its_text() -> None:
     sonnet45 = price("claude-sonnet-4-5", "anthropic")
     shown = b"BT /F1 12 Tf 72 720 Td (Quarterly revenue grew by twelve percent.) Tj ET"
-    # A4 (595x842 points): rendered large, scaled to 1568 px / 1,229,312 px.
+    # A4 (595x842 points): rendered large, scaled to 1568 px / 951x1268 px.
     w, h = 595 * 4, 842 * 4
-    scale = min(1568 / max(w, h), math.sqrt(1_229_312 / (w * h)))
+    scale = min(1568 / max(w, h), math.sqrt(951 * 1268 / (w * h)))
     page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9) + 3  # + image delimiters
     text = math.ceil(cl100k("Quarterly revenue grew by twelve percent.") * 1.13 - 1e-9)
     for compress in (False, True):

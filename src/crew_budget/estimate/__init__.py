@@ -768,7 +768,8 @@ class Estimator:
         if isinstance(source, Mapping):
             if source.get("type") == "text" and isinstance(source.get("data"), str):
                 if scheme.kind == "anthropic":
-                    return count(document_text(part, source["data"])), 0
+                    doc = document_text(part, source["data"])
+                    return claude_text_tokens(count(doc), doc), 0
                 return count(source["data"]), 0
             if source.get("type") == "content":
                 return self._content(scheme, count, source.get("content") or "")

@@ -191,7 +191,10 @@ class ImagePolicy:
             return math.ceil(min(patches, 30_000) * self.multiplier - 1e-9)
         if self.kind == "gemini":
             return max(258 * 16, self.min_tokens)
-        return math.ceil(self.max_pixels / 750)
+        # Claude: the largest image not scaled down is the larger of the pixel
+        # cap and a 1:2 image at the long edge (Vision docs: 784x1568, 1,639
+        # tokens), whichever the shape.
+        return math.ceil(max(self.max_pixels, self.long_edge * self.long_edge // 2) / 750)
 
     def _limit(self, detail: str) -> tuple[int, int]:
         fallback: tuple[int, int] | None = None
@@ -299,7 +302,14 @@ def openai_policy(model: str) -> ImagePolicy:
     return _UNKNOWN_OPENAI
 
 
-_ANTHROPIC = ImagePolicy("pixels:1568", "pixels", long_edge=1568, max_pixels=1_229_312)
+# Anthropic, "Vision" > "Evaluate image size": an image whose long edge is over
+# 1568 px, or that is over ~1,600 tokens (~1.15 megapixels), is scaled down
+# first; the table of the largest sizes not scaled lists 1092x1092 (1:1),
+# 951x1268 (3:4), 896x1344 (2:3), 819x1456 (9:16) and 784x1568 (1:2, where
+# the long edge binds first). The pixel cap is the largest of the rows the
+# long edge does not bind, 951 x 1268 = 1,205,868 px (1,608 tokens): a
+# US Letter or A4 PDF page image bills ~1,600 tokens, not the 1:2 row's 1,639.
+_ANTHROPIC = ImagePolicy("pixels:1568", "pixels", long_edge=1568, max_pixels=951 * 1268)
 _ANTHROPIC_HIRES = ImagePolicy("pixels:2576", "pixels", long_edge=2576, max_pixels=3_750_000)
 
 
