@@ -308,7 +308,9 @@ def openai_policy(model: str) -> ImagePolicy:
 # 951x1268 (3:4), 896x1344 (2:3), 819x1456 (9:16) and 784x1568 (1:2, where
 # the long edge binds first). The pixel cap is the largest of the rows the
 # long edge does not bind, 951 x 1268 = 1,205,868 px (1,608 tokens): a
-# US Letter or A4 PDF page image bills ~1,600 tokens, not the 1:2 row's 1,639.
+# US Letter or A4 PDF page image bills ~1,600 tokens (recorded pages: about
+# 1,570-1,590), not the 1:2 row's 1,639. The price is a 784x1568 image
+# estimated 1.9 % under that row; an image of unknown size still reserves it.
 _ANTHROPIC = ImagePolicy("pixels:1568", "pixels", long_edge=1568, max_pixels=951 * 1268)
 _ANTHROPIC_HIRES = ImagePolicy("pixels:2576", "pixels", long_edge=2576, max_pixels=3_750_000)
 
