@@ -248,7 +248,7 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
     encoding, factor = chosen.encoding, chosen.factor
     if approx_factor is not None:
         factor = approx_factor
-    policy = images.gemini_policy(name) if "gemini" in name else images.anthropic_policy(False)
+    policy = images.compat_policy(name)
     # The template's fixed text (a default system message, a date header) is
     # billed once per request: counted into the reply priming.
     reply = chosen.reply
@@ -635,6 +635,8 @@ class Estimator:
 
     def _message(self, scheme: _Scheme, count: Callable[[str], int],
                  msg: Mapping[str, Any]) -> tuple[int, int]:
+        if scheme.kind == "anthropic" and _openai_shaped(msg):
+            return self._claude_from_openai(scheme, count, msg)
         text, fixed = 0, scheme.per_message
         for key, value in msg.items():
             if value is None:
@@ -681,6 +683,34 @@ class Estimator:
             elif isinstance(value, str) and key not in _IGNORED_KEYS:
                 text += count(value)
         return text, fixed
+
+    def _claude_from_openai(self, scheme: _Scheme, count: Callable[[str], int],
+                            msg: Mapping[str, Any]) -> tuple[int, int]:
+        """An OpenAI-shaped message sent to Claude through a compatible endpoint.
+
+        litellm, Databricks, Bedrock's and Anthropic's own OpenAI-compatible
+        endpoints translate chat messages into the Messages API before Claude
+        reads them (Anthropic, "OpenAI SDK compatibility": system and developer
+        messages are hoisted into the ``system`` prompt; tool calls become
+        ``tool_use`` blocks and ``tool`` messages ``tool_result`` blocks), so
+        they are counted as those: a system message as the system prompt (+1,
+        not a message's framing), calls and results with Claude's own rules.
+        """
+        role = msg.get("role")
+        text, fixed = self._content(scheme, count, msg.get("content") or "")
+        if role in ("system", "developer"):
+            return text, fixed + 1
+        if role == "tool":
+            return text + count(TOOL_RESULT_WRAPPER), fixed + scheme.per_message
+        for call in msg.get("tool_calls") or ():
+            fn = call.get("function", call) if isinstance(call, Mapping) else {}
+            fn = fn if isinstance(fn, Mapping) else {}
+            try:
+                args = json.loads(_args(fn) or "{}")
+            except ValueError:
+                args = {}
+            text += count(tool_use_text({"name": fn.get("name", ""), "input": args}))
+        return text, fixed + scheme.per_message
 
     def _content(self, scheme: _Scheme, count: Callable[[str], int],
                  content: Any) -> tuple[int, int]:
@@ -816,6 +846,8 @@ class Estimator:
         spec: Mapping[str, Any] = inner if isinstance(inner, Mapping) else fmt
         schema = spec.get("schema", spec)
         body = json.dumps(schema, separators=(",", ":"), ensure_ascii=False, default=str)
+        if scheme.family is not None and not scheme.family.schema_in_prompt:
+            return 0, 0  # enforced while decoding, not written into the prompt (compat.py)
         if scheme.kind == "openai":
             head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
             if spec.get("description"):
@@ -889,6 +921,12 @@ def _as_message(message: Any) -> Mapping[str, Any]:
         out["tool_call_id"] = call_id
     return out
 
+
+
+def _openai_shaped(msg: Mapping[str, Any]) -> bool:
+    """A chat-completions message the Messages API has no place for as is."""
+    return (msg.get("role") in ("system", "developer", "tool")
+            or bool(msg.get("tool_calls")))
 
 
 def _image_block_source(part: Mapping[str, Any]) -> str | None:

@@ -26,7 +26,8 @@ class Family:
     ``preamble``: text every request carries (a default system message or
     date header), counted once; ``tool_intro``/``tool_outro``: the fixed text
     around tool definitions; ``tool_json``: how each definition is written
-    (``"indent4"``, ``"spaced"``, ``"deepseek"``, ``"none"``).
+    (``"indent4"``, ``"spaced"``, ``"deepseek"``, ``"lines"`` (one function object
+    a line), ``"none"``).
     """
 
     fragment: str
@@ -38,6 +39,7 @@ class Family:
     tool_json: str = "spaced"
     per_message: int = 4
     reply: int = 3
+    schema_in_prompt: bool = True  # a json_schema response_format is written into the prompt
 
 
 # Llama 3.1 / 3.2 / 3.3 Instruct (meta-llama/Llama-3.1-8B-Instruct,
@@ -84,11 +86,39 @@ _DEEPSEEK_TOOLS_END = (
     "- `tool_call_arguments` must be valid JSON that strictly follows the tool's Parameters "
     "Schema\n- For multiple tool calls, chain them directly without separators or spaces\n")
 
+# DeepSeek V4 (deepseek-v4-flash / -pro; DeepSeek's reference encoder
+# ``encoding_dsv4.encode_messages``, as ported byte-exact in ml-explore/mlx-lm
+# ``chat_templates/deepseek_v4.py``): tools are appended to the system
+# message after "\n\n" as a "## Tools" section (DSML ``tool_calls``
+# instructions, then ``### Available Tool Schemas`` with one ``json.dumps``
+# of each function object per line, then a closing instruction). V3.2 uses
+# the same layout with different wording; V3.1 the sections above.
+_DSML = "\uff5cDSML\uff5c"
+_DEEPSEEK_V4_TOOLS = (
+    "\n\n## Tools\n\nYou have access to a set of tools to help answer the user's question. "
+    f'You can invoke tools by writing a "<{_DSML}tool_calls>" block like the following:\n\n'
+    f"<{_DSML}tool_calls>\n<{_DSML}invoke name=\"$TOOL_NAME\">\n"
+    f'<{_DSML}parameter name="$PARAMETER_NAME" string="true|false">$PARAMETER_VALUE'
+    f"</{_DSML}parameter>\n...\n</{_DSML}invoke>\n<{_DSML}invoke name=\"$TOOL_NAME2\">\n...\n"
+    f"</{_DSML}invoke>\n</{_DSML}tool_calls>\n\n"
+    'String parameters should be specified as is and set `string="true"`. For all other types '
+    '(numbers, booleans, arrays, objects), pass the value in JSON format and set '
+    '`string="false"`.\n\nIf thinking_mode is enabled (triggered by <think>), you MUST output '
+    "your complete reasoning inside <think>...</think> BEFORE any tool calls or final response."
+    "\n\nOtherwise, output directly after </think> with tool calls or final response.\n\n"
+    "### Available Tool Schemas\n\n")
+_DEEPSEEK_V4_TOOLS_END = ("\n\nYou MUST strictly follow the above defined tool name and "
+                          "parameter schemas to invoke tool calls.\n")
+
 # Mistral (mistralai/Mistral-Small-Instruct, tokenizer_config.json /
 # mistral-common): tools are written once as ``[AVAILABLE_TOOLS]<json list>
 # [/AVAILABLE_TOOLS]``; messages are ``[INST] ... [/INST]`` with no role
 # names. Mistral's Tekken tokenizer (131k vocabulary, tiktoken-based;
 # Mistral, "Mistral NeMo" announcement) counts English like o200k_base.
+# A ``json_schema`` response_format is not prompt text: mistral-common (the
+# request validation, normalization and tokenizer Mistral's API uses, per
+# its README) encodes only the messages and the tools; the schema constrains
+# decoding (``schema_in_prompt=False``).
 #
 # Gemini's OpenAI-compatible endpoint reports only the text of the messages
 # (Google bills Gemini by its own count of the contents; a one-line prompt
@@ -106,15 +136,17 @@ FAMILIES: tuple[Family, ...] = (
            tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8),
     Family("qwen", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
     Family("qwq", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
+    Family("deepseek-v4", "o200k_base", 1.0, tool_intro=_DEEPSEEK_V4_TOOLS,
+           tool_outro=_DEEPSEEK_V4_TOOLS_END, tool_json="lines", per_message=2, reply=1),
     Family("deepseek", "cl100k_base", 1.10,
            tool_intro="## Tools\nYou have access to the following tools:\n",
            tool_outro=_DEEPSEEK_TOOLS_END, tool_json="deepseek"),
     Family("mistral", "o200k_base", 1.0, tool_intro="[AVAILABLE_TOOLS]",
-           tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1),
+           tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1, schema_in_prompt=False),
     Family("mixtral", "cl100k_base", 1.20, tool_intro="[AVAILABLE_TOOLS]",
-           tool_outro="[/AVAILABLE_TOOLS]"),
+           tool_outro="[/AVAILABLE_TOOLS]", schema_in_prompt=False),
     Family("stral", "o200k_base", 1.0, tool_intro="[AVAILABLE_TOOLS]",  # codestral, devstral...
-           tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1),
+           tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1, schema_in_prompt=False),
     Family("command", "cl100k_base", 1.15),
     Family("grok", "cl100k_base", 1.15),
 )
@@ -141,6 +173,9 @@ def tools_text(family: Family, functions: Sequence[Mapping[str, Any]]) -> str:
         tool = {"type": "function", "function": dict(fn)}
         if family.tool_json == "indent4":
             parts.append(json.dumps(tool, indent=4, ensure_ascii=False, default=str) + "\n\n")
+        elif family.tool_json == "lines":
+            sep = "\n" if len(parts) > 1 else ""
+            parts.append(sep + json.dumps(dict(fn), ensure_ascii=False, default=str))
         elif family.tool_json == "deepseek":
             params = json.dumps(fn.get("parameters") or {}, ensure_ascii=False, default=str)
             parts.append(f"\n### {fn.get('name', '')}\nDescription: {fn.get('description', '')}"
