@@ -84,9 +84,9 @@ def test_deepseek_v4_counts_o200k_with_its_turn_markers() -> None:
     v4 = price("deepseek-v4-flash", "deepseek")
     msgs = [{"role": "user", "content": "What's the date?"}]
     # DeepSeek V3+'s 128k-vocabulary BPE is counted as o200k_base (x1.0);
-    # framing: the role word + 2 a message (the User and Assistant markers),
-    # 1 for the BOS token.
-    plain = o200k("user") + o200k("What's the date?") + 2 + 1
+    # no role names; framing: 3 a message (User, Assistant and think
+    # markers), 1 for the BOS token.
+    plain = o200k("What's the date?") + 3 + 1
     assert est.count_prompt("deepseek-v4-flash", v4, msgs) == plain
     # The tool section is counted as it is written, with no guessed constant.
     section = compat.tools_text(compat.family_of("deepseek-v4-flash"),  # type: ignore[arg-type]
@@ -190,3 +190,46 @@ def test_linked_images_are_priced_as_openais_512px_rendition() -> None:
     assert images.compat_policy("gemini-2.0-flash").tokens(None) == 258
     # Claude keeps the documented maximum (its own policy).
     assert images.anthropic_policy(False).tokens(None) == math.ceil(1_229_312 / 750)
+
+
+def test_deepseek_templates_write_no_role_names_and_no_call_ids() -> None:
+    est = Estimator()
+    v3 = price("deepseek/deepseek-chat-v3-0324", "openrouter")
+    hello = [{"role": "user", "content": "Say hello!"}]
+    # BOS, the User marker, "Say hello!", the Assistant marker: text + 2 + 1.
+    assert (est.count_prompt("deepseek/deepseek-chat-v3-0324", v3, hello)
+            == o200k("Say hello!") + 2 + 1)
+    # R1 primes the reply with "<think>\n" as well: 2 more.
+    r1 = price("deepseek/deepseek-r1", "openrouter")
+    assert est.count_prompt("deepseek/deepseek-r1", r1, hello) == o200k("Say hello!") + 2 + 3
+
+    def history(call_id: str) -> list[dict[str, Any]]:
+        return [*hello,
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": call_id, "type": "function",
+                     "function": {"name": "get_date", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": call_id, "content": "2024-01-01"}]
+
+    # Call ids are not in the template: a long id costs what a short one does.
+    assert (est.count_prompt("deepseek/deepseek-chat-v3-0324", v3, history("c1"))
+            == est.count_prompt("deepseek/deepseek-chat-v3-0324", v3,
+                                history("call_00_tz6Vq4aG59EtpFCVbpoY3635")))
+
+
+def test_deepseek_v4_wraps_calls_and_results_as_its_encoder_does() -> None:
+    est = Estimator()
+    v4 = price("deepseek-v4-flash", "deepseek")
+    dsml = "\uff5cDSML\uff5c"
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_date", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "2024-01-01"}
+    # encoding_dsv4: "\n\n<DSML tool_calls>\n" ... "\n</DSML tool_calls>" around the
+    # calls, <DSML invoke name="..."> ... </DSML invoke> around each; the name and
+    # the arguments; 3 for the call; 3 a message.
+    calls_text = f"\n\n<{dsml}tool_calls>\n\n</{dsml}tool_calls>"
+    call_text = f'<{dsml}invoke name="">\n\n</{dsml}invoke>\n'
+    expected_call = o200k(calls_text) + o200k(call_text) + o200k("get_date") + o200k("{}") + 3 + 3
+    assert est.count_prompt("deepseek-v4-flash", v4, [call]) == expected_call + 1
+    # A result: <tool_result>{content}</tool_result> in a user turn.
+    expected_result = o200k("<tool_result></tool_result>") + o200k("2024-01-01") + 3
+    assert est.count_prompt("deepseek-v4-flash", v4, [result]) == expected_result + 1

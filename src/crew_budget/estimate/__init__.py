@@ -650,8 +650,11 @@ class Estimator:
                 if msg.get("content"):
                     fixed += FINAL_CHANNEL
             elif key == "role":
-                # Claude's per-message framing already includes the turn marker.
-                if scheme.kind != "anthropic" and not (scheme.kind == "openai" and value == "tool"):
+                # Claude's per-message framing already includes the turn marker,
+                # as do templates that write no role names (compat.Family).
+                named = scheme.family is None or scheme.family.role_names
+                if named and scheme.kind != "anthropic" and not (
+                        scheme.kind == "openai" and value == "tool"):
                     text += count(str(value))
             elif key == "name":
                 if scheme.kind == "openai" and msg.get("role") == "tool":
@@ -665,21 +668,29 @@ class Estimator:
                 if not msg.get("content"):
                     fixed -= ASSISTANT_FRAMING
             elif key == "tool_calls":
+                family = scheme.family
+                if family is not None and family.calls_text and value:
+                    text += count(family.calls_text)
                 for call in value or ():
+                    if family is not None and family.call_text:
+                        text += count(family.call_text)
                     if not isinstance(call, Mapping):
                         text += count(str(call))
                         continue
                     fn = call.get("function", call)
                     fn = fn if isinstance(fn, Mapping) else {}
-                    text += count(str(call.get("id") or "")) + count(str(fn.get("name", "")))
-                    text += count(_args(fn))
+                    if scheme.family is None or scheme.family.call_ids:
+                        text += count(str(call.get("id") or ""))
+                    text += count(str(fn.get("name", ""))) + count(_args(fn))
                     fixed += 3
             elif key == "function_call" and isinstance(value, Mapping):
                 text += count(str(value.get("name", ""))) + count(_args(value))
                 fixed += 3
             elif key == "tool_call_id":
-                if scheme.kind != "openai":
+                if scheme.kind != "openai" and (scheme.family is None or scheme.family.call_ids):
                     text += count(str(value))
+                if scheme.family is not None and scheme.family.result_text:
+                    text += count(scheme.family.result_text)
             elif isinstance(value, str) and key not in _IGNORED_KEYS:
                 text += count(value)
         return text, fixed

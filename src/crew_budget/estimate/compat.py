@@ -40,6 +40,13 @@ class Family:
     per_message: int = 4
     reply: int = 3
     schema_in_prompt: bool = True  # a json_schema response_format is written into the prompt
+    role_names: bool = True  # the template writes each message's role as text
+    call_ids: bool = True  # the template writes tool-call ids (calls and results)
+    # Fixed text the template writes around an assistant message's tool calls,
+    # around each call, and around each tool result ("" where unknown).
+    calls_text: str = ""
+    call_text: str = ""
+    result_text: str = ""
 
 
 # Llama 3.1 / 3.2 / 3.3 Instruct (meta-llama/Llama-3.1-8B-Instruct,
@@ -77,7 +84,15 @@ _QWEN_TOOLS_END = ("\n</tools>\n\nFor each function call, return a json object w
 # DeepSeek V3.1 (deepseek-ai/DeepSeek-V3.1, tokenizer_config.json; the
 # template the deepseek-chat API serves): tools become "## Tools" with one
 # "### name / Description / Parameters" section each and a fixed block of
-# format instructions.
+# format instructions. Every DeepSeek V3/R1/V4 template writes no role
+# names: ``{bos}{system}`` then the User marker, the content and the
+# Assistant marker per user turn (V3.1 and V4 add ``</think>`` or ``<think>``
+# there: 3 special tokens, V3/R1 2) and the content plus the end-of-sentence
+# token per assistant turn;
+# the BOS token primes the reply (1). Tool calls are written by name and
+# arguments and results by content: call ids are not in the prompt. Their
+# 128k-vocabulary byte-level BPE is counted as o200k_base, the tiktoken
+# vocabulary of that size class.
 _DEEPSEEK_TOOLS_END = (
     "IMPORTANT: ALWAYS adhere to this exact format for tool use:\n"
     "<\uff5ctool\u2581calls\u2581begin\uff5c><\uff5ctool\u2581call\u2581begin\uff5c>tool_call_name<\uff5ctool\u2581sep\uff5c>tool_call_arguments"
@@ -107,6 +122,13 @@ _DEEPSEEK_V4_TOOLS = (
     "your complete reasoning inside <think>...</think> BEFORE any tool calls or final response."
     "\n\nOtherwise, output directly after </think> with tool calls or final response.\n\n"
     "### Available Tool Schemas\n\n")
+# encoding_dsv4 again: an assistant's calls follow its content as
+# "\n\n<DSML tool_calls>\n" + one ``<DSML invoke name="...">\n{args}\n</DSML
+# invoke>`` per call (joined by "\n") + "\n</DSML tool_calls>"; a tool result
+# is a user turn holding ``<tool_result>{content}</tool_result>``.
+_DEEPSEEK_V4_CALLS = f"\n\n<{_DSML}tool_calls>\n\n</{_DSML}tool_calls>"
+_DEEPSEEK_V4_CALL = f'<{_DSML}invoke name="">\n\n</{_DSML}invoke>\n'
+_DEEPSEEK_V4_RESULT = "<tool_result></tool_result>"
 _DEEPSEEK_V4_TOOLS_END = ("\n\nYou MUST strictly follow the above defined tool name and "
                           "parameter schemas to invoke tool calls.\n")
 
@@ -122,10 +144,13 @@ _DEEPSEEK_V4_TOOLS_END = ("\n\nYou MUST strictly follow the above defined tool n
 #
 # Gemini's OpenAI-compatible endpoint reports only the text of the messages
 # (Google bills Gemini by its own count of the contents; a one-line prompt
-# with a forced tool is reported as 8 tokens): no framing, no tool text.
+# with a forced tool is reported as 8 tokens): no framing, no tool text, and
+# no role names (a Content's role is a field, not text: "Gemini API: token
+# counting" counts the parts).
 FAMILIES: tuple[Family, ...] = (
     Family("gpt-oss", "o200k_base", 1.0),  # o200k_harmony: OpenAI's rules apply
-    Family("gemini", "o200k_base", 1.15, tool_json="none", per_message=0, reply=0),
+    Family("gemini", "o200k_base", 1.15, tool_json="none", per_message=0, reply=0,
+           role_names=False),
     Family("gemma", "o200k_base", 1.15),
     Family("llama", "cl100k_base", 1.05, preamble=_LLAMA_DATE, tool_intro=_LLAMA_TOOLS,
            tool_json="indent4", per_message=4, reply=9),
@@ -137,10 +162,19 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
     Family("qwq", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
     Family("deepseek-v4", "o200k_base", 1.0, tool_intro=_DEEPSEEK_V4_TOOLS,
-           tool_outro=_DEEPSEEK_V4_TOOLS_END, tool_json="lines", per_message=2, reply=1),
-    Family("deepseek", "cl100k_base", 1.10,
+           tool_outro=_DEEPSEEK_V4_TOOLS_END, tool_json="lines", per_message=3, reply=1,
+           role_names=False, call_ids=False, calls_text=_DEEPSEEK_V4_CALLS,
+           call_text=_DEEPSEEK_V4_CALL, result_text=_DEEPSEEK_V4_RESULT),
+    # DeepSeek-R1's template primes the reply with the Assistant marker and
+    # "<think>\n" (deepseek-ai/DeepSeek-R1 tokenizer_config.json): 2 more than V3's.
+    Family("deepseek-r1", "o200k_base", 1.0,
            tool_intro="## Tools\nYou have access to the following tools:\n",
-           tool_outro=_DEEPSEEK_TOOLS_END, tool_json="deepseek"),
+           tool_outro=_DEEPSEEK_TOOLS_END, tool_json="deepseek", per_message=2, reply=3,
+           role_names=False, call_ids=False),
+    Family("deepseek", "o200k_base", 1.0,
+           tool_intro="## Tools\nYou have access to the following tools:\n",
+           tool_outro=_DEEPSEEK_TOOLS_END, tool_json="deepseek", per_message=2, reply=1,
+           role_names=False, call_ids=False),
     Family("mistral", "o200k_base", 1.0, tool_intro="[AVAILABLE_TOOLS]",
            tool_outro="[/AVAILABLE_TOOLS]", per_message=2, reply=1, schema_in_prompt=False),
     Family("mixtral", "cl100k_base", 1.20, tool_intro="[AVAILABLE_TOOLS]",
