@@ -30,10 +30,15 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(_LITELLM.origin), "litellm_core_utils", "tokenizers"),
 )
 O200K = tiktoken.get_encoding("o200k_base")
+CL100K = tiktoken.get_encoding("cl100k_base")
 
 
 def o200k(text: str) -> int:
     return len(O200K.encode(text))
+
+
+def cl100k(text: str) -> int:
+    return len(CL100K.encode(text))
 
 
 def price(model: str, provider: str) -> Price:
@@ -233,3 +238,23 @@ def test_deepseek_v4_wraps_calls_and_results_as_its_encoder_does() -> None:
     # A result: <tool_result>{content}</tool_result> in a user turn.
     expected_result = o200k("<tool_result></tool_result>") + o200k("2024-01-01") + 3
     assert est.count_prompt("deepseek-v4-flash", v4, [result]) == expected_result + 1
+
+
+def test_a_system_message_takes_the_templates_default_system_block() -> None:
+    est = Estimator()
+    qwen = price("Qwen/Qwen2.5-7B-Instruct", "together")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    # Qwen2.5: the request's system message replaces "You are Qwen, created by
+    # Alibaba Cloud..." and its framing: ChatML 4 + role a message, 3 to prime.
+    text = cl100k("system") + cl100k("Be brief.") + cl100k("user") + cl100k("Hello there")
+    assert (est.count_prompt("Qwen/Qwen2.5-7B-Instruct", qwen, msgs)
+            == math.ceil(text * 1.05 - 1e-9) + 4 * 2 + 3)
+    # Llama 3.x: the "Cutting Knowledge Date" header stays (it opens the system
+    # block either way); only the default block's own framing (5) goes.
+    llama = price("meta-llama/Llama-3.3-70B-Instruct", "together")
+    date = math.ceil(cl100k("Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n")
+                     * 1.05 - 1e-9)
+    assert (est.count_prompt("meta-llama/Llama-3.3-70B-Instruct", llama, msgs)
+            == math.ceil(text * 1.05 - 1e-9) + 4 * 2 + 4 + date)
+    assert (est.count_prompt("meta-llama/Llama-3.3-70B-Instruct", llama, msgs[1:])
+            == math.ceil((cl100k("user") + cl100k("Hello there")) * 1.05 - 1e-9) + 4 + 9 + date)

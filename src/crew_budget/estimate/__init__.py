@@ -196,6 +196,9 @@ class _Scheme:
     generic: bool = False  # no provider, name or hint decided the format
     channels: bool = False  # renders harmony channels around tool calls (gpt-5)
     family: Family | None = None  # a compatible host's model family (compat.py)
+    # Counted in ``reply`` but not billed when the request has a system
+    # message (a template's default system block: compat.Family.system_block).
+    system_drop: int = 0
 
 
 def _bare(model: str) -> str:
@@ -252,14 +255,17 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
     # The template's fixed text (a default system message, a date header) is
     # billed once per request: counted into the reply priming.
     reply = chosen.reply
+    preamble = 0
     if chosen.preamble:
         try:
-            reply += math.ceil(tokens.count_function(encoding)(chosen.preamble) * factor)
+            preamble = math.ceil(tokens.count_function(encoding)(chosen.preamble) * factor)
         except tokens.TokenizerUnavailable:
-            reply += len(chosen.preamble.encode("utf-8")) // 2 + 1
+            preamble = len(chosen.preamble.encode("utf-8")) // 2 + 1
+    reply += preamble
+    drop = chosen.system_block + (preamble if chosen.default_system else 0)
     return _Scheme(("approx", encoding, factor, policy.key, chosen.fragment), "approx", encoding,
                    factor, False, policy, chosen.per_message, reply, generic=generic,
-                   family=family)
+                   family=family, system_drop=drop)
 
 
 def _schema_format(extra: Mapping[str, Any]) -> bool:
@@ -355,6 +361,8 @@ class Estimator:
             scheme = self._scheme(model, replace(price, provider="anthropic"))
         text, fixed = self._count(scheme, messages, tools, system,
                                   _NO_EXTRA if extra is None else extra)
+        if scheme.system_drop and (system or _has_system_message(messages)):
+            fixed -= scheme.system_drop
         raw = math.ceil(text * scheme.factor - 1e-9) + fixed
         factor = self._calib.get(model, 1.0)
         return raw if factor == 1.0 else math.ceil(raw * factor - 1e-9)
@@ -932,6 +940,11 @@ def _as_message(message: Any) -> Mapping[str, Any]:
         out["tool_call_id"] = call_id
     return out
 
+
+
+def _has_system_message(messages: Sequence[Any]) -> bool:
+    """Does a system (or developer) message take a template's system block?"""
+    return any(_as_message(m).get("role") in ("system", "developer") for m in messages)
 
 
 def _openai_shaped(msg: Mapping[str, Any]) -> bool:

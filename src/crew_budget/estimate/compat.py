@@ -47,6 +47,12 @@ class Family:
     calls_text: str = ""
     call_text: str = ""
     result_text: str = ""
+    # The framing of the system block the template writes when the request has
+    # no system message (counted in ``reply``), and whether ``preamble`` is
+    # that block's default text: both are not billed when a system message
+    # takes the block's place.
+    system_block: int = 0
+    default_system: bool = False
 
 
 # Llama 3.1 / 3.2 / 3.3 Instruct (meta-llama/Llama-3.1-8B-Instruct,
@@ -56,7 +62,9 @@ class Family:
 # text, and tools are put into the first user message as
 # ``tool | tojson(indent=4)`` after a fixed instruction. Framing: 4 special
 # tokens and "\n\n" around each message's role, the system block's own 5,
-# and 4 for the assistant header that primes the reply (reply = 9). Text: Llama 3 uses a
+# and 4 for the assistant header that primes the reply (reply = 9); a
+# system message of the request fills that block, so its own 5 are then not
+# extra (``system_block``); the date header stays. Text: Llama 3 uses a
 # 128k-token tiktoken BPE (Meta, "Introducing Meta Llama 3": "a tokenizer
 # with a vocabulary of 128K tokens"), close to cl100k_base plus 28k tokens.
 _LLAMA_DATE = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
@@ -73,7 +81,8 @@ _LLAMA_TOOLS = ("Environment: ipython\n"
 # ``<tools>`` tags, one ``tool | tojson`` per line. Framing (ChatML):
 # ``<|im_start|>role\n ... <|im_end|>\n`` is 4 tokens besides the role; the
 # reply is primed with ``<|im_start|>assistant\n`` (3), plus 5 for the
-# default system message's own framing where there is one (reply = 8).
+# default system message's own framing where there is one (reply = 8). A
+# request's own system message replaces the default one, text and framing.
 _QWEN_TOOLS = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user "
                "query.\n\nYou are provided with function signatures within <tools></tools> "
                "XML tags:\n<tools>")
@@ -153,12 +162,14 @@ FAMILIES: tuple[Family, ...] = (
            role_names=False),
     Family("gemma", "o200k_base", 1.15),
     Family("llama", "cl100k_base", 1.05, preamble=_LLAMA_DATE, tool_intro=_LLAMA_TOOLS,
-           tool_json="indent4", per_message=4, reply=9),
+           tool_json="indent4", per_message=4, reply=9, system_block=5),
     Family("qwen2.5-vl", "cl100k_base", 1.05, preamble="You are a helpful assistant.",
-           tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8),
+           tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8, system_block=5,
+           default_system=True),
     Family("qwen2", "cl100k_base", 1.05,
            preamble="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-           tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8),
+           tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END, reply=8, system_block=5,
+           default_system=True),
     Family("qwen", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
     Family("qwq", "cl100k_base", 1.05, tool_intro=_QWEN_TOOLS, tool_outro=_QWEN_TOOLS_END),
     Family("deepseek-v4", "o200k_base", 1.0, tool_intro=_DEEPSEEK_V4_TOOLS,
