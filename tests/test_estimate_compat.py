@@ -258,3 +258,27 @@ def test_a_system_message_takes_the_templates_default_system_block() -> None:
             == math.ceil(text * 1.05 - 1e-9) + 4 * 2 + 4 + date)
     assert (est.count_prompt("meta-llama/Llama-3.3-70B-Instruct", llama, msgs[1:])
             == math.ceil((cl100k("user") + cl100k("Hello there")) * 1.05 - 1e-9) + 4 + 9 + date)
+
+
+def test_gpt_oss_bills_its_harmony_system_message_and_typescript_tools() -> None:
+    est = Estimator()
+    oss = price("openai/gpt-oss-120b", "groq")
+    msgs = [{"role": "user", "content": "Hello"}]
+    # openai/gpt-oss-120b chat_template.jinja: a system message the template
+    # writes itself (identity, knowledge cutoff, date, reasoning effort,
+    # channels) in <|start|>system<|message|>...<|end|> (4 with the role);
+    # each message 3 + its role; the reply primed with <|start|>assistant (2).
+    system = ("You are ChatGPT, a large language model trained by OpenAI.\n"
+              "Knowledge cutoff: 2024-06\nCurrent date: 2025-06-28\n\n"
+              "Reasoning: medium\n\n# Valid channels: analysis, commentary, final. "
+              "Channel must be included for every message.")
+    plain = o200k(system) + 4 + 2 + 3 + o200k("user") + o200k("Hello")
+    assert est.count_prompt("openai/gpt-oss-120b", oss, msgs) == plain
+    # Tools: harmony's TypeScript namespace, as the OpenAI models read it.
+    from crew_budget.estimate.openai import render_functions
+
+    tools_text = ("\nCalls to these tools must go to the commentary channel: 'functions'."
+                  "# Tools\n\n## functions\n\n" + render_functions([CITY_TOOL["function"]]))
+    assert "type get_weather = (_: {" in tools_text
+    assert (est.count_prompt("openai/gpt-oss-120b", oss, msgs, [CITY_TOOL])
+            == plain + o200k(tools_text))

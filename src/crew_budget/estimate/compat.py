@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from crew_budget.estimate.openai import render_functions
+
 
 @dataclass(frozen=True, slots=True)
 class Family:
@@ -27,7 +29,7 @@ class Family:
     date header), counted once; ``tool_intro``/``tool_outro``: the fixed text
     around tool definitions; ``tool_json``: how each definition is written
     (``"indent4"``, ``"spaced"``, ``"deepseek"``, ``"lines"`` (one function object
-    a line), ``"none"``).
+    a line), ``"harmony"`` (OpenAI's TypeScript namespace), ``"none"``).
     """
 
     fragment: str
@@ -156,8 +158,26 @@ _DEEPSEEK_V4_TOOLS_END = ("\n\nYou MUST strictly follow the above defined tool n
 # with a forced tool is reported as 8 tokens): no framing, no tool text, and
 # no role names (a Content's role is a field, not text: "Gemini API: token
 # counting" counts the parts).
+# gpt-oss (openai/gpt-oss-120b chat_template.jinja, the harmony format): every
+# prompt opens with a system message the template writes itself (model
+# identity, knowledge cutoff, the current date, reasoning effort, the valid
+# channels), framed by <|start|>system<|message|> ... <|end|> (4 with the
+# role); a request's system message becomes a developer message. Messages are
+# <|start|>{role}<|message|>{content}<|end|> (3 + role, OpenAI's rule) and the
+# reply is primed with <|start|>assistant (2). Tools: the developer message's
+# "# Tools" section in harmony's TypeScript namespace (openai.render_functions)
+# and one more line in the system message. o200k_harmony is o200k_base plus
+# the special tokens.
+_GPT_OSS_SYSTEM = ("You are ChatGPT, a large language model trained by OpenAI.\n"
+                   "Knowledge cutoff: 2024-06\nCurrent date: 2025-06-28\n\n"
+                   "Reasoning: medium\n\n# Valid channels: analysis, commentary, final. "
+                   "Channel must be included for every message.")
+_GPT_OSS_TOOLS = ("\nCalls to these tools must go to the commentary channel: 'functions'."
+                  "# Tools\n\n## functions\n\n")
+
 FAMILIES: tuple[Family, ...] = (
-    Family("gpt-oss", "o200k_base", 1.0),  # o200k_harmony: OpenAI's rules apply
+    Family("gpt-oss", "o200k_base", 1.0, preamble=_GPT_OSS_SYSTEM, tool_intro=_GPT_OSS_TOOLS,
+           tool_json="harmony", per_message=3, reply=2 + 4),
     Family("gemini", "o200k_base", 1.15, tool_json="none", per_message=0, reply=0,
            role_names=False),
     Family("gemma", "o200k_base", 1.15),
@@ -218,6 +238,9 @@ def tools_text(family: Family, functions: Sequence[Mapping[str, Any]]) -> str:
         tool = {"type": "function", "function": dict(fn)}
         if family.tool_json == "indent4":
             parts.append(json.dumps(tool, indent=4, ensure_ascii=False, default=str) + "\n\n")
+        elif family.tool_json == "harmony":
+            if len(parts) == 1:
+                parts.append(render_functions(list(functions)))
         elif family.tool_json == "lines":
             sep = "\n" if len(parts) > 1 else ""
             parts.append(sep + json.dumps(dict(fn), ensure_ascii=False, default=str))
