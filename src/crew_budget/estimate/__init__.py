@@ -943,8 +943,13 @@ def _as_message(message: Any) -> Mapping[str, Any]:
 
 
 def _has_system_message(messages: Sequence[Any]) -> bool:
-    """Does a system (or developer) message take a template's system block?"""
-    return any(_as_message(m).get("role") in ("system", "developer") for m in messages)
+    """Does a system message take a template's system block?
+
+    The Llama 3.x and Qwen2.5 templates read only ``messages[0]`` for it
+    (``if messages[0]['role'] == 'system'``), so only the first is looked at:
+    constant time however long the history.
+    """
+    return bool(messages) and _as_message(messages[0]).get("role") == "system"
 
 
 def _openai_shaped(msg: Mapping[str, Any]) -> bool:
