@@ -319,6 +319,21 @@ def openai_policy(model: str) -> ImagePolicy:
     return _UNKNOWN_OPENAI
 
 
+_ANTHROPIC = ImagePolicy("pixels:1568", "pixels", long_edge=1568, max_pixels=1_229_312)
+_ANTHROPIC_HIRES = ImagePolicy("pixels:2576", "pixels", long_edge=2576, max_pixels=3_750_000)
+
+
+def anthropic_policy(hires: bool) -> ImagePolicy:
+    """Claude's ``width*height/750`` rule; ``hires`` for Opus 4.7 and later."""
+    return _ANTHROPIC_HIRES if hires else _ANTHROPIC
+
+
+def gemini_policy(model: str) -> ImagePolicy:
+    """Gemini's 258-token tiles (Gemini 3: at least 1,120 per image)."""
+    floor = 1120 if "gemini-3" in model else 258
+    return ImagePolicy(f"gemini:{floor}", "gemini", min_tokens=floor, unknown=UNKNOWN_SIZE)
+
+
 # Models on OpenAI-compatible hosts (Qwen-VL, Pixtral/Mistral, Llama 4, Grok):
 # their vision encoders cut the image into 14-16 px patches merged in 2x2
 # groups (Qwen2.5-VL's processor: 28x28 px per token plus the vision start/end
@@ -334,18 +349,3 @@ def compat_policy(model: str) -> ImagePolicy:
     if "gemini" in model:
         return gemini_policy(model)
     return _COMPAT
-
-
-_ANTHROPIC = ImagePolicy("pixels:1568", "pixels", long_edge=1568, max_pixels=1_229_312)
-_ANTHROPIC_HIRES = ImagePolicy("pixels:2576", "pixels", long_edge=2576, max_pixels=3_750_000)
-
-
-def anthropic_policy(hires: bool) -> ImagePolicy:
-    """Claude's ``width*height/750`` rule; ``hires`` for Opus 4.7 and later."""
-    return _ANTHROPIC_HIRES if hires else _ANTHROPIC
-
-
-def gemini_policy(model: str) -> ImagePolicy:
-    """Gemini's 258-token tiles (Gemini 3: at least 1,120 per image)."""
-    floor = 1120 if "gemini-3" in model else 258
-    return ImagePolicy(f"gemini:{floor}", "gemini", min_tokens=floor, unknown=UNKNOWN_SIZE)
