@@ -338,7 +338,7 @@ def gemini_policy(model: str) -> ImagePolicy:
 # their vision encoders cut the image into 14-16 px patches merged in 2x2
 # groups (Qwen2.5-VL's processor: 28x28 px per token plus the vision start/end
 # tokens, Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json "patch_size":
-# 14, "merge_size": 2), which Claude's 28 px rule below also counts; an
+# 14, "merge_size": 2), which Claude's 28 px rule above also counts; an
 # unknown size is the 512x512 assumption, as for OpenAI.
 _COMPAT = ImagePolicy("pixels:compat", "pixels", long_edge=1568, max_pixels=1_229_312,
                       unknown=UNKNOWN_SIZE)
