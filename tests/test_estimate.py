@@ -689,13 +689,21 @@ def test_anthropic_image_formula(size: tuple[int, int], tokens_: int) -> None:
     assert images.anthropic_policy(False).tokens(size) == tokens_
 
 
-def test_unknown_image_size_reserves_the_model_maximum() -> None:
+def test_unknown_image_size_is_openais_512px_rendition_and_claudes_maximum() -> None:
     est = Estimator()
     url = "https://example.com/cat.png"
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
-    # gpt-4o: at most 2 x 4 tiles after scaling -> 85 + 8 * 170; framing 3+1+3.
-    assert est.count_prompt("gpt-4o", PRICES.get("gpt-4o"), msgs) == 85 + 8 * 170 + 7
-    assert images.openai_policy("gpt-4o").max_tokens("low") == 85
+    # OpenAI: an image the request cannot size is priced as the 512x512
+    # low-resolution rendition the vision guide describes: on gpt-4o one tile,
+    # 85 + 170; framing 3 + 1 ("user") + 3.
+    assert est.count_prompt("gpt-4o", PRICES.get("gpt-4o"), msgs) == 85 + 170 + 7
+    # gpt-4o-mini's tile rule: 2833 + 5667 for one tile.
+    assert est.count_prompt("gpt-4o-mini", PRICES.get("gpt-4o-mini"), msgs) == 2833 + 5667 + 7
+    # gpt-5.4 (patches x 1.2): 16 x 16 patches of 32 px -> ceil(256 x 1.2) = 308.
+    assert images.openai_policy("gpt-5.4").tokens(None, "auto") == 308
+    # detail "low" is the base whatever the size; the documented maximum stays available.
+    assert images.openai_policy("gpt-4o").tokens(None, "low") == 85
+    assert images.openai_policy("gpt-4o").max_tokens("high") == 85 + 8 * 170
     claude = [{"role": "user", "content": [{"type": "image", "source": {"type": "url",
                                                                         "url": url}}]}]
     tokens_ = est.count_prompt("claude-sonnet-4-5", PRICES.get("claude-sonnet-4-5"), claude)

@@ -47,13 +47,17 @@ from crew_budget.money import from_nano
 __all__ = [
     "GROUP_KEYS",
     "RECORD_KEYS",
+    "PriceSource",
     "Report",
     "ReportRow",
     "build_report",
     "fmt_usd",
     "needs_records",
     "parse_by",
+    "price_sources",
+    "render_price_sources",
     "render_table",
+    "scope_models",
     "short_hour",
     "time_series",
 ]
@@ -230,6 +234,9 @@ class Report:
     records_retention_days: float | None = None
     overrides: list[SpendRecord] = field(default_factory=list)
     """Live-limit changes (crew-budget set/pause/resume) in the span: not calls."""
+    prices: dict[str, PriceSource] = field(default_factory=dict)
+    """Which source priced each model in the report, and under what name
+    (``price_sources``); shown per row when the report is grouped by model."""
 
     def share(self, row: ReportRow) -> Decimal:
         """The row's share of total cost, in percent (one decimal)."""
@@ -249,7 +256,17 @@ class Report:
             cost_usd=str(row.cost), estimate_usd=str(row.estimate),
             avg_cost_usd=str(row.avg_cost), share_pct=str(self.share(row)),
         )
+        data.update(self._price_columns(row))
         return data
+
+    def _price_columns(self, row: ReportRow) -> dict[str, str]:
+        """A model row's price source and priced-as name (see ``price_sources``)."""
+        if not self.prices or "model" not in self.by or not row.key:
+            return {}
+        found = self.prices.get(row.key[self.by.index("model")])
+        if found is None:
+            return {}
+        return {"price_source": found.label, "priced_as": found.priced_as}
 
     def to_dict(self) -> dict[str, Any]:
         total = self.row_dict(self.total)
@@ -275,6 +292,7 @@ class Report:
                  "until": self._iso(r.metadata.get("until"))}
                 for r in self.overrides
             ],
+            **({"prices": [p.to_dict() for p in self.prices.values()]} if self.prices else {}),
         }
 
     def to_json(self) -> str:
@@ -298,6 +316,8 @@ class Report:
         out = io.StringIO()
         columns = [*self.by, "calls", "blocked", "released", "expired", "input_tokens",
                    "output_tokens", "cost_usd", "estimate_usd", "avg_cost_usd", "share_pct"]
+        if self.prices and "model" in self.by:
+            columns += ["price_source", "priced_as"]
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
@@ -468,3 +488,109 @@ def render_table(report: Report, *, title: str | None = None, limit: int | None 
     for i in range(len(rows)):
         table.add_row(*(cells[name][i + 1] for name in shown))
     return table
+
+
+# -- price sources (issue 10: every row says which source priced it) -----------
+
+
+_SOURCE_LABELS = {"override": "config"}
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSource:
+    """Which source priced ``model`` and under what name.
+
+    ``source`` is ``config`` (a ``prices:`` entry of the budget YAML),
+    ``genai-prices`` or ``litellm`` (``crew_budget.pricing``'s order), or
+    ``unpriced`` when no source knows the name any more (``error`` says why):
+    a bill is only checkable against the invoice when one knows which price
+    list was used and which entry of it matched the name the agent sent.
+    ``provider`` is the price list's provider id (genai-prices' own ids).
+    """
+
+    model: str
+    source: str
+    priced_as: str
+    provider: str | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``genai-prices (anthropic)``, ``config``, ``litellm``."""
+        if self.source == "genai-prices" and self.provider:
+            return f"genai-prices ({self.provider})"
+        return self.source
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"model": self.model, "price_source": self.label,
+                                "source": self.source, "priced_as": self.priced_as,
+                                "provider": self.provider}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+def price_sources(models: Iterable[str], prices: Any) -> dict[str, PriceSource]:
+    """Resolve each model as the guard does (``prices`` is its ``PriceBook``).
+
+    The name is the one the ledger recorded (with its provider prefix, when
+    the agent used one), resolved without a provider hint: rollups do not
+    keep one. Sorted by model name.
+    """
+    from crew_budget.errors import CrewBudgetError
+
+    out: dict[str, PriceSource] = {}
+    for model in sorted(set(models)):
+        if not model:
+            continue
+        try:
+            price = prices.get(model)
+        except CrewBudgetError as exc:
+            out[model] = PriceSource(model, "unpriced", "", None, str(exc))
+            continue
+        source = _SOURCE_LABELS.get(price.source, price.source)
+        provider = None if price.source == "override" else price.provider
+        out[model] = PriceSource(model, source, price.model, provider)
+    return out
+
+
+def render_price_sources(sources: Iterable[PriceSource], *, title: str) -> Any:
+    """A borderless ``rich`` table: model, price source, priced as."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("model", "price source", "priced as"):
+        table.add_column(name, overflow="fold")
+    for p in sources:
+        table.add_row(p.model, p.label, p.priced_as or f"- ({p.error})")
+    return table
+
+
+def scope_models(scope: str, rollups: Iterable[Rollup], since: float,
+                 until: float) -> list[str]:
+    """The models a budget scope's calls used in ``[since, until)``, from rollups.
+
+    ``scope`` as ``Guard.status`` names it: ``role:<r>``, ``crew:<c>``,
+    ``global``, ``model:<m>``, ``model:<m>@role:<r>`` (a model key matches
+    the model exactly or without its provider prefix), optionally followed
+    by `` (no budget)``.
+    """
+    parts = [p.partition(":") for p in scope.split(" (", 1)[0].split("@")]
+    found: set[str] = set()
+    for r in rollups:
+        if not (r.calls or r.blocked) or not in_span(r.hour, since, until):
+            continue
+        ok = True
+        for kind, _, value in parts:
+            if kind == "role":
+                ok = r.role == value
+            elif kind == "crew":
+                ok = r.crew == value
+            elif kind == "model":
+                ok = value in (r.model, r.model.split("/", 1)[-1])
+            if not ok:
+                break
+        if ok:
+            found.add(r.model)
+    return sorted(found)

@@ -9,13 +9,13 @@ here in Python, so the page renders offline, in any browser, forever.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 from crew_budget.ledger.base import Rollup, SpendRecord, in_span
-from crew_budget.report import build_report, fmt_usd, short_hour, time_series
+from crew_budget.report import PriceSource, build_report, fmt_usd, short_hour, time_series
 
 if TYPE_CHECKING:
     from crew_budget.config import BudgetConfig
@@ -217,8 +217,12 @@ def render_html(
     title: str = "crew-budget spend report",
     step: Literal["hour", "day"] | None = None,
     config: BudgetConfig | None = None,
+    prices: Mapping[str, PriceSource] | None = None,
 ) -> str:
     """The whole page as one string (UTF-8, no external resources).
+
+    With ``prices`` (``crew_budget.report.price_sources``), the per-model
+    table says which source priced each model and under what name.
 
     ``records`` may be the ledger's hourly rollups (``Ledger.rollups``)
     instead: the page then costs what hours x roles x models cost.
@@ -291,12 +295,14 @@ def render_html(
     out.append('<div class="grid"><figure data-chart="models">'
                f'{_hbar_chart(items, MODEL_COLORS, "cost per model")}</figure></div>')
     out.append("<table><tr><th>model</th><th>calls</th><th>in tok</th><th>out tok</th>"
-               "<th>cost</th><th>avg/call</th><th>share</th></tr>")
+               "<th>cost</th><th>avg/call</th><th>share</th>"
+               + ('<th class="k">price source</th><th class="k">priced as</th>' if prices
+                  else "") + "</tr>")
     for row in by_model.rows:
         out.append(f'<tr><td class="k">{_e(row.key[0])}</td><td>{row.calls}</td>'
                    f"<td>{row.input_tokens:,}</td><td>{row.output_tokens:,}</td>"
                    f"<td>{_e(fmt_usd(row.cost))}</td><td>{_e(fmt_usd(row.avg_cost))}</td>"
-                   f"<td>{by_model.share(row)}%</td></tr>")
+                   f"<td>{by_model.share(row)}%</td>{_price_cells(prices, row.key[0])}</tr>")
     out.append("</table>")
 
     out.append('<h2>Role x model</h2><table><tr><th>role</th><th class="k">model</th>'
@@ -307,3 +313,13 @@ def render_html(
                    f"<td>{by_rm.share(row)}%</td></tr>")
     out.append("</table></body></html>\n")
     return "".join(out)
+
+
+def _price_cells(prices: Mapping[str, PriceSource] | None, model: str) -> str:
+    """The price source and priced-as cells of a model row (none without ``prices``)."""
+    if not prices:
+        return ""
+    found = prices.get(model)
+    if found is None:
+        return '<td class="k"></td><td class="k"></td>'
+    return f'<td class="k">{_e(found.label)}</td><td class="k">{_e(found.priced_as)}</td>'

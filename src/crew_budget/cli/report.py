@@ -62,7 +62,14 @@ def report(
     """Spend by role, model, hour, ...: table, CSV, JSON and an HTML page with charts."""
     from crew_budget.errors import LedgerUnavailable
     from crew_budget.ledger.base import Rollup, SpendRecord
-    from crew_budget.report import build_report, needs_records, parse_by, render_table
+    from crew_budget.report import (
+        build_report,
+        needs_records,
+        parse_by,
+        price_sources,
+        render_price_sources,
+        render_table,
+    )
     from crew_budget.windows import get_tz
 
     if format not in ("table", "csv", "json"):
@@ -109,6 +116,7 @@ def report(
              EXIT_EMPTY)
     result = build_report(data, keys, since=span.since, until=span.until, tz=tz,
                           sort="cost" if sort == "cost" else "key", resets=resets)
+    result.prices = price_sources({r.model for r in data if r.model}, guard.prices)
     if record_keys:
         result.records_retention_days = kept
         how_long = "" if kept is None else f", which this ledger keeps {kept:g} days"
@@ -123,7 +131,8 @@ def report(
             step: Literal["hour", "day"] | None = (
                 "hour" if "hour" in keys else "day" if "day" in keys else None)
             html.write_text(render_html(data, since=span.since, until=span.until, tz=tz,
-                                        step=step, config=guard.config), encoding="utf-8")
+                                        step=step, config=guard.config,
+                                        prices=result.prices), encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
         typer.echo(f"crew-budget report: wrote {html} ({result.records} spend records)",
@@ -136,3 +145,6 @@ def report(
         title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(guard)}"
         out = console()
         out.print(render_table(result, title=title, width=out.width))
+        if result.prices:
+            out.print(render_price_sources(result.prices.values(),
+                                           title="models in this report, and what priced them"))

@@ -160,16 +160,47 @@ def _pct(row: BudgetStatus) -> str:
     return f"{(_used(row) * 100).quantize(Decimal('1'))}%"
 
 
-def _json(rows: list[BudgetStatus]) -> str:
+def _json(rows: list[BudgetStatus], models: list[list[dict[str, Any]]] | None = None) -> str:
     return json.dumps([
         {"scope": r.scope, "window": r.window, "period": r.period,
          "limit_usd": None if r.limit is None else str(r.limit), "spent_usd": str(r.spent),
          "reserved_usd": str(r.reserved),
          "remaining_usd": None if r.remaining is None else str(r.remaining),
          "used_pct": str((_used(r) * 100).quantize(Decimal("0.1"))),
-         "resets_at": r.resets_at.isoformat()}
-        for r in rows
+         "resets_at": r.resets_at.isoformat(),
+         **({} if models is None else {"models": models[i]})}
+        for i, r in enumerate(rows)
     ], indent=2)
+
+
+def _row_models(guard: Guard, rows: list[BudgetStatus],
+                now: float) -> tuple[list[list[dict[str, Any]]], list[Any]]:
+    """Per status row, the models its calls used in the window and which price
+    source priced each under what name; and every such model once.
+
+    Read from the hourly rollups of the longest window shown (cost: roles x
+    models x hours). A ledger that cannot answer leaves the lists empty.
+    """
+    from crew_budget.errors import LedgerUnavailable
+    from crew_budget.report import price_sources, scope_models
+    from crew_budget.windows import get_tz, span
+
+    tz = get_tz(guard.config.timezone)
+    spans = {r.window: span(r.window, now, tz) for r in rows}
+    if not spans:
+        return [], []
+    try:
+        rollups = guard.ledger.rollups(since=min(s.starts_at for s in spans.values()),
+                                       until=max(s.ends_at for s in spans.values()))
+    except LedgerUnavailable:
+        return [[] for _ in rows], []
+    used = [scope_models(r.scope, rollups, spans[r.window].starts_at, spans[r.window].ends_at)
+            for r in rows]
+    sources = price_sources((m for names in used for m in names), guard.prices)
+    per_row = [[{"model": m, "price_source": sources[m].label,
+                 "priced_as": sources[m].priced_as} for m in names if m in sources]
+               for names in used]
+    return per_row, list(sources.values())
 
 
 def status(
@@ -183,16 +214,22 @@ def status(
         raise typer.BadParameter("use table or json", param_hint="--format")
     guard, source = open_guard("status", config, ledger)
     rows = _rows(guard, role, "status", source)
-    if format == "json":
-        typer.echo(_json(rows))
-        return
     now = guard.ledger.now()
+    per_row, priced = _row_models(guard, rows, now)
+    if format == "json":
+        typer.echo(_json(rows, per_row))
+        return
     title = f"crew-budget status - {ledger_name(guard)} - {_stamp(now, guard)}"
     out = console()
     out.print(status_table(rows, now, title, out.width))
     live = _overrides_table(guard, role)
     if live is not None:
         out.print(live)
+    if priced:
+        from crew_budget.report import render_price_sources
+
+        out.print(render_price_sources(priced, title="models in these windows, and what "
+                                       "priced them"))
 
 
 def _overrides_table(guard: Guard, role: str | None) -> Any:

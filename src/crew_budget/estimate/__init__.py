@@ -199,6 +199,9 @@ class _Scheme:
     generic: bool = False  # no provider, name or hint decided the format
     channels: bool = False  # renders harmony channels around tool calls (gpt-5)
     family: Family | None = None  # a compatible host's model family (compat.py)
+    # Counted in ``reply`` but not billed when the request has a system
+    # message (a template's default system block: compat.Family.system_block).
+    system_drop: int = 0
 
 
 def _bare(model: str) -> str:
@@ -251,18 +254,21 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
     encoding, factor = chosen.encoding, chosen.factor
     if approx_factor is not None:
         factor = approx_factor
-    policy = images.gemini_policy(name) if "gemini" in name else images.anthropic_policy(False)
+    policy = images.compat_policy(name)
     # The template's fixed text (a default system message, a date header) is
     # billed once per request: counted into the reply priming.
     reply = chosen.reply
+    preamble = 0
     if chosen.preamble:
         try:
-            reply += math.ceil(tokens.count_function(encoding)(chosen.preamble) * factor)
+            preamble = math.ceil(tokens.count_function(encoding)(chosen.preamble) * factor)
         except tokens.TokenizerUnavailable:
-            reply += len(chosen.preamble.encode("utf-8")) // 2 + 1
+            preamble = len(chosen.preamble.encode("utf-8")) // 2 + 1
+    reply += preamble
+    drop = chosen.system_block + (preamble if chosen.default_system else 0)
     return _Scheme(("approx", encoding, factor, policy.key, chosen.fragment), "approx", encoding,
                    factor, False, policy, chosen.per_message, reply, generic=generic,
-                   family=family)
+                   family=family, system_drop=drop)
 
 
 def _schema_format(extra: Mapping[str, Any]) -> bool:
@@ -358,6 +364,8 @@ class Estimator:
             scheme = self._scheme(model, replace(price, provider="anthropic"))
         text, fixed = self._count(scheme, messages, tools, system,
                                   _NO_EXTRA if extra is None else extra)
+        if scheme.system_drop and (system or _has_system_message(messages)):
+            fixed -= scheme.system_drop
         raw = math.ceil(text * scheme.factor - 1e-9) + fixed
         factor = self._calib.get(model, 1.0)
         return raw if factor == 1.0 else math.ceil(raw * factor - 1e-9)
@@ -638,6 +646,8 @@ class Estimator:
 
     def _message(self, scheme: _Scheme, count: Callable[[str], int],
                  msg: Mapping[str, Any]) -> tuple[int, int]:
+        if scheme.kind == "anthropic" and _openai_shaped(msg):
+            return self._claude_from_openai(scheme, count, msg)
         text, fixed = 0, scheme.per_message
         for key, value in msg.items():
             if value is None:
@@ -651,8 +661,11 @@ class Estimator:
                 if msg.get("content"):
                     fixed += FINAL_CHANNEL
             elif key == "role":
-                # Claude's per-message framing already includes the turn marker.
-                if scheme.kind != "anthropic" and not (scheme.kind == "openai" and value == "tool"):
+                # Claude's per-message framing already includes the turn marker,
+                # as do templates that write no role names (compat.Family).
+                named = scheme.family is None or scheme.family.role_names
+                if named and scheme.kind != "anthropic" and not (
+                        scheme.kind == "openai" and value == "tool"):
                     text += count(str(value))
             elif key == "name":
                 if scheme.kind == "openai" and msg.get("role") == "tool":
@@ -666,24 +679,60 @@ class Estimator:
                 if not msg.get("content"):
                     fixed -= ASSISTANT_FRAMING
             elif key == "tool_calls":
+                family = scheme.family
+                if family is not None and family.calls_text and value:
+                    text += count(family.calls_text)
                 for call in value or ():
+                    if family is not None and family.call_text:
+                        text += count(family.call_text)
                     if not isinstance(call, Mapping):
                         text += count(str(call))
                         continue
                     fn = call.get("function", call)
                     fn = fn if isinstance(fn, Mapping) else {}
-                    text += count(str(call.get("id") or "")) + count(str(fn.get("name", "")))
-                    text += count(_args(fn))
+                    if scheme.family is None or scheme.family.call_ids:
+                        text += count(str(call.get("id") or ""))
+                    text += count(str(fn.get("name", ""))) + count(_args(fn))
                     fixed += 3
             elif key == "function_call" and isinstance(value, Mapping):
                 text += count(str(value.get("name", ""))) + count(_args(value))
                 fixed += 3
             elif key == "tool_call_id":
-                if scheme.kind != "openai":
+                if scheme.kind != "openai" and (scheme.family is None or scheme.family.call_ids):
                     text += count(str(value))
+                if scheme.family is not None and scheme.family.result_text:
+                    text += count(scheme.family.result_text)
             elif isinstance(value, str) and key not in _IGNORED_KEYS:
                 text += count(value)
         return text, fixed
+
+    def _claude_from_openai(self, scheme: _Scheme, count: Callable[[str], int],
+                            msg: Mapping[str, Any]) -> tuple[int, int]:
+        """An OpenAI-shaped message sent to Claude through a compatible endpoint.
+
+        litellm, Databricks, Bedrock's and Anthropic's own OpenAI-compatible
+        endpoints translate chat messages into the Messages API before Claude
+        reads them (Anthropic, "OpenAI SDK compatibility": system and developer
+        messages are hoisted into the ``system`` prompt; tool calls become
+        ``tool_use`` blocks and ``tool`` messages ``tool_result`` blocks), so
+        they are counted as those: a system message as the system prompt (+1,
+        not a message's framing), calls and results with Claude's own rules.
+        """
+        role = msg.get("role")
+        text, fixed = self._content(scheme, count, msg.get("content") or "")
+        if role in ("system", "developer"):
+            return text, fixed + 1
+        if role == "tool":
+            return text + count(TOOL_RESULT_WRAPPER), fixed + scheme.per_message
+        for call in msg.get("tool_calls") or ():
+            fn = call.get("function", call) if isinstance(call, Mapping) else {}
+            fn = fn if isinstance(fn, Mapping) else {}
+            try:
+                args = json.loads(_args(fn) or "{}")
+            except ValueError:
+                args = {}
+            text += count(tool_use_text({"name": fn.get("name", ""), "input": args}))
+        return text, fixed + scheme.per_message
 
     def _content(self, scheme: _Scheme, count: Callable[[str], int],
                  content: Any) -> tuple[int, int]:
@@ -825,6 +874,8 @@ class Estimator:
         spec: Mapping[str, Any] = inner if isinstance(inner, Mapping) else fmt
         schema = spec.get("schema", spec)
         body = json.dumps(schema, separators=(",", ":"), ensure_ascii=False, default=str)
+        if scheme.family is not None and not scheme.family.schema_in_prompt:
+            return 0, 0  # enforced while decoding, not written into the prompt (compat.py)
         if scheme.kind == "openai":
             head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
             if spec.get("description"):
@@ -903,6 +954,22 @@ def _as_message(message: Any) -> Mapping[str, Any]:
         out["tool_call_id"] = call_id
     return out
 
+
+
+def _has_system_message(messages: Sequence[Any]) -> bool:
+    """Does a system message take a template's system block?
+
+    The Llama 3.x and Qwen2.5 templates read only ``messages[0]`` for it
+    (``if messages[0]['role'] == 'system'``), so only the first is looked at:
+    constant time however long the history.
+    """
+    return bool(messages) and _as_message(messages[0]).get("role") == "system"
+
+
+def _openai_shaped(msg: Mapping[str, Any]) -> bool:
+    """A chat-completions message the Messages API has no place for as is."""
+    return (msg.get("role") in ("system", "developer", "tool")
+            or bool(msg.get("tool_calls")))
 
 
 def _image_block_source(part: Mapping[str, Any]) -> str | None:

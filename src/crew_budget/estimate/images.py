@@ -2,9 +2,17 @@
 
 A budget estimate must price images without the network, so sizes are read
 from the header of a base64 data URL (PNG, JPEG, GIF, WebP). An image given by
-an ``http(s)`` URL, a file id or an unreadable header has no known size: it is
-priced at the *largest* token count the model can bill for that detail level
-(``max_tokens``), so an unknown image can over-reserve but never under-reserve.
+an ``http(s)`` URL, a file id or an unreadable header has no known size.
+Claude's policies price it at the *largest* token count the model can bill
+(``max_tokens``). OpenAI's and the OpenAI-compatible hosts' policies price it
+as a 512x512 image (``UNKNOWN_SIZE``): the low-resolution rendition OpenAI's
+guide says every image gets ("The model receives a low-resolution 512px x
+512px version of the image"), i.e. one tile on the tile models (85 + 170 for
+gpt-4o). The maximum (85 + 8 x 170 on gpt-4o, 48k tokens on gpt-4o-mini,
+3,000 on gpt-5.4) over-reserved 5-30 times for the icons, logos and
+thumbnails agents usually link; a larger linked image is under-estimated by
+at most the difference, which the per-model calibration and the reserve
+margin absorb. Send the bytes (a data URL) for an exact count.
 
 Formulas (OpenAI "Images and vision" guide, section "Calculating costs",
 developers.openai.com/api/docs/guides/images-vision; Anthropic "Vision" guide,
@@ -40,8 +48,10 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "UNKNOWN_SIZE",
     "ImagePolicy",
     "anthropic_policy",
+    "compat_policy",
     "data_url_size",
     "gemini_policy",
     "image_size",
@@ -158,12 +168,16 @@ class ImagePolicy:
     long_edge: int = 1568
     max_pixels: int = 1_229_312
     min_tokens: int = 258
+    # The size assumed for an image whose size is unknown; None: the maximum.
+    unknown: tuple[int, int] | None = None
 
     def tokens(self, size: tuple[int, int] | None, detail: str = "auto") -> int:
-        """Billed tokens of one image; ``size=None`` means unknown: the maximum."""
+        """Billed tokens of one image; ``size=None`` means unknown (see module doc)."""
         detail = (detail or "auto").lower()
         if size is None:
-            return self.max_tokens(detail)
+            if self.unknown is None:
+                return self.max_tokens(detail)
+            size = self.unknown
         w, h = size
         if self.kind == "tile":
             return _tile_tokens(w, h, self.base, self.tile, detail)
@@ -285,20 +299,26 @@ _TILE_FAMILIES: tuple[tuple[str, int, int], ...] = (
     ("gpt-4.5", 85, 170),
     ("gpt-4", 85, 170),
 )
+# OpenAI's low-resolution rendition of any image ("Images and vision": "The
+# model receives a low-resolution 512px x 512px version of the image"): the
+# size assumed for an image the request does not carry (see module doc).
+UNKNOWN_SIZE = (512, 512)
 # A model we do not know: the largest documented budget/multiplier pair of
 # the current patch models (2,500 patches x 1.62), i.e. over- not under-.
 _UNKNOWN_OPENAI = ImagePolicy("patch:unknown", "patch", multiplier=1.62,
-                              limits=(("auto", 2048, 2500),))
+                              limits=(("auto", 2048, 2500),), unknown=UNKNOWN_SIZE)
 
 
 def openai_policy(model: str) -> ImagePolicy:
     """The image rule of an OpenAI model (name without provider prefix, lower case)."""
     for prefix, mult, limits in _PATCH_FAMILIES:
         if model.startswith(prefix):
-            return ImagePolicy(f"patch:{prefix}", "patch", multiplier=mult, limits=limits)
+            return ImagePolicy(f"patch:{prefix}", "patch", multiplier=mult, limits=limits,
+                               unknown=UNKNOWN_SIZE)
     for prefix, base, tile in _TILE_FAMILIES:
         if model.startswith(prefix):
-            return ImagePolicy(f"tile:{base}:{tile}", "tile", base=base, tile=tile)
+            return ImagePolicy(f"tile:{base}:{tile}", "tile", base=base, tile=tile,
+                               unknown=UNKNOWN_SIZE)
     return _UNKNOWN_OPENAI
 
 
@@ -323,4 +343,21 @@ def anthropic_policy(hires: bool) -> ImagePolicy:
 def gemini_policy(model: str) -> ImagePolicy:
     """Gemini's 258-token tiles (Gemini 3: at least 1,120 per image)."""
     floor = 1120 if "gemini-3" in model else 258
-    return ImagePolicy(f"gemini:{floor}", "gemini", min_tokens=floor)
+    return ImagePolicy(f"gemini:{floor}", "gemini", min_tokens=floor, unknown=UNKNOWN_SIZE)
+
+
+# Models on OpenAI-compatible hosts (Qwen-VL, Pixtral/Mistral, Llama 4, Grok):
+# their vision encoders cut the image into 14-16 px patches merged in 2x2
+# groups (Qwen2.5-VL's processor: 28x28 px per token plus the vision start/end
+# tokens, Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json "patch_size":
+# 14, "merge_size": 2), which Claude's 28 px rule above also counts; an
+# unknown size is the 512x512 assumption, as for OpenAI.
+_COMPAT = ImagePolicy("pixels:compat", "pixels", long_edge=1568, max_pixels=1_229_312,
+                      unknown=UNKNOWN_SIZE)
+
+
+def compat_policy(model: str) -> ImagePolicy:
+    """The image rule of a model served by an OpenAI-compatible host."""
+    if "gemini" in model:
+        return gemini_policy(model)
+    return _COMPAT
