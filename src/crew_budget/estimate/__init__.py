@@ -126,13 +126,16 @@ from crew_budget.estimate.memo import (
 )
 from crew_budget.estimate.openai import (
     ASSISTANT_FRAMING,
+    CONSTRAINED_ANSWER,
     FINAL_CHANNEL,
+    RESPONSE_FORMAT_OVERHEAD,
     _args,
     _as_function,
     _is_openai_name,
     _openai_encoding,
     render_functions,
     reply_priming,
+    response_format_text,
     tool_calls_tokens,
     tool_preamble,
     uses_channels,
@@ -539,6 +542,10 @@ class Estimator:
         fixed += scheme.reply
         if scheme.kind == "anthropic" and _thinking_enabled(extra.get("thinking")):
             fixed += _THINKING_PROMPT
+        if fmt is not None and scheme.kind == "openai":
+            fixed += CONSTRAINED_ANSWER * sum(
+                1 for kind, value in items
+                if kind == "message" and value.get("role") == "assistant" and value.get("content"))
         if tool_list or fmt is not None:
             fixed += self._tool_adjustments(scheme, extra, bool(tool_list), has_system, fmt,
                                             count)
@@ -817,10 +824,7 @@ class Estimator:
         schema = spec.get("schema", spec)
         body = json.dumps(schema, separators=(",", ":"), ensure_ascii=False, default=str)
         if scheme.kind == "openai":
-            head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
-            if spec.get("description"):
-                head += f"// {spec['description']}\n"
-            return count(head + body), 0
+            return count(response_format_text(fmt)), RESPONSE_FORMAT_OVERHEAD
         return count(body), 20
 
     def _tool_adjustments(self, scheme: _Scheme, extra: Mapping[str, Any], has_tools: bool,

@@ -65,8 +65,14 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
     lines = ["namespace functions {", ""]
     for fn in functions:
         description = str(fn.get("description") or "")
-        for line in description.splitlines() or ([description] if description else []):
-            lines.append(f"// {line}")
+        if description:
+            # One comment, newlines kept as they are: hmarr/openai-chat-tokens
+            # (src/functions.ts, ``lines.push(`// ${f.description}`)``, whose
+            # counts are checked against the API) and harmony's renderer for
+            # property descriptions; the API bills a many-line description
+            # without a ``// `` on each line (a 160-line description on a
+            # recorded gpt-4o call is ~130 tokens under the per-line form).
+            lines.append(f"// {description}")
         params = fn.get("parameters") or {}
         properties = params.get("properties") if isinstance(params, Mapping) else None
         name = fn.get("name", "")
@@ -108,7 +114,7 @@ def _ts_object(schema: Mapping[str, Any], indent: int) -> str:
             lines.append(f"{pad}// {title}")
         description = prop.get("description")
         if description:
-            lines.extend(f"{pad}// {line}" for line in str(description).splitlines())
+            lines.append(f"{pad}// {description}")  # one comment, as the function's
         optional = "" if key in required else "?"
         line = f"{pad}{key}{optional}: {_ts_type(prop, indent)},"
         if "default" in prop:
@@ -256,3 +262,58 @@ def uses_channels(name: str) -> bool:
 def tool_preamble(name: str) -> int:
     """Hidden prompt tokens a model adds when the request has tools."""
     return GPT5_TOOL_PREAMBLE if name.startswith("gpt-5") else 0
+
+
+# -- structured outputs: the ``# Response Formats`` section --------------------
+#
+# Harmony (github.com/openai/harmony, docs/format.md "Structured output")
+# puts a response format at the end of the developer message as
+#
+#     # Response Formats
+#
+#     ## {format name}
+#
+#     // {description or context}
+#     {schema}
+#
+# with the schema as compact JSON. What chat-completions models bill for a
+# ``json_schema`` response format (recorded gpt-4o and gpt-5.4 calls with
+# four different pydantic / hand-written schemas, 1-4 properties, with and
+# without a system message) is that section with the schema's annotation
+# keywords left out: ``title`` (at every level; pydantic adds one to each
+# property) and the ``description`` of the format and of the schema's root
+# cost nothing (the JSON with titles is 4-5 tokens a title too high, without
+# them it is flat; harmony's ``// {description}`` line is not billed by
+# gpt-5.4 on recorded calls with a description), plus a fixed
+# RESPONSE_FORMAT_OVERHEAD. The issue thread openai/openai-cookbook#2140
+# found the same shape (the schema's JSON less some keywords, plus a
+# constant) on its own API measurements. Property descriptions are kept:
+# they guide the model, and an over-count is the safe side.
+RESPONSE_FORMAT_OVERHEAD = 13
+_UNBILLED_SCHEMA_KEYS = frozenset({"title"})
+# Each earlier assistant answer of a structured-output conversation costs 3
+# tokens more than the same answer without a format: harmony marks a
+# message whose content is constrained with `` <|constrain|>json`` in its
+# header (docs/format.md, "Receiving tool calls"), 3 tokens; measured 3-4 on
+# recorded gpt-4o and gpt-5.4 multi-turn structured-output calls.
+CONSTRAINED_ANSWER = 3
+
+
+def _without(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without(v, keys) for v in value]
+    return value
+
+
+def response_format_text(fmt: Mapping[str, Any]) -> str:
+    """The ``# Response Formats`` section a ``json_schema`` response format becomes."""
+    inner = fmt.get("json_schema")
+    spec: Mapping[str, Any] = inner if isinstance(inner, Mapping) else fmt
+    schema = spec.get("schema", spec)
+    if isinstance(schema, Mapping):
+        schema = {k: v for k, v in schema.items() if k != "description"}
+    body = json.dumps(_without(schema, _UNBILLED_SCHEMA_KEYS), separators=(",", ":"),
+                      ensure_ascii=False, default=str)
+    return f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n{body}"
