@@ -77,6 +77,14 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
         properties = params.get("properties") if isinstance(params, Mapping) else None
         name = fn.get("name", "")
         if properties:
+            title = params.get("title")
+            if title:
+                # The parameters' own ``title`` (pydantic's ``model_json_schema``
+                # adds the model's name): harmony's renderer drops it, but
+                # gpt-4o bills it as one comment line: the same function
+                # recorded with and without a root title differs by exactly
+                # ``// <title>`` (4 tokens).
+                lines.append(f"// {title}")
             lines.append(f"type {name} = (_: {{")
             lines.append(_ts_object(params, 0))
             lines.append("}) => any;")
@@ -188,9 +196,13 @@ _PARALLEL_EXTRA = 3
 #         <|constrain|>json<|message|>{...}<|call|>
 # and of a result:
 #     <|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>...
-# Models that speak harmony (the gpt-5 family; gpt-oss) bill those channel
-# and constrain tokens too: <|channel|> twice and <|constrain|> once.
-_CHANNEL_SPECIALS = 3
+# Models that speak harmony (the gpt-5 family; gpt-oss) bill the call's
+# channel and constrain tokens: <|channel|>commentary and <|constrain|>json.
+# A result's channel is the caller's choice in harmony (``Message.with_channel``;
+# a message without one renders no ``<|channel|>``), and a chat-completions
+# ``tool`` message names none: recorded gpt-5.4 conversations with one to
+# four calls bill exactly the call's channel and none on the result.
+_CHANNEL_SPECIALS = 2
 # Framing of an assistant message (3 + its role token) that holds only tool calls.
 ASSISTANT_FRAMING = 4
 
@@ -201,8 +213,7 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
     author tags (so a ``tool`` message costs only its framing and content).
 
     ``channels``: the model renders harmony channels (``uses_channels``), so
-    each call also carries ``<|channel|>commentary <|constrain|>json`` and
-    each result ``<|channel|>commentary``.
+    each call also carries ``<|channel|>commentary <|constrain|>json``.
     """
     text = fixed = 0
     functions: list[Mapping[str, Any]] = []
@@ -219,7 +230,9 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
         text += count(f"functions.{name} to=assistant")
         fixed += per_call
         if channels:
-            text += 2 * count("commentary") + count(" json")
+            # "<|channel|>commentary" + " <|constrain|>json": the special
+            # tokens split the text, so " " and "json" are tokens of their own.
+            text += count("commentary") + count(" ") + count("json")
             fixed += _CHANNEL_SPECIALS
     return text, fixed
 
