@@ -128,13 +128,13 @@ from crew_budget.estimate.openai import (
     ASSISTANT_FRAMING,
     CONSTRAINED_ANSWER,
     FINAL_CHANNEL,
-    RESPONSE_FORMAT_OVERHEAD,
     _args,
     _as_function,
     _is_openai_name,
     _openai_encoding,
     render_functions,
     reply_priming,
+    response_format_overhead,
     response_format_text,
     tool_calls_tokens,
     tool_preamble,
@@ -199,6 +199,7 @@ class _Scheme:
     generic: bool = False  # no provider, name or hint decided the format
     channels: bool = False  # renders harmony channels around tool calls (gpt-5)
     family: Family | None = None  # a compatible host's model family (compat.py)
+    format_overhead: int = 0  # fixed tokens of a json_schema response format (openai.py)
 
 
 def _bare(model: str) -> str:
@@ -244,7 +245,8 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         preamble = tool_preamble(name)
         channels = uses_channels(name)
         return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
-                       policy, 3, reply_priming(name), (preamble, preamble), channels=channels)
+                       policy, 3, reply_priming(name), (preamble, preamble), channels=channels,
+                       format_overhead=response_format_overhead(name))
     family = family_of(name)
     generic = hint is None and price.provider == "other" and family is None
     chosen = family or COMPAT_DEFAULT
@@ -824,7 +826,7 @@ class Estimator:
         schema = spec.get("schema", spec)
         body = json.dumps(schema, separators=(",", ":"), ensure_ascii=False, default=str)
         if scheme.kind == "openai":
-            return count(response_format_text(fmt)), RESPONSE_FORMAT_OVERHEAD
+            return count(response_format_text(fmt)), scheme.format_overhead
         return count(body), 20
 
     def _tool_adjustments(self, scheme: _Scheme, extra: Mapping[str, Any], has_tools: bool,

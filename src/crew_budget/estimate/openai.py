@@ -262,6 +262,12 @@ GPT5_TOOL_PREAMBLE = 85
 FINAL_CHANNEL = 2
 
 
+def response_format_overhead(name: str) -> int:
+    """Fixed tokens of a ``json_schema`` response format beyond its section's text."""
+    harmony = reply_priming(name) == 2
+    return RESPONSE_FORMAT_OVERHEAD + (0 if harmony else FORMAT_MESSAGE_FRAMING)
+
+
 def reply_priming(name: str) -> int:
     """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
     return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
@@ -290,19 +296,23 @@ def tool_preamble(name: str) -> int:
 #     {schema}
 #
 # with the schema as compact JSON. What chat-completions models bill for a
-# ``json_schema`` response format (recorded gpt-4o and gpt-5.4 calls with
-# four different pydantic / hand-written schemas, 1-4 properties, with and
-# without a system message) is that section with the schema's annotation
-# keywords left out: ``title`` (at every level; pydantic adds one to each
-# property) and the ``description`` of the format and of the schema's root
-# cost nothing (the JSON with titles is 4-5 tokens a title too high, without
-# them it is flat; harmony's ``// {description}`` line is not billed by
-# gpt-5.4 on recorded calls with a description), plus a fixed
-# RESPONSE_FORMAT_OVERHEAD. The issue thread openai/openai-cookbook#2140
-# found the same shape (the schema's JSON less some keywords, plus a
-# constant) on its own API measurements. Property descriptions are kept:
-# they guide the model, and an over-count is the safe side.
-RESPONSE_FORMAT_OVERHEAD = 13
+# ``json_schema`` response format (recorded gpt-4o, gpt-4o-mini and gpt-5.4
+# calls with five different pydantic / hand-written schemas, 1-4
+# properties, with and without a system message) is that section with the
+# schema's ``title`` keywords (at every level; pydantic adds one to each
+# property and the root) and its root ``description`` left out: the JSON
+# with them is 4-5 tokens a title too high, without them it is flat. The
+# format's own ``description`` is harmony's ``// {description}`` line.
+# Then a fixed cost: 9 tokens, the constant openai/openai-cookbook#2140
+# found over the schema's JSON on its own API measurements, plus, for
+# models that do not speak harmony (gpt-4o, gpt-4.1, ...), the framing of a
+# message of its own (3 + the role token): harmony models (gpt-5, o-series)
+# render a developer message anyway (docs/format.md, "Developer message
+# format"), and the recorded gpt-5.4 calls bill 4 tokens less than gpt-4o-mini
+# on the same request. Property descriptions are kept: they guide the model,
+# and an over-count is the safe side.
+RESPONSE_FORMAT_OVERHEAD = 9
+FORMAT_MESSAGE_FRAMING = 4
 _UNBILLED_SCHEMA_KEYS = frozenset({"title"})
 # Each earlier assistant answer of a structured-output conversation costs 3
 # tokens more than the same answer without a format: harmony marks a
@@ -329,4 +339,7 @@ def response_format_text(fmt: Mapping[str, Any]) -> str:
         schema = {k: v for k, v in schema.items() if k != "description"}
     body = json.dumps(_without(schema, _UNBILLED_SCHEMA_KEYS), separators=(",", ":"),
                       ensure_ascii=False, default=str)
-    return f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n{body}"
+    head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
+    if spec.get("description"):
+        head += f"// {spec['description']}\n"
+    return head + body
