@@ -296,23 +296,20 @@ def tool_preamble(name: str) -> int:
 #     {schema}
 #
 # with the schema as compact JSON. What chat-completions models bill for a
-# ``json_schema`` response format (recorded gpt-4o, gpt-4o-mini and gpt-5.4
-# calls with five different pydantic / hand-written schemas, 1-4
-# properties, with and without a system message) is that section with the
-# schema's ``title`` keywords (at every level; pydantic adds one to each
-# property and the root) and its root ``description`` left out: the JSON
-# with them is 4-5 tokens a title too high, without them it is flat. The
-# format's own ``description`` is harmony's ``// {description}`` line.
-# Then a fixed cost: 9 tokens, the constant openai/openai-cookbook#2140
-# found over the schema's JSON on its own API measurements, plus, for
-# models that do not speak harmony (gpt-4o, gpt-4.1, ...), the framing of a
-# message of its own (3 + the role token): harmony models (gpt-5, o-series)
-# render a developer message anyway (docs/format.md, "Developer message
-# format"), and the recorded gpt-5.4 calls bill 4 tokens less than gpt-4o-mini
-# on the same request. Property descriptions are kept: they guide the model,
-# and an over-count is the safe side.
-RESPONSE_FORMAT_OVERHEAD = 9
-FORMAT_MESSAGE_FRAMING = 4
+# ``json_schema`` response format (recorded gpt-4o and gpt-5.4 calls with
+# five different pydantic / hand-written schemas, 1-4 properties, with and
+# without a system message or a format description) is that section with
+# the schema's ``title`` keywords left out (pydantic adds one to the root
+# and to each property; with them the JSON is 4-5 tokens a title too high,
+# without them the difference is flat), the rest of the schema as sent
+# (descriptions included: a format's ``description`` is the schema's own
+# in the recorded calls, and a second ``//`` line of it is not billed).
+# Fixed cost: none on harmony models (gpt-5, o-series), which render a
+# developer message anyway (docs/format.md, "Developer message format");
+# on the others (gpt-4o, gpt-4.1, ...) a message's framing, 3 + the role
+# token, and 2 more (measured: 5-6 on four schemas).
+RESPONSE_FORMAT_OVERHEAD = 0
+FORMAT_MESSAGE_FRAMING = 6
 _UNBILLED_SCHEMA_KEYS = frozenset({"title"})
 # Each earlier assistant answer of a structured-output conversation costs 3
 # tokens more than the same answer without a format: harmony marks a
@@ -322,9 +319,21 @@ _UNBILLED_SCHEMA_KEYS = frozenset({"title"})
 CONSTRAINED_ANSWER = 3
 
 
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+
+
 def _without(value: Any, keys: frozenset[str]) -> Any:
+    """A JSON schema less the annotation ``keys``, at every level. The keys
+    of ``properties`` (and ``$defs``) are names, not keywords: a property
+    called ``title`` stays."""
     if isinstance(value, Mapping):
-        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k in _NAMED_SCHEMAS and isinstance(v, Mapping):
+                out[k] = {name: _without(sub, keys) for name, sub in v.items()}
+            elif k not in keys:
+                out[k] = _without(v, keys)
+        return out
     if isinstance(value, list):
         return [_without(v, keys) for v in value]
     return value
@@ -335,11 +344,6 @@ def response_format_text(fmt: Mapping[str, Any]) -> str:
     inner = fmt.get("json_schema")
     spec: Mapping[str, Any] = inner if isinstance(inner, Mapping) else fmt
     schema = spec.get("schema", spec)
-    if isinstance(schema, Mapping):
-        schema = {k: v for k, v in schema.items() if k != "description"}
     body = json.dumps(_without(schema, _UNBILLED_SCHEMA_KEYS), separators=(",", ":"),
                       ensure_ascii=False, default=str)
-    head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
-    if spec.get("description"):
-        head += f"// {spec['description']}\n"
-    return head + body
+    return f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n{body}"
