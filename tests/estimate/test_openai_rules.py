@@ -105,24 +105,40 @@ BOOK_FORMAT = {"type": "json_schema", "json_schema": {
     "name": "Book", "strict": True,
     "schema": {"title": "Book", "type": "object",
                "properties": {"title": {"title": "Title", "type": "string"},
-                              "pages": {"title": "Pages", "type": "integer"}},
+                              "pages": {"title": "Pages", "type": "integer",
+                                        "description": "Page count"}},
                "required": ["title", "pages"], "additionalProperties": False}}}
-# Harmony's "# Response Formats\n\n## {name}\n\n{schema}" with the schema's
-# ``title`` keywords left out; the property *named* "title" stays.
-BOOK_SECTION = ('# Response Formats\n\n## Book\n\n'
-                '{"type":"object","properties":{"title":{"type":"string"},'
-                '"pages":{"type":"integer"}},"required":["title","pages"],'
-                '"additionalProperties":false}')
+# Harmony's "# Response Formats\n\n## {name}\n\n{schema}", the schema written
+# the way harmony writes a function's parameters (a "// Title" line per
+# titled property, descriptions as comments), in braces (openai.py).
+BOOK_SECTION = ("# Response Formats\n\n## Book\n\n{\n"
+                "// Title\ntitle: string,\n"
+                "// Pages\n// Page count\npages: number,\n}")
+FORMAT_PROMPT, FORMAT_PROMPT_HARMONY, FRAMING = 27, 20, 4  # openai.py, measured
 
 
-def test_json_schema_format_is_its_section_without_titles() -> None:
-    assert o200k(BOOK_SECTION) == 40
-    # gpt-4o is not a harmony model: the section costs 6 fixed tokens more
-    # (a message's framing, 3 + role, and 2 measured; openai.py).
-    assert count("gpt-4o", [USER], response_format=BOOK_FORMAT) == USER_ONLY_GPT4O + 40 + 6
-    # gpt-5: harmony primes the reply with 2 tokens, and the section joins the
-    # developer message harmony renders anyway: no fixed cost.
-    assert count("gpt-5.4", [USER], response_format=BOOK_FORMAT) == USER_ONLY_GPT4O - 1 + 40
+def test_json_schema_format_is_its_typescript_section() -> None:
+    assert o200k(BOOK_SECTION) == 25  # tiktoken's count of the text above, pinned
+    # No system message to join: the section is a message of its own (3 + role).
+    assert (count("gpt-4o", [USER], response_format=BOOK_FORMAT)
+            == USER_ONLY_GPT4O + 25 + FORMAT_PROMPT + FRAMING)
+    # With one, it joins it: no framing of its own.
+    system = {"role": "system", "content": "Be brief."}
+    with_system = USER_ONLY_GPT4O + 3 + o200k("system") + o200k("Be brief.")
+    assert (count("gpt-4o", [system, USER], response_format=BOOK_FORMAT)
+            == with_system + 25 + FORMAT_PROMPT)
+    # gpt-5: harmony primes the reply with 2 tokens; its own measured prompt.
+    assert (count("gpt-5.4", [USER], response_format=BOOK_FORMAT)
+            == USER_ONLY_GPT4O - 1 + 25 + FORMAT_PROMPT_HARMONY + FRAMING)
+
+
+def test_a_format_description_is_a_comment_line() -> None:
+    described = {"type": "json_schema", "json_schema": {
+        **BOOK_FORMAT["json_schema"], "description": "One book"}}
+    section = BOOK_SECTION.replace("## Book\n\n", "## Book\n\n// One book\n")
+    assert o200k(section) - o200k(BOOK_SECTION) == 4
+    assert (count("gpt-4o", [USER], response_format=described)
+            == count("gpt-4o", [USER], response_format=BOOK_FORMAT) + 4)
 
 
 def test_earlier_structured_answers_carry_the_constrain_marker() -> None:
@@ -135,7 +151,7 @@ def test_earlier_structured_answers_carry_the_constrain_marker() -> None:
     # special token and "json", 3 tokens.
     assert o200k(" ") + 1 + o200k("json") == 3
     assert (count("gpt-4o", messages, response_format=BOOK_FORMAT)
-            == cookbook + 40 + 6 + 3)
+            == cookbook + 25 + FORMAT_PROMPT + FRAMING + 3)
     # Without a schema format an answer has no such marker.
     assert count("gpt-4o", messages) == cookbook
 

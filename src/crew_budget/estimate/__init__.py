@@ -10,13 +10,15 @@ and, where a constant was measured, what it was measured on:
     Messages: the OpenAI cookbook's ``num_tokens_from_messages`` (3 tokens a
     message + role + content, +1 for a ``name``, +3 to prime the reply).
     Tool definitions (``tools``, legacy ``functions``): the TypeScript
-    namespace the model sees (hmarr/openai-chat-tokens; titles and defaults
-    as openai/harmony renders them) + 9. Tool calls and results in the
+    namespace the model sees (hmarr/openai-chat-tokens, descriptions as one
+    comment each; titles and defaults as openai/harmony renders them) + 9. Tool calls and results in the
     history: as harmony renders them (``assistant to=functions.NAME``, the
     result authored by ``functions.NAME``), so call ids and the ``tool`` role
     are not billed; parallel calls cost 3 more each. The gpt-5 family adds a
-    hidden tool preamble and harmony's channel tokens. ``response_format``
-    schemas: a ``# Response Formats`` section with the compact schema.
+    hidden tool preamble and harmony's channel tokens (on calls, not on
+    results). ``response_format`` schemas: harmony's ``# Response Formats``
+    section with the compact schema less its ``title`` keywords, 6 fixed
+    tokens on non-harmony models, 3 on each earlier structured answer.
 ``anthropic.py`` (no public Claude 3+ tokenizer)
     Text: ``cl100k_base`` times the factor of the Claude generation (1.13;
     x1.35 more from Opus 4.7's new tokenizer). Framing: 4 a message, 3 to
@@ -126,12 +128,13 @@ from crew_budget.estimate.memo import (
 )
 from crew_budget.estimate.openai import (
     ASSISTANT_FRAMING,
-    CONSTRAINED_ANSWER,
     FINAL_CHANNEL,
+    FORMAT_MESSAGE_FRAMING,
     _args,
     _as_function,
     _is_openai_name,
     _openai_encoding,
+    constrained_answer,
     render_functions,
     reply_priming,
     response_format_overhead,
@@ -200,6 +203,7 @@ class _Scheme:
     channels: bool = False  # renders harmony channels around tool calls (gpt-5)
     family: Family | None = None  # a compatible host's model family (compat.py)
     format_overhead: int = 0  # fixed tokens of a json_schema response format (openai.py)
+    constrained: int = 0  # extra tokens of each earlier answer under such a format
 
 
 def _bare(model: str) -> str:
@@ -246,7 +250,8 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         channels = uses_channels(name)
         return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
                        policy, 3, reply_priming(name), (preamble, preamble), channels=channels,
-                       format_overhead=response_format_overhead(name))
+                       format_overhead=response_format_overhead(name),
+                       constrained=constrained_answer(name))
     family = family_of(name)
     generic = hint is None and price.provider == "other" and family is None
     chosen = family or COMPAT_DEFAULT
@@ -545,7 +550,9 @@ class Estimator:
         if scheme.kind == "anthropic" and _thinking_enabled(extra.get("thinking")):
             fixed += _THINKING_PROMPT
         if fmt is not None and scheme.kind == "openai":
-            fixed += CONSTRAINED_ANSWER * sum(
+            # The response format's section joins a system message, else is one.
+            fixed += 0 if has_system else FORMAT_MESSAGE_FRAMING
+            fixed += scheme.constrained * sum(
                 1 for kind, value in items
                 if kind == "message" and value.get("role") == "assistant" and value.get("content"))
         if tool_list or fmt is not None:

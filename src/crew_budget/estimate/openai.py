@@ -262,12 +262,6 @@ GPT5_TOOL_PREAMBLE = 85
 FINAL_CHANNEL = 2
 
 
-def response_format_overhead(name: str) -> int:
-    """Fixed tokens of a ``json_schema`` response format beyond its section's text."""
-    harmony = reply_priming(name) == 2
-    return RESPONSE_FORMAT_OVERHEAD + (0 if harmony else FORMAT_MESSAGE_FRAMING)
-
-
 def reply_priming(name: str) -> int:
     """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
     return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
@@ -295,48 +289,28 @@ def tool_preamble(name: str) -> int:
 #     // {description or context}
 #     {schema}
 #
-# with the schema as compact JSON. What chat-completions models bill for a
+# with the schema as JSON. What chat-completions models bill for a
 # ``json_schema`` response format (recorded gpt-4o and gpt-5.4 calls with
 # five different pydantic / hand-written schemas, 1-4 properties, with and
-# without a system message or a format description) is that section with
-# the schema's ``title`` keywords left out (pydantic adds one to the root
-# and to each property; with them the JSON is 4-5 tokens a title too high,
-# without them the difference is flat), the rest of the schema as sent
-# (descriptions included: a format's ``description`` is the schema's own
-# in the recorded calls, and a second ``//`` line of it is not billed).
-# Fixed cost: none on harmony models (gpt-5, o-series), which render a
-# developer message anyway (docs/format.md, "Developer message format");
-# on the others (gpt-4o, gpt-4.1, ...) a message's framing, 3 + the role
-# token, and 2 more (measured: 5-6 on four schemas).
-RESPONSE_FORMAT_OVERHEAD = 0
-FORMAT_MESSAGE_FRAMING = 6
-_UNBILLED_SCHEMA_KEYS = frozenset({"title"})
+# without a system message, a format description, earlier answers) fits
+# that section with the schema written the way harmony writes a function's
+# parameters (``_ts_object``: ``name: type,`` lines, a ``// title`` line per
+# titled property, descriptions as comments), in braces: the compact JSON
+# of the same schemas misses by 5-13 tokens from one schema to the next,
+# this form by 0-2. On top of it a fixed FORMAT_PROMPT (the format's
+# instructions, which OpenAI does not publish; measured: 27 on gpt-4o,
+# 18-22 on gpt-5.4: 20), and a message's framing (3 + the role token) when the
+# request has no system or developer message for the section to join
+# (harmony puts it "at the end of the developer message").
+FORMAT_PROMPT = 27
+FORMAT_PROMPT_HARMONY = 20
+FORMAT_MESSAGE_FRAMING = 4
 # Each earlier assistant answer of a structured-output conversation costs 3
-# tokens more than the same answer without a format: harmony marks a
-# message whose content is constrained with `` <|constrain|>json`` in its
-# header (docs/format.md, "Receiving tool calls"), 3 tokens; measured 3-4 on
-# recorded gpt-4o and gpt-5.4 multi-turn structured-output calls.
+# tokens more on gpt-4o than the same answer without a format: harmony
+# marks a message whose content is constrained with `` <|constrain|>json``
+# in its header (docs/format.md, "Receiving tool calls"), 3 tokens. Harmony
+# models, which already bill the answer's ``final`` channel, do not.
 CONSTRAINED_ANSWER = 3
-
-
-_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
-
-
-def _without(value: Any, keys: frozenset[str]) -> Any:
-    """A JSON schema less the annotation ``keys``, at every level. The keys
-    of ``properties`` (and ``$defs``) are names, not keywords: a property
-    called ``title`` stays."""
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if k in _NAMED_SCHEMAS and isinstance(v, Mapping):
-                out[k] = {name: _without(sub, keys) for name, sub in v.items()}
-            elif k not in keys:
-                out[k] = _without(v, keys)
-        return out
-    if isinstance(value, list):
-        return [_without(v, keys) for v in value]
-    return value
 
 
 def response_format_text(fmt: Mapping[str, Any]) -> str:
@@ -344,6 +318,28 @@ def response_format_text(fmt: Mapping[str, Any]) -> str:
     inner = fmt.get("json_schema")
     spec: Mapping[str, Any] = inner if isinstance(inner, Mapping) else fmt
     schema = spec.get("schema", spec)
-    body = json.dumps(_without(schema, _UNBILLED_SCHEMA_KEYS), separators=(",", ":"),
-                      ensure_ascii=False, default=str)
-    return f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n{body}"
+    head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
+    if spec.get("description"):
+        head += f"// {spec['description']}\n"
+    if isinstance(schema, Mapping) and schema.get("properties"):
+        body = "{\n" + _ts_object(schema, 0) + "\n}"
+    elif isinstance(schema, Mapping):
+        body = _ts_type(schema, 0)
+    else:
+        body = json.dumps(schema, ensure_ascii=False, default=str)
+    return head + body
+
+
+def response_format_overhead(name: str) -> int:
+    """Fixed tokens of a ``json_schema`` response format beyond its section's text
+    (without the framing of a message of its own)."""
+    return FORMAT_PROMPT_HARMONY if _harmony(name) else FORMAT_PROMPT
+
+
+def constrained_answer(name: str) -> int:
+    """Extra tokens of each earlier assistant answer under a ``json_schema`` format."""
+    return 0 if _harmony(name) else CONSTRAINED_ANSWER
+
+
+def _harmony(name: str) -> bool:
+    return reply_priming(name) == 2
