@@ -10,15 +10,15 @@ and, where a constant was measured, what it was measured on:
     Messages: the OpenAI cookbook's ``num_tokens_from_messages`` (3 tokens a
     message + role + content, +1 for a ``name``, +3 to prime the reply).
     Tool definitions (``tools``, legacy ``functions``): the TypeScript
-    namespace the model sees (hmarr/openai-chat-tokens, descriptions as one
-    comment each; titles and defaults as openai/harmony renders them) + 9. Tool calls and results in the
-    history: as harmony renders them (``assistant to=functions.NAME``, the
-    result authored by ``functions.NAME``), so call ids and the ``tool`` role
-    are not billed; parallel calls cost 3 more each. The gpt-5 family adds a
-    hidden tool preamble and harmony's channel tokens (on calls, not on
-    results). ``response_format`` schemas: harmony's ``# Response Formats``
-    section with the compact schema less its ``title`` keywords, 6 fixed
-    tokens on non-harmony models, 3 on each earlier structured answer.
+    namespace the model sees (hmarr/openai-chat-tokens, a description is one
+    comment; titles and defaults as openai/harmony renders them) + 9. Tool
+    calls and results in the history: as harmony renders them (``assistant
+    to=functions.NAME``, the result authored by ``functions.NAME``), so call
+    ids and the ``tool`` role are not billed; parallel calls cost 3 more
+    each. The gpt-5 family adds a hidden tool preamble and harmony's channel
+    tokens (on calls, not on results). ``response_format`` schemas:
+    harmony's ``# Response Formats`` section, the schema written like
+    function parameters, plus a measured format prompt.
 ``anthropic.py`` (no public Claude 3+ tokenizer)
     Text: ``cl100k_base`` times the factor of the Claude generation (1.13;
     x1.35 more from Opus 4.7's new tokenizer). Framing: 4 a message, 3 to
