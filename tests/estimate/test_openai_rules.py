@@ -156,6 +156,27 @@ def test_earlier_structured_answers_carry_the_constrain_marker() -> None:
     assert count("gpt-4o", messages) == cookbook
 
 
+def test_nested_models_behind_refs_are_counted_inline() -> None:
+    # pydantic puts a nested model in "$defs" and points at it with "$ref";
+    # the section counts it where it is used (openai.py: a ref left as "any"
+    # would drop its fields, and an over-count is the safe side). A nested
+    # object's properties are indented by 2, its brace at the outer indent
+    # (the nested-object case of hmarr/openai-chat-tokens).
+    order = {"type": "json_schema", "json_schema": {"name": "Order", "schema": {
+        "$defs": {"Item": {"title": "Item", "type": "object",
+                           "properties": {"sku": {"title": "Sku", "type": "string"}},
+                           "required": ["sku"]}},
+        "type": "object",
+        "properties": {"items": {"title": "Items", "type": "array",
+                                 "items": {"$ref": "#/$defs/Item"}}},
+        "required": ["items"]}}}
+    section = ("# Response Formats\n\n## Order\n\n{\n// Items\nitems: {\n"
+               "  // Sku\n  sku: string,\n}[],\n}")
+    assert o200k(section) == 26  # tiktoken's count of the text above, pinned
+    assert (count("gpt-4o", [USER], response_format=order)
+            == USER_ONLY_GPT4O + 26 + FORMAT_PROMPT + FRAMING)
+
+
 def test_json_object_mode_adds_no_section() -> None:
     assert count("gpt-4o", [USER], response_format={"type": "json_object"}) == USER_ONLY_GPT4O
 

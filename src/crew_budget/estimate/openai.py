@@ -321,6 +321,8 @@ def response_format_text(fmt: Mapping[str, Any]) -> str:
     head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
     if spec.get("description"):
         head += f"// {spec['description']}\n"
+    if isinstance(schema, Mapping):
+        schema = _inline_refs(schema, schema, 0)
     if isinstance(schema, Mapping) and schema.get("properties"):
         body = "{\n" + _ts_object(schema, 0) + "\n}"
     elif isinstance(schema, Mapping):
@@ -328,6 +330,28 @@ def response_format_text(fmt: Mapping[str, Any]) -> str:
     else:
         body = json.dumps(schema, ensure_ascii=False, default=str)
     return head + body
+
+
+def _inline_refs(value: Any, root: Mapping[str, Any], depth: int) -> Any:
+    """``value`` with local ``$ref``s (``#/$defs/X``, ``#/definitions/X``)
+    replaced by what they point to, so nested models (pydantic puts them in
+    ``$defs``) are counted; not how OpenAI is known to render them, but a
+    ``$ref`` left as ``any`` would drop the nested model's fields from the
+    count, and an over-count is the safe side. Cycles stop at depth 8."""
+    if isinstance(value, list):
+        return [_inline_refs(v, root, depth) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    ref = value.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/") and depth < 8:
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, Mapping) else None
+        if isinstance(target, Mapping):
+            merged = {**target, **{k: v for k, v in value.items() if k != "$ref"}}
+            return _inline_refs(merged, root, depth + 1)
+    return {k: _inline_refs(v, root, depth) for k, v in value.items()
+            if k not in ("$defs", "definitions")}
 
 
 def response_format_overhead(name: str) -> int:
