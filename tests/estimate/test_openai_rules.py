@@ -208,3 +208,17 @@ def test_gpt5_call_has_a_channel_and_its_result_has_none() -> None:
     result_tokens = 3 + o200k("Monday")
     assert call_tokens == 21
     assert with_call - without == call_tokens + result_tokens
+
+
+def test_a_forced_function_costs_its_name_on_gpt4o_and_nothing_on_harmony() -> None:
+    tool = {"type": "function", "function": {
+        "name": "get_day", "description": "Today's weekday",
+        "parameters": {"type": "object", "properties": {}}}}
+    forced = {"type": "function", "function": {"name": "get_day"}}
+    # gpt-4o: the name + 7 (measured on recorded calls, openai.py).
+    assert (count("gpt-4o", [USER], [tool], tool_choice=forced)
+            == count("gpt-4o", [USER], [tool]) + 7 + o200k("get_day"))
+    # Harmony's prompt has no place for a tool choice: gpt-5 bills what auto does.
+    assert (count("gpt-5.4", [USER], [tool], tool_choice=forced)
+            == count("gpt-5.4", [USER], [tool], tool_choice="auto")
+            == count("gpt-5.4", [USER], [tool]))

@@ -134,6 +134,7 @@ from crew_budget.estimate.openai import (
     _as_function,
     _is_openai_name,
     _openai_encoding,
+    choice_in_prompt,
     constrained_answer,
     render_functions,
     reply_priming,
@@ -845,6 +846,8 @@ class Estimator:
             # tool_choice "required" bills nothing over "auto" (exact on recorded
             # gpt-4o, gpt-4-1106 calls); "none" one token; a named function its name + 7.
             adjust = (-4 if has_system else 0) + scheme.tool_prompt[0]
+            if not choice_in_prompt(scheme.reply):
+                return adjust  # harmony models: tool_choice is not in the prompt
             if choice == "none":
                 adjust += 1
             elif isinstance(choice, Mapping):

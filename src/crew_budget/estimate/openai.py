@@ -262,6 +262,20 @@ GPT5_TOOL_PREAMBLE = 85
 FINAL_CHANNEL = 2
 
 
+def choice_in_prompt(reply: int) -> bool:
+    """Does a ``tool_choice`` add prompt tokens, for a model that primes its reply
+    with ``reply`` tokens?
+
+    On chat models (gpt-4o, gpt-4.1, ...) a named function costs its name + 7
+    and ``"none"`` one token (exact on recorded gpt-4o, gpt-4-1106 calls).
+    Harmony's prompt format has no place for a tool choice (docs/format.md
+    renders tools, not which one to call: forcing one is done when sampling,
+    by the header the reply must start with), and a recorded gpt-5-mini call
+    forcing a named function bills exactly what ``auto`` would.
+    """
+    return reply != 2
+
+
 def reply_priming(name: str) -> int:
     """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
     return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
