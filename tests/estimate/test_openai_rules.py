@@ -222,3 +222,16 @@ def test_a_forced_function_costs_its_name_on_gpt4o_and_nothing_on_harmony() -> N
     assert (count("gpt-5.4", [USER], [tool], tool_choice=forced)
             == count("gpt-5.4", [USER], [tool], tool_choice="auto")
             == count("gpt-5.4", [USER], [tool]))
+
+
+def test_one_estimator_keeps_each_models_format_prompt() -> None:
+    # The format's count is cached per model scheme: an o-series model, which
+    # speaks harmony, must not reuse gpt-4o's cached 27-token format prompt.
+    est = Estimator()
+    o3 = Price("o3-mini", "openai", Decimal("1e-6"), Decimal("2e-6"))
+    gpt4o = est.count_prompt("gpt-4o", GPT4O, [USER], extra={"response_format": BOOK_FORMAT})
+    o3_count = est.count_prompt("o3-mini", o3, [USER], extra={"response_format": BOOK_FORMAT})
+    # Both: the user message and the same 25-token section with its framing;
+    # gpt-4o primes with 3 and adds 27, o3-mini primes with 2 and adds 20.
+    assert gpt4o == USER_ONLY_GPT4O + 25 + FORMAT_PROMPT + FRAMING
+    assert o3_count == USER_ONLY_GPT4O - 1 + 25 + FORMAT_PROMPT_HARMONY + FRAMING

@@ -249,9 +249,10 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         policy = images.openai_policy(name)
         preamble = tool_preamble(name)
         channels = uses_channels(name)
-        return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
-                       policy, 3, reply_priming(name), (preamble, preamble), channels=channels,
-                       format_overhead=response_format_overhead(name),
+        overhead = response_format_overhead(name)  # in the key: it is in cached counts
+        return _Scheme(("openai", encoding, policy.key, preamble, overhead), "openai", encoding,
+                       1.0, True, policy, 3, reply_priming(name), (preamble, preamble),
+                       channels=channels, format_overhead=overhead,
                        constrained=constrained_answer(name))
     family = family_of(name)
     generic = hint is None and price.provider == "other" and family is None
