@@ -225,8 +225,9 @@ def test_a_forced_function_costs_its_name_on_gpt4o_and_nothing_on_harmony() -> N
 
 
 def test_one_estimator_keeps_each_models_format_prompt() -> None:
-    # The format's count is cached per model scheme: an o-series model, which
-    # speaks harmony, must not reuse gpt-4o's cached 27-token format prompt.
+    # The format's count is cached per model scheme (whose key includes the
+    # format prompt): an o-series model, which speaks harmony, gets its own
+    # 20-token prompt after gpt-4o's 27 was counted and cached.
     est = Estimator()
     o3 = Price("o3-mini", "openai", Decimal("1e-6"), Decimal("2e-6"))
     gpt4o = est.count_prompt("gpt-4o", GPT4O, [USER], extra={"response_format": BOOK_FORMAT})
