@@ -236,3 +236,20 @@ def test_one_estimator_keeps_each_models_format_prompt() -> None:
     # gpt-4o primes with 3 and adds 27, o3-mini primes with 2 and adds 20.
     assert gpt4o == USER_ONLY_GPT4O + 25 + FORMAT_PROMPT + FRAMING
     assert o3_count == USER_ONLY_GPT4O - 1 + 25 + FORMAT_PROMPT_HARMONY + FRAMING
+
+
+def test_gpt5_bills_a_system_prompt_without_its_surrounding_whitespace() -> None:
+    # Harmony models take the system message as the developer's instructions;
+    # gpt-5 bills it trimmed (openai.py), gpt-4o bills every character.
+    indented = "\n        Be brief.\n        "
+    system = {"role": "system", "content": indented}
+    trimmed_tokens = o200k("Be brief.")
+    assert o200k(indented) - trimmed_tokens == 3  # the whitespace around it
+    cookbook_user = 3 + o200k("user") + o200k(USER["content"])
+    assert (count("gpt-5.4", [system, USER])
+            == 3 + o200k("system") + trimmed_tokens + cookbook_user + 2)
+    assert (count("gpt-4o", [system, USER])
+            == 3 + o200k("system") + o200k(indented) + cookbook_user + 3)
+    # A user message keeps its whitespace on gpt-5 too.
+    spaced_user = {"role": "user", "content": "\n  Hi  \n"}
+    assert count("gpt-5.4", [spaced_user]) == 3 + o200k("user") + o200k("\n  Hi  \n") + 2

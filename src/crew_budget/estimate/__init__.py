@@ -142,6 +142,7 @@ from crew_budget.estimate.openai import (
     response_format_text,
     tool_calls_tokens,
     tool_preamble,
+    trimmed_instructions,
     uses_channels,
 )
 from crew_budget.pricing import Price
@@ -658,7 +659,10 @@ class Estimator:
             if value is None:
                 continue
             if key == "content":
-                t, f = self._content(scheme, count, value)
+                content = value
+                if scheme.channels and msg.get("role") in ("system", "developer"):
+                    content = trimmed_instructions(value)
+                t, f = self._content(scheme, count, content)
                 text += t
                 fixed += f
             elif key == "role" and scheme.channels and value == "assistant":

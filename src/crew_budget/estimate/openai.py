@@ -276,6 +276,26 @@ def choice_in_prompt(reply: int) -> bool:
     return reply != 2
 
 
+def trimmed_instructions(content: Any) -> Any:
+    """A gpt-5 system / developer message's content as it is billed: without
+    the whitespace around it.
+
+    Harmony models take that message as the developer's instructions
+    (docs/format.md, "Developer message format"). Recorded gpt-5.4 calls
+    whose system prompt is an indented, newline-wrapped block bill it
+    without the leading and trailing whitespace (exactly those tokens
+    fewer), while gpt-4o calls with such a prompt bill all of it, and
+    whitespace around a gpt-5.4 *user* message is billed too.
+    """
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, (list, tuple)):
+        return [{**part, "text": part["text"].strip()}
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str) else part
+                for part in content]
+    return content
+
+
 def reply_priming(name: str) -> int:
     """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
     return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
