@@ -153,9 +153,10 @@ def test_gpt5_tools_add_the_preamble_and_harmony_channels() -> None:
     messages = [USER,
                 {"role": "assistant", "content": None, "tool_calls": [_call("a", "Oslo")]},
                 {"role": "tool", "tool_call_id": "a", "content": "7 C"}]
-    # Harmony's call carries "<|channel|>commentary <|constrain|>json" and the
-    # result "<|channel|>commentary": 3 special tokens + those words.
-    channels = 3 + 2 * o200k("commentary") + o200k(" json")
+    # Harmony's call carries "<|channel|>commentary <|constrain|>json" (2 special
+    # tokens, which split " " and "json" apart); a chat-completions tool result
+    # names no channel, so it renders none.
+    channels = 2 + o200k("commentary") + o200k(" ") + o200k("json")
     assert (est.count_prompt("gpt-5.4", GPT5, messages, [WEATHER])
             == est.count_prompt("gpt-4o", GPT4O, messages, [WEATHER]) - 1 + 85 + channels)
 

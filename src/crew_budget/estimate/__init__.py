@@ -10,13 +10,15 @@ and, where a constant was measured, what it was measured on:
     Messages: the OpenAI cookbook's ``num_tokens_from_messages`` (3 tokens a
     message + role + content, +1 for a ``name``, +3 to prime the reply).
     Tool definitions (``tools``, legacy ``functions``): the TypeScript
-    namespace the model sees (hmarr/openai-chat-tokens; titles and defaults
-    as openai/harmony renders them) + 9. Tool calls and results in the
-    history: as harmony renders them (``assistant to=functions.NAME``, the
-    result authored by ``functions.NAME``), so call ids and the ``tool`` role
-    are not billed; parallel calls cost 3 more each. The gpt-5 family adds a
-    hidden tool preamble and harmony's channel tokens. ``response_format``
-    schemas: a ``# Response Formats`` section with the compact schema.
+    namespace the model sees (hmarr/openai-chat-tokens, a description is one
+    comment; titles and defaults as openai/harmony renders them) + 9. Tool
+    calls and results in the history: as harmony renders them (``assistant
+    to=functions.NAME``, the result authored by ``functions.NAME``), so call
+    ids and the ``tool`` role are not billed; parallel calls cost 3 more
+    each. The gpt-5 family adds a hidden tool preamble and harmony's channel
+    tokens (on calls, not on results). ``response_format`` schemas:
+    harmony's ``# Response Formats`` section, the schema written like
+    function parameters, plus a measured format prompt.
 ``anthropic.py`` (no public Claude 3+ tokenizer)
     Text: ``cl100k_base`` times the factor of the Claude generation (1.13;
     x1.35 more from Opus 4.7's new tokenizer); dense user text (JSON, number
@@ -130,14 +132,20 @@ from crew_budget.estimate.memo import (
 from crew_budget.estimate.openai import (
     ASSISTANT_FRAMING,
     FINAL_CHANNEL,
+    FORMAT_MESSAGE_FRAMING,
     _args,
     _as_function,
     _is_openai_name,
     _openai_encoding,
+    choice_in_prompt,
+    constrained_answer,
     render_functions,
     reply_priming,
+    response_format_overhead,
+    response_format_text,
     tool_calls_tokens,
     tool_preamble,
+    trimmed_instructions,
     uses_channels,
 )
 from crew_budget.pricing import Price
@@ -202,6 +210,8 @@ class _Scheme:
     # Counted in ``reply`` but not billed when the request has a system
     # message (a template's default system block: compat.Family.system_block).
     system_drop: int = 0
+    format_overhead: int = 0  # fixed tokens of a json_schema response format (openai.py)
+    constrained: int = 0  # extra tokens of each earlier answer under such a format
 
 
 def _bare(model: str) -> str:
@@ -246,8 +256,11 @@ def _make_scheme(model: str, price: Price) -> _Scheme:
         policy = images.openai_policy(name)
         preamble = tool_preamble(name)
         channels = uses_channels(name)
-        return _Scheme(("openai", encoding, policy.key, preamble), "openai", encoding, 1.0, True,
-                       policy, 3, reply_priming(name), (preamble, preamble), channels=channels)
+        overhead = response_format_overhead(name)  # in the key: it is in cached counts
+        return _Scheme(("openai", encoding, policy.key, preamble, overhead), "openai", encoding,
+                       1.0, True, policy, 3, reply_priming(name), (preamble, preamble),
+                       channels=channels, format_overhead=overhead,
+                       constrained=constrained_answer(name))
     family = family_of(name)
     generic = hint is None and price.provider == "other" and family is None
     chosen = family or COMPAT_DEFAULT
@@ -550,6 +563,12 @@ class Estimator:
         fixed += scheme.reply
         if scheme.kind == "anthropic" and _thinking_enabled(extra.get("thinking")):
             fixed += _THINKING_PROMPT
+        if fmt is not None and scheme.kind == "openai":
+            # The response format's section joins a system message, else is one.
+            fixed += 0 if has_system else FORMAT_MESSAGE_FRAMING
+            fixed += scheme.constrained * sum(
+                1 for kind, value in items
+                if kind == "message" and value.get("role") == "assistant" and value.get("content"))
         if tool_list or fmt is not None:
             fixed += self._tool_adjustments(scheme, extra, bool(tool_list), has_system, fmt,
                                             count)
@@ -653,7 +672,10 @@ class Estimator:
             if value is None:
                 continue
             if key == "content":
-                t, f = self._content(scheme, count, value)
+                content = value
+                if scheme.channels and msg.get("role") in ("system", "developer"):
+                    content = trimmed_instructions(value)
+                t, f = self._content(scheme, count, content)
                 text += t
                 fixed += f
             elif key == "role" and scheme.channels and value == "assistant":
@@ -877,10 +899,7 @@ class Estimator:
         if scheme.family is not None and not scheme.family.schema_in_prompt:
             return 0, 0  # enforced while decoding, not written into the prompt (compat.py)
         if scheme.kind == "openai":
-            head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
-            if spec.get("description"):
-                head += f"// {spec['description']}\n"
-            return count(head + body), 0
+            return count(response_format_text(fmt)), scheme.format_overhead
         return count(body), 20
 
     def _tool_adjustments(self, scheme: _Scheme, extra: Mapping[str, Any], has_tools: bool,
@@ -892,6 +911,8 @@ class Estimator:
             # tool_choice "required" bills nothing over "auto" (exact on recorded
             # gpt-4o, gpt-4-1106 calls); "none" one token; a named function its name + 7.
             adjust = (-4 if has_system else 0) + scheme.tool_prompt[0]
+            if not choice_in_prompt(scheme.reply):
+                return adjust  # harmony models: tool_choice is not in the prompt
             if choice == "none":
                 adjust += 1
             elif isinstance(choice, Mapping):

@@ -65,12 +65,26 @@ def render_functions(functions: Sequence[Mapping[str, Any]]) -> str:
     lines = ["namespace functions {", ""]
     for fn in functions:
         description = str(fn.get("description") or "")
-        for line in description.splitlines() or ([description] if description else []):
-            lines.append(f"// {line}")
+        if description:
+            # One comment, newlines kept as they are: hmarr/openai-chat-tokens
+            # (src/functions.ts, ``lines.push(`// ${f.description}`)``, whose
+            # counts are checked against the API) and harmony's renderer for
+            # property descriptions; the API bills a many-line description
+            # without a ``// `` on each line (a 160-line description on a
+            # recorded gpt-4o call is ~130 tokens under the per-line form).
+            lines.append(f"// {description}")
         params = fn.get("parameters") or {}
         properties = params.get("properties") if isinstance(params, Mapping) else None
         name = fn.get("name", "")
         if properties:
+            title = params.get("title")
+            if title:
+                # The parameters' own ``title`` (pydantic's ``model_json_schema``
+                # adds the model's name): harmony's renderer drops it, but
+                # gpt-4o bills it as one comment line: the same function
+                # recorded with and without a root title differs by exactly
+                # ``// <title>`` (4 tokens).
+                lines.append(f"// {title}")
             lines.append(f"type {name} = (_: {{")
             lines.append(_ts_object(params, 0))
             lines.append("}) => any;")
@@ -108,7 +122,7 @@ def _ts_object(schema: Mapping[str, Any], indent: int) -> str:
             lines.append(f"{pad}// {title}")
         description = prop.get("description")
         if description:
-            lines.extend(f"{pad}// {line}" for line in str(description).splitlines())
+            lines.append(f"{pad}// {description}")  # one comment, as the function's
         optional = "" if key in required else "?"
         line = f"{pad}{key}{optional}: {_ts_type(prop, indent)},"
         if "default" in prop:
@@ -182,9 +196,13 @@ _PARALLEL_EXTRA = 3
 #         <|constrain|>json<|message|>{...}<|call|>
 # and of a result:
 #     <|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>...
-# Models that speak harmony (the gpt-5 family; gpt-oss) bill those channel
-# and constrain tokens too: <|channel|> twice and <|constrain|> once.
-_CHANNEL_SPECIALS = 3
+# Models that speak harmony (the gpt-5 family; gpt-oss) bill the call's
+# channel and constrain tokens: <|channel|>commentary and <|constrain|>json.
+# A result's channel is the caller's choice in harmony (``Message.with_channel``;
+# a message without one renders no ``<|channel|>``), and a chat-completions
+# ``tool`` message names none: recorded gpt-5.4 conversations with one to
+# four calls bill exactly the call's channel and none on the result.
+_CHANNEL_SPECIALS = 2
 # Framing of an assistant message (3 + its role token) that holds only tool calls.
 ASSISTANT_FRAMING = 4
 
@@ -195,8 +213,7 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
     author tags (so a ``tool`` message costs only its framing and content).
 
     ``channels``: the model renders harmony channels (``uses_channels``), so
-    each call also carries ``<|channel|>commentary <|constrain|>json`` and
-    each result ``<|channel|>commentary``.
+    each call also carries ``<|channel|>commentary <|constrain|>json``.
     """
     text = fixed = 0
     functions: list[Mapping[str, Any]] = []
@@ -213,7 +230,9 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
         text += count(f"functions.{name} to=assistant")
         fixed += per_call
         if channels:
-            text += 2 * count("commentary") + count(" json")
+            # "<|channel|>commentary" + " <|constrain|>json": the special
+            # tokens split the text, so " " and "json" are tokens of their own.
+            text += count("commentary") + count(" ") + count("json")
             fixed += _CHANNEL_SPECIALS
     return text, fixed
 
@@ -243,6 +262,40 @@ GPT5_TOOL_PREAMBLE = 85
 FINAL_CHANNEL = 2
 
 
+def choice_in_prompt(reply: int) -> bool:
+    """Does a ``tool_choice`` add prompt tokens, for a model that primes its reply
+    with ``reply`` tokens?
+
+    On chat models (gpt-4o, gpt-4.1, ...) a named function costs its name + 7
+    and ``"none"`` one token (exact on recorded gpt-4o, gpt-4-1106 calls).
+    Harmony's prompt format has no place for a tool choice (docs/format.md
+    renders tools, not which one to call: forcing one is done when sampling,
+    by the header the reply must start with), and a recorded gpt-5-mini call
+    forcing a named function bills exactly what ``auto`` would.
+    """
+    return reply != 2
+
+
+def trimmed_instructions(content: Any) -> Any:
+    """A gpt-5 system / developer message's content as it is billed: without
+    the whitespace around it.
+
+    Harmony models take that message as the developer's instructions
+    (docs/format.md, "Developer message format"). Recorded gpt-5.4 calls
+    whose system prompt is an indented, newline-wrapped block bill it
+    without the leading and trailing whitespace (exactly those tokens
+    fewer), while gpt-4o calls with such a prompt bill all of it, and
+    whitespace around a gpt-5.4 *user* message is billed too.
+    """
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, (list, tuple)):
+        return [{**part, "text": part["text"].strip()}
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str) else part
+                for part in content]
+    return content
+
+
 def reply_priming(name: str) -> int:
     """Tokens that prime the reply: 2 for harmony models (gpt-5, o-series), else 3."""
     return 2 if uses_channels(name) or name.startswith(("o1", "o3", "o4")) else 3
@@ -256,3 +309,95 @@ def uses_channels(name: str) -> bool:
 def tool_preamble(name: str) -> int:
     """Hidden prompt tokens a model adds when the request has tools."""
     return GPT5_TOOL_PREAMBLE if name.startswith("gpt-5") else 0
+
+
+# -- structured outputs: the ``# Response Formats`` section --------------------
+#
+# Harmony (github.com/openai/harmony, docs/format.md "Structured output")
+# puts a response format at the end of the developer message as
+#
+#     # Response Formats
+#
+#     ## {format name}
+#
+#     // {description or context}
+#     {schema}
+#
+# with the schema as JSON. What chat-completions models bill for a
+# ``json_schema`` response format (recorded gpt-4o and gpt-5.4 calls with
+# five different pydantic / hand-written schemas, 1-4 properties, with and
+# without a system message, a format description, earlier answers) fits
+# that section with the schema written the way harmony writes a function's
+# parameters (``_ts_object``: ``name: type,`` lines, a ``// title`` line per
+# titled property, descriptions as comments), in braces: the compact JSON
+# of the same schemas misses by 5-13 tokens from one schema to the next,
+# this form by 0-2. On top of it a fixed FORMAT_PROMPT (the format's
+# instructions, which OpenAI does not publish; measured: 27 on gpt-4o,
+# 18-22 on gpt-5.4: 20), and a message's framing (3 + the role token) when the
+# request has no system or developer message for the section to join
+# (harmony puts it "at the end of the developer message").
+FORMAT_PROMPT = 27
+FORMAT_PROMPT_HARMONY = 20
+FORMAT_MESSAGE_FRAMING = 4
+# Each earlier assistant answer of a structured-output conversation costs 3
+# tokens more on gpt-4o than the same answer without a format: harmony
+# marks a message whose content is constrained with `` <|constrain|>json``
+# in its header (docs/format.md, "Receiving tool calls"), 3 tokens. Harmony
+# models, which already bill the answer's ``final`` channel, do not.
+CONSTRAINED_ANSWER = 3
+
+
+def response_format_text(fmt: Mapping[str, Any]) -> str:
+    """The ``# Response Formats`` section a ``json_schema`` response format becomes."""
+    inner = fmt.get("json_schema")
+    spec: Mapping[str, Any] = inner if isinstance(inner, Mapping) else fmt
+    schema = spec.get("schema", spec)
+    head = f"# Response Formats\n\n## {spec.get('name', 'response')}\n\n"
+    if spec.get("description"):
+        head += f"// {spec['description']}\n"
+    if isinstance(schema, Mapping):
+        schema = _inline_refs(schema, schema, 0)
+    if isinstance(schema, Mapping) and schema.get("properties"):
+        body = "{\n" + _ts_object(schema, 0) + "\n}"
+    elif isinstance(schema, Mapping):
+        body = _ts_type(schema, 0)
+    else:
+        body = json.dumps(schema, ensure_ascii=False, default=str)
+    return head + body
+
+
+def _inline_refs(value: Any, root: Mapping[str, Any], depth: int) -> Any:
+    """``value`` with local ``$ref``s (``#/$defs/X``, ``#/definitions/X``)
+    replaced by what they point to, so nested models (pydantic puts them in
+    ``$defs``) are counted; not how OpenAI is known to render them, but a
+    ``$ref`` left as ``any`` would drop the nested model's fields from the
+    count, and an over-count is the safe side. Cycles stop at depth 8."""
+    if isinstance(value, list):
+        return [_inline_refs(v, root, depth) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    ref = value.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/") and depth < 8:
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, Mapping) else None
+        if isinstance(target, Mapping):
+            merged = {**target, **{k: v for k, v in value.items() if k != "$ref"}}
+            return _inline_refs(merged, root, depth + 1)
+    return {k: _inline_refs(v, root, depth) for k, v in value.items()
+            if k not in ("$defs", "definitions")}
+
+
+def response_format_overhead(name: str) -> int:
+    """Fixed tokens of a ``json_schema`` response format beyond its section's text
+    (without the framing of a message of its own)."""
+    return FORMAT_PROMPT_HARMONY if _harmony(name) else FORMAT_PROMPT
+
+
+def constrained_answer(name: str) -> int:
+    """Extra tokens of each earlier assistant answer under a ``json_schema`` format."""
+    return 0 if _harmony(name) else CONSTRAINED_ANSWER
+
+
+def _harmony(name: str) -> bool:
+    return reply_priming(name) == 2
