@@ -153,10 +153,13 @@ def harmony_history_tokens(body: dict[str, Any]) -> int:
     and each result as ``<|start|>functions.NAME to=assistant ...<|message|>RESULT``:
     no call ids, no ``tool`` role. With chat-completions framing (3 tokens a
     message) a call plus its result's author tag costs 3 + those texts - 1
-    (as billed on recorded gpt-4o traffic), +3 per call when one message holds
-    several (parallel) calls; an assistant message holding only calls has no
-    framing of its own; a result costs 3 + its content. Other messages: the
-    cookbook rule. Written independently of the estimator.
+    (as billed on recorded gpt-4o traffic); several (parallel) calls in one
+    message are one call to the ``multi_tool_use.parallel`` wrapper (the OpenAI
+    forum's threads on it): 3 + its header + its compact JSON arguments, and
+    each of their results is addressed " to=assistant" instead; an assistant
+    message holding only calls has no framing of its own; a result costs 3 +
+    its content. Other messages: the cookbook rule. Written independently of
+    the estimator.
     """
     encoding = _encoding("o200k_base")
 
@@ -174,7 +177,15 @@ def harmony_history_tokens(body: dict[str, Any]) -> int:
             continue
         if message.get("content"):
             total += 3 + n("assistant") + n(message["content"])
-        per_call = 2 + (3 if len(calls) > 1 else 0)
+        if len(calls) > 1:
+            uses = [{"recipient_name": "functions." + call["function"]["name"],
+                     "parameters": json.loads(call["function"]["arguments"])}
+                    for call in calls]
+            wrapper = json.dumps({"tool_uses": uses}, separators=(",", ":"))
+            total += 3 + n("assistant to=multi_tool_use.parallel") + n(wrapper)
+            total += len(calls) * n(" to=assistant")
+            continue
+        per_call = 2
         for call in calls:
             name, args = call["function"]["name"], call["function"]["arguments"]
             total += per_call + n(f"assistant to=functions.{name}") + n(args)

@@ -73,13 +73,12 @@ def _namespace() -> str:
 # -- OpenAI: tool calls and results (harmony) ---------------------------------
 
 
-def _harmony_call(city: str, *, parallel: bool) -> int:
+def _harmony_call(city: str) -> int:
     """Harmony renders a call as ``assistant to=functions.NAME`` + its JSON
     arguments and the result's author as ``functions.NAME to=assistant``; with
-    chat-completions framing that is 3 + those texts - 1, +3 per call when
-    one message holds several calls (openai.py)."""
+    chat-completions framing that is 3 + those texts - 1 (openai.py)."""
     args = json.dumps({"city": city})
-    return (2 + (3 if parallel else 0) + o200k("assistant to=functions.get_weather")
+    return (2 + o200k("assistant to=functions.get_weather")
             + o200k(args) + o200k("functions.get_weather to=assistant"))
 
 
@@ -89,7 +88,7 @@ def test_single_tool_call_and_result_follow_harmony() -> None:
                 {"role": "tool", "tool_call_id": "call_1", "content": "7 C, rain"}]
     # The assistant message holds only the call: no framing of its own; the
     # result: 3 + its content (no "tool" role, no id); + 3 reply priming.
-    expected = _openai_message("user", USER["content"]) + _harmony_call("Oslo", parallel=False)
+    expected = _openai_message("user", USER["content"]) + _harmony_call("Oslo")
     expected += 3 + o200k("7 C, rain") + 3
     assert Estimator().count_prompt("gpt-4o", GPT4O, messages) == expected
 
@@ -114,14 +113,21 @@ def test_call_ids_are_not_billed() -> None:
     assert count("c1") == count("call_Xq81LmPzT0aaVbQw92KdLmZZ")
 
 
-def test_parallel_calls_cost_three_more_each() -> None:
+def test_parallel_calls_are_one_multi_tool_use_call() -> None:
     calls = [_call("a", "Oslo"), _call("b", "Bergen")]
     messages = [USER, {"role": "assistant", "content": "", "tool_calls": calls},
                 {"role": "tool", "tool_call_id": "a", "content": "7 C"},
                 {"role": "tool", "tool_call_id": "b", "content": "9 C"}]
+    # openai.py: one call to the multi_tool_use.parallel wrapper, with its
+    # compact JSON (the spaced arguments parsed and written compactly), and
+    # each result addressed " to=assistant".
+    wrapper = ('{"tool_uses":[{"recipient_name":"functions.get_weather","parameters":'
+               '{"city":"Oslo"}},{"recipient_name":"functions.get_weather","parameters":'
+               '{"city":"Bergen"}}]}')
     expected = _openai_message("user", USER["content"])
-    expected += _harmony_call("Oslo", parallel=True) + _harmony_call("Bergen", parallel=True)
-    expected += 3 + o200k("7 C") + 3 + o200k("9 C") + 3
+    expected += 3 + o200k("assistant to=multi_tool_use.parallel") + o200k(wrapper)
+    expected += 3 + o200k("7 C") + o200k(" to=assistant")
+    expected += 3 + o200k("9 C") + o200k(" to=assistant") + 3
     assert Estimator().count_prompt("gpt-4o", GPT4O, messages) == expected
 
 
@@ -130,7 +136,7 @@ def test_assistant_text_with_a_call_keeps_its_framing() -> None:
                        "tool_calls": [_call("a", "Oslo")]},
                 {"role": "tool", "tool_call_id": "a", "content": "7 C"}]
     expected = _openai_message("user", USER["content"]) + _openai_message("assistant", "Checking.")
-    expected += _harmony_call("Oslo", parallel=False) + 3 + o200k("7 C") + 3
+    expected += _harmony_call("Oslo") + 3 + o200k("7 C") + 3
     assert Estimator().count_prompt("gpt-4o", GPT4O, messages) == expected
 
 

@@ -253,3 +253,68 @@ def test_gpt5_bills_a_system_prompt_without_its_surrounding_whitespace() -> None
     # A user message keeps its whitespace on gpt-5 too.
     spaced_user = {"role": "user", "content": "\n  Hi  \n"}
     assert count("gpt-5.4", [spaced_user]) == 3 + o200k("user") + o200k("\n  Hi  \n") + 2
+
+
+# -- parallel calls: the multi_tool_use.parallel wrapper ----------------------
+
+
+PARALLEL_TOOL = {"type": "function", "function": {
+    "name": "get_day", "description": "Weekday of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+def _parallel_messages(arguments: list[str]) -> list[Any]:
+    calls = [{"id": f"c{i}", "type": "function",
+              "function": {"name": "get_day", "arguments": args}}
+             for i, args in enumerate(arguments)]
+    results = [{"role": "tool", "tool_call_id": f"c{i}", "content": day}
+               for i, day in enumerate(["Monday", "Tuesday", "Friday"][:len(arguments)])]
+    return [USER, {"role": "assistant", "content": None, "tool_calls": calls}, *results]
+
+
+def test_parallel_calls_are_one_wrapper_call_and_addressed_results() -> None:
+    # openai.py, from the OpenAI forum's multi_tool_use.parallel threads: the
+    # model emits parallel calls as one call to the wrapper, whose compact
+    # arguments are {"tool_uses":[{"recipient_name":"functions.NAME",
+    # "parameters":{...}}, ...]}; the history bills that call once
+    # (3 + its header + that JSON) and each result as its framing and content
+    # plus " to=assistant". The arguments are sent back spaced; the wrapper
+    # holds them compact.
+    messages = _parallel_messages(['{"city": "Oslo"}', '{"city": "Lima"}'])
+    with_calls = count("gpt-4o", messages, [PARALLEL_TOOL])
+    without = count("gpt-4o", [USER], [PARALLEL_TOOL])
+    wrapper = ('{"tool_uses":[{"recipient_name":"functions.get_day","parameters":{"city":"Oslo"}},'
+               '{"recipient_name":"functions.get_day","parameters":{"city":"Lima"}}]}')
+    call_tokens = 3 + o200k("assistant to=multi_tool_use.parallel") + o200k(wrapper)
+    result_tokens = (3 + o200k("Monday") + o200k(" to=assistant")
+                     + 3 + o200k("Tuesday") + o200k(" to=assistant"))
+    assert (call_tokens, result_tokens) == (46, 14)
+    assert with_calls - without == call_tokens + result_tokens
+
+
+def test_three_parallel_calls_share_one_wrapper() -> None:
+    args = ['{"city":"Oslo"}', '{"city":"Lima"}', '{"city":"Pune"}']
+    with_calls = count("gpt-4o", _parallel_messages(args), [PARALLEL_TOOL])
+    without = count("gpt-4o", [USER], [PARALLEL_TOOL])
+    uses = ",".join('{"recipient_name":"functions.get_day","parameters":' + a + "}" for a in args)
+    wrapper = '{"tool_uses":[' + uses + "]}"
+    call_tokens = 3 + o200k("assistant to=multi_tool_use.parallel") + o200k(wrapper)
+    result_tokens = sum(3 + o200k(day) + o200k(" to=assistant")
+                        for day in ("Monday", "Tuesday", "Friday"))
+    assert (call_tokens, result_tokens) == (61, 21)
+    assert with_calls - without == call_tokens + result_tokens
+
+
+def test_gpt5_parallel_calls_stay_single_calls_with_their_channels() -> None:
+    # No public harmony rendering of the wrapper: gpt-5 counts each call as a
+    # single one (with its channel) plus 3 (openai.py).
+    messages = _parallel_messages(['{"city":"Oslo"}', '{"city":"Lima"}'])
+    with_calls = count("gpt-5.4", messages, [PARALLEL_TOOL])
+    without = count("gpt-5.4", [USER], [PARALLEL_TOOL])
+    per_call = (3 + o200k("assistant to=functions.get_day") + o200k('{"city":"Oslo"}')
+                + o200k("functions.get_day to=assistant") - 1
+                + 2 + o200k("commentary") + o200k(" ") + o200k("json") + 3)
+    results = 3 + o200k("Monday") + 3 + o200k("Tuesday")
+    assert o200k('{"city":"Oslo"}') == o200k('{"city":"Lima"}')
+    assert with_calls - without == 2 * per_call + results

@@ -184,12 +184,42 @@ def _ts_type(prop: Mapping[str, Any], indent: int) -> str:
 #     3 + "assistant to=functions.NAME" + arguments + "functions.NAME to=assistant" - 1
 # tokens on top of the result's own framing and content, and an assistant
 # message that carries only tool calls (no text) has no framing of its own.
-# Parallel calls (one assistant message with several ``tool_calls``) cost
-# more than the same calls made one by one: 2-4 tokens per call on recorded
-# gpt-4o/4o-mini traffic (they are wrapped, the way ChatGPT's published
-# ``multi_tool_use.parallel`` tool wraps them, though less than that
-# wrapper's full JSON); 3 per call is counted, the middle of that range.
 _CALL_FRAMING = 2  # 3 framing tokens, less the one the measured total is below the rendering
+# Parallel calls (one assistant message with several ``tool_calls``) are not
+# billed as that many calls: chat models (gpt-4o family, gpt-4.1) emit them as
+# ONE call to the ``multi_tool_use.parallel`` wrapper that OpenAI puts beside
+# the ``functions`` namespace, and "the layer at the OpenAI API that turns
+# multi_tool_use.parallel into normal tool calls" splits it into ``tool_calls``
+# (OpenAI community forum, "The multi_tool_use.parallel bug and how to fix it",
+# t/880771). The wrapper's definition, as the forum quotes it (t/609610,
+# "GPT-4-0125-preview hallucinating tool calls"):
+#     namespace multi_tool_use { type parallel = (_: { tool_uses: {
+#         recipient_name: string, parameters: object }[] }) => any; }
+# and when the split fails the API hands the raw call out, written compactly
+# (forum t/490653, "Model tries to call unknown function multi_tool_use.parallel"):
+#     name: multi_tool_use.parallel
+#     arguments: {"tool_uses":[{"recipient_name":"functions.NAME","parameters":{...}}]}
+# So the history bills the wrapper call as the model emitted it, once:
+#     3 + "assistant to=multi_tool_use.parallel" + that JSON (compact as in
+#     that raw call, each call's arguments parsed and written compactly
+#     whatever spacing the client sends them back with)
+# and each result, which has no function of its own to be authored by (the
+# call went to the wrapper), its framing and content plus its address back to
+# the assistant, " to=assistant" (harmony's ``... to=assistant`` result header).
+# On every recorded gpt-4o / gpt-4o-mini conversation with parallel calls
+# (four distinct ones, two calls each: one function twice or two functions,
+# with and without a system message, compact or spaced arguments) this is
+# exact on three and 1 token under on the fourth, where "single calls + 3
+# tokens each" ranged from 4 under to 2 over. Only pairs of calls are
+# recorded: the per-result share is the assumption for three or more.
+_PARALLEL_WRAPPER = "multi_tool_use.parallel"
+_PARALLEL_FRAMING = 3
+_RESULT_ADDRESS = " to=assistant"
+# Harmony models (gpt-5) render calls in channels, and no public source shows
+# a harmony rendering of the wrapper: their parallel calls stay counted as
+# single calls plus 3 tokens each (a recorded gpt-5.4 conversation with two
+# parallel calls bills 2 tokens more than that; the wrapper form above with
+# the channel header would be 3 under it).
 _PARALLEL_EXTRA = 3
 # Harmony's own example of a call (docs/format.md, "Receiving tool calls"):
 #     <|start|>assistant<|channel|>commentary to=functions.get_current_weather
@@ -214,6 +244,8 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
 
     ``channels``: the model renders harmony channels (``uses_channels``), so
     each call also carries ``<|channel|>commentary <|constrain|>json``.
+    Without channels, several calls are one ``multi_tool_use.parallel`` call
+    (``parallel_call_text``) and their results are addressed, not authored.
     """
     text = fixed = 0
     functions: list[Mapping[str, Any]] = []
@@ -223,6 +255,11 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
             continue
         fn = call.get("function", call)
         functions.append(fn if isinstance(fn, Mapping) else {})
+    if len(functions) > 1 and not channels:
+        # One wrapper call (header, then its JSON after a special token), and
+        # each result addressed back to the assistant.
+        text += count(f"assistant to={_PARALLEL_WRAPPER}") + count(parallel_call_text(functions))
+        return text + count(_RESULT_ADDRESS) * len(functions), fixed + _PARALLEL_FRAMING
     per_call = _CALL_FRAMING + (_PARALLEL_EXTRA if len(functions) > 1 else 0)
     for fn in functions:
         name = str(fn.get("name", ""))
@@ -235,6 +272,22 @@ def tool_calls_tokens(count: Callable[[str], int], calls: Any, *,
             text += count("commentary") + count(" ") + count("json")
             fixed += _CHANNEL_SPECIALS
     return text, fixed
+
+
+def parallel_call_text(functions: Sequence[Mapping[str, Any]]) -> str:
+    """The arguments of the ``multi_tool_use.parallel`` call that several parallel
+    calls were emitted as: compact JSON, each call's arguments parsed and
+    re-serialized compactly (kept as written when they are not JSON)."""
+    uses = []
+    for fn in functions:
+        raw = _args(fn)
+        try:
+            params = json.dumps(json.loads(raw), separators=(",", ":"), ensure_ascii=False)
+        except ValueError:
+            params = raw
+        name = json.dumps(f"functions.{fn.get('name', '')}", ensure_ascii=False)
+        uses.append(f'{{"recipient_name":{name},"parameters":{params}}}')
+    return '{"tool_uses":[' + ",".join(uses) + "]}"
 
 
 # -- the gpt-5 family's hidden tool preamble ---------------------------------
