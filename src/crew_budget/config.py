@@ -1151,22 +1151,27 @@ def _explain(err: Mapping[str, Any]) -> str:
             "global, crew, roles, default_role, unknown_roles, crew_role, on_exceed, mode, "
             "prices, models, alerts",
         }
-        units = "input_tokens, output_tokens, calls"
+        # Name the unit keys when the mistake is about tokens or calls (a
+        # "tokens:", "daily_calls:", "requests:"), leaving other hints as they were.
+        units = ("; token and call limits: input_tokens, output_tokens, calls (e.g. "
+                 "calls: {daily: 500})"
+                 if key != "max_output_tokens" and re.search(r"token|call|request", str(key))
+                 else "")
         if parent in COUNT_UNITS:
             close = difflib.get_close_matches(str(key), list(_WINDOW_FIELDS.values()), n=1)
             hint = ((f"did you mean {close[0]!r}? " if close else "")
                     + f"{parent} takes hourly, daily, monthly and per_run (whole counts), "
                     f"e.g. {parent}: {{daily: 500}}")
         elif len(loc) > 2 and loc[-3] == "models":
-            hint = f"a model budget takes hourly, daily, monthly, per_run, {units}"
+            hint = f"a model budget takes hourly, daily, monthly and per_run{units}"
         elif parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
             hint = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, "
-                    f"models, on_exceed, {units}")
+                    f"models and on_exceed{units}")
         elif parent == "default_role":
-            hint = ("default_role takes hourly, daily, monthly, per_run, max_output_tokens, "
-                    f"on_exceed, {units}")
+            hint = ("default_role takes hourly, daily, monthly, per_run, max_output_tokens and "
+                    f"on_exceed{units}")
         elif parent in ("crew", "global"):
-            hint = f"use hourly, daily, monthly, per_run, {units} (crew also takes name)"
+            hint = f"use hourly, daily, monthly or per_run (crew also takes name){units}"
         elif loc and loc[0] == "alerts":
             hint = alerts_key_hint(loc)
         elif len(loc) > 2 and loc[-3] == "prices":
