@@ -175,3 +175,59 @@ def test_settle_lands_each_unit_in_the_period_it_was_reserved_in(ledger: Ledger)
     ledger.settle(res.reservation_id, 5, Usage(input_tokens=10, output_tokens=3))
     assert spent_reserved(ledger, old) == (1, 0)
     assert spent_reserved(ledger, new) == (0, 0)
+
+
+# -- Redis: the units argument is validated before any write ------------------------
+
+
+def test_reserve_script_refuses_a_bad_units_argument_before_its_first_write(
+        redis_url: str) -> None:
+    import json
+    import time
+    from importlib import resources
+
+    import pytest
+    import redis
+
+    lua = resources.files("crew_budget.ledger") / "lua"
+    script = (lua / "_common.lua").read_text() + "\n" + (lua / "reserve.lua").read_text()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        p = "cb:{units-argv}:"
+        now = int(time.time())
+        keys = [p + "leases", p + "records", p + "r:x1", p + "b:role:r|day|p|input_tokens"]
+        meta = json.dumps([[keys[3], "role:r|day|p|input_tokens", 100, now - 60, now + 60,
+                            now + 999, '"role:r"', "input_tokens"]])
+
+        def argv(units: str) -> list[str]:
+            return ["x1", '"x1"', "1000", "60000", "86400000",
+                    '"role":"r","model":"m","crew":null,"estimate_nano":1000,"metadata":{}',
+                    "1000", "100", meta, str(now - 60.0), str(now + 60.0),
+                    str((now + 999) * 1000), "", "100", str(now + 999), '"role:r"', "", "",
+                    units]
+
+        cases = [
+            ("x5", "CBINVALID a bucket unit must be"),
+            ("5", "CBINVALID a bucket unit must be"),
+            ("i1e9", "CBINVALID a bucket unit amount must be an integer"),
+            ("i-5", "CBINVALID a bucket unit must be"),
+            ("i9007199254740992", "CBINVALID a bucket unit amount must be an integer"),
+            ("i5,c1", "CBINVALID the units must have one entry per bucket"),
+            ("i5\n", "CBINVALID a bucket unit amount must be an integer"),
+        ]
+        for units, needle in cases:
+            with pytest.raises(redis.ResponseError) as info:
+                client.eval(script, 4, *keys, *argv(units))
+            assert str(info.value).startswith(needle), (units, str(info.value))
+            assert client.keys(p + "*") == []  # nothing written, not even a record
+        # Over the limit: denied, and a blocked record is the only write.
+        reply = client.eval(script, 4, *keys, *argv("i101"))
+        assert reply == [b"deny", 1, b"0", b"0"]
+        assert client.hgetall(keys[3]) == {}
+        reply = client.eval(script, 4, *keys, *argv("i100"))
+        assert reply[0] == b"ok"
+        assert client.hgetall(keys[3]) == {b"reserved": b"100"}
+        value = client.get(keys[2])
+        assert value is not None and value.split(b"\n")[1] == b"#i100"
+    finally:
+        client.close()
