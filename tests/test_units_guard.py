@@ -239,3 +239,17 @@ def _py_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k.startswith(("PYTHON", "LITELLM", "HF_"))}
+
+
+def test_validate_lists_token_and_call_limits(tmp_path: Path) -> None:
+    cfg = tmp_path / "budgets.yaml"
+    cfg.write_text(
+        "roles:\n  researcher: {daily: 5, input_tokens: {daily: 2_000_000},"
+        " calls: {daily: 500, per_run: 3}}\ncrew: {name: lab, output_tokens: {hourly: 50_000}}\n")
+    cli = Path(sys.executable).with_name("crew-budget")
+    out = subprocess.run([str(cli), "validate", str(cfg)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.splitlines()
+    assert out[1:3] == [
+        "  role researcher: daily $5.00, input_tokens daily 2,000,000, calls daily 500, "
+        "calls per_run 3",
+        "  crew lab: output_tokens hourly 50,000"]
