@@ -565,7 +565,9 @@ class Ledger(ABC):
         replayed from the guard's local journal: ``cost_nano`` goes into
         ``spent`` of every bucket (past any limit: the money is spent) and
         ``record`` is appended, in one atomic step. Returns False, changing
-        nothing, if this id was charged before.
+        nothing, if this id was charged before. Buckets are USD ones: the
+        guard books journaled calls in dollars only (their tokens reach the
+        rollups through ``record``, not the token and call counters).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot book journaled calls")
 
