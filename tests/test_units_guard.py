@@ -253,3 +253,39 @@ def test_validate_lists_token_and_call_limits(tmp_path: Path) -> None:
         "  role researcher: daily $5.00, input_tokens daily 2,000,000, calls daily 500, "
         "calls per_run 3",
         "  crew lab: output_tokens hourly 50,000"]
+
+
+def test_calls_fail_open_let_through_count_against_the_calls_limit_once_booked(
+        tmp_path: Path) -> None:
+    """A real redis-server (AOF) is stopped; 4 calls go through fail_open and
+    are journaled with their usage; when it is back, the first call reserves
+    and then books the journal: their prompt tokens and calls land in the
+    unit counters (past the limit: they were made), once, and the next call
+    is refused by the calls limit."""
+    from tests.fixtures.redis_server import RedisServer
+
+    (tmp_path / "redis").mkdir()
+    with RedisServer(directory=tmp_path / "redis", appendonly=True) as server:
+        g, _ = make(server.url, fail_open=True, journal=str(tmp_path / "journal.jsonl"),
+                    roles={"r": {"daily": 5, "calls": {"daily": 3},
+                                 "input_tokens": {"daily": 1_000_000}}})
+        g.settle(g.preflight("r", "small", MESSAGES, max_tokens=5),
+                 {"prompt_tokens": 100, "completion_tokens": 5})
+        server.stop()
+        for _ in range(4):
+            t = g.preflight("r", "small", MESSAGES, max_tokens=5)
+            assert t.guarded is False
+            g.settle(t, {"prompt_tokens": 1_000, "completion_tokens": 5})
+        server.start()
+        # The first call after the outage reserves (2 of 3), then books the journal.
+        g.settle(g.preflight("r", "small", MESSAGES, max_tokens=5),
+                 {"prompt_tokens": 10, "completion_tokens": 5})
+        assert (tmp_path / "journal.jsonl").read_text() == ""
+        assert row(g, "role:r", "calls") == (3, 6, 0, -3)
+        assert row(g, "role:r", "input_tokens") == (1_000_000, 4_110, 0, 995_890)
+        with pytest.raises(BudgetExceeded) as info:
+            g.preflight("r", "small", MESSAGES, max_tokens=5)
+        assert (info.value.unit, info.value.spent, info.value.limit) == ("calls", 6, 3)
+        booked = [r for r in g.ledger.records() if r.outcome == "unguarded"]
+        assert [r.input_tokens for r in booked] == [1_000] * 4
+        g.close()

@@ -902,9 +902,6 @@ class Guard:
         if run_ids:  # a charge books the cost whatever the limits: none are needed
             buckets += self._run_buckets(call["role"], call["model"],
                                          tuple((str(r), None) for r in run_ids), ts)
-        # A charge books dollars: the token and call counters count reserved
-        # calls only (the record's tokens still reach the rollups).
-        buckets = tuple(b for b in buckets if b.unit == "usd")
         try:
             self.ledger.charge(call["id"], buckets, cost_nano, record)
         except LedgerUnavailable:

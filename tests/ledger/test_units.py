@@ -177,6 +177,23 @@ def test_settle_lands_each_unit_in_the_period_it_was_reserved_in(ledger: Ledger)
     assert spent_reserved(ledger, new) == (0, 0)
 
 
+def test_charge_books_each_unit_of_a_journaled_call_once(ledger: Ledger) -> None:
+    """A call fail_open let through is booked later from the local journal:
+    its cost, the prompt and output tokens of its usage and one call, past
+    any limit (they were spent), exactly once."""
+    from crew_budget.ledger import SpendRecord
+
+    buckets = four(ledger, limits=(500, 100, 10, 1))
+    record = SpendRecord(ts=ledger.now(), reservation_id="j1", outcome="unguarded",
+                         role="researcher", model="gpt-4o-mini", input_tokens=100,
+                         cached_input_tokens=20, cache_write_tokens=5, output_tokens=40,
+                         reasoning_tokens=0, cost_nano=700)
+    assert ledger.charge("j1", buckets, 700, record) is True
+    assert ledger.charge("j1", buckets, 700, record) is False
+    assert [spent_reserved(ledger, b) for b in buckets] == [(700, 0), (125, 0), (40, 0), (1, 0)]
+    assert [r.outcome for r in ledger.records()] == ["unguarded"]
+
+
 # -- Redis: the units argument is validated before any write ------------------------
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "bucket_charge",
     "bucket_need",
     "fold_rollups",
+    "record_amount",
     "new_reservation_id",
     "rollup_counts",
 ]
@@ -126,6 +127,20 @@ def bucket_need(bucket: Bucket, amount_nano: int, draft: RecordDraft) -> int:
         return draft.prompt_tokens_estimate
     if unit == "output_tokens":
         return draft.output_tokens_reserved
+    return 1
+
+
+def record_amount(bucket: Bucket, cost_nano: int, record: SpendRecord) -> int:
+    """What ``Ledger.charge`` books into ``bucket`` for a call made without a
+    reservation: its cost, the record's prompt tokens (uncached + cached +
+    cache writes) or output tokens, or one call."""
+    unit = bucket.unit
+    if unit == "usd":
+        return cost_nano
+    if unit == "input_tokens":
+        return record.input_tokens + record.cached_input_tokens + record.cache_write_tokens
+    if unit == "output_tokens":
+        return record.output_tokens
     return 1
 
 
@@ -565,9 +580,8 @@ class Ledger(ABC):
         replayed from the guard's local journal: ``cost_nano`` goes into
         ``spent`` of every bucket (past any limit: the money is spent) and
         ``record`` is appended, in one atomic step. Returns False, changing
-        nothing, if this id was charged before. Buckets are USD ones: the
-        guard books journaled calls in dollars only (their tokens reach the
-        rollups through ``record``, not the token and call counters).
+        nothing, if this id was charged before. A bucket of another unit
+        gets what ``record_amount`` says (the record's tokens, one call).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot book journaled calls")
 

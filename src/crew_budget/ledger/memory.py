@@ -35,6 +35,7 @@ from crew_budget.ledger.base import (
     bucket_need,
     in_span,
     new_reservation_id,
+    record_amount,
     rollup_counts,
     rollup_hour,
     rollups_from,
@@ -251,7 +252,8 @@ class MemoryLedger(Ledger):
                 return False
             now = self._clock()
             for b in buckets:
-                self._spent[b.key] = self._spent.get(b.key, 0) + cost_nano
+                self._spent[b.key] = (self._spent.get(b.key, 0)
+                                      + record_amount(b, cost_nano, record))
             self._res[charge_id] = _Res(0, now, (), RecordDraft("", ""), "unguarded", cost_nano)
             self._finished.append((now, charge_id))
             self._add_locked(record)

@@ -145,6 +145,7 @@ from crew_budget.ledger.base import (
     Unit,
     add_rollup,
     bucket_need,
+    record_amount,
     rollup_hour,
     rollups_from,
 )
@@ -768,6 +769,10 @@ class RedisLedger(Ledger):
         args = [json.dumps(charge_id), str(int(cost_nano)), str(_CHARGE_TOMB_MS),
                 repr(float(record.ts)), record.to_json(), self._retention_str,
                 *(str(self._expireat(b)) for b in buckets)]
+        if any(b.unit != "usd" for b in buckets):  # UNITS (lua/charge.lua)
+            args.append(",".join(
+                "" if b.unit == "usd" else _UNIT_LETTERS[b.unit] + str(record_amount(b, 0, record))
+                for b in buckets))
         # Safe to repeat: the id's tombstone makes a second run a no-op.
         return int(self._call("charge", keys, args)) == 1
 

@@ -58,6 +58,7 @@ from crew_budget.ledger.base import (
     bucket_charge,
     bucket_need,
     new_reservation_id,
+    record_amount,
     rollup_counts,
     rollup_hour,
     rollups_from,
@@ -636,7 +637,7 @@ class SQLiteLedger(Ledger):
                 db.execute(
                     "INSERT INTO buckets (key, spent, expires_at) VALUES (?, ?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET spent = spent + excluded.spent",
-                    (b.key, cost_nano, b.ends_at + self._retention),
+                    (b.key, record_amount(b, cost_nano, record), b.ends_at + self._retention),
                 )
             db.execute(
                 "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state, cost, "
