@@ -141,16 +141,14 @@ reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[8]), ts, now_ms, retention_ms)
 local old = redis.call('GET', KEYS[3])
 if old then return {'dup', old} end
 
--- UNITS: what each bucket takes (its unit's amount, or the USD amount).
+-- UNITS: what each bucket takes, its unit's amount or (no entry) ``amount``.
 local takes, units = {}, ARGV[16 + 3 * nb] or ''
 if units ~= '' then
   local i = 0
   for e in string.gmatch(units .. ',', '([^,]*),') do
     i = i + 1
-    takes[i] = e == '' and amount or string.sub(e, 2)
+    if e ~= '' then takes[i] = string.sub(e, 2) end
   end
-else
-  for i = 1, nb do takes[i] = amount end
 end
 
 local fresh = {}
@@ -159,7 +157,7 @@ for i = 1, nb do
   if limit ~= '' then
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     local spent, reserved = c[1] or '0', c[2] or '0'
-    if tonumber(spent) + tonumber(reserved) + tonumber(takes[i]) > tonumber(limit) then
+    if tonumber(spent) + tonumber(reserved) + tonumber(takes[i] or amount) > tonumber(limit) then
       append(KEYS[2], now_ms, retention_ms,
         record_json(ts, rid_json, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail))
       -- ROLLUPS (see _common.lua): the blocked call counts in its hour.
@@ -171,11 +169,12 @@ for i = 1, nb do
 end
 
 for i = 1, nb do
-  local total = redis.call('HINCRBY', KEYS[3 + i], 'reserved', takes[i])
+  local take = takes[i] or amount
+  local total = redis.call('HINCRBY', KEYS[3 + i], 'reserved', take)
   -- A new counter gets its expiry. Unlimited buckets were not read above:
   -- for them "nothing else reserved" stands in for "new" (setting the same
   -- expiry again is harmless).
-  if fresh[i] or (fresh[i] == nil and total == tonumber(takes[i])) then
+  if fresh[i] or (fresh[i] == nil and total == tonumber(take)) then
     redis.call('EXPIREAT', KEYS[3 + i], ARGV[13 + nb + i])
   end
 end
