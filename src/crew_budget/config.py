@@ -45,6 +45,22 @@ makes every role shadow, to roll budgets out without blocking anyone::
       writer: {daily: 2, on_exceed: {downgrade: [gpt-4o-mini]}}
       researcher: {daily: 5, on_exceed: end_task}
 
+Tokens and calls. ``input_tokens:``, ``output_tokens:`` and ``calls:`` (in
+a role, ``default_role``, ``crew``, ``global`` and a model budget) each take
+the same window keys as dollars, with whole counts::
+
+    roles:
+      researcher: {daily: 5, input_tokens: {daily: 2_000_000},
+                   output_tokens: {hourly: 50_000}, calls: {daily: 500, per_run: 3}}
+
+They are checked in the same atomic reservation as the dollars (all or
+nothing): a call takes its estimated prompt tokens, its reserved output
+tokens (``max_tokens``, or the injected cap) and one call, and settles at
+the usage's counts (input as the provider bills the prompt: cached and
+cache-written tokens included; output with reasoning included).
+``downgrade`` is tried only when a dollar limit refuses a call; a token or
+call limit stops it (another model needs the same prompt and the same call).
+
 Roles (invariant 9: every call is budgeted). A call's role matches a key
 under ``roles:`` exactly, or ignoring case and extra whitespace (``"
 RESEARCHER "`` is ``researcher``), or through the role's ``aliases:``
@@ -57,7 +73,8 @@ charge such roles to the crew and global budgets only (logged).
 Bounds, checked at load and wherever code sets a limit: each limit is at
 most $1,000,000 (``MAX_LIMIT_USD``; the Redis ledger compares nano-dollars
 as doubles, exact only below 2**53), prices at most $10,000 per million
-tokens, token caps at most 1,000,000, ``lease_seconds`` 1..86400 and
+tokens, token caps at most 1,000,000, token and call limits whole counts at
+most 10**12 (``MAX_LIMIT_COUNT``), ``lease_seconds`` 1..86400 and
 ``retention_days`` 1..3650 (``records_retention_days`` 0..3650). Within
 one budget, hourly <= daily <= monthly.
 The file itself must be UTF-8 text of at most 1 MiB with no duplicate keys.
@@ -81,6 +98,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -95,6 +113,7 @@ __all__ = [
     "DEFAULT_ROLE",
     "MAX_CONFIG_BYTES",
     "MAX_LEASE_SECONDS",
+    "MAX_LIMIT_COUNT",
     "MAX_LIMIT_USD",
     "MAX_OUTPUT_TOKENS",
     "MAX_PRICE_PER_MILLION_USD",
@@ -107,6 +126,7 @@ __all__ = [
     "ModelPrice",
     "RoleBudget",
     "RoleLimits",
+    "UnitLimits",
     "budgets_json_schema",
     "check_code_limits",
     "default_ledger_url",
@@ -123,6 +143,9 @@ SCHEMA_ID = "https://crew-budget.dev/schemas/budgets.schema.json"
 #: compare nano-dollars as doubles, exact only below 2**53 (about $9.007M);
 #: a million dollars leaves room for spend plus reservations in flight.
 MAX_LIMIT_USD = Decimal(1_000_000)
+#: The largest token or call limit per scope and window (a trillion: far
+#: below 2**53, so the Redis ledger compares counts exactly, like dollars).
+MAX_LIMIT_COUNT = 10**12
 #: The largest configured price per million tokens (today's dearest models
 #: cost a few hundred dollars per million).
 MAX_PRICE_PER_MILLION_USD = Decimal(10_000)
@@ -283,11 +306,94 @@ OnExceed = Annotated[
 ]
 
 
+def _count(value: object) -> int:
+    """A token or call limit: a whole number 0 .. MAX_LIMIT_COUNT.
+
+    ``2_000_000`` (YAML reads the underscores), ``"2,000,000"`` and
+    ``"2_000_000"`` are all two million; ``2.5``, ``"2M"``, ``true`` and
+    negatives are mistakes, said plainly.
+    """
+    n: int | None = None
+    if isinstance(value, bool):
+        n = None
+    elif isinstance(value, int):
+        n = value
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    elif isinstance(value, str):
+        text = value.strip().replace("_", "").replace(",", "")
+        if re.fullmatch(r"-?[0-9]{1,16}", text):
+            n = int(text)
+    if n is None:
+        raise ValueError(f"{value!r} is not a whole number of tokens or calls; write e.g. "
+                         "500 or 2_000_000")
+    if n < 0:
+        raise ValueError(f"limit {value!r} is negative; use 0 to block all calls or a "
+                         "positive count")
+    if n > MAX_LIMIT_COUNT:
+        raise ValueError(f"limit {value!r} is above the maximum of {MAX_LIMIT_COUNT:,}; "
+                         "counts are compared exactly only below 2**53, and no budget needs "
+                         "more than a trillion tokens per window")
+    return n
+
+
+Count = Annotated[
+    int, BeforeValidator(_count),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_LIMIT_COUNT},
+                              {"type": "string", "pattern": r"^\s*[0-9][0-9_,]*\s*$"}]}),
+]
+
+
+def _check_window_order(values: list[tuple[WindowName, Any]], fmt: str) -> None:
+    # A shorter window above a longer one can never bind: the longer one
+    # stops spending first. That is a typo (hourly: 50, daily: 5), not a plan.
+    for i, (short, low) in enumerate(values):
+        for long, high in values[i + 1:]:
+            if low > high:
+                s, lg = _WINDOW_FIELDS[short], _WINDOW_FIELDS[long]
+                raise ValueError(
+                    f"{s} {fmt.format(low)} is more than {lg} {fmt.format(high)}, so the {s} "
+                    f"limit could never apply; lower {s} to at most {high} or raise {lg}"
+                )
+
+
+class UnitLimits(_Model):
+    """Token or call limits per window (``input_tokens:``, ``output_tokens:``,
+    ``calls:``), the same window keys as dollars, in whole counts."""
+
+    hourly: Count | None = None
+    daily: Count | None = None
+    monthly: Count | None = None
+    per_run: Count | None = Field(
+        default=None, description="cap per run (a `crew_budget.run()` block, e.g. one CrewAI "
+        "kickoff); calls outside any run are not limited by it")
+
+    def limit_for(self, window: WindowName) -> int | None:
+        value: int | None = getattr(self, _WINDOW_FIELDS[window])
+        return value
+
+    def windows(self) -> tuple[WindowName, ...]:
+        """The calendar windows with a limit (``per_run`` is not one of them)."""
+        return tuple(w for w in WINDOWS if self.limit_for(w) is not None)
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> UnitLimits:
+        _check_window_order([(w, v) for w in WINDOWS if (v := self.limit_for(w)) is not None],
+                            "{:,}")
+        return self
+
+
+#: The units beside USD a budget may limit, as YAML keys (and Bucket.unit).
+COUNT_UNITS = ("input_tokens", "output_tokens", "calls")
+
+
 class Limits(_Model):
     """Dollar limits per window; ``None`` means no limit for that window.
 
     ``per_run`` caps each run (``crew_budget.run``); it is not compared with
     the calendar limits, since a run may span hours or days.
+    ``input_tokens``, ``output_tokens`` and ``calls`` limit those counts per
+    window, beside the dollars (see the module docstring).
     """
 
     hourly: USD | None = None
@@ -296,6 +402,24 @@ class Limits(_Model):
     per_run: USD | None = Field(
         default=None, description="USD cap per run (a `crew_budget.run()` block, e.g. one CrewAI "
         "kickoff); calls outside any run are not limited by it")
+    input_tokens: UnitLimits | None = Field(
+        default=None, description="prompt tokens per window (as the provider bills them: cached "
+        "and cache-written tokens included), e.g. {daily: 2_000_000}")
+    output_tokens: UnitLimits | None = Field(
+        default=None, description="output tokens per window (reasoning included), reserved at "
+        "the request's max_tokens, e.g. {hourly: 50_000}")
+    calls: UnitLimits | None = Field(
+        default=None, description="LLM calls per window, e.g. {daily: 500, per_run: 3}")
+
+    @field_validator(*COUNT_UNITS, mode="before")
+    @classmethod
+    def _units_are_windows(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and not isinstance(value, (Mapping, UnitLimits)):
+            raise ValueError(
+                f"{info.field_name} takes windows, not {type(value).__name__} {value!r}; write "
+                f"{info.field_name}: {{daily: {value if isinstance(value, int) else 500}}} "
+                "(hourly, daily, monthly or per_run)")
+        return value
 
     def limit_for(self, window: WindowName) -> Decimal | None:
         value: Decimal | None = getattr(self, _WINDOW_FIELDS[window])
@@ -305,19 +429,19 @@ class Limits(_Model):
         """The calendar windows with a limit (``per_run`` is not one of them)."""
         return tuple(w for w in WINDOWS if self.limit_for(w) is not None)
 
+    def unit_limits(self) -> tuple[tuple[str, UnitLimits], ...]:
+        """The token and call limits set, as (unit, limits), in COUNT_UNITS order."""
+        out = []
+        for unit in COUNT_UNITS:
+            limits: UnitLimits | None = getattr(self, unit)
+            if limits is not None:
+                out.append((unit, limits))
+        return tuple(out)
+
     @model_validator(mode="after")
     def _check_windows(self) -> Limits:
-        # A shorter window above a longer one can never bind: the longer one
-        # stops spending first. That is a typo (hourly: 50, daily: 5), not a plan.
-        set_ = [(w, v) for w in WINDOWS if (v := self.limit_for(w)) is not None]
-        for i, (short, low) in enumerate(set_):
-            for long, high in set_[i + 1:]:
-                if low > high:
-                    s, lg = _WINDOW_FIELDS[short], _WINDOW_FIELDS[long]
-                    raise ValueError(
-                        f"{s} ${low} is more than {lg} ${high}, so the {s} limit could never "
-                        f"apply; lower {s} to at most {high} or raise {lg}"
-                    )
+        _check_window_order([(w, v) for w in WINDOWS if (v := self.limit_for(w)) is not None],
+                            "${}")
         return self
 
 
@@ -1027,16 +1151,27 @@ def _explain(err: Mapping[str, Any]) -> str:
             "global, crew, roles, default_role, unknown_roles, crew_role, on_exceed, mode, "
             "prices, models, alerts",
         }
-        if len(loc) > 2 and loc[-3] == "models":
-            hint = "a model budget takes hourly, daily, monthly and per_run"
+        # Name the unit keys when the mistake is about tokens or calls (a
+        # "tokens:", "daily_calls:", "requests:"), leaving other hints as they were.
+        units = ("; token and call limits: input_tokens, output_tokens, calls (e.g. "
+                 "calls: {daily: 500})"
+                 if key != "max_output_tokens" and re.search(r"token|call|request", str(key))
+                 else "")
+        if parent in COUNT_UNITS:
+            close = difflib.get_close_matches(str(key), list(_WINDOW_FIELDS.values()), n=1)
+            hint = ((f"did you mean {close[0]!r}? " if close else "")
+                    + f"{parent} takes hourly, daily, monthly and per_run (whole counts), "
+                    f"e.g. {parent}: {{daily: 500}}")
+        elif len(loc) > 2 and loc[-3] == "models":
+            hint = f"a model budget takes hourly, daily, monthly and per_run{units}"
         elif parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
             hint = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, "
-                    "models and on_exceed")
+                    f"models and on_exceed{units}")
         elif parent == "default_role":
             hint = ("default_role takes hourly, daily, monthly, per_run, max_output_tokens and "
-                    "on_exceed")
+                    f"on_exceed{units}")
         elif parent in ("crew", "global"):
-            hint = "use hourly, daily, monthly or per_run (crew also takes name)"
+            hint = f"use hourly, daily, monthly or per_run (crew also takes name){units}"
         elif loc and loc[0] == "alerts":
             hint = alerts_key_hint(loc)
         elif len(loc) > 2 and loc[-3] == "prices":

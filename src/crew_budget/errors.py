@@ -244,7 +244,10 @@ class BudgetExceeded(CrewBudgetError):
     for a per-run budget), ``period`` (the window instance, e.g.
     ``"2026-11-25"``, or the run's id), ``limit``,
     ``spent``, ``reserved`` and ``estimate`` in ``Decimal`` USD, and
-    ``model``.
+    ``model``. ``unit`` is ``usd``, or the token/call limit that refused
+    the call (``input_tokens``, ``output_tokens``, ``calls``): then
+    ``limit``, ``spent``, ``reserved`` and ``estimate`` (what this call
+    needed) are whole counts of it.
     """
 
     def __init__(
@@ -260,6 +263,7 @@ class BudgetExceeded(CrewBudgetError):
         estimate: Decimal,
         model: str = "",
         message: str | None = None,
+        unit: str = "usd",
     ) -> None:
         self.role = role
         self.scope = scope
@@ -270,6 +274,18 @@ class BudgetExceeded(CrewBudgetError):
         self.reserved = reserved
         self.estimate = estimate
         self.model = model
+        self.unit = unit
+        if message is None and unit != "usd":
+            # "role:researcher daily input_tokens: 1,998,000 of 2,000,000 used"
+            every = {"hour": "hourly", "day": "daily", "month": "monthly",
+                     "run": "per-run"}.get(window, window)
+            where = f" (run {period})" if window == "run" else f" ({period})"
+            held = f", {reserved:,} of it reserved by calls in flight" if reserved else ""
+            message = (
+                f"budget exceeded for role {role!r}: {scope} {every} {unit}: "
+                f"{spent + reserved:,} of {limit:,} used{where}{held}; this "
+                f"{model or 'LLM'} call needs {estimate:,}, so it was not sent."
+            )
         if message is None:
             remaining = limit - spent - reserved
             if window == "run":  # crew_budget.run: the period is the run's id
@@ -300,6 +316,7 @@ class BudgetExceeded(CrewBudgetError):
             "reserved": self.reserved,
             "estimate": self.estimate,
             "model": self.model,
+            "unit": self.unit,
         }
 
 

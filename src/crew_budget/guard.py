@@ -58,6 +58,8 @@ from crew_budget.ledger import (
     ReserveRequest,
     SpendRecord,
     StaleOverrides,
+    Unit,
+    bucket_need,
     new_reservation_id,
     open_ledger,
 )
@@ -130,7 +132,11 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
-    """One scope in one window, in dollars, as ``guard.status()`` reports it."""
+    """One scope in one window, as ``guard.status()`` reports it.
+
+    In dollars for ``unit`` ``usd``; in tokens or calls (whole numbers, as
+    ``Decimal``) for ``input_tokens``, ``output_tokens`` and ``calls``.
+    """
 
     scope: str
     window: WindowName
@@ -140,6 +146,7 @@ class BudgetStatus:
     reserved: Decimal
     remaining: Decimal | None
     resets_at: datetime
+    unit: str = "usd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,17 +523,15 @@ class Guard:
         if isinstance(result, Denial):
             st = result.state
             assert st.bucket.limit_nano is not None
-            fields: dict[str, Any] = {
-                "role": role, "scope": st.bucket.scope, "window": st.bucket.window,
-                "period": st.bucket.period, "limit": from_nano(st.bucket.limit_nano),
-                "spent": from_nano(st.spent_nano), "reserved": from_nano(st.reserved_nano),
-                "estimate": from_nano(amount), "model": model,
-            }
+            need = amount if st.bucket.unit == "usd" else result.amount_nano
+            fields = _exceeded_fields(role, model, st, need)
             exceeded = self._paused_error(role, st, fields) or BudgetExceeded(**fields)
-            if st.reserved_nano and st.spent_nano + amount <= st.bucket.limit_nano:
-                note = self._lease_note(st.reserved_nano)
+            if st.reserved_nano and st.spent_nano + need <= st.bucket.limit_nano:
+                note = self._lease_note(st.reserved_nano, st.bucket.unit)
                 exceeded = BudgetExceeded(**fields, message=f"{exceeded} {note}")
-            if isinstance(policy, Downgrade):
+            # Another model helps only a dollar limit: it needs the same call
+            # and about the same prompt, so a token or call limit stops it.
+            if isinstance(policy, Downgrade) and st.bucket.unit == "usd":
                 moved = self._downgrade(policy, role, model, messages, tools, max_tokens, draft,
                                         chain, system, extra, provider)
                 if moved is not None:
@@ -573,13 +578,14 @@ class Guard:
         names[name] = resolved
         return resolved
 
-    def _lease_note(self, reserved_nano: int) -> str:
+    def _lease_note(self, reserved_nano: int, unit: str = "usd") -> str:
         """Why a refusal may clear by itself: reservations still held by leases."""
         try:
             oldest = self.ledger.oldest_lease()
         except LedgerError:
             oldest = None
-        held = f"${from_nano(reserved_nano)} of it is held by reservations of calls in flight"
+        amount = f"${from_nano(reserved_nano)}" if unit == "usd" else f"{reserved_nano:,} {unit}"
+        held = f"{amount} of it is held by reservations of calls in flight"
         if oldest is None:
             return (f"{held} (or of processes that died before settling). Fix: wait for them "
                     "to settle, or lower `lease_seconds` so dead ones are reaped sooner.")
@@ -643,13 +649,15 @@ class Guard:
                 buckets += self._run_buckets(role, model, chain, now)
             over = next((st for st in self.ledger.status(list(buckets))
                          if st.bucket.limit_nano is not None
-                         and st.spent_nano + st.reserved_nano + amount > st.bucket.limit_nano),
+                         and st.spent_nano + st.reserved_nano
+                         + bucket_need(st.bucket, amount, draft) > st.bucket.limit_nano),
                         None)
             if over is None:
                 req = ReserveRequest(rid, buckets, amount, self._lease, draft)
             else:
                 meta = {**draft.metadata,
-                        "shadow_blocked": f"{over.bucket.scope}|{over.bucket.window}"}
+                        "shadow_blocked": f"{over.bucket.scope}|{over.bucket.window}"
+                        + ("" if over.bucket.unit == "usd" else f"|{over.bucket.unit}")}
                 req = ReserveRequest(rid, tuple(replace(b, limit_nano=None) for b in buckets),
                                      amount, self._lease, replace(draft, metadata=meta))
             try:
@@ -659,7 +667,8 @@ class Guard:
                 now = skew.ledger_now
                 continue
             assert isinstance(granted, Reservation)  # no bucket is limited, or none overflows
-            return granted if over is None else _ShadowGrant(granted, over, req.draft)
+            return (granted if over is None else
+                    _ShadowGrant(granted, over, req.draft, bucket_need(over.bucket, amount, draft)))
         raise LedgerUnavailable(self.ledger.url, "ledger clock keeps moving across window bounds")
 
     def _shadow_blocked(self, grant: _ShadowGrant, role: str, model: str, crew: str | None,
@@ -667,15 +676,16 @@ class Guard:
         """Say out loud that a shadow call would have been blocked (log + event)."""
         st = grant.state
         assert st.bucket.limit_nano is not None
-        would = BudgetExceeded(
-            role=role, scope=st.bucket.scope, window=st.bucket.window, period=st.bucket.period,
-            limit=from_nano(st.bucket.limit_nano), spent=from_nano(st.spent_nano),
-            reserved=from_nano(st.reserved_nano), estimate=from_nano(amount), model=model)
-        log.warning("crew-budget: SHADOW: role %r: %s %s budget $%s has $%s spent and $%s "
-                    "reserved; this %s call (estimated $%s) would have been blocked and was "
-                    "sent anyway (on_exceed/mode: shadow)", role, st.bucket.scope,
-                    st.bucket.window, would.limit, would.spent, would.reserved, model,
-                    would.estimate)
+        would = BudgetExceeded(**_exceeded_fields(role, model, st, grant.need))
+        if st.bucket.unit == "usd":
+            log.warning("crew-budget: SHADOW: role %r: %s %s budget $%s has $%s spent and $%s "
+                        "reserved; this %s call (estimated $%s) would have been blocked and was "
+                        "sent anyway (on_exceed/mode: shadow)", role, st.bucket.scope,
+                        st.bucket.window, would.limit, would.spent, would.reserved, model,
+                        would.estimate)
+        else:
+            log.warning("crew-budget: SHADOW: %s; it was sent anyway (on_exceed/mode: shadow)",
+                        would)
         self._bump("shadow_blocked")
         if self._listeners:
             self._emit(GuardEvent("shadow_blocked", role, model, crew, from_nano(amount),
@@ -955,8 +965,11 @@ class Guard:
         self._crew_name = value.crew.name if value.crew else None
 
     def buckets(self, role: str | None = None, now: float | None = None,
-                model: str | None = None) -> list[Bucket]:
+                model: str | None = None, *, units: bool = False) -> list[Bucket]:
         """The calendar buckets a call by ``role`` to ``model`` touches.
+
+        Dollar buckets only, unless ``units``: then the token and call
+        buckets too (``Bucket.unit``; their limits are counts, not nano-USD).
 
         ``role`` None means every configured role; ``model`` None means every
         model budget (of the role, and ``models:``). ``role`` is resolved as
@@ -968,8 +981,8 @@ class Guard:
         if role is not None:
             resolved = self._role_names.get(role)
             role = resolved if resolved is not None else self._resolve_role(role)
-        return list(self._buckets(role, (self._clock() + self._offset) if now is None else now,
-                                  model))
+        out = self._buckets(role, (self._clock() + self._offset) if now is None else now, model)
+        return list(out) if units else [b for b in out if b.unit == "usd"]
 
     def _buckets(self, role: str | None, t: float, model: str | None = None
                  ) -> tuple[Bucket, ...]:
@@ -1013,6 +1026,10 @@ class Guard:
             if limits.per_run is not None:
                 out.append(Bucket(scope, RUN_WINDOW, chain[0][0], to_nano(limits.per_run),
                                   s.starts_at, s.ends_at))
+            for unit, counts in limits.unit_limits():
+                if counts.per_run is not None:
+                    out.append(Bucket(scope, RUN_WINDOW, chain[0][0], counts.per_run,
+                                      s.starts_at, s.ends_at, cast(Unit, unit)))
         return tuple(out)
 
     def run_status(self, run: Run, role: str | None = None) -> list[BudgetStatus]:
@@ -1052,6 +1069,11 @@ class Guard:
                 limit = limits.limit_for(window)
                 nano = None if limit is None else to_nano(limit)
                 out.append(Bucket(scope, window, s.period, nano, s.starts_at, s.ends_at))
+            for unit, counts in limits.unit_limits():  # tokens and calls, beside the dollars
+                for window in counts.windows():
+                    s = span(window, t, self._tz)
+                    out.append(Bucket(scope, window, s.period, counts.limit_for(window),
+                                      s.starts_at, s.ends_at, cast(Unit, unit)))
         return out
 
     def _compute_scopes(self, role: str | None, model: str | None) -> list[tuple[str, Limits]]:
@@ -1079,21 +1101,32 @@ class Guard:
         return scopes
 
     def status(self, role: str | None = None) -> list[BudgetStatus]:
-        """Every configured scope and window: limit, spent, reserved, remaining."""
-        return self._status(self.buckets(role))
+        """Every configured scope and window: limit, spent, reserved, remaining.
+
+        Dollar rows first in each scope, then its token and call limits
+        (``BudgetStatus.unit``).
+        """
+        return self._status(self.buckets(role, units=True))
 
     def _status(self, buckets: list[Bucket]) -> list[BudgetStatus]:
         states: list[BucketState] = self.ledger.status(buckets)
+
+        def amount(b: Bucket, n: int) -> Decimal:
+            return from_nano(n) if b.unit == "usd" else Decimal(n)
+
         return [
             BudgetStatus(
                 scope=s.bucket.scope,
                 window=s.bucket.window,
                 period=s.bucket.period,
-                limit=None if s.bucket.limit_nano is None else from_nano(s.bucket.limit_nano),
-                spent=from_nano(s.spent_nano),
-                reserved=from_nano(s.reserved_nano),
-                remaining=None if s.remaining_nano is None else from_nano(s.remaining_nano),
+                limit=None if s.bucket.limit_nano is None else amount(s.bucket,
+                                                                       s.bucket.limit_nano),
+                spent=amount(s.bucket, s.spent_nano),
+                reserved=amount(s.bucket, s.reserved_nano),
+                remaining=(None if s.remaining_nano is None
+                           else amount(s.bucket, s.remaining_nano)),
                 resets_at=datetime.fromtimestamp(s.bucket.ends_at, self._tz),
+                unit=s.bucket.unit,
             )
             for s in states
         ]
@@ -1324,6 +1357,24 @@ class _ShadowGrant:
     reservation: Reservation
     state: BucketState
     draft: RecordDraft
+    need: int = 0
+    """What the call needed from that bucket, in its unit."""
+
+
+def _exceeded_fields(role: str, model: str, st: BucketState, need: int) -> dict[str, Any]:
+    """``BudgetExceeded``'s facts for a refusal by ``st``'s bucket: dollars for a
+    USD bucket, whole counts and its ``unit`` for a token or call bucket."""
+    b = st.bucket
+    assert b.limit_nano is not None
+    if b.unit == "usd":
+        return {"role": role, "scope": b.scope, "window": b.window, "period": b.period,
+                "limit": from_nano(b.limit_nano), "spent": from_nano(st.spent_nano),
+                "reserved": from_nano(st.reserved_nano), "estimate": from_nano(need),
+                "model": model}
+    return {"role": role, "scope": b.scope, "window": b.window, "period": b.period,
+            "limit": Decimal(b.limit_nano), "spent": Decimal(st.spent_nano),
+            "reserved": Decimal(st.reserved_nano), "estimate": Decimal(need), "model": model,
+            "unit": b.unit}
 
 
 def _default_journal(namespace: str, url: str) -> str:

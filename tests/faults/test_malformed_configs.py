@@ -337,6 +337,37 @@ CASES = [
          "roles.r.models. ", f"model name ' ' {SPACED_MODEL}", schema=False),
     Case("fail-open-maybe", "roles: {r: {}}\nfail_open: maybe\n", "fail_open",
          "Input should be a valid boolean, unable to interpret input (got 'maybe')"),
+    # Token and call limits (issue 12, item 3).
+    Case("calls-as-number", "roles: {r: {calls: 500}}\n", "roles.r.calls",
+         "calls takes windows, not int 500; write calls: {daily: 500} (hourly, daily, monthly "
+         "or per_run)"),
+    Case("tokens-as-list", "default_role: {output_tokens: [1000]}\n", "default_role.output_tokens",
+         "output_tokens takes windows, not list [1000]; write output_tokens: {daily: 500} "
+         "(hourly, daily, monthly or per_run)"),
+    Case("calls-negative", "roles: {r: {calls: {daily: -1}}}\n", "roles.r.calls.daily",
+         "limit -1 is negative; use 0 to block all calls or a positive count"),
+    Case("tokens-window-typo", "roles: {r: {input_tokens: {dayly: 5}}}\n",
+         "roles.r.input_tokens.dayly",
+         "unknown key 'dayly'; did you mean 'daily'? input_tokens takes hourly, daily, monthly "
+         "and per_run (whole counts), e.g. input_tokens: {daily: 500}"),
+    Case("tokens-hourly-over-daily", "roles: {r: {input_tokens: {hourly: 10_000, daily: 5_000}}}\n",
+         "roles.r.input_tokens", "hourly 10,000 is more than daily 5,000, so the hourly limit "
+         "could never apply; lower hourly to at most 5000 or raise daily", schema=False),
+    Case("calls-fraction", "crew: {name: c, calls: {per_run: 2.5}}\nroles: {r: {}}\n",
+         "crew.calls.per_run",
+         "2.5 is not a whole number of tokens or calls; write e.g. 500 or 2_000_000"),
+    Case("tokens-with-suffix", "models: {gpt-4o: {output_tokens: {daily: 2M}}}\nroles: {r: {}}\n",
+         "models.gpt-4o.output_tokens.daily",
+         "'2M' is not a whole number of tokens or calls; write e.g. 500 or 2_000_000"),
+    Case("calls-yes", "roles: {r: {calls: {daily: yes}}}\n", "roles.r.calls.daily",
+         "True is not a whole number of tokens or calls; write e.g. 500 or 2_000_000"),
+    Case("tokens-over-max", "global: {input_tokens: {monthly: 2_000_000_000_000}}\n",
+         "global.input_tokens.monthly",
+         "limit 2000000000000 is above the maximum of 1,000,000,000,000; counts are compared "
+         "exactly only below 2**53, and no budget needs more than a trillion tokens per window"),
+    Case("flat-daily-tokens", "roles: {r: {daily_tokens: 5}}\n", "roles.r.daily_tokens",
+         f"unknown key 'daily_tokens'; {ROLE_KEYS}; token and call limits: input_tokens, "
+         "output_tokens, calls (e.g. calls: {daily: 500})"),
 ]
 
 

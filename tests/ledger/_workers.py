@@ -67,3 +67,43 @@ def crash_after_reserve(url: str, config: dict[str, Any]) -> None:
     )
     print(ticket.reservation_id, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# A calls limit of 50 and nothing else that could refuse: the count of
+# grants across every process and thread must be exactly the limit.
+CALLS_CONFIG: dict[str, Any] = {
+    "roles": {"racer": {"calls": {"daily": 50}}},
+    "prices": {"race-model": {"input_per_million": 0, "output_per_million": 10}},
+    "lease_seconds": 600,
+}
+
+
+def calls_worker(url: str, threads: int, attempts: int) -> dict[str, Any]:
+    """Each thread tries ``attempts`` calls against the calls limit; counts grants."""
+    guard = Guard(CALLS_CONFIG, url)
+    lock = threading.Lock()
+    granted: list[str] = []
+    refused = 0
+
+    def loop() -> None:
+        nonlocal refused
+        for _ in range(attempts):
+            try:
+                ticket = guard.preflight("racer", "race-model",
+                                         [{"role": "user", "content": "go"}], max_tokens=10)
+            except BudgetExceeded as exc:
+                assert exc.unit == "calls"
+                with lock:
+                    refused += 1
+                continue
+            guard.settle(ticket, {"prompt_tokens": 9, "completion_tokens": 10})
+            with lock:
+                granted.append(ticket.reservation_id)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    guard.close()
+    return {"granted": granted, "refused": refused}

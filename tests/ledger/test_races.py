@@ -19,7 +19,7 @@ import pytest
 from crew_budget import Guard
 from crew_budget.ledger import open_ledger
 from crew_budget.ledger.sqlite import SQLiteLedger
-from tests.ledger._workers import RACE_CONFIG, race_worker
+from tests.ledger._workers import CALLS_CONFIG, RACE_CONFIG, calls_worker, race_worker
 
 PROCESSES, THREADS = 8, 4
 LIMIT_NANO = 1_000_000_000
@@ -117,3 +117,75 @@ def _status_no_reap(url: str, buckets: list) -> list:  # type: ignore[type-arg]
         return led.status(buckets)
     finally:
         led.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_threads_racing_a_calls_limit_of_50_get_exactly_50(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """8 threads x 10 attempts on one guard against ``calls: {daily: 50}``."""
+    url = "memory://" if kind == "memory" else _url(kind, tmp_path, request)
+    guard = Guard(CALLS_CONFIG, url)
+    granted, refused = _race_calls(guard, threads=8, attempts=10)
+    assert (len(granted), len(set(granted)), refused) == (50, 50, 30)
+    (calls,) = [s for s in guard.status() if s.unit == "calls"]
+    assert (calls.spent, calls.reserved, calls.limit) == (50, 0, 50)
+    records = guard.ledger.records()
+    assert sum(r.outcome == "settled" for r in records) == 50
+    assert sum(r.outcome == "blocked" for r in records) == 30
+    guard.close()
+
+
+def _race_calls(guard: Guard, *, threads: int, attempts: int) -> tuple[list[str], int]:
+    import threading
+
+    from crew_budget import BudgetExceeded
+
+    lock = threading.Lock()
+    granted: list[str] = []
+    refused = 0
+    start = threading.Barrier(threads)
+
+    def loop() -> None:
+        nonlocal refused
+        start.wait()
+        for _ in range(attempts):
+            try:
+                t = guard.preflight("racer", "race-model", [{"role": "user", "content": "go"}],
+                                    max_tokens=10)
+            except BudgetExceeded:
+                with lock:
+                    refused += 1
+                continue
+            guard.settle(t, {"prompt_tokens": 9, "completion_tokens": 10})
+            with lock:
+                granted.append(t.reservation_id)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return granted, refused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_processes_racing_a_calls_limit_of_50_get_exactly_50(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """8 processes x 4 threads x 5 attempts (160 requests) on ``calls: {daily: 50}``."""
+    url = _url(kind, tmp_path, request)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(PROCESSES) as pool:
+        results = pool.starmap(calls_worker, [(url, THREADS, 5)] * PROCESSES)
+    granted = [rid for r in results for rid in r["granted"]]
+    refused = sum(r["refused"] for r in results)
+    assert (len(granted), len(set(granted)), refused) == (50, 50, 110)
+    guard = Guard(CALLS_CONFIG, url)
+    (calls,) = [s for s in guard.status() if s.unit == "calls"]
+    assert (calls.spent, calls.reserved) == (50, 0)
+    records = guard.ledger.records()
+    assert sorted(r.reservation_id for r in records if r.outcome == "settled") == sorted(granted)
+    assert sum(r.outcome == "blocked" for r in records) == 110
+    guard.close()

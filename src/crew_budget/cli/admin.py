@@ -172,6 +172,13 @@ def _check_crew(cfg: BudgetConfig, spec: str) -> list[str]:
 def _limits(limits: object) -> str:
     parts = [f"{name} {fmt_usd(value)}" for name in ("hourly", "daily", "monthly")
              if (value := getattr(limits, name)) is not None]
+    # Token and call limits, in counts: "input_tokens daily 2,000,000".
+    for unit in ("input_tokens", "output_tokens", "calls"):
+        counts = getattr(limits, unit, None)
+        if counts is not None:
+            parts.extend(f"{unit} {name} {value:,}"
+                         for name in ("hourly", "daily", "monthly", "per_run")
+                         if (value := getattr(counts, name)) is not None)
     return ", ".join(parts) or "no limits"
 
 

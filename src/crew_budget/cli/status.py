@@ -122,12 +122,14 @@ def status_table(rows: list[BudgetStatus], now: float, title: str | None = None,
 
     cells: dict[str, list[str]] = {
         "scope": [r.scope for r in rows],
-        "window": [r.window for r in rows],
+        # A token or call limit says its unit beside the window; its amounts
+        # are counts, not dollars.
+        "window": [r.window if r.unit == "usd" else f"{r.window} {r.unit}" for r in rows],
         "period": [r.period for r in rows],
-        "limit": [fmt_usd(r.limit) for r in rows],
-        "spent": [fmt_usd(r.spent) for r in rows],
-        "reserved": [fmt_usd(r.reserved) for r in rows],
-        "remaining": [fmt_usd(r.remaining) for r in rows],
+        "limit": [_amount(r, r.limit) for r in rows],
+        "spent": [_amount(r, r.spent) for r in rows],
+        "reserved": [_amount(r, r.reserved) for r in rows],
+        "remaining": [_amount(r, r.remaining) for r in rows],
         "used": [f"{bar(_used(r))} {_pct(r):>4}" for r in rows],
         "resets": [_resets_in(r, now) for r in rows],
     }
@@ -156,21 +158,34 @@ def status_table(rows: list[BudgetStatus], now: float, title: str | None = None,
     return table
 
 
+def _amount(row: BudgetStatus, value: Decimal | None) -> str:
+    """Dollars for a USD row; a whole count (``1,998,000``) for a token or call row."""
+    if row.unit == "usd":
+        return fmt_usd(value)
+    return "-" if value is None else f"{int(value):,}"
+
+
 def _pct(row: BudgetStatus) -> str:
     return f"{(_used(row) * 100).quantize(Decimal('1'))}%"
 
 
 def _json(rows: list[BudgetStatus], models: list[list[dict[str, Any]]] | None = None) -> str:
-    return json.dumps([
-        {"scope": r.scope, "window": r.window, "period": r.period,
-         "limit_usd": None if r.limit is None else str(r.limit), "spent_usd": str(r.spent),
-         "reserved_usd": str(r.reserved),
-         "remaining_usd": None if r.remaining is None else str(r.remaining),
-         "used_pct": str((_used(r) * 100).quantize(Decimal("0.1"))),
-         "resets_at": r.resets_at.isoformat(),
-         **({} if models is None else {"models": models[i]})}
-        for i, r in enumerate(rows)
-    ], indent=2)
+    def row(i: int, r: BudgetStatus) -> dict[str, Any]:
+        if r.unit == "usd":
+            amounts: dict[str, Any] = {
+                "limit_usd": None if r.limit is None else str(r.limit), "spent_usd": str(r.spent),
+                "reserved_usd": str(r.reserved),
+                "remaining_usd": None if r.remaining is None else str(r.remaining)}
+        else:  # a token or call limit: whole counts, named by its unit
+            amounts = {"unit": r.unit, "limit": None if r.limit is None else int(r.limit),
+                       "spent": int(r.spent), "reserved": int(r.reserved),
+                       "remaining": None if r.remaining is None else int(r.remaining)}
+        return {"scope": r.scope, "window": r.window, "period": r.period, **amounts,
+                "used_pct": str((_used(r) * 100).quantize(Decimal("0.1"))),
+                "resets_at": r.resets_at.isoformat(),
+                **({} if models is None else {"models": models[i]})}
+
+    return json.dumps([row(i, r) for i, r in enumerate(rows)], indent=2)
 
 
 def _row_models(guard: Guard, rows: list[BudgetStatus],

@@ -104,7 +104,8 @@ class BudgetSummary:
             for s in self.limits:
                 limit = "-" if s.limit is None else f"{s.limit:f}"
                 left = "-" if s.remaining is None else f"{s.remaining:f}"
-                lines.append(f"  {s.scope} {s.window} {s.period}: spent {s.spent:f} of {limit}"
+                window = s.window if s.unit == "usd" else f"{s.window} {s.unit}"
+                lines.append(f"  {s.scope} {window} {s.period}: spent {s.spent:f} of {limit}"
                              f" (left {left})")
         return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from crew_budget.errors import ConfigError
 from crew_budget.ledger.base import (
     ROLLUP_METRICS,
     ROLLUP_RETENTION_DAYS,
+    UNITS,
     Bucket,
     BucketState,
     ClockSkew,
@@ -32,6 +33,9 @@ from crew_budget.ledger.base import (
     SettleResult,
     SpendRecord,
     StaleOverrides,
+    Unit,
+    bucket_charge,
+    bucket_need,
     fold_rollups,
     new_reservation_id,
 )
@@ -53,6 +57,10 @@ __all__ = [
     "SettleResult",
     "SpendRecord",
     "StaleOverrides",
+    "UNITS",
+    "Unit",
+    "bucket_charge",
+    "bucket_need",
     "fold_rollups",
     "new_reservation_id",
     "open_ledger",

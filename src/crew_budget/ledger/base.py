@@ -1,14 +1,20 @@
 """The ledger interface every backend implements, and the values it speaks in.
 
 A ledger holds, per *bucket* (a scope such as ``role:researcher`` in one
-window instance such as ``day 2026-11-25``), two integers in nano-USD:
-``spent`` and ``reserved``. Its contract, which the conformance suite in
-``tests/ledger/`` checks on every backend:
+window instance such as ``day 2026-11-25``, in one *unit*), two integers:
+``spent`` and ``reserved``, in nano-USD for the ``usd`` unit, in tokens or
+calls for the others (see ``Unit`` and ``bucket_need``). Its contract, which
+the conformance suite in ``tests/ledger/`` checks on every backend:
 
 - ``reserve`` is all or nothing across every bucket of the request: if any
   limited bucket would have ``spent + reserved + amount > limit``, nothing is
   charged and a ``Denial`` naming that bucket is returned (and a ``blocked``
   spend record appended in the same atomic step).
+- Each bucket takes the call's amount in its own unit: ``usd`` the request's
+  ``amount_nano``, ``input_tokens`` the draft's prompt-token estimate,
+  ``output_tokens`` its reserved output tokens, ``calls`` 1; at the end,
+  ``bucket_charge`` says what each unit is charged (the usage's counts on a
+  settle, the reserved amounts on an expiry, 0 on a release).
 - A reservation ends exactly once: ``settle`` (actual cost), ``release``
   (zero), or expiry of its lease (charged at the reserved amount, marked
   ``expired``; done by ``reap``, which ``reserve`` and ``status`` also run).
@@ -38,6 +44,7 @@ from crew_budget.usage import Usage
 from crew_budget.windows import WindowName
 
 __all__ = [
+    "UNITS",
     "Bucket",
     "BucketState",
     "ClockSkew",
@@ -55,7 +62,11 @@ __all__ = [
     "ROLLUP_RETENTION_DAYS",
     "Rollup",
     "StaleOverrides",
+    "Unit",
+    "bucket_charge",
+    "bucket_need",
     "fold_rollups",
+    "record_amount",
     "new_reservation_id",
     "rollup_counts",
 ]
@@ -70,9 +81,19 @@ def new_reservation_id() -> str:
     return os.urandom(16).hex()
 
 
+Unit = Literal["usd", "input_tokens", "output_tokens", "calls"]
+"""What a bucket counts: nano-USD, prompt tokens, output tokens or calls."""
+
+UNITS: tuple[Unit, ...] = ("usd", "input_tokens", "output_tokens", "calls")
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """One budget instance: a scope in one window period, with its limit."""
+    """One budget instance: a scope in one window period, with its limit.
+
+    ``limit_nano`` is in the bucket's ``unit``: nano-USD for ``usd`` (the
+    default), a number of tokens or calls otherwise (the name predates units).
+    """
 
     scope: str
     window: WindowName
@@ -80,10 +101,76 @@ class Bucket:
     limit_nano: int | None
     starts_at: float
     ends_at: float
+    unit: Unit = "usd"
 
     @property
     def key(self) -> str:
-        return f"{self.scope}|{self.window}|{self.period}"
+        # A USD bucket keeps the key it always had (existing counters stay
+        # valid); another unit is a separate counter, suffixed by its unit.
+        if self.unit == "usd":
+            return f"{self.scope}|{self.window}|{self.period}"
+        return f"{self.scope}|{self.window}|{self.period}|{self.unit}"
+
+
+def bucket_need(bucket: Bucket, amount_nano: int, draft: RecordDraft) -> int:
+    """What a reservation takes from ``bucket``, in the bucket's unit.
+
+    The estimate's nano-USD, its prompt tokens (the estimator counts the
+    prompt as the provider bills it: cached and cache-written tokens
+    included), the output tokens reserved (the request's ``max_tokens``, or
+    the injected cap), or one call.
+    """
+    unit = bucket.unit
+    if unit == "usd":
+        return amount_nano
+    if unit == "input_tokens":
+        return draft.prompt_tokens_estimate
+    if unit == "output_tokens":
+        return draft.output_tokens_reserved
+    return 1
+
+
+def record_amount(bucket: Bucket, cost_nano: int, record: SpendRecord) -> int:
+    """What ``Ledger.charge`` books into ``bucket`` for a call made without a
+    reservation: its cost, the record's prompt tokens (uncached + cached +
+    cache writes) or output tokens, or one call."""
+    unit = bucket.unit
+    if unit == "usd":
+        return cost_nano
+    if unit == "input_tokens":
+        return record.input_tokens + record.cached_input_tokens + record.cache_write_tokens
+    if unit == "output_tokens":
+        return record.output_tokens
+    return 1
+
+
+def bucket_charge(unit: Unit, state: Outcome, cost_nano: int, need: int,
+                  usage: Usage | None) -> int:
+    """What ending a reservation charges a bucket of ``unit`` (``need``: what it
+    reserved there).
+
+    USD: the cost. Other units: on a settle, the usage's counts (input
+    tokens as the provider counts the prompt: uncached + cached + cache
+    writes; output tokens with reasoning included; one call); on an expiry,
+    the reserved amount; on a release, 0 (the provider was never reached).
+    A settle whose usage has no prompt tokens (an unreadable usage, charged
+    at its reservation) charges the reserved amounts: over-count, never
+    under-count.
+    """
+    if unit == "usd":
+        return cost_nano
+    if state == "released":
+        return 0
+    if state != "settled" or usage is None:
+        return need
+    prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
+    if prompt == 0:
+        return need
+    if unit == "input_tokens":
+        return prompt
+    if unit == "output_tokens":
+        return usage.output_tokens
+    return 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +295,10 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    """A refused reservation: the first limited bucket that would overflow."""
+    """A refused reservation: the first limited bucket that would overflow.
+
+    ``amount_nano`` is what the call needed from that bucket, in its unit.
+    """
 
     state: BucketState
     amount_nano: int
@@ -490,7 +580,8 @@ class Ledger(ABC):
         replayed from the guard's local journal: ``cost_nano`` goes into
         ``spent`` of every bucket (past any limit: the money is spent) and
         ``record`` is appended, in one atomic step. Returns False, changing
-        nothing, if this id was charged before.
+        nothing, if this id was charged before. A bucket of another unit
+        gets what ``record_amount`` says (the record's tokens, one call).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot book journaled calls")
 

@@ -31,8 +31,11 @@ from crew_budget.ledger.base import (
     SpendRecord,
     StaleOverrides,
     add_rollup,
+    bucket_charge,
+    bucket_need,
     in_span,
     new_reservation_id,
+    record_amount,
     rollup_counts,
     rollup_hour,
     rollups_from,
@@ -55,6 +58,8 @@ class _Res:
     draft: RecordDraft
     state: Outcome = "reserved"
     cost: int = 0
+    needs: tuple[int, ...] = ()
+    """What each bucket took, in its unit (empty: ``amount`` for every bucket)."""
 
 
 class MemoryLedger(Ledger):
@@ -106,12 +111,14 @@ class MemoryLedger(Ledger):
                     request.reservation_id, existing.amount, existing.expires_at, existing.buckets
                 )
             amount = request.amount_nano
-            for b in request.buckets:
+            draft = request.draft
+            needs = tuple(bucket_need(b, amount, draft) for b in request.buckets)
+            for b, need in zip(request.buckets, needs, strict=True):
                 if b.limit_nano is None:
                     continue
                 spent = self._spent.get(b.key, 0)
                 reserved = self._reserved.get(b.key, 0)
-                if spent + reserved + amount > b.limit_nano:
+                if spent + reserved + need > b.limit_nano:
                     self._add_locked(
                         SpendRecord.build(
                             ts=now,
@@ -122,12 +129,12 @@ class MemoryLedger(Ledger):
                             scope=b.scope,
                         )
                     )
-                    return Denial(BucketState(b, spent, reserved), amount)
-            for b in request.buckets:
-                self._reserved[b.key] = self._reserved.get(b.key, 0) + amount
+                    return Denial(BucketState(b, spent, reserved), need)
+            for b, need in zip(request.buckets, needs, strict=True):
+                self._reserved[b.key] = self._reserved.get(b.key, 0) + need
             expires = now + request.lease_seconds
             self._res[request.reservation_id] = _Res(
-                amount, expires, request.buckets, request.draft
+                amount, expires, request.buckets, request.draft, needs=needs
             )
             heapq.heappush(self._leases, (expires, request.reservation_id))
             return Reservation(request.reservation_id, amount, expires, request.buckets)
@@ -140,9 +147,11 @@ class MemoryLedger(Ledger):
             raise _unknown(rid)
         if res.state != "reserved":
             return SettleResult(res.state, False, res.cost)
-        for b in res.buckets:
-            self._reserved[b.key] = self._reserved.get(b.key, 0) - res.amount
-            self._spent[b.key] = self._spent.get(b.key, 0) + cost
+        needs = res.needs or (res.amount,) * len(res.buckets)
+        for b, need in zip(res.buckets, needs, strict=True):
+            self._reserved[b.key] = self._reserved.get(b.key, 0) - need
+            self._spent[b.key] = (self._spent.get(b.key, 0)
+                                  + bucket_charge(b.unit, state, cost, need, usage))
         res.state = state
         res.cost = cost
         self._finished.append((now, rid))
@@ -243,7 +252,8 @@ class MemoryLedger(Ledger):
                 return False
             now = self._clock()
             for b in buckets:
-                self._spent[b.key] = self._spent.get(b.key, 0) + cost_nano
+                self._spent[b.key] = (self._spent.get(b.key, 0)
+                                      + record_amount(b, cost_nano, record))
             self._res[charge_id] = _Res(0, now, (), RecordDraft("", ""), "unguarded", cost_nano)
             self._finished.append((now, charge_id))
             self._add_locked(record)

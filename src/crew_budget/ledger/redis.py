@@ -142,7 +142,10 @@ from crew_budget.ledger.base import (
     SettleResult,
     SpendRecord,
     StaleOverrides,
+    Unit,
     add_rollup,
+    bucket_need,
+    record_amount,
     rollup_hour,
     rollups_from,
 )
@@ -361,6 +364,10 @@ def _check_nano(what: str, value: int) -> None:
     check_nano(what, value)
 
 
+_UNIT_LETTERS = {"usd": "", "input_tokens": "i", "output_tokens": "o", "calls": "c"}
+"""A bucket's unit as the reserve script's UNITS argument spells it."""
+
+
 @lru_cache(maxsize=1024)
 def _who(role: str, model: str, crew: str | None) -> str:
     return json.dumps({"role": role, "model": model, "crew": crew}, separators=(",", ":"))[1:-1]
@@ -400,6 +407,9 @@ class _Plan:
 
     Both UTF-8 encoded once per set of buckets: redis-py sends bytes as they
     are, and encodes each str argument on every call (~20 per reserve)."""
+    letters: tuple[str, ...] = ()
+    """UNITS (lua/reserve.lua): each bucket's unit letter ("" for USD), or
+    empty when every bucket is USD (then no units argument is sent)."""
 
 
 class RedisLedger(Ledger):
@@ -638,7 +648,8 @@ class RedisLedger(Ledger):
             keys = [self._bkey(b) for b in buckets]
             elements = [
                 json.dumps([k, b.key, b.limit_nano, b.starts_at, b.ends_at, self._expireat(b),
-                            json.dumps(b.scope)], separators=(",", ":"), ensure_ascii=False)
+                            json.dumps(b.scope), *(() if b.unit == "usd" else (b.unit,))],
+                           separators=(",", ":"), ensure_ascii=False)
                 for k, b in zip(keys, buckets, strict=True)
             ]
             meta = "[" + ",".join(elements) + "]"
@@ -656,6 +667,8 @@ class RedisLedger(Ledger):
                     *(str(self._expireat(b)) for b in buckets),
                     *(json.dumps(b.scope) for b in buckets),
                 )),
+                letters=(tuple(_UNIT_LETTERS[b.unit] for b in buckets)
+                         if any(b.unit != "usd" for b in buckets) else ()),
             )
             if len(self._plans) >= 256:  # windows roll over: old plans are dead
                 self._plans.clear()
@@ -682,10 +695,15 @@ class RedisLedger(Ledger):
         tail = _tail(d.role, d.model, d.crew, d.estimate_nano, d.metadata)
         epoch = self._epoch
         # Safe to repeat: a second run with the same id answers "dup".
+        version: tuple[str, ...] = (() if request.overrides_version is None
+                                    else (str(request.overrides_version),))
+        if plan.letters:  # UNITS (lua/reserve.lua): what each bucket takes, in its unit
+            takes = {"": "", "i": f"i{int(d.prompt_tokens_estimate)}",
+                     "o": f"o{int(d.output_tokens_reserved)}", "c": "c1"}
+            version = (version[0] if version else "", ",".join(takes[x] for x in plan.letters))
         reply = self._call("reserve", [self._leases, self._stream, rkey, *plan.keys], [
             rid, rid_json, amount_s, str(lease_ms), str(lease_ms + _DAY_MS), tail,
-            *plan.fixed_args, epoch,
-            *(() if request.overrides_version is None else (str(request.overrides_version),)),
+            *plan.fixed_args, epoch, *version,
         ])
         kind = reply[0]
         if kind == "ok":
@@ -696,7 +714,8 @@ class RedisLedger(Ledger):
             raise LedgerReset(self.url, _loss(reply[1]))
         if kind == "deny":
             b = request.buckets[int(reply[1]) - 1]
-            return Denial(BucketState(b, int(reply[2]), int(reply[3])), amount)
+            return Denial(BucketState(b, int(reply[2]), int(reply[3])),
+                          bucket_need(b, amount, d))
         if kind == "skew":
             raise ClockSkew(float(reply[1]))
         if kind == "dup":
@@ -750,6 +769,10 @@ class RedisLedger(Ledger):
         args = [json.dumps(charge_id), str(int(cost_nano)), str(_CHARGE_TOMB_MS),
                 repr(float(record.ts)), record.to_json(), self._retention_str,
                 *(str(self._expireat(b)) for b in buckets)]
+        if any(b.unit != "usd" for b in buckets):  # UNITS (lua/charge.lua)
+            args.append(",".join(
+                "" if b.unit == "usd" else _UNIT_LETTERS[b.unit] + str(record_amount(b, 0, record))
+                for b in buckets))
         # Safe to repeat: the id's tombstone makes a second run a no-op.
         return int(self._call("charge", keys, args)) == 1
 
@@ -809,10 +832,13 @@ class RedisLedger(Ledger):
             buckets = request.buckets
         else:
             rebuilt = []
-            for _key, bkey, limit, starts, ends, _x, _scope in stored:
-                scope, window, period = bkey.rsplit("|", 2)
+            for _key, bkey, limit, starts, ends, _x, _scope, *unit in stored:
+                # A bucket of another unit: its key ends in "|<unit>".
+                base = bkey.rsplit("|", 1)[0] if unit else bkey
+                scope, window, period = base.rsplit("|", 2)
                 rebuilt.append(Bucket(scope, cast(WindowName, window), period, limit,
-                                      float(starts), float(ends)))
+                                      float(starts), float(ends),
+                                      cast(Unit, unit[0]) if unit else "usd"))
             buckets = tuple(rebuilt)
         return Reservation(rid, int(amount), int(expires_ms) / 1000, buckets)
 

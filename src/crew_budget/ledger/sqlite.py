@@ -55,7 +55,10 @@ from crew_budget.ledger.base import (
     SpendRecord,
     StaleOverrides,
     add_rollup,
+    bucket_charge,
+    bucket_need,
     new_reservation_id,
+    record_amount,
     rollup_counts,
     rollup_hour,
     rollups_from,
@@ -273,11 +276,12 @@ class SQLiteLedger(Ledger):
                 if row is not None:  # a retried reserve with the same token
                     return Reservation(request.reservation_id, row[0], row[1], request.buckets)
                 amount = request.amount_nano
-                for b in request.buckets:
+                needs = [bucket_need(b, amount, request.draft) for b in request.buckets]
+                for b, need in zip(request.buckets, needs, strict=True):
                     if b.limit_nano is None:
                         continue
                     spent, reserved = _bucket_row(db, b.key)
-                    if spent + reserved + amount > b.limit_nano:
+                    if spent + reserved + need > b.limit_nano:
                         self._insert(
                             db,
                             SpendRecord.build(
@@ -289,12 +293,12 @@ class SQLiteLedger(Ledger):
                                 scope=b.scope,
                             ),
                         )
-                        return Denial(BucketState(b, spent, reserved), amount)
-                for b in request.buckets:
+                        return Denial(BucketState(b, spent, reserved), need)
+                for b, need in zip(request.buckets, needs, strict=True):
                     db.execute(
                         "INSERT INTO buckets (key, reserved, expires_at) VALUES (?, ?, ?) "
                         "ON CONFLICT(key) DO UPDATE SET reserved = reserved + excluded.reserved",
-                        (b.key, amount, b.ends_at + retention),
+                        (b.key, need, b.ends_at + retention),
                     )
                 expires = now + request.lease_seconds
                 db.execute(
@@ -304,7 +308,10 @@ class SQLiteLedger(Ledger):
                         request.reservation_id,
                         amount,
                         expires,
-                        json.dumps([b.key for b in request.buckets]),
+                        # A USD bucket is its key; a bucket of another unit
+                        # is [key, unit, what it reserved] (see _finish).
+                        json.dumps([b.key if b.unit == "usd" else [b.key, b.unit, need]
+                                    for b, need in zip(request.buckets, needs, strict=True)]),
                         request.draft.to_json(),
                     ),
                 )
@@ -334,10 +341,15 @@ class SQLiteLedger(Ledger):
         if current != "reserved":
             return SettleResult(cast(Outcome, current), False, old_cost)
         charged = amount if cost is None else cost
-        for key in json.loads(keys):
+        for item in json.loads(keys):
+            if isinstance(item, str):  # a USD bucket
+                key, took, add = item, amount, charged
+            else:
+                key, unit, took = item
+                add = bucket_charge(unit, state, charged, took, usage)
             db.execute(
                 "UPDATE buckets SET reserved = reserved - ?, spent = spent + ? WHERE key = ?",
-                (amount, charged, key),
+                (took, add, key),
             )
         db.execute(
             "UPDATE reservations SET state = ?, cost = ?, finished_at = ? WHERE id = ?",
@@ -625,7 +637,7 @@ class SQLiteLedger(Ledger):
                 db.execute(
                     "INSERT INTO buckets (key, spent, expires_at) VALUES (?, ?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET spent = spent + excluded.spent",
-                    (b.key, cost_nano, b.ends_at + self._retention),
+                    (b.key, record_amount(b, cost_nano, record), b.ends_at + self._retention),
                 )
             db.execute(
                 "INSERT INTO reservations (id, amount, expires_at, buckets, draft, state, cost, "

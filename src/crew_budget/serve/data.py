@@ -66,6 +66,8 @@ def gauges(guard: Guard) -> list[dict[str, Any]]:
     """One entry per configured scope and window, from ``guard.status()``."""
     out: list[dict[str, Any]] = []
     for row in guard.status():
+        if row.unit != "usd":  # dollar gauges; token and call limits: `crew-budget status`
+            continue
         used = Decimal(0)
         if row.limit:
             used = (row.spent + row.reserved) / row.limit

@@ -46,6 +46,12 @@
 -- field is "" and finish decodes the JSON. Either way the JSON stays
 -- complete, so 0.1.0 clients (which ignore this field until they overwrite
 -- it with the cost) still read every value.
+-- UNITS: a reservation whose buckets are not all USD appends "#" and the
+-- units list reserve got (its last argument, see reserve.lua) to that
+-- field: one entry per counter key, in order, "" for a USD bucket (it took
+-- ``amount``) or a unit letter (i input tokens, o output tokens, c calls)
+-- and what the call took there. finish moves each bucket by its own entry
+-- (see unit_charge). Without "#" every bucket is USD, as before units.
 
 -- TOMBSTONE: once a reservation ends, its value keeps the same eight fields
 -- but with an empty tail and "[]" for buckets: all that is read from it
@@ -295,11 +301,43 @@ end
 -- ``spent``: deleting it would erase the role's spend and grant calls
 -- against money already spent, so ``reserved`` is clamped to 0 instead,
 -- ``spent`` is kept, and the server log says so.
+-- UNITS (see RESERVATION above): what ending the reservation charges a
+-- bucket that took ``took`` of unit ``letter``: on a release 0 (the
+-- provider was never reached), on an expiry what it took; on a settle the
+-- usage's count: input tokens as the provider counts the prompt (uncached
+-- + cached + cache writes), output tokens (reasoning included), one call.
+-- A settle with no prompt tokens (an unreadable usage, charged at the
+-- reservation) charges what it took: over-count, never under-count.
+local function unit_charge(letter, took, state, usage)
+  if state == 'released' then return '0' end
+  if state ~= 'settled' then return took end
+  local i, c, w, o = string.match(usage, USAGE_COUNTS)
+  local prompt = tonumber(i) + tonumber(c) + tonumber(w)
+  if prompt == 0 then return took end
+  if letter == 'i' then return int_str(prompt) end
+  if letter == 'o' then return o end
+  return '1'
+end
+
 local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_ms, retention_ms)
   local _, spans, _, exp, amount, tomb, rid_json, tail, at = parse(v)
-  local neg = negate(amount)
-  for _, key in ipairs(counters(v, spans, at)) do
+  local usd_neg, usd_cost = negate(amount), cost
+  local units, hash = nil, find(spans, '#', 1, true)
+  if hash then  -- UNITS: one entry per counter key
+    units = {}
+    for e in string.gmatch(string.sub(spans, hash + 1) .. ',', '([^,]*),') do
+      units[#units + 1] = e
+    end
+    spans = string.sub(spans, 1, hash - 1)
+  end
+  for k, key in ipairs(counters(v, spans, at)) do
     local gone
+    local neg, add = usd_neg, usd_cost
+    local e = units and units[k] or ''
+    if e ~= '' then
+      local letter, took = string.sub(e, 1, 1), string.sub(e, 2)
+      neg, add = negate(took), unit_charge(letter, took, state, usage)
+    end
     if neg == '0' then  -- nothing to take back; just do not recreate the counter
       gone = redis.call('EXISTS', key) == 0
     elseif redis.call('HINCRBY', key, 'reserved', neg) < 0 then
@@ -312,8 +350,8 @@ local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_
         redis.call('HSET', key, 'reserved', '0')
       end
     end
-    if not gone and cost ~= '0' then
-      redis.call('HINCRBY', key, 'spent', cost)
+    if not gone and add ~= '0' then
+      redis.call('HINCRBY', key, 'spent', add)
     end
   end
   -- The tombstone: final state and cost, without tail and buckets (see

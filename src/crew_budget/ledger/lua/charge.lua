@@ -15,6 +15,10 @@
 -- ARGV[5]   - the record as JSON
 -- ARGV[6]   - retention of records, ms (0: no record kept, only its rollup)
 -- ARGV[6+i] - bucket i's counter expiry (Unix s: window end + retention)
+-- ARGV[7+n] - the UNITS of the buckets (see RESERVATION in _common.lua);
+--             optional (absent or "" = every bucket is USD and takes the
+--             cost): one entry per bucket, "" for a USD bucket, else a unit
+--             letter (i, o, c) and what the call used there, e.g. ",i4100,c1"
 --
 -- Returns 1 if charged now, 0 if this id was charged before (nothing done).
 --
@@ -22,6 +26,26 @@
 -- _common.lua) change in one atomic step; a repeat
 -- (a journal replayed twice, e.g. after a crash between the charge and the
 -- journal's note of it) changes nothing while the tombstone lives.
+
+-- UNITS: what each bucket takes, checked before any write (VALIDATION).
+local takes, nb = {}, #KEYS - 4
+do
+  local units = ARGV[7 + nb] or ''
+  if units ~= '' then
+    for e in string.gmatch(units .. ',', '([^,]*),') do
+      if e ~= '' then
+        if not find(e, '^[ioc]%d') then
+          invalid('a bucket unit', 'must be "" or i, o or c and an amount', e)
+        end
+        arg_int('a bucket unit amount', string.sub(e, 2), MAX_NANO)
+        takes[#takes + 1] = string.sub(e, 2)
+      else
+        takes[#takes + 1] = ARGV[2]
+      end
+    end
+    if #takes ~= nb then invalid('the units', 'must have one entry per bucket', units) end
+  end
+end
 
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 -- ROLLUPS (see _common.lua): the call counts in its record's hour. First:
@@ -35,7 +59,7 @@ for i = 5, #KEYS do
   if fresh and tonumber(ARGV[2 + i]) < now then
     -- the window ended more than the retention period ago: no counter to keep
   else
-    redis.call('HINCRBY', KEYS[i], 'spent', cost)
+    redis.call('HINCRBY', KEYS[i], 'spent', takes[i - 4] or cost)
     if fresh then
       redis.call('HSET', KEYS[i], 'reserved', '0')
       redis.call('EXPIREAT', KEYS[i], ARGV[2 + i])

@@ -25,9 +25,15 @@
 -- ARGV[14+3n]  - the ledger epoch this client last saw, or "" (see EPOCH in
 --                _common.lua); optional (absent = "")
 -- ARGV[15+3n]  - the live-limits version this client built its buckets with
---                (see overrides_write.lua); optional (absent = no check)
--- ARGV[1..6] change with every call; the rest is fixed per ledger and set of
--- buckets, so the client sends it pre-encoded.
+--                (see overrides_write.lua); optional (absent or "" = no check)
+-- ARGV[16+3n]  - the UNITS of the buckets (see RESERVATION in _common.lua);
+--                optional (absent or "" = every bucket is USD and takes
+--                ARGV[3]): one entry per bucket, comma-separated, "" for a
+--                USD bucket, else a unit letter (i input tokens, o output
+--                tokens, c calls) and what the call takes there, e.g.
+--                ",,i4100,c1"; its limit (ARGV[13+i]) is in that unit
+-- ARGV[1..6] (and the units' amounts) change with every call; the rest is
+-- fixed per ledger and set of buckets, so the client sends it pre-encoded.
 --
 -- Returns one of
 --   {"reset", epoch}    the ledger lost its state (see EPOCH in _common.lua):
@@ -82,7 +88,23 @@ do
     arg_int('a counter expiry (s)', ARGV[n + i], MAX_NANO)
     arg_text('a bucket scope', ARGV[2 * n + i], 34, 34)
   end
-  if ARGV[15 + 3 * n] then arg_count('the live-limits version', ARGV[15 + 3 * n], MAX_NANO) end
+  if ARGV[15 + 3 * n] and ARGV[15 + 3 * n] ~= '' then
+    arg_count('the live-limits version', ARGV[15 + 3 * n], MAX_NANO)
+  end
+  local units = ARGV[16 + 3 * n]
+  if units and units ~= '' then
+    local k = 0
+    for e in string.gmatch(units .. ',', '([^,]*),') do
+      k = k + 1
+      if e ~= '' then
+        if not find(e, '^[ioc]%d') then
+          invalid('a bucket unit', 'must be "" or i, o or c and an amount', e)
+        end
+        arg_int('a bucket unit amount', string.sub(e, 2), MAX_NANO)
+      end
+    end
+    if k ~= n then invalid('the units', 'must have one entry per bucket', units) end
+  end
 end
 -- -------------------------------------------------------------------------
 
@@ -108,7 +130,7 @@ if string.sub(epoch, 1, 5) == 'lost:' then return {'reset', epoch} end
 -- call. The client's buckets carry the overrides of the version it sent; if
 -- an operator changed them since, it must re-read them and rebuild first.
 local ov_seen = ARGV[15 + 3 * nb]
-if ov_seen then
+if ov_seen and ov_seen ~= '' then
   local ov = redis.call('GET', prefix .. 'ov:version') or '0'
   if ov ~= ov_seen then return {'stale', ov} end
 end
@@ -119,14 +141,23 @@ reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[8]), ts, now_ms, retention_ms)
 local old = redis.call('GET', KEYS[3])
 if old then return {'dup', old} end
 
-local need = tonumber(amount)
+-- UNITS: what each bucket takes, its unit's amount or (no entry) ``amount``.
+local takes, units = {}, ARGV[16 + 3 * nb] or ''
+if units ~= '' then
+  local i = 0
+  for e in string.gmatch(units .. ',', '([^,]*),') do
+    i = i + 1
+    if e ~= '' then takes[i] = string.sub(e, 2) end
+  end
+end
+
 local fresh = {}
 for i = 1, nb do
   local limit = ARGV[13 + i]
   if limit ~= '' then
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     local spent, reserved = c[1] or '0', c[2] or '0'
-    if tonumber(spent) + tonumber(reserved) + need > tonumber(limit) then
+    if tonumber(spent) + tonumber(reserved) + tonumber(takes[i] or amount) > tonumber(limit) then
       append(KEYS[2], now_ms, retention_ms,
         record_json(ts, rid_json, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail))
       -- ROLLUPS (see _common.lua): the blocked call counts in its hour.
@@ -138,18 +169,20 @@ for i = 1, nb do
 end
 
 for i = 1, nb do
-  local total = redis.call('HINCRBY', KEYS[3 + i], 'reserved', amount)
+  local take = takes[i] or amount
+  local total = redis.call('HINCRBY', KEYS[3 + i], 'reserved', take)
   -- A new counter gets its expiry. Unlimited buckets were not read above:
   -- for them "nothing else reserved" stands in for "new" (setting the same
   -- expiry again is harmless).
-  if fresh[i] or (fresh[i] == nil and total == need) then
+  if fresh[i] or (fresh[i] == nil and total == tonumber(take)) then
     redis.call('EXPIREAT', KEYS[3 + i], ARGV[13 + nb + i])
   end
 end
 
 local expires_ms = now_ms + lease_ms
 local keep_ms = math.max(expires_ms + tonumber(tomb), tonumber(ARGV[12]))
-redis.call('SET', KEYS[3], 'reserved\n' .. ARGV[13] .. '\n' .. int_str(expires_ms) .. '\n'
+local spans = units == '' and ARGV[13] or ARGV[13] .. '#' .. units  -- UNITS
+redis.call('SET', KEYS[3], 'reserved\n' .. spans .. '\n' .. int_str(expires_ms) .. '\n'
   .. amount .. '\n' .. tomb .. '\n' .. rid_json .. '\n' .. tail .. '\n' .. ARGV[9],
   'PXAT', int_str(keep_ms))
 redis.call('ZADD', KEYS[1], int_str(expires_ms), rid)
