@@ -224,7 +224,9 @@ def test_status_cli_shows_token_and_call_usage(tmp_path: Path) -> None:
     assert rows[("role:researcher", "input_tokens")] | {"period": "", "resets_at": ""} == {
         "scope": "role:researcher", "window": "day", "period": "", "unit": "input_tokens",
         "limit": 2_000_000, "spent": 1_998_000, "reserved": 0, "remaining": 2_000,
-        "used_pct": "99.9", "resets_at": ""}
+        "used_pct": "99.9", "resets_at": "",
+        # the model its calls used, and what priced it (a `prices:` override)
+        "models": [{"model": "small", "price_source": "config", "priced_as": "small"}]}
     assert rows[("role:researcher", "calls")]["spent"] == 1
     assert rows[("role:researcher", "usd")]["limit_usd"] == "5"
     table = subprocess.run([str(cli), "status", "--config", str(cfg), "--ledger",
