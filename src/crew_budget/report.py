@@ -230,6 +230,8 @@ class Report:
     records_retention_days: float | None = None
     overrides: list[SpendRecord] = field(default_factory=list)
     """Live-limit changes (crew-budget set/pause/resume) in the span: not calls."""
+    what_if: dict[str, Any] | None = None
+    """``report --what-if``: the span re-priced (``crew_budget.whatif.WhatIf.to_dict``)."""
 
     def share(self, row: ReportRow) -> Decimal:
         """The row's share of total cost, in percent (one decimal)."""
@@ -275,6 +277,7 @@ class Report:
                  "until": self._iso(r.metadata.get("until"))}
                 for r in self.overrides
             ],
+            **({"what_if": self.what_if} if self.what_if is not None else {}),
         }
 
     def to_json(self) -> str:

@@ -34,7 +34,10 @@ from crew_budget.money import from_nano, to_nano_round
 from crew_budget.pricing import Price, PriceBook
 from crew_budget.usage import Usage, cost_nano_of
 
-__all__ = ["Substitution", "WhatIf", "WhatIfRow", "parse_substitutions", "reprice", "what_if"]
+__all__ = [
+    "Substitution", "WhatIf", "WhatIfRow", "parse_substitutions", "render_table", "reprice",
+    "what_if",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +208,35 @@ def what_if(
         total.repriced_nano += w.repriced_nano
         total.what_if_nano += w.what_if_nano
     return WhatIf(subs, out, total, tuple(s for s in subs if s not in seen))
+
+
+def render_table(result: WhatIf, *, title: str | None = None) -> Any:
+    """A ``rich.table.Table`` of the re-priced rows (rich is imported here, lazily)."""
+    from rich.table import Table
+
+    from crew_budget.cli.common import fmt_usd, money_column
+
+    t = result.total
+    rows = [(r.role, r.model, r.substitute, r) for r in result.rows]
+    table = Table(title=title, title_justify="left", show_footer=True)
+    for name, footer in (("role", "total"), ("model", ""), ("as", "")):
+        table.add_column(name, footer=footer, overflow="fold",
+                         style="bold" if name == "role" else None)
+    stats: dict[str, list[str]] = {
+        "calls": [str(t.calls), *(str(r.calls) for *_, r in rows)],
+        "cost": [fmt_usd(from_nano(t.cost_nano)),
+                 *(fmt_usd(from_nano(r.cost_nano)) for *_, r in rows)],
+        "re-priced": [fmt_usd(from_nano(t.repriced_nano)),
+                      *(fmt_usd(from_nano(r.repriced_nano)) for *_, r in rows)],
+        "what-if": [fmt_usd(from_nano(t.what_if_nano)),
+                    *(fmt_usd(from_nano(r.what_if_nano)) for *_, r in rows)],
+        "saving": [fmt_usd(from_nano(t.saving_nano)),
+                   *(fmt_usd(from_nano(r.saving_nano)) for *_, r in rows)],
+        "saving %": [f"{t.saving_pct()}%", *(f"{r.saving_pct()}%" for *_, r in rows)],
+    }
+    for name, values in stats.items():
+        money_column(table, name, values, footer=values[0],
+                     style="green" if name == "saving" else None)
+    for i, (role, model, substitute, _row) in enumerate(rows):
+        table.add_row(role, model, substitute, *(v[i + 1] for v in stats.values()))
+    return table
