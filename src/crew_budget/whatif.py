@@ -36,7 +36,7 @@ from crew_budget.usage import Usage, cost_nano_of
 
 __all__ = [
     "Substitution", "WhatIf", "WhatIfRow", "parse_substitutions", "render_table", "reprice",
-    "what_if",
+    "to_html", "what_if",
 ]
 
 
@@ -240,3 +240,37 @@ def render_table(result: WhatIf, *, title: str | None = None) -> Any:
     for i, (role, model, substitute, _row) in enumerate(rows):
         table.add_row(role, model, substitute, *(v[i + 1] for v in stats.values()))
     return table
+
+
+def to_html(result: WhatIf) -> str:
+    """The what-if section of the HTML report: a heading and one table.
+
+    Plain markup styled by the report page's own CSS, appended to the page
+    by ``crew-budget report --html ... --what-if ...``.
+    """
+    from html import escape
+
+    from crew_budget.cli.common import fmt_usd
+
+    def usd(nano: int) -> str:
+        return escape(fmt_usd(from_nano(nano)))
+
+    subs = escape(", ".join(str(s) for s in result.substitutions))
+    out = [f'<h2 id="what-if">What if {subs}</h2>',
+           "<p>The period's calls re-priced from their tokens at the substitute's prices "
+           "(the settle's own pricing code); the saving compares both prices on the same "
+           "tokens.</p>",
+           '<table data-table="what-if"><tr><th>role</th><th class="k">model</th>'
+           '<th class="k">as</th><th>calls</th><th>cost</th><th>re-priced</th>'
+           "<th>what-if</th><th>saving</th><th>saving %</th></tr>"]
+    for r in [*result.rows, result.total]:
+        total = r is result.total
+        out.append(f'<tr><td class="k">{"total" if total else escape(r.role)}</td>'
+                   f'<td class="k">{escape(r.model)}</td><td class="k">'
+                   f"{escape(r.substitute)}</td><td>{r.calls}</td><td>{usd(r.cost_nano)}</td>"
+                   f"<td>{usd(r.repriced_nano)}</td><td>{usd(r.what_if_nano)}</td>"
+                   f"<td>{usd(r.saving_nano)}</td><td>{r.saving_pct()}%</td></tr>")
+    out.append("</table>")
+    out += [f"<p>No calls to {escape(s.original)} in this period ({escape(str(s))}).</p>"
+            for s in result.unmatched]
+    return "".join(out)

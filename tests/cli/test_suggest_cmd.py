@@ -141,3 +141,16 @@ def test_report_what_if_usage_errors(ledger: str, args: list[str], message: str)
     assert done.returncode == 2
     assert message in " ".join(done.stderr.split())
 
+
+
+def test_report_what_if_in_the_html_page(ledger: str, tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    done = cli("report", "--ledger", ledger, "--since", SINCE, "--until", UNTIL,
+               "--what-if", "gpt-4o=gpt-4o-mini", "--html", str(target), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    page = target.read_text()
+    assert page.count('<h2 id="what-if">What if gpt-4o=gpt-4o-mini</h2>') == 1
+    assert page.index('id="what-if"') < page.index("</body></html>")
+    assert ('<tr><td class="k">researcher</td><td class="k">gpt-4o</td><td class="k">'
+            "gpt-4o-mini</td><td>21</td><td>$0.063</td><td>$0.063</td><td>$0.00378</td>"
+            "<td>$0.05922</td><td>94.0%</td></tr>") in page

@@ -147,8 +147,14 @@ def report(
         try:
             step: Literal["hour", "day"] | None = (
                 "hour" if "hour" in keys else "day" if "day" in keys else None)
-            html.write_text(render_html(data, since=span.since, until=span.until, tz=tz,
-                                        step=step, config=guard.config), encoding="utf-8")
+            page = render_html(data, since=span.since, until=span.until, tz=tz, step=step,
+                               config=guard.config)
+            if whatif_result is not None:
+                from crew_budget.whatif import to_html
+
+                end = page.rindex("</body>")
+                page = page[:end] + to_html(whatif_result) + page[end:]
+            html.write_text(page, encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
         typer.echo(f"crew-budget report: wrote {html} ({result.records} spend records)",
