@@ -135,6 +135,9 @@ def report(
         how_long = "" if kept is None else f", which this ledger keeps {kept:g} days"
         typer.echo(f"crew-budget report: --by {','.join(record_keys)} reads raw spend records"
                    f"{how_long} (other keys read hourly rollups, kept 400 days)", err=True)
+    from crew_budget.report import shadow_summary
+
+    result.shadow = shadow_summary(data, since=span.since, until=span.until)
     whatif_result = None
     if substitutions is not None:
         whatif_result = _what_if(guard, substitutions, span.since, span.until, role, model)
@@ -149,11 +152,18 @@ def report(
                 "hour" if "hour" in keys else "day" if "day" in keys else None)
             page = render_html(data, since=span.since, until=span.until, tz=tz, step=step,
                                config=guard.config)
+            extra = ""
+            if result.shadow.calls:
+                from html import escape
+
+                extra += (f'<p data-shadow="{result.shadow.calls}">'
+                          f"{escape(result.shadow.text())}</p>")
             if whatif_result is not None:
                 from crew_budget.whatif import to_html
 
-                end = page.rindex("</body>")
-                page = page[:end] + to_html(whatif_result) + page[end:]
+                extra += to_html(whatif_result)
+            end = page.rindex("</body>")
+            page = page[:end] + extra + page[end:]
             html.write_text(page, encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
@@ -167,6 +177,8 @@ def report(
         title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(guard)}"
         out = console()
         out.print(render_table(result, title=title, width=out.width))
+        if result.shadow.calls:
+            out.print(result.shadow.text())
         if whatif_result is not None:
             _print_what_if(out, whatif_result, span.label)
 
