@@ -548,6 +548,8 @@ class BudgetConfig(_Model):
             scopes.add(f"role:{DEFAULT_ROLE}")
         if self.crew is not None:
             scopes.add(f"crew:{self.crew.name}")
+        scopes |= {f"model:{m}" for m in self.models}  # the guard's model scope names
+        scopes |= {f"model:{m}@role:{r}" for r, b in self.roles.items() for m in b.models}
         for scope, pcts in alerts.scope_thresholds.items():
             if scope not in scopes:
                 raise _at(("alerts", "scope_thresholds", scope), f"scope {scope!r} is not a "
