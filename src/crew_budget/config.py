@@ -20,8 +20,9 @@ Example::
 
 Runs. ``per_run:`` (beside ``hourly``/``daily``/``monthly`` in the crew,
 ``global``, each role, ``default_role`` and each model budget) caps what one
-run may spend: a ``with crew_budget.run("name"):`` block, e.g. around a
-CrewAI ``kickoff()``. Calls made outside any run are not limited by it.
+run may spend: a ``with crew_budget.run("name"):`` block, or a CrewAI
+``kickoff()`` or Flow run under a ``BudgetCallback`` (each one is a run).
+Calls made outside any run are not limited by it.
 
 Models. ``models: {gpt-4o: {daily: 10}}`` limits one model across all
 roles (scope ``model:gpt-4o``); ``roles.<r>.models.<m>`` limits it for one

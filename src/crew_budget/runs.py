@@ -7,6 +7,13 @@ days, and two runs in the same hour share one hourly budget. A run budget
 is one more bucket in the same atomic reservation as the calendar ones
 (invariant 2), whose period is the run's id and which never rolls over.
 
+CrewAI needs no ``run()``: each ``kickoff()`` of a crew attached to a
+``BudgetCallback`` is a run of its own (named after the crew), and a Flow
+run is one run that the crews it kicks off are charged to; a kickoff or
+Flow already inside a run (yours, or a Flow's) is charged to that run.
+The adapter starts and ends them with ``begin_run``/``end_run`` from
+CrewAI's execution hooks.
+
 Every guarded call made inside ``run(...)`` is charged to it: CrewAI,
 LangChain and LiteLLM adapters all go through ``Guard.preflight``, which
 reads the current run from a ``ContextVar``. Its spend record carries the

@@ -154,3 +154,30 @@ def test_report_what_if_in_the_html_page(ledger: str, tmp_path: Path) -> None:
     assert ('<tr><td class="k">researcher</td><td class="k">gpt-4o</td><td class="k">'
             "gpt-4o-mini</td><td>21</td><td>$0.063</td><td>$0.063</td><td>$0.00378</td>"
             "<td>$0.05922</td><td>94.0%</td></tr>") in page
+
+
+def test_suggest_and_what_if_on_redis(redis_url: str) -> None:
+    """The same commands on a Redis ledger (dated by Redis TIME: one day of
+    history): 3 researcher calls at $0.003 and the writer's $0.0006."""
+    from crew_budget import BudgetExceeded, Guard
+    from tests.test_suggest import CONFIG, MSG, R_USAGE, W_USAGE
+
+    guard = Guard(CONFIG, redis_url, start_alerts=False)
+    for _ in range(3):
+        guard.settle(guard.preflight("researcher", "gpt-4o", MSG, max_tokens=200), R_USAGE)
+    guard.settle(guard.preflight("writer", "gpt-4o-mini", MSG, max_tokens=600), W_USAGE)
+    with pytest.raises(BudgetExceeded):
+        guard.preflight("writer", "gpt-4o-mini", MSG, max_tokens=1000)
+    done = cli("suggest", "--ledger", redis_url, "--since", "2h", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert [(r["name"], r["calls"], r["blocked"], r["cost_usd"], r["daily"], r["days"])
+            for r in data["roles"]] == [("researcher", 3, 0, "0.009", "0.012", 1),
+                                        ("writer", 1, 1, "0.0006", "0.00075", 1)]
+    report = cli("report", "--ledger", redis_url, "--since", "2h", "--format", "json",
+                 "--what-if", "gpt-4o=gpt-4o-mini")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["what_if"]["total"] == {
+        "calls": 3, "input_tokens": 3000, "output_tokens": 300, "cost_usd": "0.009",
+        "repriced_usd": "0.009", "what_if_usd": "0.00054", "saving_usd": "0.00846",
+        "saving_pct": "94.0"}
