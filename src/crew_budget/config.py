@@ -20,8 +20,9 @@ Example::
 
 Runs. ``per_run:`` (beside ``hourly``/``daily``/``monthly`` in the crew,
 ``global``, each role, ``default_role`` and each model budget) caps what one
-run may spend: a ``with crew_budget.run("name"):`` block, e.g. around a
-CrewAI ``kickoff()``. Calls made outside any run are not limited by it.
+run may spend: a ``with crew_budget.run("name"):`` block, or a CrewAI
+``kickoff()`` or Flow run under a ``BudgetCallback`` (each one is a run).
+Calls made outside any run are not limited by it.
 
 Models. ``models: {gpt-4o: {daily: 10}}`` limits one model across all
 roles (scope ``model:gpt-4o``); ``roles.<r>.models.<m>`` limits it for one
@@ -672,6 +673,8 @@ class BudgetConfig(_Model):
             scopes.add(f"role:{DEFAULT_ROLE}")
         if self.crew is not None:
             scopes.add(f"crew:{self.crew.name}")
+        scopes |= {f"model:{m}" for m in self.models}  # the guard's model scope names
+        scopes |= {f"model:{m}@role:{r}" for r, b in self.roles.items() for m in b.models}
         for scope, pcts in alerts.scope_thresholds.items():
             if scope not in scopes:
                 raise _at(("alerts", "scope_thresholds", scope), f"scope {scope!r} is not a "

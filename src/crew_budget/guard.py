@@ -63,7 +63,7 @@ from crew_budget.ledger import (
     new_reservation_id,
     open_ledger,
 )
-from crew_budget.ledger.base import OverrideKind
+from crew_budget.ledger.base import SHADOW_KEY, OverrideKind
 from crew_budget.money import (
     MAX_NANO,
     MAX_TOKENS,
@@ -462,6 +462,7 @@ class Guard:
         # (invariant 8): a "run" key passed in is replaced or dropped.
         meta.pop("run", None)
         meta.pop("runs", None)
+        meta.pop(SHADOW_KEY, None)  # the guard's mark: rollups count it (ledger.base)
         active = current_run()
         chain: RunChain = ()
         if active is not None:
@@ -656,7 +657,7 @@ class Guard:
                 req = ReserveRequest(rid, buckets, amount, self._lease, draft)
             else:
                 meta = {**draft.metadata,
-                        "shadow_blocked": f"{over.bucket.scope}|{over.bucket.window}"
+                        SHADOW_KEY: f"{over.bucket.scope}|{over.bucket.window}"
                         + ("" if over.bucket.unit == "usd" else f"|{over.bucket.unit}")}
                 req = ReserveRequest(rid, tuple(replace(b, limit_nano=None) for b in buckets),
                                      amount, self._lease, replace(draft, metadata=meta))

@@ -36,6 +36,10 @@ Metrics (USD values are floats only at the exposition edge)::
     crew_budget_usage_errors_total              settles whose usage could not be
                                                 trusted, charged at the reservation
                                                 (this process's guard only)
+    crew_budget_shadow_blocked_total{role}      charged calls that shadow mode
+                                                (mode/on_exceed: shadow) let through
+                                                but the limits would have blocked
+    crew_budget_shadow_blocked_usd_total{role}  what those calls cost
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crew_budget.config import DEFAULT_ROLE
 from crew_budget.errors import CrewBudgetError
-from crew_budget.ledger.base import SpendRecord
+from crew_budget.ledger.base import SHADOW_KEY, SpendRecord
 
 if TYPE_CHECKING:
     from crew_budget.guard import Guard, GuardEvent
@@ -98,6 +102,7 @@ class BudgetMetrics:
         self._hist_sum = Decimal(0)
         self._expired_ids: dict[str, None] = {}
         self._overruns: dict[tuple[str, str], int] = {}
+        self._shadow: dict[str, list[int]] = {}  # role -> [calls, cost_nano]
         self._remove: Any = None
         self._origin = guard.ledger.now() if since is None else since
         self._cursor = self._origin
@@ -150,6 +155,11 @@ class BudgetMetrics:
         key = (role, model)
         self._cost[key] = self._cost.get(key, 0) + cost_nano
 
+    def _shadowed(self, role: str, cost_nano: int) -> None:
+        slot = self._shadow.setdefault(role, [0, 0])
+        slot[0] += 1
+        slot[1] += cost_nano
+
     def observe(self, event: GuardEvent) -> None:
         """Guard listener (``source="calls"``): never raises, never blocks long."""
         with self._lock:
@@ -173,6 +183,11 @@ class BudgetMetrics:
                 self._charge(event.role, event.model, cost)
                 if event.outcome == "settled":
                     self._error(int(event.estimate * _NANO), cost)
+            else:
+                return
+            # Shadow-blocked calls count when charged, as the ledger's rollups do.
+            if event.ticket is not None and SHADOW_KEY in event.ticket.metadata:
+                self._shadowed(event.role, cost)
 
     def observe_record(self, r: SpendRecord) -> None:
         """Count one spend record (``source="ledger"``)."""
@@ -187,6 +202,8 @@ class BudgetMetrics:
                 self._error(r.estimate_nano, r.cost_nano)
                 if r.cost_nano > r.estimate_nano:  # the record's estimate is its reservation
                     self._overrun(r.role, r.model)
+            if r.outcome in ("settled", "expired", "unguarded") and SHADOW_KEY in r.metadata:
+                self._shadowed(r.role, r.cost_nano)
 
     def _tail(self) -> None:
         # Re-read a little behind the newest record seen (other processes'
@@ -244,6 +261,13 @@ class BudgetMetrics:
         overruns = core.CounterMetricFamily(
             "crew_budget_overruns", "Settles that cost more than their reservation.",
             labels=["role", "model"])
+        shadow = core.CounterMetricFamily(
+            "crew_budget_shadow_blocked",
+            "Charged calls that shadow mode let through but the limits would have blocked.",
+            labels=["role"])
+        shadow_usd = core.CounterMetricFamily(
+            "crew_budget_shadow_blocked_usd",
+            "What the shadow-blocked calls cost (USD).", labels=["role"])
         usage_errors = core.CounterMetricFamily(
             "crew_budget_usage_errors",
             "Settles whose usage could not be trusted, charged at the reservation "
@@ -282,9 +306,12 @@ class BudgetMetrics:
                 hist.add_metric([], cumulative, float(self._hist_sum))
                 for (role, model), n in sorted(self._overruns.items()):
                     overruns.add_metric([role, model], float(n))
+                for role, (n, nano) in sorted(self._shadow.items()):
+                    shadow.add_metric([role], float(n))
+                    shadow_usd.add_metric([role], float(Decimal(nano) / _NANO))
             usage_errors.add_metric([], float(self.guard.counters.get("usage_errors", 0)))
         yield from (limit, spent, reserved, remaining, ends, up, calls, cost, hist, overruns,
-                    usage_errors)
+                    usage_errors, shadow, shadow_usd)
 
 
 def register_metrics(

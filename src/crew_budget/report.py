@@ -41,7 +41,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from crew_budget.cli.common import fit_columns, fmt_usd, money_column
-from crew_budget.ledger.base import Rollup, SpendRecord, in_span
+from crew_budget.ledger.base import SHADOW_KEY, Rollup, SpendRecord, in_span
 from crew_budget.money import from_nano
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "PriceSource",
     "Report",
     "ReportRow",
+    "ShadowSummary",
     "build_report",
     "fmt_usd",
     "needs_records",
@@ -58,6 +59,7 @@ __all__ = [
     "render_price_sources",
     "render_table",
     "scope_models",
+    "shadow_summary",
     "short_hour",
     "time_series",
 ]
@@ -237,6 +239,10 @@ class Report:
     prices: dict[str, PriceSource] = field(default_factory=dict)
     """Which source priced each model in the report, and under what name
     (``price_sources``); shown per row when the report is grouped by model."""
+    what_if: dict[str, Any] | None = None
+    """``report --what-if``: the span re-priced (``crew_budget.whatif.WhatIf.to_dict``)."""
+    shadow: ShadowSummary | None = None
+    """Calls shadow mode let through that the limits would have blocked (``shadow_summary``)."""
 
     def share(self, row: ReportRow) -> Decimal:
         """The row's share of total cost, in percent (one decimal)."""
@@ -293,6 +299,8 @@ class Report:
                 for r in self.overrides
             ],
             **({"prices": [p.to_dict() for p in self.prices.values()]} if self.prices else {}),
+            **({"what_if": self.what_if} if self.what_if is not None else {}),
+            **({"shadow_blocked": self.shadow.to_dict()} if self.shadow is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -594,3 +602,60 @@ def scope_models(scope: str, rollups: Iterable[Rollup], since: float,
         if ok:
             found.add(r.model)
     return sorted(found)
+@dataclass(slots=True)
+class ShadowSummary:
+    """What shadow mode let through (``on_exceed: shadow`` / ``mode: shadow``):
+    charged calls the limits would have blocked, and their cost, per role.
+
+    The dollars are what those calls cost: what enforcing the limits would
+    have saved, and the measure of how far off a budget is before anyone
+    enforces it.
+    """
+
+    calls: int = 0
+    cost_nano: int = 0
+    by_role: dict[str, list[int]] = field(default_factory=dict)
+    """role -> [calls, cost_nano]."""
+
+    def add(self, role: str, calls: int, cost_nano: int) -> None:
+        self.calls += calls
+        self.cost_nano += cost_nano
+        slot = self.by_role.setdefault(role, [0, 0])
+        slot[0] += calls
+        slot[1] += cost_nano
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls, "cost_usd": str(from_nano(self.cost_nano)),
+            "by_role": [{"role": role, "calls": n, "cost_usd": str(from_nano(c))}
+                        for role, (n, c) in self._rows()],
+        }
+
+    def _rows(self) -> list[tuple[str, list[int]]]:
+        return sorted(self.by_role.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+
+    def text(self) -> str:
+        """One line for the terminal: ``shadow mode: 3 calls ($0.0012) would ...``."""
+        roles = ", ".join(f"{role} {n} ({fmt_usd(from_nano(c))})" for role, (n, c) in self._rows())
+        return (f"shadow mode: {self.calls} call{'s' if self.calls != 1 else ''} "
+                f"({fmt_usd(from_nano(self.cost_nano))}) would have been blocked and were "
+                f"sent anyway: {roles}")
+
+
+def shadow_summary(
+    data: Iterable[SpendRecord] | Iterable[Rollup],
+    *,
+    since: float | None = None,
+    until: float | None = None,
+) -> ShadowSummary:
+    """The shadow-blocked calls of ``data`` in ``[since, until)``: from rollups'
+    ``shadow_blocked`` counts, or from records charged with the guard's mark."""
+    out = ShadowSummary()
+    for r in data:
+        if isinstance(r, Rollup):
+            if r.shadow_blocked and in_span(r.hour, since, until):
+                out.add(r.role, r.shadow_blocked, r.shadow_blocked_nano)
+        elif (r.outcome in _CHARGED and SHADOW_KEY in r.metadata
+              and (since is None or r.ts >= since) and (until is None or r.ts < until)):
+            out.add(r.role, 1, r.cost_nano)
+    return out

@@ -7,6 +7,13 @@ days, and two runs in the same hour share one hourly budget. A run budget
 is one more bucket in the same atomic reservation as the calendar ones
 (invariant 2), whose period is the run's id and which never rolls over.
 
+CrewAI needs no ``run()``: each ``kickoff()`` of a crew attached to a
+``BudgetCallback`` is a run of its own (named after the crew), and a Flow
+run is one run that the crews it kicks off are charged to; a kickoff or
+Flow already inside a run (yours, or a Flow's) is charged to that run.
+The adapter starts and ends them with ``begin_run``/``end_run`` from
+CrewAI's execution hooks.
+
 Every guarded call made inside ``run(...)`` is charged to it: CrewAI,
 LangChain and LiteLLM adapters all go through ``Guard.preflight``, which
 reads the current run from a ``ContextVar``. Its spend record carries the
@@ -54,7 +61,7 @@ from crew_budget.errors import ConfigError
 if TYPE_CHECKING:
     from crew_budget.guard import BudgetStatus, Guard
 
-__all__ = ["MAX_RUN_NAME", "Run", "current_run", "run"]
+__all__ = ["MAX_RUN_NAME", "Run", "begin_run", "current_run", "end_run", "run"]
 
 #: Longest run name: it becomes part of ledger keys and spend records.
 MAX_RUN_NAME = 200
@@ -161,3 +168,42 @@ def run(name: str, usd: object = None) -> Iterator[Run]:
         yield r
     finally:
         _RUN.reset(token)
+
+
+def begin_run(name: str, usd: object = None) -> Run:
+    """Start a run in the calling context without a ``with`` block; ``end_run`` ends it.
+
+    For adapters whose framework announces a run's start and end as two
+    callbacks on the same context (CrewAI's ``EXECUTION_START`` and
+    ``EXECUTION_END`` hooks around a ``kickoff()`` or a Flow run), where a
+    ``with`` block cannot span the two. Same checks and id as ``run()``; the
+    run is visible to the code that follows in this context (and to tasks
+    and threads that copy it) until ``end_run``.
+    """
+    label = _check_name(name)
+    limit = _check_usd(usd)
+    parent = _RUN.get()
+    r = Run(label, f"{label}#{os.urandom(8).hex()}", limit, parent, time.time())
+    _RUN.set(r)
+    return r
+
+
+def end_run(r: Run) -> None:
+    """End ``r`` (started by ``begin_run``): its enclosing run is current again.
+
+    A no-op unless ``r`` is the innermost run here, so an end announced
+    twice, or in another context, never ends a run it did not start.
+    """
+    if _RUN.get() is r:
+        _RUN.set(r.parent)
+
+
+def run_name(text: object, fallback: str) -> str:
+    """``text`` made fit to name a run (``_check_name``'s rules), else ``fallback``.
+
+    Adapters name runs after a crew or flow, whose names users choose freely.
+    """
+    if not isinstance(text, str):
+        return fallback
+    clean = "".join(" " if c == "|" or ord(c) < 32 else c for c in text).strip()
+    return clean[:MAX_RUN_NAME].strip() or fallback

@@ -368,6 +368,18 @@ CASES = [
     Case("flat-daily-tokens", "roles: {r: {daily_tokens: 5}}\n", "roles.r.daily_tokens",
          f"unknown key 'daily_tokens'; {ROLE_KEYS}; token and call limits: input_tokens, "
          "output_tokens, calls (e.g. calls: {daily: 500})"),
+    Case("threshold-for-unbudgeted-model", "models: {gpt-4o: {daily: 5}}\n"
+         "roles: {r: {models: {gpt-4o-mini: {daily: 1}}}}\n"
+         "alerts: {scope_thresholds: {\"model:gpt-4o-mni@role:r\": [50]}}\n",
+         "alerts.scope_thresholds.model:gpt-4o-mni@role:r",
+         "scope 'model:gpt-4o-mni@role:r' is not a budget in this file (budgets: global, "
+         "model:gpt-4o, model:gpt-4o-mini@role:r, role:r); fix the name", schema=False),
+    Case("threshold-for-a-model-without-a-name", "models: {gpt-4o: {daily: 5}}\n"
+         "roles: {r: {}}\nalerts: {scope_thresholds: {\"model:\": [50]}}\n",
+         "alerts.scope_thresholds",
+         "'model:' is not a budget scope; write \"role:NAME\", \"crew:NAME\", "
+         "\"model:MODEL\", \"model:MODEL@role:NAME\" or \"global\" (quoted in YAML)",
+         schema=False),
 ]
 
 

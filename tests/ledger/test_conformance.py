@@ -344,6 +344,7 @@ def test_rollups_equal_the_records_to_the_nano_dollar(ledger: Ledger) -> None:
         "output_tokens": 16, "reasoning_tokens": 9,
         "cost_nano": 1_234 + 2_345 + 3_456 + 700 + 11,
         "estimate_nano": 3 * 1_000 + 700 + 13,
+        "shadow_blocked": 0, "shadow_blocked_nano": 0,
     }
     blocked = [r for r in rollups if r.blocked]
     assert [(r.scope, r.role, r.model, r.crew) for r in blocked] == [
@@ -384,6 +385,42 @@ def test_rollups_count_every_call_with_no_records_kept(
         assert [r.cost_nano for r in led.resets(since=since)] == [-(1_234 + 2_345 + 3_456 + 700)]
         assert led.records_retention_days == 0
 
+
+
+def test_rollups_count_shadow_blocked_calls_and_their_dollars(ledger: Ledger) -> None:
+    """A charged call whose metadata has the guard's ``shadow_blocked`` mark counts
+    in ``shadow_blocked`` and ``shadow_blocked_nano`` (settled, expired or
+    unguarded); a released one, and a value merely *containing* the mark, do not."""
+    from crew_budget.ledger.base import SHADOW_KEY
+
+    since = ledger.now() - 1
+    role = bucket(ledger, "role:r", None)
+
+    def shadow_reserve(meta: dict[str, str], lease: float = 600.0) -> Reservation:
+        draft = RecordDraft(role="researcher", model="gpt-4o-mini", crew="c",
+                            estimate_nano=900, metadata=meta)
+        res = ledger.reserve(ReserveRequest(new_reservation_id(), (role,), 900, lease, draft))
+        assert isinstance(res, Reservation)
+        return res
+
+    mark = {SHADOW_KEY: "role:r|day"}
+    settled = shadow_reserve({"k": "v", **mark})
+    ledger.settle(settled.reservation_id, 321, Usage(input_tokens=10, output_tokens=2))
+    ledger.release(shadow_reserve(mark).reservation_id)
+    shadow_reserve(mark, lease=0.05)
+    plain = shadow_reserve({"note": '"shadow_blocked":"x"'})  # a value, not the key
+    ledger.settle(plain.reservation_id, 50, Usage(input_tokens=1, output_tokens=1))
+    time.sleep(0.1)
+    assert ledger.reap() == 1  # the expired shadow call: charged its 900
+    ledger.append_record(SpendRecord(
+        ts=ledger.now(), reservation_id="u2", outcome="unguarded", role="other", model="m2",
+        cost_nano=17, metadata=mark))
+    rollups = ledger.rollups(since=since)
+    assert rollups == fold_rollups(ledger.records(since=since))
+    total = {m: sum(getattr(r, m) for r in rollups)
+             for m in ("calls", "released", "shadow_blocked", "shadow_blocked_nano", "cost_nano")}
+    assert total == {"calls": 4, "released": 1, "shadow_blocked": 3,
+                     "shadow_blocked_nano": 321 + 900 + 17, "cost_nano": 321 + 900 + 50 + 17}
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:

@@ -627,6 +627,6 @@ def test_rollup_keys_expire_after_400_days_and_records_default_to_7(redis_url: s
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     key = f"cb:{{rollttl}}:ru:{int(rollup.hour)}"
     assert client.hgetall(key) == {
-        '{"scope":null,"role":"r","model":"m","crew":null}': "1 0 0 0 5 0 0 2 0 70 0"}
+        '{"scope":null,"role":"r","model":"m","crew":null}': "1 0 0 0 5 0 0 2 0 70 0 0 0"}
     assert client.expiretime(key) == int(rollup.hour) + 400 * 86400
     ledger.close()

@@ -236,10 +236,13 @@ class AlertsConfig(_Model):
     def _check_scope_thresholds(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
         for scope in value:
             kind, _, name = scope.partition(":")
-            if not (scope == "global" or (kind in ("role", "crew") and name)):
+            model, at, role = name.partition("@role:")
+            ok = (scope == "global" or (kind in ("role", "crew") and name)
+                  or (kind == "model" and model and (not at or role)))
+            if not ok:
                 raise ValueError(
-                    f"{scope!r} is not a budget scope; write \"role:NAME\", \"crew:NAME\" "
-                    "or \"global\" (quoted in YAML)"
+                    f"{scope!r} is not a budget scope; write \"role:NAME\", \"crew:NAME\", "
+                    "\"model:MODEL\", \"model:MODEL@role:NAME\" or \"global\" (quoted in YAML)"
                 )
         return {scope: _percentages(pcts) for scope, pcts in value.items()}
 

@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_anomalies",
     "exhausted",
     "new_model",
+    "scope_role",
     "spend_spike",
     "thresholds",
 ]
@@ -61,11 +62,25 @@ def _dec(x: float) -> Decimal:
 
 
 def describe_scope(scope: str) -> str:
-    """``role:researcher`` -> ``role 'researcher'``; ``global`` -> ``the global budget``."""
+    """``role:researcher`` -> ``role 'researcher'``; ``global`` -> ``the global budget``;
+    ``model:gpt-4o@role:writer`` -> ``model 'gpt-4o' of role 'writer'``."""
     kind, _, name = scope.partition(":")
     if not name:
         return "the global budget" if kind == "global" else scope
+    if kind == "model":
+        model, at, role = name.partition("@role:")
+        if at:
+            return f"model {model!r} of role {role!r}"
     return f"{kind} {name!r}"
+
+
+def scope_role(scope: str) -> str | None:
+    """The role a budget scope belongs to (``role:R``, ``model:M@role:R``), or None."""
+    if scope.startswith("role:"):
+        return scope[5:]
+    if scope.startswith("model:") and "@role:" in scope:
+        return scope.rsplit("@role:", 1)[1]
+    return None
 
 
 def _when(ts: float, tz: tzinfo) -> str:
@@ -146,7 +161,7 @@ def thresholds(
                 severity=severity,
                 ts=now,
                 scope=b.scope,
-                role=b.scope[5:] if b.scope.startswith("role:") else None,
+                role=scope_role(b.scope),
                 window=b.window,
                 period=b.period,
                 values={"threshold_pct": pct, "limit_usd": limit, "spent_usd": spent,
@@ -263,7 +278,7 @@ def burn_rate(
             severity="warning",
             ts=now,
             scope=b.scope,
-            role=b.scope[5:] if b.scope.startswith("role:") else None,
+            role=scope_role(b.scope),
             window=b.window,
             period=b.period,
             values={"spent_usd": spent, "limit_usd": limit, "spent_fraction": frac_spent,

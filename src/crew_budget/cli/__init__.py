@@ -44,7 +44,7 @@ def _root(
 
 # Order is the order of `crew-budget --help`.
 _COMMAND_MODULES = ("demo", "status", "report", "estimate", "admin", "metrics", "export", "ops",
-                    "limits", "serve")
+                    "limits", "serve", "suggest")
 _registered = False
 
 

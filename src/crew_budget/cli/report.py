@@ -8,12 +8,17 @@ selects the whole hours it overlaps. Grouping by ``outcome``, ``run`` or
 ``records_retention_days`` (7 by default on Redis): the report says so.
 Output: a table (default), ``--format csv|json`` for scripts, and/or
 ``--html report.html``, a self-contained page with charts.
+
+``--what-if gpt-4o=gpt-4o-mini`` (repeatable) also re-prices the span's
+calls to a model at a substitute's prices (``crew_budget.whatif``: the
+rollups' tokens through the settle's own pricing code) and shows the
+saving per role and model: a second table, or ``what_if`` in the JSON.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -58,6 +63,10 @@ def report(
     top: Annotated[int | None, typer.Option("--top", min=1,
                                             help="Only the N costliest rows.")] = None,
     sort: Annotated[str, typer.Option("--sort", help="cost (largest first) or key.")] = "cost",
+    what_if: Annotated[list[str] | None, typer.Option(
+        "--what-if", metavar="MODEL=SUBSTITUTE",
+        help="Re-price calls to MODEL at SUBSTITUTE's prices and show the saving per role "
+        "and model (repeatable), e.g. --what-if gpt-4o=gpt-4o-mini.")] = None,
 ) -> None:
     """Spend by role, model, hour, ...: table, CSV, JSON and an HTML page with charts."""
     from crew_budget.errors import LedgerUnavailable
@@ -80,6 +89,18 @@ def report(
         keys = parse_by(by)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--by") from None
+    substitutions = None
+    if what_if:
+        from crew_budget.errors import ConfigError
+        from crew_budget.whatif import parse_substitutions
+
+        if format == "csv":
+            raise typer.BadParameter("--what-if prints a table or JSON; use --format table "
+                                     "or json", param_hint="--format")
+        try:
+            substitutions = parse_substitutions(what_if)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.detail, param_hint="--what-if") from None
     guard, _source = open_guard("report", config, ledger)
     tz = get_tz(guard.config.timezone)
     span = parse_span(since, until, guard.ledger.now(), tz)
@@ -122,6 +143,13 @@ def report(
         how_long = "" if kept is None else f", which this ledger keeps {kept:g} days"
         typer.echo(f"crew-budget report: --by {','.join(record_keys)} reads raw spend records"
                    f"{how_long} (other keys read hourly rollups, kept 400 days)", err=True)
+    from crew_budget.report import shadow_summary
+
+    result.shadow = shadow_summary(data, since=span.since, until=span.until)
+    whatif_result = None
+    if substitutions is not None:
+        whatif_result = _what_if(guard, substitutions, span.since, span.until, role, model)
+        result.what_if = whatif_result.to_dict()
     if top is not None:
         result.rows = result.rows[:top]
     if html is not None:
@@ -130,9 +158,22 @@ def report(
         try:
             step: Literal["hour", "day"] | None = (
                 "hour" if "hour" in keys else "day" if "day" in keys else None)
-            html.write_text(render_html(data, since=span.since, until=span.until, tz=tz,
-                                        step=step, config=guard.config,
-                                        prices=result.prices), encoding="utf-8")
+            page = render_html(data, since=span.since, until=span.until, tz=tz, step=step,
+                               config=guard.config,
+                               prices=result.prices)
+            extra = ""
+            if result.shadow.calls:
+                from html import escape
+
+                extra += (f'<p data-shadow="{result.shadow.calls}">'
+                          f"{escape(result.shadow.text())}</p>")
+            if whatif_result is not None:
+                from crew_budget.whatif import to_html
+
+                extra += to_html(whatif_result)
+            end = page.rindex("</body>")
+            page = page[:end] + extra + page[end:]
+            html.write_text(page, encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
         typer.echo(f"crew-budget report: wrote {html} ({result.records} spend records)",
@@ -148,3 +189,36 @@ def report(
         if result.prices:
             out.print(render_price_sources(result.prices.values(),
                                            title="models in this report, and what priced them"))
+        if result.shadow.calls:
+            out.print(result.shadow.text())
+        if whatif_result is not None:
+            _print_what_if(out, whatif_result, span.label)
+
+
+def _what_if(guard: Any, substitutions: Any, since: float, until: float,
+             role: str | None, model: str | None) -> Any:
+    """The span re-priced per substitution, from rollups (whatever ``--by`` read)."""
+    from crew_budget.errors import LedgerUnavailable, UnknownModelError
+    from crew_budget.whatif import what_if
+
+    try:
+        rollups = guard.ledger.rollups(since=since, until=until)
+    except LedgerUnavailable as exc:
+        fail("report", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
+    rollups = [r for r in rollups if (role is None or r.role == role)
+               and (model is None or r.model == model)]
+    try:
+        return what_if(rollups, substitutions, guard.prices, since=since, until=until)
+    except UnknownModelError as exc:
+        fail("report", f"--what-if: {exc}", EXIT_CONFIG)
+
+
+def _print_what_if(out: Any, result: Any, label: str) -> None:
+    from crew_budget.whatif import render_table as render_what_if
+
+    subs = ", ".join(str(s) for s in result.substitutions)
+    if result.rows:
+        out.print(render_what_if(result, title=f"what if {subs} - {label} (re-priced from "
+                                 "the tokens of each role's calls)"))
+    for s in result.unmatched:
+        out.print(f"what if {s}: no calls to {s.original} in {label}")

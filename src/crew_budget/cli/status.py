@@ -245,6 +245,28 @@ def status(
 
         out.print(render_price_sources(priced, title="models in these windows, and what "
                                        "priced them"))
+    shadow = _shadow_today(guard, role, now)
+    if shadow is not None:
+        out.print(shadow)
+
+
+def _shadow_today(guard: Guard, role: str | None, now: float) -> str | None:
+    """Today's shadow-blocked calls (``mode: shadow`` / ``on_exceed: shadow``), from
+    the hourly rollups of the local day; None when there are none."""
+    from crew_budget.errors import LedgerUnavailable
+    from crew_budget.report import shadow_summary
+    from crew_budget.windows import get_tz, span
+
+    start = span("day", now, get_tz(guard.config.timezone)).starts_at
+    try:
+        rollups = guard.ledger.rollups(since=start, until=now + 1)
+    except LedgerUnavailable:
+        return None
+    if role is not None:
+        name = guard.config.match_role(role) or role
+        rollups = [r for r in rollups if r.role == name]
+    summary = shadow_summary(rollups)
+    return f"today: {summary.text()}" if summary.calls else None
 
 
 def _overrides_table(guard: Guard, role: str | None) -> Any:

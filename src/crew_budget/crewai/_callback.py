@@ -110,6 +110,31 @@ class BudgetSummary:
         return "\n".join(lines)
 
 
+def _with_per_run(config: BudgetConfig, usd: object) -> BudgetConfig:
+    """``config`` with a per-run cap of ``usd`` on the crew (or global) scope.
+
+    A cap set in code goes where the YAML's ``per_run`` would, so it is
+    reserved atomically with every other bucket of the call (invariant 2)
+    and its refusals name the same scope; the stricter of the two wins.
+    """
+    from crew_budget.config import Limits, check_code_limits
+
+    try:
+        amount: Decimal = check_code_limits("crew", daily=usd)["daily"]
+    except ConfigError as exc:
+        raise ConfigError(exc.detail.replace("daily_usd", "per_run_usd"),
+                          source="BudgetCallback") from None
+    limits: Limits
+    if config.crew is not None:
+        field_name, limits = "crew", config.crew
+    else:
+        field_name, limits = "global_limits", config.global_limits or Limits()
+    current = limits.per_run
+    merged = limits.model_copy(
+        update={"per_run": amount if current is None else min(current, amount)})
+    return config.model_copy(update={field_name: merged})
+
+
 def summarize(records: Sequence[SpendRecord]) -> tuple[SpendRow, ...]:
     """Group spend records by role and model (exact sums of nano-USD)."""
     acc: dict[tuple[str, str], list[int]] = {}
@@ -140,6 +165,13 @@ class BudgetCallback:
 
     ``guard`` is the ``Guard`` it enforces with; with no ledger in the YAML
     it uses the embedded default (or ``CREW_BUDGET_LEDGER``).
+
+    Each ``kickoff()`` of an attached crew is one run (``crew_budget.run``)
+    unless it is already inside one (a ``with crew_budget.run(...)`` block,
+    a CrewAI Flow run); concurrent kickoffs are separate runs.
+    ``per_run_usd=2`` caps each run at $2: it is the YAML's ``crew:
+    {per_run: 2}`` (``global`` when the YAML names no crew), and the
+    stricter of the two wins.
     """
 
     def __init__(
@@ -149,6 +181,7 @@ class BudgetCallback:
         *,
         guard: Guard | None = None,
         crew_role: str | None = None,
+        per_run_usd: object = None,
     ) -> None:
         if guard is not None and (config is not None or ledger is not None):
             raise ConfigError("BudgetCallback takes guard= or config=/ledger=, not both; "
@@ -165,6 +198,8 @@ class BudgetCallback:
             # which name stands for the crew (see BudgetConfig.resolve_role).
             self.guard.config = self.guard.config.model_copy(
                 update={"crew_role": self.crew_role})
+        if per_run_usd is not None:
+            self.guard.config = _with_per_run(self.guard.config, per_run_usd)
         self._lock = threading.Lock()
         self._bound: list[BudgetLLM] = []
         self._crews: list[Any] = []

@@ -57,6 +57,7 @@ from crewai.hooks.dispatch import InterceptionPoint, register
 from crewai.llms.base_llm import BaseLLM
 
 from crew_budget.crewai._llm import BudgetLLM, TaskEnded, guarded, is_covered
+from crew_budget.runs import Run, begin_run, current_run, end_run, run_name
 
 if TYPE_CHECKING:
     from crew_budget.crewai._callback import BudgetCallback
@@ -95,6 +96,10 @@ _CREWS: dict[int, _Entry] = {}
 _CREW_KEYS: dict[str, _Entry] = {}
 _AGENTS: dict[int, _Entry] = {}
 _RUNS: ContextVar[tuple[_Entry, ...]] = ContextVar("crew_budget_crewai_runs", default=())
+# The ``crew_budget.run``s the hooks started, with the crew or flow each is
+# for: a kickoff or Flow run outside any run is one run (see _begin_run).
+_OWN_RUNS: ContextVar[tuple[tuple[Any, Run], ...]] = ContextVar(
+    "crew_budget_crewai_own_runs", default=())
 _HOOKS_INSTALLED = False
 
 
@@ -291,9 +296,35 @@ def gate_everything() -> None:
 # -- CrewAI hooks ------------------------------------------------------------------
 
 
+def _begin_run(obj: Any, name: str) -> None:
+    """Make this kickoff (or Flow run) one ``crew_budget.run``, unless it is inside one.
+
+    A crew's kickoff outside any run is a run of its own, so ``per_run``
+    limits (the YAML's, ``BudgetCallback(per_run_usd=...)``) cap each
+    kickoff; concurrent kickoffs run on their own threads and contexts, so
+    they are separate runs. A Flow run is one run too: the crews it kicks
+    off find it current and are charged to it, as is a kickoff inside the
+    user's own ``with crew_budget.run(...)``.
+    """
+    if current_run() is not None:
+        return
+    r = begin_run(name)
+    _OWN_RUNS.set((*_OWN_RUNS.get(), (obj, r)))
+
+
+def _end_run(obj: Any) -> None:
+    own = _OWN_RUNS.get()
+    if own and own[-1][0] is obj:
+        end_run(own[-1][1])
+        _OWN_RUNS.set(own[:-1])
+
+
 def _on_execution_start(ctx: Any) -> None:
     crew = getattr(ctx, "crew", None)
-    if crew is None:  # a flow's execution: its crews dispatch their own
+    if crew is None:  # a flow's execution: one run; its crews dispatch their own
+        flow = getattr(ctx, "flow", None)
+        if flow is not None:
+            _begin_run(flow, run_name(getattr(flow, "name", None), type(flow).__name__))
         return None
     entry = crew_entry(crew)
     if entry is None:
@@ -303,6 +334,9 @@ def _on_execution_start(ctx: Any) -> None:
             gate_llm_class(cls)
     run = _Entry(crew, entry.callback)
     _RUNS.set((*_RUNS.get(), run))
+    config_crew = entry.callback.guard.config.crew
+    _begin_run(crew, run_name(config_crew.name if config_crew else getattr(crew, "name", None),
+                              "kickoff"))
     entry.callback._run_began()
     return None  # never replace the inputs
 
@@ -312,6 +346,9 @@ def _on_execution_end(ctx: Any) -> None:
     runs = _RUNS.get()
     if crew is not None and runs and runs[-1].obj is crew:
         _RUNS.set(runs[:-1])
+    target = crew if crew is not None else getattr(ctx, "flow", None)
+    if target is not None:
+        _end_run(target)
     # never replace the output
 
 

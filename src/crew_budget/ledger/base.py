@@ -61,6 +61,7 @@ __all__ = [
     "ROLLUP_METRICS",
     "ROLLUP_RETENTION_DAYS",
     "Rollup",
+    "SHADOW_KEY",
     "StaleOverrides",
     "Unit",
     "bucket_charge",
@@ -329,8 +330,17 @@ ROLLUP_RETENTION_DAYS = 400
 ROLLUP_METRICS = (
     "calls", "blocked", "released", "expired", "input_tokens", "cached_input_tokens",
     "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_nano", "estimate_nano",
+    "shadow_blocked", "shadow_blocked_nano",
 )
-"""The counts of a rollup, in the order every backend stores them."""
+"""The counts of a rollup, in the order every backend stores them.
+
+The last two came later (shadow mode, issue 12): a rollup written before
+them reads them as 0 on every backend."""
+
+SHADOW_KEY = "shadow_blocked"
+"""The metadata key of a call that shadow mode let through but the limits would
+have blocked (``"scope|window"``). Set by the guard only: a caller's metadata
+key of that name is dropped, so a rollup's ``shadow_blocked`` is the guard's."""
 
 _CHARGED_OUTCOMES = frozenset({"settled", "expired", "unguarded"})
 
@@ -362,6 +372,10 @@ class Rollup:
     reasoning_tokens: int = 0
     cost_nano: int = 0
     estimate_nano: int = 0
+    shadow_blocked: int = 0
+    """Charged calls that shadow mode let through but the limits would have blocked."""
+    shadow_blocked_nano: int = 0
+    """What those calls cost (part of ``cost_nano``)."""
 
     @property
     def group(self) -> tuple[str | None, str, str, str | None]:
@@ -383,13 +397,15 @@ def rollup_counts(record: SpendRecord) -> tuple[int, ...] | None:
     """What ``record`` adds to its rollup (ROLLUP_METRICS order), or None (a reset)."""
     o = record.outcome
     if o in _CHARGED_OUTCOMES:
+        shadow = SHADOW_KEY in record.metadata
         return (1, 0, 0, 1 if o == "expired" else 0, record.input_tokens,
                 record.cached_input_tokens, record.cache_write_tokens, record.output_tokens,
-                record.reasoning_tokens, record.cost_nano, record.estimate_nano)
+                record.reasoning_tokens, record.cost_nano, record.estimate_nano,
+                1 if shadow else 0, record.cost_nano if shadow else 0)
     if o == "blocked":
-        return (0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        return (0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     if o == "released":
-        return (0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+        return (0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     return None
 
 
@@ -402,10 +418,14 @@ RollupKey = tuple[float, str | None, str, str, str | None]
 
 
 def add_rollup(acc: dict[RollupKey, list[int]], key: RollupKey, counts: Sequence[int]) -> None:
-    """Add ``counts`` into ``acc[key]`` (integers: exact)."""
+    """Add ``counts`` into ``acc[key]`` (integers: exact).
+
+    Fewer counts than ``ROLLUP_METRICS`` (a rollup stored before the later
+    metrics existed) count the missing ones as 0.
+    """
     row = acc.get(key)
     if row is None:
-        acc[key] = list(counts)
+        acc[key] = [*counts, *[0] * (len(ROLLUP_METRICS) - len(counts))]
     else:
         for i, x in enumerate(counts):
             row[i] += x

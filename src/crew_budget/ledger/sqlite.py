@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS rollups (
     cached_input_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL,
     cost_nano INTEGER NOT NULL, estimate_nano INTEGER NOT NULL,
+    shadow_blocked INTEGER NOT NULL DEFAULT 0, shadow_blocked_nano INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, grp)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS resets (
@@ -163,6 +164,7 @@ class SQLiteLedger(Ledger):
         try:
             self._backfill_rollups()
             self._conn().executescript(_SCHEMA)
+            self._add_rollup_columns()
             self._arm(self._conn())
         except sqlite3.Error as exc:
             raise LedgerUnavailable(url, f"cannot open or create the ledger file: {exc}") from exc
@@ -440,6 +442,22 @@ class SQLiteLedger(Ledger):
                 _add_rollup(db, record)
                 if record.outcome == "reset":
                     db.execute("INSERT INTO resets (ts, data) VALUES (?, ?)", (ts, data))
+
+    def _add_rollup_columns(self) -> None:
+        """A file made before the later ``ROLLUP_METRICS`` (shadow counts): add them, at 0.
+
+        Checked under the write lock, so of several processes opening the
+        file only the first alters it.
+        """
+        conn = self._conn()
+        have = {row[1] for row in conn.execute("PRAGMA table_info(rollups)")}
+        if all(m in have for m in ROLLUP_METRICS):
+            return
+        with self._tx() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(rollups)")}
+            for m in ROLLUP_METRICS:
+                if m not in have:
+                    db.execute(f"ALTER TABLE rollups ADD COLUMN {m} INTEGER NOT NULL DEFAULT 0")
 
     def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
         sql, args = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups WHERE 1=1", []

@@ -305,6 +305,7 @@ def snapshot(guard: Guard, window: RecordWindow | None = None) -> Snapshot:
     Pass the same ``window`` to successive calls to read records incrementally.
     """
     from crew_budget.redact import redact_url
+    from crew_budget.report import shadow_summary
 
     now = guard.ledger.now()
     limits = live_limits(guard)  # first: the gauges then show the limits in force
@@ -326,4 +327,6 @@ def snapshot(guard: Guard, window: RecordWindow | None = None) -> Snapshot:
         "alerts": alert_feed(guard, records, now),
         "runs": runs_and_tasks(records),
         "live_limits": limits,
+        # Calls shadow mode let through that the limits would have blocked.
+        "shadow_blocked": shadow_summary(records, since=now - HISTORY_SECONDS).to_dict(),
     })

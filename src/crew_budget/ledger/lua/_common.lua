@@ -187,9 +187,11 @@ end
 -- ROLLUPS: P.."ru:"..hour is a HASH per UTC hour (hour = the Unix second it
 -- starts at), expiring ROLLUP_KEEP_S after that. One field per group: the
 -- group as JSON, {"scope":S,"role":R,"model":M,"crew":C} (scope is set on
--- blocked calls only); its value is the eleven counts of
+-- blocked calls only); its value is the thirteen counts of
 -- crew_budget.ledger.base.ROLLUP_METRICS separated by spaces: calls blocked
--- released expired input cached cache_write output reasoning cost estimate.
+-- released expired input cached cache_write output reasoning cost estimate
+-- shadow_blocked shadow_blocked_nano (a value written before the last two
+-- existed has eleven: the readers count the missing ones as 0).
 -- One packed field per group, not one per count: a third of the memory
 -- (measured in bench/bench_rollups.py). Every record a script writes
 -- (settled, expired, released, blocked, unguarded) adds to its rollup in
@@ -208,7 +210,7 @@ local function rollup(prefix, t, group, d)
       d[i] = d[i] + tonumber(x)
     end
   end
-  for i = 1, 11 do d[i] = int_str(d[i]) end
+  for i = 1, 13 do d[i] = int_str(d[i]) end
   redis.call('HSET', key, group, table.concat(d, ' '))
   if not old then redis.call('EXPIREAT', key, int_str(hour + ROLLUP_KEEP_S)) end
 end
@@ -229,18 +231,24 @@ end
 -- ',"estimate_nano":', so the first match is the field).
 local USAGE_COUNTS = '^"input_tokens":(%d+),"cached_input_tokens":(%d+),'
   .. '"cache_write_tokens":(%d+),"output_tokens":(%d+),"reasoning_tokens":(%d+)$'
+-- A shadow-blocked call (see SHADOW_KEY in base.py) has the key
+-- "shadow_blocked" in its metadata, which follows "estimate_nano"; only
+-- the guard sets it, and inside a JSON string its quotes would be escaped.
+local SHADOW = '"shadow_blocked":'
 local function rollup_tail(prefix, t, outcome, cost, usage, scope_json, tail)
   local e = find(tail, ',"estimate_nano":', 1, true)
   local group = '{"scope":' .. scope_json .. ',' .. string.sub(tail, 1, e - 1) .. '}'
   if outcome == 'blocked' then
-    rollup(prefix, t, group, {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+    rollup(prefix, t, group, {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
   elseif outcome == 'released' then
-    rollup(prefix, t, group, {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0})
+    rollup(prefix, t, group, {0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
   else
     local i, c, w, o, r = string.match(usage, USAGE_COUNTS)
     local est = string.match(tail, '^%d+', e + 17)
+    local shadow = find(tail, SHADOW, e, true) and 1 or 0
     rollup(prefix, t, group, {1, 0, 0, outcome == 'expired' and 1 or 0, tonumber(i),
-      tonumber(c), tonumber(w), tonumber(o), tonumber(r), tonumber(cost), tonumber(est)})
+      tonumber(c), tonumber(w), tonumber(o), tonumber(r), tonumber(cost), tonumber(est),
+      shadow, shadow * tonumber(cost)})
   end
 end
 
@@ -258,11 +266,15 @@ local function rollup_record(prefix, json)
     .. str(r.model) .. ',"crew":' .. str(r.crew) .. '}'
   local function n(x) return tonumber(x) or 0 end
   local charged = (o ~= 'blocked' and o ~= 'released') and 1 or 0
+  local meta = r.metadata
+  local shadow = (charged == 1 and type(meta) == 'table' and meta.shadow_blocked ~= nil)
+    and 1 or 0
   rollup(prefix, n(r.ts), group, {charged, o == 'blocked' and 1 or 0,
     o == 'released' and 1 or 0, o == 'expired' and 1 or 0,
     charged * n(r.input_tokens), charged * n(r.cached_input_tokens),
     charged * n(r.cache_write_tokens), charged * n(r.output_tokens),
-    charged * n(r.reasoning_tokens), charged * n(r.cost_nano), charged * n(r.estimate_nano)})
+    charged * n(r.reasoning_tokens), charged * n(r.cost_nano), charged * n(r.estimate_nano),
+    shadow, shadow * n(r.cost_nano)})
 end
 
 -- The fields of a RESERVATION value ``v``: state, cost (or key spans),
