@@ -333,8 +333,11 @@ class Estimator:
         *,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
+        calibrated: bool = True,
     ) -> int:
-        """Prompt tokens the provider will bill, including calibration.
+        """Prompt tokens the provider will bill, including calibration
+        (``calibrated=False``: the raw count, which ``crew_budget.margin``
+        learns from; ``calibrated(model, raw)`` applies it afterwards).
 
         ``messages`` may be OpenAI- or Anthropic-shaped dicts (or objects with
         ``role``/``type`` and ``content``, such as LangChain messages);
@@ -356,6 +359,10 @@ class Estimator:
         text, fixed = self._count(scheme, messages, tools, system,
                                   _NO_EXTRA if extra is None else extra)
         raw = math.ceil(text * scheme.factor - 1e-9) + fixed
+        return self.calibrated(model, raw) if calibrated else raw
+
+    def calibrated(self, model: str, raw: int) -> int:
+        """``raw`` (a ``calibrated=False`` count) with ``model``'s correction applied."""
         factor = self._calib.get(model, 1.0)
         return raw if factor == 1.0 else math.ceil(raw * factor - 1e-9)
 
