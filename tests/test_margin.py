@@ -230,3 +230,24 @@ def test_systematic_under_estimates_stay_within_the_limit_once_learned(
     assert committed == [Decimal(k * true_cost) / 10**9 for k in (1, 2, 3)]
     assert max(committed) <= limit2
     on.close()
+
+
+def test_status_shows_each_family_margin_and_samples(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crew_budget.cli import app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cfg = tmp_path / "budgets.yaml"
+    cfg.write_text(json.dumps(config()))  # JSON is YAML
+    guard = Guard(str(cfg), url)
+    messages, raw = _messages_with_round_count(guard)
+    _settle_table(guard, messages, [raw + raw // 10] * 12 + [raw] * 8)
+    guard.close()
+    result = CliRunner().invoke(app, ["status", "--config", str(cfg), "--ledger", url],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    margins = result.stdout.split("estimate margins")[1]
+    assert "p95 of prompt under-estimation per model family, capped at 25 %" in margins
+    row = next(line for line in margins.splitlines() if FAMILY in line)
+    assert [c.strip() for c in row.split("│")[1:5]] == [FAMILY, "10.0 %", "10.0 %", "20"]

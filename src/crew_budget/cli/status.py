@@ -193,6 +193,40 @@ def status(
     live = _overrides_table(guard, role)
     if live is not None:
         out.print(live)
+    margins = _margins_table(guard)
+    if margins is not None:
+        out.print(margins)
+
+
+def _margins_table(guard: Guard) -> Any:
+    """Per model family: the estimate margin reserved above the estimate, and
+    the settled calls it was learned from (``crew_budget.margin``); or None."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    views = guard.margins.views()
+    if not views:
+        return None
+    cfg = guard.config.estimate_margin
+
+    def pct(value: Decimal) -> str:
+        return f"{(value * 100).normalize():f}"
+
+    about = (f"estimate margins: p{pct(cfg.quantile)} of prompt under-estimation per model "
+             f"family, capped at {pct(cfg.max)} %, used from {cfg.min_samples} settles")
+    if not cfg.enabled:
+        about += "; off (estimate_margin: {enabled: false})"
+    table = Table()
+    table.add_column("family", overflow="fold")
+    table.add_column("margin in use", justify="right", no_wrap=True)
+    table.add_column("learned", justify="right", no_wrap=True)
+    table.add_column("samples", justify="right", no_wrap=True)
+    for v in views:
+        used = f"{float(v.margin) * 100:.1f} %" if v.active else "- (learning)"
+        learned = f"{float(v.learned) * 100:.1f} %" + (" (capped)" if v.capped else "")
+        table.add_row(v.family, used, learned, str(v.samples))
+    return Group(Text(about), table)
 
 
 def _overrides_table(guard: Guard, role: str | None) -> Any:
