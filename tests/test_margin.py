@@ -251,3 +251,17 @@ def test_status_shows_each_family_margin_and_samples(tmp_path: Path) -> None:
     assert "p95 of prompt under-estimation per model family, capped at 25 %" in margins
     row = next(line for line in margins.splitlines() if FAMILY in line)
     assert [c.strip() for c in row.split("│")[1:5]] == [FAMILY, "10.0 %", "10.0 %", "20"]
+
+
+def test_a_family_without_enough_settles_uses_its_providers_margin() -> None:
+    prices = {**PRICES, "acme-rare": PRICES[MODEL]}
+    cfg = {**config(), "prices": prices}
+    guard = Guard(cfg, "memory://")
+    messages, raw = _messages_with_round_count(guard)
+    _settle_table(guard, messages, [raw + raw // 10] * 20)
+    guard.margins.flush()
+    assert guard.margins.view("openai/*").samples == 20
+    assert guard.margins.view("openai/acme-rare").samples == 0
+    t = Guard(cfg, guard.ledger).preflight("warm", "acme-rare", messages, max_tokens=OUT)
+    assert (t.margin_family, t.margin_tokens) == ("openai/acme-rare", raw // 10)
+    assert t.estimate == Decimal((raw + raw // 10) * 1000 + OUT * 2000) / 10**9

@@ -40,6 +40,9 @@ ledger merges counts atomically (memory: a lock; SQLite: one transaction;
 Redis: one Lua script, ``lua/margin.lua``), so every process and every
 restart shares one margin per family.
 
+**A rare family** (fewer than ``min_samples`` settles of its own) uses its
+provider's margin: every sample also counts for ``provider/*``.
+
 **Off the hot path.** A settle adds its sample to this process's pending
 counts, which are merged into the ledger with one operation every
 ``FLUSH_EVERY`` samples or ``FLUSH_SECONDS`` (and when the guard closes):
@@ -83,7 +86,8 @@ from crew_budget.ledger.base import MARGIN_BINS, MARGIN_RESOLUTION, Ledger
 if TYPE_CHECKING:
     from crew_budget.config import EstimateMargin
 
-__all__ = ["FamilyMargin", "Margins", "margin_bin", "model_family", "quantile_bin"]
+__all__ = ["FamilyMargin", "Margins", "apply_margin", "margin_bin", "model_family",
+           "provider_family", "quantile_bin"]
 
 log = logging.getLogger("crew_budget")
 
@@ -207,14 +211,20 @@ class FamilyMargin:
 
 
 class _Family:
-    __slots__ = ("cached", "loaded_at", "pending", "pending_n", "stored")
+    __slots__ = ("loaded_at", "pending", "pending_n", "stored")
 
     def __init__(self) -> None:
-        self.cached: tuple[Any, Fraction] | None = None
         self.stored: dict[int, int] = {}
         self.pending: dict[int, int] = {}
         self.pending_n = 0
         self.loaded_at = -math.inf
+
+
+def provider_family(family: str) -> str:
+    """``provider/*``: every line of one provider, the fallback of a family
+    with too few settles of its own (a rarely used model still gets the
+    margin its provider's estimates need)."""
+    return family.split("/", 1)[0] + "/*"
 
 
 class Margins:
@@ -222,6 +232,11 @@ class Margins:
 
     Thread-safe. ``settings`` is called for the settings in force (the
     guard's ``config.estimate_margin``), so a new config takes effect at once.
+    Each sample counts for its family and for its provider (``provider/*``):
+    a family with fewer than ``min_samples`` settles uses its provider's
+    margin when that one has enough. The margin in use is worked out again
+    when samples are merged into the ledger or read from it (every
+    ``FLUSH_EVERY`` settles or ``FLUSH_SECONDS``), not on every preflight.
     """
 
     def __init__(self, ledger: Ledger, settings: Callable[[], EstimateMargin],
@@ -231,6 +246,7 @@ class Margins:
         self._clock = clock
         self._lock = threading.Lock()
         self._families: dict[str, _Family] = {}
+        self._used: dict[str, tuple[Any, Fraction]] = {}  # family -> (settings, margin in use)
         self._pending_total = 0
         self._last_flush = clock()
         self._warned = False
@@ -242,18 +258,27 @@ class Margins:
         settings = self._settings()
         if not settings.enabled or settings.max <= 0:
             return Fraction(0)
+        used = self._used.get(family)  # preflight is a hot path: one dict lookup
         fam = self._families.get(family)
         if fam is None or self._clock() - fam.loaded_at > REFRESH_SECONDS:
-            fam = self._load(family)
-        cached = fam.cached  # preflight is a hot path: recomputed only after a change
-        if cached is not None and cached[0] is settings:
-            return cached[1]
-        used = self._view(family, fam, settings).margin
-        fam.cached = (settings, used)
-        return used
+            self._load(family)
+            used = None
+        if used is not None and used[0] is settings:
+            return used[1]
+        mine = self.view(family)
+        margin = mine.margin
+        if not mine.active:
+            parent = self.view(provider_family(family))
+            margin = parent.margin if parent.active else Fraction(0)
+        with self._lock:
+            if len(self._used) >= _MAX_FAMILIES * 2:
+                self._used.clear()
+            self._used[family] = (settings, margin)
+        return margin
 
     def view(self, family: str) -> FamilyMargin:
-        """``family``'s margin, samples and whether it is in use."""
+        """``family``'s margin, samples and whether it is in use (its own, without
+        the provider fallback ``margin`` applies)."""
         fam = self._families.get(family) or self._load(family)
         return self._view(family, fam, self._settings())
 
@@ -272,7 +297,8 @@ class Margins:
                     fam = self._families.get(name)
                     if fam is None:
                         fam = self._families[name] = _Family()
-                    fam.stored, fam.loaded_at, fam.cached = dict(bins), now, None
+                    fam.stored, fam.loaded_at = dict(bins), now
+                self._used.clear()
             names = sorted(self._families)
         return [self._view(n, self._families[n], settings) for n in names]
 
@@ -289,26 +315,31 @@ class Margins:
         return FamilyMargin(family, used, learned, n, active, active and learned > cap)
 
     def _load(self, family: str) -> _Family:
+        """Read ``family`` and its provider's histograms from the ledger."""
+        names = [family, provider_family(family)]
         try:
-            stored = self.ledger.margin_read([family])
+            stored = self.ledger.margin_read(names)
         except Exception as exc:
             self._warn("read", exc)
             stored = None
         with self._lock:
-            fam = self._families.get(family)
-            if fam is None:
-                if len(self._families) >= _MAX_FAMILIES:
-                    self._drop_idle()
-                fam = self._families[family] = _Family()
-            fam.loaded_at = self._clock()  # a failed read is retried after REFRESH_SECONDS
-            if stored is not None:
-                fam.stored, fam.cached = dict(stored.get(family, {})), None
-        return fam
+            for name in names:
+                fam = self._families.get(name)
+                if fam is None:
+                    if len(self._families) >= _MAX_FAMILIES:
+                        self._drop_idle()
+                    fam = self._families[name] = _Family()
+                fam.loaded_at = self._clock()  # a failed read is retried after REFRESH_SECONDS
+                if stored is not None:
+                    fam.stored = dict(stored.get(name, {}))
+            self._used.pop(family, None)
+            return self._families[family]
 
     def _drop_idle(self) -> None:
         """Forget families with nothing pending (they are read again when used)."""
         for name in [n for n, f in self._families.items() if not f.pending_n]:
             del self._families[name]
+        self._used.clear()
 
     # -- learning ------------------------------------------------------------
 
@@ -319,14 +350,14 @@ class Margins:
             return
         b = margin_bin(estimated, actual)
         with self._lock:
-            fam = self._families.get(family)
-            if fam is None:
-                if len(self._families) >= _MAX_FAMILIES:
-                    self._drop_idle()
-                fam = self._families[family] = _Family()
-            fam.pending[b] = fam.pending.get(b, 0) + 1
-            fam.pending_n += 1
-            fam.cached = None
+            for name in (family, provider_family(family)):
+                fam = self._families.get(name)
+                if fam is None:
+                    if len(self._families) >= _MAX_FAMILIES:
+                        self._drop_idle()
+                    fam = self._families[name] = _Family()
+                fam.pending[b] = fam.pending.get(b, 0) + 1
+                fam.pending_n += 1
             self._pending_total += 1
             due = (self._pending_total >= FLUSH_EVERY
                    or self._clock() - self._last_flush >= FLUSH_SECONDS)
@@ -361,11 +392,13 @@ class Margins:
                     for b, c in pending.items():
                         fam.pending[b] = fam.pending.get(b, 0) + c
                     fam.pending_n += count
-                    self._pending_total += count
+                    if not name.endswith("/*"):
+                        self._pending_total += count
                     ok = False
                 else:
                     fam.stored, fam.loaded_at = dict(merged), self._clock()
-                fam.cached = None
+        with self._lock:
+            self._used.clear()
         return ok
 
     def _warn(self, what: str, exc: Exception) -> None:
@@ -375,13 +408,8 @@ class Margins:
                         "using what this process learned", what, self.ledger.url, exc)
 
     def pending(self) -> int:
-        """Samples learned here and not yet merged into the ledger."""
+        """Settles learned here and not yet merged into the ledger."""
         return self._pending_total
-
-    def snapshot(self) -> dict[str, Any]:
-        """``{family: {"margin": str, "samples": n, "active": bool}}`` (for logs and tests)."""
-        return {v.family: {"margin": str(v.margin), "samples": v.samples, "active": v.active}
-                for v in self.views()}
 
 
 def apply_margin(raw: int, margin: Fraction) -> int:
