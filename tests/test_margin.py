@@ -45,6 +45,8 @@ def config(margin: dict[str, Any] | None = None, **roles: Any) -> dict[str, Any]
      "aws/claude-3-5-sonnet"),  # genai-prices' provider id for Bedrock
     ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "https://api.together.xyz/v1", "other",
      "together/llama-3.3-70b-instruct-turbo"),
+    ("meta-llama/Llama-3.1-8B-Instruct", None, "other", "other/llama-3.1-8b-instruct"),
+    ("openrouter/qwen/qwen3-vl-8b-instruct", None, "other", "openrouter/qwen3-vl-8b-instruct"),
     ("gemma3:4b", None, "other", "other/gemma3"),
     ("gemini-2.5-pro-preview-05-06", "gemini", "google", "google/gemini-2.5-pro"),
 ])

@@ -138,13 +138,14 @@ def model_family(model: str, provider: str | None = None,
     (``claude-sonnet-4-5``, ``gpt-4.1``): a new version can change the
     tokenizer, and with it the error.
     """
-    from crew_budget.pricing import normalize_provider
+    from crew_budget.pricing import _split_provider, normalize_provider
 
     name = unquote(model).strip().lower()
+    # A known provider prefix ("openrouter/", "bedrock/") names who serves the
+    # call; an organisation ("meta-llama/", "qwen/") is part of the model name.
+    known, _ = _split_provider(name)
+    prefix = normalize_provider(known) if known else None
     parts = [p for p in name.split("/") if p]
-    prefix = None
-    if len(parts) > 1:
-        prefix = normalize_provider(parts[0])
     who = (normalize_provider(provider) if provider else None) or prefix or (
         price_provider or "other").lower()
     line = parts[-1] if parts else name
