@@ -251,7 +251,8 @@ def main() -> int:
                   f"{r.blocked:>7} {r.blocked_fit:>15}")
             last = r
     if args.margins and last is not None:
-        print("\nmargins learned (defaults: p95, max 25 %, from 20 settles):")
+        print("\nmargins learned (the last run's settings; defaults p95, max 100 %, "
+              "from 20 settles):")
         for family, value in sorted(last.margins.items()):
             print(f"  {family:<48} {value}")
     return 0

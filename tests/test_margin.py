@@ -250,7 +250,7 @@ def test_status_shows_each_family_margin_and_samples(tmp_path: Path) -> None:
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     margins = result.stdout.split("estimate margins")[1]
-    assert "p95 of prompt under-estimation per model family, capped at 25 %" in margins
+    assert "p95 of prompt under-estimation per model family, capped at 100 %" in margins
     row = next(line for line in margins.splitlines() if FAMILY in line)
     assert [c.strip() for c in row.split("│")[1:5]] == [FAMILY, "10.0 %", "10.0 %", "20"]
 

@@ -417,14 +417,14 @@ class EstimateMargin(_Model):
     counts fell under what the provider billed, learned from settled calls
     and kept in the ledger (``crew_budget.margin``), capped at ``max``, used
     once a family has ``min_samples`` settles; ``history`` samples are
-    remembered (older ones fade by halves). Defaults: p95, 25 %, 20, 2000
+    remembered (older ones fade by halves). Defaults: p95, 100 %, 20, 2000
     (the module ``crew_budget.margin`` says why).
     """
 
     enabled: bool = True
     quantile: Decimal = Field(default=Decimal("0.95"), ge=Decimal("0.5"), le=Decimal(1),
                               description="the quantile of under-estimation reserved for")
-    max: Decimal = Field(default=Decimal("0.25"), ge=Decimal(0), le=Decimal(1),
+    max: Decimal = Field(default=Decimal(1), ge=Decimal(0), le=Decimal(1),
                          description="the largest margin, as a fraction of the prompt")
     min_samples: int = Field(default=20, ge=1, le=1_000_000,
                              description="settled calls of a family before its margin applies")

@@ -196,6 +196,18 @@ def _check_max_tokens(value: Any) -> int:
     return value
 
 
+def _has_tool_call(message: Any) -> bool:
+    """Does ``message`` call a tool (whose result must follow it in any request)?"""
+    if not isinstance(message, Mapping):
+        return False
+    if message.get("tool_calls") or message.get("function_call"):
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(p, Mapping) and p.get("type") in ("tool_use", "server_tool_use")
+        for p in content)
+
+
 class _Sized(NamedTuple):
     """What ``Guard._estimate_nano`` found: the reservation, and how its prompt was sized."""
 
@@ -249,6 +261,10 @@ class Guard:
         #: Per model family, the margin reserved above the estimate, learned
         #: from settles and shared through the ledger (``crew_budget.margin``).
         self.margins = Margins(self.ledger, lambda: self.config.estimate_margin)
+        #: Asks Anthropic's / Gemini's token-counting endpoints for roles and
+        #: models with ``exact_count: true``; made on first use (or assign one,
+        #: e.g. with an explicit key: ``crew_budget.estimate.exact.ExactCounter``).
+        self.exact_counter: Any = None
         self._families: dict[tuple[str, str | None, str], str] = {}
         self._tz = get_tz(self.config.timezone)
         self._offset = 0.0  # ledger clock minus ours, learned from ClockSkew
@@ -462,8 +478,66 @@ class Guard:
     def _exact_tokens(self, role: str, price: Price, model: str, messages: Sequence[Any],
                       tools: Sequence[Mapping[str, Any]] | None, system: Any,
                       extra: Mapping[str, Any] | None, provider: str | None) -> int | None:
-        """The provider's exact prompt count when ``exact_count`` asks for it (item 5)."""
-        return None
+        """The prompt's exact count when ``exact_count`` asks for one, else None.
+
+        The endpoint counts the request without its newest message (cached
+        per prefix, see ``crew_budget.estimate.exact``); the estimator adds
+        that message. None (the estimate is used) when the model has no
+        counting endpoint or the endpoint does not answer in time: logged and
+        counted in ``counters["exact_count_fallbacks"]``, never raised.
+        """
+        if not self._exact_cache or not self._wants_exact(role, model):
+            return None
+        from crew_budget.estimate.exact import ExactCounter, ExactCountFailed, api_family
+
+        family = api_family(model, price.provider)
+        if family is None:
+            return None
+        msgs = list(messages)
+        whole = len(msgs) < 2 or _has_tool_call(msgs[-2])  # a tool call needs its result
+        prefix = msgs if whole else msgs[:-1]
+        counter = self.exact_counter
+        if counter is None:
+            counter = self.exact_counter = ExactCounter(
+                timeout=float(self.config.exact_count_timeout))
+        try:
+            exact: int = counter.count_prefix(family, model, prefix, tools, system, extra)
+        except ExactCountFailed as exc:
+            from crew_budget.redact import redact_text
+
+            log.warning("crew-budget: exact_count for %s fell back to the estimate: %s",
+                        model, redact_text(str(exc)))
+            self._bump("exact_count_fallbacks")
+            return None
+        self._bump("exact_counts")
+        if not whole:  # the newest message, estimated: counted exactly next call
+            count = self.estimator.count_prompt
+            exact += max(0, count(model, price, msgs, tools, system=system, extra=extra,
+                                  calibrated=False)
+                         - count(model, price, prefix, tools, system=system, extra=extra,
+                                 calibrated=False))
+        return exact
+
+    def _wants_exact(self, role: str, model: str) -> bool:
+        """``exact_count`` of the role, else of the model's budget, else of its price."""
+        key = (role, model)
+        found = self._exact_cache.get(key)
+        if found is not None:
+            return found
+        cfg = self.config
+        bare = model.rsplit("/", 1)[-1]
+        budget = cfg.role_budget(role) if role else None
+        choices: list[bool | None] = [budget.exact_count if budget is not None else None]
+        role_models = getattr(budget, "models", None) or {}
+        for table in (role_models, cfg.models, cfg.prices):
+            entry = table.get(model) or table.get(bare)
+            choices.append(getattr(entry, "exact_count", None) if entry is not None else None)
+        wanted = next((c for c in choices if c is not None), False)
+        if len(self._exact_cache) >= 4096:
+            self._exact_cache.clear()
+            self._exact_cache[("", "")] = False  # stays non-empty: see _exact_tokens
+        self._exact_cache[key] = wanted
+        return wanted
 
     def preflight(
         self,
@@ -1029,6 +1103,10 @@ class Guard:
         self._role_names: dict[Any, str] = {}
         self._lease = float(value.lease_seconds)
         self._crew_name = value.crew.name if value.crew else None
+        # (role, model) -> exact_count wanted; empty when no exact_count is
+        # set anywhere, so preflight pays one truth test for the feature.
+        self._exact_cache: dict[tuple[str, str], bool] = (
+            {("", ""): False} if _mentions_exact(value) else {})
 
     def buckets(self, role: str | None = None, now: float | None = None,
                 model: str | None = None) -> list[Bucket]:
@@ -1352,6 +1430,8 @@ class Guard:
             self.alerts.close()
         self._flush_pending_quietly()
         self.margins.flush()  # never raises: margins are statistics, not money
+        if self.exact_counter is not None:
+            self.exact_counter.close()
         if self._pending:
             log.error("crew-budget: closing with %d settle(s) not written (ledger %s down); "
                       "their reservations will expire at their reserved amounts",
@@ -1365,6 +1445,15 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _mentions_exact(cfg: BudgetConfig) -> bool:
+    """Does any role, model budget or price set ``exact_count``?"""
+    budgets: list[Any] = [*cfg.roles.values(), cfg.default_role, *cfg.models.values(),
+                          *cfg.prices.values()]
+    for role in cfg.roles.values():
+        budgets.extend(role.models.values())
+    return any(getattr(b, "exact_count", None) is not None for b in budgets)
 
 
 def _overridden(limits: Limits, kinds: Mapping[str, Override]) -> Limits:

@@ -14,20 +14,24 @@ reserves that much more:
 ``u = actual / raw - 1`` of the estimator's raw count (before the in-process
 calibration, see below); an over-estimate counts as ``u = 0``. The margin is
 a high quantile of ``u`` over the family's recent settles (``quantile``,
-default p95), capped at ``max`` (default 25 %), and used only once the family
+default p95), capped at ``max`` (default 100 %), and used only once the family
 has ``min_samples`` settles (default 20). Over-estimates count as zeros, not
 as nothing: a family estimated right 95 % of the time needs no margin at
 p95, whatever its worst calls look like.
 
-**Why p95, 25 % and 20 by default.** p95: a reservation is an upper bound
-on the whole call, and its output part (``max_tokens``) is almost always far
-above what the model writes, so the few calls above the prompt quantile are
-absorbed by that slack; p99 would reserve for outliers (images by URL,
-documents the provider renders its own way) and block calls that would have
-fit. 25 %: a family whose p95 error passes a quarter of its prompt has an
-estimator bug to fix, and margins beyond that mostly refuse calls needlessly
-(bench/margin_replay.py measures both directions on recorded traffic). 20: a
-95th percentile of fewer samples is the largest of them, noise.
+**Why p95, 100 % and 20 by default.** p95: a reservation is an upper
+bound on the whole call, and its output part (``max_tokens``) is usually
+far above what the model writes, so most calls above the prompt quantile
+are absorbed by that slack; p99 reserves for outliers (documents, images by
+URL) and blocks calls that would have fit. 100 %: the cap bounds what one
+badly estimated family can block, but a cap below that family's real error
+lets its calls pass the limit; replaying 480 recorded calls through one
+tight budget (bench/margin_replay.py, bench/README.md), caps of 25 % and
+50 % left the worst-estimated families (OpenAI-compatible hosts, images)
+able to push committed spend past the limit with 8 calls in flight, 100 %
+did not, and blocked no more calls that would have fit. A family whose
+margin is high is an estimator problem to fix: ``crew-budget status`` shows
+it. 20: a 95th percentile of fewer samples is the largest of them, noise.
 
 **Stored in the ledger.** Each family's samples are a histogram of ``u`` in
 bins of 0.5 % (bin ``b`` holds ``(b-1)/200 < u <= b/200``, bin 0 is
