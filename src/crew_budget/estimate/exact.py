@@ -228,7 +228,7 @@ class ExactCounter:
         except httpx.TimeoutException:
             raise ExactCountFailed(f"no answer from {_host(url)} within "
                                    f"{self.timeout:g} s (exact_count_timeout)") from None
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # any transport failure: the call goes on with the estimate
             raise ExactCountFailed(f"{_host(url)} unreachable ({type(exc).__name__})") from None
         if response.status_code != 200:
             raise ExactCountFailed(f"{_host(url)} answered HTTP {response.status_code}")
