@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -50,8 +51,12 @@ def replay(name: str, sent: list[Any]) -> Any:
         sent.append(request)  # the live request, as VCR matches it
         return request
 
-    recorder = vcr.VCR(match_on=["method", "scheme", "host", "path"], record_mode="none",
-                       before_record_request=capture)
+    mode = os.environ.get("CREW_BUDGET_RECORD_MODE", "none")  # --record-mode, conftest.py
+    # Recording (real keys): the keys never reach the cassette. Replaying: the
+    # capture sees the headers as sent, fake keys included.
+    hidden = ["x-api-key", "x-goog-api-key"] if mode != "none" else []
+    recorder = vcr.VCR(match_on=["method", "scheme", "host", "path"], record_mode=mode,
+                       before_record_request=capture, filter_headers=hidden)
     return recorder.use_cassette(str(CASSETTES / "exact" / name))
 
 
