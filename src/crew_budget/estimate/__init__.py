@@ -62,7 +62,11 @@ Calibration
     under-estimate at once (safety) and 5 % toward an over-estimate (so one
     short answer does not loosen the estimate), bounded to [0.7, 3.0]; for
     models counted with their exact tokenizer it never drops below 1.0, so
-    only upward drift (e.g. hidden prompt text) is learned.
+    only upward drift (e.g. hidden prompt text) is learned. This is a point
+    correction of the estimate, in this process only; the reservation's
+    safety buffer is ``crew_budget.margin`` (learned per model family from
+    the *raw* count, ``count_prompt(..., calibrated=False)``, and kept in the
+    ledger): the guard reserves the larger of the two, never both.
 """
 
 from __future__ import annotations
