@@ -267,3 +267,20 @@ def test_a_family_without_enough_settles_uses_its_providers_margin() -> None:
     t = Guard(cfg, guard.ledger).preflight("warm", "acme-rare", messages, max_tokens=OUT)
     assert (t.margin_family, t.margin_tokens) == ("openai/acme-rare", raw // 10)
     assert t.estimate == Decimal((raw + raw // 10) * 1000 + OUT * 2000) / 10**9
+
+
+def test_the_redis_margin_script_refuses_bad_samples_before_any_write(redis_url: str) -> None:
+    from crew_budget.errors import AmountError
+    from crew_budget.ledger.redis import RedisLedger
+
+    led = RedisLedger(redis_url, namespace="margin-validation")
+    try:
+        assert led.margin_merge(FAMILY, {3: 2}, 100) == {3: 2}
+        for bad in ({201: 1}, {3: -1}, {-1: 1}):
+            with pytest.raises(AmountError, match="refused a bad value before writing"):
+                led.margin_merge(FAMILY, bad, 100)
+        with pytest.raises(AmountError, match="needs a family of 1 to 200 bytes"):
+            led.margin_merge("x" * 201, {3: 1}, 100)
+        assert led.margin_read(None) == {FAMILY: {3: 2}}  # unchanged
+    finally:
+        led.close()
