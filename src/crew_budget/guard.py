@@ -399,6 +399,9 @@ class Guard:
         ``provider`` (an id, a litellm provider or a base URL) picks that
         provider's prices; the estimate uses the context tier the prompt
         lands in and the request's ``service_tier`` (in ``extra``).
+        ``amount`` includes the model family's estimate margin as
+        ``preflight`` would reserve it (``crew_budget.margin``);
+        ``prompt_tokens`` is the estimate without it.
         """
         price = self.prices.get(model, provider)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
