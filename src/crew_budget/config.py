@@ -123,7 +123,9 @@ __all__ = [
     "BudgetConfig",
     "CrewLimits",
     "Downgrade",
+    "EstimateMargin",
     "Limits",
+    "ModelLimits",
     "ModelPrice",
     "RoleBudget",
     "RoleLimits",
@@ -446,13 +448,32 @@ class Limits(_Model):
         return self
 
 
+class ModelLimits(Limits):
+    """A model budget (``models:``, or a role's ``models:``): limits, and
+    ``exact_count`` (see ``RoleLimits``) for calls to that model."""
+
+    exact_count: bool | None = Field(
+        default=None, description="count this model's prompts with the provider's free "
+        "token-counting endpoint (Anthropic count_tokens, Gemini countTokens) before "
+        "reserving; falls back to the estimate after exact_count_timeout seconds")
+
+
 class RoleLimits(Limits):
     """A role's limits plus its cap on reserved output tokens (``default_role``),
     and what its calls do when they do not fit (``on_exceed``; None: the
-    top-level ``on_exceed``)."""
+    top-level ``on_exceed``).
+
+    ``exact_count: true`` asks the provider's free token-counting endpoint
+    for the prompt's exact count before reserving (Anthropic and Gemini
+    models; ``crew_budget.estimate.exact``); None: as the model says.
+    """
 
     max_output_tokens: OutputTokens | None = None
     on_exceed: OnExceed | None = None
+    exact_count: bool | None = Field(
+        default=None, description="count this role's prompts with the provider's free "
+        "token-counting endpoint (Anthropic count_tokens, Gemini countTokens) before "
+        "reserving; falls back to the estimate after exact_count_timeout seconds")
 
 
 class RoleBudget(RoleLimits):
@@ -464,7 +485,7 @@ class RoleBudget(RoleLimits):
     """
 
     aliases: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ()
-    models: dict[ModelName, Limits] = Field(
+    models: dict[ModelName, ModelLimits] = Field(
         default_factory=dict, description="limits on this role's calls to one model (scope "
         "model:<m>@role:<r>); a key matches the model exactly or without its provider prefix")
 
@@ -509,6 +530,40 @@ class ModelPrice(_Model):
     reasoning_per_million: PriceUSD | None = None
     provider: Literal["openai", "anthropic", "other"] = "other"
     tokenizer: str | None = None
+    exact_count: bool | None = Field(
+        default=None, description="count this model's prompts with the provider's free "
+        "token-counting endpoint before reserving (see roles.<r>.exact_count)")
+
+
+class EstimateMargin(_Model):
+    """``estimate_margin:``: how much more than the estimate a call reserves.
+
+    Per model family, a high ``quantile`` of how far the estimator's prompt
+    counts fell under what the provider billed, learned from settled calls
+    and kept in the ledger (``crew_budget.margin``), capped at ``max``, used
+    once a family has ``min_samples`` settles; ``history`` samples are
+    remembered (older ones fade by halves). Defaults: p95, 100 %, 20, 2000
+    (the module ``crew_budget.margin`` says why).
+    """
+
+    enabled: bool = True
+    quantile: Decimal = Field(default=Decimal("0.95"), ge=Decimal("0.5"), le=Decimal(1),
+                              description="the quantile of under-estimation reserved for")
+    max: Decimal = Field(default=Decimal(1), ge=Decimal(0), le=Decimal(1),
+                         description="the largest margin, as a fraction of the prompt")
+    min_samples: int = Field(default=20, ge=1, le=1_000_000,
+                             description="settled calls of a family before its margin applies")
+    history: int = Field(default=2000, ge=10, le=100_000_000,
+                         description="samples a family remembers before old ones are halved")
+
+    @model_validator(mode="after")
+    def _check_history(self) -> EstimateMargin:
+        if self.min_samples * 2 > self.history:
+            raise ValueError(f"min_samples {self.min_samples} is more than half of history "
+                             f"{self.history}, so the margin would switch off each time old "
+                             f"samples are halved; raise history to at least "
+                             f"{self.min_samples * 2} or lower min_samples")
+        return self
 
 
 def budgets_json_schema() -> dict[str, Any]:
@@ -612,10 +667,15 @@ class BudgetConfig(_Model):
     # such calls are charged to the crew and global budgets only.
     crew_role: str | None = Field(default=None, min_length=1)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
-    models: dict[ModelName, Limits] = Field(
+    models: dict[ModelName, ModelLimits] = Field(
         default_factory=dict, description="limits on one model across all roles (scope "
         "model:<m>); a key matches the model exactly or without its provider prefix")
     alerts: AlertsConfig | None = None
+    estimate_margin: EstimateMargin = Field(default_factory=EstimateMargin)
+    exact_count_timeout: Decimal = Field(
+        default=Decimal(2), gt=Decimal(0), le=Decimal(30),
+        description="seconds to wait for a token-counting endpoint (exact_count) before "
+        "reserving from the estimate instead")
 
     @model_validator(mode="after")
     def _check_roles(self) -> BudgetConfig:
@@ -652,7 +712,8 @@ class BudgetConfig(_Model):
     def _check_models(self) -> None:
         # A model name with a space can never match a call's model: the
         # budget would silently never apply.
-        places: list[tuple[tuple[str, ...], dict[str, Limits]]] = [(("models",), self.models)]
+        places: list[tuple[tuple[str, ...], Mapping[str, Limits]]] = [
+            (("models",), self.models)]
         places += [(("roles", k, "models"), b.models) for k, b in self.roles.items()]
         for loc, models in places:
             for key in models:
@@ -1152,7 +1213,7 @@ def _explain(err: Mapping[str, Any]) -> str:
             "": "version, timezone, ledger, namespace, fail_open, on_ledger_reset, journal, "
             "lease_seconds, retention_days, records_retention_days, default_max_output_tokens, "
             "global, crew, roles, default_role, unknown_roles, crew_role, on_exceed, mode, "
-            "prices, models, alerts",
+            "prices, models, alerts, estimate_margin, exact_count_timeout",
         }
         # Name the unit keys when the mistake is about tokens or calls (a
         # "tokens:", "daily_calls:", "requests:"), leaving other hints as they were.
@@ -1166,13 +1227,15 @@ def _explain(err: Mapping[str, Any]) -> str:
                     + f"{parent} takes hourly, daily, monthly and per_run (whole counts), "
                     f"e.g. {parent}: {{daily: 500}}")
         elif len(loc) > 2 and loc[-3] == "models":
-            hint = f"a model budget takes hourly, daily, monthly and per_run{units}"
+            hint = f"a model budget takes hourly, daily, monthly, per_run and exact_count{units}"
         elif parent == "roles" or (len(loc) > 2 and loc[-3] == "roles"):
             hint = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, "
-                    f"models and on_exceed{units}")
+                    f"models, on_exceed and exact_count{units}")
         elif parent == "default_role":
-            hint = ("default_role takes hourly, daily, monthly, per_run, max_output_tokens and "
-                    f"on_exceed{units}")
+            hint = ("default_role takes hourly, daily, monthly, per_run, max_output_tokens, "
+                    f"on_exceed and exact_count{units}")
+        elif parent == "estimate_margin":
+            hint = "estimate_margin takes enabled, quantile, max, min_samples and history"
         elif parent in ("crew", "global"):
             hint = f"use hourly, daily, monthly or per_run (crew also takes name){units}"
         elif loc and loc[0] == "alerts":
@@ -1180,7 +1243,8 @@ def _explain(err: Mapping[str, Any]) -> str:
         elif len(loc) > 2 and loc[-3] == "prices":
             hint = (
                 "a price takes input_per_million, output_per_million, cached_input_per_million, "
-                "cache_write_per_million, reasoning_per_million, provider, tokenizer"
+                "cache_write_per_million, reasoning_per_million, provider, tokenizer, "
+                "exact_count"
             )
         else:
             hint = f"known keys: {known['']}"

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from crew_budget.config import (
     DEFAULT_CREW_ROLE,
@@ -64,6 +64,7 @@ from crew_budget.ledger import (
     open_ledger,
 )
 from crew_budget.ledger.base import SHADOW_KEY, OverrideKind
+from crew_budget.margin import Margins, apply_margin, model_family
 from crew_budget.money import (
     MAX_NANO,
     MAX_TOKENS,
@@ -118,6 +119,16 @@ class Ticket:
     downgraded_from: str | None = None
     """Set when ``on_exceed: {downgrade: [...]}`` moved the call: the model the
     caller asked for. ``model`` is then the model to send the request to."""
+    margin_tokens: int = 0
+    """Prompt tokens reserved above ``prompt_tokens`` by the model family's
+    estimate margin (``crew_budget.margin``); included in ``estimate``."""
+    counted_prompt_tokens: int = 0
+    """The estimator's raw count (before calibration and margin), which the
+    margin learns from at settle; 0 when the prompt was counted exactly."""
+    margin_family: str = ""
+    """The model family (``provider/line``) whose margin applied."""
+    exact_count: bool = False
+    """``prompt_tokens`` came from the provider's token-counting endpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +203,35 @@ def _check_max_tokens(value: Any) -> int:
     return value
 
 
+def _has_tool_call(message: Any) -> bool:
+    """Does ``message`` call a tool (whose result must follow it in any request)?"""
+    if not isinstance(message, Mapping):
+        return False
+    if message.get("tool_calls") or message.get("function_call"):
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(p, Mapping) and p.get("type") in ("tool_use", "server_tool_use")
+        for p in content)
+
+
+class _Sized(NamedTuple):
+    """What ``Guard._estimate_nano`` found: the reservation, and how its prompt was sized."""
+
+    prompt_tokens: int
+    out_tokens: int
+    inject: int | None
+    amount: int
+    margin_tokens: int
+    counted: int
+    family: str
+    exact: bool
+
+    def ticket_fields(self) -> dict[str, Any]:
+        return {"margin_tokens": self.margin_tokens, "counted_prompt_tokens": self.counted,
+                "margin_family": self.family, "exact_count": self.exact}
+
+
 class Guard:
     """Enforces a ``BudgetConfig`` against a ``Ledger``.
 
@@ -225,6 +265,14 @@ class Guard:
             )
         self.prices = prices or PriceBook(self.config.prices)
         self.estimator = estimator or Estimator()
+        #: Per model family, the margin reserved above the estimate, learned
+        #: from settles and shared through the ledger (``crew_budget.margin``).
+        self.margins = Margins(self.ledger, lambda: self.config.estimate_margin)
+        #: Asks Anthropic's / Gemini's token-counting endpoints for roles and
+        #: models with ``exact_count: true``; made on first use (or assign one,
+        #: e.g. with an explicit key: ``crew_budget.estimate.exact.ExactCounter``).
+        self.exact_counter: Any = None
+        self._families: dict[tuple[str, str | None, str], str] = {}
         self._tz = get_tz(self.config.timezone)
         self._offset = 0.0  # ledger clock minus ours, learned from ClockSkew
         self._init_overrides()
@@ -358,12 +406,15 @@ class Guard:
         ``provider`` (an id, a litellm provider or a base URL) picks that
         provider's prices; the estimate uses the context tier the prompt
         lands in and the request's ``service_tier`` (in ``extra``).
+        ``amount`` includes the model family's estimate margin as
+        ``preflight`` would reserve it (``crew_budget.margin``);
+        ``prompt_tokens`` is the estimate without it.
         """
         price = self.prices.get(model, provider)
         prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
             self.config.match_role(role) or DEFAULT_ROLE if isinstance(role, str) else "",
-            price, model, messages, tools, max_tokens, system, extra
-        )
+            price, model, messages, tools, max_tokens, system, extra, provider
+        )[:4]
         return Estimate(model, prompt_tokens, out_tokens, inject, from_nano(amount), price)
 
     def _estimate_nano(
@@ -376,11 +427,28 @@ class Guard:
         max_tokens: int | None,
         system: Any,
         extra: Mapping[str, Any] | None,
-    ) -> tuple[int, int, int | None, int]:
-        """``estimate`` in integers: prompt tokens, output tokens, max_tokens to send, nano-USD."""
-        prompt_tokens = self.estimator.count_prompt(
-            model, price, messages, tools, system=system, extra=extra
-        )
+        provider: str | None = None,
+    ) -> _Sized:
+        """``estimate`` in integers: prompt tokens, output tokens, max_tokens to
+        send, nano-USD, and how the prompt was sized (see ``_Sized``).
+
+        The prompt is reserved at ``max(calibrated estimate, raw count x (1 +
+        the family's margin))`` (``crew_budget.margin``), or at the provider's
+        exact count when ``exact_count`` asks for one and it answers in time.
+        """
+        exact = self._exact_tokens(role, price, model, messages, tools, system, extra, provider)
+        if exact is not None:
+            prompt_tokens = counted = exact
+            family, reserved_prompt = "", exact
+        else:
+            counted = self.estimator.count_prompt(
+                model, price, messages, tools, system=system, extra=extra, calibrated=False
+            )
+            prompt_tokens = self.estimator.calibrated(model, counted)
+            key = (model, provider, price.provider)
+            family = self._families.get(key) or self._family(key)
+            reserved_prompt = max(prompt_tokens,
+                                  apply_margin(counted, self.margins.margin(family)))
         inject: int | None = None
         if max_tokens is None:
             cap = self.config.max_output_tokens(role)
@@ -395,15 +463,91 @@ class Guard:
             out_tokens *= billed_completions(extra)
         if price.variable and (price.tiers or extra):  # the tier this call lands in
             price = price.for_usage(
-                prompt_tokens, normalize_service_tier(extra.get("service_tier")) if extra else None
+                reserved_prompt,
+                normalize_service_tier(extra.get("service_tier")) if extra else None
             )
         flat = price.atto_flat  # input, output, ..., per-request fee (e.g. Perplexity's)
         if flat is not None:
-            amount = atto_to_nano_ceil(prompt_tokens * flat[0] + out_tokens * flat[1] + flat[5])
+            amount = atto_to_nano_ceil(reserved_prompt * flat[0] + out_tokens * flat[1]
+                                       + flat[5])
         else:
-            amount = to_nano_ceil(prompt_tokens * price.input + out_tokens * price.output
+            amount = to_nano_ceil(reserved_prompt * price.input + out_tokens * price.output
                                   + (price.per_request or 0))
-        return prompt_tokens, out_tokens, inject, amount
+        return _Sized(prompt_tokens, out_tokens, inject, amount,
+                      reserved_prompt - prompt_tokens, 0 if exact is not None else counted,
+                      family, exact is not None)
+
+    def _family(self, key: tuple[str, str | None, str]) -> str:
+        """``model_family`` of (model, provider hint, price provider), cached (bounded)."""
+        family = model_family(*key)
+        if len(self._families) >= 4096:  # model names can come from outside (a proxy)
+            self._families.clear()
+        self._families[key] = family
+        return family
+
+    def _exact_tokens(self, role: str, price: Price, model: str, messages: Sequence[Any],
+                      tools: Sequence[Mapping[str, Any]] | None, system: Any,
+                      extra: Mapping[str, Any] | None, provider: str | None) -> int | None:
+        """The prompt's exact count when ``exact_count`` asks for one, else None.
+
+        The endpoint counts the request without its newest message (cached
+        per prefix, see ``crew_budget.estimate.exact``); the estimator adds
+        that message. None (the estimate is used) when the model has no
+        counting endpoint or the endpoint does not answer in time: logged and
+        counted in ``counters["exact_count_fallbacks"]``, never raised.
+        """
+        if not self._exact_cache or not self._wants_exact(role, model):
+            return None
+        from crew_budget.estimate.exact import ExactCounter, ExactCountFailed, api_family
+
+        family = api_family(model, price.provider)
+        if family is None:
+            return None
+        msgs = list(messages)
+        whole = len(msgs) < 2 or _has_tool_call(msgs[-2])  # a tool call needs its result
+        prefix = msgs if whole else msgs[:-1]
+        counter = self.exact_counter
+        if counter is None:
+            counter = self.exact_counter = ExactCounter(
+                timeout=float(self.config.exact_count_timeout))
+        try:
+            exact: int = counter.count_prefix(family, model, prefix, tools, system, extra)
+        except ExactCountFailed as exc:
+            from crew_budget.redact import redact_text
+
+            log.warning("crew-budget: exact_count for %s fell back to the estimate: %s",
+                        model, redact_text(str(exc)))
+            self._bump("exact_count_fallbacks")
+            return None
+        self._bump("exact_counts")
+        if not whole:  # the newest message, estimated: counted exactly next call
+            count = self.estimator.count_prompt
+            exact += max(0, count(model, price, msgs, tools, system=system, extra=extra,
+                                  calibrated=False)
+                         - count(model, price, prefix, tools, system=system, extra=extra,
+                                 calibrated=False))
+        return exact
+
+    def _wants_exact(self, role: str, model: str) -> bool:
+        """``exact_count`` of the role, else of the model's budget, else of its price."""
+        key = (role, model)
+        found = self._exact_cache.get(key)
+        if found is not None:
+            return found
+        cfg = self.config
+        bare = model.rsplit("/", 1)[-1]
+        budget = cfg.role_budget(role) if role else None
+        choices: list[bool | None] = [budget.exact_count if budget is not None else None]
+        role_models = getattr(budget, "models", None) or {}
+        for table in (role_models, cfg.models, cfg.prices):
+            entry = table.get(model) or table.get(bare)
+            choices.append(getattr(entry, "exact_count", None) if entry is not None else None)
+        wanted = next((c for c in choices if c is not None), False)
+        if len(self._exact_cache) >= 4096:
+            self._exact_cache.clear()
+            self._exact_cache[("", "")] = False  # stays non-empty: see _exact_tokens
+        self._exact_cache[key] = wanted
+        return wanted
 
     def preflight(
         self,
@@ -449,10 +593,11 @@ class Guard:
         given = role
         resolved = self._role_names.get(role)
         role = resolved if resolved is not None else self._resolve_role(role)
-        prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
+        sized = self._estimate_nano(
             role, self.prices.get(model, provider), model, messages, tools, max_tokens, system,
-            extra
+            extra, provider
         )
+        prompt_tokens, out_tokens, inject, amount = sized[:4]
         tier = normalize_service_tier(extra.get("service_tier")) if extra else None
         crew_name = crew or self._crew_name
         meta = dict(metadata or {})
@@ -516,7 +661,8 @@ class Guard:
                 self._journal_dirty = True
             ticket = Ticket("", role, model, crew_name, from_nano(amount), prompt_tokens,
                             out_tokens, inject, 0.0, guarded=False, metadata=meta,
-                            journal_id=jid, provider=provider, service_tier=tier)
+                            journal_id=jid, provider=provider, service_tier=tier,
+                            **sized.ticket_fields())
             if self._listeners:
                 self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                       ticket=ticket))
@@ -552,7 +698,7 @@ class Guard:
             self._replay_journal(force=self._replay_blocked)
         ticket = Ticket(rid, role, model, crew_name, from_nano(amount), prompt_tokens, out_tokens,
                         inject, result.expires_at, metadata=meta, provider=provider,
-                        service_tier=tier)
+                        service_tier=tier, **sized.ticket_fields())
         if self._listeners:
             self._emit(GuardEvent("allowed", role, model, crew_name, ticket.estimate,
                                   ticket=ticket))
@@ -708,8 +854,9 @@ class Guard:
             if cheaper == model:
                 continue
             price = self.prices.get(cheaper, provider)
-            prompt_tokens, out_tokens, inject, amount = self._estimate_nano(
-                role, price, cheaper, messages, tools, max_tokens, system, extra)
+            sized = self._estimate_nano(
+                role, price, cheaper, messages, tools, max_tokens, system, extra, provider)
+            prompt_tokens, out_tokens, inject, amount = sized[:4]
             meta = {**draft.metadata, "downgraded_from": model}
             moved = replace(draft, model=cheaper, estimate_nano=amount,
                             prompt_tokens_estimate=prompt_tokens,
@@ -723,7 +870,8 @@ class Guard:
             tier = normalize_service_tier(extra.get("service_tier")) if extra else None
             ticket = Ticket(rid, role, cheaper, draft.crew, from_nano(amount), prompt_tokens,
                             out_tokens, inject, result.expires_at, metadata=meta,
-                            provider=provider, service_tier=tier, downgraded_from=model)
+                            provider=provider, service_tier=tier, downgraded_from=model,
+                            **sized.ticket_fields())
             if self._listeners:
                 self._emit(GuardEvent("allowed", role, cheaper, draft.crew, ticket.estimate,
                                       ticket=ticket))
@@ -766,9 +914,14 @@ class Guard:
                       ticket.reservation_id)
             self._bump("usage_errors")
             return self._finish(ticket, None, to_nano(ticket.estimate))
-        if parsed.prompt_tokens:
+        if parsed.prompt_tokens and not ticket.exact_count:
             self.estimator.calibrate(ticket.model, ticket.prompt_tokens, parsed.prompt_tokens)
         result = self._finish(ticket, parsed, cost_nano)
+        if ticket.counted_prompt_tokens and parsed.prompt_tokens and (
+                result.applied or result.state in ("pending", "unguarded")):
+            # Once per call (a repeated settle applies nothing): the margin's sample.
+            self.margins.observe(ticket.margin_family, ticket.counted_prompt_tokens,
+                                 parsed.prompt_tokens)
         reserved = to_nano(ticket.estimate)
         if cost_nano > reserved and ticket.guarded and (
                 result.state == "pending" or (result.state == "settled" and result.applied)):
@@ -964,6 +1117,10 @@ class Guard:
         self._role_names: dict[Any, str] = {}
         self._lease = float(value.lease_seconds)
         self._crew_name = value.crew.name if value.crew else None
+        # (role, model) -> exact_count wanted; empty when no exact_count is
+        # set anywhere, so preflight pays one truth test for the feature.
+        self._exact_cache: dict[tuple[str, str], bool] = (
+            {("", ""): False} if _mentions_exact(value) else {})
 
     def buckets(self, role: str | None = None, now: float | None = None,
                 model: str | None = None, *, units: bool = False) -> list[Bucket]:
@@ -1309,6 +1466,9 @@ class Guard:
         if self.alerts is not None:
             self.alerts.close()
         self._flush_pending_quietly()
+        self.margins.flush()  # never raises: margins are statistics, not money
+        if self.exact_counter is not None:
+            self.exact_counter.close()
         if self._pending:
             log.error("crew-budget: closing with %d settle(s) not written (ledger %s down); "
                       "their reservations will expire at their reserved amounts",
@@ -1322,6 +1482,15 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _mentions_exact(cfg: BudgetConfig) -> bool:
+    """Does any role, model budget or price set ``exact_count``?"""
+    budgets: list[Any] = [*cfg.roles.values(), cfg.default_role, *cfg.models.values(),
+                          *cfg.prices.values()]
+    for role in cfg.roles.values():
+        budgets.extend(role.models.values())
+    return any(getattr(b, "exact_count", None) is not None for b in budgets)
 
 
 def _overridden(limits: Limits, kinds: Mapping[str, Override]) -> Limits:

@@ -38,8 +38,8 @@ def test_validate_reports_the_first_mistake_with_path_and_fix(
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         f"crew-budget validate: error: {bad}: roles.researcher.weekly: unknown key 'weekly'; "
-        "a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, models and "
-        "on_exceed")
+        "a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, models, "
+        "on_exceed and exact_count")
     typo = setup.dir / "typo.yaml"
     typo.write_text("alerts:\n  sinks: [{type: webhook, url: 'http://x', formt: slack}]\n")
     result = runner.invoke(app, ["validate", str(typo)])

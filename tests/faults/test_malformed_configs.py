@@ -36,9 +36,9 @@ OVER_MAX = ("is above the maximum of $1,000,000; limits are kept in nano-dollars
             "budgets across roles or windows)")
 NOT_AMOUNT = 'write a dollar amount such as 5 or "5.00"'
 NEVER_FIRES = "spend stops at the limit, so it would never fire; use e.g. [50, 80, 100]"
-ROLE_KEYS = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, models "
-             "and on_exceed")
-MODEL_KEYS = "a model budget takes hourly, daily, monthly and per_run"
+ROLE_KEYS = ("a role takes hourly, daily, monthly, per_run, max_output_tokens, aliases, models, "
+             "on_exceed and exact_count")
+MODEL_KEYS = "a model budget takes hourly, daily, monthly, per_run and exact_count"
 SPACED_MODEL = ("is blank or contains whitespace, so it would match no call; write the model as "
                 "your code names it, e.g. gpt-4o or openai/gpt-4o")
 POLICY_FIX = ("write stop, end_task, shadow, or {downgrade: [gpt-4o-mini]} (cheaper models to "
@@ -193,7 +193,8 @@ CASES = [
          "unknown key 'role'; known keys: version, timezone, ledger, namespace, fail_open, "
          "on_ledger_reset, journal, lease_seconds, retention_days, records_retention_days, "
          "default_max_output_tokens, global, crew, roles, default_role, unknown_roles, "
-         "crew_role, on_exceed, mode, prices, models, alerts"),
+         "crew_role, on_exceed, mode, prices, models, alerts, estimate_margin, "
+         "exact_count_timeout"),
     Case("weekly-window", "roles: {r: {weekly: 5}}\n", "roles.r.weekly",
          f"unknown key 'weekly'; {ROLE_KEYS}"),
     Case("alias-names-another-role", "roles:\n  researcher: {daily: 1}\n"
@@ -222,7 +223,7 @@ CASES = [
          "aliases is a list of names; write aliases: ['Senior Researcher']"),
     Case("aliases-on-default-role", "roles: {r: {}}\ndefault_role: {daily: 1, aliases: [x]}\n",
          "default_role.aliases", "unknown key 'aliases'; default_role takes hourly, daily, "
-         "monthly, per_run, max_output_tokens and on_exceed"),
+         "monthly, per_run, max_output_tokens, on_exceed and exact_count"),
     Case("default-role-and-allow", "roles: {r: {}}\ndefault_role: {daily: 1}\n"
          "unknown_roles: allow\n", "unknown_roles",
          "unknown_roles: allow and default_role: both say what happens to roles not listed; "
@@ -380,6 +381,23 @@ CASES = [
          "'model:' is not a budget scope; write \"role:NAME\", \"crew:NAME\", "
          "\"model:MODEL\", \"model:MODEL@role:NAME\" or \"global\" (quoted in YAML)",
          schema=False),
+    # -- estimate_margin / exact_count (issue 10, items 4 and 5) ---------------------
+    Case("margin-quantile-low", "roles: {r: {}}\nestimate_margin: {quantile: 0.3}\n",
+         "estimate_margin.quantile", "Input should be greater than or equal to 0.5 (got 0.3)"),
+    Case("margin-max-above-one", "roles: {r: {}}\nestimate_margin: {max: 2}\n",
+         "estimate_margin.max", "Input should be less than or equal to 1 (got 2)"),
+    Case("margin-min-samples-over-history",
+         "roles: {r: {}}\nestimate_margin: {min_samples: 600, history: 1000}\n",
+         "estimate_margin", "min_samples 600 is more than half of history 1000, so the margin "
+         "would switch off each time old samples are halved; raise history to at least 1200 or "
+         "lower min_samples", schema=False),
+    Case("margin-unknown-key", "roles: {r: {}}\nestimate_margin: {p: 0.95}\n",
+         "estimate_margin.p", "unknown key 'p'; estimate_margin takes enabled, quantile, max, "
+         "min_samples and history"),
+    Case("exact-count-maybe", "roles: {r: {exact_count: maybe}}\n", "roles.r.exact_count",
+         "Input should be a valid boolean, unable to interpret input (got 'maybe')"),
+    Case("exact-count-timeout-zero", "roles: {r: {}}\nexact_count_timeout: 0\n",
+         "exact_count_timeout", "Input should be greater than 0"),
 ]
 
 

@@ -472,3 +472,24 @@ def test_rollups_count_reservations_of_a_sigkilled_process(
     assert sum(r.cost_nano for r in rollups) == 1_000 + 1_001 + 1_002
     assert sum(r.expired for r in rollups) == 3
     led.close()
+
+
+def test_estimate_margin_histograms_merge_atomically_and_halve(ledger: Ledger) -> None:
+    """Contract: ``margin_merge`` adds bin counts to one family's histogram and
+    returns the merge; past ``history`` samples every count is halved (rounded
+    down, empty bins dropped); ``margin_read`` returns what is stored, for the
+    families asked (None: all), and knows nothing of families never merged."""
+    from crew_budget.ledger.base import merge_margin_bins
+
+    fam, other = "anthropic/claude-sonnet-4", "openai/gpt-4o"
+    assert ledger.margin_read([fam]) == {}
+    assert ledger.margin_merge(fam, {0: 10, 20: 3}, 100) == {0: 10, 20: 3}
+    assert ledger.margin_merge(fam, {20: 2, 200: 1}, 100) == {0: 10, 20: 5, 200: 1}
+    assert ledger.margin_merge(other, {7: 1}, 100) == {7: 1}
+    assert ledger.margin_read([fam, "openai/none"]) == {fam: {0: 10, 20: 5, 200: 1}}
+    assert ledger.margin_read(None) == {fam: {0: 10, 20: 5, 200: 1}, other: {7: 1}}
+    # 16 + 3 more = 19 > history 18: halved, the lone 200 sample dropped.
+    halved = ledger.margin_merge(fam, {1: 3}, 18)
+    assert halved == {0: 5, 1: 1, 20: 2}
+    assert halved == merge_margin_bins({0: 10, 20: 5, 200: 1}, {1: 3}, 18)
+    assert ledger.margin_read([fam]) == {fam: {0: 5, 1: 1, 20: 2}}

@@ -248,6 +248,9 @@ def status(
     shadow = _shadow_today(guard, role, now)
     if shadow is not None:
         out.print(shadow)
+    margins = _margins_table(guard)
+    if margins is not None:
+        out.print(margins)
 
 
 def _shadow_today(guard: Guard, role: str | None, now: float) -> str | None:
@@ -267,6 +270,37 @@ def _shadow_today(guard: Guard, role: str | None, now: float) -> str | None:
         rollups = [r for r in rollups if r.role == name]
     summary = shadow_summary(rollups)
     return f"today: {summary.text()}" if summary.calls else None
+
+
+def _margins_table(guard: Guard) -> Any:
+    """Per model family: the estimate margin reserved above the estimate, and
+    the settled calls it was learned from (``crew_budget.margin``); or None."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    views = guard.margins.views()
+    if not views:
+        return None
+    cfg = guard.config.estimate_margin
+
+    def pct(value: Decimal) -> str:
+        return f"{(value * 100).normalize():f}"
+
+    about = (f"estimate margins: p{pct(cfg.quantile)} of prompt under-estimation per model "
+             f"family, capped at {pct(cfg.max)} %, used from {cfg.min_samples} settles")
+    if not cfg.enabled:
+        about += "; off (estimate_margin: {enabled: false})"
+    table = Table()
+    table.add_column("family", overflow="fold")
+    table.add_column("margin in use", justify="right", no_wrap=True)
+    table.add_column("learned", justify="right", no_wrap=True)
+    table.add_column("samples", justify="right", no_wrap=True)
+    for v in views:
+        used = f"{float(v.margin) * 100:.1f} %" if v.active else "- (learning)"
+        learned = f"{float(v.learned) * 100:.1f} %" + (" (capped)" if v.capped else "")
+        table.add_row(v.family, used, learned, str(v.samples))
+    return Group(Text(about), table)
 
 
 def _overrides_table(guard: Guard, role: str | None) -> Any:

@@ -65,7 +65,11 @@ Calibration
     under-estimate at once (safety) and 5 % toward an over-estimate (so one
     short answer does not loosen the estimate), bounded to [0.7, 3.0]; for
     models counted with their exact tokenizer it never drops below 1.0, so
-    only upward drift (e.g. hidden prompt text) is learned.
+    only upward drift (e.g. hidden prompt text) is learned. This is a point
+    correction of the estimate, in this process only; the reservation's
+    safety buffer is ``crew_budget.margin`` (learned per model family from
+    the *raw* count, ``count_prompt(..., calibrated=False)``, and kept in the
+    ledger): the guard reserves the larger of the two, never both.
 """
 
 from __future__ import annotations
@@ -355,8 +359,11 @@ class Estimator:
         *,
         system: Any = None,
         extra: Mapping[str, Any] | None = None,
+        calibrated: bool = True,
     ) -> int:
-        """Prompt tokens the provider will bill, including calibration.
+        """Prompt tokens the provider will bill, including calibration
+        (``calibrated=False``: the raw count, which ``crew_budget.margin``
+        learns from; ``calibrated(model, raw)`` applies it afterwards).
 
         ``messages`` may be OpenAI- or Anthropic-shaped dicts (or objects with
         ``role``/``type`` and ``content``, such as LangChain messages);
@@ -380,6 +387,10 @@ class Estimator:
         if scheme.system_drop and (system or _has_system_message(messages)):
             fixed -= scheme.system_drop
         raw = math.ceil(text * scheme.factor - 1e-9) + fixed
+        return self.calibrated(model, raw) if calibrated else raw
+
+    def calibrated(self, model: str, raw: int) -> int:
+        """``raw`` (a ``calibrated=False`` count) with ``model``'s correction applied."""
         factor = self._calib.get(model, 1.0)
         return raw if factor == 1.0 else math.ceil(raw * factor - 1e-9)
 

@@ -50,6 +50,8 @@ __all__ = [
     "ClockSkew",
     "Denial",
     "Ledger",
+    "MARGIN_BINS",
+    "MARGIN_RESOLUTION",
     "Outcome",
     "Override",
     "OverrideKind",
@@ -453,6 +455,43 @@ def in_span(hour: float, since: float | None, until: float | None) -> bool:
     return (since is None or hour + 3600 > since) and (until is None or hour < until)
 
 
+MARGIN_RESOLUTION = 200
+"""Estimate-margin histogram bins per 100 % of under-estimation (0.5 % each)."""
+MARGIN_BINS = 201
+"""Bins 0 (no under-estimate) to 200 (100 % and more): the most a family stores."""
+
+
+def merge_margin_bins(old: Mapping[int, int], add: Mapping[int, int],
+                      history: int) -> dict[int, int]:
+    """``old`` plus ``add``; when that holds more than ``history`` samples, every
+    count is halved (rounded down, empty bins dropped), so old samples fade.
+
+    Every backend stores exactly this (lua/margin.lua mirrors it).
+    """
+    merged = {int(b): int(c) for b, c in old.items() if int(c) > 0}
+    for b, c in add.items():
+        if not 0 <= int(b) < MARGIN_BINS or int(c) < 0:
+            raise ValueError(f"bad estimate-margin sample bin {b!r} count {c!r}")
+        if c:
+            merged[int(b)] = merged.get(int(b), 0) + int(c)
+    if sum(merged.values()) > history:
+        merged = {b: c // 2 for b, c in merged.items() if c // 2 > 0}
+    return merged
+
+
+def encode_margin_bins(bins: Mapping[int, int]) -> str:
+    """``"b:c,b:c"`` by bin: how SQLite and Redis store one family's histogram."""
+    return ",".join(f"{b}:{bins[b]}" for b in sorted(bins) if bins[b] > 0)
+
+
+def decode_margin_bins(text: str) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for pair in text.split(",") if text else ():
+        b, _, c = pair.partition(":")
+        out[int(b)] = int(c)
+    return out
+
+
 class ClockSkew(Exception):
     """The request's window periods do not contain the ledger's clock."""
 
@@ -716,6 +755,26 @@ class Ledger(ABC):
             f"{type(self).__name__} has no live limits. Fix: use a memory://, sqlite:/// "
             "or redis:// ledger, or implement Ledger.write_overrides"
         )
+
+
+    # -- estimate margins (crew_budget.margin) ----------------------------------
+    #
+    # Per model family, a histogram of how far the estimator's prompt counts
+    # fell under what the provider billed: at most MARGIN_BINS small integers,
+    # merged atomically so every process shares one margin. Not abstract: a
+    # ledger without them leaves each process with what it learned itself.
+
+    def margin_merge(self, family: str, add: Mapping[int, int],
+                     history: int) -> dict[int, int] | None:
+        """Add ``add`` (bin -> count) to ``family``'s histogram, halving it once it
+        holds more than ``history`` samples (``merge_margin_bins``), in one
+        atomic step; returns the merged histogram, or None if not stored."""
+        return None
+
+    def margin_read(self, families: Sequence[str] | None) -> dict[str, dict[int, int]] | None:
+        """The stored histograms of ``families`` (None: every family), or None
+        if this ledger stores none."""
+        return None
 
 
 OutboxState = Literal["pending", "claimed", "delivered", "failed"]

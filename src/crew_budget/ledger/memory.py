@@ -6,7 +6,7 @@ import collections
 import heapq
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from crew_budget.errors import ReservationError
@@ -34,6 +34,7 @@ from crew_budget.ledger.base import (
     bucket_charge,
     bucket_need,
     in_span,
+    merge_margin_bins,
     new_reservation_id,
     record_amount,
     rollup_counts,
@@ -394,6 +395,22 @@ class MemoryLedger(Ledger):
             self._ov_version: int = getattr(self, "_ov_version", 0) + 1
             self._add_locked(record)
             return self._ov_version
+
+    # -- estimate margins (see Ledger.margin_merge) ----------------------------
+
+    def margin_merge(self, family: str, add: Mapping[int, int],
+                     history: int) -> dict[int, int] | None:
+        with self._lock:
+            store: dict[str, dict[int, int]] = getattr(self, "_margins", {})
+            self._margins = store
+            store[family] = merge_margin_bins(store.get(family, {}), add, history)
+            return dict(store[family])
+
+    def margin_read(self, families: Sequence[str] | None) -> dict[str, dict[int, int]] | None:
+        with self._lock:
+            store: dict[str, dict[int, int]] = getattr(self, "_margins", {})
+            names = list(store) if families is None else [f for f in families if f in store]
+            return {f: dict(store[f]) for f in names}
 
 
 _LIVE = ("pending", "claimed")

@@ -145,6 +145,7 @@ from crew_budget.ledger.base import (
     Unit,
     add_rollup,
     bucket_need,
+    decode_margin_bins,
     record_amount,
     rollup_hour,
     rollups_from,
@@ -1085,6 +1086,40 @@ class RedisLedger(Ledger):
         return int(self._overrides_call(
             "overrides_write", [self.prefix + "ov", self.prefix + "ov:version", self._stream],
             args, idempotent=False))
+
+    # -- estimate margins (see Ledger.margin_merge and lua/margin.lua) ---------
+    # Key: P.."margins" (HASH family -> "bin:count,..."). The script is
+    # registered on first use, per client, like the live-limits scripts.
+
+    def margin_merge(self, family: str, add: Mapping[int, int],
+                     history: int) -> dict[int, int] | None:
+        client = self._conn()
+        made: tuple[Any, Script] | None = getattr(self, "_margin_lua", None)
+        if made is None or made[0] is not client:
+            lua = resources.files("crew_budget.ledger") / "lua"
+            source = ((lua / "_common.lua").read_text(encoding="utf-8") + "\n"
+                      + (lua / "margin.lua").read_text(encoding="utf-8"))
+            made = (client, cast(Script, client.register_script(source)))
+            self._margin_lua = made
+        script = made[1]
+        args = [str(int(history)), family, str(self.retention_ms)]
+        for b, c in sorted(add.items()):
+            args += [str(int(b)), str(int(c))]
+        # Not repeated after a dropped connection: a second run would count twice.
+        text = self._run(lambda c: script(keys=[self.prefix + "margins"], args=args, client=c),
+                         idempotent=False)
+        return decode_margin_bins(str(text))
+
+    def margin_read(self, families: Sequence[str] | None) -> dict[str, dict[int, int]] | None:
+        key = self.prefix + "margins"
+        if families is None:
+            stored: Mapping[str, str] = self._run(lambda c: c.hgetall(key))
+            return {f: decode_margin_bins(v) for f, v in stored.items()}
+        names = list(families)
+        if not names:
+            return {}
+        values = self._run(lambda c: c.hmget(key, names))
+        return {f: decode_margin_bins(v) for f, v in zip(names, values, strict=True) if v}
 
 
 @lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -57,6 +57,9 @@ from crew_budget.ledger.base import (
     add_rollup,
     bucket_charge,
     bucket_need,
+    decode_margin_bins,
+    encode_margin_bins,
+    merge_margin_bins,
     new_reservation_id,
     record_amount,
     rollup_counts,
@@ -811,6 +814,44 @@ class SQLiteLedger(Ledger):
                        (str(version),))
             self._insert(db, record)
             return version
+
+    # -- estimate margins (see Ledger.margin_merge) ------------------------------
+    # A table made on first use (like the outbox): one row per model family,
+    # its histogram as "bin:count,..." text. Merged in one BEGIN IMMEDIATE.
+
+    def _margin_db(self) -> sqlite3.Connection:
+        db = self._conn()
+        if getattr(self._local, "margins", None) is not db:
+            try:
+                db.execute("CREATE TABLE IF NOT EXISTS margins (family TEXT PRIMARY KEY, "
+                           "bins TEXT NOT NULL, updated_at REAL NOT NULL)")
+            except sqlite3.Error as exc:
+                raise LedgerUnavailable(self.url, f"cannot create the margins table: {exc}"
+                                        ) from exc
+            self._local.margins = db
+        return db
+
+    def margin_merge(self, family: str, add: Mapping[int, int],
+                     history: int) -> dict[int, int] | None:
+        self._margin_db()
+        with self._tx() as db:
+            row = db.execute("SELECT bins FROM margins WHERE family = ?", (family,)).fetchone()
+            merged = merge_margin_bins(decode_margin_bins(row[0]) if row else {}, add, history)
+            db.execute("INSERT OR REPLACE INTO margins (family, bins, updated_at) "
+                       "VALUES (?, ?, ?)", (family, encode_margin_bins(merged), self._clock()))
+        return merged
+
+    def margin_read(self, families: Sequence[str] | None) -> dict[str, dict[int, int]] | None:
+        try:
+            db = self._margin_db()
+            if families is None:
+                rows = db.execute("SELECT family, bins FROM margins").fetchall()
+            else:
+                rows = [r for f in families for r in db.execute(
+                    "SELECT family, bins FROM margins WHERE family = ?", (f,)).fetchall()]
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        return {str(f): decode_margin_bins(str(b)) for f, b in rows}
 
 
 def _overrides_version(db: sqlite3.Connection) -> int:
