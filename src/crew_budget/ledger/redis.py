@@ -263,7 +263,7 @@ def _sources() -> dict[str, str]:
     lua = resources.files("crew_budget.ledger") / "lua"
     common = (lua / "_common.lua").read_text(encoding="utf-8")
     names = ("reserve", "settle", "release", "reap", "status", "reset", "append_record",
-             "charge", "recover")
+             "charge", "recover", "state")
     return {n: common + "\n" + (lua / f"{n}.lua").read_text(encoding="utf-8") for n in names}
 
 
@@ -387,6 +387,27 @@ def _span_field(keys: Sequence[str], elements: Sequence[str]) -> str:
         spans.append(f"{offset + 2}+{len(key.encode())}")  # past '["'
         offset += len(element.encode()) + 1  # and the ","
     return "@" + ",".join(spans)
+
+
+_TS_MOD = 1 << 20
+"""COMPACT records keep the ledger clock's microseconds modulo this (lua/_common.lua)."""
+_COMPACT_OUTCOMES: dict[str, Outcome] = {"1": "settled", "2": "released", "3": "expired"}
+
+
+def _compact_record(f: Mapping[str, str], contexts: Mapping[str, Mapping[str, Any]]
+                    ) -> SpendRecord:
+    """A COMPACT stream entry (see lua/_common.lua) as the SpendRecord it stands for."""
+    g = contexts.get(f["g"])
+    if g is None:  # its day's contexts were deleted by hand: say so rather than guess
+        g = {"role": f"(unknown context {f['g']})", "model": "", "crew": None, "metadata": {}}
+    return SpendRecord(
+        ts=int(f["t"]) / 1_000_000, reservation_id=f["i"], outcome=_COMPACT_OUTCOMES[f["o"]],
+        role=g["role"], model=g["model"], crew=g.get("crew"),
+        input_tokens=int(f["n"]), cached_input_tokens=int(f["k"]),
+        cache_write_tokens=int(f["w"]), output_tokens=int(f["x"]),
+        reasoning_tokens=int(f["z"]), estimate_nano=int(f["e"]), cost_nano=int(f["c"]),
+        metadata=json.loads(f["m"]) if f["m"] else g["metadata"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -861,9 +882,10 @@ class RedisLedger(Ledger):
         ]
 
     def reservation_state(self, reservation_id: str) -> Outcome | None:
-        key = self.prefix + "r:" + reservation_id
-        value = self._run(lambda c: c.get(key))
-        return None if value is None else _STATES[value.split("\n", 1)[0]]
+        # Its key while it is held, then its TOMBSTONE (see lua/_common.lua).
+        state = self._call("state", [self._leases, self.prefix + "r:" + reservation_id],
+                           [reservation_id])
+        return _STATES.get(state)
 
     def append_record(self, record: SpendRecord) -> None:
         keys = [self._stream, self._odd, self._oddseq]
@@ -879,12 +901,32 @@ class RedisLedger(Ledger):
         def read(c: Any) -> None:
             found.clear()
             start = lo
+            compact: list[dict[str, str]] = []
             while True:
                 page = c.xrange(self._stream, start, hi, count=_PAGE)
-                found.extend(SpendRecord.from_json(fields["r"]) for _id, fields in page)
+                for sid, fields in page:
+                    if "r" in fields:
+                        found.append(SpendRecord.from_json(fields["r"]))
+                    else:
+                        # ts: the latest microsecond <= the id's millisecond
+                        # with the stored remainder (see COMPACT in _common.lua).
+                        top = int(sid.split("-", 1)[0]) * 1000 + 999
+                        fields["t"] = str(top - (top - int(fields["t"])) % _TS_MOD)
+                        compact.append(fields)
                 if len(page) < _PAGE:
                     break
                 start = "(" + page[-1][0]
+            if compact:
+                # Read after the records: context ids are only ever added, so
+                # every id those records name is there.
+                days = sorted({int(f["t"]) // 86_400_000_000 for f in compact})
+                pipe = c.pipeline(transaction=False)
+                for day in days:
+                    pipe.hgetall(f"{self.prefix}c:{day}")
+                contexts = {day: {v: json.loads(k) for k, v in got.items()}
+                            for day, got in zip(days, pipe.execute(), strict=True)}
+                found.extend(
+                    _compact_record(f, contexts[int(f["t"]) // 86_400_000_000]) for f in compact)
             odd = c.zrangebyscore(
                 self._odd,
                 "-inf" if since is None else repr(float(since)),
