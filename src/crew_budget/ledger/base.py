@@ -27,9 +27,9 @@ window instance such as ``day 2026-11-25``), two integers in nano-USD:
 from __future__ import annotations
 
 import json
-from base64 import urlsafe_b64encode
 import os
 from abc import ABC, abstractmethod
+from base64 import urlsafe_b64encode
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
