@@ -71,9 +71,14 @@ refuses (``ClockSkew``) buckets whose window does not contain it, so a client
 with a wrong clock cannot charge the wrong day.
 
 Storage stays bounded: counters expire at their window's end plus the
-retention period; a finished reservation stays for its lease plus a day (so
-repeated settles stay idempotent); spend records go to a stream trimmed by
-``MINID`` to the retention period on every append.
+retention period; a reservation's key lives while it is held and is deleted
+when it ends, and its id stays known in a compact per-day tombstone set
+(~14 bytes each) until the end of the next UTC day (at least a day), so
+repeated settles and releases stay idempotent; spend records go to a stream
+trimmed by ``MINID`` to the retention period on every append, as compact
+entries (~75 bytes) for settles, releases and expiries. About 85 bytes per
+call in all with the defaults (bench/bench_redis_memory.py; layouts:
+TOMBSTONES and COMPACT in ``lua/_common.lua``).
 
 Timeouts: 1 s to connect and 2 s per operation unless the URL says
 otherwise, e.g. ``redis://host:6379/0?socket_timeout=0.5&socket_connect_timeout=0.3``
@@ -825,8 +830,9 @@ class RedisLedger(Ledger):
         _state, _cost, expires_ms, amount, _tomb, _rid, _tail, meta = value.split("\n", 7)
         stored = json.loads(meta)
         if not stored or [m[1] for m in stored] == [b.key for b in request.buckets]:
-            # A tombstone keeps no buckets ("[]", see lua/_common.lua): the
-            # reservation has ended, and these are what the caller asked for.
+            # A tombstone string of crew-budget <= 0.2 keeps no buckets
+            # ("[]"): the reservation has ended, and these are what the
+            # caller asked for.
             buckets = request.buckets
         else:
             rebuilt = []
@@ -841,8 +847,8 @@ class RedisLedger(Ledger):
         if reply[0] == "unknown":
             raise ReservationError(
                 f"unknown reservation {rid!r} in Redis ledger {self.url} (namespace "
-                f"{self.namespace!r}): it was never made there, or it ended more than a day "
-                "ago and its record expired. Fix: settle the ticket preflight returned, on "
+                f"{self.namespace!r}): it was never made there, or it ended before "
+                "yesterday (UTC) and its tombstone expired. Fix: settle the ticket preflight returned, on "
                 "the same ledger URL and namespace"
             )
         return SettleResult(_STATES[reply[0]], int(reply[1]) == 1, int(reply[2]))

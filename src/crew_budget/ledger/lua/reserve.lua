@@ -39,8 +39,11 @@
 --   {"ok", now_ms}      reserved; the lease ends at now_ms + lease
 --   {"ok", now_ms, epoch} the same, and the ledger's epoch differs from the
 --                       client's (first call, or after a recovery): adopt it
---   {"dup", value}      the id was reserved before (its RESERVATION value):
---                       nothing charged again
+--   {"dup", value}      the id is held (its RESERVATION value; or the
+--                       tombstone string of crew-budget <= 0.2): nothing
+--                       charged again. An ended reservation's key is gone
+--                       (see TOMBSTONES in _common.lua): its id reserves
+--                       anew (retries come within seconds, inside a lease)
 --   {"deny", i, spent, reserved}
 --                       bucket i would overflow: nothing charged, one
 --                       "blocked" record appended and counted in its
@@ -48,7 +51,8 @@
 --
 -- Invariants: the clock check comes before any write; all or nothing across
 -- every bucket (one script is one atomic step); after a grant every limited
--- bucket has spent + reserved <= limit; a repeated id never reserves twice;
+-- bucket has spent + reserved <= limit; a repeated id never reserves twice
+-- while it is held;
 -- a counter gets its expiry (window end + retention) when it is created;
 -- the reservation lives for its lease plus the tombstone, and never less
 -- than the counters it may still have to correct.
