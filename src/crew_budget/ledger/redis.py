@@ -848,8 +848,8 @@ class RedisLedger(Ledger):
             raise ReservationError(
                 f"unknown reservation {rid!r} in Redis ledger {self.url} (namespace "
                 f"{self.namespace!r}): it was never made there, or it ended before "
-                "yesterday (UTC) and its tombstone expired. Fix: settle the ticket preflight returned, on "
-                "the same ledger URL and namespace"
+                "yesterday (UTC) and its tombstone expired. Fix: settle the ticket preflight "
+                "returned, on the same ledger URL and namespace"
             )
         return SettleResult(_STATES[reply[0]], int(reply[1]) == 1, int(reply[2]))
 
