@@ -739,3 +739,42 @@ def test_rollup_keys_expire_after_400_days_and_records_default_to_7(redis_url: s
         '{"scope":null,"role":"r","model":"m","crew":null}': "1 0 0 0 5 0 0 2 0 70 0"}
     assert client.expiretime(key) == int(rollup.hour) + 400 * 86400
     ledger.close()
+
+
+def test_metadata_unique_to_each_call_goes_inline_past_the_days_context_cap(
+    redis_url: str,
+) -> None:
+    """COMPACT records name their (role, model, crew, metadata) by a per-day
+    context id; a day with CONTEXTS_MAX (20,000) contexts already stores new
+    metadata in the record itself, so per-call metadata cannot grow the
+    context hash without bound. Both read back the same."""
+    ledger = RedisLedger(redis_url, namespace="ctx")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    b = day_bucket(ledger, "role:researcher", None)
+    first = ledger.reserve(ReserveRequest(new_reservation_id(), (b,), 10, 600, RecordDraft(
+        "researcher", "m", None, 10, metadata={"call": 0})))
+    assert isinstance(first, Reservation)
+    ledger.settle(first.reservation_id, 9, Usage(1, 0, 0, 1, 0))
+    (ctx_key,) = client.scan_iter(match="cb:{ctx}:c:*")
+    assert client.hgetall(ctx_key) == {
+        '{"role":"researcher","model":"m","crew":null,"metadata":{"call":0}}': "1"}
+    pipe = client.pipeline(transaction=False)
+    for i in range(2, 20_001):  # fill the day up to the cap
+        pipe.hset(ctx_key, f'{{"filler":{i}}}', str(i))
+    pipe.execute()
+    for n in (1, 2):
+        r = ledger.reserve(ReserveRequest(new_reservation_id(), (b,), 10, 600, RecordDraft(
+            "researcher", "m", None, 10, metadata={"call": n})))
+        assert isinstance(r, Reservation)
+        ledger.settle(r.reservation_id, 9, Usage(1, 0, 0, 1, 0))
+    # One context without metadata was added (20,001); each record carries its own.
+    assert client.hlen(ctx_key) == 20_001
+    assert client.hget(ctx_key, '{"role":"researcher","model":"m","crew":null,"metadata":{}}') \
+        == "20001"
+    entries = client.xrange(ledger.prefix + "records")
+    assert [(f["g"], f["m"]) for _id, f in entries] == [
+        ("1", ""), ("20001", '{"call":1}'), ("20001", '{"call":2}')]
+    assert [r.metadata for r in ledger.records()] == [{"call": 0}, {"call": 1}, {"call": 2}]
+    assert {(r.role, r.model, r.crew) for r in ledger.records()} == {("researcher", "m", None)}
+    client.close()
+    ledger.close()
