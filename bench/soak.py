@@ -43,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_redis_memory import components
 from bench.common import redis_server
 from crew_budget.ledger import Bucket, Denial, RecordDraft, ReserveRequest, new_reservation_id
 from crew_budget.ledger.redis import RedisLedger
@@ -189,6 +190,9 @@ def soak(url: str, seconds: float, procs: int) -> bool:
         w.join(timeout=60)
     mem.append((time.monotonic() - t0, int(client.info("memory")["used_memory"]) - base))
     client.close()
+    parts_client = redis.Redis.from_url(url, decode_responses=True)
+    parts = components(parts_client, f"cb:{{{NAMESPACE}}}:")
+    parts_client.close()
     charged: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     for c, n, _rss in results:
@@ -205,6 +209,10 @@ def soak(url: str, seconds: float, procs: int) -> bool:
         if i % step == 0 or i == len(mem) - 1:
             share = calls * min(1.0, t / seconds) or 1
             print(f"| {t:.0f} | {m / 1e6:.1f} | {m / share:.0f} |")
+    nkeys = parts.pop("(keys)")
+    print(f"\nby component at the end (MEMORY USAGE, {nkeys:,} keys):")
+    for name, size in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28} {size / 1e6:8.1f} MB  {size / calls:6.1f} bytes/call")
     print("\nclient RSS per worker (MB): first sample, last, change")
     ok = True
     for i, (_c, _n, rss) in enumerate(results):

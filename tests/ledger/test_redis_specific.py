@@ -459,10 +459,20 @@ def test_compact_records_read_back_exactly(redis_url: str) -> None:
         "writer", "m", "team", {}, 0, 7)
     assert before <= a.ts <= c.ts <= after
     assert round(a.ts * 1e6) == a.ts * 1e6 or abs(a.ts * 1e6 - round(a.ts * 1e6)) < 0.01
+    # A blocked call's record is compact too, with the budget that refused it.
+    tight = day_bucket(ledger, "role:writer", 5)
+    rid = new_reservation_id()
+    denied = ledger.reserve(ReserveRequest(rid, (b, tight), 70, 600, plain))
+    assert isinstance(denied, Denial)
+    blocked = ledger.records()[-1]
+    assert (blocked.reservation_id, blocked.outcome, blocked.scope, blocked.role, blocked.crew,
+            blocked.cost_nano, blocked.estimate_nano, blocked.input_tokens) == (
+        rid, "blocked", "role:writer", "writer", "team", 0, 7, 0)
+    assert ledger.records()[:2] == got  # the scope is only on the blocked one
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     entries = client.xrange(ledger.prefix + "records")
     assert [list(f) for _id, f in entries] == [
-        ["t", "i", "o", "n", "k", "w", "x", "z", "c", "g", "e", "m"]] * 2
+        ["t", "i", "o", "n", "k", "w", "x", "z", "c", "g", "e", "m"]] * 3
     client.close()
     ledger.close()
 

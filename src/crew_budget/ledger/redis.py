@@ -396,7 +396,8 @@ def _span_field(keys: Sequence[str], elements: Sequence[str]) -> str:
 
 _TS_MOD = 1 << 20
 """COMPACT records keep the ledger clock's microseconds modulo this (lua/_common.lua)."""
-_COMPACT_OUTCOMES: dict[str, Outcome] = {"1": "settled", "2": "released", "3": "expired"}
+_COMPACT_OUTCOMES: dict[str, Outcome] = {"1": "settled", "2": "released", "3": "expired",
+                                          "4": "blocked"}
 
 
 def _compact_record(f: Mapping[str, str], contexts: Mapping[str, Mapping[str, Any]]
@@ -411,7 +412,7 @@ def _compact_record(f: Mapping[str, str], contexts: Mapping[str, Mapping[str, An
         input_tokens=int(f["n"]), cached_input_tokens=int(f["k"]),
         cache_write_tokens=int(f["w"]), output_tokens=int(f["x"]),
         reasoning_tokens=int(f["z"]), estimate_nano=int(f["e"]), cost_nano=int(f["c"]),
-        metadata=json.loads(f["m"]) if f["m"] else g["metadata"],
+        scope=g.get("scope"), metadata=json.loads(f["m"]) if f["m"] else g["metadata"],
     )
 
 

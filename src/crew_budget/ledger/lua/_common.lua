@@ -290,7 +290,7 @@ local function counters(v, spans, at)
 end
 
 -- COMPACT records: what finish appends for every settle, release and
--- expiry (the bulk of the stream). Always the same fields in the same
+-- expiry, and reserve for every blocked call (the bulk of the stream). Always the same fields in the same
 -- order, so each entry shares its stream node's master fields and stores
 -- only its values, and Redis stores the integer ones as integers (listpack
 -- encoding): ~75 bytes an entry instead of ~340 for the JSON one.
@@ -300,11 +300,12 @@ end
 --      <= the id's millisecond with this remainder. Exact, unless Redis's
 --      clock stepped back more than a second (then off by whole 2^20 us).
 --   i  reservation id (as given)
---   o  outcome: 1 settled, 2 released, 3 expired
+--   o  outcome: 1 settled, 2 released, 3 expired, 4 blocked
 --   n k w x z  input, cached input, cache write, output, reasoning tokens
 --   c  cost, nano-USD
 --   g  context id: P.."c:"..day (the UTC day of t) maps the record tail's
---      {"role":R,"model":M,"crew":C,"metadata":{...}} to a small integer
+--      {"role":R,"model":M,"crew":C,"metadata":{...}} (with "scope":S first
+--      on a blocked call's: the budget that refused it) to a small integer
 --      once a day, so names and metadata are not repeated per record
 --   e  estimate, nano-USD
 --   m  metadata JSON when it is not in the context (below), else ""
@@ -313,8 +314,8 @@ end
 -- per call: past CONTEXTS_MAX contexts in a day, the context leaves the
 -- metadata out ({} in it) and "m" carries it.
 -- The reader (RedisLedger.records) turns them back into SpendRecords; the
--- other records (blocked, unguarded, resets, overrides) stay JSON in "r".
-local OUTCOME_CODE = {settled = '1', released = '2', expired = '3'}
+-- other records (unguarded, resets, overrides: rare) stay JSON in "r".
+local OUTCOME_CODE = {settled = '1', released = '2', expired = '3', blocked = '4'}
 local CONTEXTS_MAX = 20000
 
 local function context_id(prefix, now_ms, retention_ms, who, meta)
@@ -338,12 +339,14 @@ local function context_id(prefix, now_ms, retention_ms, who, meta)
 end
 
 local function append_compact(prefix, stream, now_ms, retention_ms, ts, rid, state, cost, usage,
-                              tail)
+                              tail, scope_json)
   if retention_ms <= 0 then return end
   local i, c, w, o, r = string.match(usage, USAGE_COUNTS)
   local e = find(tail, ',"estimate_nano":', 1, true)
   local est, meta = string.match(tail, '^(%d+),"metadata":(.*)$', e + 17)
-  local id, m = context_id(prefix, now_ms, retention_ms, string.sub(tail, 1, e - 1), meta)
+  local who = string.sub(tail, 1, e - 1)
+  if scope_json then who = '"scope":' .. scope_json .. ',' .. who end
+  local id, m = context_id(prefix, now_ms, retention_ms, who, meta)
   redis.call('XADD', stream, 'MINID', int_str(now_ms - retention_ms), '*',
     't', int_str((tonumber(string.sub(ts, 1, -8)) * 1000000 + tonumber(string.sub(ts, -6)))
       % 1048576), 'i', rid, 'o', OUTCOME_CODE[state],

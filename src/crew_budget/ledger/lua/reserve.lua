@@ -131,8 +131,9 @@ for i = 1, nb do
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     local spent, reserved = c[1] or '0', c[2] or '0'
     if tonumber(spent) + tonumber(reserved) + need > tonumber(limit) then
-      append(KEYS[2], now_ms, retention_ms,
-        record_json(ts, rid_json, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail))
+      -- A COMPACT record (see _common.lua): a loop stuck at its limit makes many.
+      append_compact(prefix, KEYS[2], now_ms, retention_ms, ts, rid, 'blocked', '0', NO_USAGE,
+        tail, ARGV[13 + 2 * nb + i])
       -- ROLLUPS (see _common.lua): the blocked call counts in its hour.
       rollup_tail(prefix, now, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail)
       return {'deny', i, spent, reserved}
