@@ -29,9 +29,10 @@
 -- Keys DERIVED inside scripts rather than passed in KEYS: reap builds
 -- P.."r:"..rid from the ids in the leases ZSET, finish reads the counter
 -- keys a reservation charged from its value (they were in the KEYS of the
--- reserve that created it), and the TOMBSTONE, rollup and group keys are
--- built from P (itself derived from KEYS[1]), the id and the ledger clock. All carry the same hash tag as KEYS[1]: same
--- slot, so every script stays cluster-safe.
+-- reserve that created it), and the TOMBSTONE, rollup and COMPACT record
+-- context keys are built from P (itself derived from KEYS[1]), the id and
+-- the ledger clock. All carry the same hash tag as KEYS[1]: same slot, so
+-- every script stays cluster-safe.
 --
 -- RESERVATION value: eight fields separated by "\n" (none can contain a raw
 -- newline: the first five are words, integers or key spans, the last three
@@ -290,10 +291,11 @@ local function counters(v, spans, at)
 end
 
 -- COMPACT records: what finish appends for every settle, release and
--- expiry, and reserve for every blocked call (the bulk of the stream). Always the same fields in the same
--- order, so each entry shares its stream node's master fields and stores
--- only its values, and Redis stores the integer ones as integers (listpack
--- encoding): ~75 bytes an entry instead of ~340 for the JSON one.
+-- expiry, and reserve for every blocked call (the bulk of the stream).
+-- Always the same fields in the same order, so each entry shares its
+-- stream node's master fields and stores only its values, and Redis
+-- stores the integer ones as integers (listpack encoding): ~75 bytes an
+-- entry instead of ~340 for the JSON one.
 --   t  ts: the ledger clock in Unix microseconds, modulo 2^20 (~1.05 s); the
 --      reader adds the entry id's milliseconds (Redis's clock at the XADD
 --      a few microseconds later, never earlier): ts is the latest time
@@ -334,7 +336,11 @@ local function context_id(prefix, now_ms, retention_ms, who, meta)
   id = n + 1
   redis.call('HSET', key, ctx, id)
   local keep = int_str((day + 2) * 86400 + math.ceil(retention_ms / 1000))
-  if n == 0 then redis.call('EXPIREAT', key, keep) else redis.call('EXPIREAT', key, keep, 'GT') end
+  if n == 0 then
+    redis.call('EXPIREAT', key, keep)
+  else
+    redis.call('EXPIREAT', key, keep, 'GT')  -- a client keeping records longer
+  end
   return id, ctx == '{' .. who .. ',"metadata":' .. meta .. '}' and '' or meta
 end
 
@@ -368,10 +374,11 @@ end
 -- SHA1). A lookup tries each level the day reached, for today and
 -- yesterday. Every key of a day expires at the end of the NEXT UTC day:
 -- an id is remembered at least one day after it ended (up to two).
--- A 31-bit field can collide: two ids of one shard (~60) share it with
--- odds ~1e-8 per lookup, and then a repeat is answered with the other's
--- state and cost. Nothing is charged on that path either way: money moves
--- only while P.."r:"..rid exists.
+-- A 31-bit field can collide (a lookup reads at most ~20 shards of ~60
+-- fields: odds below 1e-6 that an unknown id matches one; two ids of one
+-- shard share a field with odds ~3e-8): then a repeat is answered with the
+-- other id's state and cost. Nothing is charged on that path either way:
+-- money moves only while P.."r:"..rid exists.
 local TOMB_CODE = {settled = 1, released = 2, expired = 3}
 local TOMB_STATE = {'settled', 'released', 'expired'}
 
@@ -383,7 +390,8 @@ end
 
 local function tomb_hash(rid)
   local h = redis.sha1hex(rid)
-  return tonumber(string.sub(h, 1, 5), 16), int_str(tonumber(string.sub(h, 6, 13), 16) % 2147483648)
+  return tonumber(string.sub(h, 1, 5), 16),
+    int_str(tonumber(string.sub(h, 6, 13), 16) % 2147483648)
 end
 
 local function tomb_put(prefix, rid, state, cost, now_ms)
@@ -396,7 +404,8 @@ local function tomb_put(prefix, rid, state, cost, now_ms)
   local shard, field = tomb_hash(rid)
   local key = base .. level .. ':' .. int_str(shard % 4 ^ level)
   local c = tonumber(cost)
-  local value = c < 1125899906842624 and int_str(c * 4 + TOMB_CODE[state]) or (state .. ' ' .. cost)
+  local value = c < 1125899906842624 and int_str(c * 4 + TOMB_CODE[state])
+    or (state .. ' ' .. cost)
   redis.call('HSET', key, field, value)
   redis.call('EXPIREAT', key, keep)
 end
