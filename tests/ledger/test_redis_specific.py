@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timezone
 from decimal import Decimal
@@ -786,5 +787,45 @@ def test_metadata_unique_to_each_call_goes_inline_past_the_days_context_cap(
         ("1", ""), ("20001", '{"call":1}'), ("20001", '{"call":2}')]
     assert [r.metadata for r in ledger.records()] == [{"call": 0}, {"call": 1}, {"call": 2}]
     assert {(r.role, r.model, r.crew) for r in ledger.records()} == {("researcher", "m", None)}
+    client.close()
+    ledger.close()
+
+
+def test_tombstone_shards_grow_with_the_days_traffic_and_stay_small_listpacks(
+    redis_url: str,
+) -> None:
+    """The n-th end of a day goes to level L (4^L shards) with n <= 64 * 4^L
+    (see TOMBSTONES in lua/_common.lua): 1,500 ends fill levels 1 and 2 and
+    start 3, no hash holds more than redis.conf's 128 listpack entries, and
+    every one of the 1,500 still answers its repeat with its own cost."""
+    ledger = RedisLedger(redis_url, namespace="levels", records_retention_days=0)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    b = day_bucket(ledger, "role:researcher", None)
+    draft = RecordDraft(role="researcher", model="m", estimate_nano=1)
+    ended = []
+    for i in range(1500):
+        rid = new_reservation_id()
+        assert isinstance(ledger.reserve(ReserveRequest(rid, (b,), 1000, 600, draft)),
+                          Reservation)
+        if i % 10 == 9:
+            assert ledger.release(rid).applied is True
+            ended.append((rid, "released", 0))
+        else:
+            assert ledger.settle(rid, i, Usage(1, 0, 0, 1, 0)).applied is True
+            ended.append((rid, "settled", i))
+    day = int(ledger.now() // 86400)
+    assert client.get(f"{ledger.prefix}t:{day}:n") == "1500"
+    shards = [k for k in client.scan_iter(match=f"{ledger.prefix}t:{day}:*") if k[-2:] != ":n"]
+    levels = Counter(int(k.split(":")[-2]) for k in shards)
+    assert set(levels) == {1, 2, 3} and levels[1] == 4 and levels[2] == 16
+    sizes = {k: client.hlen(k) for k in shards}
+    assert sum(sizes.values()) == 1500  # one field per end: no two ids collided here
+    assert max(sizes.values()) <= 128
+    assert {client.object("encoding", k) for k in shards} == {"listpack"}
+    for rid, state, cost in ended:
+        again = ledger.settle(rid, 10**6, Usage(1, 0, 0, 1, 0))
+        assert (again.state, again.applied, again.cost_nano) == (state, False, cost)
+    settled = sum(c for _r, s, c in ended if s == "settled")
+    assert spent_reserved(ledger, b) == (settled, 0)
     client.close()
     ledger.close()
