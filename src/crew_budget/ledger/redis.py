@@ -831,7 +831,7 @@ class RedisLedger(Ledger):
         _state, _cost, expires_ms, amount, _tomb, _rid, _tail, meta = value.split("\n", 7)
         stored = json.loads(meta)
         if not stored or [m[1] for m in stored] == [b.key for b in request.buckets]:
-            # A tombstone string of crew-budget <= 0.2 keeps no buckets
+            # A tombstone string of an earlier version keeps no buckets
             # ("[]"): the reservation has ended, and these are what the
             # caller asked for.
             buckets = request.buckets

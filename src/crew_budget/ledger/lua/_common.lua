@@ -59,8 +59,8 @@
 -- and its final state and cost go into a compact per-day record of ended
 -- ids (see TOMBSTONES below), which answers repeated settles and releases
 -- (idempotent, invariant 4) for at least a day after the end: ~15 bytes
--- per call instead of ~260 for a key of its own. (crew-budget <= 0.2 kept
--- the key as a tombstone string; one left by them is still read.)
+-- per call instead of ~260 for a key of its own. (Earlier versions kept
+-- the key as a tombstone string; one they left is still read.)
 
 -- Money: amounts travel as decimal strings and reach HINCRBY as such (exact
 -- int64 arithmetic inside Redis). They become Lua numbers (doubles) only to

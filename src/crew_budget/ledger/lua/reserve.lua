@@ -40,7 +40,7 @@
 --   {"ok", now_ms, epoch} the same, and the ledger's epoch differs from the
 --                       client's (first call, or after a recovery): adopt it
 --   {"dup", value}      the id is held (its RESERVATION value; or the
---                       tombstone string of crew-budget <= 0.2): nothing
+--                       tombstone string of an earlier version): nothing
 --                       charged again. An ended reservation's key is gone
 --                       (see TOMBSTONES in _common.lua): its id reserves
 --                       anew (retries come within seconds, inside a lease)
