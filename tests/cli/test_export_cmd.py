@@ -54,7 +54,7 @@ def test_jsonl_has_one_object_per_record_with_exact_money(
     assert (first["cost_usd"], first["cost_nano"]) == ("0.007000000", 7_000_000)
     assert (first["estimate_usd"], first["estimate_nano"]) == ("0.010000000", 10_000_000)
     assert first["metadata"] == {}
-    assert len(first["reservation_id"]) == 32
+    assert len(first["reservation_id"]) == 22
     stamp = datetime.fromisoformat(first["ts"])
     assert first["ts"].endswith("+00:00") and stamp.utcoffset() is not None
     assert abs(stamp.timestamp() - datetime.now(timezone.utc).timestamp()) < 3600

@@ -19,6 +19,7 @@ beyond the conformance suite (which runs on it too):
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -34,6 +35,14 @@ from crew_budget.ledger.redis import RedisLedger
 from crew_budget.usage import Usage
 from tests.fixtures.redis_cluster import RedisCluster
 
+
+def ended(p: str, ts: float, rid: str) -> list[str]:
+    """The keys an ended reservation leaves (lua/_common.lua): its day's
+    TOMBSTONE count and level-1 shard (SHA1 of the id), and the day's COMPACT
+    record contexts. All carry the namespace's hash tag."""
+    day = int(ts // 86400)
+    shard = int(hashlib.sha1(rid.encode()).hexdigest()[:5], 16) % 4
+    return [f"{p}t:{day}:n", f"{p}t:{day}:1:{shard}", f"{p}c:{day}"]
 
 def day_bucket(led: RedisLedger, scope: str, limit: int | None) -> Bucket:
     now = led.now()
@@ -74,10 +83,11 @@ def test_each_namespace_lives_on_one_master_and_namespaces_spread_over_all_three
         (home,) = [port for port, found in held.items() if found]
         assert home == redis_cluster.master_of(f"{{{ns}}}")
         p = f"cb:{{{ns}}}:"
-        hour = int(rollup_hour(led.records()[-1].ts))  # the settle's hourly rollup
+        ts = led.records()[-1].ts
+        hour = int(rollup_hour(ts))  # the settle's hourly rollup
         assert held[home] == sorted([p + "b:crew:c|day|p1", p + "b:role:r|day|p1", p + "epoch",
-                                     p + "r:a", p + "records", p + f"ru:{hour}"])
-        # (leases: empty, so gone)
+                                     p + "records", p + f"ru:{hour}", *ended(p, ts, "a")])
+        # (leases: empty, so gone; "a"'s key too: its tombstone answers repeats)
         assert [(s.spent_nano, s.reserved_nano) for s in led.status([role, crew])] == [
             (1_000, 0), (1_000, 0)]
         homes[ns] = home
@@ -201,8 +211,8 @@ def test_a_replica_promoted_without_the_namespace_is_a_detected_loss_until_recov
     p = f"cb:{{{ns}}}:"
     rollups = [k for k in keys if k.startswith(p + "ru:")]
     assert len(rollups) == 1  # the settle's hourly rollup, replicated with it
-    assert keys == sorted([p + "b:role:r|day|p1", p + "epoch", p + "r:kept", p + "records",
-                           *rollups])
+    assert keys == sorted([p + "b:role:r|day|p1", p + "epoch", p + "records", *rollups,
+                           *ended(p, int(rollups[0].rsplit(":", 1)[1]), "kept")])
     assert redis_cluster.cli(replica, "DEL", *keys).strip() == str(len(keys))
 
     with pytest.raises(LedgerReset) as caught:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timezone
 from decimal import Decimal
@@ -32,7 +33,12 @@ import redis
 from redis.crc import key_slot
 
 from crew_budget import Guard
-from crew_budget.errors import BudgetExceeded, ConfigError, LedgerUnavailable
+from crew_budget.errors import (
+    BudgetExceeded,
+    ConfigError,
+    LedgerUnavailable,
+    ReservationError,
+)
 from crew_budget.ledger import (
     Bucket,
     ClockSkew,
@@ -269,6 +275,7 @@ def test_every_key_of_a_namespace_shares_one_hash_tag(redis_url: str) -> None:
     short = reserve(ledger, [role], 50, lease=0.01)
     time.sleep(0.02)
     assert ledger.reap() == 1 and isinstance(short, Reservation)
+    assert isinstance(reserve(ledger, [role], 10), Reservation)  # held: its key and lease
     reserve(other, [day_bucket(other, "role:x", None)], 1)
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -276,9 +283,10 @@ def test_every_key_of_a_namespace_shares_one_hash_tag(redis_url: str) -> None:
     mine = [k for k in keys if k.startswith("cb:{tagged}:")]
     theirs = [k for k in keys if k.startswith("cb:{other}:")]
     assert len(mine) + len(theirs) == len(keys)  # nothing outside a namespace
-    # Every kind of key was made (the leases ZSET is empty again, so gone).
+    # Every kind of key was made: the ended reservations' TOMBSTONES ("t")
+    # and the COMPACT records' contexts ("c") included (lua/_common.lua).
     assert {k.split(":")[2] for k in mine} == {"records", "odd", "oddseq", "r", "b", "claim",
-                                               "epoch", "ru", "resets"}
+                                               "epoch", "ru", "resets", "t", "c", "leases"}
     assert len({key_slot(k.encode()) for k in mine}) == 1
     assert key_slot(mine[0].encode()) == key_slot(b"{tagged}")
     assert key_slot(theirs[0].encode()) != key_slot(mine[0].encode())
@@ -300,8 +308,14 @@ def test_counters_and_reservations_expire_so_storage_stays_bounded(redis_url: st
     assert client.zscore(ledger.prefix + "leases", res.reservation_id) is not None
 
     ledger.settle(res.reservation_id, 900, Usage(9, 0, 0, 0, 0))
-    # Settled: a tombstone for the lease plus one day, then gone.
-    assert abs(client.ttl(rkey) - (600 + 86400)) <= 3
+    # Settled: the key goes; its TOMBSTONE lives until the end of the next
+    # UTC day (see lua/_common.lua), with the day's other tombstones.
+    assert client.exists(rkey) == 0
+    day = int(now // 86400)
+    tombs = sorted(client.scan_iter(match=f"cb:{{ttl}}:t:{day}:*"))
+    assert len(tombs) == 2  # the day's count and one shard
+    for k in tombs:
+        assert abs(client.ttl(k) - ((day + 2) * 86400 - now)) <= 3
     assert ledger.reservation_state(res.reservation_id) == "settled"
     assert client.zscore(ledger.prefix + "leases", res.reservation_id) is None
     assert abs(client.ttl(bkey) - (b.ends_at + 3 * 86400 - now)) <= 3
@@ -329,9 +343,9 @@ def test_counters_and_reservations_expire_so_storage_stays_bounded(redis_url: st
 def test_an_ended_reservation_leaves_a_small_tombstone_that_still_answers_repeats(
     redis_url: str,
 ) -> None:
-    """A tombstone lives for the lease plus a day, so at fleet rates its size
-    is Redis memory: it keeps state, cost, expiry and amount (~80 bytes),
-    not the buckets and record fields of the live value (~1 KB here)."""
+    """Ended reservations are remembered for at least a day, and at fleet
+    rates that is Redis memory: not a key each (~260 bytes), but a field of
+    a small listpack-encoded hash (see TOMBSTONES in lua/_common.lua)."""
     ledger = RedisLedger(redis_url, namespace="tomb")
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     buckets = [day_bucket(ledger, f"role:researcher-{i}", 10**9) for i in range(3)]
@@ -341,21 +355,127 @@ def test_an_ended_reservation_leaves_a_small_tombstone_that_still_answers_repeat
     res = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1000, 600.0, draft))
     assert isinstance(res, Reservation)
     rkey = ledger.prefix + "r:" + rid
-    live = client.strlen(rkey)
-    assert live > 700  # three buckets' JSON and the record tail
+    assert client.strlen(rkey) > 700  # three buckets' JSON and the record tail
 
     assert ledger.settle(rid, 900, Usage(9, 0, 0, 0, 0)).applied is True
-    assert client.strlen(rkey) < 100 < live
-    # Repeats are still answered from it, and charge nothing again.
-    again = ledger.settle(rid, 900, Usage(9, 0, 0, 0, 0))
+    assert client.exists(rkey) == 0
+    # Repeats are answered from the tombstone, and charge nothing again.
+    again = ledger.settle(rid, 950, Usage(9, 0, 0, 0, 0))
     assert (again.state, again.applied, again.cost_nano) == ("settled", False, 900)
-    assert ledger.release(rid).applied is False
-    dup = ledger.reserve(ReserveRequest(rid, tuple(buckets), 1000, 600.0, draft))
-    assert isinstance(dup, Reservation)
-    assert (dup.amount_nano, dup.buckets) == (1000, tuple(buckets))
-    assert abs(dup.expires_at - res.expires_at) < 0.002
+    late = ledger.release(rid)
+    assert (late.state, late.applied, late.cost_nano) == ("settled", False, 900)
     assert [spent_reserved(ledger, b) for b in buckets] == [(900, 0)] * 3
     assert ledger.reservation_state(rid) == "settled"
+    assert len(ledger.records()) == 1
+    # Released and expired ones too, and a cost too big for the packed
+    # integer (2^50 nano-USD and more) is kept as text.
+    freed = ledger.reserve(ReserveRequest(new_reservation_id(), tuple(buckets), 10, 600, draft))
+    lapsed = ledger.reserve(ReserveRequest(new_reservation_id(), tuple(buckets), 7, 0.01, draft))
+    big = ledger.reserve(ReserveRequest(new_reservation_id(), (buckets[0],), 1, 600, draft))
+    assert isinstance(freed, Reservation) and isinstance(lapsed, Reservation)
+    assert isinstance(big, Reservation)
+    assert ledger.release(freed.reservation_id).applied is True
+    time.sleep(0.02)
+    assert ledger.reap() == 1
+    huge = 2**50 + 3
+    assert ledger.settle(big.reservation_id, huge, Usage(1, 0, 0, 0, 0)).applied is True
+    for r, state, cost in ((freed, "released", 0), (lapsed, "expired", 7),
+                           (big, "settled", huge)):
+        for repeat in (ledger.settle(r.reservation_id, 5, Usage(1, 0, 0, 0, 0)),
+                       ledger.release(r.reservation_id)):
+            assert (repeat.state, repeat.applied, repeat.cost_nano) == (state, False, cost)
+        assert ledger.reservation_state(r.reservation_id) == state
+    assert spent_reserved(ledger, buckets[0]) == (900 + 7 + huge, 0)
+    assert [spent_reserved(ledger, b) for b in buckets[1:]] == [(907, 0)] * 2
+    # An id never reserved is still unknown.
+    assert ledger.reservation_state("never") is None
+    with pytest.raises(ReservationError, match="unknown reservation"):
+        ledger.settle("never", 1, Usage(1, 0, 0, 0, 0))
+    # A few hundred bytes in all: no key per reservation.
+    tombs = list(client.scan_iter(match="cb:{tomb}:t:*"))
+    assert 2 <= len(tombs) <= 5 and all(client.type(k) in ("hash", "string") for k in tombs)
+    for k in tombs:
+        if client.type(k) == "hash":
+            assert client.object("encoding", k) == "listpack"
+    client.close()
+    ledger.close()
+
+
+def test_tombstones_answer_repeats_after_a_restart_with_aof(tmp_path: Path) -> None:
+    """A repeated settle after the reservation ended is not charged twice,
+    also after Redis restarted from its append-only file."""
+    server = RedisServer(directory=tmp_path, appendonly=True)
+    server.start()
+    try:
+        ledger = RedisLedger(server.url, namespace="aof")
+        b = day_bucket(ledger, "role:researcher", 10**9)
+        done = [reserve(ledger, [b], 1000) for _ in range(300)]
+        assert all(isinstance(r, Reservation) for r in done)
+        for r in done:
+            assert isinstance(r, Reservation)
+            assert ledger.settle(r.reservation_id, 20, Usage(2, 0, 0, 0, 0)).applied is True
+        assert spent_reserved(ledger, b) == (6000, 0)
+        ledger.close()
+        server.stop()  # SIGKILL: a crash; the AOF (fsync always) has every write
+        server.start()
+        ledger = RedisLedger(server.url, namespace="aof")
+        for r in done:
+            assert isinstance(r, Reservation)
+            again = ledger.settle(r.reservation_id, 99, Usage(9, 0, 0, 0, 0))
+            assert (again.state, again.applied, again.cost_nano) == ("settled", False, 20)
+        assert spent_reserved(ledger, b) == (6000, 0)
+        assert len(ledger.records()) == 300
+        assert sum(r.cost_nano for r in ledger.records()) == 6000
+        ledger.close()
+    finally:
+        server.stop()
+
+
+def test_compact_records_read_back_exactly(redis_url: str) -> None:
+    """Settle, release and expiry records are COMPACT stream entries (see
+    lua/_common.lua); they read back as the SpendRecords they stand for:
+    microsecond ts on the ledger clock, usage, cost, estimate, metadata."""
+    ledger = RedisLedger(redis_url, namespace="compact")
+    b = day_bucket(ledger, "role:researcher", None)
+    draft = RecordDraft(role="Forscherin \"Müller\"", model="gpt-4o-mini", crew=None,
+                        estimate_nano=12_345, metadata={"run": "r#1", "n": [1, 2]})
+    plain = RecordDraft(role="writer", model="m", crew="team", estimate_nano=7)
+    before = ledger.now()
+    one = ledger.reserve(ReserveRequest(new_reservation_id(), (b,), 50_000, 600, draft))
+    two = ledger.reserve(ReserveRequest(new_reservation_id(), (b,), 70, 600, plain))
+    assert isinstance(one, Reservation) and isinstance(two, Reservation)
+    ledger.settle(one.reservation_id, 43_210, Usage(1200, 100, 50, 300, 20))
+    ledger.release(two.reservation_id)
+    after = ledger.now()
+    got = ledger.records()
+    assert [(r.reservation_id, r.outcome) for r in got] == [
+        (one.reservation_id, "settled"), (two.reservation_id, "released")]
+    a, c = got
+    assert (a.role, a.model, a.crew, a.metadata) == (draft.role, "gpt-4o-mini", None,
+                                                     {"run": "r#1", "n": [1, 2]})
+    assert (a.input_tokens, a.cached_input_tokens, a.cache_write_tokens, a.output_tokens,
+            a.reasoning_tokens, a.cost_nano, a.estimate_nano) == (1200, 100, 50, 300, 20,
+                                                                  43_210, 12_345)
+    assert (c.role, c.model, c.crew, c.metadata, c.cost_nano, c.estimate_nano) == (
+        "writer", "m", "team", {}, 0, 7)
+    assert before <= a.ts <= c.ts <= after
+    assert round(a.ts * 1e6) == a.ts * 1e6 or abs(a.ts * 1e6 - round(a.ts * 1e6)) < 0.01
+    # A blocked call's record is compact too, with the budget that refused it.
+    tight = day_bucket(ledger, "role:writer", 5)
+    rid = new_reservation_id()
+    denied = ledger.reserve(ReserveRequest(rid, (b, tight), 70, 600, plain))
+    assert isinstance(denied, Denial)
+    blocked = ledger.records()[-1]
+    assert (blocked.reservation_id, blocked.outcome, blocked.scope, blocked.role, blocked.crew,
+            blocked.cost_nano, blocked.estimate_nano, blocked.input_tokens) == (
+        rid, "blocked", "role:writer", "writer", "team", 0, 7, 0)
+    assert ledger.records()[:2] == got  # the scope is only on the blocked one
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    entries = client.xrange(ledger.prefix + "records")
+    assert [list(f) for _id, f in entries] == [
+        ["t", "i", "o", "n", "k", "w", "x", "z", "c", "g", "e", "m"]] * 3
+    client.close()
+    ledger.close()
 
 
 def test_records_stream_and_odd_set_are_trimmed_to_retention(redis_url: str) -> None:
@@ -629,4 +749,83 @@ def test_rollup_keys_expire_after_400_days_and_records_default_to_7(redis_url: s
     assert client.hgetall(key) == {
         '{"scope":null,"role":"r","model":"m","crew":null}': "1 0 0 0 5 0 0 2 0 70 0 0 0"}
     assert client.expiretime(key) == int(rollup.hour) + 400 * 86400
+    ledger.close()
+
+
+def test_metadata_unique_to_each_call_goes_inline_past_the_days_context_cap(
+    redis_url: str,
+) -> None:
+    """COMPACT records name their (role, model, crew, metadata) by a per-day
+    context id; a day with CONTEXTS_MAX (20,000) contexts already stores new
+    metadata in the record itself, so per-call metadata cannot grow the
+    context hash without bound. Both read back the same."""
+    ledger = RedisLedger(redis_url, namespace="ctx")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    b = day_bucket(ledger, "role:researcher", None)
+    first = ledger.reserve(ReserveRequest(new_reservation_id(), (b,), 10, 600, RecordDraft(
+        "researcher", "m", None, 10, metadata={"call": 0})))
+    assert isinstance(first, Reservation)
+    ledger.settle(first.reservation_id, 9, Usage(1, 0, 0, 1, 0))
+    (ctx_key,) = client.scan_iter(match="cb:{ctx}:c:*")
+    assert client.hgetall(ctx_key) == {
+        '{"role":"researcher","model":"m","crew":null,"metadata":{"call":0}}': "1"}
+    pipe = client.pipeline(transaction=False)
+    for i in range(2, 20_001):  # fill the day up to the cap
+        pipe.hset(ctx_key, f'{{"filler":{i}}}', str(i))
+    pipe.execute()
+    for n in (1, 2):
+        r = ledger.reserve(ReserveRequest(new_reservation_id(), (b,), 10, 600, RecordDraft(
+            "researcher", "m", None, 10, metadata={"call": n})))
+        assert isinstance(r, Reservation)
+        ledger.settle(r.reservation_id, 9, Usage(1, 0, 0, 1, 0))
+    # One context without metadata was added (20,001); each record carries its own.
+    assert client.hlen(ctx_key) == 20_001
+    assert client.hget(ctx_key, '{"role":"researcher","model":"m","crew":null,"metadata":{}}') \
+        == "20001"
+    entries = client.xrange(ledger.prefix + "records")
+    assert [(f["g"], f["m"]) for _id, f in entries] == [
+        ("1", ""), ("20001", '{"call":1}'), ("20001", '{"call":2}')]
+    assert [r.metadata for r in ledger.records()] == [{"call": 0}, {"call": 1}, {"call": 2}]
+    assert {(r.role, r.model, r.crew) for r in ledger.records()} == {("researcher", "m", None)}
+    client.close()
+    ledger.close()
+
+
+def test_tombstone_shards_grow_with_the_days_traffic_and_stay_small_listpacks(
+    redis_url: str,
+) -> None:
+    """The n-th end of a day goes to level L (4^L shards) with n <= 64 * 4^L
+    (see TOMBSTONES in lua/_common.lua): 1,500 ends fill levels 1 and 2 and
+    start 3, no hash holds more than redis.conf's 128 listpack entries, and
+    every one of the 1,500 still answers its repeat with its own cost."""
+    ledger = RedisLedger(redis_url, namespace="levels", records_retention_days=0)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    b = day_bucket(ledger, "role:researcher", None)
+    draft = RecordDraft(role="researcher", model="m", estimate_nano=1)
+    ended = []
+    for i in range(1500):
+        rid = new_reservation_id()
+        assert isinstance(ledger.reserve(ReserveRequest(rid, (b,), 1000, 600, draft)),
+                          Reservation)
+        if i % 10 == 9:
+            assert ledger.release(rid).applied is True
+            ended.append((rid, "released", 0))
+        else:
+            assert ledger.settle(rid, i, Usage(1, 0, 0, 1, 0)).applied is True
+            ended.append((rid, "settled", i))
+    day = int(ledger.now() // 86400)
+    assert client.get(f"{ledger.prefix}t:{day}:n") == "1500"
+    shards = [k for k in client.scan_iter(match=f"{ledger.prefix}t:{day}:*") if k[-2:] != ":n"]
+    levels = Counter(int(k.split(":")[-2]) for k in shards)
+    assert set(levels) == {1, 2, 3} and levels[1] == 4 and levels[2] == 16
+    sizes = {k: client.hlen(k) for k in shards}
+    assert sum(sizes.values()) == 1500  # one field per end: no two ids collided here
+    assert max(sizes.values()) <= 128
+    assert {client.object("encoding", k) for k in shards} == {"listpack"}
+    for rid, state, cost in ended:
+        again = ledger.settle(rid, 10**6, Usage(1, 0, 0, 1, 0))
+        assert (again.state, again.applied, again.cost_nano) == (state, False, cost)
+    settled = sum(c for _r, s, c in ended if s == "settled")
+    assert spent_reserved(ledger, b) == (settled, 0)
+    client.close()
     ledger.close()

@@ -71,9 +71,14 @@ refuses (``ClockSkew``) buckets whose window does not contain it, so a client
 with a wrong clock cannot charge the wrong day.
 
 Storage stays bounded: counters expire at their window's end plus the
-retention period; a finished reservation stays for its lease plus a day (so
-repeated settles stay idempotent); spend records go to a stream trimmed by
-``MINID`` to the retention period on every append.
+retention period; a reservation's key lives while it is held and is deleted
+when it ends, and its id stays known in a compact per-day tombstone set
+(~14 bytes each) until the end of the next UTC day (at least a day), so
+repeated settles and releases stay idempotent; spend records go to a stream
+trimmed by ``MINID`` to the retention period on every append, as compact
+entries (~75 bytes) for settles, releases and expiries. About 85 bytes per
+call in all with the defaults (bench/bench_redis_memory.py; layouts:
+TOMBSTONES and COMPACT in ``lua/_common.lua``).
 
 Timeouts: 1 s to connect and 2 s per operation unless the URL says
 otherwise, e.g. ``redis://host:6379/0?socket_timeout=0.5&socket_connect_timeout=0.3``
@@ -267,7 +272,7 @@ def _sources() -> dict[str, str]:
     lua = resources.files("crew_budget.ledger") / "lua"
     common = (lua / "_common.lua").read_text(encoding="utf-8")
     names = ("reserve", "settle", "release", "reap", "status", "reset", "append_record",
-             "charge", "recover")
+             "charge", "recover", "state")
     return {n: common + "\n" + (lua / f"{n}.lua").read_text(encoding="utf-8") for n in names}
 
 
@@ -395,6 +400,28 @@ def _span_field(keys: Sequence[str], elements: Sequence[str]) -> str:
         spans.append(f"{offset + 2}+{len(key.encode())}")  # past '["'
         offset += len(element.encode()) + 1  # and the ","
     return "@" + ",".join(spans)
+
+
+_TS_MOD = 1 << 20
+"""COMPACT records keep the ledger clock's microseconds modulo this (lua/_common.lua)."""
+_COMPACT_OUTCOMES: dict[str, Outcome] = {"1": "settled", "2": "released", "3": "expired",
+                                          "4": "blocked"}
+
+
+def _compact_record(f: Mapping[str, str], contexts: Mapping[str, Mapping[str, Any]]
+                    ) -> SpendRecord:
+    """A COMPACT stream entry (see lua/_common.lua) as the SpendRecord it stands for."""
+    g = contexts.get(f["g"])
+    if g is None:  # its day's contexts were deleted by hand: say so rather than guess
+        g = {"role": f"(unknown context {f['g']})", "model": "", "crew": None, "metadata": {}}
+    return SpendRecord(
+        ts=int(f["t"]) / 1_000_000, reservation_id=f["i"], outcome=_COMPACT_OUTCOMES[f["o"]],
+        role=g["role"], model=g["model"], crew=g.get("crew"),
+        input_tokens=int(f["n"]), cached_input_tokens=int(f["k"]),
+        cache_write_tokens=int(f["w"]), output_tokens=int(f["x"]),
+        reasoning_tokens=int(f["z"]), estimate_nano=int(f["e"]), cost_nano=int(f["c"]),
+        scope=g.get("scope"), metadata=json.loads(f["m"]) if f["m"] else g["metadata"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -828,8 +855,9 @@ class RedisLedger(Ledger):
         _state, _cost, expires_ms, amount, _tomb, _rid, _tail, meta = value.split("\n", 7)
         stored = json.loads(meta)
         if not stored or [m[1] for m in stored] == [b.key for b in request.buckets]:
-            # A tombstone keeps no buckets ("[]", see lua/_common.lua): the
-            # reservation has ended, and these are what the caller asked for.
+            # A tombstone string of an earlier version keeps no buckets
+            # ("[]"): the reservation has ended, and these are what the
+            # caller asked for.
             buckets = request.buckets
         else:
             rebuilt = []
@@ -847,9 +875,9 @@ class RedisLedger(Ledger):
         if reply[0] == "unknown":
             raise ReservationError(
                 f"unknown reservation {rid!r} in Redis ledger {self.url} (namespace "
-                f"{self.namespace!r}): it was never made there, or it ended more than a day "
-                "ago and its record expired. Fix: settle the ticket preflight returned, on "
-                "the same ledger URL and namespace"
+                f"{self.namespace!r}): it was never made there, or it ended before "
+                "yesterday (UTC) and its tombstone expired. Fix: settle the ticket preflight "
+                "returned, on the same ledger URL and namespace"
             )
         return SettleResult(_STATES[reply[0]], int(reply[1]) == 1, int(reply[2]))
 
@@ -888,9 +916,10 @@ class RedisLedger(Ledger):
         ]
 
     def reservation_state(self, reservation_id: str) -> Outcome | None:
-        key = self.prefix + "r:" + reservation_id
-        value = self._run(lambda c: c.get(key))
-        return None if value is None else _STATES[value.split("\n", 1)[0]]
+        # Its key while it is held, then its TOMBSTONE (see lua/_common.lua).
+        state = self._call("state", [self._leases, self.prefix + "r:" + reservation_id],
+                           [reservation_id])
+        return _STATES.get(state)
 
     def append_record(self, record: SpendRecord) -> None:
         keys = [self._stream, self._odd, self._oddseq]
@@ -906,12 +935,32 @@ class RedisLedger(Ledger):
         def read(c: Any) -> None:
             found.clear()
             start = lo
+            compact: list[dict[str, str]] = []
             while True:
                 page = c.xrange(self._stream, start, hi, count=_PAGE)
-                found.extend(SpendRecord.from_json(fields["r"]) for _id, fields in page)
+                for sid, fields in page:
+                    if "r" in fields:
+                        found.append(SpendRecord.from_json(fields["r"]))
+                    else:
+                        # ts: the latest microsecond <= the id's millisecond
+                        # with the stored remainder (see COMPACT in _common.lua).
+                        top = int(sid.split("-", 1)[0]) * 1000 + 999
+                        fields["t"] = str(top - (top - int(fields["t"])) % _TS_MOD)
+                        compact.append(fields)
                 if len(page) < _PAGE:
                     break
                 start = "(" + page[-1][0]
+            if compact:
+                # Read after the records: context ids are only ever added, so
+                # every id those records name is there.
+                days = sorted({int(f["t"]) // 86_400_000_000 for f in compact})
+                pipe = c.pipeline(transaction=False)
+                for day in days:
+                    pipe.hgetall(f"{self.prefix}c:{day}")
+                contexts = {day: {v: json.loads(k) for k, v in got.items()}
+                            for day, got in zip(days, pipe.execute(), strict=True)}
+                found.extend(
+                    _compact_record(f, contexts[int(f["t"]) // 86_400_000_000]) for f in compact)
             odd = c.zrangebyscore(
                 self._odd,
                 "-inf" if since is None else repr(float(since)),

@@ -7,12 +7,18 @@
 -- Key layout. Every key of a namespace carries the hash tag {ns}, so all of
 -- them hash to one Redis Cluster slot; P below is the prefix "cb:{ns}:".
 --   P.."leases"         ZSET    reservation id -> lease expiry (Unix ms)
---   P.."records"        STREAM  spend records, field "r" = SpendRecord JSON,
---                               trimmed by MINID to the retention period
+--   P.."records"        STREAM  spend records: COMPACT entries (below) from
+--                               settle/release/expiry, field "r" = SpendRecord
+--                               JSON for the rest; trimmed by MINID to the
+--                               retention period
+--   P.."c:"..day        HASH    record context JSON -> small id (COMPACT records)
 --   P.."odd"            ZSET    appended records whose ts is far from the
 --                               ledger clock (score = ts), trimmed by score
 --   P.."oddseq"         STRING  counter keeping "odd" members unique
---   P.."r:"..rid        STRING  one reservation, see RESERVATION below
+--   P.."r:"..rid        STRING  one reservation while it is held, see
+--                               RESERVATION below; deleted when it ends
+--   P.."t:"..day..":"..level..":"..shard  HASH  TOMBSTONES of ended ones
+--   P.."t:"..day..":n"  STRING  how many reservations ended that UTC day
 --   P.."b:"..bucketkey  HASH    spent, reserved (nano-USD integers)
 --   P.."claim:"..marker STRING  exactly-once markers (SET NX PX, no script)
 --   P.."epoch"          STRING  the ledger's EPOCH (below); never expires
@@ -21,10 +27,12 @@
 --                               long as rollups, whatever the records' retention
 --
 -- Keys DERIVED inside scripts rather than passed in KEYS: reap builds
--- P.."r:"..rid from the ids in the leases ZSET, and finish reads the counter
+-- P.."r:"..rid from the ids in the leases ZSET, finish reads the counter
 -- keys a reservation charged from its value (they were in the KEYS of the
--- reserve that created it). All carry the same hash tag as KEYS[1]: same
--- slot, so every script stays cluster-safe.
+-- reserve that created it), and the TOMBSTONE, rollup and COMPACT record
+-- context keys are built from P (itself derived from KEYS[1]), the id and
+-- the ledger clock. All carry the same hash tag as KEYS[1]: same slot, so
+-- every script stays cluster-safe.
 --
 -- RESERVATION value: eight fields separated by "\n" (none can contain a raw
 -- newline: the first five are words, integers or key spans, the last three
@@ -53,12 +61,12 @@
 -- and what the call took there. finish moves each bucket by its own entry
 -- (see unit_charge). Without "#" every bucket is USD, as before units.
 
--- TOMBSTONE: once a reservation ends, its value keeps the same eight fields
--- but with an empty tail and "[]" for buckets: all that is read from it
--- later is the state and cost (repeated settle/release), and expires_ms and
--- amount (a repeated reserve). It stays readable for its lease plus a day,
--- so at ~80 bytes instead of ~1 KB a busy fleet's tombstones take a tenth
--- of the memory. (crew-budget 0.1.0 kept the whole value; both read both.)
+-- TOMBSTONES: once a reservation ends, its key P.."r:"..rid is DELETED
+-- and its final state and cost go into a compact per-day record of ended
+-- ids (see TOMBSTONES below), which answers repeated settles and releases
+-- (idempotent, invariant 4) for at least a day after the end: ~15 bytes
+-- per call instead of ~260 for a key of its own. (Earlier versions kept
+-- the key as a tombstone string; one they left is still read.)
 
 -- Money: amounts travel as decimal strings and reach HINCRBY as such (exact
 -- int64 arithmetic inside Redis). They become Lua numbers (doubles) only to
@@ -300,10 +308,155 @@ local function counters(v, spans, at)
   return keys
 end
 
+-- COMPACT records: what finish appends for every settle, release and
+-- expiry, and reserve for every blocked call (the bulk of the stream).
+-- Always the same fields in the same order, so each entry shares its
+-- stream node's master fields and stores only its values, and Redis
+-- stores the integer ones as integers (listpack encoding): ~75 bytes an
+-- entry instead of ~340 for the JSON one.
+--   t  ts: the ledger clock in Unix microseconds, modulo 2^20 (~1.05 s); the
+--      reader adds the entry id's milliseconds (Redis's clock at the XADD
+--      a few microseconds later, never earlier): ts is the latest time
+--      <= the id's millisecond with this remainder. Exact, unless Redis's
+--      clock stepped back more than a second (then off by whole 2^20 us).
+--   i  reservation id (as given)
+--   o  outcome: 1 settled, 2 released, 3 expired, 4 blocked
+--   n k w x z  input, cached input, cache write, output, reasoning tokens
+--   c  cost, nano-USD
+--   g  context id: P.."c:"..day (the UTC day of t) maps the record tail's
+--      {"role":R,"model":M,"crew":C,"metadata":{...}} (with "scope":S first
+--      on a blocked call's: the budget that refused it) to a small integer
+--      once a day, so names and metadata are not repeated per record
+--   e  estimate, nano-USD
+--   m  metadata JSON when it is not in the context (below), else ""
+-- A day's contexts expire with its records (the day's end + the records'
+-- retention + a day). Metadata unique to each call would make a context
+-- per call: past CONTEXTS_MAX contexts in a day, the context leaves the
+-- metadata out ({} in it) and "m" carries it.
+-- The reader (RedisLedger.records) turns them back into SpendRecords; the
+-- other records (unguarded, resets, overrides: rare) stay JSON in "r".
+local OUTCOME_CODE = {settled = '1', released = '2', expired = '3', blocked = '4'}
+local CONTEXTS_MAX = 20000
+
+local function context_id(prefix, now_ms, retention_ms, who, meta)
+  local day = math.floor(now_ms / 86400000)
+  local key = prefix .. 'c:' .. int_str(day)
+  local ctx = '{' .. who .. ',"metadata":' .. meta .. '}'
+  local id = redis.call('HGET', key, ctx)
+  if id then return id, '' end
+  local n = redis.call('HLEN', key)
+  if n >= CONTEXTS_MAX and meta ~= '{}' then
+    local bare = '{' .. who .. ',"metadata":{}}'
+    id = redis.call('HGET', key, bare)
+    if id then return id, meta end
+    ctx = bare
+  end
+  id = n + 1
+  redis.call('HSET', key, ctx, id)
+  local keep = int_str((day + 2) * 86400 + math.ceil(retention_ms / 1000))
+  if n == 0 then
+    redis.call('EXPIREAT', key, keep)
+  else
+    redis.call('EXPIREAT', key, keep, 'GT')  -- a client keeping records longer
+  end
+  return id, ctx == '{' .. who .. ',"metadata":' .. meta .. '}' and '' or meta
+end
+
+local function append_compact(prefix, stream, now_ms, retention_ms, ts, rid, state, cost, usage,
+                              tail, scope_json)
+  if retention_ms <= 0 then return end
+  local i, c, w, o, r = string.match(usage, USAGE_COUNTS)
+  local e = find(tail, ',"estimate_nano":', 1, true)
+  local est, meta = string.match(tail, '^(%d+),"metadata":(.*)$', e + 17)
+  local who = string.sub(tail, 1, e - 1)
+  if scope_json then who = '"scope":' .. scope_json .. ',' .. who end
+  local id, m = context_id(prefix, now_ms, retention_ms, who, meta)
+  redis.call('XADD', stream, 'MINID', int_str(now_ms - retention_ms), '*',
+    't', int_str((tonumber(string.sub(ts, 1, -8)) * 1000000 + tonumber(string.sub(ts, -6)))
+      % 1048576), 'i', rid, 'o', OUTCOME_CODE[state],
+    'n', i, 'k', c, 'w', w, 'x', o, 'z', r, 'c', cost, 'g', id, 'e', est, 'm', m)
+end
+
+-- TOMBSTONES: how a repeated settle or release of an ended reservation is
+-- answered without keeping a key per reservation (a key costs ~100 bytes
+-- before its value). The ids that ended on one UTC day (ledger clock) go
+-- into small hashes P.."t:"..day..":"..level..":"..shard, field = 31 bits of
+-- SHA1(id) as an integer, value = cost * 4 + state (1 settled, 2 released,
+-- 3 expired), or "state cost" as text for a cost of 2^50 or more. Small
+-- hashes of integers stay listpack-encoded (Redis's documented memory
+-- optimisation: ~12 bytes a field) while they hold at most
+-- hash-max-listpack-entries fields (128 in redis.conf, 512 compiled in), so
+-- the day's shards grow with its traffic: P.."t:"..day..":n" counts the
+-- day's ends, and the n-th goes to level L, the smallest with
+-- n <= 64 * 4^L (4^L shards, ~60 fields each; shard = other bits of the
+-- SHA1). A lookup tries each level the day reached, for today and
+-- yesterday. Every key of a day expires at the end of the NEXT UTC day:
+-- an id is remembered at least one day after it ended (up to two).
+-- A 31-bit field can collide (a lookup reads at most ~20 shards of ~60
+-- fields: odds below 1e-6 that an unknown id matches one; two ids of one
+-- shard share a field with odds ~3e-8): then a repeat is answered with the
+-- other id's state and cost. Nothing is charged on that path either way:
+-- money moves only while P.."r:"..rid exists.
+local TOMB_CODE = {settled = 1, released = 2, expired = 3}
+local TOMB_STATE = {'settled', 'released', 'expired'}
+
+local function tomb_level(n)
+  local level, cap = 1, 256
+  while n > cap and level < 10 do level, cap = level + 1, cap * 4 end
+  return level
+end
+
+local function tomb_hash(rid)
+  local h = redis.sha1hex(rid)
+  return tonumber(string.sub(h, 1, 5), 16),
+    int_str(tonumber(string.sub(h, 6, 13), 16) % 2147483648)
+end
+
+local function tomb_put(prefix, rid, state, cost, now_ms)
+  local day = math.floor(now_ms / 86400000)
+  local base = prefix .. 't:' .. int_str(day) .. ':'
+  local keep = int_str((day + 2) * 86400)
+  local n = redis.call('INCR', base .. 'n')
+  if n == 1 then redis.call('EXPIREAT', base .. 'n', keep) end
+  local level = tomb_level(n)
+  local shard, field = tomb_hash(rid)
+  local key = base .. level .. ':' .. int_str(shard % 4 ^ level)
+  local c = tonumber(cost)
+  local value = c < 1125899906842624 and int_str(c * 4 + TOMB_CODE[state])
+    or (state .. ' ' .. cost)
+  redis.call('HSET', key, field, value)
+  redis.call('EXPIREAT', key, keep)
+end
+
+-- The settle/release reply for an id with no P.."r:"..rid: {state, 0, cost}
+-- from its tombstone, or {"unknown"}.
+local function tomb_get(prefix, rid, now_ms)
+  local today = math.floor(now_ms / 86400000)
+  local shard, field = tomb_hash(rid)
+  for day = today, today - 1, -1 do
+    local base = prefix .. 't:' .. int_str(day) .. ':'
+    local n = tonumber(redis.call('GET', base .. 'n') or '0')
+    if n > 0 then
+      for level = 1, tomb_level(n) do
+        local v = redis.call('HGET', base .. level .. ':' .. int_str(shard % 4 ^ level), field)
+        if v then
+          local x = tonumber(v)
+          if x then
+            return {TOMB_STATE[x % 4], 0, int_str((x - x % 4) / 4)}
+          end
+          local state, cost = string.match(v, '^(%a+) (%d+)$')
+          return {state, 0, cost}
+        end
+      end
+    end
+  end
+  return {'unknown'}
+end
+
 -- End a reservation whose value is ``v`` (state 'reserved'): on exactly the
 -- buckets it charged, move its amount out of ``reserved`` and ``cost`` into
--- ``spent``; keep it as a tombstone for its lease plus a day (so repeats
--- stay idempotent); append its record. A counter that expired meanwhile
+-- ``spent``; delete its key and keep its TOMBSTONE (so repeats stay
+-- idempotent); append its COMPACT record. A counter that expired meanwhile
 -- (its window ended more than the retention period ago) is not recreated.
 --
 -- ``reserved`` going below zero means either that HINCRBY just recreated an
@@ -366,13 +519,13 @@ local function finish(leases, stream, rkey, rid, v, state, cost, usage, ts, now_
       redis.call('HINCRBY', key, 'spent', add)
     end
   end
-  -- The tombstone: final state and cost, without tail and buckets (see
-  -- TOMBSTONE above).
-  redis.call('SET', rkey, state .. '\n' .. cost .. '\n' .. exp .. '\n' .. amount .. '\n' .. tomb
-    .. '\n' .. rid_json .. '\n\n[]', 'PX', tomb)
+  -- The key goes; the TOMBSTONE (above) answers repeats.
+  local prefix = string.sub(leases, 1, -7)
+  redis.call('DEL', rkey)
+  tomb_put(prefix, rid, state, cost, now_ms)
   redis.call('ZREM', leases, rid)
-  append(stream, now_ms, retention_ms, record_json(ts, rid_json, state, cost, usage, 'null', tail))
-  rollup_tail(string.sub(leases, 1, -7), now_ms / 1000, state, cost, usage, 'null', tail)
+  append_compact(prefix, stream, now_ms, retention_ms, ts, rid, state, cost, usage, tail)
+  rollup_tail(prefix, now_ms / 1000, state, cost, usage, 'null', tail)
 end
 
 -- Expire at most ``limit`` reservations whose lease ran out (expiry <= now):

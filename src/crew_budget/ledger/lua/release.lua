@@ -9,8 +9,9 @@
 -- ARGV[2] - retention of records, ms (0: none kept; rollups still count)
 -- ARGV[3] - most expired leases to reap first
 --
--- Returns {"unknown"} if the id was never reserved here (or its tombstone
--- expired), else {state, applied, cost}: applied = 1 when this call
+-- Returns {"unknown"} if the id was never reserved here (or it ended more
+-- than a day ago: see TOMBSTONES in _common.lua), else
+-- {state, applied, cost}: applied = 1 when this call
 -- released it (cost 0); 0 when it had already ended: nothing changed.
 --
 -- Invariants: as settle. A lease that ran out is expired (charged at its
@@ -30,7 +31,7 @@ local ts, _, now_ms = ledger_clock()
 reap(string.sub(KEYS[1], 1, -7), KEYS[1], KEYS[2], tonumber(ARGV[3]), ts, now_ms, retention_ms)
 
 local v = redis.call('GET', KEYS[3])
-if not v then return {'unknown'} end
+if not v then return tomb_get(string.sub(KEYS[1], 1, -7), rid, now_ms) end  -- TOMBSTONES
 local state, was, _, exp, amount = parse(v)
 if state ~= 'reserved' then return {state, 0, was} end
 if tonumber(exp) <= now_ms then

@@ -45,8 +45,11 @@
 --   {"ok", now_ms}      reserved; the lease ends at now_ms + lease
 --   {"ok", now_ms, epoch} the same, and the ledger's epoch differs from the
 --                       client's (first call, or after a recovery): adopt it
---   {"dup", value}      the id was reserved before (its RESERVATION value):
---                       nothing charged again
+--   {"dup", value}      the id is held (its RESERVATION value; or the
+--                       tombstone string of an earlier version): nothing
+--                       charged again. An ended reservation's key is gone
+--                       (see TOMBSTONES in _common.lua): its id reserves
+--                       anew (retries come within seconds, inside a lease)
 --   {"deny", i, spent, reserved}
 --                       bucket i would overflow: nothing charged, one
 --                       "blocked" record appended and counted in its
@@ -54,7 +57,8 @@
 --
 -- Invariants: the clock check comes before any write; all or nothing across
 -- every bucket (one script is one atomic step); after a grant every limited
--- bucket has spent + reserved <= limit; a repeated id never reserves twice;
+-- bucket has spent + reserved <= limit; a repeated id never reserves twice
+-- while it is held;
 -- a counter gets its expiry (window end + retention) when it is created;
 -- the reservation lives for its lease plus the tombstone, and never less
 -- than the counters it may still have to correct.
@@ -158,8 +162,9 @@ for i = 1, nb do
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     local spent, reserved = c[1] or '0', c[2] or '0'
     if tonumber(spent) + tonumber(reserved) + tonumber(takes[i] or amount) > tonumber(limit) then
-      append(KEYS[2], now_ms, retention_ms,
-        record_json(ts, rid_json, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail))
+      -- A COMPACT record (see _common.lua): a loop stuck at its limit makes many.
+      append_compact(prefix, KEYS[2], now_ms, retention_ms, ts, rid, 'blocked', '0', NO_USAGE,
+        tail, ARGV[13 + 2 * nb + i])
       -- ROLLUPS (see _common.lua): the blocked call counts in its hour.
       rollup_tail(prefix, now, 'blocked', '0', NO_USAGE, ARGV[13 + 2 * nb + i], tail)
       return {'deny', i, spent, reserved}

@@ -13,8 +13,9 @@
 -- status, reap) already expire leases that ran out, before they charge or
 -- read anything. A settle of its own lease that ran out is handled below.
 --
--- Returns {"unknown"} if the id was never reserved here (or its tombstone
--- expired), else {state, applied, cost}: applied = 1 when this call settled
+-- Returns {"unknown"} if the id was never reserved here (or it ended more
+-- than a day ago: see TOMBSTONES in _common.lua), else
+-- {state, applied, cost}: applied = 1 when this call settled
 -- it; 0 when it had already ended (settled, released or expired): then
 -- nothing changed and cost is what it was charged.
 --
@@ -39,7 +40,7 @@ local rid, cost, retention_ms = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local ts, _, now_ms = ledger_clock()
 
 local v = redis.call('GET', KEYS[3])
-if not v then return {'unknown'} end
+if not v then return tomb_get(string.sub(KEYS[1], 1, -7), rid, now_ms) end  -- TOMBSTONES
 local state, was, _, exp, amount = parse(v)
 if state ~= 'reserved' then return {state, 0, was} end
 if tonumber(exp) <= now_ms then
