@@ -920,11 +920,16 @@ class RedisLedger(Ledger):
                 pipe.hgetall(f"{self.prefix}ru:{h}")
             return cast(list[Any], pipe.execute())
 
+        # The same few groups recur every hour: each JSON is decoded once.
+        groups: dict[str, tuple[str | None, str, str, str | None]] = {}
         for h, fields in zip(hours, self._run(read), strict=True):
+            hour = float(h)
             for group, value in fields.items():
-                g = json.loads(group)
-                add_rollup(acc, (float(h), g.get("scope"), g["role"], g["model"], g.get("crew")),
-                           [int(x) for x in value.split()])
+                g = groups.get(group)
+                if g is None:
+                    d = json.loads(group)
+                    g = groups[group] = (d.get("scope"), d["role"], d["model"], d.get("crew"))
+                add_rollup(acc, (hour, *g), [int(x) for x in value.split()])
         return rollups_from(acc)
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
