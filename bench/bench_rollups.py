@@ -193,7 +193,13 @@ def time_report(url: str, config: Path) -> tuple[float, float, int]:
     if status != 0:
         raise SystemExit(f"report failed: {proc.stderr.read() if proc.stderr else b''!r}")
     calls = json.loads(out)["total"]["calls"]
+    _CPU.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss / 1024, calls
+
+
+_CPU: list[float] = []
+"""CPU seconds (user + system) of each report process: on a machine other jobs
+load, the wall time swings with them, the CPU time much less."""
 
 
 def in_process(url: str) -> float:
@@ -238,9 +244,11 @@ def _print(kind: str, n: int, fill: float, runs: list[tuple[float, float, int]],
            extra: str, inner: float) -> None:
     assert all(r[2] == n for r in runs), runs  # every call is in the report
     walls = ", ".join(f"{w:.2f}" for w, _, _ in runs)
+    cpu = ", ".join(f"{c:.2f}" for c in _CPU[-len(runs):])
     rss = max(r for _, r, _ in runs)
     print(f"{kind:6} {n:>9,} calls (filled in {fill:.0f} s, {extra}): report "
-          f"--since 30d --by role,model,hour: {walls} s, peak RSS {rss:.0f} MB; in-process "
+          f"--since 30d --by role,model,hour: wall {walls} s, CPU {cpu} s, peak RSS "
+          f"{rss:.0f} MB; in-process "
           f"(rollups + group + JSON, no CLI start) {inner:.2f} s; load {os.getloadavg()[0]:.1f}",
           flush=True)
 
