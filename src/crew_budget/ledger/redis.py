@@ -997,7 +997,7 @@ class RedisLedger(Ledger):
                 if g is None:
                     d = json.loads(group)
                     g = groups[group] = (d.get("scope"), d["role"], d["model"], d.get("crew"))
-                add_rollup(acc, (hour, *g), [int(x) for x in value.split()])
+                add_rollup(acc, (hour, *g), list(map(int, value.split())))
         return rollups_from(acc)
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
