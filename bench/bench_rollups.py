@@ -180,6 +180,19 @@ def _fill_redis_share(url: str, n: int, now: float, lo: int, hi: int) -> None:
     led.close()
 
 
+def _in_child(fill: Any, url: str, n: int) -> None:
+    """Run ``fill`` in a child process: the report's peak RSS is read from the
+    processes this one starts, and a child forked from a parent holding the
+    fill's batches would count their pages (Linux ``ru_maxrss`` at fork)."""
+    import multiprocessing as mp
+
+    proc = mp.get_context("fork").Process(target=fill, args=(url, n))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"filling {url} failed ({proc.exitcode})")
+
+
 def time_report(url: str, config: Path) -> tuple[float, float, int]:
     """Wall seconds and peak RSS (MB) of one `crew-budget report` process, and its calls."""
     cli = Path(sys.executable).with_name("crew-budget")
@@ -224,7 +237,7 @@ def bench_report(kind: str, sizes: list[int]) -> None:
             if kind == "sqlite":
                 url = f"sqlite:///{tmp}/ledger.db"
                 t0 = time.perf_counter()
-                fill_sqlite(url, n)
+                _in_child(fill_sqlite, url, n)
                 fill = time.perf_counter() - t0
                 size = Path(tmp, "ledger.db").stat().st_size / 1e6
                 runs = [time_report(url, config) for _ in range(3)]
