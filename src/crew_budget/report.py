@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
@@ -347,9 +347,7 @@ class Report:
         )
         return data
 
-    def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
-        """The report as JSON-ready data (``rows=False``: without the rows, an
-        empty list in their place; ``to_json`` writes them itself)."""
+    def to_dict(self) -> dict[str, Any]:
         total = self.row_dict(self.total)
         return {
             "since": self._iso(self.since),
@@ -360,7 +358,7 @@ class Report:
             "source": self.source,
             **({"records_retention_days": self.records_retention_days}
                if self.records_retention_days is not None else {}),
-            "rows": [self.row_dict(r) for r in self.rows] if rows else [],
+            "rows": [self.row_dict(r) for r in self.rows],
             "total": {k: v for k, v in total.items() if k not in self.by},
             "resets": [
                 {"time": self._iso(r.ts), "scope": r.scope,
@@ -379,43 +377,18 @@ class Report:
         """Indented JSON, one row per line.
 
         ``json.dumps(indent=2)`` runs Python's pure-Python encoder: half a
-        second for the ~23k rows of a 30-day role x model x hour report. Each
-        row line is written directly instead (``_row_json``: the bytes
-        ``json.dumps(self.row_dict(row))`` gives), the rest by the encoder.
+        second for the ~23k rows of a 30-day role x model x hour report. Rows
+        are encoded one by one by the C encoder instead, one per line.
         """
         parts = []
-        for key, value in self.to_dict(rows=False).items():
+        for key, value in self.to_dict().items():
             if key == "rows":
-                inner = ",\n    ".join(self._row_lines())
-                text = f"[\n    {inner}\n  ]" if self.rows else "[]"
+                inner = ",\n    ".join(json.dumps(r) for r in value)
+                text = f"[\n    {inner}\n  ]" if value else "[]"
             else:
                 text = json.dumps(value, indent=2).replace("\n", "\n  ")
             parts.append(f"  {json.dumps(key)}: {text}")
         return "{\n" + ",\n".join(parts) + "\n}"
-
-    def _row_lines(self) -> Iterator[str]:
-        """``json.dumps(self.row_dict(row))`` for every row, without a dict or an
-        encoder per row: labels are encoded once each (few distinct roles,
-        models, hours), numbers and money text (digits, ".", "-", "E") need
-        no escaping."""
-        quoted: dict[str, str] = {}
-        names = [json.dumps(k) + ": " for k in self.by]
-        total = self.total.cost_nano
-        for row in self.rows:
-            head = []
-            for name, label in zip(names, row.key, strict=False):
-                q = quoted.get(label)
-                if q is None:
-                    q = quoted[label] = json.dumps(label)
-                head.append(name + q + ", ")
-            avg = _usd_text(_avg_nano(row.cost_nano, row.calls)) if row.calls else "0"
-            share = _share_text(row.cost_nano, total) if total else "0"
-            yield (f'{{{"".join(head)}"calls": {row.calls}, "blocked": {row.blocked}, '
-                   f'"released": {row.released}, "expired": {row.expired}, '
-                   f'"input_tokens": {row.input_tokens}, "output_tokens": {row.output_tokens}, '
-                   f'"cost_usd": "{_usd_text(row.cost_nano)}", '
-                   f'"estimate_usd": "{_usd_text(row.estimate_nano)}", '
-                   f'"avg_cost_usd": "{avg}", "share_pct": "{share}"}}')
 
     def to_csv(self) -> str:
         out = io.StringIO()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
     from crew_budget.config import BudgetConfig
     from crew_budget.guard import Guard
-    from crew_budget.ledger.base import Ledger
 
 __all__ = [
     "EXIT_CONFIG",
@@ -55,7 +54,6 @@ __all__ = [
     "ledger_name",
     "load_cli_config",
     "money_column",
-    "open_books",
     "open_guard",
     "parse_span",
 ]
@@ -131,26 +129,6 @@ def open_guard(
     alert manager is not started: reading the books must not send alerts.
     URLs in messages are redacted (no password).
     """
-    _cfg, _opened, guard, source = _open(command, config, ledger, create=create, guard=True)
-    assert guard is not None
-    return guard, source
-
-
-def open_books(command: str, config: Path | None, ledger: str | None
-               ) -> tuple[BudgetConfig, Ledger, str]:
-    """``open_guard`` without the guard: the configuration, the ledger (checked
-    reachable, never created) and the configuration's name.
-
-    For commands that only read the books (``report``): a ``Guard`` brings
-    the estimator and the price book, ~50-100 ms of imports a report never
-    uses.
-    """
-    cfg, opened, _guard, source = _open(command, config, ledger, create=False, guard=False)
-    return cfg, opened, source
-
-
-def _open(command: str, config: Path | None, ledger: str | None, *, create: bool,
-          guard: bool) -> tuple[BudgetConfig, Ledger, Guard | None, str]:
     from crew_budget.config import check_ledger_url
     from crew_budget.errors import (
         ConfigError,
@@ -158,6 +136,7 @@ def _open(command: str, config: Path | None, ledger: str | None, *, create: bool
         LedgerNotFound,
         LedgerUnavailable,
     )
+    from crew_budget.guard import Guard
     from crew_budget.ledger import open_ledger
     from crew_budget.redact import redact_url
 
@@ -178,18 +157,14 @@ def _open(command: str, config: Path | None, ledger: str | None, *, create: bool
         origin = f"ledger: in {source}"
     else:
         origin = "the default ledger (set --ledger or CREW_BUDGET_LEDGER)"
-    made: Guard | None = None
     try:
         opened = open_ledger(url, namespace=cfg.namespace, retention_days=cfg.retention_days,
                              records_retention_days=cfg.records_retention_days, create=create)
-        if guard:
-            from crew_budget.guard import Guard
-
-            made = Guard(cfg, opened, start_alerts=False)
+        guard = Guard(cfg, opened, start_alerts=False)
         # One cheap read (is it there, is it ours?), bounded on both sides: with
-        # `since` alone SQLite scans the records table in commit order (5.7 s at
-        # 10M records, bench/README.md), with both it seeks the ts index.
-        opened.records(since=4e9, until=4e9 + 1)
+        # `since` alone SQLite walks the records table in commit order (5.7 s at
+        # 10M records, bench/README.md); with both it seeks the ts index.
+        guard.ledger.records(since=4e9, until=4e9 + 1)
     except LedgerNotFound as exc:
         fail(command, f"no ledger at {exc.path}: check {origin}, or run a guarded call "
              "first to create it", EXIT_LEDGER)
@@ -209,16 +184,14 @@ def _open(command: str, config: Path | None, ledger: str | None, *, create: bool
     except (TypeError, ValueError) as exc:  # redis-py: an option it does not know (?foo=1)
         fail(command, f"ledger URL {shown!r} was refused by its client ({exc}); check the "
              f"options after '?' in {origin}", EXIT_CONFIG)
-    return cfg, opened, made, source
+    return guard, source
 
 
-def ledger_name(guard: Guard | Ledger) -> str:
-    """The ledger's (or the guard's ledger's) URL as it may be shown: without its
-    password."""
+def ledger_name(guard: Guard) -> str:
+    """The guard's ledger URL as it may be shown: without its password."""
     from crew_budget.redact import redact_url
 
-    books = cast("Ledger", getattr(guard, "ledger", guard))
-    return redact_url(books.url)
+    return redact_url(guard.ledger.url)
 
 
 @dataclass(frozen=True, slots=True)

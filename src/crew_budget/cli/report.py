@@ -26,7 +26,7 @@ from crew_budget.cli.common import (
     console,
     fail,
     ledger_name,
-    open_books,
+    open_guard,
     parse_span,
 )
 
@@ -73,29 +73,29 @@ def report(
         keys = parse_by(by)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--by") from None
-    cfg, books, _source = open_books("report", config, ledger)
-    tz = get_tz(cfg.timezone)
-    span = parse_span(since, until, books.now(), tz)
+    guard, _source = open_guard("report", config, ledger)
+    tz = get_tz(guard.config.timezone)
+    span = parse_span(since, until, guard.ledger.now(), tz)
     if span.until <= span.since:
         fail("report", f"the window {span.label} is empty (--until is not after --since)",
              EXIT_CONFIG)
     record_keys = needs_records(keys)
-    kept = books.records_retention_days
+    kept = guard.ledger.records_retention_days
     if record_keys and kept == 0:
         fail("report", f"--by {','.join(record_keys)} needs raw spend records, and ledger "
-             f"{ledger_name(books)} keeps none (records_retention_days: 0); group by role, "
+             f"{ledger_name(guard)} keeps none (records_retention_days: 0); group by role, "
              "model, crew, scope, hour or day (hourly rollups), or set records_retention_days",
              EXIT_CONFIG)
     data: list[SpendRecord] | list[Rollup]
     try:
         if record_keys:
-            data = books.records(since=span.since, until=span.until)
+            data = guard.ledger.records(since=span.since, until=span.until)
             resets: list[SpendRecord] = []
         else:
-            data = books.rollups(since=span.since, until=span.until)
-            resets = books.resets(since=span.since, until=span.until)
+            data = guard.ledger.rollups(since=span.since, until=span.until)
+            resets = guard.ledger.resets(since=span.since, until=span.until)
     except LedgerUnavailable as exc:
-        fail("report", f"ledger {ledger_name(books)} is unreachable ({exc.reason})", EXIT_LEDGER)
+        fail("report", f"ledger {ledger_name(guard)} is unreachable ({exc.reason})", EXIT_LEDGER)
     if role is not None:
         data = [r for r in data if r.role == role]  # type: ignore[assignment]
         resets = [r for r in resets if r.role == role]
@@ -104,7 +104,7 @@ def report(
         resets = [r for r in resets if r.model == model]
     if not data and not resets:
         what = "".join(f" for {k} {v!r}" for k, v in (("role", role), ("model", model)) if v)
-        fail("report", f"no spend records{what} in {span.label} in ledger {ledger_name(books)}; "
+        fail("report", f"no spend records{what} in {span.label} in ledger {ledger_name(guard)}; "
              "widen --since, or check --ledger points at the ledger your agents use",
              EXIT_EMPTY)
     result = build_report(data, keys, since=span.since, until=span.until, tz=tz,
@@ -123,7 +123,7 @@ def report(
             step: Literal["hour", "day"] | None = (
                 "hour" if "hour" in keys else "day" if "day" in keys else None)
             html.write_text(render_html(data, since=span.since, until=span.until, tz=tz,
-                                        step=step, config=cfg), encoding="utf-8")
+                                        step=step, config=guard.config), encoding="utf-8")
         except OSError as exc:
             fail("report", f"cannot write {html}: {exc.strerror}", EXIT_CONFIG)
         typer.echo(f"crew-budget report: wrote {html} ({result.records} spend records)",
@@ -133,6 +133,6 @@ def report(
     elif format == "json":
         typer.echo(result.to_json())
     else:
-        title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(books)}"
+        title = f"spend by {', '.join(keys)} - {span.label} - {ledger_name(guard)}"
         out = console()
         out.print(render_table(result, title=title, width=out.width))
