@@ -214,7 +214,7 @@ def _usd_text(nano: int) -> str:
 
     Integer text for whole dollars, fixed point without trailing zeros from
     a micro-dollar up; below that ``Decimal`` writes an exponent (``1E-7``),
-    so those few go through it (tests/test_report.py compares both ways).
+    so those few go through it (tests/test_report_fast.py compares both ways).
     """
     if -1000 < nano < 1000:
         return str(from_nano(nano))
