@@ -52,6 +52,18 @@ def _root(
 # Order is the order of `crew-budget --help`.
 _COMMAND_MODULES = ("demo", "status", "report", "estimate", "admin", "metrics", "export", "ops",
                     "limits", "serve")
+_registered = False
+
+
+def _register_all() -> None:
+    global _registered
+    if _registered:
+        return
+    for name in _COMMAND_MODULES:
+        _register(name)
+    _registered = True
+
+
 # The command names each module registers, for ``main``'s one-module start.
 # A module missing here (or a command missing from its entry) still works:
 # its command line falls back to registering every module.
@@ -60,28 +72,24 @@ _COMMANDS = {
     "estimate": "estimate", "cost": "estimate", "validate": "admin", "reset": "admin",
     "metrics": "metrics", "export": "export", "recover": "ops", "doctor": "ops",
     "set": "limits", "pause": "limits", "resume": "limits", "serve": "serve",
+    "suggest": "suggest",
 }
-_registered: set[str] = set()
+_loaded: set[str] = set()
 
 
 def _register(name: str) -> None:
-    if name in _registered:
+    """Import one command module and add its commands (once)."""
+    if name in _loaded:
         return
+    _loaded.add(name)
     module_name = f"crew_budget.cli.{name}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            _registered.add(name)
             return
         raise
     module.register(_app)
-    _registered.add(name)
-
-
-def _register_all() -> None:
-    for name in _COMMAND_MODULES:  # in order: the order of `crew-budget --help`
-        _register(name)
 
 
 def __getattr__(name: str) -> typer.Typer:
