@@ -5,6 +5,8 @@ Usage::
     python bench/bench_rollups.py report sqlite 100000 1000000
     python bench/bench_rollups.py report redis 100000 1000000
     python bench/bench_rollups.py memory 50000
+    python bench/bench_rollups.py fill sqlite:////tmp/l.db 10000000   # or redis://...
+    python bench/bench_rollups.py time sqlite:////tmp/l.db            # within the hour
 
 ``report``: writes N calls spread evenly over the last 30 days (8 roles x 4
 models, one crew: 32 groups x 720 hours) through the ledger's own write path
@@ -27,6 +29,7 @@ Starts its own redis-server (bench/common.py). Numbers: bench/README.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -67,36 +70,127 @@ def _records(n: int, now: float) -> Any:
             metadata={"run": f"r#{i % 1000:04x}"})
 
 
+_TS, _RID, _COST, _RUN = 1111111111.25, "f" * 32, 1_999_999, "r#ffff"
+
+
+def _templates() -> dict[tuple[str, str], tuple[str, ...]]:
+    """Per group, ``SpendRecord.to_json`` of a marker record cut at its variable parts.
+
+    ``SpendRecord.to_json`` (``asdict`` + ``json.dumps``) takes ~15 µs: 150 s for 10M
+    records. The template is that very encoding with ts, id, cost and run left
+    out, so the bytes written are the same (``_fast_records`` checks samples).
+    """
+    out = {}
+    for role in ROLES:
+        for model in MODELS:
+            text = SpendRecord(
+                ts=_TS, reservation_id=_RID, outcome="settled", role=role, model=model,
+                crew="team", input_tokens=1200, cached_input_tokens=200, output_tokens=300,
+                estimate_nano=2_000_000, cost_nano=_COST, metadata={"run": _RUN}).to_json()
+            parts = []
+            for marker in (repr(_TS), _RID, str(_COST), _RUN):
+                head, sep, text = text.partition(marker)
+                assert sep, marker
+                parts.append(head)
+            out[role, model] = (*parts, text)
+    return out
+
+
+def _fast_records(n: int, now: float, lo: int = 0, hi: int | None = None) -> Any:
+    """``_records`` ``lo`` to ``hi`` as (ts, JSON, role, model, cost), the JSON
+    byte-identical to ``SpendRecord.to_json`` (checked on every 100,000th record)."""
+    start = now - SPAN + 3600
+    step = (SPAN - 7200) / n
+    templates = _templates()
+    for i in range(lo, n if hi is None else hi):
+        ts = start + i * step
+        role, model, cost = ROLES[i % 8], MODELS[(i // 8) % 4], 1_000_000 + i % 7
+        a, b, c, d, e = templates[role, model]
+        text = f"{a}{ts!r}{b}{i:032x}{c}{cost}{d}r#{i % 1000:04x}{e}"
+        if i % 100_000 == 0:
+            slow = SpendRecord(
+                ts=ts, reservation_id=f"{i:032x}", outcome="settled", role=role, model=model,
+                crew="team", input_tokens=1200, cached_input_tokens=200, output_tokens=300,
+                estimate_nano=2_000_000, cost_nano=cost, metadata={"run": f"r#{i % 1000:04x}"})
+            assert text == slow.to_json(), (text, slow.to_json())
+        yield ts, text, role, model, cost
+
+
 def fill_sqlite(url: str, n: int) -> None:
+    """The SQLite ledger's insert (record + rollup upsert, as a settle writes them),
+    as ``executemany`` in transactions of 200,000 records."""
+    from itertools import islice
+
+    from crew_budget.ledger.sqlite import _UPSERT_ROLLUP
+
     led = open_ledger(url)
-    batch = 20_000
-    it = _records(n, led.now())
-    done = 0
-    while done < n:
-        with led._tx() as db:  # the ledger's own insert, many per transaction
-            for _ in range(min(batch, n - done)):
-                led._insert(db, next(it))  # type: ignore[attr-defined]
-                done += 1
+    assert led.records_retention_days > 0  # records are written too, as by a settle
+    groups = {(r, m): json.dumps([None, r, m, "team"]) for r in ROLES for m in MODELS}
+    it = _fast_records(n, led.now())
+    while True:
+        chunk = list(islice(it, 200_000))
+        if not chunk:
+            break
+        with led._tx() as db:  # type: ignore[attr-defined]
+            db.executemany(_UPSERT_ROLLUP, [
+                (int(ts // 3600) * 3600, groups[role, model], 1, 0, 0, 0, 1200, 200, 0, 300,
+                 0, cost, 2_000_000) for ts, _text, role, model, cost in chunk])
+            db.executemany("INSERT INTO records (ts, data) VALUES (?, ?)",
+                           [(ts, text) for ts, text, *_ in chunk])
     led.close()
 
 
-def fill_redis(url: str, n: int) -> None:
+def fill_redis(url: str, n: int, workers: int = 2) -> None:
+    """The ``append_record`` script (record + rollup in one script, as a settle
+    writes them), EVALSHA pipelined 2,000 at a time, from ``workers`` processes
+    (each a contiguous share of the calls) so the server never waits for Python."""
+    import multiprocessing as mp
+
+    led = open_ledger(url)
+    now = led.now()
+    led.close()
+    bounds = [n * k // workers for k in range(workers + 1)]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_fill_redis_share, args=(url, n, now, lo, hi))
+             for lo, hi in itertools.pairwise(bounds)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise SystemExit(f"a filling process failed ({p.exitcode})")
+
+
+def _fill_redis_share(url: str, n: int, now: float, lo: int, hi: int) -> None:
     import redis
 
     from crew_budget.ledger.redis import _sources
 
     led = open_ledger(url)
     client = redis.Redis.from_url(url)
-    script = client.register_script(_sources()["append_record"])
+    sha = client.script_load(_sources()["append_record"])
     keys = [led.prefix + "records", led.prefix + "odd", led.prefix + "oddseq"]  # type: ignore[attr-defined]
     retention = str(led.records_retention_ms)  # type: ignore[attr-defined]
     pipe = client.pipeline(transaction=False)
-    for i, rec in enumerate(_records(n, led.now()), 1):
-        script(keys=keys, args=[repr(rec.ts), rec.to_json(), retention, "3600000"], client=pipe)
-        if i % 5000 == 0:
+    for i, (ts, text, *_rest) in enumerate(_fast_records(n, now, lo, hi), 1):
+        pipe.execute_command("EVALSHA", sha, 3, *keys, repr(ts), text, retention, "3600000")
+        if i % 2000 == 0:
             pipe.execute()
     pipe.execute()
     led.close()
+
+
+def _in_child(fill: Any, url: str, n: int) -> None:
+    """Run ``fill`` in a child process: the report's peak RSS is read from the
+    processes this one starts, and a child forked from a parent holding the
+    fill's batches would count their pages (Linux ``ru_maxrss`` at fork)."""
+    import multiprocessing as mp
+
+    proc = mp.get_context("fork").Process(target=fill, args=(url, n))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"filling {url} failed ({proc.exitcode})")
 
 
 def time_report(url: str, config: Path) -> tuple[float, float, int]:
@@ -112,7 +206,13 @@ def time_report(url: str, config: Path) -> tuple[float, float, int]:
     if status != 0:
         raise SystemExit(f"report failed: {proc.stderr.read() if proc.stderr else b''!r}")
     calls = json.loads(out)["total"]["calls"]
+    _CPU.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss / 1024, calls
+
+
+_CPU: list[float] = []
+"""CPU seconds (user + system) of each report process: on a machine other jobs
+load, the wall time swings with them, the CPU time much less."""
 
 
 def in_process(url: str) -> float:
@@ -137,7 +237,7 @@ def bench_report(kind: str, sizes: list[int]) -> None:
             if kind == "sqlite":
                 url = f"sqlite:///{tmp}/ledger.db"
                 t0 = time.perf_counter()
-                fill_sqlite(url, n)
+                _in_child(fill_sqlite, url, n)
                 fill = time.perf_counter() - t0
                 size = Path(tmp, "ledger.db").stat().st_size / 1e6
                 runs = [time_report(url, config) for _ in range(3)]
@@ -157,9 +257,11 @@ def _print(kind: str, n: int, fill: float, runs: list[tuple[float, float, int]],
            extra: str, inner: float) -> None:
     assert all(r[2] == n for r in runs), runs  # every call is in the report
     walls = ", ".join(f"{w:.2f}" for w, _, _ in runs)
+    cpu = ", ".join(f"{c:.2f}" for c in _CPU[-len(runs):])
     rss = max(r for _, r, _ in runs)
     print(f"{kind:6} {n:>9,} calls (filled in {fill:.0f} s, {extra}): report "
-          f"--since 30d --by role,model,hour: {walls} s, peak RSS {rss:.0f} MB; in-process "
+          f"--since 30d --by role,model,hour: wall {walls} s, CPU {cpu} s, peak RSS "
+          f"{rss:.0f} MB; in-process "
           f"(rollups + group + JSON, no CLI start) {inner:.2f} s; load {os.getloadavg()[0]:.1f}",
           flush=True)
 
@@ -205,6 +307,21 @@ def main() -> None:
         kind = sys.argv[2] if len(sys.argv) > 2 else "sqlite"
         sizes = [int(x) for x in sys.argv[3:]] or [100_000, 1_000_000]
         bench_report(kind, sizes)
+    elif what == "fill":  # fill URL N: an existing SQLite file or a running Redis
+        url, n = sys.argv[2], int(sys.argv[3])
+        t0 = time.perf_counter()
+        (fill_redis if url.startswith("redis") else fill_sqlite)(url, n)
+        print(f"filled {url} with {n:,} calls in {time.perf_counter() - t0:.0f} s", flush=True)
+    elif what == "time":  # time URL: the report on what `fill` wrote (within the hour)
+        url = sys.argv[2]
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "budgets.yaml"
+            config.write_text("timezone: UTC\n")
+            runs = [time_report(url, config) for _ in range(3)]
+            inner = min(in_process(url) for _ in range(3))
+        size = (f"used_memory {_used(url) / 1e6:.0f} MB" if url.startswith("redis") else
+                f"file {Path(url.removeprefix('sqlite:///')).stat().st_size / 1e6:.0f} MB")
+        _print(url.split(":")[0], runs[0][2], 0.0, runs, size, inner)
     elif what == "memory":
         bench_memory(int(sys.argv[2]) if len(sys.argv) > 2 else 50_000)
     else:

@@ -34,10 +34,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Literal
 
 from crew_budget.cli.common import fit_columns, fmt_usd, money_column
@@ -146,6 +147,50 @@ def _rollup_label(r: Rollup, key: str, labels: dict[str, _HourLabels]) -> str:
     return "" if value is None else str(value)
 
 
+def _rollup_key(keys: Sequence[str], labels: dict[str, _HourLabels]
+                ) -> Callable[[Rollup], tuple[str, ...]]:
+    """The row key of a rollup for ``keys``, as one function made once per report.
+
+    What ``_rollup_label`` gives per key, without its per-key dispatch:
+    ~23k rollups go through it in a 30-day role x model x hour report.
+    """
+    bad = [k for k in keys if k in RECORD_KEYS]
+    if bad:
+        def refuse(_r: Rollup) -> tuple[str, ...]:
+            raise ValueError(f"rollups cannot be grouped by {bad[0]!r}: read records for it")
+        return refuse
+    parts: list[Callable[[Rollup], str]] = []
+    for key in keys:
+        if key in labels:
+            parts.append(_hour_part(labels[key]))
+        elif key in ("role", "model"):  # never None
+            parts.append(attrgetter(key))
+        else:
+            parts.append(_optional_part(key))
+    if len(parts) == 3:
+        a, b, c = parts
+        return lambda r: (a(r), b(r), c(r))
+    if len(parts) == 2:
+        a, b = parts
+        return lambda r: (a(r), b(r))
+    return lambda r: tuple(p(r) for p in parts)
+
+
+def _hour_part(label: _HourLabels) -> Callable[[Rollup], str]:
+    def part(r: Rollup) -> str:
+        return label(r.hour)
+    return part
+
+
+def _optional_part(key: str) -> Callable[[Rollup], str]:
+    get = attrgetter(key)
+
+    def part(r: Rollup) -> str:
+        value = get(r)
+        return "" if value is None else str(value)
+    return part
+
+
 def short_hour(label: str) -> str:
     """``2026-11-24T14:00:00+01:00`` -> ``2026-11-24 14:00`` (tables, charts)."""
     return label[:16].replace("T", " ") if "T" in label else label
@@ -164,6 +209,43 @@ def _label(record: SpendRecord, key: str, labels: dict[str, _TimeLabels]) -> str
         meta = record.metadata
         return str(meta.get("task") or meta.get("run_name") or "")
     return str(getattr(record, key))
+
+
+_NANO = 1_000_000_000
+
+
+def _usd_text(nano: int) -> str:
+    """``str(from_nano(nano))`` without a ``Decimal``: a report renders three
+    amounts per row, ~23k rows for a 30-day role x model x hour report.
+
+    Integer text for whole dollars, fixed point without trailing zeros from
+    a micro-dollar up; below that ``Decimal`` writes an exponent (``1E-7``),
+    so those few go through it (tests/test_report_fast.py compares both ways).
+    """
+    if -1000 < nano < 1000:
+        return str(from_nano(nano))
+    whole, frac = divmod(abs(nano), _NANO)
+    sign = "-" if nano < 0 else ""
+    if not frac:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:09d}".rstrip("0")
+
+
+def _avg_nano(cost_nano: int, calls: int) -> int:
+    """``cost_nano / calls`` rounded half to even (``Decimal``'s default), in integers."""
+    q, r = divmod(cost_nano, calls)
+    if 2 * r > calls or (2 * r == calls and q % 2):
+        q += 1
+    return q
+
+
+def _share_text(cost_nano: int, total_nano: int) -> str:
+    """``cost / total`` in percent to one decimal, rounded half to even: what
+    ``Report.share`` gives, as text (exact while both are below ~1e24)."""
+    if cost_nano < 0 or total_nano <= 0:
+        return str((Decimal(cost_nano) * 100 / Decimal(total_nano)).quantize(Decimal("0.1")))
+    tenths = _avg_nano(cost_nano * 1000, total_nano)
+    return f"{tenths // 10}.{tenths % 10}"
 
 
 @dataclass(slots=True)
@@ -193,7 +275,7 @@ class ReportRow:
         """Average cost per call, rounded to a nano-dollar (integer arithmetic)."""
         if not self.calls:
             return Decimal(0)
-        return from_nano(int((Decimal(self.cost_nano) / self.calls).to_integral_value()))
+        return from_nano(_avg_nano(self.cost_nano, self.calls))
 
     def add_rollup(self, r: Rollup) -> None:
         self.calls += r.calls
@@ -204,6 +286,16 @@ class ReportRow:
         self.output_tokens += r.output_tokens
         self.cost_nano += r.cost_nano
         self.estimate_nano += r.estimate_nano
+
+    def add_row(self, other: ReportRow) -> None:
+        self.calls += other.calls
+        self.blocked += other.blocked
+        self.released += other.released
+        self.expired += other.expired
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_nano += other.cost_nano
+        self.estimate_nano += other.estimate_nano
 
     def add(self, r: SpendRecord) -> None:
         if r.outcome in _CHARGED:
@@ -255,12 +347,16 @@ class Report:
         return None if ts is None else datetime.fromtimestamp(ts, self.tz).isoformat()
 
     def row_dict(self, row: ReportRow) -> dict[str, Any]:
+        # Money as text, computed in integers (see _usd_text): the same
+        # strings as str(row.cost), str(row.avg_cost), str(self.share(row)).
         data: dict[str, Any] = dict(zip(self.by, row.key, strict=False))
+        total = self.total.cost_nano
         data.update(
             calls=row.calls, blocked=row.blocked, released=row.released, expired=row.expired,
             input_tokens=row.input_tokens, output_tokens=row.output_tokens,
-            cost_usd=str(row.cost), estimate_usd=str(row.estimate),
-            avg_cost_usd=str(row.avg_cost), share_pct=str(self.share(row)),
+            cost_usd=_usd_text(row.cost_nano), estimate_usd=_usd_text(row.estimate_nano),
+            avg_cost_usd=_usd_text(_avg_nano(row.cost_nano, row.calls)) if row.calls else "0",
+            share_pct=_share_text(row.cost_nano, total) if total else "0",
         )
         data.update(self._price_columns(row))
         return data
@@ -362,18 +458,19 @@ def build_report(
     overrides = [r for r in audit if r.outcome == "override"]
     count = len(reset_list)
     source: Literal["records", "rollups"] = "records"
+    rollup_key = _rollup_key(keys, hour_labels)
+    rolled = False
     for r in records:
         if isinstance(r, Rollup):
-            source = "rollups"
+            rolled = True
             if not in_span(r.hour, since, until):
                 continue
             count += r.calls + r.blocked + r.released
-            key = tuple(_rollup_label(r, k, hour_labels) for k in keys)
+            key = rollup_key(r)
             row = groups.get(key)
             if row is None:
                 row = groups[key] = ReportRow(key)
             row.add_rollup(r)
-            total.add_rollup(r)
             continue
         if (since is not None and r.ts < since) or (until is not None and r.ts >= until):
             continue
@@ -389,8 +486,11 @@ def build_report(
         if row is None:
             row = groups[key] = ReportRow(key)
         row.add(r)
-        total.add(r)
     rows = list(groups.values())
+    for row in rows:  # every record and rollup went into exactly one row
+        total.add_row(row)
+    if rolled:
+        source = "rollups"
     if sort == "cost":
         rows.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
     else:

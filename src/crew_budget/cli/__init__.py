@@ -2,18 +2,25 @@
 
 Each sub-command lives in its own module with a ``register(app)`` function;
 typer and rich are imported here only, never by the library core.
+
+Start-up is part of every command's wall time (``crew-budget report`` is
+often run from scripts and dashboards), so ``main`` imports only the module
+of the command on its command line (``_COMMANDS``); ``--help``, a typo or a
+command of a module not listed there registers them all. Reading
+``crew_budget.cli.app`` (tests, embedding) also registers them all.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Annotated
 
 import typer
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+_app = typer.Typer(
     name="crew-budget",
     help="Hard per-role dollar budgets for CrewAI, LangChain and LiteLLM agents.",
     no_args_is_help=True,
@@ -34,7 +41,7 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@_app.callback()
 def _root(
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,
@@ -53,21 +60,59 @@ def _register_all() -> None:
     if _registered:
         return
     for name in _COMMAND_MODULES:
-        module_name = f"crew_budget.cli.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(app)
+        _register(name)
     _registered = True
 
 
+# The command names each module registers, for ``main``'s one-module start.
+# A module missing here (or a command missing from its entry) still works:
+# its command line falls back to registering every module.
+_COMMANDS = {
+    "demo": "demo", "status": "status", "watch": "status", "report": "report",
+    "estimate": "estimate", "cost": "estimate", "validate": "admin", "reset": "admin",
+    "metrics": "metrics", "export": "export", "recover": "ops", "doctor": "ops",
+    "set": "limits", "pause": "limits", "resume": "limits", "serve": "serve",
+    "suggest": "suggest",
+}
+_loaded: set[str] = set()
+
+
+def _register(name: str) -> None:
+    """Import one command module and add its commands (once)."""
+    if name in _loaded:
+        return
+    _loaded.add(name)
+    module_name = f"crew_budget.cli.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return
+        raise
+    module.register(_app)
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``crew_budget.cli.app``: the app with every command (made on first use)."""
+    if name == "app":
+        _register_all()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named on ``argv`` (options before it are all flags)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
-    """Console-script entry point."""
-    _register_all()
-    app()
-
-
-_register_all()
+    """Console-script entry point: registers only the command it runs."""
+    module = _COMMANDS.get(_command(sys.argv[1:]) or "")
+    if module in _COMMAND_MODULES:
+        _register(module)
+    else:
+        _register_all()
+    _app()

@@ -510,7 +510,12 @@ class RedisLedger(Ledger):
         }
         self._lock = threading.Lock()
         self._client: Any = None
+        self._cluster = urlsplit(url).scheme.endswith("+cluster")
         self._lua: dict[str, Script] = {}
+        # Connections kept between calls (see _kept_evalsha), and the
+        # (client id, pid) they belong to.
+        self._idle: list[Any] = []
+        self._idle_owner: tuple[int, int] = (0, 0)
 
     def _conn(self) -> Any:
         """The client, made on first use.
@@ -649,6 +654,8 @@ class RedisLedger(Ledger):
         """
         def op(c: Any) -> Any:
             lua = self._lua[script]  # made with the client
+            if idempotent and not self._cluster:
+                return self._kept_evalsha(c, lua, keys, args)
             try:
                 return c.evalsha(lua.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
@@ -656,6 +663,67 @@ class RedisLedger(Ledger):
                 return c.evalsha(lua.sha, len(keys), *keys, *args)
 
         return self._run(op, idempotent=idempotent)
+
+    def _kept_evalsha(self, client: Any, lua: Script, keys: Sequence[str | bytes],
+                      args: Sequence[str | bytes]) -> Any:
+        """``EVALSHA`` on a connection this ledger keeps between calls (plain Redis,
+        operations safe to repeat: reserve, settle, release, reap, status, charge).
+
+        redis-py's own path (``client.evalsha``) takes each command's connection
+        from the pool and gives it back: a lock, a pid check and a ``poll`` on
+        the socket, plus its generic command plumbing, ~15-20 µs per call
+        (bench/README.md, "Keeping connections"), twice per guarded call. Here
+        the connections come from the same pool (``ConnectionPool
+        .get_connection``, so timeouts, TLS, auth and the parser are the
+        client's) and are used through redis-py's public ``Connection
+        .send_command`` / ``read_response``, but kept in ``self._idle`` (a list:
+        ``pop``/``append`` are atomic, so each thread has its own for the call)
+        instead of being returned after every call.
+
+        A connection goes back to the list only after a whole reply was read
+        (a result or an error reply). Anything else (a dropped connection, a
+        timeout, an interrupt) disconnects it, so a late reply can never be
+        read as another call's; after a dropped connection every kept one is
+        dropped too (a restarted server closed them all), and ``_run`` retries
+        the call once on a new connection. A forked child starts its own list
+        (the pool also notices the new pid and opens new connections).
+        """
+        pid = os.getpid()
+        idle = self._idle
+        if self._idle_owner != (id(client), pid):
+            with self._lock:
+                if self._idle_owner != (id(client), pid):
+                    self._idle = []  # a new client, or the parent's (never shared)
+                    self._idle_owner = (id(client), pid)
+                idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = client.connection_pool.get_connection()  # connected, checked
+        try:
+            conn.send_command("EVALSHA", lua.sha, len(keys), *keys, *args)
+            try:
+                reply = conn.read_response()
+            except rexc.NoScriptError:  # a restart or SCRIPT FLUSH: load it, run again
+                conn.send_command("SCRIPT", "LOAD", lua.script)
+                conn.read_response()
+                conn.send_command("EVALSHA", lua.sha, len(keys), *keys, *args)
+                reply = conn.read_response()
+        except rexc.ResponseError:
+            idle.append(conn)  # an error reply, read whole: the connection is fine
+            raise
+        except BaseException as exc:
+            conn.disconnect()
+            client.connection_pool.release(conn)
+            if isinstance(exc, rexc.ConnectionError):
+                while idle:  # the others are most likely dead as well
+                    with contextlib.suppress(IndexError):
+                        dead = idle.pop()
+                        dead.disconnect()
+                        client.connection_pool.release(dead)
+            raise
+        idle.append(conn)
+        return reply
 
     def _bkey(self, bucket: Bucket) -> str:
         return self.prefix + "b:" + bucket.key
@@ -996,11 +1064,16 @@ class RedisLedger(Ledger):
                 pipe.hgetall(f"{self.prefix}ru:{h}")
             return cast(list[Any], pipe.execute())
 
+        # The same few groups recur every hour: each JSON is decoded once.
+        groups: dict[str, tuple[str | None, str, str, str | None]] = {}
         for h, fields in zip(hours, self._run(read), strict=True):
+            hour = float(h)
             for group, value in fields.items():
-                g = json.loads(group)
-                add_rollup(acc, (float(h), g.get("scope"), g["role"], g["model"], g.get("crew")),
-                           [int(x) for x in value.split()])
+                g = groups.get(group)
+                if g is None:
+                    d = json.loads(group)
+                    g = groups[group] = (d.get("scope"), d["role"], d["model"], d.get("crew"))
+                add_rollup(acc, (hour, *g), list(map(int, value.split())))
         return rollups_from(acc)
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
@@ -1035,6 +1108,8 @@ class RedisLedger(Ledger):
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            # The pool's disconnect below closes them; a later client keeps its own.
+            self._idle, self._idle_owner = [], (0, 0)
         if client is not None:
             with contextlib.suppress(*_UNAVAILABLE):  # closing a dead connection
                 client.close()
