@@ -319,7 +319,32 @@ def bedrock() -> None:
         "us.anthropic.claude-sonnet-4 streamed (2,600 in / 6,000 cache read / 250 out).")
 
 
+def bedrock_ttl() -> None:
+    """Claude Sonnet 4.5 with a 1-hour cache write, through a regional (us.)
+    and a global inference profile: the two are priced differently."""
+    q = "Name the capital of France in one word."
+    req = {"messages": [{"role": "user", "content": [{"text": q}, {"cachePoint": {
+        "type": "default", "ttl": "1h"}}]}], "inferenceConfig": {"maxTokens": 256}}
+    # 500 uncached input, 3,000 written to the cache with a 1-hour TTL, 200 out.
+    usage = {**converse_usage(500, 200, write=3_000),
+             "cacheDetails": [{"inputTokens": 3_000, "ttl": "1h"}]}
+    write("bedrock_converse_ttl", [
+        interaction(base + "converse", req, json.dumps({
+            "metrics": {"latencyMs": 1320},
+            "output": {"message": {"content": [{"text": "Paris."}], "role": "assistant"}},
+            "stopReason": "end_turn", "usage": usage}), "application/json",
+            {"x-amzn-RequestId": [f"3f0b8f7e-0000-4000-8000-00000000001{i}"]})
+        for i, base in enumerate((
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/"
+            "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/",
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/"
+            "global.anthropic.claude-sonnet-4-5-20250929-v1%3A0/"))
+    ], "the AWS Bedrock Converse API with cacheDetails (CacheDetail: ttl 5m | 1h)",
+        "us. then global. claude-sonnet-4-5, each 500 in / 3,000 cache write (1 h) / 200 out.")
+
+
 if __name__ == "__main__":
     gemini()
     azure()
     bedrock()
+    bedrock_ttl()

@@ -297,3 +297,33 @@ def test_bedrock_converse_stream_bills_from_the_metadata_event(
     # metadata event usage: 2,600 in, 6,000 cache read, 250 out.
     expected = (2_600 * Decimal(3) + 6_000 * Decimal("0.30") + 250 * Decimal(15)) / M
     assert settled(guard) == [nano(expected)] == [13_350_000]
+
+
+@pytest.mark.parametrize(("profile", "rates", "expected_nano"), [
+    # regional.anthropic.claude-sonnet-4-5-20250929-v1:0 (us./eu./jp. profiles,
+    # 10 % above the global rate): $3.30 in / $6.60 1-hour cache write / $16.50 out.
+    ("us", (Decimal("3.30"), Decimal("6.60"), Decimal("16.50")), 24_750_000),
+    # global.anthropic.claude-sonnet-4-5-20250929-v1:0: $3 / $6 / $15.
+    ("global", (Decimal(3), Decimal(6), Decimal(15)), 22_500_000),
+])
+async def test_bedrock_one_hour_cache_writes_and_the_profiles_price(
+    guard: Guard, logger: BudgetLogger, profile: str, rates: tuple[Decimal, ...],
+    expected_nano: int,
+) -> None:
+    model = f"bedrock/{profile}.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    with replay(PV / "bedrock_converse_ttl.yaml") as cassette:
+        if profile == "global":  # the second interaction
+            await litellm.acompletion(model=model.replace("global.", "us."), messages=MSG,
+                                      **NO_RETRY)
+        await litellm.acompletion(model=model, messages=MSG, **NO_RETRY)
+        await await_for(lambda: logger.in_flight == 0)
+    assert cassette.play_count == (2 if profile == "global" else 1)
+    # usage: inputTokens 500, cacheWriteInputTokens 3,000 all with ttl "1h"
+    # (cacheDetails), outputTokens 200. A 1-hour write is 2x input
+    # (docs.aws.amazon.com/bedrock/latest/userguide/prompt-caching.html).
+    inp, write_1h, out = rates
+    expected = (500 * inp + 3_000 * write_1h + 200 * out) / M
+    assert settled(guard)[-1] == nano(expected) == expected_nano
+    assert source(guard, model) == ("genai-prices",
+                                    f"{'regional' if profile == 'us' else 'global'}"
+                                    ".anthropic.claude-sonnet-4-5-20250929-v1:0")
