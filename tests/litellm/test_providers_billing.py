@@ -259,6 +259,37 @@ def test_azure_deployment_priced_by_the_users_override() -> None:
         g.close()
 
 
+def test_azure_deployment_priced_by_litellms_base_model(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    # litellm's own answer to "what does this deployment run": base_model=,
+    # the kwarg its cost tracking reads. The reservation and the settle use it.
+    with replay(PV / "azure_chat.yaml") as cassette:
+        completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)
+        response = completion(model="azure/prod-chat", base_model="azure/gpt-4o",
+                              messages=MSG, **AZURE)
+    assert cassette.play_count == 2
+    assert cassette.live[1].path == "/openai/deployments/prod-chat/chat/completions"
+    assert "base_model" not in live_bodies(cassette)[1]  # litellm keeps it to itself
+    assert response.model == "gpt-4o-2024-11-20"
+    # 900 prompt, 120 out at gpt-4o's $2.50 / $10.00 per million.
+    expected = (900 * Decimal("2.50") + 120 * Decimal(10)) / M
+    assert settled(guard)[1] == nano(expected) == 3_450_000
+    assert guard.ledger.records()[1].model == "azure/gpt-4o"
+    assert source(guard, "azure/gpt-4o") == ("genai-prices", "gpt-4o")
+
+
+def test_a_proxy_request_cannot_pick_its_price_with_base_model(
+    guard: Guard, logger: BudgetLogger
+) -> None:
+    # On the proxy the body is the client's: base_model there is ignored, so
+    # the deployment name must be priced by the operator's configuration.
+    data = {"model": "azure/prod-chat", "base_model": "gpt-4o-mini", "messages": MSG}
+    with pytest.raises(UnknownModelError, match="no price known for model 'azure/prod-chat'"):
+        logger.reserve("proxy-call-1", "analyst", data, "proxy")
+    assert outcomes(guard) == [] and logger.in_flight == 0
+
+
 # -- AWS Bedrock (Converse) -----------------------------------------------------------------
 
 SONNET = "bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0"

@@ -322,8 +322,14 @@ class BudgetLogger(CustomLogger):
                       if isinstance(kwargs.get(k), int) and not isinstance(kwargs[k], bool)})
         info = {"framework": "litellm-proxy" if origin == "proxy" else "litellm",
                 "litellm_call_id": call_id}
+        # An Azure deployment is named by its owner ("azure/prod-chat"); what it
+        # runs, and so what it costs, is litellm's ``base_model=`` (the kwarg
+        # litellm's own cost tracking reads). Only the SDK caller's own kwarg
+        # counts: on the proxy a request body must not choose its price.
+        base = kwargs.get("base_model") if origin == "sdk" else None
+        priced_as = base.strip() if isinstance(base, str) and base.strip() else model_name
         try:
-            ticket = self.guard.preflight(role, model_name, list(msgs), tools, cap, info,
+            ticket = self.guard.preflight(role, priced_as, list(msgs), tools, cap, info,
                                           crew=self.crew, extra=extra or None)
         except BudgetExceeded as exc:
             raise CrewBudgetExceededError.from_exceeded(exc) from None
