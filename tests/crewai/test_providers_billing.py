@@ -21,7 +21,7 @@ from decimal import Decimal
 import pytest
 
 from crew_budget.crewai import BudgetLLM
-from tests.fixtures.http_replay import CASSETTES, live_bodies, replay
+from tests.fixtures.http_replay import CASSETTES, live_bodies, record_mode, replay
 
 PV = CASSETTES / "providers"
 M = Decimal(1_000_000)
@@ -33,6 +33,9 @@ SONNET_4 = "bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0"
 @pytest.fixture(autouse=True)
 def _fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     # boto3 signs with these (SigV4); replay matches method + URL path only.
+    # Re-recording (CREW_BUDGET_RECORD_MODE) uses the real environment instead.
+    if record_mode() != "none":
+        return
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-access-key")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

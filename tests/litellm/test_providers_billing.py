@@ -22,6 +22,7 @@ priced the call under what name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -31,15 +32,17 @@ import pytest
 
 from crew_budget import Guard, UnknownModelError
 from crew_budget.litellm import BudgetLogger, completion
-from tests.fixtures.http_replay import CASSETTES, live_bodies, replay
+from tests.fixtures.http_replay import CASSETTES, live_bodies, record_mode, replay
 from tests.fixtures.waiting import await_for, wait_for
 from tests.litellm.conftest import outcomes, unregister
 
 PV = CASSETTES / "providers"
 MSG = [{"role": "user", "content": "Name the capital of France in one word."}]
 NO_RETRY = {"num_retries": 0, "max_retries": 0}
-AZURE = {"api_base": "https://contoso.openai.azure.com", "api_version": "2024-10-21",
-         "api_key": "fake-azure-key", **NO_RETRY}
+RECORDING = record_mode() != "none"
+AZURE = {"api_base": os.environ["AZURE_API_BASE"] if RECORDING else "https://contoso.openai.azure.com",
+         "api_key": os.environ["AZURE_API_KEY"] if RECORDING else "fake-azure-key",
+         "api_version": "2024-10-21", **NO_RETRY}
 M = Decimal(1_000_000)
 
 BUDGETS: dict[str, Any] = {
@@ -57,6 +60,9 @@ def nano(dollars: Decimal) -> int:
 def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bedrock requests are SigV4-signed with these; nothing checks the signature
     # (replay matches method + URL path), and no real credential is read.
+    # Re-recording (CREW_BUDGET_RECORD_MODE) uses the real environment instead.
+    if RECORDING:
+        return
     monkeypatch.setenv("GEMINI_API_KEY", "fake-gemini-key")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-access-key")
