@@ -233,9 +233,18 @@ def azure() -> None:
                                openai_usage(900, 120)), "application/json",
                     {"apim-request-id": ["7c1f0d0e-0000-4000-8000-000000000002"],
                      "x-ms-region": ["East US"]}),
+        # Deployment "gpt-4o-mini" again, after its owner redeployed it with
+        # gpt-4o: the name says mini, the response says gpt-4o. 900 / 120.
+        interaction(AZURE.format("gpt-4o-mini"),
+                    {"model": "gpt-4o-mini", "messages": msgs, "max_tokens": 256},
+                    azure_json("chatcmpl-az-5", "gpt-4o-2024-11-20", "Paris.",
+                               openai_usage(900, 120)), "application/json",
+                    {"apim-request-id": ["7c1f0d0e-0000-4000-8000-000000000005"],
+                     "x-ms-region": ["East US"]}),
     ], "Azure OpenAI chat completions (api-version 2024-10-21)",
         "deployment gpt-4o-mini (2,400 prompt / 1,280 cached / 40 out); deployment prod-chat "
-        "running gpt-4o-2024-11-20 (900 / 120).")
+        "running gpt-4o-2024-11-20 (900 / 120); deployment gpt-4o-mini answering as "
+        "gpt-4o-2024-11-20 (900 / 120).")
     write("azure_stream", [
         # Deployment "gpt-4.1" streamed: 3,000 prompt of which 2,048 cached, 90 out.
         interaction(AZURE.format("gpt-4.1"),

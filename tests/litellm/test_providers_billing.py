@@ -22,6 +22,7 @@ priced the call under what name.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from decimal import Decimal
@@ -294,6 +295,29 @@ def test_a_proxy_request_cannot_pick_its_price_with_base_model(
     with pytest.raises(UnknownModelError, match="no price known for model 'azure/prod-chat'"):
         logger.reserve("proxy-call-1", "analyst", data, "proxy")
     assert outcomes(guard) == [] and logger.in_flight == 0
+
+
+def test_azure_deployment_answering_as_another_model_is_logged(
+    guard: Guard, logger: BudgetLogger, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the deployment name is known before the call, so the call is
+    # reserved and settled at that name's price; when the response's model is
+    # priced differently, the mismatch and its fix are logged (once per pair).
+    with caplog.at_level(logging.WARNING, logger="crew_budget"), \
+            replay(PV / "azure_chat.yaml") as cassette:
+        completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)  # answers as mini
+        response = completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)
+    assert cassette.play_count == 2
+    assert response.model == "gpt-4o-2024-11-20"
+    # 900 prompt, 120 out at gpt-4o-mini's $0.15 / $0.60 (not gpt-4o's $2.50 / $10).
+    expected = (900 * Decimal("0.15") + 120 * Decimal("0.60")) / M
+    assert settled(guard)[1] == nano(expected) == 207_000
+    warnings = [r.getMessage() for r in caplog.records if "answered as" in r.getMessage()]
+    assert warnings == [
+        "crew-budget: Azure deployment azure/gpt-4o-mini is priced as gpt-4o-mini, but it "
+        "answered as gpt-4o-2024-11-20 (priced as gpt-4o); calls to it are billed at "
+        "gpt-4o-mini's rates. Fix: pass base_model='azure/gpt-4o' to litellm, or price the "
+        "deployment under `prices:`"]
 
 
 # -- AWS Bedrock (Converse) -----------------------------------------------------------------
