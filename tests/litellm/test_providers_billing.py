@@ -112,13 +112,24 @@ def text_of(stream: Any) -> str:
 # -- Gemini (Google AI Studio) -----------------------------------------------------------
 
 
+def contract() -> str:
+    """A ~795 kB prompt (14,000 numbered clauses): a > 200k-token request, so
+    the reservation lands in the long-context tier as the bill does."""
+    return " ".join(f"Clause {i}: the supplier delivers batch {i * 7 % 1000} by day {i % 365}."
+                    for i in range(14_000))
+
+
 def test_gemini_pro_above_200k_bills_every_token_at_the_long_context_tier(
     guard: Guard, logger: BudgetLogger
 ) -> None:
+    long_prompt = [{"role": "user", "content": contract()}]
     with replay(PV / "gemini_generate.yaml") as cassette:
-        response = completion(model="gemini/gemini-2.5-pro", messages=MSG, **NO_RETRY)
+        response = completion(model="gemini/gemini-2.5-pro", messages=long_prompt, **NO_RETRY)
     assert response.choices[0].message.content.startswith("The archive is")
     assert cassette.play_count == 1
+    sent = live_bodies(cassette)[0]
+    assert sent["contents"][0]["parts"][0]["text"] == contract()
+    assert sent["generationConfig"] == {"max_output_tokens": 2048}  # the role's cap
     # usageMetadata: promptTokenCount 250,000 (incl. cachedContentTokenCount
     # 4,000), candidatesTokenCount 800, thoughtsTokenCount 1,200. Over 200k:
     # 246,000 x $2.50 + 4,000 x $0.25 + (800 + 1,200) x $15, per million.
@@ -130,6 +141,10 @@ def test_gemini_pro_above_200k_bills_every_token_at_the_long_context_tier(
     [record] = guard.ledger.records()
     assert (record.input_tokens, record.cached_input_tokens, record.output_tokens,
             record.reasoning_tokens) == (246_000, 4_000, 2_000, 1_200)
+    # The reservation was priced in the same tier (> 200k prompt tokens
+    # estimated), so it covered the bill: no overrun.
+    assert record.estimate_nano >= record.cost_nano
+    assert guard.counters["overruns"] == 0
 
 
 def test_gemini_flash_bills_tool_use_prompt_and_audio_tokens(
