@@ -11,13 +11,24 @@ the providers' pricing pages:
   tokens $1.25 in / $0.125 cached / $10 out; prompts > 200k tokens $2.50 /
   $0.25 / $15 for *every* token of the call. Thinking tokens are output.
 - gemini-2.5-flash: $0.30 in (text/image/video) / $1.00 audio in / $2.50 out.
-- gpt-4o-mini (Azure "Global" = OpenAI list price): $0.15 in / $0.075 cached /
-  $0.60 out. o4-mini: $1.10 in / $4.40 out (reasoning billed as output).
+- Azure OpenAI "Global" deployments (genai-prices' azure provider, which
+  falls back to OpenAI's list prices): gpt-4o-mini $0.15 in / $0.075 cached /
+  $0.60 out; gpt-4o $2.50 / $10; gpt-4.1 $2.00 / $0.50 cached / $8.00;
+  o4-mini $1.10 / $4.40 (reasoning billed as output).
 - regional.anthropic.claude-sonnet-4-20250514-v1:0 (Bedrock, us./eu./apac.
   inference profiles): $3 in / $0.30 cache read / $3.75 cache write / $15 out.
+- claude-sonnet-4-5 on Bedrock: regional (us.) profile $3.30 in / $6.60
+  1-hour cache write / $16.50 out; global. profile $3 / $6 / $15.
 
-Each test asserts one HTTP request, the settled nano-USD, and which source
-priced the call under what name.
+Each test asserts the HTTP requests sent (one per call), the settled nano-USD,
+and which source priced the call under what name.
+
+Azure: before the call only the deployment name is known, so a call is
+reserved and settled at the price of the name it was made with: a deployment
+named after its model ("azure/gpt-4o-mini"), litellm's ``base_model=`` for a
+deployment with its own name, or a ``prices:`` entry for that name; an
+unpriceable deployment name is refused before any request. The response's
+``model`` is compared afterwards and a mismatch is logged with the fix.
 """
 
 from __future__ import annotations
@@ -41,7 +52,8 @@ PV = CASSETTES / "providers"
 MSG = [{"role": "user", "content": "Name the capital of France in one word."}]
 NO_RETRY = {"num_retries": 0, "max_retries": 0}
 RECORDING = record_mode() != "none"
-AZURE = {"api_base": os.environ["AZURE_API_BASE"] if RECORDING else "https://contoso.openai.azure.com",
+AZURE_BASE = "https://contoso.openai.azure.com"
+AZURE = {"api_base": os.environ["AZURE_API_BASE"] if RECORDING else AZURE_BASE,
          "api_key": os.environ["AZURE_API_KEY"] if RECORDING else "fake-azure-key",
          "api_version": "2024-10-21", **NO_RETRY}
 M = Decimal(1_000_000)
