@@ -285,3 +285,56 @@ def test_usage_is_a_frozen_value_with_or_without_the_extra_counts() -> None:
         plain.input_tokens = 3  # type: ignore[misc]
     with pytest.raises(FrozenInstanceError):
         plain.audio_input_tokens = 3  # type: ignore[misc]
+
+
+# -- provider wire formats read directly (issue 10, item 2) ----------------------------
+
+
+def test_gemini_tool_use_prompt_tokens_are_billed_as_input() -> None:
+    # ai.google.dev/api/generate-content#UsageMetadata: toolUsePromptTokenCount
+    # is counted apart from promptTokenCount (totalTokenCount adds both).
+    usage = parse_usage({"usageMetadata": {
+        "promptTokenCount": 1000, "toolUsePromptTokenCount": 500,
+        "candidatesTokenCount": 200, "thoughtsTokenCount": 100, "totalTokenCount": 1800,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 600},
+                                {"modality": "AUDIO", "tokenCount": 400}]}})
+    assert usage == Usage(input_tokens=1500, output_tokens=300, reasoning_tokens=100,
+                          audio_input_tokens=400)
+    # gemini-2.5-flash: 1,100 x $0.30 + 400 audio x $1.00 + 300 x $2.50, per million.
+    assert cost_of(usage, BOOK.get("gemini/gemini-2.5-flash")) == D("0.00148")
+
+
+def test_bedrock_converse_usage_excludes_the_cache_from_input_tokens() -> None:
+    # docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_TokenUsage.html
+    raw = {"inputTokens": 1800, "outputTokens": 400, "totalTokens": 7200,
+           "cacheReadInputTokens": 4000, "cacheWriteInputTokens": 1000}
+    usage = parse_usage({"output": {}, "stopReason": "end_turn", "usage": raw})
+    assert usage == Usage(input_tokens=1800, cached_input_tokens=4000, cache_write_tokens=1000,
+                          output_tokens=400)
+    # us.anthropic.claude-sonnet-4: $3 / $0.30 read / $3.75 write / $15, per million.
+    price = BOOK.get("bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0")
+    assert cost_of(usage, price) == D("0.01635")
+    assert parse_usage({"inputTokens": 0, "outputTokens": 7}) == Usage(output_tokens=7)
+
+
+def test_one_hour_cache_writes_from_converse_cache_details_and_litellm() -> None:
+    # API_runtime_CacheDetail: {"ttl": "5m" | "1h", "inputTokens": n} per checkpoint.
+    raw = {"inputTokens": 500, "outputTokens": 200, "cacheWriteInputTokens": 3000,
+           "cacheDetails": [{"ttl": "1h", "inputTokens": 2000},
+                            {"ttl": "5m", "inputTokens": 1000}]}
+    expected = Usage(input_tokens=500, cache_write_tokens=3000, output_tokens=200,
+                     cache_write_1h_tokens=2000)
+    assert parse_usage(raw) == expected
+    # The same call as litellm reports it (ModelResponse.usage.model_dump()).
+    litellm_shape = {"prompt_tokens": 3500, "completion_tokens": 200,
+                     "cache_creation_input_tokens": 3000, "cache_read_input_tokens": 0,
+                     "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 3000,
+                                               "cache_creation_token_details": {
+                                                   "ephemeral_5m_input_tokens": 1000,
+                                                   "ephemeral_1h_input_tokens": 2000}}}
+    assert parse_usage(litellm_shape) == expected
+    # global.anthropic.claude-sonnet-4-5: $3 in / $3.75 5-min write / $6 1-hour
+    # write / $15 out, per million.
+    price = BOOK.get("bedrock/global.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert cost_of(expected, price) == (500 * D(3) + 1000 * D("3.75") + 2000 * D(6)
+                                        + 200 * D(15)) / 10**6 == D("0.02025")

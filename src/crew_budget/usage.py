@@ -11,8 +11,12 @@ dashboard drifts from the invoice:
   ``cache_creation_input_tokens``, which are billed at their own rates.
 - LangChain ``usage_metadata``: ``input_tokens`` *includes* the cache details
   in ``input_token_details`` (``cache_read``, ``cache_creation``).
-- Gemini: ``promptTokenCount`` (incl. ``cachedContentTokenCount``),
-  ``candidatesTokenCount`` plus ``thoughtsTokenCount``.
+- Gemini: ``promptTokenCount`` (incl. ``cachedContentTokenCount``) plus
+  ``toolUsePromptTokenCount``, ``candidatesTokenCount`` plus
+  ``thoughtsTokenCount``.
+- Bedrock Converse: ``inputTokens`` *excludes* ``cacheReadInputTokens`` and
+  ``cacheWriteInputTokens`` (Anthropic-style); ``cacheDetails`` splits the
+  writes by TTL.
 
 Everything is normalised to ``Usage``, whose fields never overlap, then
 priced exactly: ``cost_of`` in ``Decimal`` dollars, ``cost_nano_of`` in
@@ -409,14 +413,31 @@ def _parse_flat(d: Mapping[str, Any]) -> Usage | None:
             # fields; trust the parts, never go negative.
             uncached = prompt
         return Usage(uncached, cached, write, completion, reasoning)
-    # Gemini.
+    # Gemini (ai.google.dev/api/generate-content#UsageMetadata): promptTokenCount
+    # includes the cached content; toolUsePromptTokenCount (what tools such as
+    # URL context or code execution put in the prompt) is counted apart from it
+    # (totalTokenCount = prompt + toolUsePrompt + candidates + thoughts) and is
+    # billed as input, as litellm does; thinking is billed as output.
     if "promptTokenCount" in d or "candidatesTokenCount" in d:
         g_prompt = _int(d, "promptTokenCount") or 0
         g_cached = _int(d, "cachedContentTokenCount") or 0
+        tool_use = _int(d, "toolUsePromptTokenCount") or 0
         thoughts = _int(d, "thoughtsTokenCount") or 0
         g_out = (_int(d, "candidatesTokenCount") or 0) + thoughts
         g_uncached = g_prompt - g_cached if g_cached <= g_prompt else g_prompt  # as above
-        return Usage(g_uncached, g_cached, 0, g_out, thoughts)
+        return Usage(g_uncached + tool_use, g_cached, 0, g_out, thoughts)
+    # Bedrock Converse (docs.aws.amazon.com/bedrock/latest/APIReference/
+    # API_runtime_TokenUsage.html, and the prompt-caching guide): inputTokens
+    # excludes the cache reads and writes, which are reported beside it.
+    if "inputTokens" in d or "outputTokens" in d:
+        c_out = _int(d, "outputTokens")
+        if c_out is None:
+            raise UsageError(
+                "usage has inputTokens but no outputTokens; counting its output as free "
+                "would under-count the call, so it is charged at its reservation"
+            )
+        return Usage(_int(d, "inputTokens") or 0, _int(d, "cacheReadInputTokens") or 0,
+                     _int(d, "cacheWriteInputTokens") or 0, c_out, 0)
     raw_in = _int(d, "input_tokens")
     raw_out = _int(d, "output_tokens")
     if raw_in is None and raw_out is None:
@@ -462,6 +483,19 @@ def _with_service_tier(usage: Usage, response: Mapping[str, Any]) -> Usage:
     return usage
 
 
+def _ttl_tokens(details: Any, ttl: str) -> int:
+    """Bedrock Converse's ``cacheDetails``, ``[{"ttl": "1h", "inputTokens": n}, ...]``
+    (API_runtime_CacheDetail), summed for one TTL."""
+    if not isinstance(details, list):
+        return 0
+    total = 0
+    for item in details:
+        entry = _as_mapping(item)
+        if entry is not None and entry.get("ttl") == ttl:
+            total += _int(entry, "inputTokens") or 0
+    return total
+
+
 def _modality(details: Any, modality: str) -> int:
     """Gemini's ``[{"modality": "AUDIO", "tokenCount": n}, ...]`` for one modality."""
     if not isinstance(details, list):
@@ -477,12 +511,15 @@ def _modality(details: Any, modality: str) -> int:
 # Where the parts billed at their own rates are reported: OpenAI chat
 # (prompt/completion_tokens_details), OpenAI Responses (input/output_tokens_
 # details), LangChain (input/output_token_details), Anthropic (cache_creation,
-# server_tool_use, service_tier) and Gemini (prompt/candidatesTokensDetails).
+# server_tool_use, service_tier), Gemini (prompt/candidatesTokensDetails),
+# Bedrock Converse (cacheDetails) and litellm (prompt_tokens_details.
+# cache_creation_token_details).
 def _has_extras(d: Mapping[str, Any]) -> bool:
     """Whether ``d`` reports any part billed at its own rate (a non-zero one)."""
     get = d.get
     if (get("cache_creation") or get("server_tool_use") or get("service_tier") is not None
-            or "promptTokensDetails" in d or "candidatesTokensDetails" in d):
+            or "promptTokensDetails" in d or "candidatesTokensDetails" in d
+            or get("cacheDetails")):
         return True
     det = get("prompt_tokens_details") or get("input_tokens_details") or get(
         "input_token_details")
@@ -490,7 +527,7 @@ def _has_extras(d: Mapping[str, Any]) -> bool:
         det = det if type(det) is dict else _as_mapping(det) or {}
         g = det.get
         if (g("audio_tokens") or g("audio") or g("image_tokens") or g("image")
-                or g("ephemeral_1h_input_tokens")):
+                or g("ephemeral_1h_input_tokens") or g("cache_creation_token_details")):
             return True
     det = get("completion_tokens_details") or get("output_tokens_details") or get(
         "output_token_details")
@@ -520,7 +557,12 @@ def _refine(usage: Usage, d: Mapping[str, Any]) -> Usage:
     creation = _as_mapping(creation)
     one_hour = _int(creation, "ephemeral_1h_input_tokens") or _int(
         idet, "ephemeral_1h_input_tokens"
-    ) or 0
+    ) or _int(
+        # litellm's usage (Bedrock Converse, Anthropic):
+        # prompt_tokens_details.cache_creation_token_details.
+        _as_mapping(idet.get("cache_creation_token_details")) if idet else None,
+        "ephemeral_1h_input_tokens",
+    ) or _ttl_tokens(d.get("cacheDetails"), "1h")
     audio_in = (_int(idet, "audio_tokens", "audio") or 0) + _modality(
         d.get("promptTokensDetails"), "AUDIO"
     )

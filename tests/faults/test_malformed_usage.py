@@ -128,11 +128,22 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("usage-huge", Usage(output_tokens=10**12), "more than the 1,000,000,000 tokens"),
     ("usage-float", Usage(input_tokens=1.5, output_tokens=1),  # type: ignore[arg-type]
      "non-negative whole number"),
+    ("converse-no-output", {"inputTokens": 10, "cacheReadInputTokens": 5},
+     "usage has inputTokens but no outputTokens"),
+    ("converse-negative-cache-write", {"inputTokens": 10, "outputTokens": 2,
+                                       "cacheWriteInputTokens": -4},
+     "non-negative whole number"),
+    ("gemini-tool-use-string", {"promptTokenCount": 10, "candidatesTokenCount": 1,
+                                "toolUsePromptTokenCount": "500"}, "not a token count"),
+    ("converse-cache-detail-nan", {"inputTokens": 10, "outputTokens": 2,
+                                   "cacheWriteInputTokens": 4,
+                                   "cacheDetails": [{"ttl": "1h", "inputTokens": math.nan}]},
+     "not a finite token count"),
 ]
 
 
 def test_the_table_is_at_least_twenty_cases() -> None:
-    assert len(MALFORMED) == 30
+    assert len(MALFORMED) == 34
 
 
 @pytest.mark.parametrize(("raw", "needle"), [(r, n) for _, r, n in MALFORMED],

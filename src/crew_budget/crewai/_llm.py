@@ -73,7 +73,7 @@ from crew_budget.errors import BudgetExceeded, ConfigError, UnknownRoleError
 from crew_budget.failures import classify_failure
 from crew_budget.guard import Guard, Ticket
 from crew_budget.nesting import covering
-from crew_budget.usage import Usage
+from crew_budget.usage import Usage, parse_usage
 
 if TYPE_CHECKING:
     from crew_budget.config import BudgetConfig
@@ -204,12 +204,9 @@ def usage_from_crewai(data: Any) -> Usage | None:
         if not isinstance(data, Mapping):
             return None
     if "inputTokens" in data or "outputTokens" in data:
-        return Usage(
-            input_tokens=int(data.get("inputTokens") or 0),
-            cached_input_tokens=int(data.get("cacheReadInputTokens") or 0),
-            cache_write_tokens=int(data.get("cacheWriteInputTokens") or 0),
-            output_tokens=int(data.get("outputTokens") or 0),
-        )
+        # The Converse shape, read by the core parser: it also bills the
+        # 1-hour cache writes ``cacheDetails`` reports at their own rate.
+        return parse_usage(data)
     metrics = UsageMetrics.from_provider_dict(dict(data))
     if metrics is None or (metrics.prompt_tokens == 0 and metrics.completion_tokens == 0):
         return None

@@ -234,6 +234,7 @@ class BudgetLogger(CustomLogger):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._deployment_checked: set[tuple[str, str]] = set()  # (deployment, answered as)
         # Calls an outer crew-budget adapter reserved (see crew_budget.nesting).
         self._covered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -322,8 +323,14 @@ class BudgetLogger(CustomLogger):
                       if isinstance(kwargs.get(k), int) and not isinstance(kwargs[k], bool)})
         info = {"framework": "litellm-proxy" if origin == "proxy" else "litellm",
                 "litellm_call_id": call_id}
+        # An Azure deployment is named by its owner ("azure/prod-chat"); what it
+        # runs, and so what it costs, is litellm's ``base_model=`` (the kwarg
+        # litellm's own cost tracking reads). Only the SDK caller's own kwarg
+        # counts: on the proxy a request body must not choose its price.
+        base = kwargs.get("base_model") if origin == "sdk" else None
+        priced_as = base.strip() if isinstance(base, str) and base.strip() else model_name
         try:
-            ticket = self.guard.preflight(role, model_name, list(msgs), tools, cap, info,
+            ticket = self.guard.preflight(role, priced_as, list(msgs), tools, cap, info,
                                           crew=self.crew, extra=extra or None)
         except BudgetExceeded as exc:
             raise CrewBudgetExceededError.from_exceeded(exc) from None
@@ -426,15 +433,17 @@ class BudgetLogger(CustomLogger):
             # else: reserved here and already closed by an earlier hook
             return
         usage = _usage_of(response)
-        self._settle(call, usage)
+        self._settle(call, usage, response)
 
-    def _settle(self, call: _Call, usage: Usage | None) -> None:
+    def _settle(self, call: _Call, usage: Usage | None, response: Any = None) -> None:
         try:
             if usage is None:
                 log.error("crew-budget: litellm reported no usage for %s (role %r); charging "
                           "its reservation ($%s) instead of $0", call.ticket.model,
                           call.ticket.role, call.ticket.estimate)
             self.guard.settle(call.ticket, usage)
+            if response is not None and call.ticket.model[:6].lower() == "azure/":
+                self._check_deployment(call.ticket, response)
         except Exception:  # never turn a delivered answer into an error
             log.exception("crew-budget: could not settle reservation %s",
                           call.ticket.reservation_id)
@@ -532,8 +541,39 @@ class BudgetLogger(CustomLogger):
             return None
         call = self._take(reservation_key(request_data))
         if call is not None:
-            self._settle(call, usage)
+            self._settle(call, usage, response)
         return None
+
+    def _check_deployment(self, ticket: Ticket, response: Any) -> None:
+        """Say so when an Azure deployment answered as another model than the
+        one it was priced as.
+
+        Before the call only the deployment name is known ("azure/<name>",
+        or ``base_model=``), so the call is reserved and settled at that
+        name's price; the response's ``model`` is what Azure bills. A
+        deployment named "gpt-4o-mini" that runs gpt-4o is under-charged
+        ~16x: this logs the mismatch with the fix, once per name pair.
+        """
+        served = getattr(response, "model", None)
+        if not isinstance(served, str) or not served:
+            return
+        pair = (ticket.model, served)
+        if pair in self._deployment_checked:
+            return
+        self._deployment_checked.add(pair)  # each pair is looked up once, warned once
+        try:
+            priced = self.guard.price(ticket.model, ticket.provider)
+            answered = self.guard.price("azure/" + served.rsplit("/", 1)[-1])
+        except Exception:  # an unpriced answer name: nothing to compare
+            return
+        if answered.model != priced.model:
+            log.warning(
+                "crew-budget: Azure deployment %s is priced as %s, but it answered as %s "
+                "(priced as %s); calls to it are billed at %s's rates. Fix: pass "
+                "base_model='azure/%s' to litellm, or price the deployment under `prices:`",
+                ticket.model, priced.model, served, answered.model, priced.model,
+                answered.model,
+            )
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         # The one hook of the sync path that runs in the caller's context: the
