@@ -147,6 +147,14 @@ def test_two_concurrent_kickoffs_are_two_runs() -> None:
             ("researcher", "settled"), ("writer", "blocked")]
     [day] = [s for s in budget.guard.status() if s.scope == "crew:pair"]
     assert day.spent == RESEARCHER + WRITER
+    # summary(): "this run" is the kickoff that began last, by its run id: its
+    # own call only, never the other kickoff's, which overlapped it in time.
+    summary = budget.summary()
+    assert summary.run_id in periods
+    own = sum(cost for _, _, cost in runs[summary.run_id])
+    assert [(r.role, r.calls, r.blocked, r.cost) for r in sorted(summary.run, key=lambda r: r.role)
+            ] == [("researcher", 1, 0, own), ("writer", 0, 1, Decimal(0))]
+    assert summary.total("today") == RESEARCHER + WRITER
 
 
 def two_crew_flow(first: Crew, second: Crew) -> Any:
@@ -206,3 +214,24 @@ def test_a_flow_inside_a_user_run_is_charged_to_that_run() -> None:
     assert cas.play_count == 2
     assert runs_of(budget) == {r.run_id: [("researcher", "settled", RESEARCHER),
                                           ("writer", "settled", WRITER)]}
+
+
+def test_summary_shows_the_latest_kickoffs_run_by_its_id() -> None:
+    """``summary()``'s "this run" is the latest kickoff's run (by id): after two
+    kickoffs it holds the second's two calls only, today holds all four."""
+    budget = BudgetCallback(config(), "memory://")
+    ids = []
+    for _ in range(2):
+        crew = budget.attach(new_pair())
+        with replay("pair_crew") as cas:
+            crew.kickoff()
+        assert cas.play_count == 2
+        ids.append(budget.summary().run_id)
+    assert ids[0] != ids[1] and all(i is not None and i.startswith("pair#") for i in ids)
+    summary = budget.summary()
+    assert sorted((r.role, r.calls, r.cost) for r in summary.run) == [
+        ("researcher", 1, RESEARCHER), ("writer", 1, WRITER)]
+    assert summary.total("run") == RESEARCHER + WRITER
+    assert summary.total("today") == 2 * (RESEARCHER + WRITER)
+    assert set(runs_of(budget)) == set(ids)
+    assert f"Spend this run {ids[1]} (crew pair):" in str(summary)

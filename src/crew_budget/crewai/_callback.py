@@ -58,8 +58,10 @@ class SpendRow:
 class BudgetSummary:
     """What ``BudgetCallback.summary()`` returns: spend this run and today.
 
-    ``run`` covers the latest kickoff of an attached crew (or everything
-    since ``attach`` if none ran yet); ``today`` the current day window in
+    ``run`` covers the latest kickoff of an attached crew: the calls charged
+    to its run (``run_id``, the ``crew_budget.run`` each kickoff is), so a
+    kickoff running beside it on another thread is not mixed in; before the
+    first kickoff, everything since ``attach``. ``today`` the current day window in
     the configured time zone. ``limits`` is ``guard.status()`` (every scope
     and window with its limit, spent and remaining). ``str(summary)`` is a
     plain-text table.
@@ -69,6 +71,7 @@ class BudgetSummary:
     run: tuple[SpendRow, ...]
     today: tuple[SpendRow, ...]
     limits: tuple[BudgetStatus, ...] = field(default_factory=tuple)
+    run_id: str | None = None
 
     def total(self, period: str = "run") -> Decimal:
         rows = self.run if period == "run" else self.today
@@ -83,7 +86,8 @@ class BudgetSummary:
 
     def __str__(self) -> str:
         lines: list[str] = []
-        for title, rows in (("this run", self.run), ("today", self.today)):
+        this_run = "this run" + (f" {self.run_id}" if self.run_id else "")
+        for title, rows in ((this_run, self.run), ("today", self.today)):
             lines.append(f"Spend {title}" + (f" (crew {self.crew})" if self.crew else "") + ":")
             header = ("role", "model", "calls", "blocked", "in tok", "out tok", "USD")
             table = [header] + [
@@ -204,6 +208,7 @@ class BudgetCallback:
         self._bound: list[BudgetLLM] = []
         self._crews: list[Any] = []
         self._run_started = self.guard.ledger.now()
+        self._run_id: str | None = None
 
     @classmethod
     def from_yaml(
@@ -290,8 +295,13 @@ class BudgetCallback:
             self._crews.clear()
 
     def _run_began(self) -> None:
-        """An attached crew's kickoff started (CrewAI's EXECUTION_START hook)."""
+        """An attached crew's kickoff started (CrewAI's EXECUTION_START hook), in
+        the run it is charged to (its own, a Flow's or the caller's)."""
+        from crew_budget.runs import current_run
+
+        active = current_run()
         self._run_started = self.guard.ledger.now()
+        self._run_id = None if active is None else active.run_id
 
     # -- reading -----------------------------------------------------------------
 
@@ -310,6 +320,12 @@ class BudgetCallback:
             r for r in guard.ledger.records(since=since)
             if crew_name is None or r.crew == crew_name
         ]
-        run = summarize([r for r in records if r.ts >= self._run_started])
+        run_id = self._run_id
+        if run_id is None:
+            run = summarize([r for r in records if r.ts >= self._run_started])
+        else:  # the kickoff's own run: by id, not by time (kickoffs may overlap)
+            run = summarize([r for r in records if r.ts >= self._run_started
+                             and (r.metadata.get("run") == run_id
+                                  or run_id in (r.metadata.get("runs") or ()))])
         today = summarize([r for r in records if r.ts >= day_start])
-        return BudgetSummary(crew_name, run, today, tuple(guard.status()))
+        return BudgetSummary(crew_name, run, today, tuple(guard.status()), run_id)
