@@ -10,40 +10,13 @@ from the estimator. The development corpus is only used to measure the rules
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import math
-import os
 import struct
-from decimal import Decimal
 from typing import Any
 
-import tiktoken
-
 from crew_budget.estimate import Estimator, compat, images
-from crew_budget.pricing import Price
-
-_LITELLM = importlib.util.find_spec("litellm")
-assert _LITELLM is not None and _LITELLM.origin is not None
-os.environ.setdefault(
-    "TIKTOKEN_CACHE_DIR",
-    os.path.join(os.path.dirname(_LITELLM.origin), "litellm_core_utils", "tokenizers"),
-)
-O200K = tiktoken.get_encoding("o200k_base")
-CL100K = tiktoken.get_encoding("cl100k_base")
-
-
-def o200k(text: str) -> int:
-    return len(O200K.encode(text))
-
-
-def cl100k(text: str) -> int:
-    return len(CL100K.encode(text))
-
-
-def price(model: str, provider: str) -> Price:
-    return Price(model, provider, Decimal("1e-6"), Decimal("2e-6"))
-
+from tests.estimate.tiktoken_counts import cl100k, o200k, price
 
 DATE_TOOL: dict[str, Any] = {"type": "function", "function": {
     "name": "get_date", "description": "Today's date",

@@ -9,40 +9,13 @@ the rules (bench/README.md); nothing from it is in these tests.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import math
-import os
 import zlib
-from decimal import Decimal
 from typing import Any
 
-import tiktoken
-
 from crew_budget.estimate import Estimator
-from crew_budget.pricing import Price
-
-_LITELLM = importlib.util.find_spec("litellm")
-assert _LITELLM is not None and _LITELLM.origin is not None
-os.environ.setdefault(
-    "TIKTOKEN_CACHE_DIR",
-    os.path.join(os.path.dirname(_LITELLM.origin), "litellm_core_utils", "tokenizers"),
-)
-O200K = tiktoken.get_encoding("o200k_base")
-CL100K = tiktoken.get_encoding("cl100k_base")
-
-
-def o200k(text: str) -> int:
-    return len(O200K.encode(text))
-
-
-def cl100k(text: str) -> int:
-    return len(CL100K.encode(text))
-
-
-def price(model: str, provider: str) -> Price:
-    return Price(model, provider, Decimal("1e-6"), Decimal("2e-6"))
-
+from tests.estimate.tiktoken_counts import cl100k, o200k, price
 
 GPT4O = price("gpt-4o", "openai")
 GPT5 = price("gpt-5.4", "openai")

@@ -10,24 +10,13 @@ nothing from it is in these tests.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 from decimal import Decimal
-
-import tiktoken
 
 from crew_budget.estimate import Estimator
 from crew_budget.pricing import Price
-
-_LITELLM = importlib.util.find_spec("litellm")
-assert _LITELLM is not None and _LITELLM.origin is not None
-os.environ.setdefault(
-    "TIKTOKEN_CACHE_DIR",
-    os.path.join(os.path.dirname(_LITELLM.origin), "litellm_core_utils", "tokenizers"),
-)
-CL100K = tiktoken.get_encoding("cl100k_base")
+from tests.estimate.tiktoken_counts import cl100k
 
 # Claude 3-4.6 prose: 1.13 billed tokens per cl100k_base token; dense text
 # (under 4 characters a cl100k token, at least 20 tokens): 1.18
@@ -35,9 +24,6 @@ CL100K = tiktoken.get_encoding("cl100k_base")
 # message + 3 to prime the reply.
 PROSE, DENSE, FRAMING = 1.13, 1.18, 4 + 3
 
-
-def cl100k(text: str) -> int:
-    return len(CL100K.encode(text))
 
 
 def price(model: str) -> Price:

@@ -17,27 +17,12 @@ file comes from the development corpus.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from decimal import Decimal
 from typing import Any
 
-import tiktoken
-
 from crew_budget.estimate import Estimator
 from crew_budget.pricing import Price
-
-_LITELLM = importlib.util.find_spec("litellm")
-assert _LITELLM is not None and _LITELLM.origin is not None
-os.environ.setdefault(
-    "TIKTOKEN_CACHE_DIR",
-    os.path.join(os.path.dirname(_LITELLM.origin), "litellm_core_utils", "tokenizers"),
-)
-O200K = tiktoken.get_encoding("o200k_base")
-
-
-def o200k(text: str) -> int:
-    return len(O200K.encode(text))
+from tests.estimate.tiktoken_counts import o200k
 
 
 def price(model: str) -> Price:
