@@ -37,6 +37,7 @@ from crew_budget.errors import (
     AmountError,
     BudgetExceeded,
     ConfigError,
+    CrewBudgetError,
     LedgerError,
     LedgerReset,
     LedgerUnavailable,
@@ -878,7 +879,8 @@ class Guard:
             return ticket
         return None
 
-    def settle(self, ticket: Ticket, usage: Any) -> Settlement:
+    def settle(self, ticket: Ticket, usage: Any, *,
+               billed_model: str | None = None) -> Settlement:
         """Charge the actual cost from the provider's ``usage`` (idempotent).
 
         A usage that cannot be trusted (unreadable, a count that is negative,
@@ -895,8 +897,21 @@ class Guard:
         A reservation the ledger no longer knows (it lost its state since
         preflight) is not raised into the agent: the settlement's state is
         ``lost``, the error is logged and ``dropped_settles`` counts it.
+
+        ``billed_model``: the model the provider says answered, when it bills
+        by that rather than by the name the call was reserved as (an Azure
+        deployment running another model than its name says). The call is
+        charged at that model's price, unless the reserved name has a
+        ``prices:`` entry (the user's own rate wins) or the name is unknown.
         """
         price = self.prices.get(ticket.model, ticket.provider)
+        if billed_model is not None and price.source != "override":
+            try:
+                price = self.prices.get(billed_model, ticket.provider)
+            except CrewBudgetError:
+                log.warning("crew-budget: no price for %r, the model that answered; %s is "
+                            "charged at %s's rates", billed_model, ticket.reservation_id,
+                            ticket.model)
         try:
             parsed = parse_usage(usage)
             if parsed.service_tier is None and ticket.service_tier is not None:

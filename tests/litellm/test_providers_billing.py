@@ -324,27 +324,61 @@ def test_a_proxy_request_cannot_pick_its_price_with_base_model(
     assert outcomes(guard) == [] and logger.in_flight == 0
 
 
-def test_azure_deployment_answering_as_another_model_is_logged(
+def test_azure_deployment_answering_as_another_model_is_billed_as_that_model(
     guard: Guard, logger: BudgetLogger, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Only the deployment name is known before the call, so the call is
-    # reserved and settled at that name's price; when the response's model is
-    # priced differently, the mismatch and its fix are logged (once per pair).
+    # reserved at that name's price; Azure invoices the model that answered
+    # (the response's ``model``), so the call is charged at that model's price
+    # and the mismatch and its fix are logged (once per pair).
     with caplog.at_level(logging.WARNING, logger="crew_budget"), \
             replay(PV / "azure_chat.yaml") as cassette:
         completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)  # answers as mini
         response = completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)
     assert cassette.play_count == 2
     assert response.model == "gpt-4o-2024-11-20"
-    # 900 prompt, 120 out at gpt-4o-mini's $0.15 / $0.60 (not gpt-4o's $2.50 / $10).
-    expected = (900 * Decimal("0.15") + 120 * Decimal("0.60")) / M
-    assert settled(guard)[1] == nano(expected) == 207_000
+    # The second call: 900 prompt, 120 out at gpt-4o's $2.50 / $10 (genai-prices),
+    # not the deployment name's gpt-4o-mini $0.15 / $0.60 (which would be 207,000).
+    expected = (900 * Decimal("2.50") + 120 * Decimal(10)) / M
+    assert settled(guard)[1] == nano(expected) == 3_450_000
+    # The first (answered as gpt-4o-mini-2024-07-18): 2,400 prompt of which 1,280
+    # cached, 40 out, at gpt-4o-mini's $0.15 / $0.075 cached / $0.60.
+    assert settled(guard)[0] == nano((1_120 * Decimal("0.15") + 1_280 * Decimal("0.075")
+                                      + 40 * Decimal("0.60")) / M) == 288_000
     warnings = [r.getMessage() for r in caplog.records if "answered as" in r.getMessage()]
     assert warnings == [
         "crew-budget: Azure deployment azure/gpt-4o-mini is priced as gpt-4o-mini, but it "
-        "answered as gpt-4o-2024-11-20 (priced as gpt-4o); calls to it are billed at "
-        "gpt-4o-mini's rates. Fix: pass base_model='azure/gpt-4o' to litellm, or price the "
-        "deployment under `prices:`"]
+        "answered as gpt-4o-2024-11-20 (priced as gpt-4o); its calls are charged at gpt-4o's "
+        "rates, as Azure bills them, but reserved at gpt-4o-mini's, so they can overrun. "
+        "Fix: pass base_model='azure/gpt-4o' to litellm, or price the deployment under "
+        "`prices:`"]
+
+
+def test_azure_deployment_with_a_prices_entry_keeps_the_users_rate(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The user priced the deployment name themselves (a negotiated rate, a PTU):
+    # that price is charged whatever model answered, and the mismatch is logged.
+    g = make_guard({"azure/gpt-4o-mini": {"input_per_million": "0.15",
+                                          "output_per_million": "0.60"}})
+    budget_logger = BudgetLogger(g, role="analyst")
+    litellm.callbacks.append(budget_logger)
+    try:
+        with caplog.at_level(logging.WARNING, logger="crew_budget"), \
+                replay(PV / "azure_chat.yaml") as cassette:
+            completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)
+            completion(model="azure/gpt-4o-mini", messages=MSG, **AZURE)
+        assert cassette.play_count == 2
+        expected = (900 * Decimal("0.15") + 120 * Decimal("0.60")) / M
+        assert settled(g)[1] == nano(expected) == 207_000
+        warnings = [r.getMessage() for r in caplog.records if "answered as" in r.getMessage()]
+        assert warnings == [
+            "crew-budget: Azure deployment azure/gpt-4o-mini answered as gpt-4o-2024-11-20 "
+            "(priced as gpt-4o); its calls are charged at your `prices:` entry for "
+            "azure/gpt-4o-mini, as configured"]
+    finally:
+        unregister(budget_logger)
+        g.close()
 
 
 # -- AWS Bedrock (Converse) -----------------------------------------------------------------

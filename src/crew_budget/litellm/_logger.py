@@ -234,7 +234,8 @@ class BudgetLogger(CustomLogger):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
         self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._deployment_checked: set[tuple[str, str]] = set()  # (deployment, answered as)
+        # (deployment, answered as) -> the name to bill by, or None: looked up once
+        self._deployment_billing: dict[tuple[str, str], str | None] = {}
         # Calls an outer crew-budget adapter reserved (see crew_budget.nesting).
         self._covered: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -441,9 +442,10 @@ class BudgetLogger(CustomLogger):
                 log.error("crew-budget: litellm reported no usage for %s (role %r); charging "
                           "its reservation ($%s) instead of $0", call.ticket.model,
                           call.ticket.role, call.ticket.estimate)
-            self.guard.settle(call.ticket, usage)
+            billed = None
             if response is not None and call.ticket.model[:6].lower() == "azure/":
-                self._check_deployment(call.ticket, response)
+                billed = self._billed_model(call.ticket, response)
+            self.guard.settle(call.ticket, usage, billed_model=billed)
         except Exception:  # never turn a delivered answer into an error
             log.exception("crew-budget: could not settle reservation %s",
                           call.ticket.reservation_id)
@@ -544,36 +546,51 @@ class BudgetLogger(CustomLogger):
             self._settle(call, usage, response)
         return None
 
-    def _check_deployment(self, ticket: Ticket, response: Any) -> None:
-        """Say so when an Azure deployment answered as another model than the
-        one it was priced as.
+    def _billed_model(self, ticket: Ticket, response: Any) -> str | None:
+        """The name Azure bills an answer by, when it is priced differently from
+        the deployment the call was reserved as; else None.
 
         Before the call only the deployment name is known ("azure/<name>",
-        or ``base_model=``), so the call is reserved and settled at that
-        name's price; the response's ``model`` is what Azure bills. A
-        deployment named "gpt-4o-mini" that runs gpt-4o is under-charged
-        ~16x: this logs the mismatch with the fix, once per name pair.
+        or ``base_model=``), so the call is reserved at that name's price; the
+        response's ``model`` is what Azure runs and invoices. A deployment
+        named "gpt-4o-mini" that runs gpt-4o would be under-charged ~16x, so
+        the call is charged at the answering model's price (``Guard.settle``'s
+        ``billed_model``; a ``prices:`` entry for the deployment still wins)
+        and the mismatch is logged with its fix once per name pair: the
+        reservation was at the cheaper rate, so such calls can overrun it.
         """
         served = getattr(response, "model", None)
         if not isinstance(served, str) or not served:
-            return
+            return None
         pair = (ticket.model, served)
-        if pair in self._deployment_checked:
-            return
-        self._deployment_checked.add(pair)  # each pair is looked up once, warned once
+        if pair in self._deployment_billing:
+            return self._deployment_billing[pair]
+        billed: str | None = None
         try:
             priced = self.guard.price(ticket.model, ticket.provider)
-            answered = self.guard.price("azure/" + served.rsplit("/", 1)[-1])
-        except Exception:  # an unpriced answer name: nothing to compare
-            return
+            name = "azure/" + served.rsplit("/", 1)[-1]
+            answered = self.guard.price(name)
+        except Exception:  # an unpriced answer name: the deployment's price stands
+            self._deployment_billing[pair] = None
+            return None
         if answered.model != priced.model:
-            log.warning(
-                "crew-budget: Azure deployment %s is priced as %s, but it answered as %s "
-                "(priced as %s); calls to it are billed at %s's rates. Fix: pass "
-                "base_model='azure/%s' to litellm, or price the deployment under `prices:`",
-                ticket.model, priced.model, served, answered.model, priced.model,
-                answered.model,
-            )
+            if priced.source == "override":
+                log.warning(
+                    "crew-budget: Azure deployment %s answered as %s (priced as %s); its "
+                    "calls are charged at your `prices:` entry for %s, as configured",
+                    ticket.model, served, answered.model, ticket.model)
+            else:
+                billed = name
+                log.warning(
+                    "crew-budget: Azure deployment %s is priced as %s, but it answered as %s "
+                    "(priced as %s); its calls are charged at %s's rates, as Azure bills "
+                    "them, but reserved at %s's, so they can overrun. Fix: pass "
+                    "base_model='azure/%s' to litellm, or price the deployment under `prices:`",
+                    ticket.model, priced.model, served, answered.model, answered.model,
+                    priced.model, answered.model,
+                )
+        self._deployment_billing[pair] = billed
+        return billed
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         # The one hook of the sync path that runs in the caller's context: the
