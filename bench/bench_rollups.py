@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import redis_server
 from crew_budget.ledger import (
+    ROLLUP_METRICS,
     Bucket,
     RecordDraft,
     ReserveRequest,
@@ -126,6 +127,10 @@ def fill_sqlite(url: str, n: int) -> None:
     led = open_ledger(url)
     assert led.records_retention_days > 0  # records are written too, as by a settle
     groups = {(r, m): json.dumps([None, r, m, "team"]) for r in ROLES for m in MODELS}
+    # One settled call's counts, in the order the ledger stores them.
+    one = {"calls": 1, "input_tokens": 1200, "cached_input_tokens": 200, "output_tokens": 300,
+           "estimate_nano": 2_000_000}
+    counts = {m: one.get(m, 0) for m in ROLLUP_METRICS}
     it = _fast_records(n, led.now())
     while True:
         chunk = list(islice(it, 200_000))
@@ -133,8 +138,9 @@ def fill_sqlite(url: str, n: int) -> None:
             break
         with led._tx() as db:  # type: ignore[attr-defined]
             db.executemany(_UPSERT_ROLLUP, [
-                (int(ts // 3600) * 3600, groups[role, model], 1, 0, 0, 0, 1200, 200, 0, 300,
-                 0, cost, 2_000_000) for ts, _text, role, model, cost in chunk])
+                (int(ts // 3600) * 3600, groups[role, model],
+                 *(counts | {"cost_nano": cost}).values())
+                for ts, _text, role, model, cost in chunk])
             db.executemany("INSERT INTO records (ts, data) VALUES (?, ?)",
                            [(ts, text) for ts, text, *_ in chunk])
     led.close()
