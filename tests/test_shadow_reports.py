@@ -142,3 +142,14 @@ def test_status_shows_todays(cli_ledger: tuple[str, Path]) -> None:
     only_writer = cli("status", "--config", str(config), "--ledger", url, "--role", "writer")
     assert "shadow mode" not in only_writer.stdout
 
+
+
+def test_export_of_rollups_carries_them(cli_ledger: tuple[str, Path]) -> None:
+    url, config = cli_ledger
+    done = cli("export", "--config", str(config), "--ledger", url, "--kind", "rollups",
+               "--since", "2d", "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    shadow = [(r["role"], r["shadow_blocked"], r["shadow_blocked_usd"], r["shadow_blocked_nano"])
+              for r in rows if r["shadow_blocked"]]
+    assert shadow == [("researcher", 3, "0.009000000", 9_000_000)]  # export's 9 decimals

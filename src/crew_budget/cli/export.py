@@ -105,6 +105,9 @@ ROLLUP_COLUMNS: tuple[str, ...] = (
     "estimate_nano",
     "cost_usd",
     "cost_nano",
+    "shadow_blocked",
+    "shadow_blocked_usd",
+    "shadow_blocked_nano",
 )
 
 _FIRST_STEP = 3600.0       # seconds per slice to start with
@@ -157,6 +160,10 @@ def rollup_row(r: Rollup) -> dict[str, Any]:
         "reasoning_tokens": r.reasoning_tokens,
         "estimate_usd": _usd(r.estimate_nano), "estimate_nano": r.estimate_nano,
         "cost_usd": _usd(r.cost_nano), "cost_nano": r.cost_nano,
+        # Calls shadow mode sent that the limits would have blocked, and their cost.
+        "shadow_blocked": r.shadow_blocked,
+        "shadow_blocked_usd": _usd(r.shadow_blocked_nano),
+        "shadow_blocked_nano": r.shadow_blocked_nano,
     }
 
 
