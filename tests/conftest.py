@@ -20,7 +20,9 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 
-pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.redis_cluster"]
+pytest_plugins = [
+    "tests.fixtures.redis_server", "tests.fixtures.redis_cluster", "tests.fixtures.ledgers",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 CASSETTES = ROOT / "cassettes"

@@ -32,14 +32,6 @@ SMALL_COST = 1000 * 1000 + 100 * 2000  # nano-USD at small's prices
 BIG_COST = 1000 * 100_000 + 100 * 400_000
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    url: str = request.getfixturevalue("redis_url")
-    return url
 
 
 def guard(ledger: str, **cfg: Any) -> tuple[Guard, list[GuardEvent]]:

@@ -34,14 +34,6 @@ USAGE = {"prompt_tokens": 1000, "completion_tokens": 100,
          "completion_tokens_details": {"reasoning_tokens": 30}}
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    url: str = request.getfixturevalue("redis_url")
-    return url
 
 
 def make(ledger: str, **cfg: Any) -> tuple[Guard, list[GuardEvent]]:
