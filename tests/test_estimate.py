@@ -700,14 +700,14 @@ def test_openai_image_formulas(model: str, size: tuple[int, int], detail: str,
 
 @pytest.mark.parametrize(
     ("size", "tokens_"),
-    # Anthropic vision docs: 200x200 ~54, 1000x1000 ~1334, 1092x1092 ~1590
-    # (w*h/750). Recorded small-image bills are whole 28 px patches where that
-    # is more (200x200: 8*8 = 64), and every image block costs 3 more (its
-    # delimiters): see images.py.
-    [((200, 200), 64 + 3), ((1000, 1000), 1334 + 3), ((1092, 1092), 1590 + 3),
-     # 3000x3000 is scaled down first, to the Vision docs' largest unresized
-     # image the long edge does not bind (951x1268).
-     ((3000, 3000), math.ceil(951 * 1268 / 750) + 3)],
+    # Anthropic "Images and vision": ceil(w/28) x ceil(h/28) visual tokens
+    # (200x200: 8 x 8; 1000x1000: 36 x 36; 1092x1092: 39 x 39, the size
+    # table's largest unresized square), and every image block costs 3 more
+    # (its delimiters): see images.py.
+    [((200, 200), 64 + 3), ((1000, 1000), 1296 + 3), ((1092, 1092), 1521 + 3),
+     # 3000x3000 is first resized to the largest square within 1,568 visual
+     # tokens: 39 x 39 patches (1092 px; 40 x 40 = 1,600 is over).
+     ((3000, 3000), 1521 + 3)],
 )
 def test_anthropic_image_formula(size: tuple[int, int], tokens_: int) -> None:
     assert images.anthropic_policy(False).tokens(size) == tokens_
@@ -731,8 +731,8 @@ def test_unknown_image_size_is_openais_512px_rendition_and_claudes_maximum() -> 
     claude = [{"role": "user", "content": [{"type": "image", "source": {"type": "url",
                                                                         "url": url}}]}]
     tokens_ = est.count_prompt("claude-sonnet-4-5", PRICES.get("claude-sonnet-4-5"), claude)
-    # The largest unresized image of any shape: 784x1568 (Vision docs, 1:2).
-    assert tokens_ >= math.ceil(784 * 1568 / 750)
+    # The ceiling: 1,568 visual tokens (784x1568 px, the Vision docs' 1:2 row) + 3.
+    assert tokens_ >= 1568 + 3
 
 
 def test_image_sizes_from_data_urls() -> None:
@@ -763,15 +763,13 @@ def test_anthropic_pdf_document_is_priced_per_page() -> None:
                                         "data": base64.b64encode(pdf).decode()}}]}]
     price = PRICES.get("claude-sonnet-4-5")
     # Anthropic "PDF support": each page is billed as an image of the page
-    # plus its extracted text (none here). No /MediaBox: US Letter (612x792
-    # points), rendered large and scaled to Claude's 1568 px / 951x1268 px
-    # limits (images.py), ceil(w*h/750) tokens a page; + 4 message framing
-    # + 3 reply priming. (Was 3,000 a page before the page-image rule; that
-    # is now used only when the PDF's bytes are not in the request.)
-    w, h = 612 * 4, 792 * 4
-    scale = min(1568 / max(w, h), math.sqrt(951 * 1268 / (w * h)))
-    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9) + 3  # + image delimiters
-    assert 1_500 <= page <= 1_650  # the low end of Anthropic's 1,500-3,000 a page
+    # plus its extracted text (none here). Pages are rasterized at a size
+    # the caller does not control: the largest image Claude reads, 1,568
+    # visual tokens + 3 delimiters (estimate/__init__.py _pdf_page_image);
+    # + 4 message framing + 3 reply priming. (3,000 a page is used only when
+    # the PDF's bytes are not in the request.)
+    page = 1568 + 3
+    assert 1_500 <= page <= 3_000  # Anthropic's documented 1,500-3,000 a page
     assert Estimator().count_prompt("claude-sonnet-4-5", price, msg) == 3 * page + 4 + 3
 
 

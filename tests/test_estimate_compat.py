@@ -166,8 +166,8 @@ def test_linked_images_are_priced_as_openais_512px_rendition() -> None:
     assert images.compat_policy("qwen2.5-vl-7b-instruct").tokens(None) == 19 * 19 + 3
     # Gemini on its compat endpoint: one 258-token tile.
     assert images.compat_policy("gemini-2.0-flash").tokens(None) == 258
-    # Claude keeps the documented maximum (its own policy).
-    assert images.anthropic_policy(False).tokens(None) == math.ceil(1_229_312 / 750)
+    # Claude keeps its ceiling, 1,568 visual tokens + 3 delimiters (its own policy).
+    assert images.anthropic_policy(False).tokens(None) == 1568 + 3
 
 
 def test_deepseek_templates_write_no_role_names_and_no_call_ids() -> None:

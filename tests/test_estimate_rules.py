@@ -279,10 +279,8 @@ def _pdf(content: bytes, *, compress: bool) -> str:
 def test_pdf_page_bills_its_image_and_its_text() -> None:
     sonnet45 = price("claude-sonnet-4-5", "anthropic")
     shown = b"BT /F1 12 Tf 72 720 Td (Quarterly revenue grew by twelve percent.) Tj ET"
-    # A4 (595x842 points): rendered large, scaled to 1568 px / 951x1268 px.
-    w, h = 595 * 4, 842 * 4
-    scale = min(1568 / max(w, h), math.sqrt(951 * 1268 / (w * h)))
-    page = math.ceil((w * scale) * (h * scale) / 750 - 1e-9) + 3  # + image delimiters
+    # The page image: Claude's ceiling, 1,568 visual tokens + 3 delimiters.
+    page = 1568 + 3
     text = math.ceil(cl100k("Quarterly revenue grew by twelve percent.") * 1.13 - 1e-9)
     for compress in (False, True):
         doc = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
@@ -349,8 +347,8 @@ def test_small_claude_image_bills_whole_28px_patches() -> None:
 
     # 100x100: w*h/750 says 14; whole 28 px patches 4*4 = 16; + 3 delimiters.
     assert images.anthropic_policy(False).tokens((100, 100)) == 16 + 3
-    # 1092x1092 (Anthropic's example, ~1590): the documented formula is larger.
-    assert images.anthropic_policy(False).tokens((1092, 1092)) == math.ceil(1092 * 1092 / 750) + 3
+    # 1092x1092 (Anthropic's size table, "~1590" by w*h/750): 39 x 39 patches.
+    assert images.anthropic_policy(False).tokens((1092, 1092)) == 39 * 39 + 3
 
 
 def test_claude_text_document_is_wrapped_with_its_title() -> None:

@@ -126,26 +126,3 @@ def test_dense_plain_text_document_in_its_document_structure() -> None:
     msg = [{"role": "user", "content": [doc]}]
     assert (Estimator().count_prompt("claude-sonnet-4-5", price("claude-sonnet-4-5"), msg)
             == tokens(math.ceil(n * DENSE / PROSE - 1e-9) * PROSE) + FRAMING)
-
-
-def _claude_image(w: float, h: float) -> int:
-    # Anthropic "Vision": (w*h)/750 after scaling down to a 1568 px long edge
-    # and the size table's largest unresized image the long edge does not
-    # bind, 951x1268 px; never fewer than the whole 28 px patches it spans,
-    # + 3 for the image block's delimiters (images.py).
-    scale = min(1.0, 1568 / max(w, h), math.sqrt(951 * 1268 / (w * h)))
-    sw, sh = w * scale, h * scale
-    return max(tokens(sw * sh / 750), math.ceil(sw / 28 - 1e-9) * math.ceil(sh / 28 - 1e-9)) + 3
-
-
-def test_large_claude_image_is_capped_at_the_size_table() -> None:
-    from crew_budget.estimate import images
-
-    policy = images.anthropic_policy(False)
-    # 3000x2000: both limits bind; the pixel cap is the tighter.
-    assert policy.tokens((3000, 2000)) == _claude_image(3000, 2000)
-    assert 1_600 <= policy.tokens((3000, 2000)) <= 1_625
-    # 1092x1092 is in the table unresized: 1,590 tokens (+3).
-    assert policy.tokens((1092, 1092)) == 1590 + 3 == _claude_image(1092, 1092)
-    # An image of unknown size reserves the largest the table lists, 784x1568.
-    assert policy.max_tokens() == tokens(784 * 1568 / 750)

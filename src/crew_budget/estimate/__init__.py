@@ -28,7 +28,8 @@ and, where a constant was measured, what it was measured on:
     it. ``tool_use``/``tool_result`` blocks: the ``function_calls`` /
     ``function_results`` XML Claude reads. Earlier turns' thinking blocks
     are not billed. Native structured outputs: the schema + a format prompt.
-    PDFs: a page image plus the page's text; images: ``(w*h)/750``.
+    PDFs: the largest image Claude reads plus the page's text; images: 28 px
+    patches (``ceil(w/28) * ceil(h/28)``) within the model's ceilings.
 ``compat.py`` (OpenAI-compatible hosts: Llama, Qwen, DeepSeek, Mistral, ...)
     A tiktoken count scaled per family, plus the family's chat template:
     default system preambles, tool instructions, framing.
@@ -857,12 +858,10 @@ class Estimator:
             if source.get("type") == "content":
                 return self._content(scheme, count, source.get("content") or "")
             data = source.get("data") or source.get("file_data") or ""
-            if isinstance(data, str) and data and scheme.kind == "anthropic":
+            if isinstance(data, str) and data:
                 layout = pdf_layout(data)
                 if layout is not None:
-                    page = scheme.images.tokens(layout.page_size)
-                    return count(layout.text), layout.pages * page
-            if isinstance(data, str) and data:
+                    return count(layout.text), layout.pages * _pdf_page_image(scheme)
                 pages = _pdf_pages(data)
                 if pages:
                     return 0, pages * _PDF_PAGE_TOKENS
@@ -1002,6 +1001,27 @@ def _openai_shaped(msg: Mapping[str, Any]) -> bool:
     """A chat-completions message the Messages API has no place for as is."""
     return (msg.get("role") in ("system", "developer", "tool")
             or bool(msg.get("tool_calls")))
+
+
+def _pdf_page_image(scheme: _Scheme) -> int:
+    """The image half of one PDF page (its text half is the text it shows).
+
+    Anthropic and OpenAI both put "the extracted text and an image of each
+    page" in the context, and neither documents the size a page is rasterized
+    at (Anthropic, "Coordinates and bounding boxes": "pages are rasterized to
+    images server-side at dimensions you don't control"). Claude: the largest
+    image the model reads (``max_tokens``, 1,568 + 3): recorded Letter and A4
+    pages, Claude 3.5 Sonnet to Haiku 4.5, bill that and their text within
+    2 %, whatever the page's shape. OpenAI and compatible hosts: the most one
+    image bills at high detail, at most ``_PDF_PAGE_TOKENS`` (the top of
+    Anthropic's documented 1,500-3,000 a page; gpt-4o-mini's image multiplier
+    would make it 48k). That is a bound, not an estimate: OpenAI bills a page
+    image less than any documented high-detail image (images.py,
+    "OpenAI PDF pages").
+    """
+    if scheme.kind == "anthropic":
+        return scheme.images.max_tokens()
+    return min(scheme.images.max_tokens("high"), _PDF_PAGE_TOKENS)
 
 
 def _image_block_source(part: Mapping[str, Any]) -> str | None:

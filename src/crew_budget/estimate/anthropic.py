@@ -143,9 +143,10 @@ _COUNT_RE = re.compile(rb"/Count\s+(\d+)")
 # converted into an image *and* its text is extracted; a page bills its text
 # tokens plus the image cost of the page ("Image token costs: each page is
 # converted into an image, and the same image-based cost calculations are
-# applied"). So a page costs the Vision formula for an image of the page's
-# shape at the largest size Claude reads (about 1,530 tokens for US Letter or
-# A4), plus the tokens of its text. The text is read from the PDF's content
+# applied"). Pages are "rasterized to images server-side at dimensions you
+# don't control" ("Coordinates and bounding boxes"), so a page costs the
+# largest image Claude reads (1,568 visual tokens + 3; estimate/__init__.py
+# ``_pdf_page_image``), plus the tokens of its text. The text is read from the PDF's content
 # streams (Flate-compressed or not: the strings shown by ``Tj``/``TJ``); a
 # page whose text cannot be read that way (other encodings, scanned pages)
 # still bills its image. Only when the bytes are absent (URL, file id) is the
@@ -155,8 +156,9 @@ _STREAM_RE = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
 _SHOW_RE = re.compile(rb"\((?:[^()\\]|\\.)*\)\s*Tj|\[[^\]]*\]\s*TJ", re.S)
 _STRING_RE = re.compile(rb"\(((?:[^()\\]|\\.)*)\)", re.S)
 _MEDIABOX_RE = re.compile(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)")
-# Page images are rendered large and scaled down to the model's limits; a
-# point is rendered as several pixels, so only the page's shape matters.
+# The page's shape, as rendered large (a point as several pixels): kept in
+# ``PdfLayout`` for callers; the estimate prices a page at the model's
+# largest image whatever its shape (see above).
 _PAGE_RENDER_SCALE = 4
 _LETTER = (612.0, 792.0)
 

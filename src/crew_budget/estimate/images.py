@@ -29,13 +29,30 @@ Google "Gemini API: token counting", section "Images"):
   and round up. Where revisions of the guide disagree (gpt-4.1-mini's budget
   went from 1,536 to 6,144 patches; gpt-5-mini/nano multipliers went from
   1.62/2.46 to 1.2/1.5) the larger value is used.
-- Anthropic: ``ceil(width * height / 750)`` after scaling the image down to a
-  1568 px long edge and ~1.2 megapixels (the largest unresized sizes in
-  Anthropic's table, e.g. 784x1568, bill ~1,640 tokens). Claude Opus 4.7 and
-  later read larger images (2576 px long edge, ~3.75 MP, as announced with
-  Opus 4.7); those limits are used for that family.
+- Anthropic: ``ceil(width / 28) * ceil(height / 28)`` visual tokens (28 px
+  patches) after resizing the image to the largest aspect-preserving size
+  within the model's long edge and visual-token ceiling (1568 px and 1,568
+  patches; Claude Opus 4.7 and later 2576 px and 4,784). See ``_claude_size``.
 - Gemini: 258 tokens per 768x768 tile (one tile up to 384x384); Gemini 3
   bills at least 1,120 tokens per image at the default (high) resolution.
+
+OpenAI PDF pages. OpenAI's "File inputs" guide says only that "both the
+extracted text and an image of each page" go into the context; the size a
+page is rasterized at, and the rule its image bills by, are not documented
+(LangChain's maintainers reached the same conclusion, langchain-ai/langchain
+PR 30601: "OpenAI does not appear to document how it transforms PDF pages to
+images"). Recorded Chat Completions calls show that no documented image rule
+applies: a one-page PDF with a line of text bills ~215 tokens on gpt-4o for
+US Letter and for A4 alike (public: pydantic-ai's recorded gpt-4o call with
+an A4 page, 235 prompt tokens with a 9-token question), the same on
+gpt-4o-mini (no 33x image multiplier), and ~990 on gpt-5.4; a page with
+nothing drawn bills no image at all (crewAI's recorded Responses calls: 4
+tokens for a blank page). A high-detail gpt-4o image costs at least
+85 + 170 = 255 and a low-detail one 85, so no page size reproduces 215.
+The estimator therefore prices a page as its text plus a bound, the most
+one image can bill at high detail, at most 3,000 (estimate/__init__.py,
+``_pdf_page_image``): an over-reservation, never an under-estimate of the
+image, until OpenAI documents the rule.
 """
 
 from __future__ import annotations
@@ -159,7 +176,7 @@ class ImagePolicy:
     """How one model family bills an image. ``key`` identifies it in caches."""
 
     key: str
-    kind: str  # "tile" | "patch" | "pixels" | "gemini"
+    kind: str  # "tile" | "patch" | "claude" | "pixels" | "gemini"
     base: int = 0
     tile: int = 0
     multiplier: float = 1.0
@@ -167,6 +184,8 @@ class ImagePolicy:
     limits: tuple[tuple[str, int, int], ...] = ()
     long_edge: int = 1568
     max_pixels: int = 1_229_312
+    # Claude: the most 28 px patches (visual tokens) one image may bill.
+    max_patches: int = 1568
     min_tokens: int = 258
     # The size assumed for an image whose size is unknown; None: the maximum.
     unknown: tuple[int, int] | None = None
@@ -187,6 +206,9 @@ class ImagePolicy:
         if self.kind == "gemini":
             tiles = 1 if w <= 384 and h <= 384 else math.ceil(w / 768) * math.ceil(h / 768)
             return max(258 * tiles, self.min_tokens)
+        if self.kind == "claude":
+            rw, rh = _claude_size(w, h, self.long_edge, self.max_patches)
+            return _claude_patches(rw, rh) + _CLAUDE_IMAGE_DELIMITERS
         return _pixel_tokens(w, h, self.long_edge, self.max_pixels)
 
     def max_tokens(self, detail: str = "auto") -> int:
@@ -205,9 +227,11 @@ class ImagePolicy:
             return math.ceil(min(patches, 30_000) * self.multiplier - 1e-9)
         if self.kind == "gemini":
             return max(258 * 16, self.min_tokens)
-        # Claude: the largest image not scaled down is the larger of the pixel
-        # cap and a 1:2 image at the long edge (Vision docs: 784x1568, 1,639
-        # tokens), whichever the shape.
+        if self.kind == "claude":
+            return self.max_patches + _CLAUDE_IMAGE_DELIMITERS
+        # Compat hosts (the pixel rule): the largest image not scaled down is
+        # the larger of the pixel cap and a 1:2 image at the long edge
+        # (784x1568 px, 1,639 tokens), whichever the shape.
         return math.ceil(max(self.max_pixels, self.long_edge * self.long_edge // 2) / 750)
 
     def _limit(self, detail: str) -> tuple[int, int]:
@@ -251,17 +275,56 @@ def _patches(w: int, h: int, max_dim: int, budget: int) -> int:
     return min(math.ceil(rw / 32) * math.ceil(rh / 32), budget)
 
 
-# Claude's documented ``(w*h)/750`` is an approximation: 750 is about the
-# area of a 28 px square, and small images bill whole 28 px patches plus the
-# image block's delimiters. On recorded Claude 3 Haiku, 3.5 Sonnet, Sonnet 4,
-# 4.5 and Haiku 4.5 calls with 50x65 to 228x148 px images, the bill is
-# ceil(w/28) * ceil(h/28) + 3 (0-2 tokens off), where w*h/750 was 4-11 under;
-# large images keep the documented formula (never below it).
+# Anthropic, "Images and vision" (platform.claude.com/docs/en/build-with-claude/
+# vision, current version): "Claude views images in patches instead of
+# pixels. Each patch is a 28x28 pixel block of the image, referred to as a
+# visual token. An image therefore costs ceil(width / 28) x ceil(height / 28)
+# visual tokens." An image larger than the model's native resolution "is
+# first resized to the largest possible size that preserves the aspect
+# ratio", then padded to a multiple of 28 px (which the ceilings count); the
+# "Coordinates and bounding boxes" page adds that the size must satisfy both
+# ceilings, the long edge and the visual tokens. The earlier ``(w*h)/750`` is
+# the same rule rounded (750 is about 28 x 28, without the padding).
+# Ceilings: a 1568 px long edge, and 1,568 visual tokens, the largest
+# unresized size the earlier table lists (784x1568 px, 1:2, = 28 x 56
+# patches; the page's "~1,600 tokens"); Claude Opus 4.7 and later read
+# 2576 px, "~3.75 megapixels" (2576x1456 px = 92 x 52 = 4,784 patches).
+# Each image block also bills 3 tokens for its delimiters (recorded Claude
+# 3 Haiku to Haiku 4.5 calls with 50x65 to 228x148 px images: patches + 3,
+# 0-2 tokens off).
 _CLAUDE_PATCH = 28
 _CLAUDE_IMAGE_DELIMITERS = 3
 
 
+def _claude_patches(w: int, h: int) -> int:
+    return -(-w // _CLAUDE_PATCH) * -(-h // _CLAUDE_PATCH)
+
+
+def _claude_size(w: int, h: int, long_edge: int, max_patches: int) -> tuple[int, int]:
+    """The size Claude reads a ``w`` x ``h`` image at: the largest
+    aspect-preserving size within ``long_edge`` px and ``max_patches`` visual
+    tokens (never enlarged)."""
+
+    def size(scale: float) -> tuple[int, int]:
+        return max(1, math.floor(w * scale + 1e-9)), max(1, math.floor(h * scale + 1e-9))
+
+    top = min(1.0, long_edge / max(w, h))
+    if _claude_patches(*size(top)) <= max_patches:
+        return size(top)
+    # Visual tokens only grow with the scale: bisect for the largest that fits.
+    low, high = 0.0, top
+    for _ in range(48):
+        mid = (low + high) / 2
+        if _claude_patches(*size(mid)) <= max_patches:
+            low = mid
+        else:
+            high = mid
+    return size(low)
+
+
 def _pixel_tokens(w: int, h: int, long_edge: int, max_pixels: int) -> int:
+    # The compat hosts' rule (see ``_COMPAT``): the pixel-area form of the
+    # 28 px patches, scaled to a long edge and a pixel cap.
     scale = min(1.0, long_edge / max(w, h), math.sqrt(max_pixels / (w * h)))
     sw, sh = w * scale, h * scale
     documented = max(1, math.ceil(sw * sh / 750 - 1e-9))
@@ -322,21 +385,15 @@ def openai_policy(model: str) -> ImagePolicy:
     return _UNKNOWN_OPENAI
 
 
-# Anthropic, "Vision" > "Evaluate image size": an image whose long edge is over
-# 1568 px, or that is over ~1,600 tokens (~1.15 megapixels), is scaled down
-# first; the table of the largest sizes not scaled lists 1092x1092 (1:1),
-# 951x1268 (3:4), 896x1344 (2:3), 819x1456 (9:16) and 784x1568 (1:2, where
-# the long edge binds first). The pixel cap is the largest of the rows the
-# long edge does not bind, 951 x 1268 = 1,205,868 px (1,608 tokens): a
-# US Letter or A4 PDF page image bills ~1,600 tokens (recorded pages: about
-# 1,570-1,590), not the 1:2 row's 1,639. The price is a 784x1568 image
-# estimated 1.9 % under that row; an image of unknown size still reserves it.
-_ANTHROPIC = ImagePolicy("pixels:1568", "pixels", long_edge=1568, max_pixels=951 * 1268)
-_ANTHROPIC_HIRES = ImagePolicy("pixels:2576", "pixels", long_edge=2576, max_pixels=3_750_000)
+# Claude's ceilings (see ``_claude_size``): 1568 px and 1,568 visual tokens;
+# Opus 4.7 and later 2576 px and 4,784. An image of unknown size reserves the
+# ceiling (``max_tokens``).
+_ANTHROPIC = ImagePolicy("claude:1568", "claude", long_edge=1568, max_patches=1568)
+_ANTHROPIC_HIRES = ImagePolicy("claude:2576", "claude", long_edge=2576, max_patches=4784)
 
 
 def anthropic_policy(hires: bool) -> ImagePolicy:
-    """Claude's ``width*height/750`` rule; ``hires`` for Opus 4.7 and later."""
+    """Claude's 28 px patch rule; ``hires`` for Opus 4.7 and later."""
     return _ANTHROPIC_HIRES if hires else _ANTHROPIC
 
 
