@@ -1015,8 +1015,8 @@ def _pdf_page_image(scheme: _Scheme) -> int:
     2 %, whatever the page's shape. OpenAI and compatible hosts: the most one
     image bills at high detail, at most ``_PDF_PAGE_TOKENS`` (the top of
     Anthropic's documented 1,500-3,000 a page; gpt-4o-mini's image multiplier
-    would make it 48k). That is a bound, not an estimate: OpenAI bills a page
-    image less than any documented high-detail image (images.py,
+    would make it 48k). That is a bound, not an estimate: on gpt-4o OpenAI
+    bills a page image less than any documented high-detail image (images.py,
     "OpenAI PDF pages").
     """
     if scheme.kind == "anthropic":
