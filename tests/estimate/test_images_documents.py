@@ -161,3 +161,78 @@ def test_pdf_text_counts_even_when_it_outgrows_the_old_flat_page() -> None:
     got = Estimator().count_prompt("gpt-5.4", price("gpt-5.4", "openai"), msg)
     assert got == o200k(dense) + 3000 + 4 + 2  # gpt-5.4 primes the reply with 2
     assert got > 3000 + o200k(dense) // 2 > 3000
+
+
+# -- the text a PDF shows (estimate/documents.py) ---------------------------------
+
+
+def _cid_pdf(words: list[str]) -> str:
+    """A page in a composite font (Type0, Identity-H) the way Chrome writes it:
+    each glyph a 2-byte hex code placed by its own ``Td``, one ``BT`` block a
+    word, and a ToUnicode CMap (a ``bfrange`` for a-z, ``bfchar`` for the rest)
+    that alone maps the codes back to text."""
+    def code(ch: str) -> str:
+        return f"{ord(ch) + 0x100:04X}"  # glyph ids, deliberately not Unicode
+
+    blocks = []
+    for word in words:
+        glyphs = " ".join(f"{7.5 if i else 0} {0 if i else -13.2} Td <{code(c)}> Tj"
+                          for i, c in enumerate(word))
+        blocks.append(f"BT /F1 14 Tf {glyphs} ET")
+    content = "\n".join(blocks).encode()
+    others = sorted({c for w in words for c in w if not c.islower()})
+    bfchar = "".join(f"<{code(c)}> <{ord(c):04X}>\n" for c in others)
+    cmap = ("/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n"
+            "1 begincodespacerange <0000> <FFFF> endcodespacerange\n"
+            f"{len(others)} beginbfchar\n{bfchar}endbfchar\n"
+            f"1 beginbfrange\n<{code('a')}> <{code('z')}> <0061>\nendbfrange\n"
+            "endcmap CMapName currentdict /CMap defineresource pop end end").encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 6 0 R >> >> >>",
+        b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n" + content
+        + b"\nendstream",
+        b"<< /Length " + str(len(cmap)).encode() + b" >>\nstream\n" + cmap + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /Arial /Encoding /Identity-H "
+        b"/ToUnicode 5 0 R >>",
+    ]
+    body = b"%PDF-1.4\n" + b"".join(
+        f"{n} 0 obj\n".encode() + obj + b"\nendobj\n" for n, obj in enumerate(objects, 1))
+    return base64.b64encode(body + b"%%EOF\n").decode()
+
+
+def test_composite_font_text_is_read_through_its_tounicode_cmap() -> None:
+    from crew_budget.estimate.anthropic import pdf_layout
+
+    layout = pdf_layout(_cid_pdf(["This", "is", "a", "Test."]))
+    assert layout is not None
+    # Per-glyph positioning joins a word; each BT block is a new word.
+    assert layout.text == "This is a Test."
+
+
+def test_literal_strings_escapes_and_tj_spacing() -> None:
+    from crew_budget.estimate.documents import shown_text
+
+    stream = (rb"BT /F1 12 Tf 72 700 Td (Cost \(net\): \101\102 ) Tj "
+              rb"[(Hel) -30 (lo) -250 (wor) 10 (ld)] TJ "
+              rb"0 -14 Td (next line) Tj T* (third) ' ET")
+    # \( \) are parentheses, \101\102 octal "AB"; a TJ gap over 200/1000 em
+    # is a space, a small one is kerning; Td with a vertical move, T* and '
+    # start new lines.
+    assert shown_text([stream]) == "Cost (net): AB Hello world next line third"
+    # Text outside BT ... ET (and streams without text) shows nothing.
+    assert shown_text([b"(not shown) Tj", b"q 1 0 0 1 0 0 cm Q"]) == ""
+
+
+def test_claude_prices_a_composite_font_page_by_its_text() -> None:
+    words = ["Quarterly", "revenue", "grew", "by", "twelve", "percent."]
+    doc = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                          "data": _cid_pdf(words)}}
+    msg = [{"role": "user", "content": [doc]}]
+    text = math.ceil(cl100k(" ".join(words)) * 1.13 - 1e-9)
+    got = Estimator().count_prompt("claude-sonnet-4-5", price("claude-sonnet-4-5", "anthropic"),
+                                   msg)
+    # Before the CMap was read this page priced its image alone (text 0).
+    assert got == text + 1568 + 3 + 7

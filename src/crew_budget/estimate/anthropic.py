@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from crew_budget.estimate.documents import shown_text
+
 # -- model families ---------------------------------------------------------
 
 # -- text ---------------------------------------------------------------------
@@ -146,15 +148,14 @@ _COUNT_RE = re.compile(rb"/Count\s+(\d+)")
 # applied"). Pages are "rasterized to images server-side at dimensions you
 # don't control" ("Coordinates and bounding boxes"), so a page costs the
 # largest image Claude reads (1,568 visual tokens + 3; estimate/__init__.py
-# ``_pdf_page_image``), plus the tokens of its text. The text is read from the PDF's content
-# streams (Flate-compressed or not: the strings shown by ``Tj``/``TJ``); a
-# page whose text cannot be read that way (other encodings, scanned pages)
+# ``_pdf_page_image``), plus the tokens of its text. The text is read from
+# the PDF's content streams (Flate-compressed or not: the strings shown by
+# ``Tj``/``TJ``, through the fonts' ToUnicode CMaps; estimate/documents.py); a
+# page whose text cannot be read that way (other filters, scanned pages)
 # still bills its image. Only when the bytes are absent (URL, file id) is the
 # top of the documented 1,500-3,000 tokens a page used, for an unknown count
 # of pages (``_UNKNOWN_DOCUMENT_TOKENS``).
 _STREAM_RE = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
-_SHOW_RE = re.compile(rb"\((?:[^()\\]|\\.)*\)\s*Tj|\[[^\]]*\]\s*TJ", re.S)
-_STRING_RE = re.compile(rb"\(((?:[^()\\]|\\.)*)\)", re.S)
 _MEDIABOX_RE = re.compile(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)")
 # The page's shape, as rendered large (a point as several pixels): kept in
 # ``PdfLayout`` for callers; the estimate prices a page at the model's
@@ -186,15 +187,14 @@ def pdf_layout(data: str) -> PdfLayout | None:
         x0, y0, x1, y1 = (float(v) for v in box.groups())
         if abs(x1 - x0) > 1 and abs(y1 - y0) > 1:
             w, h = abs(x1 - x0), abs(y1 - y0)
-    shown: list[str] = []
+    streams: list[bytes] = []
     for match in _STREAM_RE.finditer(raw):
         body = match.group(1)
         with contextlib.suppress(zlib.error):
             body = zlib.decompress(body)
-        for op in _SHOW_RE.finditer(body):
-            shown.append(b"".join(_STRING_RE.findall(op.group(0))).decode("latin-1"))
+        streams.append(body)
     size = (round(w * _PAGE_RENDER_SCALE), round(h * _PAGE_RENDER_SCALE))
-    return PdfLayout(pages, size, " ".join(shown))
+    return PdfLayout(pages, size, shown_text(streams))
 
 
 def _pdf_bytes(data: str) -> bytes | None:
