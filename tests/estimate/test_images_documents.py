@@ -236,3 +236,17 @@ def test_claude_prices_a_composite_font_page_by_its_text() -> None:
                                    msg)
     # Before the CMap was read this page priced its image alone (text 0).
     assert got == text + 1568 + 3 + 7
+
+
+def test_ascii85_and_flate_streams_are_decoded() -> None:
+    import zlib
+
+    from crew_budget.estimate.documents import decode_stream, shown_text
+
+    content = b"BT /F1 12 Tf 72 700 Td (Invoice total: 42 EUR) Tj ET"
+    # ReportLab writes /Filter [/ASCII85Decode /FlateDecode]; others Flate only.
+    a85 = base64.a85encode(zlib.compress(content), adobe=True, wrapcol=64)
+    assert decode_stream(a85) == content
+    assert decode_stream(zlib.compress(content)) == content
+    assert decode_stream(content) == content  # unfiltered
+    assert shown_text([decode_stream(a85)]) == "Invoice total: 42 EUR"

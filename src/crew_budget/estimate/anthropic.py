@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import math
 import re
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crew_budget.estimate.documents import shown_text
+from crew_budget.estimate.documents import decode_stream, shown_text
 
 # -- model families ---------------------------------------------------------
 
@@ -187,12 +185,7 @@ def pdf_layout(data: str) -> PdfLayout | None:
         x0, y0, x1, y1 = (float(v) for v in box.groups())
         if abs(x1 - x0) > 1 and abs(y1 - y0) > 1:
             w, h = abs(x1 - x0), abs(y1 - y0)
-    streams: list[bytes] = []
-    for match in _STREAM_RE.finditer(raw):
-        body = match.group(1)
-        with contextlib.suppress(zlib.error):
-            body = zlib.decompress(body)
-        streams.append(body)
+    streams = [decode_stream(match.group(1)) for match in _STREAM_RE.finditer(raw)]
     size = (round(w * _PAGE_RENDER_SCALE), round(h * _PAGE_RENDER_SCALE))
     return PdfLayout(pages, size, shown_text(streams))
 

@@ -27,10 +27,14 @@ does not.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import re
+import zlib
 from collections.abc import Iterable
 
-__all__ = ["shown_text", "to_unicode"]
+__all__ = ["decode_stream", "shown_text", "to_unicode"]
 
 _STRING = rb"\((?:[^()\\]|\\.)*\)|<[0-9A-Fa-f\s]*>"  # literal (no nesting) or hex
 # A number is matched whole (not after or before a digit or a point), so a
@@ -55,6 +59,22 @@ _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f",
 _ESCAPE = re.compile(rb"\\([0-7]{1,3}|.)", re.S)
 # A TJ adjustment (thousandths of an em) wider than a space: a word break.
 _TJ_SPACE = 200.0
+
+
+def decode_stream(body: bytes) -> bytes:
+    """A stream's data under the filters text is written with: ``FlateDecode``,
+    and ``ASCII85Decode`` before it (ReportLab's default; 7.4.3); other data
+    is returned as is. (Flate data is binary: never stripped.)"""
+    data = body
+    text = body.strip()
+    if text.endswith(b"~>"):
+        with contextlib.suppress(ValueError, binascii.Error):
+            data = base64.a85decode(text, adobe=text.startswith(b"<~"),
+                                    ignorechars=b" \t\n\r\x0b\x0c")
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        return data
 
 
 def _hex_bytes(text: bytes) -> bytes:
