@@ -250,3 +250,29 @@ def test_ascii85_and_flate_streams_are_decoded() -> None:
     assert decode_stream(zlib.compress(content)) == content
     assert decode_stream(content) == content  # unfiltered
     assert shown_text([decode_stream(a85)]) == "Invoice total: 42 EUR"
+
+
+def test_pages_inside_an_object_stream_are_counted() -> None:
+    import zlib
+
+    from crew_budget.estimate.anthropic import pdf_layout
+
+    # PDF 1.5 object streams: the Pages and Page dictionaries are compressed
+    # inside a /Type /ObjStm stream; only the content streams are outside.
+    shown = [b"BT /F1 12 Tf 72 700 Td (First page) Tj ET",
+             b"BT /F1 12 Tf 72 700 Td (Second page) Tj ET"]
+    dicts = (b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >> "
+             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 6 0 R >> "
+             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 7 0 R >>")
+    objstm = zlib.compress(b"2 0 3 48 4 130 " + dicts)
+    parts = [b"<< /Type /Catalog /Pages 2 0 R >>",
+             b"<< /Type /ObjStm /N 3 /First 15 /Filter /FlateDecode /Length "
+             + str(len(objstm)).encode() + b" >>\nstream\n" + objstm + b"\nendstream"]
+    parts += [b"<< /Filter /FlateDecode /Length " + str(len(zlib.compress(c))).encode()
+              + b" >>\nstream\n" + zlib.compress(c) + b"\nendstream" for c in shown]
+    body = b"%PDF-1.5\n" + b"".join(f"{n} 0 obj\n".encode() + obj + b"\nendobj\n"
+                                    for n, obj in zip((1, 5, 6, 7), parts, strict=True))
+    layout = pdf_layout(base64.b64encode(body + b"%%EOF\n").decode())
+    assert layout is not None
+    assert layout.pages == 2
+    assert layout.text == "First page Second page"

@@ -176,16 +176,19 @@ def pdf_layout(data: str) -> PdfLayout | None:
     raw = _pdf_bytes(data)
     if raw is None:
         return None
-    pages = _count_pages(raw)
+    streams = [decode_stream(match.group(1)) for match in _STREAM_RE.finditer(raw)]
+    # PDF 1.5 object streams (``/Type /ObjStm``, ISO 32000-1 7.5.7) hold the
+    # page dictionaries compressed: look for them in the decoded streams too.
+    objects = b"\n".join([raw, *(body for body in streams if b"/Type" in body)])
+    pages = _count_pages(objects)
     if not pages:
         return None
-    box = _MEDIABOX_RE.search(raw)
+    box = _MEDIABOX_RE.search(objects)
     w, h = _LETTER
     if box is not None:
         x0, y0, x1, y1 = (float(v) for v in box.groups())
         if abs(x1 - x0) > 1 and abs(y1 - y0) > 1:
             w, h = abs(x1 - x0), abs(y1 - y0)
-    streams = [decode_stream(match.group(1)) for match in _STREAM_RE.finditer(raw)]
     size = (round(w * _PAGE_RENDER_SCALE), round(h * _PAGE_RENDER_SCALE))
     return PdfLayout(pages, size, shown_text(streams))
 
