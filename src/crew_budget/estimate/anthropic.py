@@ -174,7 +174,8 @@ class PdfLayout:
 
     pages: int
     page_size: tuple[int, int]  # rendered pixels of the first page
-    text: str | None  # the pages' text, spaced; None if it could not be read
+    # The pages' text (pypdf's lines, pages joined by a space); None if unreadable.
+    text: str | None
 
 
 class _QuietPypdf:
