@@ -755,9 +755,16 @@ def test_image_sizes_from_data_urls() -> None:
 
 
 def test_anthropic_pdf_document_is_priced_per_page() -> None:
-    pdf = b"%PDF-1.4\n" + b"".join(
-        f"{i} 0 obj << /Type /Page /Parent 1 0 R >> endobj\n".encode() for i in range(3)
-    ) + b"1 0 obj << /Type /Pages /Count 3 >> endobj\n%%EOF"
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()  # three blank US Letter pages
+    for _ in range(3):
+        writer.add_blank_page(612, 792)
+    out = io.BytesIO()
+    writer.write(out)
+    pdf = out.getvalue()
     msg = [{"role": "user", "content": [
         {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
                                         "data": base64.b64encode(pdf).decode()}}]}]

@@ -267,12 +267,15 @@ def test_claude_structured_output_counts_its_schema_and_format_prompt() -> None:
 
 
 def _pdf(content: bytes, *, compress: bool) -> str:
-    stream = zlib.compress(content) if compress else content
+    from tests.estimate.pdfs import HELVETICA, pdf_file, stream
+
+    body = zlib.compress(content) if compress else content
     filt = b"/Filter /FlateDecode " if compress else b""
-    pdf = (b"%PDF-1.4\n1 0 obj << /Type /Pages /Count 1 >> endobj\n"
-           b"2 0 obj << /Type /Page /Parent 1 0 R /MediaBox [0 0 595 842] >> endobj\n"
-           b"3 0 obj << " + filt + b"/Length " + str(len(stream)).encode() + b" >>\nstream\n"
-           + stream + b"\nendstream\nendobj\n%%EOF")
+    pdf = pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>",
+                    b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
+                    b"/Resources << /Font << /F1 5 0 R >> >> >>",
+                    stream(body, filt), HELVETICA])
     return base64.b64encode(pdf).decode()
 
 

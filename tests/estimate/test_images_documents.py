@@ -3,18 +3,19 @@
 Expected counts come from the documentation each rule cites (Anthropic's
 "Images and vision" patch formula and size table; OpenAI's "Images and
 vision" worked examples and tile rule), never from running the estimator
-first. The PDFs are written by a tiny generator in this file.
+first. The PDFs are written byte by byte (tests/estimate/pdfs.py), so the
+text a page shows is the text the test wrote; pypdf reads them back.
 """
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Any
 
 import pytest
 
 from crew_budget.estimate import Estimator, images
+from tests.estimate.pdfs import b64, text_pdf
 from tests.estimate.tiktoken_counts import cl100k, o200k, price
 
 # -- Claude: 28 px patches within two ceilings ---------------------------------
@@ -91,20 +92,8 @@ def test_openai_documented_examples(model: str, size: tuple[int, int], detail: s
 
 
 def _pdf(pages: list[str], box: tuple[int, int] = (612, 792)) -> str:
-    """A minimal PDF: one ``Tj`` line of text a page on a ``box``-point MediaBox."""
-    objects: list[bytes] = []
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
-    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
-    for i, text in enumerate(pages):
-        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {box[0]} {box[1]}] "
-                       f"/Contents {4 + 2 * i} 0 R >>".encode())
-        objects.append(b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n"
-                       + content + b"\nendstream")
-    body = b"%PDF-1.4\n" + b"".join(
-        f"{n} 0 obj\n".encode() + obj + b"\nendobj\n" for n, obj in enumerate(objects, 1))
-    return base64.b64encode(body + b"%%EOF\n").decode()
+    """A PDF with one ``Tj`` line of text a page on a ``box``-point MediaBox."""
+    return b64(text_pdf(pages, box))
 
 
 PAGES = ["Quarterly revenue grew by twelve percent.", "Costs fell in every region."]
@@ -163,116 +152,3 @@ def test_pdf_text_counts_even_when_it_outgrows_the_old_flat_page() -> None:
     assert got > 3000 + o200k(dense) // 2 > 3000
 
 
-# -- the text a PDF shows (estimate/documents.py) ---------------------------------
-
-
-def _cid_pdf(words: list[str]) -> str:
-    """A page in a composite font (Type0, Identity-H) the way Chrome writes it:
-    each glyph a 2-byte hex code placed by its own ``Td``, one ``BT`` block a
-    word, and a ToUnicode CMap (a ``bfrange`` for a-z, ``bfchar`` for the rest)
-    that alone maps the codes back to text."""
-    def code(ch: str) -> str:
-        return f"{ord(ch) + 0x100:04X}"  # glyph ids, deliberately not Unicode
-
-    blocks = []
-    for word in words:
-        glyphs = " ".join(f"{7.5 if i else 0} {0 if i else -13.2} Td <{code(c)}> Tj"
-                          for i, c in enumerate(word))
-        blocks.append(f"BT /F1 14 Tf {glyphs} ET")
-    content = "\n".join(blocks).encode()
-    others = sorted({c for w in words for c in w if not c.islower()})
-    bfchar = "".join(f"<{code(c)}> <{ord(c):04X}>\n" for c in others)
-    cmap = ("/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n"
-            "1 begincodespacerange <0000> <FFFF> endcodespacerange\n"
-            f"{len(others)} beginbfchar\n{bfchar}endbfchar\n"
-            f"1 beginbfrange\n<{code('a')}> <{code('z')}> <0061>\nendbfrange\n"
-            "endcmap CMapName currentdict /CMap defineresource pop end end").encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 6 0 R >> >> >>",
-        b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n" + content
-        + b"\nendstream",
-        b"<< /Length " + str(len(cmap)).encode() + b" >>\nstream\n" + cmap + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type0 /BaseFont /Arial /Encoding /Identity-H "
-        b"/ToUnicode 5 0 R >>",
-    ]
-    body = b"%PDF-1.4\n" + b"".join(
-        f"{n} 0 obj\n".encode() + obj + b"\nendobj\n" for n, obj in enumerate(objects, 1))
-    return base64.b64encode(body + b"%%EOF\n").decode()
-
-
-def test_composite_font_text_is_read_through_its_tounicode_cmap() -> None:
-    from crew_budget.estimate.anthropic import pdf_layout
-
-    layout = pdf_layout(_cid_pdf(["This", "is", "a", "Test."]))
-    assert layout is not None
-    # Per-glyph positioning joins a word; each BT block is a new word.
-    assert layout.text == "This is a Test."
-
-
-def test_literal_strings_escapes_and_tj_spacing() -> None:
-    from crew_budget.estimate.documents import shown_text
-
-    stream = (rb"BT /F1 12 Tf 72 700 Td (Cost \(net\): \101\102 ) Tj "
-              rb"[(Hel) -30 (lo) -250 (wor) 10 (ld)] TJ "
-              rb"0 -14 Td (next line) Tj T* (third) ' ET")
-    # \( \) are parentheses, \101\102 octal "AB"; a TJ gap over 200/1000 em
-    # is a space, a small one is kerning; Td with a vertical move, T* and '
-    # start new lines.
-    assert shown_text([stream]) == "Cost (net): AB Hello world next line third"
-    # Text outside BT ... ET (and streams without text) shows nothing.
-    assert shown_text([b"(not shown) Tj", b"q 1 0 0 1 0 0 cm Q"]) == ""
-
-
-def test_claude_prices_a_composite_font_page_by_its_text() -> None:
-    words = ["Quarterly", "revenue", "grew", "by", "twelve", "percent."]
-    doc = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
-                                          "data": _cid_pdf(words)}}
-    msg = [{"role": "user", "content": [doc]}]
-    text = math.ceil(cl100k(" ".join(words)) * 1.13 - 1e-9)
-    got = Estimator().count_prompt("claude-sonnet-4-5", price("claude-sonnet-4-5", "anthropic"),
-                                   msg)
-    # Before the CMap was read this page priced its image alone (text 0).
-    assert got == text + 1568 + 3 + 7
-
-
-def test_ascii85_and_flate_streams_are_decoded() -> None:
-    import zlib
-
-    from crew_budget.estimate.documents import decode_stream, shown_text
-
-    content = b"BT /F1 12 Tf 72 700 Td (Invoice total: 42 EUR) Tj ET"
-    # ReportLab writes /Filter [/ASCII85Decode /FlateDecode]; others Flate only.
-    a85 = base64.a85encode(zlib.compress(content), adobe=True, wrapcol=64)
-    assert decode_stream(a85) == content
-    assert decode_stream(zlib.compress(content)) == content
-    assert decode_stream(content) == content  # unfiltered
-    assert shown_text([decode_stream(a85)]) == "Invoice total: 42 EUR"
-
-
-def test_pages_inside_an_object_stream_are_counted() -> None:
-    import zlib
-
-    from crew_budget.estimate.anthropic import pdf_layout
-
-    # PDF 1.5 object streams: the Pages and Page dictionaries are compressed
-    # inside a /Type /ObjStm stream; only the content streams are outside.
-    shown = [b"BT /F1 12 Tf 72 700 Td (First page) Tj ET",
-             b"BT /F1 12 Tf 72 700 Td (Second page) Tj ET"]
-    dicts = (b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >> "
-             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 6 0 R >> "
-             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 7 0 R >>")
-    objstm = zlib.compress(b"2 0 3 48 4 130 " + dicts)
-    parts = [b"<< /Type /Catalog /Pages 2 0 R >>",
-             b"<< /Type /ObjStm /N 3 /First 15 /Filter /FlateDecode /Length "
-             + str(len(objstm)).encode() + b" >>\nstream\n" + objstm + b"\nendstream"]
-    parts += [b"<< /Filter /FlateDecode /Length " + str(len(zlib.compress(c))).encode()
-              + b" >>\nstream\n" + zlib.compress(c) + b"\nendstream" for c in shown]
-    body = b"%PDF-1.5\n" + b"".join(f"{n} 0 obj\n".encode() + obj + b"\nendobj\n"
-                                    for n, obj in zip((1, 5, 6, 7), parts, strict=True))
-    layout = pdf_layout(base64.b64encode(body + b"%%EOF\n").decode())
-    assert layout is not None
-    assert layout.pages == 2
-    assert layout.text == "First page Second page"

@@ -28,7 +28,8 @@ and, where a constant was measured, what it was measured on:
     it. ``tool_use``/``tool_result`` blocks: the ``function_calls`` /
     ``function_results`` XML Claude reads. Earlier turns' thinking blocks
     are not billed. Native structured outputs: the schema + a format prompt.
-    PDFs: the largest image Claude reads plus the page's text; images: 28 px
+    PDFs: the largest image Claude reads plus the page's text (read with
+    pypdf, imported only for requests holding a PDF); images: 28 px
     patches (``ceil(w/28) * ceil(h/28)``) within the model's ceilings.
 ``compat.py`` (OpenAI-compatible hosts: Llama, Qwen, DeepSeek, Mistral, ...)
     A tiktoken count scaled per family, plus the family's chat template:
@@ -103,7 +104,6 @@ from crew_budget.estimate.anthropic import (
     TOOLS_WRAPPER,
     _claude_version,
     _looks_anthropic,
-    _pdf_pages,
     _thinking_enabled,
     anthropic_tool_text,
     claude_text_factor,
@@ -860,11 +860,10 @@ class Estimator:
             data = source.get("data") or source.get("file_data") or ""
             if isinstance(data, str) and data:
                 layout = pdf_layout(data)
-                if layout is not None:
+                if layout is not None and layout.text is not None:
                     return count(layout.text), layout.pages * _pdf_page_image(scheme)
-                pages = _pdf_pages(data)
-                if pages:
-                    return 0, pages * _PDF_PAGE_TOKENS
+                if layout is not None:  # pages counted, text unreadable: the page bound
+                    return 0, layout.pages * _PDF_PAGE_TOKENS
         return 0, _UNKNOWN_DOCUMENT_TOKENS
 
     # tools -------------------------------------------------------------------
@@ -1004,7 +1003,8 @@ def _openai_shaped(msg: Mapping[str, Any]) -> bool:
 
 
 def _pdf_page_image(scheme: _Scheme) -> int:
-    """The image half of one PDF page (its text half is the text it shows).
+    """The image half of one PDF page (its text half is the text it shows,
+    read with pypdf: anthropic.py ``pdf_layout``).
 
     Anthropic and OpenAI both put "the extracted text and an image of each
     page" in the context, and neither documents the size a page is rasterized

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
+import logging
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from crew_budget.estimate.documents import decode_stream, shown_text
 
 # -- model families ---------------------------------------------------------
 
@@ -132,10 +133,6 @@ def _claude_version(name: str) -> tuple[str, int, int] | None:
     return tier, major, minor
 
 
-_PAGE_RE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
-_COUNT_RE = re.compile(rb"/Count\s+(\d+)")
-
-
 # -- PDF documents -------------------------------------------------------------
 #
 # Anthropic, "PDF support" > "How PDF support works" / "Estimate your costs"
@@ -143,18 +140,27 @@ _COUNT_RE = re.compile(rb"/Count\s+(\d+)")
 # converted into an image *and* its text is extracted; a page bills its text
 # tokens plus the image cost of the page ("Image token costs: each page is
 # converted into an image, and the same image-based cost calculations are
-# applied"). Pages are "rasterized to images server-side at dimensions you
-# don't control" ("Coordinates and bounding boxes"), so a page costs the
-# largest image Claude reads (1,568 visual tokens + 3; estimate/__init__.py
-# ``_pdf_page_image``), plus the tokens of its text. The text is read from
-# the PDF's content streams (Flate-compressed or not: the strings shown by
-# ``Tj``/``TJ``, through the fonts' ToUnicode CMaps; estimate/documents.py); a
-# page whose text cannot be read that way (other filters, scanned pages)
-# still bills its image. Only when the bytes are absent (URL, file id) is the
-# top of the documented 1,500-3,000 tokens a page used, for an unknown count
-# of pages (``_UNKNOWN_DOCUMENT_TOKENS``).
-_STREAM_RE = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
-_MEDIABOX_RE = re.compile(rb"/MediaBox\s*\[\s*([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)\s+([-\d.]+)")
+# applied"). OpenAI's "File inputs" guide says the same ("both the extracted
+# text and an image of each page" go into the context). Pages are
+# "rasterized to images server-side at dimensions you don't control"
+# ("Coordinates and bounding boxes"), so a page costs the largest image the
+# model reads (estimate/__init__.py ``_pdf_page_image``), plus the tokens of
+# its text.
+#
+# The pages, the first page's MediaBox and the text each page shows are read
+# with pypdf (public API only: ``PdfReader``, ``pages``, ``mediabox``,
+# ``extract_text``), not by a parser of our own: fonts' ToUnicode CMaps,
+# stream filters, object streams, xref streams and word spacing are its job.
+# It is imported only when a request holds a PDF's bytes. A page whose text
+# it finds empty (scanned pages) still bills its image. When the PDF cannot
+# be read (malformed, truncated, encrypted with a password, no pages) the
+# estimate falls back to bounds: the top of Anthropic's documented
+# 1,500-3,000 tokens a page (``_PDF_PAGE_TOKENS``) when the page count is
+# known, else ``_UNKNOWN_DOCUMENT_TOKENS`` (as for a PDF given by URL or file
+# id): an over-reservation, never a crash.
+
+_log = logging.getLogger(__name__)
+
 # The page's shape, as rendered large (a point as several pixels): kept in
 # ``PdfLayout`` for callers; the estimate prices a page at the model's
 # largest image whatever its shape (see above).
@@ -168,29 +174,99 @@ class PdfLayout:
 
     pages: int
     page_size: tuple[int, int]  # rendered pixels of the first page
-    text: str
+    # The pages' text (pypdf's lines, pages joined by a space); None if unreadable.
+    text: str | None
+
+
+class _QuietPypdf:
+    """Raise the ``pypdf`` logger's level while we read a PDF, then restore it.
+
+    pypdf reports what it repairs in a malformed PDF through ``logging`` at
+    WARNING; an estimate reads every request's PDFs, so those would repeat in
+    the user's logs on each call although the estimate has its own fallback
+    (logged at DEBUG). The level is raised only while a read is in progress
+    (counted, so overlapping reads in threads restore it once, last); pypdf
+    records of the application's own reads in those moments are dropped too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = logging.NOTSET
+
+    def __enter__(self) -> None:
+        logger = logging.getLogger("pypdf")
+        with self._lock:
+            if self._depth == 0:
+                self._saved = logger.level
+                logger.setLevel(logging.CRITICAL + 1)
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                logging.getLogger("pypdf").setLevel(self._saved)
+
+
+_QUIET_PYPDF = _QuietPypdf()
 
 
 def pdf_layout(data: str) -> PdfLayout | None:
-    """Pages, page shape and shown text of a base64 PDF (or data URL); None if not a PDF."""
+    """Pages, page shape and shown text of a base64 PDF (or data URL).
+
+    None if it is not a PDF or its pages cannot be counted; ``text`` is None
+    if the pages were counted but their text could not be read.
+    """
     raw = _pdf_bytes(data)
     if raw is None:
+        _log.debug("document data is not a base64 PDF: the document's size bound is used")
         return None
-    streams = [decode_stream(match.group(1)) for match in _STREAM_RE.finditer(raw)]
-    # PDF 1.5 object streams (``/Type /ObjStm``, ISO 32000-1 7.5.7) hold the
-    # page dictionaries compressed: look for them in the decoded streams too.
-    objects = b"\n".join([raw, *(body for body in streams if b"/Type" in body)])
-    pages = _count_pages(objects)
+    with _QUIET_PYPDF:
+        return _read_pdf(raw)
+
+
+def _read_pdf(raw: bytes) -> PdfLayout | None:
+    try:
+        from pypdf import PdfReader  # imported only for requests that hold a PDF
+    except ImportError:  # a core dependency; missing only from a broken install
+        _log.warning("pypdf is not installed: PDFs are priced at the size bound; "
+                     "fix: pip install 'pypdf>=5'")
+        return None
+    # A malformed PDF can fail in pypdf in many ways (its own errors, but also
+    # KeyError, ValueError, RecursionError ...): every failure is a fallback
+    # to the bound, never an error of the call being budgeted.
+    try:
+        reader = PdfReader(io.BytesIO(raw), strict=False)
+        pages = len(reader.pages)
+    except Exception as exc:
+        _log.debug("PDF not readable (%s: %s): the document's size bound is used",
+                   type(exc).__name__, exc)
+        return None
     if not pages:
+        _log.debug("PDF has no pages: the document's size bound is used")
         return None
-    box = _MEDIABOX_RE.search(objects)
+    size = _first_page_size(reader)
+    try:
+        text = " ".join(page.extract_text() for page in reader.pages).strip()
+    except Exception as exc:
+        _log.debug("PDF text not readable (%s: %s): %d pages at the page bound",
+                   type(exc).__name__, exc, pages)
+        return PdfLayout(pages, size, None)
+    return PdfLayout(pages, size, text)
+
+
+def _first_page_size(reader: Any) -> tuple[int, int]:
+    """The first page's MediaBox in rendered pixels; US Letter if it has none."""
     w, h = _LETTER
-    if box is not None:
-        x0, y0, x1, y1 = (float(v) for v in box.groups())
-        if abs(x1 - x0) > 1 and abs(y1 - y0) > 1:
-            w, h = abs(x1 - x0), abs(y1 - y0)
-    size = (round(w * _PAGE_RENDER_SCALE), round(h * _PAGE_RENDER_SCALE))
-    return PdfLayout(pages, size, shown_text(streams))
+    try:
+        box = reader.pages[0].mediabox
+        bw, bh = abs(float(box.width)), abs(float(box.height))
+    except Exception:  # no or malformed MediaBox (required, ISO 32000-1 7.7.3.3)
+        bw = bh = 0.0
+    if bw > 1 and bh > 1:
+        w, h = bw, bh
+    return round(w * _PAGE_RENDER_SCALE), round(h * _PAGE_RENDER_SCALE)
 
 
 def _pdf_bytes(data: str) -> bytes | None:
@@ -201,31 +277,6 @@ def _pdf_bytes(data: str) -> bytes | None:
     except (binascii.Error, ValueError):
         return None
     return raw if raw.startswith(b"%PDF") else None
-
-
-def _count_pages(raw: bytes) -> int:
-    pages = len(_PAGE_RE.findall(raw))
-    if pages:
-        return pages
-    counts = [int(c) for c in _COUNT_RE.findall(raw)]
-    return max(counts) if counts else 0
-
-
-def _pdf_pages(data: str) -> int:
-    """Pages of a base64 PDF (or data URL): ``/Type /Page`` objects, else ``/Count``."""
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    try:
-        raw = base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        return 0
-    if not raw.startswith(b"%PDF"):
-        return 0
-    pages = len(_PAGE_RE.findall(raw))
-    if pages:
-        return pages
-    counts = [int(c) for c in _COUNT_RE.findall(raw)]
-    return max(counts) if counts else 0
 
 
 _ANTHROPIC_BLOCKS = frozenset({"tool_use", "tool_result", "image", "document", "thinking",
