@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,52 +180,38 @@ class PdfLayout:
     text: str | None
 
 
-class _QuietPypdf:
-    """Raise the ``pypdf`` logger's level while we read a PDF, then restore it.
-
-    pypdf reports what it repairs in a malformed PDF through ``logging`` at
-    WARNING; an estimate reads every request's PDFs, so those would repeat in
-    the user's logs on each call although the estimate has its own fallback
-    (logged at DEBUG). The level is raised only while a read is in progress
-    (counted, so overlapping reads in threads restore it once, last); pypdf
-    records of the application's own reads in those moments are dropped too.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved = logging.NOTSET
-
-    def __enter__(self) -> None:
-        logger = logging.getLogger("pypdf")
-        with self._lock:
-            if self._depth == 0:
-                self._saved = logger.level
-                logger.setLevel(logging.CRITICAL + 1)
-            self._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                logging.getLogger("pypdf").setLevel(self._saved)
-
-
-_QUIET_PYPDF = _QuietPypdf()
+# Layouts of PDFs read lately, by the SHA-256 of their bytes: an agent loop
+# resends the same document with every turn, and pypdf takes ~5 ms a dense
+# page; a digest key keeps no copy of the document alive.
+_LAYOUT_CACHE_SIZE = 64
+_layouts: OrderedDict[bytes, PdfLayout | None] = OrderedDict()
+_layouts_lock = threading.Lock()
 
 
 def pdf_layout(data: str) -> PdfLayout | None:
     """Pages, page shape and shown text of a base64 PDF (or data URL).
 
     None if it is not a PDF or its pages cannot be counted; ``text`` is None
-    if the pages were counted but their text could not be read.
+    if the pages were counted but their text could not be read. Each distinct
+    PDF is read once (a small LRU by digest), so pypdf's own WARNING records
+    about a file it repairs (left to the application's logging config: they
+    name a real defect of the file) come once per PDF, not once per call.
     """
     raw = _pdf_bytes(data)
     if raw is None:
         _log.debug("document data is not a base64 PDF: the document's size bound is used")
         return None
-    with _QUIET_PYPDF:
-        return _read_pdf(raw)
+    key = hashlib.sha256(raw).digest()
+    with _layouts_lock:
+        if key in _layouts:
+            _layouts.move_to_end(key)
+            return _layouts[key]
+    layout = _read_pdf(raw)
+    with _layouts_lock:
+        _layouts[key] = layout
+        while len(_layouts) > _LAYOUT_CACHE_SIZE:
+            _layouts.popitem(last=False)
+    return layout
 
 
 def _read_pdf(raw: bytes) -> PdfLayout | None:
