@@ -38,11 +38,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Literal
 
 from crew_budget.cli.common import fit_columns, fmt_usd, money_column
-from crew_budget.ledger.base import SHADOW_KEY, Rollup, SpendRecord, in_span
+from crew_budget.ledger.base import (
+    ROLLUP_METRICS,
+    SHADOW_KEY,
+    Rollup,
+    RollupTable,
+    SpendRecord,
+    in_span,
+)
 from crew_budget.money import from_nano
 
 __all__ = [
@@ -371,6 +379,11 @@ class Report:
         return {"price_source": found.label, "priced_as": found.priced_as}
 
     def to_dict(self) -> dict[str, Any]:
+        return self._to_dict(rows=True)
+
+    def _to_dict(self, *, rows: bool) -> dict[str, Any]:
+        """``to_dict``; ``rows=False`` leaves the rows out (an empty list: ``to_json``
+        writes them itself)."""
         total = self.row_dict(self.total)
         return {
             "since": self._iso(self.since),
@@ -381,7 +394,7 @@ class Report:
             "source": self.source,
             **({"records_retention_days": self.records_retention_days}
                if self.records_retention_days is not None else {}),
-            "rows": [self.row_dict(r) for r in self.rows],
+            "rows": [self.row_dict(r) for r in self.rows] if rows else [],
             "total": {k: v for k, v in total.items() if k not in self.by},
             "resets": [
                 {"time": self._iso(r.ts), "scope": r.scope,
@@ -404,17 +417,64 @@ class Report:
 
         ``json.dumps(indent=2)`` runs Python's pure-Python encoder: half a
         second for the ~23k rows of a 30-day role x model x hour report. Rows
-        are encoded one by one by the C encoder instead, one per line.
+        are written one per line by ``_row_lines``, straight from their
+        integers: the text ``json.dumps(self.row_dict(row))`` gives
+        (tests/test_report_fast.py compares both on thousands of rows).
         """
         parts = []
-        for key, value in self.to_dict().items():
+        for key, value in self._to_dict(rows=False).items():
             if key == "rows":
-                inner = ",\n    ".join(json.dumps(r) for r in value)
-                text = f"[\n    {inner}\n  ]" if value else "[]"
+                inner = ",\n    ".join(self._row_lines())
+                text = f"[\n    {inner}\n  ]" if self.rows else "[]"
             else:
                 text = json.dumps(value, indent=2).replace("\n", "\n  ")
             parts.append(f"  {json.dumps(key)}: {text}")
         return "{\n" + ",\n".join(parts) + "\n}"
+
+    def _row_lines(self) -> list[str]:
+        """``json.dumps(self.row_dict(row))`` of every row, without a dict per row.
+
+        A 30-day role x model x hour report has ~23,000 rows: building each
+        row's dict (with its price-source columns) and encoding it took
+        longer than reading and grouping them. Keys are encoded by
+        ``json``'s own C string encoder (``ensure_ascii``, as ``json.dumps``);
+        money is ASCII digits from ``_usd_text``/``_share_text``.
+        """
+        enc = encode_basestring_ascii
+        names = [enc(k) + ": " for k in self.by]
+        n = len(names)
+        total = self.total.cost_nano
+        suffix: dict[str, str] = {}
+        model_at = self.by.index("model") if self.prices and "model" in self.by else None
+        if model_at is not None:
+            for model, found in self.prices.items():
+                suffix[model] = (f', "price_source": {enc(found.label)}, '
+                                 f'"priced_as": {enc(found.priced_as)}')
+        values: dict[str, str] = {}  # the same few keys recur on every row
+        usd, avg, share = _usd_text, _avg_nano, _share_text
+        out = []
+        for row in self.rows:
+            key = row.key
+            if len(key) != n:  # not a row build_report makes: the general path
+                out.append(json.dumps(self.row_dict(row)))
+                continue
+            parts = []
+            for name, v in zip(names, key, strict=True):
+                e = values.get(v)
+                if e is None:
+                    e = values[v] = enc(v)
+                parts.append(name + e)
+            calls, cost = row.calls, row.cost_nano
+            out.append(
+                f'{{{", ".join(parts)}{", " if n else ""}"calls": {calls}, '
+                f'"blocked": {row.blocked}, "released": {row.released}, '
+                f'"expired": {row.expired}, "input_tokens": {row.input_tokens}, '
+                f'"output_tokens": {row.output_tokens}, "cost_usd": "{usd(cost)}", '
+                f'"estimate_usd": "{usd(row.estimate_nano)}", '
+                f'"avg_cost_usd": "{usd(avg(cost, calls)) if calls else "0"}", '
+                f'"share_pct": "{share(cost, total) if total else "0"}"'
+                f'{"" if model_at is None else suffix.get(key[model_at], "")}}}')
+        return out
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -430,7 +490,7 @@ class Report:
 
 
 def build_report(
-    records: Iterable[SpendRecord] | Iterable[Rollup],
+    records: Iterable[SpendRecord] | Iterable[Rollup] | RollupTable,
     by: Sequence[str] = ("role", "model"),
     *,
     since: float | None = None,
@@ -443,9 +503,12 @@ def build_report(
 
     Given rollups, ``resets`` lists the reset records to show (rollups hold
     none; ``Ledger.resets``), ``records`` counts the calls the rollups stand
-    for, and a key of ``RECORD_KEYS`` raises ``ValueError``.
+    for, and a key of ``RECORD_KEYS`` raises ``ValueError``. Given a
+    ``RollupTable`` (``Ledger.rollup_table``), the same report, from its rows.
     """
     keys = parse_by(by)
+    if isinstance(records, RollupTable):
+        return _table_report(records, keys, since, until, tz, sort, resets)
     labels = {"hour": _TimeLabels(tz, "hour"), "day": _TimeLabels(tz, "day")}
     hour_labels = {"hour": _HourLabels(tz, "hour"), "day": _HourLabels(tz, "day")}
     groups: dict[tuple[str, ...], ReportRow] = {}
@@ -497,6 +560,108 @@ def build_report(
         rows.sort(key=lambda row: row.key)
     return Report(keys, since, until, tz, rows, total, reset_list, count, source,
                   overrides=overrides)
+
+
+def _audit(resets: Iterable[SpendRecord], since: float | None, until: float | None
+           ) -> tuple[list[SpendRecord], list[SpendRecord]]:
+    audit = [r for r in resets
+             if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+    return ([r for r in audit if r.outcome == "reset"],
+            [r for r in audit if r.outcome == "override"])
+
+
+def _table_report(table: RollupTable, keys: tuple[str, ...], since: float | None,
+                  until: float | None, tz: tzinfo, sort: Literal["cost", "key"],
+                  resets: Iterable[SpendRecord]) -> Report:
+    """``build_report`` over a ``RollupTable``: the rows' keys are made per group
+    (few) and per hour (720 in 30 days), not per row; rows that share a key
+    (several scopes of one group-hour, or all hours without a time key) are
+    summed in integers. Same rows, totals and order as over ``Rollup``s
+    (tests/test_report_fast.py)."""
+    bad = [k for k in keys if k in RECORD_KEYS]
+    if bad:
+        raise ValueError(f"rollups cannot be grouped by {bad[0]!r}: read records for it")
+    timed = [i for i, k in enumerate(keys) if k in ("hour", "day")]
+    if timed and not table.per_hour:
+        raise ValueError("a rollup table summed over the span has no hours to group by")
+    reset_list, overrides = _audit(resets, since, until)
+    rows = table.rows
+    if table.per_hour and (since is not None or until is not None):
+        hours = {r[0] for r in rows}
+        if not all(in_span(h, since, until) for h in hours):
+            rows = [r for r in rows if in_span(r[0], since, until)]
+    # Per group: the key's parts before and after its one time part.
+    split = timed[0] if len(timed) == 1 else len(keys)
+    pre: dict[Any, tuple[str, ...]] = {}
+    post: dict[Any, tuple[str, ...]] = {}
+    for gid, (scope, role, model, crew) in table.groups.items():
+        named = {"scope": scope or "", "role": role, "model": model, "crew": crew or "",
+                 "hour": "", "day": ""}
+        parts = tuple(named[k] for k in keys)
+        pre[gid], post[gid] = parts[:split], parts[split + 1:]
+    first: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    merged: dict[tuple[str, ...], list[int]] = {}
+    count = len(reset_list)
+    if len(timed) == 1:
+        label = _HourLabels(tz, "hour" if keys[split] == "hour" else "day")
+        labels = {h: label(h) for h in {r[0] for r in rows}}
+        add = first.setdefault
+        for r in rows:
+            g = r[1]
+            key = pre[g] + (labels[r[0]],) + post[g]
+            if add(key, r) is not r:
+                _merge(first, merged, key, r)
+    elif not timed:
+        for r in rows:
+            _merge(first, merged, pre[r[1]], r)
+    else:  # hour and day both: each rollup's own labels
+        hour_labels = {"hour": _HourLabels(tz, "hour"), "day": _HourLabels(tz, "day")}
+        for r in rows:
+            both = list(pre[r[1]])
+            for i in timed:
+                both[i] = hour_labels[keys[i]](r[0])
+            _merge(first, merged, tuple(both), r)
+    out: list[ReportRow] = []
+    total = ReportRow(())
+    for key, r in first.items():
+        c = merged.get(key) or r[2:]
+        row = ReportRow(key, c[_CALLS], c[_BLOCKED], c[_RELEASED], c[_EXPIRED],
+                        c[_INPUT] + c[_CACHED] + c[_CACHE_WRITE], c[_OUTPUT], c[_COST],
+                        c[_ESTIMATE])
+        out.append(row)
+        count += c[0] + c[1] + c[2]
+    for row in out:
+        total.add_row(row)
+    if sort == "cost":
+        out.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
+    else:
+        out.sort(key=lambda row: row.key)
+    return Report(keys, since, until, tz, out, total, reset_list, count,
+                  "rollups" if table.rows else "records", overrides=overrides)
+
+
+# Positions of the counts a report reads in a RollupTable row's counts
+# (``row[2:]``, ROLLUP_METRICS order); ``_SHADOW`` is in the row itself.
+(_CALLS, _BLOCKED, _RELEASED, _EXPIRED, _INPUT, _CACHED, _CACHE_WRITE, _OUTPUT, _COST,
+ _ESTIMATE) = (ROLLUP_METRICS.index(m) for m in (
+     "calls", "blocked", "released", "expired", "input_tokens", "cached_input_tokens",
+     "cache_write_tokens", "output_tokens", "cost_nano", "estimate_nano"))
+_SHADOW = 2 + ROLLUP_METRICS.index("shadow_blocked")
+assert ROLLUP_METRICS[_SHADOW - 1] == "shadow_blocked_nano"  # read as r[_SHADOW + 1]
+
+
+def _merge(first: dict[tuple[str, ...], tuple[Any, ...]],
+           merged: dict[tuple[str, ...], list[int]], key: tuple[str, ...],
+           r: tuple[Any, ...]) -> None:
+    """Put row ``r`` under ``key``: kept as is if it is the first, else summed."""
+    seen = first.setdefault(key, r)
+    if seen is r:
+        return
+    acc = merged.get(key)
+    if acc is None:
+        acc = merged[key] = list(seen[2:])
+    for i, x in enumerate(r[2:]):
+        acc[i] += x
 
 
 def time_series(
@@ -743,7 +908,7 @@ class ShadowSummary:
 
 
 def shadow_summary(
-    data: Iterable[SpendRecord] | Iterable[Rollup],
+    data: Iterable[SpendRecord] | Iterable[Rollup] | RollupTable,
     *,
     since: float | None = None,
     until: float | None = None,
@@ -751,6 +916,11 @@ def shadow_summary(
     """The shadow-blocked calls of ``data`` in ``[since, until)``: from rollups'
     ``shadow_blocked`` counts, or from records charged with the guard's mark."""
     out = ShadowSummary()
+    if isinstance(data, RollupTable):
+        for row in data.rows:
+            if row[_SHADOW] and (not data.per_hour or in_span(row[0], since, until)):
+                out.add(data.groups[row[1]][1], row[_SHADOW], row[_SHADOW + 1])
+        return out
     for r in data:
         if isinstance(r, Rollup):
             if r.shadow_blocked and in_span(r.hour, since, until):
