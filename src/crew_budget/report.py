@@ -40,6 +40,7 @@ from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, Literal
 
 from crew_budget.cli.common import fit_columns, fmt_usd, money_column
@@ -803,12 +804,16 @@ class PriceSource:
         return data
 
 
-def price_sources(models: Iterable[str], prices: Any) -> dict[str, PriceSource]:
+def price_sources(models: Iterable[str], prices: Any, *,
+                  cache: Path | None = None) -> dict[str, PriceSource]:
     """Resolve each model as the guard does (``prices`` is its ``PriceBook``).
 
     The name is the one the ledger recorded (with its provider prefix, when
     the agent used one), resolved without a provider hint: rollups do not
-    keep one. Sorted by model name.
+    keep one. Sorted by model name. ``cache``: a file of names resolved
+    before (``PriceBook.priced_as``; the CLI passes
+    ``crew_budget.pricing.names_cache_path()``), so a report on known models
+    loads no price list.
     """
     from crew_budget.errors import CrewBudgetError
 
@@ -817,13 +822,12 @@ def price_sources(models: Iterable[str], prices: Any) -> dict[str, PriceSource]:
         if not model:
             continue
         try:
-            price = prices.get(model)
+            source, name, provider = prices.priced_as(model, cache=cache)
         except CrewBudgetError as exc:
             out[model] = PriceSource(model, "unpriced", "", None, str(exc))
             continue
-        source = _SOURCE_LABELS.get(price.source, price.source)
-        provider = None if price.source == "override" else price.provider
-        out[model] = PriceSource(model, source, price.model, provider)
+        out[model] = PriceSource(model, _SOURCE_LABELS.get(source, source), name,
+                                 None if source == "override" else provider)
     return out
 
 

@@ -71,6 +71,7 @@ def report(
     """Spend by role, model, hour, ...: table, CSV, JSON and an HTML page with charts."""
     from crew_budget.errors import LedgerUnavailable
     from crew_budget.ledger.base import Rollup, RollupTable, SpendRecord
+    from crew_budget.pricing import names_cache_path
     from crew_budget.report import (
         build_report,
         needs_records,
@@ -149,7 +150,8 @@ def report(
                           resets=resets)
     models = ({r.model for r in data} if table is None
               else {table.groups[gid][2] for gid in {r[1] for r in table.rows}})
-    result.prices = price_sources({m for m in models if m}, guard.prices)
+    result.prices = price_sources({m for m in models if m}, guard.prices,
+                                  cache=names_cache_path())
     if record_keys:
         result.records_retention_days = kept
         how_long = "" if kept is None else f", which this ledger keeps {kept:g} days"
