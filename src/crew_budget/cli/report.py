@@ -31,7 +31,7 @@ from crew_budget.cli.common import (
     console,
     fail,
     ledger_name,
-    open_guard,
+    open_books,
     parse_span,
 )
 
@@ -102,7 +102,8 @@ def report(
             substitutions = parse_substitutions(what_if)
         except ConfigError as exc:
             raise typer.BadParameter(exc.detail, param_hint="--what-if") from None
-    guard, _source = open_guard("report", config, ledger)
+    # The books without a Guard: a report prices nothing and sends no alerts.
+    guard, _source = open_books("report", config, ledger)
     tz = get_tz(guard.config.timezone)
     span = parse_span(since, until, guard.ledger.now(), tz)
     if span.until <= span.since:
