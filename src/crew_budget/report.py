@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,9 +220,6 @@ def _label(record: SpendRecord, key: str, labels: dict[str, _TimeLabels]) -> str
     return str(getattr(record, key))
 
 
-_NANO = 1_000_000_000
-
-
 def _usd_text(nano: int) -> str:
     """``str(from_nano(nano))`` without a ``Decimal``: a report renders three
     amounts per row, ~23k rows for a 30-day role x model x hour report.
@@ -231,13 +228,15 @@ def _usd_text(nano: int) -> str:
     a micro-dollar up; below that ``Decimal`` writes an exponent (``1E-7``),
     so those few go through it (tests/test_report_fast.py compares both ways).
     """
-    if -1000 < nano < 1000:
-        return str(from_nano(nano))
-    whole, frac = divmod(abs(nano), _NANO)
-    sign = "-" if nano < 0 else ""
-    if not frac:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:09d}".rstrip("0")
+    if nano >= 1000:  # the decimal point put into the integer's digits
+        digits = str(nano)
+        if len(digits) > 9:
+            frac = digits[-9:].rstrip("0")
+            return f"{digits[:-9]}.{frac}" if frac else digits[:-9]
+        return "0." + digits.rjust(9, "0").rstrip("0")
+    if nano <= -1000:
+        return "-" + _usd_text(-nano)
+    return str(from_nano(nano))
 
 
 def _avg_nano(cost_nano: int, calls: int) -> int:
@@ -578,7 +577,7 @@ def _table_report(table: RollupTable, keys: tuple[str, ...], since: float | None
     (few) and per hour (720 in 30 days), not per row; rows that share a key
     (several scopes of one group-hour, or all hours without a time key) are
     summed in integers. Same rows, totals and order as over ``Rollup``s
-    (tests/test_report_fast.py)."""
+    (tests/test_report_table.py)."""
     bad = [k for k in keys if k in RECORD_KEYS]
     if bad:
         raise ValueError(f"rollups cannot be grouped by {bad[0]!r}: read records for it")
@@ -602,7 +601,6 @@ def _table_report(table: RollupTable, keys: tuple[str, ...], since: float | None
         pre[gid], post[gid] = parts[:split], parts[split + 1:]
     first: dict[tuple[str, ...], tuple[Any, ...]] = {}
     merged: dict[tuple[str, ...], list[int]] = {}
-    count = len(reset_list)
     if len(timed) == 1:
         label = _HourLabels(tz, "hour" if keys[split] == "hour" else "day")
         labels = {h: label(h) for h in {r[0] for r in rows}}
@@ -622,21 +620,23 @@ def _table_report(table: RollupTable, keys: tuple[str, ...], since: float | None
             for i in timed:
                 both[i] = hour_labels[keys[i]](r[0])
             _merge(first, merged, tuple(both), r)
-    out: list[ReportRow] = []
-    total = ReportRow(())
-    for key, r in first.items():
-        c = merged.get(key) or r[2:]
-        row = ReportRow(key, c[_CALLS], c[_BLOCKED], c[_RELEASED], c[_EXPIRED],
-                        c[_INPUT] + c[_CACHED] + c[_CACHE_WRITE], c[_OUTPUT], c[_COST],
-                        c[_ESTIMATE])
-        out.append(row)
-        count += c[0] + c[1] + c[2]
-    for row in out:
-        total.add_row(row)
+    for key, acc in merged.items():  # summed rows, in the shape of a table row
+        first[key] = (None, None, *acc)
+    c, b, rel, e, i, ci, cw, o, cost, est = _ROW_AT
+    out = [ReportRow(key, r[c], r[b], r[rel], r[e], r[i] + r[ci] + r[cw], r[o], r[cost], r[est])
+           for key, r in first.items()]
+    # The total is the sum of the rows (every rollup went into exactly one).
+    got = first.values()
+    sums = [sum(map(itemgetter(at), got)) for at in _ROW_AT]
+    total = ReportRow((), sums[0], sums[1], sums[2], sums[3], sums[4] + sums[5] + sums[6],
+                      sums[7], sums[8], sums[9])
+    count = len(reset_list) + total.calls + total.blocked + total.released
+    # (-cost, -calls, key) as three stable sorts on single fields: C comparisons
+    # instead of a tuple per row.
+    out.sort(key=attrgetter("key"))
     if sort == "cost":
-        out.sort(key=lambda row: (-row.cost_nano, -row.calls, row.key))
-    else:
-        out.sort(key=lambda row: row.key)
+        out.sort(key=attrgetter("calls"), reverse=True)
+        out.sort(key=attrgetter("cost_nano"), reverse=True)
     return Report(keys, since, until, tz, out, total, reset_list, count,
                   "rollups" if table.rows else "records", overrides=overrides)
 
@@ -647,6 +647,9 @@ def _table_report(table: RollupTable, keys: tuple[str, ...], since: float | None
  _ESTIMATE) = (ROLLUP_METRICS.index(m) for m in (
      "calls", "blocked", "released", "expired", "input_tokens", "cached_input_tokens",
      "cache_write_tokens", "output_tokens", "cost_nano", "estimate_nano"))
+_ROW_AT = tuple(2 + i for i in (_CALLS, _BLOCKED, _RELEASED, _EXPIRED, _INPUT, _CACHED,
+                                 _CACHE_WRITE, _OUTPUT, _COST, _ESTIMATE))
+"""The same positions in a table row (``(hour, group_id, *counts)``)."""
 _SHADOW = 2 + ROLLUP_METRICS.index("shadow_blocked")
 assert ROLLUP_METRICS[_SHADOW - 1] == "shadow_blocked_nano"  # read as r[_SHADOW + 1]
 

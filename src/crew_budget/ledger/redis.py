@@ -1094,6 +1094,7 @@ class RedisLedger(Ledger):
         size = len(ROLLUP_METRICS)
         rows: list[tuple[Any, ...]] = []
         sums: dict[str, list[int]] = {}
+        append = rows.append
         for h, fields in zip(hours, self._run(lambda c: self._read_hours(c, hours)),
                              strict=True):
             for gid, value in fields.items():
@@ -1101,7 +1102,7 @@ class RedisLedger(Ledger):
                 if len(counts) < size:  # stored before the later metrics existed
                     counts += ["0"] * (size - len(counts))
                 if per_hour:
-                    rows.append((h, gid, *map(int, counts)))
+                    append((h, gid, *map(int, counts)))
                     continue
                 acc = sums.get(gid)
                 if acc is None:
