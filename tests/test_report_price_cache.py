@@ -144,3 +144,5 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     mp.delenv("XDG_CACHE_HOME")
     mp.setenv("HOME", str(tmp_path / "home"))
     assert names_cache_path() == tmp_path / "home" / ".cache" / "crew-budget" / "price-names.json"
+    mp.setattr(os.path, "expanduser", lambda path: path)  # no home directory at all
+    assert names_cache_path() is None
