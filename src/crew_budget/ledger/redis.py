@@ -183,6 +183,7 @@ def _rollup_group(field: str) -> RollupGroup:
     d = json.loads(field)
     return (d.get("scope"), d["role"], d["model"], d.get("crew"))
 
+
 T = TypeVar("T")
 
 # Scripts compare money as Lua doubles: exact below 2^53 nano-USD (~ $9.0M).
@@ -1059,29 +1060,17 @@ class RedisLedger(Ledger):
         One pipelined HGETALL per hour: ~720 for 30 days, whatever the
         number of calls. Without ``since``, the whole rollup retention.
         """
-        now = self.now()
-        first = rollup_hour(now - ROLLUP_RETENTION_DAYS * 86400.0 if since is None else since)
-        last = rollup_hour(now + 3600 if until is None else until)
-        if until is not None and last == until:
-            last -= 3600  # until is exclusive
-        hours = [int(first) + 3600 * i for i in range(int((last - first) // 3600) + 1)]
+        hours = self._rollup_hours(since, until)
         acc: dict[RollupKey, list[int]] = {}
-
-        def read(c: Any) -> list[Any]:
-            pipe = c.pipeline(transaction=False)
-            for h in hours:
-                pipe.hgetall(f"{self.prefix}ru:{h}")
-            return cast(list[Any], pipe.execute())
-
         # The same few groups recur every hour: each JSON is decoded once.
-        groups: dict[str, tuple[str | None, str, str, str | None]] = {}
-        for h, fields in zip(hours, self._run(read), strict=True):
+        groups: dict[str, RollupGroup] = {}
+        for h, fields in zip(hours, self._run(lambda c: self._read_hours(c, hours)),
+                             strict=True):
             hour = float(h)
             for group, value in fields.items():
                 g = groups.get(group)
                 if g is None:
-                    d = json.loads(group)
-                    g = groups[group] = (d.get("scope"), d["role"], d["model"], d.get("crew"))
+                    g = groups[group] = _rollup_group(group)
                 add_rollup(acc, (hour, *g), list(map(int, value.split())))
         return rollups_from(acc)
 
