@@ -180,3 +180,46 @@ def _same_sums(table: RollupTable, rollups: list[Rollup]) -> bool:
             acc[i] += x
     got = {table.groups[r[1]]: list(r[2:]) for r in table.rows}
     return got == want
+
+
+def _csv_by_dicts(report: object) -> str:
+    """What ``Report.to_csv`` wrote before: ``csv.DictWriter`` over ``row_dict``."""
+    import csv
+    import io
+
+    from crew_budget.report import Report
+
+    assert isinstance(report, Report)
+    out = io.StringIO()
+    columns = [*report.by, "calls", "blocked", "released", "expired", "input_tokens",
+               "output_tokens", "cost_usd", "estimate_usd", "avg_cost_usd", "share_pct"]
+    if report.prices and "model" in report.by:
+        columns += ["price_source", "priced_as"]
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in report.rows:
+        writer.writerow(report.row_dict(row))
+    return out.getvalue()
+
+
+def test_csv_lines_are_the_dict_writer_s() -> None:
+    rng = random.Random(23)
+    names = ["a", "", "com,ma", 'q"uote', "new\nline", "ünï", " lead", "x\r"]
+    rows = [ReportRow(tuple(rng.choice(names) for _ in range(2)), rng.choice([0, 1, 9]),
+                      rng.randrange(0, 5), 0, rng.randrange(0, 2), rng.randrange(0, 10**9),
+                      rng.randrange(0, 10**6), rng.choice([0, 7, 10**9, rng.randrange(10**12)]),
+                      rng.randrange(0, 10**10)) for _ in range(2000)]
+    prices = {n: PriceSource(n, "litellm", f"{n},as", None) for n in names[:5]}
+    for by in (("role", "model"), ("model", "hour"), ("crew", "scope")):
+        for total_nano in (0, 10**12):
+            report = build_report([], by)
+            report.rows, report.total = rows, ReportRow((), cost_nano=total_nano)
+            for with_prices in (False, True):
+                report.prices = prices if with_prices else {}
+                assert report.to_csv() == _csv_by_dicts(report), (by, total_nano)
+    odd = build_report([], ("role", "model"))
+    odd.rows = [ReportRow(("only-role",), calls=1, cost_nano=5)]  # a key shorter than by
+    odd.total = ReportRow((), calls=1, cost_nano=5)
+    assert odd.to_csv() == _csv_by_dicts(odd) == (
+        "role,model,calls,blocked,released,expired,input_tokens,output_tokens,cost_usd,"
+        "estimate_usd,avg_cost_usd,share_pct\nonly-role,,1,0,0,0,0,0,5E-9,0,5E-9,100.0\n")

@@ -477,15 +477,34 @@ class Report:
         return out
 
     def to_csv(self) -> str:
+        """A header and one line per row: the cells of ``row_dict`` (a missing
+        price column empty), made from the row's integers as ``_row_lines``."""
         out = io.StringIO()
         columns = [*self.by, "calls", "blocked", "released", "expired", "input_tokens",
                    "output_tokens", "cost_usd", "estimate_usd", "avg_cost_usd", "share_pct"]
-        if self.prices and "model" in self.by:
+        model_at = self.by.index("model") if self.prices and "model" in self.by else None
+        if model_at is not None:
             columns += ["price_source", "priced_as"]
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        cells = {m: [p.label, p.priced_as] for m, p in self.prices.items()}
+        total, n, none = self.total.cost_nano, len(self.by), ["", ""]
+        usd, avg, share = _usd_text, _avg_nano, _share_text
+        lines: list[list[Any]] = []
         for row in self.rows:
-            writer.writerow(self.row_dict(row))
+            key, calls, cost = row.key, row.calls, row.cost_nano
+            if len(key) != n:  # not a row build_report makes: the general path
+                d = self.row_dict(row)
+                lines.append([d.get(c, "") for c in columns])
+                continue
+            line = [*key, calls, row.blocked, row.released, row.expired, row.input_tokens,
+                    row.output_tokens, usd(cost), usd(row.estimate_nano),
+                    usd(avg(cost, calls)) if calls else "0",
+                    share(cost, total) if total else "0"]
+            if model_at is not None:
+                line += cells.get(key[model_at], none)
+            lines.append(line)
+        writer.writerows(lines)
         return out.getvalue()
 
 
