@@ -46,7 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test may write the user's real default ledger."""
+    """No test may write the user's real default ledger (nor its name cache)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("CREW_BUDGET_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CREW_BUDGET_LEDGER", raising=False)
     yield

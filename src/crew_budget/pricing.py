@@ -36,8 +36,10 @@ A model with no price is an ``UnknownModelError`` with suggestions
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import os
 import re
 import sys
 import threading
@@ -61,6 +63,7 @@ __all__ = [
     "candidates",
     "litellm_data_dir",
     "litellm_price_map_path",
+    "names_cache_path",
     "normalize_provider",
     "normalize_service_tier",
     "price_from_genai",
@@ -444,6 +447,9 @@ class PriceBook:
             self._overrides[name] = _price_from_override(name, spec)
         self._overrides_lower = {k.lower(): v for k, v in self._overrides.items()}
         self._map: Mapping[str, Mapping[str, Any]] | None = price_map
+        # Reads the installed price data (no map given): a name cache may stand for it.
+        self._bundled = price_map is None
+        self._names: _NameCache | None = None
         self._map_lower: dict[str, str] | None = None
         self._use_genai = genai_prices
         self._genai: Any = None
@@ -483,12 +489,18 @@ class PriceBook:
         self._cache[key] = price
         return price
 
-    def _lookup(self, model: str, provider: str | None) -> Price:
-        tried = candidates(model, provider)
+    def _override(self, tried: list[tuple[str | None, str]]) -> Price | None:
         for _pid, name in tried:
             found = self._overrides.get(name) or self._overrides_lower.get(name.lower())
             if found is not None:
                 return found
+        return None
+
+    def _lookup(self, model: str, provider: str | None) -> Price:
+        tried = candidates(model, provider)
+        found = self._override(tried)
+        if found is not None:
+            return found
         for pid, name in tried:
             price = self._from_genai(pid, name)
             if price is not None:
@@ -542,6 +554,37 @@ class PriceBook:
         for hit in difflib.get_close_matches(bare, list(shown), n=6, cutoff=0.6):
             out.setdefault(shown[hit], None)
         return tuple(out)[:3]
+
+    def priced_as(self, model: str, *, cache: Path | None = None) -> tuple[str, str, str]:
+        """``(source, name, provider)`` of ``get(model)``: which source prices
+        ``model``, under which of its names, and that price's ``provider``.
+
+        Reports list this per model (``crew_budget.report.price_sources``).
+        Answering it loads genai-prices' snapshot (~0.15 s, ~26 MB) or
+        litellm's map, which a report has no other use for. With ``cache``
+        (a JSON file), names resolved from the installed data are kept there,
+        keyed by the crew-budget version and the installed data files (path,
+        size, mtime): a name seen before needs neither loaded, and a new
+        release of either package (or of crew-budget) starts the file afresh.
+        The ``prices:`` overrides are looked up first as always (never
+        cached); a book given its own ``price_map`` resolves directly; an
+        unknown model raises as ``get`` does (with its suggestions) and is
+        not cached. Nothing is ever fetched.
+        """
+        found = self._override(candidates(model, None))
+        if found is not None:
+            return found.source, found.model, found.provider
+        if cache is None or not self._bundled:
+            price = self.get(model)
+            return price.source, price.model, price.provider
+        if self._names is None or self._names.path != cache:
+            self._names = _NameCache(cache, _data_key(self._use_genai))
+        hit = self._names.get(model)
+        if hit is not None:
+            return hit
+        price = self.get(model)
+        self._names.put(model, price)
+        return price.source, price.model, price.provider
 
     # -- genai-prices ---------------------------------------------------------
 
@@ -812,6 +855,100 @@ def _merge_tiers(
 
 
 # -- litellm's map ----------------------------------------------------------------
+
+
+# -- the name cache (PriceBook.priced_as) ------------------------------------------
+
+
+def cache_dir() -> Path | None:
+    """Where crew-budget keeps small caches: ``$CREW_BUDGET_CACHE_DIR`` (empty:
+    none), else ``$XDG_CACHE_HOME/crew-budget``, else ``~/.cache/crew-budget``."""
+    chosen = os.environ.get("CREW_BUDGET_CACHE_DIR")
+    if chosen is not None:
+        return Path(chosen).expanduser() if chosen.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        if home.startswith("~"):  # no home directory to speak of: no cache
+            return None
+        base = os.path.join(home, ".cache")
+    return Path(base) / "crew-budget"
+
+
+def names_cache_path() -> Path | None:
+    """The file ``PriceBook.priced_as`` keeps resolved names in (None: no cache)."""
+    folder = cache_dir()
+    return None if folder is None else folder / "price-names.json"
+
+
+def _data_key(use_genai: bool) -> str:
+    """What a resolved name depends on besides the name: crew-budget's
+    matching rules and the installed price data, by file identity."""
+    from importlib.util import find_spec
+
+    from crew_budget import __version__
+
+    def ident(path: Path) -> str:
+        st = path.stat()
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+    parts = [__version__, ident(Path(__file__))]
+    spec = find_spec("genai_prices") if use_genai else None
+    if spec is not None and spec.submodule_search_locations:
+        parts.append(ident(Path(next(iter(spec.submodule_search_locations))) / "data.py"))
+    else:
+        parts.append("no genai-prices")
+    try:
+        parts.append(ident(litellm_price_map_path()))
+    except PricingError:
+        parts.append("no litellm")
+    return "|".join(parts)
+
+
+class _NameCache:
+    """model -> (source, name, provider, expires_at) in a JSON file, for one data key.
+
+    Read once; written whole (a temporary file renamed over it) after each
+    new name. Any problem reading (no file, another key, bad JSON, a read-only
+    or missing directory) just means resolving from the data as before.
+    """
+
+    _LIMIT = 5000  # names: a file past this starts afresh
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self.names: dict[str, list[Any]] = {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(data, dict) or data.get("key") != key:
+            return
+        names = data.get("names")
+        if isinstance(names, dict) and len(names) < self._LIMIT:
+            self.names = names
+
+    def get(self, model: str) -> tuple[str, str, str] | None:
+        entry = self.names.get(model)
+        if not (isinstance(entry, list) and len(entry) == 4
+                and all(isinstance(x, str) for x in entry[:3])
+                and (entry[3] is None or isinstance(entry[3], (int, float)))):
+            return None
+        if entry[3] is not None and time.time() >= entry[3]:
+            return None  # the data says this price changes then: look again
+        return entry[0], entry[1], entry[2]
+
+    def put(self, model: str, price: Price) -> None:
+        self.names[model] = [price.source, price.model, price.provider, price.expires_at]
+        text = json.dumps({"key": self.key, "names": self.names}, sort_keys=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def litellm_data_dir() -> Path:

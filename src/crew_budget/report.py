@@ -38,11 +38,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
-from operator import attrgetter
+from json.encoder import encode_basestring_ascii
+from operator import attrgetter, itemgetter
+from pathlib import Path
 from typing import Any, Literal
 
 from crew_budget.cli.common import fit_columns, fmt_usd, money_column
-from crew_budget.ledger.base import SHADOW_KEY, Rollup, SpendRecord, in_span
+from crew_budget.ledger.base import (
+    ROLLUP_METRICS,
+    SHADOW_KEY,
+    Rollup,
+    RollupTable,
+    SpendRecord,
+    in_span,
+)
 from crew_budget.money import from_nano
 
 __all__ = [
@@ -211,9 +220,6 @@ def _label(record: SpendRecord, key: str, labels: dict[str, _TimeLabels]) -> str
     return str(getattr(record, key))
 
 
-_NANO = 1_000_000_000
-
-
 def _usd_text(nano: int) -> str:
     """``str(from_nano(nano))`` without a ``Decimal``: a report renders three
     amounts per row, ~23k rows for a 30-day role x model x hour report.
@@ -222,13 +228,15 @@ def _usd_text(nano: int) -> str:
     a micro-dollar up; below that ``Decimal`` writes an exponent (``1E-7``),
     so those few go through it (tests/test_report_fast.py compares both ways).
     """
-    if -1000 < nano < 1000:
-        return str(from_nano(nano))
-    whole, frac = divmod(abs(nano), _NANO)
-    sign = "-" if nano < 0 else ""
-    if not frac:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:09d}".rstrip("0")
+    if nano >= 1000:  # the decimal point put into the integer's digits
+        digits = str(nano)
+        if len(digits) > 9:
+            frac = digits[-9:].rstrip("0")
+            return f"{digits[:-9]}.{frac}" if frac else digits[:-9]
+        return "0." + digits.rjust(9, "0").rstrip("0")
+    if nano <= -1000:
+        return "-" + _usd_text(-nano)
+    return str(from_nano(nano))
 
 
 def _avg_nano(cost_nano: int, calls: int) -> int:
@@ -371,6 +379,11 @@ class Report:
         return {"price_source": found.label, "priced_as": found.priced_as}
 
     def to_dict(self) -> dict[str, Any]:
+        return self._to_dict(rows=True)
+
+    def _to_dict(self, *, rows: bool) -> dict[str, Any]:
+        """``to_dict``; ``rows=False`` leaves the rows out (an empty list: ``to_json``
+        writes them itself)."""
         total = self.row_dict(self.total)
         return {
             "since": self._iso(self.since),
@@ -381,7 +394,7 @@ class Report:
             "source": self.source,
             **({"records_retention_days": self.records_retention_days}
                if self.records_retention_days is not None else {}),
-            "rows": [self.row_dict(r) for r in self.rows],
+            "rows": [self.row_dict(r) for r in self.rows] if rows else [],
             "total": {k: v for k, v in total.items() if k not in self.by},
             "resets": [
                 {"time": self._iso(r.ts), "scope": r.scope,
@@ -404,33 +417,99 @@ class Report:
 
         ``json.dumps(indent=2)`` runs Python's pure-Python encoder: half a
         second for the ~23k rows of a 30-day role x model x hour report. Rows
-        are encoded one by one by the C encoder instead, one per line.
+        are written one per line by ``_row_lines``, straight from their
+        integers: the text ``json.dumps(self.row_dict(row))`` gives
+        (tests/test_report_fast.py compares both on thousands of rows).
         """
         parts = []
-        for key, value in self.to_dict().items():
+        for key, value in self._to_dict(rows=False).items():
             if key == "rows":
-                inner = ",\n    ".join(json.dumps(r) for r in value)
-                text = f"[\n    {inner}\n  ]" if value else "[]"
+                inner = ",\n    ".join(self._row_lines())
+                text = f"[\n    {inner}\n  ]" if self.rows else "[]"
             else:
                 text = json.dumps(value, indent=2).replace("\n", "\n  ")
             parts.append(f"  {json.dumps(key)}: {text}")
         return "{\n" + ",\n".join(parts) + "\n}"
 
+    def _row_lines(self) -> list[str]:
+        """``json.dumps(self.row_dict(row))`` of every row, without a dict per row.
+
+        A 30-day role x model x hour report has ~23,000 rows: building each
+        row's dict (with its price-source columns) and encoding it took
+        longer than reading and grouping them. Keys are encoded by
+        ``json``'s own C string encoder (``ensure_ascii``, as ``json.dumps``);
+        money is ASCII digits from ``_usd_text``/``_share_text``.
+        """
+        enc = encode_basestring_ascii
+        names = [enc(k) + ": " for k in self.by]
+        n = len(names)
+        total = self.total.cost_nano
+        suffix: dict[str, str] = {}
+        model_at = self.by.index("model") if self.prices and "model" in self.by else None
+        if model_at is not None:
+            for model, found in self.prices.items():
+                suffix[model] = (f', "price_source": {enc(found.label)}, '
+                                 f'"priced_as": {enc(found.priced_as)}')
+        values: dict[str, str] = {}  # the same few keys recur on every row
+        usd, avg, share = _usd_text, _avg_nano, _share_text
+        out = []
+        for row in self.rows:
+            key = row.key
+            if len(key) != n:  # not a row build_report makes: the general path
+                out.append(json.dumps(self.row_dict(row)))
+                continue
+            parts = []
+            for name, v in zip(names, key, strict=True):
+                e = values.get(v)
+                if e is None:
+                    e = values[v] = enc(v)
+                parts.append(name + e)
+            calls, cost = row.calls, row.cost_nano
+            out.append(
+                f'{{{", ".join(parts)}{", " if n else ""}"calls": {calls}, '
+                f'"blocked": {row.blocked}, "released": {row.released}, '
+                f'"expired": {row.expired}, "input_tokens": {row.input_tokens}, '
+                f'"output_tokens": {row.output_tokens}, "cost_usd": "{usd(cost)}", '
+                f'"estimate_usd": "{usd(row.estimate_nano)}", '
+                f'"avg_cost_usd": "{usd(avg(cost, calls)) if calls else "0"}", '
+                f'"share_pct": "{share(cost, total) if total else "0"}"'
+                f'{"" if model_at is None else suffix.get(key[model_at], "")}}}')
+        return out
+
     def to_csv(self) -> str:
+        """A header and one line per row: the cells of ``row_dict`` (a missing
+        price column empty), made from the row's integers as ``_row_lines``."""
         out = io.StringIO()
         columns = [*self.by, "calls", "blocked", "released", "expired", "input_tokens",
                    "output_tokens", "cost_usd", "estimate_usd", "avg_cost_usd", "share_pct"]
-        if self.prices and "model" in self.by:
+        model_at = self.by.index("model") if self.prices and "model" in self.by else None
+        if model_at is not None:
             columns += ["price_source", "priced_as"]
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        cells = {m: [p.label, p.priced_as] for m, p in self.prices.items()}
+        total, n, none = self.total.cost_nano, len(self.by), ["", ""]
+        usd, avg, share = _usd_text, _avg_nano, _share_text
+        lines: list[list[Any]] = []
         for row in self.rows:
-            writer.writerow(self.row_dict(row))
+            key, calls, cost = row.key, row.calls, row.cost_nano
+            if len(key) != n:  # not a row build_report makes: the general path
+                d = self.row_dict(row)
+                lines.append([d.get(c, "") for c in columns])
+                continue
+            line = [*key, calls, row.blocked, row.released, row.expired, row.input_tokens,
+                    row.output_tokens, usd(cost), usd(row.estimate_nano),
+                    usd(avg(cost, calls)) if calls else "0",
+                    share(cost, total) if total else "0"]
+            if model_at is not None:
+                line += cells.get(key[model_at], none)
+            lines.append(line)
+        writer.writerows(lines)
         return out.getvalue()
 
 
 def build_report(
-    records: Iterable[SpendRecord] | Iterable[Rollup],
+    records: Iterable[SpendRecord] | Iterable[Rollup] | RollupTable,
     by: Sequence[str] = ("role", "model"),
     *,
     since: float | None = None,
@@ -443,9 +522,12 @@ def build_report(
 
     Given rollups, ``resets`` lists the reset records to show (rollups hold
     none; ``Ledger.resets``), ``records`` counts the calls the rollups stand
-    for, and a key of ``RECORD_KEYS`` raises ``ValueError``.
+    for, and a key of ``RECORD_KEYS`` raises ``ValueError``. Given a
+    ``RollupTable`` (``Ledger.rollup_table``), the same report, from its rows.
     """
     keys = parse_by(by)
+    if isinstance(records, RollupTable):
+        return _table_report(records, keys, since, until, tz, sort, resets)
     labels = {"hour": _TimeLabels(tz, "hour"), "day": _TimeLabels(tz, "day")}
     hour_labels = {"hour": _HourLabels(tz, "hour"), "day": _HourLabels(tz, "day")}
     groups: dict[tuple[str, ...], ReportRow] = {}
@@ -497,6 +579,112 @@ def build_report(
         rows.sort(key=lambda row: row.key)
     return Report(keys, since, until, tz, rows, total, reset_list, count, source,
                   overrides=overrides)
+
+
+def _audit(resets: Iterable[SpendRecord], since: float | None, until: float | None
+           ) -> tuple[list[SpendRecord], list[SpendRecord]]:
+    audit = [r for r in resets
+             if (since is None or r.ts >= since) and (until is None or r.ts < until)]
+    return ([r for r in audit if r.outcome == "reset"],
+            [r for r in audit if r.outcome == "override"])
+
+
+def _table_report(table: RollupTable, keys: tuple[str, ...], since: float | None,
+                  until: float | None, tz: tzinfo, sort: Literal["cost", "key"],
+                  resets: Iterable[SpendRecord]) -> Report:
+    """``build_report`` over a ``RollupTable``: the rows' keys are made per group
+    (few) and per hour (720 in 30 days), not per row; rows that share a key
+    (several scopes of one group-hour, or all hours without a time key) are
+    summed in integers. Same rows, totals and order as over ``Rollup``s
+    (tests/test_report_table.py)."""
+    bad = [k for k in keys if k in RECORD_KEYS]
+    if bad:
+        raise ValueError(f"rollups cannot be grouped by {bad[0]!r}: read records for it")
+    timed = [i for i, k in enumerate(keys) if k in ("hour", "day")]
+    if timed and not table.per_hour:
+        raise ValueError("a rollup table summed over the span has no hours to group by")
+    reset_list, overrides = _audit(resets, since, until)
+    rows = table.rows
+    if table.per_hour and (since is not None or until is not None):
+        hours = {r[0] for r in rows}
+        if not all(in_span(h, since, until) for h in hours):
+            rows = [r for r in rows if in_span(r[0], since, until)]
+    # Per group: the key's parts before and after its one time part.
+    split = timed[0] if len(timed) == 1 else len(keys)
+    pre: dict[Any, tuple[str, ...]] = {}
+    post: dict[Any, tuple[str, ...]] = {}
+    for gid, (scope, role, model, crew) in table.groups.items():
+        named = {"scope": scope or "", "role": role, "model": model, "crew": crew or "",
+                 "hour": "", "day": ""}
+        parts = tuple(named[k] for k in keys)
+        pre[gid], post[gid] = parts[:split], parts[split + 1:]
+    first: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    merged: dict[tuple[str, ...], list[int]] = {}
+    if len(timed) == 1:
+        label = _HourLabels(tz, "hour" if keys[split] == "hour" else "day")
+        labels = {h: label(h) for h in {r[0] for r in rows}}
+        add = first.setdefault
+        for r in rows:
+            g = r[1]
+            key = pre[g] + (labels[r[0]],) + post[g]
+            if add(key, r) is not r:
+                _merge(first, merged, key, r)
+    elif not timed:
+        for r in rows:
+            _merge(first, merged, pre[r[1]], r)
+    else:  # hour and day both: each rollup's own labels
+        hour_labels = {"hour": _HourLabels(tz, "hour"), "day": _HourLabels(tz, "day")}
+        for r in rows:
+            both = list(pre[r[1]])
+            for i in timed:
+                both[i] = hour_labels[keys[i]](r[0])
+            _merge(first, merged, tuple(both), r)
+    for key, acc in merged.items():  # summed rows, in the shape of a table row
+        first[key] = (None, None, *acc)
+    c, b, rel, e, i, ci, cw, o, cost, est = _ROW_AT
+    out = [ReportRow(key, r[c], r[b], r[rel], r[e], r[i] + r[ci] + r[cw], r[o], r[cost], r[est])
+           for key, r in first.items()]
+    # The total is the sum of the rows (every rollup went into exactly one).
+    got = first.values()
+    sums = [sum(map(itemgetter(at), got)) for at in _ROW_AT]
+    total = ReportRow((), sums[0], sums[1], sums[2], sums[3], sums[4] + sums[5] + sums[6],
+                      sums[7], sums[8], sums[9])
+    count = len(reset_list) + total.calls + total.blocked + total.released
+    # (-cost, -calls, key) as three stable sorts on single fields: C comparisons
+    # instead of a tuple per row.
+    out.sort(key=attrgetter("key"))
+    if sort == "cost":
+        out.sort(key=attrgetter("calls"), reverse=True)
+        out.sort(key=attrgetter("cost_nano"), reverse=True)
+    return Report(keys, since, until, tz, out, total, reset_list, count,
+                  "rollups" if table.rows else "records", overrides=overrides)
+
+
+# Positions of the counts a report reads in a RollupTable row's counts
+# (``row[2:]``, ROLLUP_METRICS order); ``_SHADOW`` is in the row itself.
+(_CALLS, _BLOCKED, _RELEASED, _EXPIRED, _INPUT, _CACHED, _CACHE_WRITE, _OUTPUT, _COST,
+ _ESTIMATE) = (ROLLUP_METRICS.index(m) for m in (
+     "calls", "blocked", "released", "expired", "input_tokens", "cached_input_tokens",
+     "cache_write_tokens", "output_tokens", "cost_nano", "estimate_nano"))
+_ROW_AT = tuple(2 + i for i in (_CALLS, _BLOCKED, _RELEASED, _EXPIRED, _INPUT, _CACHED,
+                                 _CACHE_WRITE, _OUTPUT, _COST, _ESTIMATE))
+"""The same positions in a table row (``(hour, group_id, *counts)``)."""
+_SHADOW = 2 + ROLLUP_METRICS.index("shadow_blocked")
+assert ROLLUP_METRICS[_SHADOW - 1] == "shadow_blocked_nano"  # read as r[_SHADOW + 1]
+
+
+def _merge(first: dict[tuple[str, ...], tuple[Any, ...]],
+           merged: dict[tuple[str, ...], list[int]], key: tuple[str, ...],
+           r: tuple[Any, ...]) -> None:
+    """Put row ``r`` under ``key``: kept as is if it is the first, else summed."""
+    seen = first.setdefault(key, r)
+    if seen is r:
+        return
+    acc = merged.get(key)
+    if acc is None:
+        acc = merged[key] = list(seen[2:])
+    for i, x in enumerate(r[2:]):
+        acc[i] += x
 
 
 def time_series(
@@ -638,12 +826,16 @@ class PriceSource:
         return data
 
 
-def price_sources(models: Iterable[str], prices: Any) -> dict[str, PriceSource]:
+def price_sources(models: Iterable[str], prices: Any, *,
+                  cache: Path | None = None) -> dict[str, PriceSource]:
     """Resolve each model as the guard does (``prices`` is its ``PriceBook``).
 
     The name is the one the ledger recorded (with its provider prefix, when
     the agent used one), resolved without a provider hint: rollups do not
-    keep one. Sorted by model name.
+    keep one. Sorted by model name. ``cache``: a file of names resolved
+    before (``PriceBook.priced_as``; the CLI passes
+    ``crew_budget.pricing.names_cache_path()``), so a report on known models
+    loads no price list.
     """
     from crew_budget.errors import CrewBudgetError
 
@@ -652,13 +844,12 @@ def price_sources(models: Iterable[str], prices: Any) -> dict[str, PriceSource]:
         if not model:
             continue
         try:
-            price = prices.get(model)
+            source, name, provider = prices.priced_as(model, cache=cache)
         except CrewBudgetError as exc:
             out[model] = PriceSource(model, "unpriced", "", None, str(exc))
             continue
-        source = _SOURCE_LABELS.get(price.source, price.source)
-        provider = None if price.source == "override" else price.provider
-        out[model] = PriceSource(model, source, price.model, provider)
+        out[model] = PriceSource(model, _SOURCE_LABELS.get(source, source), name,
+                                 None if source == "override" else provider)
     return out
 
 
@@ -743,7 +934,7 @@ class ShadowSummary:
 
 
 def shadow_summary(
-    data: Iterable[SpendRecord] | Iterable[Rollup],
+    data: Iterable[SpendRecord] | Iterable[Rollup] | RollupTable,
     *,
     since: float | None = None,
     until: float | None = None,
@@ -751,6 +942,11 @@ def shadow_summary(
     """The shadow-blocked calls of ``data`` in ``[since, until)``: from rollups'
     ``shadow_blocked`` counts, or from records charged with the guard's mark."""
     out = ShadowSummary()
+    if isinstance(data, RollupTable):
+        for row in data.rows:
+            if row[_SHADOW] and (not data.per_hour or in_span(row[0], since, until)):
+                out.add(data.groups[row[1]][1], row[_SHADOW], row[_SHADOW + 1])
+        return out
     for r in data:
         if isinstance(r, Rollup):
             if r.shadow_blocked and in_span(r.hour, since, until):

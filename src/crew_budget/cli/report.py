@@ -31,7 +31,7 @@ from crew_budget.cli.common import (
     console,
     fail,
     ledger_name,
-    open_guard,
+    open_books,
     parse_span,
 )
 
@@ -70,7 +70,8 @@ def report(
 ) -> None:
     """Spend by role, model, hour, ...: table, CSV, JSON and an HTML page with charts."""
     from crew_budget.errors import LedgerUnavailable
-    from crew_budget.ledger.base import Rollup, SpendRecord
+    from crew_budget.ledger.base import Rollup, RollupTable, SpendRecord
+    from crew_budget.pricing import names_cache_path
     from crew_budget.report import (
         build_report,
         needs_records,
@@ -101,7 +102,8 @@ def report(
             substitutions = parse_substitutions(what_if)
         except ConfigError as exc:
             raise typer.BadParameter(exc.detail, param_hint="--what-if") from None
-    guard, _source = open_guard("report", config, ledger)
+    # The books without a Guard: a report prices nothing and sends no alerts.
+    guard, _source = open_books("report", config, ledger)
     tz = get_tz(guard.config.timezone)
     span = parse_span(since, until, guard.ledger.now(), tz)
     if span.until <= span.since:
@@ -115,10 +117,17 @@ def report(
              "model, crew, scope, hour or day (hourly rollups), or set records_retention_days",
              EXIT_CONFIG)
     data: list[SpendRecord] | list[Rollup]
+    table: RollupTable | None = None
     try:
         if record_keys:
             data = guard.ledger.records(since=span.since, until=span.until)
             resets: list[SpendRecord] = []
+        elif html is None:
+            # Rows, not a Rollup per group-hour: what the tables, CSV and JSON need.
+            table = guard.ledger.rollup_table(since=span.since, until=span.until,
+                                              per_hour="hour" in keys or "day" in keys)
+            data = []
+            resets = guard.ledger.resets(since=span.since, until=span.until)
         else:
             data = guard.ledger.rollups(since=span.since, until=span.until)
             resets = guard.ledger.resets(since=span.since, until=span.until)
@@ -130,14 +139,20 @@ def report(
     if model is not None:
         data = [r for r in data if r.model == model]  # type: ignore[assignment]
         resets = [r for r in resets if r.model == model]
-    if not data and not resets:
+    if table is not None and (role is not None or model is not None):
+        table = _only(table, role, model)
+    if not (data or (table is not None and table.rows)) and not resets:
         what = "".join(f" for {k} {v!r}" for k, v in (("role", role), ("model", model)) if v)
         fail("report", f"no spend records{what} in {span.label} in ledger {ledger_name(guard)}; "
              "widen --since, or check --ledger points at the ledger your agents use",
              EXIT_EMPTY)
-    result = build_report(data, keys, since=span.since, until=span.until, tz=tz,
-                          sort="cost" if sort == "cost" else "key", resets=resets)
-    result.prices = price_sources({r.model for r in data if r.model}, guard.prices)
+    result = build_report(data if table is None else table, keys, since=span.since,
+                          until=span.until, tz=tz, sort="cost" if sort == "cost" else "key",
+                          resets=resets)
+    models = ({r.model for r in data} if table is None
+              else {table.groups[gid][2] for gid in {r[1] for r in table.rows}})
+    result.prices = price_sources({m for m in models if m}, guard.prices,
+                                  cache=names_cache_path())
     if record_keys:
         result.records_retention_days = kept
         how_long = "" if kept is None else f", which this ledger keeps {kept:g} days"
@@ -145,7 +160,8 @@ def report(
                    f"{how_long} (other keys read hourly rollups, kept 400 days)", err=True)
     from crew_budget.report import shadow_summary
 
-    result.shadow = shadow_summary(data, since=span.since, until=span.until)
+    result.shadow = shadow_summary(data if table is None else table, since=span.since,
+                                   until=span.until)
     whatif_result = None
     if substitutions is not None:
         whatif_result = _what_if(guard, substitutions, span.since, span.until, role, model)
@@ -193,6 +209,15 @@ def report(
             out.print(result.shadow.text())
         if whatif_result is not None:
             _print_what_if(out, whatif_result, span.label)
+
+
+def _only(table: Any, role: str | None, model: str | None) -> Any:
+    """``table``'s rows of groups with that role and/or model (``--role``, ``--model``)."""
+    from crew_budget.ledger.base import RollupTable
+
+    groups = {gid: g for gid, g in table.groups.items()
+              if (role is None or g[1] == role) and (model is None or g[2] == model)}
+    return RollupTable(groups, [r for r in table.rows if r[1] in groups], table.per_hour)
 
 
 def _what_if(guard: Any, substitutions: Any, since: float, until: float,

@@ -130,6 +130,7 @@ from crew_budget.errors import (
     ReservationError,
 )
 from crew_budget.ledger.base import (
+    ROLLUP_METRICS,
     ROLLUP_RETENTION_DAYS,
     Bucket,
     BucketState,
@@ -143,7 +144,9 @@ from crew_budget.ledger.base import (
     Reservation,
     ReserveRequest,
     Rollup,
+    RollupGroup,
     RollupKey,
+    RollupTable,
     SettleResult,
     SpendRecord,
     StaleOverrides,
@@ -173,6 +176,13 @@ except ImportError as _exc:  # pragma: no cover - only without the extra
     ) from _exc
 
 __all__ = ["MAX_NANO", "RedisLedger", "redact_url"]
+
+
+def _rollup_group(field: str) -> RollupGroup:
+    """A rollup hash field (the group's JSON object) as a ``RollupGroup``."""
+    d = json.loads(field)
+    return (d.get("scope"), d["role"], d["model"], d.get("crew"))
+
 
 T = TypeVar("T")
 
@@ -1050,31 +1060,64 @@ class RedisLedger(Ledger):
         One pipelined HGETALL per hour: ~720 for 30 days, whatever the
         number of calls. Without ``since``, the whole rollup retention.
         """
+        hours = self._rollup_hours(since, until)
+        acc: dict[RollupKey, list[int]] = {}
+        # The same few groups recur every hour: each JSON is decoded once.
+        groups: dict[str, RollupGroup] = {}
+        for h, fields in zip(hours, self._run(lambda c: self._read_hours(c, hours)),
+                             strict=True):
+            hour = float(h)
+            for group, value in fields.items():
+                g = groups.get(group)
+                if g is None:
+                    g = groups[group] = _rollup_group(group)
+                add_rollup(acc, (hour, *g), list(map(int, value.split())))
+        return rollups_from(acc)
+
+    def rollup_table(self, since: float | None = None, until: float | None = None, *,
+                     per_hour: bool = True) -> RollupTable:
+        """The span's hour hashes as a ``RollupTable``: one pipelined HGETALL per
+        hour, as ``rollups``, each field (the group's JSON) its group id and
+        decoded once; each value's counts parsed once, without a ``Rollup``."""
+        hours = self._rollup_hours(since, until)
+        size = len(ROLLUP_METRICS)
+        rows: list[tuple[Any, ...]] = []
+        sums: dict[str, list[int]] = {}
+        append = rows.append
+        for h, fields in zip(hours, self._run(lambda c: self._read_hours(c, hours)),
+                             strict=True):
+            for gid, value in fields.items():
+                counts = value.split()
+                if len(counts) < size:  # stored before the later metrics existed
+                    counts += ["0"] * (size - len(counts))
+                if per_hour:
+                    append((h, gid, *map(int, counts)))
+                    continue
+                acc = sums.get(gid)
+                if acc is None:
+                    sums[gid] = list(map(int, counts))
+                else:
+                    for i, x in enumerate(map(int, counts)):
+                        acc[i] += x
+        if not per_hour:
+            rows = [(None, gid, *acc) for gid, acc in sums.items()]
+        groups = {gid: _rollup_group(gid) for gid in {row[1] for row in rows}}
+        return RollupTable(groups, rows, per_hour)
+
+    def _rollup_hours(self, since: float | None, until: float | None) -> list[int]:
+        """The hour starts whose hashes hold ``[since, until)`` (see ``rollups``)."""
         now = self.now()
         first = rollup_hour(now - ROLLUP_RETENTION_DAYS * 86400.0 if since is None else since)
         last = rollup_hour(now + 3600 if until is None else until)
         if until is not None and last == until:
             last -= 3600  # until is exclusive
-        hours = [int(first) + 3600 * i for i in range(int((last - first) // 3600) + 1)]
-        acc: dict[RollupKey, list[int]] = {}
+        return [int(first) + 3600 * i for i in range(int((last - first) // 3600) + 1)]
 
-        def read(c: Any) -> list[Any]:
-            pipe = c.pipeline(transaction=False)
-            for h in hours:
-                pipe.hgetall(f"{self.prefix}ru:{h}")
-            return cast(list[Any], pipe.execute())
-
-        # The same few groups recur every hour: each JSON is decoded once.
-        groups: dict[str, tuple[str | None, str, str, str | None]] = {}
-        for h, fields in zip(hours, self._run(read), strict=True):
-            hour = float(h)
-            for group, value in fields.items():
-                g = groups.get(group)
-                if g is None:
-                    d = json.loads(group)
-                    g = groups[group] = (d.get("scope"), d["role"], d["model"], d.get("crew"))
-                add_rollup(acc, (hour, *g), list(map(int, value.split())))
-        return rollups_from(acc)
+    def _read_hours(self, c: Any, hours: Sequence[int]) -> list[dict[str, str]]:
+        pipe = c.pipeline(transaction=False)
+        for h in hours:
+            pipe.hgetall(f"{self.prefix}ru:{h}")
+        return cast(list[dict[str, str]], pipe.execute())
 
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
         lo = "-inf" if since is None else repr(float(since))

@@ -50,7 +50,9 @@ from crew_budget.ledger.base import (
     Reservation,
     ReserveRequest,
     Rollup,
+    RollupGroup,
     RollupKey,
+    RollupTable,
     SettleResult,
     SpendRecord,
     StaleOverrides,
@@ -483,6 +485,37 @@ class SQLiteLedger(Ledger):
             add_rollup(acc, (float(hour), *g), counts)
         return rollups_from(acc)
 
+    def rollup_table(self, since: float | None = None, until: float | None = None, *,
+                     per_hour: bool = True) -> RollupTable:
+        """The span's rollup rows as SQLite returns them (``RollupTable``).
+
+        The primary key ``(hour, grp)`` answers the span as a range seek;
+        rows come back as ``(hour, grp, *counts)`` tuples, ``grp`` (the
+        group's JSON) is the group id and decoded once per group. Without
+        ``per_hour``, SQLite sums each group over the span (``GROUP BY grp``):
+        ~30 rows instead of ~23,000 for 30 days of 32 groups.
+        """
+        where, args = " WHERE 1=1", []
+        if since is not None:
+            where += " AND hour > ?"
+            args.append(since - 3600)
+        if until is not None:
+            where += " AND hour < ?"
+            args.append(until)
+        if per_hour:
+            sql = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups{where}"
+        else:
+            sums = ", ".join(f"SUM({m})" for m in ROLLUP_METRICS)
+            sql = f"SELECT NULL, grp, {sums} FROM rollups{where} GROUP BY grp"
+        try:
+            rows = self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:  # "integer overflow": a sum past 2**63
+            if not per_hour and "overflow" in str(exc):
+                return super().rollup_table(since, until, per_hour=False)
+            raise LedgerUnavailable(self.url, str(exc)) from exc
+        groups = {grp: _group(grp) for grp in {row[1] for row in rows}}
+        return RollupTable(groups, rows, per_hour)
+
     def resets(self, since: float | None = None, until: float | None = None) -> list[SpendRecord]:
         return self._span("resets", since, until)
 
@@ -895,6 +928,11 @@ def _outbox_entry(db: sqlite3.Connection, key: str, now: float | None = None
 def _bucket_row(db: sqlite3.Connection, key: str) -> tuple[int, int]:
     row = db.execute("SELECT spent, reserved FROM buckets WHERE key = ?", (key,)).fetchone()
     return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def _group(grp: str) -> RollupGroup:
+    scope, role, model, crew = json.loads(grp)
+    return (scope, role, model, crew)
 
 
 def _add_rollup(db: sqlite3.Connection, record: SpendRecord) -> None:
