@@ -197,6 +197,7 @@ def _row_models(guard: Guard, rows: list[BudgetStatus],
     models x hours). A ledger that cannot answer leaves the lists empty.
     """
     from crew_budget.errors import LedgerUnavailable
+    from crew_budget.pricing import names_cache_path
     from crew_budget.report import price_sources, scope_models
     from crew_budget.windows import get_tz, span
 
@@ -211,7 +212,8 @@ def _row_models(guard: Guard, rows: list[BudgetStatus],
         return [[] for _ in rows], []
     used = [scope_models(r.scope, rollups, spans[r.window].starts_at, spans[r.window].ends_at)
             for r in rows]
-    sources = price_sources((m for names in used for m in names), guard.prices)
+    sources = price_sources((m for names in used for m in names), guard.prices,
+                            cache=names_cache_path())
     per_row = [[{"model": m, "price_source": sources[m].label,
                  "priced_as": sources[m].priced_as} for m in names if m in sources]
                for names in used]
