@@ -199,3 +199,35 @@ def test_rollups_stay_exact_across_the_digits_lua_writes_as_numbers(server: Redi
         3 * 10**9 - 3, 21, 3 * 999_999_999, 15)
     assert r.estimate_nano == 3000
     ledger.close()
+
+
+def test_reserve_writes_its_key_first_and_a_refusal_or_a_repeat_leaves_nothing_behind(
+    server: RedisServer,
+) -> None:
+    """reserve writes the reservation with SET NX before the limit checks (the
+    duplicate check and the write in one command, lua/reserve.lua): a repeated
+    id keeps the first value and charges nothing; a refusal deletes the key it
+    had just written, so the refused id is unknown and nothing is reserved."""
+    ledger = RedisLedger(server.url, namespace="nx")
+    b = day_bucket(ledger, "role:researcher", 5_000)
+    draft = RecordDraft(role="researcher", model="test-model", estimate_nano=3000)
+    rid = new_reservation_id()
+    first = ledger.reserve(ReserveRequest(rid, (b,), 3000, 600.0, draft))
+    again = ledger.reserve(ReserveRequest(rid, (b,), 4000, 600.0, draft))
+    assert isinstance(first, Reservation) and isinstance(again, Reservation)
+    assert (again.amount_nano, again.expires_at) == (3000, first.expires_at)
+    assert counters(ledger, b) == (0, 3000)
+    refused = new_reservation_id()
+    denial = ledger.reserve(ReserveRequest(refused, (b,), 2001, 600.0, draft))
+    assert not isinstance(denial, Reservation)
+    assert (denial.state.spent_nano, denial.state.reserved_nano) == (0, 3000)
+    assert ledger.reservation_state(refused) is None
+    client = redis.Redis(port=server.port)
+    try:
+        assert client.exists(ledger.prefix + "r:" + refused) == 0
+    finally:
+        client.close()
+    assert [r.outcome for r in ledger.records()] == ["blocked"]
+    assert ledger.settle(rid, 2500, Usage(25, 0, 0, 1, 0)).applied is True
+    assert counters(ledger, b) == (2500, 0)
+    ledger.close()

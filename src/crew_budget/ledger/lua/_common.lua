@@ -592,10 +592,10 @@ end
 --   "new:" one (someone else started afresh on the emptied ledger)
 --                                         -> mark "lost", refuse
 --   otherwise (the same, or "recovered:") -> go on (the client adopts it)
+-- ``e`` is the key's value, read by the caller (false or nil: missing).
 -- Returns the epoch in force ("lost:..." when refused).
-local function check_epoch(prefix, seen, rid, ts)
+local function check_epoch(prefix, seen, rid, ts, e)
   local key = prefix .. 'epoch'
-  local e = redis.call('GET', key)
   if e == seen then return e end
   if e and string.sub(e, 1, 5) == 'lost:' then return e end
   local what
