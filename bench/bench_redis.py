@@ -16,7 +16,7 @@ Starts its own redis-server on a free loopback port, then measures in ONE run:
    the run.
 2. The split: (a), (b), two EVALSHA of a trivial script and the ledger's
    reserve + settle alone, all four interleaved call by call, plus what the
-   server spends per call: ``INFO commandstats`` EVALSHA usec_per_call and
+   server spends per call: ``INFO commandstats`` EVALSHA + FCALL usec_per_call and
    the Redis main thread's CPU time (``used_cpu_*_main_thread``). With four
    cases in turn each one runs after more unrelated work, so (b) (the case
    with the most code and data) is slower here than in 1.
@@ -53,9 +53,14 @@ B = "(b) Guard.preflight + Guard.settle on redis://"
 
 
 def _evalsha(client: Any) -> tuple[float, float]:
-    """Total EVALSHA usec and calls so far (INFO commandstats)."""
-    st = client.info("commandstats").get("cmdstat_evalsha", {})
-    return float(st.get("usec", 0)), float(st.get("calls", 0))
+    """Total script usec and calls so far, EVALSHA and FCALL (INFO commandstats)."""
+    stats = client.info("commandstats")
+    usec = calls = 0.0
+    for name in ("cmdstat_evalsha", "cmdstat_fcall"):
+        st = stats.get(name, {})
+        usec += float(st.get("usec", 0))
+        calls += float(st.get("calls", 0))
+    return usec, calls
 
 
 def _server_cpu(client: Any) -> float:
@@ -71,7 +76,7 @@ def overhead(url: str, calls: int) -> tuple[
 
     Returns 1's summaries and its (b)/(a) median ratio per fifth of the run,
     2's summaries, the history's estimated prompt tokens, and per case its
-    server cost: (EVALSHA usec_per_call, main-thread CPU µs per call),
+    server cost: (EVALSHA + FCALL usec_per_call, main-thread CPU µs per call),
     medians over blocks of that case alone after the interleaved runs.
     """
     import redis
@@ -157,14 +162,24 @@ def overhead(url: str, calls: int) -> tuple[
 
 
 def _load_ledger_class(path: str) -> Any:
-    """``RedisLedger`` from another ``ledger/redis.py`` (same package, same Lua)."""
+    """``RedisLedger`` from another ``ledger/redis.py`` (same package), running the
+    Lua scripts beside that file (its ``lua/`` directory) when there is one, so
+    the comparison is that tree's ledger as it is, not its Python on our Lua."""
     import importlib.util
+    from functools import lru_cache
 
     spec = importlib.util.spec_from_file_location("crew_budget.ledger._bench_compare", path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    lua = Path(path).resolve().parent / "lua"
+    if lua.is_dir() and hasattr(module, "_sources"):
+        names = list(module._sources())
+        module._sources = lru_cache(maxsize=1)(lambda: {
+            name: (lua / "_common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+            for name in names
+        })
     return module.RedisLedger
 
 
@@ -331,7 +346,7 @@ def main() -> None:
               f"p50 ratio per fifth of the run: {', '.join(f'{r:.2f}x' for r in parts)}\n")
         bare = stats[A]
         print("2. The split: four cases interleaved call by call\n")
-        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) | server: EVALSHA usec_per_call "
+        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) | server: script usec_per_call "
               "| server: main-thread CPU µs per call |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name, st in stats.items():

@@ -642,12 +642,12 @@ class RedisLedger(Ledger):
             reason = reason.replace(secret, "***")
         return LedgerUnavailable(self.url, reason)
 
-    def _run(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:
+    def _run(self, op: Callable[[Any], T], *, idempotent: bool = True, tries: int = 0,
+             started: float = 0.0) -> T:
         """Run ``op(client)``; once more after a dropped connection if safe; on
         Redis Cluster, again and again through a failover for up to
-        ``cluster_retry_seconds`` (see ``_again``)."""
-        tries = 0
-        started = 0.0
+        ``cluster_retry_seconds`` (see ``_again``). ``tries``/``started``: a
+        caller that already failed once itself (``_call``'s fast path)."""
         while True:
             try:
                 client = self._connect()
@@ -740,6 +740,18 @@ class RedisLedger(Ledger):
                 c.script_load(lua.script)
                 return c.evalsha(lua.sha, len(keys), *keys, *args)
 
+        client = self._client
+        if idempotent and client is not None and not self._cluster:
+            # reserve and settle on every LLM call: straight to the kept
+            # connection; the retry loop only after a failure, as its 2nd try.
+            try:
+                return self._kept_call(client, script, self._lua[script], keys, args)
+            except _UNAVAILABLE as exc:
+                if not self._again(exc, True, 0, 0.0):
+                    raise self._unavailable(exc) from exc
+            except rexc.RedisError as exc:
+                raise self._rejected(exc) from exc
+            return self._run(op, idempotent=True, tries=1, started=time.monotonic())
         return self._run(op, idempotent=idempotent)
 
     def _kept_call(self, client: Any, script: str, lua: Script, keys: Sequence[str | bytes],
