@@ -20,7 +20,10 @@ Starts its own redis-server on a free loopback port, then measures in ONE run:
    the Redis main thread's CPU time (``used_cpu_*_main_thread``). With four
    cases in turn each one runs after more unrelated work, so (b) (the case
    with the most code and data) is slower here than in 1.
-3. Aggregate reservations per second: ``processes`` processes, each doing
+3. Server time per reserve and per settle, the function library (``FCALL``,
+   Redis >= 7) against the same operations as scripts (``EVALSHA``, what a
+   Redis 6 gets), in alternating blocks.
+4. Aggregate reservations per second: ``processes`` processes, each doing
    ``RedisLedger.reserve`` + ``settle`` in a loop for ``seconds`` seconds
    against the one server (and the same through ``Guard``, estimator
    included).
@@ -159,6 +162,48 @@ def overhead(url: str, calls: int) -> tuple[
              / statistics.median(head[A][k * fifth:(k + 1) * fifth]) for k in range(5)]
     return ({name: summary(s) for name, s in head.items()}, parts,
             {name: summary(s) for name, s in samples.items()}, tokens, server)
+
+
+def functions_vs_evalsha(url: str, rounds: int = 9, block: int = 400
+                         ) -> dict[str, dict[str, float]]:
+    """3. Server µs per reserve and per settle (``INFO commandstats``), the same
+    ledger calling the function library (``FCALL``) or the scripts
+    (``EVALSHA``, what Redis < 7 gets), in alternating blocks; medians.
+
+    Flips the ledger's private ``_functions`` switch: a benchmark may, the
+    library never does from outside.
+    """
+    import redis
+
+    from crew_budget import Guard
+    from crew_budget.ledger import RecordDraft, ReserveRequest, new_reservation_id
+    from crew_budget.usage import Usage
+
+    client = redis.Redis.from_url(url)
+    guard = Guard(CONFIG, url)
+    ledger: Any = guard.ledger
+    buckets = tuple(guard.buckets("researcher"))
+    draft = RecordDraft(role="researcher", model=MODEL, estimate_nano=1000)
+    usage = Usage(4000, 0, 0, 200, 0)
+    got: dict[str, dict[str, list[float]]] = {m: {"reserve": [], "settle": []}
+                                              for m in ("FCALL", "EVALSHA")}
+    for i in range(rounds + 1):
+        for mode in got:
+            ledger._functions = mode == "FCALL"
+            before = _evalsha(client)
+            ids = [ledger.reserve(ReserveRequest(new_reservation_id(), buckets, 1000, 600.0,
+                                                 draft)).reservation_id for _ in range(block)]
+            reserved = _evalsha(client)
+            for rid in ids:
+                ledger.settle(rid, 900, usage)
+            settled = _evalsha(client)
+            if i:  # the first round loads the scripts and the library
+                got[mode]["reserve"].append((reserved[0] - before[0]) / (reserved[1] - before[1]))
+                got[mode]["settle"].append((settled[0] - reserved[0]) / (settled[1] - reserved[1]))
+    guard.close()
+    client.close()
+    return {mode: {op: statistics.median(v) for op, v in ops.items()}
+            for mode, ops in got.items()}
 
 
 def _load_ledger_class(path: str) -> Any:
@@ -353,6 +398,15 @@ def main() -> None:
             evalsha, cpu = server[name]
             print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | "
                   f"{st['p50'] / bare['p50']:.2f}x | {evalsha:.1f} | {cpu:.0f} |")
+        print()
+        per_op = functions_vs_evalsha(url)
+        print("3. Server time per operation: function library (FCALL) vs scripts (EVALSHA), "
+              "alternating blocks\n")
+        print("| path | reserve µs (usec_per_call) | settle µs | reserve + settle µs |")
+        print("|---|---:|---:|---:|")
+        for mode, ops in per_op.items():
+            print(f"| {mode} | {ops['reserve']:.1f} | {ops['settle']:.1f} | "
+                  f"{ops['reserve'] + ops['settle']:.1f} |")
         print()
         ledger_rate = throughput(url, "ledger", processes, seconds)
         guard_rate = throughput(url, "guard", processes, seconds)
