@@ -174,6 +174,14 @@ from crew_budget.money import MAX_NANO, check_nano
 from crew_budget.usage import Usage, check_usage
 from crew_budget.windows import WindowName
 
+_hiredis_pack: Callable[[Any], bytes] | None  # see _send_args
+try:  # hiredis is optional (the redis extra brings it)
+    from hiredis import pack_command as _pack_command
+
+    _hiredis_pack = _pack_command  # its stub types the argument as a 1-tuple
+except ImportError:  # pragma: no cover - only without hiredis
+    _hiredis_pack = None
+
 try:
     import redis
     import redis.exceptions as rexc
@@ -341,6 +349,24 @@ def _function_name(op: str) -> str:
     """``<library>_<op>``, the name ``FCALL`` takes, remembered per operation."""
     name = _FUNCTION_NAMES[op] = f"{_library()[0]}_{op}"
     return name
+
+
+def _send_args(conn: Any, args: tuple[str | bytes | int, ...]) -> None:
+    """Send one command on a redis-py ``Connection``.
+
+    With hiredis, what ``Connection.send_command`` does with it, without the
+    per-argument pass redis-py's ``HiredisRespSerializer`` makes first (it
+    turns ``bytearray``/``memoryview`` into ``bytes`` and splits a first
+    argument holding spaces; ours are ``str``, ``bytes`` and ``int``, and the
+    command a single word): ``hiredis.pack_command``, the function that
+    serializer ends in, then the public ``send_packed_command``. The bytes
+    sent are the same; the pass cost ~4 µs per reserve (31 arguments,
+    bench/README.md). Without hiredis: ``send_command``.
+    """
+    if _hiredis_pack is None:
+        conn.send_command(*args)
+    else:
+        conn.send_packed_command([_hiredis_pack(args)])
 
 
 def _no_functions(exc: BaseException) -> bool:
@@ -825,7 +851,7 @@ class RedisLedger(Ledger):
         """
         if self._functions:
             fname = _FUNCTION_NAMES.get(script) or _function_name(script)
-            conn.send_command("FCALL", fname, len(keys), *keys, *args)
+            _send_args(conn, ("FCALL", fname, len(keys), *keys, *args))
             try:
                 return conn.read_response()
             except rexc.ResponseError as exc:
@@ -834,15 +860,15 @@ class RedisLedger(Ledger):
                         raise
                     self._functions = False
                 elif self._load_library(conn, _library()[1]):
-                    conn.send_command("FCALL", fname, len(keys), *keys, *args)
+                    _send_args(conn, ("FCALL", fname, len(keys), *keys, *args))
                     return conn.read_response()
-        conn.send_command("EVALSHA", lua.sha, len(keys), *keys, *args)
+        _send_args(conn, ("EVALSHA", lua.sha, len(keys), *keys, *args))
         try:
             return conn.read_response()
         except rexc.NoScriptError:  # a restart or SCRIPT FLUSH: load it, run again
             conn.send_command("SCRIPT", "LOAD", lua.script)
             conn.read_response()
-            conn.send_command("EVALSHA", lua.sha, len(keys), *keys, *args)
+            _send_args(conn, ("EVALSHA", lua.sha, len(keys), *keys, *args))
             return conn.read_response()
 
     def _load_library(self, conn: Any, code: str) -> bool:
