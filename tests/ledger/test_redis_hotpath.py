@@ -304,3 +304,28 @@ def test_without_hiredis_installed_the_ledger_runs_on_redis_py_alone(redis_url: 
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "settled", "700", "700", "0", "False"]
+
+
+def test_hot_commands_are_the_bytes_redis_py_would_send(redis_url: str) -> None:
+    """reserve and settle are packed by ``hiredis.pack_command`` and sent with
+    ``send_packed_command`` (``_send_args``): byte for byte what redis-py's own
+    ``pack_command`` makes of the same arguments (str, non-ASCII str, bytes,
+    int), so the server sees the same request either way."""
+    from crew_budget.ledger import redis as module
+
+    assert module._hiredis_pack is not None  # the redis extra brings hiredis
+    ledger = RedisLedger(redis_url, namespace="bytes")
+    buckets = (day_bucket(ledger, "role:研究員", 10_000), day_bucket(ledger, "global", None))
+    plan = ledger._plan(buckets)
+    args = ("FCALL", "crewbudget_x_reserve", 3 + len(buckets), ledger.prefix + "leases",
+            ledger.prefix + "records", ledger.prefix + "r:abc", *plan.keys, "abc", '"abc"',
+            "1234", "600000", "87000000", '"role":"研究員","model":"m","crew":null,'
+            '"estimate_nano":1234,"metadata":{"k":"é"}', *plan.fixed_args, "", 0)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        conn = client.connection_pool.get_connection()
+        assert module._hiredis_pack(args) == b"".join(conn.pack_command(*args))
+        client.connection_pool.release(conn)
+    finally:
+        client.close()
+    ledger.close()
