@@ -27,9 +27,12 @@ every primary, and the cluster path does not use kept connections: not
 measured there, not done).
 
 No private redis-py attribute is used, and no request is built by hand:
-every operation, the per-call reserve/settle/release included, goes
-through redis-py's public client (``evalsha``, ``script_load``), so a
-redis-py release cannot silently route around it. That costs client CPU:
+every operation goes through redis-py's public API (``evalsha``,
+``script_load``; the per-call reserve/settle/release through the public
+``Connection`` methods of the client's own pool, see ``_kept_call``, packed
+by hiredis's public ``pack_command`` as redis-py's serializer does, see
+``_send_args``), so a redis-py release cannot silently route around it.
+That costs client CPU:
 redis-py's generic command path took ~40 µs per command more than the
 hand-built frames this module used before (with hiredis; ~60 µs with
 redis-py's pure-Python parser; measured side by side, bench/README.md),
