@@ -16,11 +16,14 @@ Starts its own redis-server on a free loopback port, then measures in ONE run:
    the run.
 2. The split: (a), (b), two EVALSHA of a trivial script and the ledger's
    reserve + settle alone, all four interleaved call by call, plus what the
-   server spends per call: ``INFO commandstats`` EVALSHA usec_per_call and
+   server spends per call: ``INFO commandstats`` EVALSHA + FCALL usec_per_call and
    the Redis main thread's CPU time (``used_cpu_*_main_thread``). With four
    cases in turn each one runs after more unrelated work, so (b) (the case
    with the most code and data) is slower here than in 1.
-3. Aggregate reservations per second: ``processes`` processes, each doing
+3. Server time per reserve and per settle, the function library (``FCALL``,
+   Redis >= 7) against the same operations as scripts (``EVALSHA``, what a
+   Redis 6 gets), in alternating blocks.
+4. Aggregate reservations per second: ``processes`` processes, each doing
    ``RedisLedger.reserve`` + ``settle`` in a loop for ``seconds`` seconds
    against the one server (and the same through ``Guard``, estimator
    included).
@@ -53,9 +56,14 @@ B = "(b) Guard.preflight + Guard.settle on redis://"
 
 
 def _evalsha(client: Any) -> tuple[float, float]:
-    """Total EVALSHA usec and calls so far (INFO commandstats)."""
-    st = client.info("commandstats").get("cmdstat_evalsha", {})
-    return float(st.get("usec", 0)), float(st.get("calls", 0))
+    """Total script usec and calls so far, EVALSHA and FCALL (INFO commandstats)."""
+    stats = client.info("commandstats")
+    usec = calls = 0.0
+    for name in ("cmdstat_evalsha", "cmdstat_fcall"):
+        st = stats.get(name, {})
+        usec += float(st.get("usec", 0))
+        calls += float(st.get("calls", 0))
+    return usec, calls
 
 
 def _server_cpu(client: Any) -> float:
@@ -71,7 +79,7 @@ def overhead(url: str, calls: int) -> tuple[
 
     Returns 1's summaries and its (b)/(a) median ratio per fifth of the run,
     2's summaries, the history's estimated prompt tokens, and per case its
-    server cost: (EVALSHA usec_per_call, main-thread CPU µs per call),
+    server cost: (EVALSHA + FCALL usec_per_call, main-thread CPU µs per call),
     medians over blocks of that case alone after the interleaved runs.
     """
     import redis
@@ -156,15 +164,67 @@ def overhead(url: str, calls: int) -> tuple[
             {name: summary(s) for name, s in samples.items()}, tokens, server)
 
 
+def functions_vs_evalsha(url: str, rounds: int = 9, block: int = 400
+                         ) -> dict[str, dict[str, float]]:
+    """3. Server µs per reserve and per settle (``INFO commandstats``), the same
+    ledger calling the function library (``FCALL``) or the scripts
+    (``EVALSHA``, what Redis < 7 gets), in alternating blocks; medians.
+
+    Flips the ledger's private ``_functions`` switch: a benchmark may, the
+    library never does from outside.
+    """
+    import redis
+
+    from crew_budget import Guard
+    from crew_budget.ledger import RecordDraft, ReserveRequest, new_reservation_id
+    from crew_budget.usage import Usage
+
+    client = redis.Redis.from_url(url)
+    guard = Guard(CONFIG, url)
+    ledger: Any = guard.ledger
+    buckets = tuple(guard.buckets("researcher"))
+    draft = RecordDraft(role="researcher", model=MODEL, estimate_nano=1000)
+    usage = Usage(4000, 0, 0, 200, 0)
+    got: dict[str, dict[str, list[float]]] = {m: {"reserve": [], "settle": []}
+                                              for m in ("FCALL", "EVALSHA")}
+    for i in range(rounds + 1):
+        for mode in got:
+            ledger._functions = mode == "FCALL"
+            before = _evalsha(client)
+            ids = [ledger.reserve(ReserveRequest(new_reservation_id(), buckets, 1000, 600.0,
+                                                 draft)).reservation_id for _ in range(block)]
+            reserved = _evalsha(client)
+            for rid in ids:
+                ledger.settle(rid, 900, usage)
+            settled = _evalsha(client)
+            if i:  # the first round loads the scripts and the library
+                got[mode]["reserve"].append((reserved[0] - before[0]) / (reserved[1] - before[1]))
+                got[mode]["settle"].append((settled[0] - reserved[0]) / (settled[1] - reserved[1]))
+    guard.close()
+    client.close()
+    return {mode: {op: statistics.median(v) for op, v in ops.items()}
+            for mode, ops in got.items()}
+
+
 def _load_ledger_class(path: str) -> Any:
-    """``RedisLedger`` from another ``ledger/redis.py`` (same package, same Lua)."""
+    """``RedisLedger`` from another ``ledger/redis.py`` (same package), running the
+    Lua scripts beside that file (its ``lua/`` directory) when there is one, so
+    the comparison is that tree's ledger as it is, not its Python on our Lua."""
     import importlib.util
+    from functools import lru_cache
 
     spec = importlib.util.spec_from_file_location("crew_budget.ledger._bench_compare", path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    lua = Path(path).resolve().parent / "lua"
+    if lua.is_dir() and hasattr(module, "_sources"):
+        names = list(module._sources())
+        module._sources = lru_cache(maxsize=1)(lambda: {
+            name: (lua / "_common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+            for name in names
+        })
     return module.RedisLedger
 
 
@@ -331,13 +391,22 @@ def main() -> None:
               f"p50 ratio per fifth of the run: {', '.join(f'{r:.2f}x' for r in parts)}\n")
         bare = stats[A]
         print("2. The split: four cases interleaved call by call\n")
-        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) | server: EVALSHA usec_per_call "
+        print("| case | p50 µs | p99 µs | mean µs | p50 vs (a) | server: script usec_per_call "
               "| server: main-thread CPU µs per call |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name, st in stats.items():
             evalsha, cpu = server[name]
             print(f"| {name} | {st['p50']:.0f} | {st['p99']:.0f} | {st['mean']:.0f} | "
                   f"{st['p50'] / bare['p50']:.2f}x | {evalsha:.1f} | {cpu:.0f} |")
+        print()
+        per_op = functions_vs_evalsha(url)
+        print("3. Server time per operation: function library (FCALL) vs scripts (EVALSHA), "
+              "alternating blocks\n")
+        print("| path | reserve µs (usec_per_call) | settle µs | reserve + settle µs |")
+        print("|---|---:|---:|---:|")
+        for mode, ops in per_op.items():
+            print(f"| {mode} | {ops['reserve']:.1f} | {ops['settle']:.1f} | "
+                  f"{ops['reserve'] + ops['settle']:.1f} |")
         print()
         ledger_rate = throughput(url, "ledger", processes, seconds)
         guard_rate = throughput(url, "guard", processes, seconds)

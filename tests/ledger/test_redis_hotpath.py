@@ -28,7 +28,7 @@ import pytest
 import redis
 
 from crew_budget.ledger import Bucket, RecordDraft, Reservation, ReserveRequest, new_reservation_id
-from crew_budget.ledger.redis import RedisLedger
+from crew_budget.ledger.redis import RedisLedger, _library
 from crew_budget.usage import Usage
 from crew_budget.windows import span
 from tests.fixtures.redis_server import RedisServer
@@ -232,29 +232,40 @@ def test_settle_leaves_other_leases_to_reserve_which_still_reaps_them(redis_url:
     ledger.close()
 
 
-def test_the_calls_are_what_redis_py_sends_for_the_same_evalsha(redis_url: str) -> None:
-    """The ledger's reserve and settle are the scripts' EVALSHA with the
-    arguments documented in lua/reserve.lua and lua/settle.lua: the same
-    request sent by hand through redis-py's generic ``evalsha`` on another
-    client moves the counters exactly as the ledger's own calls do."""
-    ledger = RedisLedger(redis_url, namespace="same")
+@pytest.mark.parametrize("how", ["fcall", "evalsha"])
+def test_the_calls_are_what_redis_py_sends_for_the_same_evalsha(redis_url: str, how: str
+                                                                 ) -> None:
+    """The ledger's reserve and settle are the scripts' FCALL (the function
+    library, Redis >= 7) or EVALSHA with the arguments documented in
+    lua/reserve.lua and lua/settle.lua: the same request sent by hand through
+    redis-py's generic ``fcall`` or ``evalsha`` on another client moves the
+    counters exactly as the ledger's own calls do."""
+    ledger = RedisLedger(redis_url, namespace="same-" + how)
     buckets = [day_bucket(ledger, "role:研究員", 10_000), day_bucket(ledger, "global", None)]
     res = reserve(ledger, buckets, 1234)
     assert ledger.settle(res.reservation_id, 1000, Usage(1, 2, 3, 4, 0)).applied is True
     plan = ledger._plan(tuple(buckets))
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    library = _library()[0]
+
+    def run(op: str, *keys_args: Any) -> Any:
+        if how == "fcall":  # the library the ledger's own calls loaded
+            return client.fcall(f"{library}_{op}", *keys_args)
+        client.script_load(ledger._lua[op].script)
+        return client.evalsha(ledger._lua[op].sha, *keys_args)
+
     try:
         rid = new_reservation_id()
-        reply = client.evalsha(
-            ledger._lua["reserve"].sha, 3 + len(buckets), ledger.prefix + "leases",
+        reply = run(
+            "reserve", 3 + len(buckets), ledger.prefix + "leases",
             ledger.prefix + "records", ledger.prefix + "r:" + rid, *plan.keys, rid, f'"{rid}"',
             "1234", "600000", str(600_000 + 86_400_000),
             '"role":"researcher","model":"test-model","crew":null,"estimate_nano":1234,'
             '"metadata":{}', *plan.fixed_args, ledger.epoch)
         assert reply[0] == "ok"
         assert counters(ledger, buckets) == [(1000, 1234)] * 2
-        reply = client.evalsha(
-            ledger._lua["settle"].sha, 3, ledger.prefix + "leases", ledger.prefix + "records",
+        reply = run(
+            "settle", 3, ledger.prefix + "leases", ledger.prefix + "records",
             ledger.prefix + "r:" + rid, rid, "1000",
             '"input_tokens":1,"cached_input_tokens":2,"cache_write_tokens":3,'
             '"output_tokens":4,"reasoning_tokens":0', str(ledger.retention_ms))
@@ -293,3 +304,28 @@ def test_without_hiredis_installed_the_ledger_runs_on_redis_py_alone(redis_url: 
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "settled", "700", "700", "0", "False"]
+
+
+def test_hot_commands_are_the_bytes_redis_py_would_send(redis_url: str) -> None:
+    """reserve and settle are packed by ``hiredis.pack_command`` and sent with
+    ``send_packed_command`` (``_send_args``): byte for byte what redis-py's own
+    ``pack_command`` makes of the same arguments (str, non-ASCII str, bytes,
+    int), so the server sees the same request either way."""
+    from crew_budget.ledger import redis as module
+
+    assert module._hiredis_pack is not None  # the redis extra brings hiredis
+    ledger = RedisLedger(redis_url, namespace="bytes")
+    buckets = (day_bucket(ledger, "role:研究員", 10_000), day_bucket(ledger, "global", None))
+    plan = ledger._plan(buckets)
+    args = ("FCALL", "crewbudget_x_reserve", 3 + len(buckets), ledger.prefix + "leases",
+            ledger.prefix + "records", ledger.prefix + "r:abc", *plan.keys, "abc", '"abc"',
+            "1234", "600000", "87000000", '"role":"研究員","model":"m","crew":null,'
+            '"estimate_nano":1234,"metadata":{"k":"é"}', *plan.fixed_args, "", 0)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        conn = client.connection_pool.get_connection()
+        assert module._hiredis_pack(args) == b"".join(conn.pack_command(*args))
+        client.connection_pool.release(conn)
+    finally:
+        client.close()
+    ledger.close()

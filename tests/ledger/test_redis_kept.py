@@ -1,4 +1,4 @@
-"""Connections the Redis ledger keeps between calls (``RedisLedger._kept_evalsha``).
+"""Connections the Redis ledger keeps between calls (``RedisLedger._kept_call``).
 
 reserve, settle and release run on pool connections the ledger keeps
 instead of handing them back after every call. What must hold, against a

@@ -12,10 +12,27 @@ They are redis-py ``Script`` objects (``register_script``): called with
 ``EVALSHA`` and loaded again when the server forgot them (``NOSCRIPT``
 after a restart), on a plain ``redis.Redis`` (or ``RedisCluster``) client.
 
+On a plain Redis >= 7 the per-call operations (reserve, settle, release,
+reap, status, charge, state) run instead as functions of one library
+(``_library``: the same files, ``FUNCTION LOAD`` once per server, ``FCALL``
+per call), so the shared helpers of ``_common.lua`` are built once per
+server rather than on every call (~5 µs less server time per operation,
+bench/README.md). A server that lost the library (a restart without
+persistence, ``FUNCTION FLUSH``) gets it loaded again on the next call, as
+``NOSCRIPT`` does for scripts; the data's loss is still the EPOCH check's
+to refuse. A server without Functions (Redis 6) or a user whose ACL forbids
+``FCALL``/``FUNCTION`` is served by ``EVALSHA``, decided once per client.
+Redis Cluster keeps ``EVALSHA`` (the library would have to be loaded on
+every primary, and the cluster path does not use kept connections: not
+measured there, not done).
+
 No private redis-py attribute is used, and no request is built by hand:
-every operation, the per-call reserve/settle/release included, goes
-through redis-py's public client (``evalsha``, ``script_load``), so a
-redis-py release cannot silently route around it. That costs client CPU:
+every operation goes through redis-py's public API (``evalsha``,
+``script_load``; the per-call reserve/settle/release through the public
+``Connection`` methods of the client's own pool, see ``_kept_call``, packed
+by hiredis's public ``pack_command`` as redis-py's serializer does, see
+``_send_args``), so a redis-py release cannot silently route around it.
+That costs client CPU:
 redis-py's generic command path took ~40 µs per command more than the
 hand-built frames this module used before (with hiredis; ~60 µs with
 redis-py's pure-Python parser; measured side by side, bench/README.md),
@@ -109,6 +126,7 @@ connection (on Redis Cluster: through a failover, see above);
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -161,6 +179,14 @@ from crew_budget.ledger.base import (
 from crew_budget.money import MAX_NANO, check_nano
 from crew_budget.usage import Usage, check_usage
 from crew_budget.windows import WindowName
+
+_hiredis_pack: Callable[[Any], bytes] | None  # see _send_args
+try:  # hiredis is optional (the redis extra brings it)
+    from hiredis import pack_command as _pack_command
+
+    _hiredis_pack = _pack_command  # its stub types the argument as a 1-tuple
+except ImportError:  # pragma: no cover - only without hiredis
+    _hiredis_pack = None
 
 try:
     import redis
@@ -284,6 +310,83 @@ def _sources() -> dict[str, str]:
     names = ("reserve", "settle", "release", "reap", "status", "reset", "append_record",
              "charge", "recover", "state")
     return {n: common + "\n" + (lua / f"{n}.lua").read_text(encoding="utf-8") for n in names}
+
+
+_LIBRARY_OPS = ("reserve", "settle", "release", "reap", "status", "charge", "state")
+"""The operations served from the function library (Redis >= 7): the ones the
+ledger runs on its kept connections (``_kept_call``), reserve and settle first."""
+
+
+@lru_cache(maxsize=1)
+def _library() -> tuple[str, str]:
+    """The Redis Functions library of the hot operations: its name and its code.
+
+    The same ``lua/*.lua`` text as the scripts (``_sources``): ``_common.lua``
+    once at the library's top level, then each operation file as the body of
+    ``function(KEYS, ARGV) ... end`` registered as ``<library>_<op>``. Inside,
+    ``KEYS`` and ``ARGV`` are that function's parameters, so the files read
+    the same either way. Why: an ``EVALSHA`` runs the whole script text on
+    every call, so the ~40 shared helpers (closures, pattern strings, tables)
+    are built again each time; ``FUNCTION LOAD`` builds them once per server
+    and ``FCALL`` runs only the operation's body.
+
+    The name carries a digest of the code, so two crew-budget versions on
+    one Redis each load (and call) their own library, and a changed script
+    is never served by a stale function.
+    """
+    lua = resources.files("crew_budget.ledger") / "lua"
+    common = (lua / "_common.lua").read_text(encoding="utf-8")
+    bodies = {n: (lua / f"{n}.lua").read_text(encoding="utf-8") for n in _LIBRARY_OPS}
+    digest = hashlib.sha1(
+        "\0".join([common, *bodies.values()]).encode(), usedforsecurity=False).hexdigest()
+    name = "crewbudget_" + digest[:16]
+    # Redis 7.0 loads a library with only ``redis`` in its globals (no
+    # ``string``, ``math``, ``cjson``), so the helpers are built on the first
+    # FCALL after a load, once, and kept in the library's ``built`` upvalue.
+    parts = [f"#!lua name={name}", "local built", "local function build()", common,
+             "local op = {}"]
+    for op, body in bodies.items():
+        parts.append(f"op.{op} = function(KEYS, ARGV)\n{body}\nend")
+    parts.append("return op\nend")
+    for op in bodies:
+        parts.append(f"redis.register_function('{name}_{op}', function(KEYS, ARGV)\n"
+                     f"  built = built or build()\n  return built.{op}(KEYS, ARGV)\nend)")
+    return name, "\n".join(parts) + "\n"
+
+
+_FUNCTION_NAMES: dict[str, str] = {}
+"""Operation -> its function's name in the library (``_function_name``)."""
+
+
+def _function_name(op: str) -> str:
+    """``<library>_<op>``, the name ``FCALL`` takes, remembered per operation."""
+    name = _FUNCTION_NAMES[op] = f"{_library()[0]}_{op}"
+    return name
+
+
+def _send_args(conn: Any, args: tuple[str | bytes | int, ...]) -> None:
+    """Send one command on a redis-py ``Connection``.
+
+    With hiredis, what ``Connection.send_command`` does with it, without the
+    per-argument pass redis-py's ``HiredisRespSerializer`` makes first (it
+    turns ``bytearray``/``memoryview`` into ``bytes`` and splits a first
+    argument holding spaces; ours are ``str``, ``bytes`` and ``int``, and the
+    command a single word): ``hiredis.pack_command``, the function that
+    serializer ends in, then the public ``send_packed_command``. The bytes
+    sent are the same; the pass cost ~4 µs per reserve (31 arguments,
+    bench/README.md). Without hiredis: ``send_command``.
+    """
+    if _hiredis_pack is None:
+        conn.send_command(*args)
+    else:
+        conn.send_packed_command([_hiredis_pack(args)])
+
+
+def _no_functions(exc: BaseException) -> bool:
+    """Whether an error reply says this server or user cannot use Redis Functions:
+    no such command (Redis < 7) or an ACL refusal (``NOPERM``)."""
+    return isinstance(exc, rexc.NoPermissionError) or str(exc).lower().startswith(
+        ("unknown command", "unknown subcommand"))
 
 
 def _url_timeouts(url: str, shown: str, connect: float, op: float) -> tuple[float, float]:
@@ -522,10 +625,13 @@ class RedisLedger(Ledger):
         self._client: Any = None
         self._cluster = urlsplit(url).scheme.endswith("+cluster")
         self._lua: dict[str, Script] = {}
-        # Connections kept between calls (see _kept_evalsha), and the
+        # Connections kept between calls (see _kept_call), and the
         # (client id, pid) they belong to.
         self._idle: list[Any] = []
         self._idle_owner: tuple[int, int] = (0, 0)
+        # Whether kept calls try the function library first (see _send);
+        # False once the server or user turned out unable to run it.
+        self._functions = True
 
     def _conn(self) -> Any:
         """The client, made on first use.
@@ -575,12 +681,12 @@ class RedisLedger(Ledger):
             reason = reason.replace(secret, "***")
         return LedgerUnavailable(self.url, reason)
 
-    def _run(self, op: Callable[[Any], T], *, idempotent: bool = True) -> T:
+    def _run(self, op: Callable[[Any], T], *, idempotent: bool = True, tries: int = 0,
+             started: float = 0.0) -> T:
         """Run ``op(client)``; once more after a dropped connection if safe; on
         Redis Cluster, again and again through a failover for up to
-        ``cluster_retry_seconds`` (see ``_again``)."""
-        tries = 0
-        started = 0.0
+        ``cluster_retry_seconds`` (see ``_again``). ``tries``/``started``: a
+        caller that already failed once itself (``_call``'s fast path)."""
         while True:
             try:
                 client = self._connect()
@@ -653,7 +759,8 @@ class RedisLedger(Ledger):
               idempotent: bool = True) -> Any:
         """Run one of ``lua/*.lua``: ``EVALSHA``, and ``SCRIPT LOAD`` first when
         the server answers ``NOSCRIPT`` (it restarted, or its scripts were
-        flushed).
+        flushed); on a plain Redis >= 7 the operations safe to repeat run as
+        ``FCALL`` of the function library instead (``_send``).
 
         What ``Script.__call__`` does, called on the client directly: it
         saves ~8 µs per call (measured, bench/README.md), and reserve and
@@ -665,19 +772,32 @@ class RedisLedger(Ledger):
         def op(c: Any) -> Any:
             lua = self._lua[script]  # made with the client
             if idempotent and not self._cluster:
-                return self._kept_evalsha(c, lua, keys, args)
+                return self._kept_call(c, script, lua, keys, args)
             try:
                 return c.evalsha(lua.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
                 c.script_load(lua.script)
                 return c.evalsha(lua.sha, len(keys), *keys, *args)
 
+        client = self._client
+        if idempotent and client is not None and not self._cluster:
+            # reserve and settle on every LLM call: straight to the kept
+            # connection; the retry loop only after a failure, as its 2nd try.
+            try:
+                return self._kept_call(client, script, self._lua[script], keys, args)
+            except _UNAVAILABLE as exc:
+                if not self._again(exc, True, 0, 0.0):
+                    raise self._unavailable(exc) from exc
+            except rexc.RedisError as exc:
+                raise self._rejected(exc) from exc
+            return self._run(op, idempotent=True, tries=1, started=time.monotonic())
         return self._run(op, idempotent=idempotent)
 
-    def _kept_evalsha(self, client: Any, lua: Script, keys: Sequence[str | bytes],
-                      args: Sequence[str | bytes]) -> Any:
-        """``EVALSHA`` on a connection this ledger keeps between calls (plain Redis,
-        operations safe to repeat: reserve, settle, release, reap, status, charge).
+    def _kept_call(self, client: Any, script: str, lua: Script, keys: Sequence[str | bytes],
+                   args: Sequence[str | bytes]) -> Any:
+        """``FCALL`` (or ``EVALSHA``, see ``_send``) on a connection this ledger keeps
+        between calls (plain Redis, operations safe to repeat: reserve, settle,
+        release, reap, status, charge, state).
 
         redis-py's own path (``client.evalsha``) takes each command's connection
         from the pool and gives it back: a lock, a pid check and a ``poll`` on
@@ -711,14 +831,7 @@ class RedisLedger(Ledger):
         except IndexError:
             conn = client.connection_pool.get_connection()  # connected, checked
         try:
-            conn.send_command("EVALSHA", lua.sha, len(keys), *keys, *args)
-            try:
-                reply = conn.read_response()
-            except rexc.NoScriptError:  # a restart or SCRIPT FLUSH: load it, run again
-                conn.send_command("SCRIPT", "LOAD", lua.script)
-                conn.read_response()
-                conn.send_command("EVALSHA", lua.sha, len(keys), *keys, *args)
-                reply = conn.read_response()
+            reply = self._send(conn, script, lua, keys, args)
         except rexc.ResponseError:
             idle.append(conn)  # an error reply, read whole: the connection is fine
             raise
@@ -734,6 +847,59 @@ class RedisLedger(Ledger):
             raise
         idle.append(conn)
         return reply
+
+    def _send(self, conn: Any, script: str, lua: Script, keys: Sequence[str | bytes],
+              args: Sequence[str | bytes]) -> Any:
+        """Run operation ``script`` on ``conn``: ``FCALL`` of the function library
+        (``_library``) where the server has Redis Functions, else ``EVALSHA``.
+
+        Loading, like ``EVALSHA``'s ``NOSCRIPT`` path: a server that answers
+        "Function not found" (it restarted without persistence, or ran
+        ``FUNCTION FLUSH``; ``FLUSHALL`` keeps functions) gets ``FUNCTION
+        LOAD`` and the call is sent again. A server without Functions (Redis
+        < 7: "unknown command"), or a user whose ACL refuses ``FCALL`` or
+        ``FUNCTION LOAD``, is served by ``EVALSHA`` from then on (decided
+        once per client; ``close`` forgets it). Either way the reply is the
+        same script's, so callers cannot tell which ran.
+        """
+        if self._functions:
+            fname = _FUNCTION_NAMES.get(script) or _function_name(script)
+            _send_args(conn, ("FCALL", fname, len(keys), *keys, *args))
+            try:
+                return conn.read_response()
+            except rexc.ResponseError as exc:
+                if not str(exc).startswith("Function not found"):
+                    if not _no_functions(exc):
+                        raise
+                    self._functions = False
+                elif self._load_library(conn, _library()[1]):
+                    _send_args(conn, ("FCALL", fname, len(keys), *keys, *args))
+                    return conn.read_response()
+        _send_args(conn, ("EVALSHA", lua.sha, len(keys), *keys, *args))
+        try:
+            return conn.read_response()
+        except rexc.NoScriptError:  # a restart or SCRIPT FLUSH: load it, run again
+            conn.send_command("SCRIPT", "LOAD", lua.script)
+            conn.read_response()
+            _send_args(conn, ("EVALSHA", lua.sha, len(keys), *keys, *args))
+            return conn.read_response()
+
+    def _load_library(self, conn: Any, code: str) -> bool:
+        """``FUNCTION LOAD`` the library on ``conn``; False (and ``EVALSHA`` from now
+        on) if this server or user cannot load functions.
+
+        ``REPLACE``: clients racing to load it after a restart all succeed (the
+        name carries the code's digest, so what they replace is the same code).
+        """
+        conn.send_command("FUNCTION", "LOAD", "REPLACE", code)
+        try:
+            conn.read_response()
+        except rexc.ResponseError as exc:
+            if not _no_functions(exc):
+                raise
+            self._functions = False
+            return False
+        return True
 
     def _bkey(self, bucket: Bucket) -> str:
         return self.prefix + "b:" + bucket.key
@@ -1153,6 +1319,7 @@ class RedisLedger(Ledger):
             client, self._client = self._client, None
             # The pool's disconnect below closes them; a later client keeps its own.
             self._idle, self._idle_owner = [], (0, 0)
+            self._functions = True
         if client is not None:
             with contextlib.suppress(*_UNAVAILABLE):  # closing a dead connection
                 client.close()

@@ -206,19 +206,42 @@ end
 -- the same script, so rollups and records can never disagree; resets are
 -- not rolled up. Sums stay exact while below 2^53 (~$9M per group-hour).
 local ROLLUP_KEEP_S = 400 * 86400
+-- Settle writes a rollup on every call, so the value is rewritten cheaply:
+-- read with one match (an older value of eleven counts falls back to
+-- gmatch); a count this call does not change is copied as the text it was;
+-- a sum below 10^14 is left a number for table.concat to write (Lua's
+-- "%.14g": every digit, no exponent, below 10^14), larger ones go through
+-- int_str. Measured: ~2.5 µs less per rollup than a string.format per count.
+local ROLLUP_13 = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
+local EXACT_CONCAT = 1e14
 
 local function rollup(prefix, t, group, d)
   local hour = math.floor(t / 3600) * 3600
   local key = prefix .. 'ru:' .. int_str(hour)
   local old = redis.call('HGET', key, group)
-  if old then
-    local i = 0
-    for x in string.gmatch(old, '%d+') do
-      i = i + 1
-      d[i] = d[i] + tonumber(x)
+  local o = old and {string.match(old, ROLLUP_13)} or {}
+  if o[13] then
+    for i = 1, 13 do
+      local x = d[i]
+      if x == 0 then
+        d[i] = o[i]
+      else
+        x = x + tonumber(o[i])
+        d[i] = x < EXACT_CONCAT and x or int_str(x)
+      end
+    end
+  else
+    if old then
+      local i = 0
+      for x in string.gmatch(old, '%d+') do
+        i = i + 1
+        d[i] = d[i] + tonumber(x)
+      end
+    end
+    for i = 1, 13 do
+      if d[i] >= EXACT_CONCAT then d[i] = int_str(d[i]) end
     end
   end
-  for i = 1, 13 do d[i] = int_str(d[i]) end
   redis.call('HSET', key, group, table.concat(d, ' '))
   if not old then redis.call('EXPIREAT', key, int_str(hour + ROLLUP_KEEP_S)) end
 end
@@ -569,10 +592,10 @@ end
 --   "new:" one (someone else started afresh on the emptied ledger)
 --                                         -> mark "lost", refuse
 --   otherwise (the same, or "recovered:") -> go on (the client adopts it)
+-- ``e`` is the key's value, read by the caller (false or nil: missing).
 -- Returns the epoch in force ("lost:..." when refused).
-local function check_epoch(prefix, seen, rid, ts)
+local function check_epoch(prefix, seen, rid, ts, e)
   local key = prefix .. 'epoch'
-  local e = redis.call('GET', key)
   if e == seen then return e end
   if e and string.sub(e, 1, 5) == 'lost:' then return e end
   local what

@@ -125,25 +125,31 @@ end
 
 -- EPOCH check (integrity; see EPOCH in _common.lua): before any write. A
 -- client that sends no epoch (crew-budget 0.1.0, mid-upgrade) counts as new.
+-- The live-limits version (below) is read in the same command: both keys
+-- carry the namespace's hash tag, and every redis.call costs.
 local seen = ARGV[14 + 3 * nb] or ''
-local epoch = check_epoch(prefix, seen, rid, ts)
+local ov_seen = ARGV[15 + 3 * nb]
+local checks_ov = ov_seen and ov_seen ~= ''
+local got
+if checks_ov then
+  got = redis.call('MGET', prefix .. 'epoch', prefix .. 'ov:version')
+else
+  got = {redis.call('GET', prefix .. 'epoch')}
+end
+local epoch = check_epoch(prefix, seen, rid, ts, got[1])
 if string.sub(epoch, 1, 5) == 'lost:' then return {'reset', epoch} end
 -- end of the EPOCH check
 
 -- LIVE LIMITS check (see overrides_write.lua): before any write of this
 -- call. The client's buckets carry the overrides of the version it sent; if
 -- an operator changed them since, it must re-read them and rebuild first.
-local ov_seen = ARGV[15 + 3 * nb]
-if ov_seen and ov_seen ~= '' then
-  local ov = redis.call('GET', prefix .. 'ov:version') or '0'
+if checks_ov then
+  local ov = got[2] or '0'
   if ov ~= ov_seen then return {'stale', ov} end
 end
 -- end of the LIVE LIMITS check
 
 reap(prefix, KEYS[1], KEYS[2], tonumber(ARGV[8]), ts, now_ms, retention_ms)
-
-local old = redis.call('GET', KEYS[3])
-if old then return {'dup', old} end
 
 -- UNITS: what each bucket takes, its unit's amount or (no entry) ``amount``.
 local takes, units = {}, ARGV[16 + 3 * nb] or ''
@@ -155,6 +161,18 @@ if units ~= '' then
   end
 end
 
+-- The RESERVATION value is written first, with NX: the duplicate check and
+-- the write in one command. A held id keeps its value and answers "dup"; a
+-- refusal below deletes the new key again (one script: nobody sees it).
+local expires_ms = now_ms + lease_ms
+local keep_ms = math.max(expires_ms + tonumber(tomb), tonumber(ARGV[12]))
+local spans = units == '' and ARGV[13] or ARGV[13] .. '#' .. units  -- UNITS
+if not redis.call('SET', KEYS[3], 'reserved\n' .. spans .. '\n' .. int_str(expires_ms) .. '\n'
+    .. amount .. '\n' .. tomb .. '\n' .. rid_json .. '\n' .. tail .. '\n' .. ARGV[9],
+    'PXAT', int_str(keep_ms), 'NX') then
+  return {'dup', redis.call('GET', KEYS[3])}
+end
+
 local fresh = {}
 for i = 1, nb do
   local limit = ARGV[13 + i]
@@ -162,6 +180,7 @@ for i = 1, nb do
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     local spent, reserved = c[1] or '0', c[2] or '0'
     if tonumber(spent) + tonumber(reserved) + tonumber(takes[i] or amount) > tonumber(limit) then
+      redis.call('DEL', KEYS[3])  -- nothing reserved after all
       -- A COMPACT record (see _common.lua): a loop stuck at its limit makes many.
       append_compact(prefix, KEYS[2], now_ms, retention_ms, ts, rid, 'blocked', '0', NO_USAGE,
         tail, ARGV[13 + 2 * nb + i])
@@ -184,12 +203,6 @@ for i = 1, nb do
   end
 end
 
-local expires_ms = now_ms + lease_ms
-local keep_ms = math.max(expires_ms + tonumber(tomb), tonumber(ARGV[12]))
-local spans = units == '' and ARGV[13] or ARGV[13] .. '#' .. units  -- UNITS
-redis.call('SET', KEYS[3], 'reserved\n' .. spans .. '\n' .. int_str(expires_ms) .. '\n'
-  .. amount .. '\n' .. tomb .. '\n' .. rid_json .. '\n' .. tail .. '\n' .. ARGV[9],
-  'PXAT', int_str(keep_ms))
 redis.call('ZADD', KEYS[1], int_str(expires_ms), rid)
 if epoch ~= seen then return {'ok', int_str(now_ms), epoch} end
 return {'ok', int_str(now_ms)}
