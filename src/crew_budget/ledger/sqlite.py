@@ -465,13 +465,8 @@ class SQLiteLedger(Ledger):
                     db.execute(f"ALTER TABLE rollups ADD COLUMN {m} INTEGER NOT NULL DEFAULT 0")
 
     def rollups(self, since: float | None = None, until: float | None = None) -> list[Rollup]:
-        sql, args = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups WHERE 1=1", []
-        if since is not None:
-            sql += " AND hour > ?"
-            args.append(since - 3600)
-        if until is not None:
-            sql += " AND hour < ?"
-            args.append(until)
+        where, args = _rollup_span(since, until)
+        sql = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups{where}"
         try:
             rows = self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
@@ -495,13 +490,7 @@ class SQLiteLedger(Ledger):
         ``per_hour``, SQLite sums each group over the span (``GROUP BY grp``):
         ~30 rows instead of ~23,000 for 30 days of 32 groups.
         """
-        where, args = " WHERE 1=1", []
-        if since is not None:
-            where += " AND hour > ?"
-            args.append(since - 3600)
-        if until is not None:
-            where += " AND hour < ?"
-            args.append(until)
+        where, args = _rollup_span(since, until)
         if per_hour:
             sql = f"SELECT hour, grp, {', '.join(ROLLUP_METRICS)} FROM rollups{where}"
         else:
@@ -958,3 +947,16 @@ def _path_from_url(url: str) -> Path:
         raw = parts.netloc + raw
     path = raw[1:] if raw.startswith("/") else raw
     return Path(os.path.expanduser(path))
+
+
+def _rollup_span(since: float | None, until: float | None) -> tuple[str, list[float]]:
+    """The WHERE clause of a span over ``rollups`` (its primary key's range
+    seek): an hour row counts when any part of its hour is in the span."""
+    where, args = " WHERE 1=1", []
+    if since is not None:
+        where += " AND hour > ?"
+        args.append(since - 3600)
+    if until is not None:
+        where += " AND hour < ?"
+        args.append(until)
+    return where, args
