@@ -437,7 +437,9 @@ class Guard:
         the family's margin))`` (``crew_budget.margin``), or at the provider's
         exact count when ``exact_count`` asks for one and it answers in time.
         """
-        exact = self._exact_tokens(role, price, model, messages, tools, system, extra, provider)
+        # No role, model or price asks for exact_count (the usual case): no call.
+        exact = (self._exact_tokens(role, price, model, messages, tools, system, extra, provider)
+                 if self._exact_cache else None)
         if exact is not None:
             prompt_tokens = counted = exact
             family, reserved_prompt = "", exact
@@ -929,14 +931,15 @@ class Guard:
                       ticket.reservation_id)
             self._bump("usage_errors")
             return self._finish(ticket, None, to_nano(ticket.estimate))
-        if parsed.prompt_tokens and not ticket.exact_count:
-            self.estimator.calibrate(ticket.model, ticket.prompt_tokens, parsed.prompt_tokens)
+        billed_prompt = parsed.prompt_tokens  # a sum (property): read once
+        if billed_prompt and not ticket.exact_count:
+            self.estimator.calibrate(ticket.model, ticket.prompt_tokens, billed_prompt)
         result = self._finish(ticket, parsed, cost_nano)
-        if ticket.counted_prompt_tokens and parsed.prompt_tokens and (
+        if ticket.counted_prompt_tokens and billed_prompt and (
                 result.applied or result.state in ("pending", "unguarded")):
             # Once per call (a repeated settle applies nothing): the margin's sample.
             self.margins.observe(ticket.margin_family, ticket.counted_prompt_tokens,
-                                 parsed.prompt_tokens)
+                                 billed_prompt)
         reserved = to_nano(ticket.estimate)
         if cost_nano > reserved and ticket.guarded and (
                 result.state == "pending" or (result.state == "settled" and result.applied)):
