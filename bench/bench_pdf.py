@@ -25,6 +25,9 @@ import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the tests' PDF writer
+from tests.estimate.pdfs import pdf_file  # noqa: E402
+
 NEW_SRC = HERE.parent / "src"
 PAGES = (1, 20, 100)
 LINES, WORDS = 60, 15
@@ -53,17 +56,7 @@ def dense_pdf(pages: int, nonce: int) -> bytes:
         objects.append(f"<< /Length {len(content)} /Filter /FlateDecode >>\nstream\n".encode()
                        + content + b"\nendstream")
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for n, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += f"{n} 0 obj\n".encode() + obj + b"\nendobj\n"
-    start = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\n"
-            f"startxref\n{start}\n%%EOF\n").encode()
-    return bytes(out)
+    return pdf_file(objects)  # the xref table and trailer, as the tests write them
 
 
 WORKER = r"""
