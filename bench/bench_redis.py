@@ -38,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,15 @@ def _server_cpu(client: Any) -> float:
     return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
 
-def overhead(url: str, calls: int) -> tuple[
-    dict[str, dict[str, float]], list[float], dict[str, dict[str, float]], int,
-    dict[str, tuple[float, float]],
-]:
-    """1. (a) and (b) alone, interleaved; 2. with two more rows that split (b) up.
+Case = Callable[[list[dict[str, Any]]], None]
+TRIVIAL = "two EVALSHA of a trivial script"
+LEDGER_ONLY = "RedisLedger.reserve + settle alone (no estimate)"
 
-    Returns 1's summaries and its (b)/(a) median ratio per fifth of the run,
-    2's summaries, the history's estimated prompt tokens, and per case its
-    server cost: (EVALSHA + FCALL usec_per_call, main-thread CPU µs per call),
-    medians over blocks of that case alone after the interleaved runs.
-    """
+
+def split_cases(url: str) -> tuple[dict[str, Case], Any, Any]:
+    """(a), (b), two trivial scripts and the ledger alone, each a call taking the
+    history; with the redis-py client and the guard they use (to close).
+    ``bench_floor.py`` runs the same cases beside a few more."""
     import redis
 
     from crew_budget import Guard
@@ -91,7 +90,6 @@ def overhead(url: str, calls: int) -> tuple[
     client = redis.Redis.from_url(url)
     guard = Guard(CONFIG, url)
     ledger = guard.ledger
-    base = agent_history(turns=20)
     trivial = client.register_script("return 1")
     draft = RecordDraft(role="researcher", model=MODEL, estimate_nano=1000)
     usage = Usage(4000, 0, 0, 200, 0)
@@ -113,12 +111,23 @@ def overhead(url: str, calls: int) -> tuple[
         res = ledger.reserve(ReserveRequest(new_reservation_id(), buckets, 1000, 600.0, draft))
         ledger.settle(res.reservation_id, 900, usage)  # type: ignore[union-attr]
 
-    cases = {
-        A: bare,
-        B: guarded,
-        "two EVALSHA of a trivial script": trivial_scripts,
-        "RedisLedger.reserve + settle alone (no estimate)": ledger_only,
-    }
+    return ({A: bare, B: guarded, TRIVIAL: trivial_scripts, LEDGER_ONLY: ledger_only},
+            client, guard)
+
+
+def overhead(url: str, calls: int) -> tuple[
+    dict[str, dict[str, float]], list[float], dict[str, dict[str, float]], int,
+    dict[str, tuple[float, float]],
+]:
+    """1. (a) and (b) alone, interleaved; 2. with two more rows that split (b) up.
+
+    Returns 1's summaries and its (b)/(a) median ratio per fifth of the run,
+    2's summaries, the history's estimated prompt tokens, and per case its
+    server cost: (EVALSHA + FCALL usec_per_call, main-thread CPU µs per call),
+    medians over blocks of that case alone after the interleaved runs.
+    """
+    cases, client, guard = split_cases(url)
+    base = agent_history(turns=20)
     for i in range(50):  # warm up: price map, encodings, connections, scripts
         for fn in cases.values():
             fn([*base, {"role": "user", "content": f"warm up {i}"}])
