@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -209,15 +210,24 @@ NAMES = [
     ("openrouter/openai/gpt-4o-mini", None, "openai/gpt-4o-mini", "0.15", "0.6"),
     ("openai/gpt-4o-mini-2024-07-18", "https://openrouter.ai/api/v1", "openai/gpt-4o-mini",
      "0.15", "0.6"),
+    # Off-peak (16:30-00:30 UTC) in genai-prices' data; peak is $0.27 / $1.10
+    # (tests/test_tiers.py follows the switch).
     ("deepseek/deepseek-chat", None, "deepseek-chat", "0.135", "0.55"),
 ]
+# Prices are looked up at a fixed moment: some have time-of-day windows
+# (DeepSeek's off-peak discount), and what a name resolves to must not depend
+# on the hour the suite runs.
+PRICED_AT = datetime(2026, 12, 1, 20, 0, tzinfo=timezone.utc)
 
 
 @pytest.mark.parametrize(("name", "provider", "entry", "inp", "out"), NAMES)
 def test_names_as_users_write_them(
-    name: str, provider: str | None, entry: str, inp: str, out: str
+    name: str, provider: str | None, entry: str, inp: str, out: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    price = PriceBook().get(name, provider)
+    book = PriceBook()
+    monkeypatch.setattr(book, "_now", lambda: PRICED_AT)
+    price = book.get(name, provider)
     assert (price.source, price.model) == ("genai-prices", entry)
     assert (price.input * 10**6, price.output * 10**6) == (Decimal(inp), Decimal(out))
 
